@@ -1,0 +1,48 @@
+"""pnp-stable: Plug-and-Play restoration with provably averaged denoisers.
+
+Three rooms: :mod:`pnp_stable.operators` (forward models), ``denoisers`` and ``solvers``.
+"""
+
+__version__ = "0.1.0"
+
+from . import operators
+from .io import load_image, save_image, to_numpy, to_tensor
+from .metrics import psnr, ssim
+from .operators import (
+    L2Fidelity,
+    adjoint_test,
+    blur,
+    custom_operator,
+    denoising,
+    downsampling,
+    gaussian_kernel,
+    inpainting,
+    load_kernel,
+    load_kernels,
+    motion_kernel,
+    operator_norm,
+    uniform_kernel,
+)
+
+__all__ = [
+    "L2Fidelity",
+    "adjoint_test",
+    "blur",
+    "custom_operator",
+    "denoising",
+    "downsampling",
+    "gaussian_kernel",
+    "inpainting",
+    "load_image",
+    "load_kernel",
+    "load_kernels",
+    "motion_kernel",
+    "operator_norm",
+    "operators",
+    "psnr",
+    "save_image",
+    "ssim",
+    "to_numpy",
+    "to_tensor",
+    "uniform_kernel",
+]

@@ -1,0 +1,43 @@
+"""Input checks shared by every public entry point: one clear ``ValueError`` per problem."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def check_image(x: Tensor, name: str = "image", channels: int | None = None) -> Tensor:
+    """Require a finite float tensor ``[B, C, H, W]`` (with ``C == channels`` when given)."""
+    if not isinstance(x, Tensor):
+        raise ValueError(
+            f"{name} must be a torch.Tensor of shape [B, C, H, W], got {type(x).__name__}; "
+            "convert numpy arrays with pnp_stable.io.to_tensor"
+        )
+    if x.ndim != 4:
+        raise ValueError(
+            f"{name} must have rank 4 [B, C, H, W], got shape {tuple(x.shape)}; "
+            "add batch/channel axes, e.g. x[None, None] for a single gray image"
+        )
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(
+            f"{name} has {x.shape[1]} channel(s) but {channels} were expected; "
+            "use an operator/denoiser built for this number of channels"
+        )
+    if not torch.is_floating_point(x):
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or Inf values; clean the input first")
+    return x
+
+
+def check_noise_level(sigma: float, name: str = "noise_sigma", positive: bool = False) -> float:
+    """Require a finite noise level ``sigma >= 0`` (``> 0`` when ``positive``)."""
+    sigma = float(sigma)
+    if not sigma == sigma or sigma in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {sigma}")
+    if sigma < 0 or (positive and sigma == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(
+            f"{name} must be {bound} (on the [0, 1] intensity scale, e.g. 25/255), got {sigma}"
+        )
+    return sigma

@@ -1,0 +1,110 @@
+"""Image files ↔ tensors ``[1, C, H, W]`` with values in [0, 1] (PNG, JPEG, TIFF, gray or colour)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from ._validation import check_image
+
+__all__ = ["load_image", "save_image", "to_tensor", "to_numpy"]
+
+_MAX_BY_MODE = {"1": 1.0, "L": 255.0, "I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I": 65535.0}
+
+
+def to_tensor(image) -> Tensor:
+    """numpy ``[H, W]`` / ``[H, W, C]`` (or a tensor ``[C, H, W]`` / ``[B, C, H, W]``) → float32 ``[B, C, H, W]``.
+
+    Integer arrays are scaled by their type's maximum (uint8 → /255, uint16 → /65535).
+    """
+    if isinstance(image, Tensor):
+        x = image
+        if x.ndim == 2:
+            x = x[None, None]
+        elif x.ndim == 3:
+            x = x[None]
+    else:
+        arr = np.asarray(image)
+        if np.issubdtype(arr.dtype, np.integer):
+            arr = arr.astype(np.float32) / np.iinfo(arr.dtype).max
+        if arr.ndim == 2:
+            arr = arr[None, None]
+        elif arr.ndim == 3:
+            arr = arr.transpose(2, 0, 1)[None]
+        else:
+            raise ValueError(f"expected an image array [H, W] or [H, W, C], got shape {arr.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(arr))
+    return check_image(x.to(torch.float32), "image")
+
+
+def to_numpy(x: Tensor) -> np.ndarray:
+    """``[1, C, H, W]`` tensor → numpy ``[H, W]`` (gray) or ``[H, W, C]`` (colour)."""
+    check_image(x)
+    if x.shape[0] != 1:
+        raise ValueError(f"to_numpy takes a single image [1, C, H, W], got batch of {x.shape[0]}")
+    arr = x[0].detach().cpu().numpy()
+    return arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
+
+
+def load_image(path: str | Path, gray: bool | None = None) -> Tensor:
+    """Read an image file as a float32 tensor ``[1, C, H, W]`` in [0, 1].
+
+    ``gray=None`` keeps the file's channels (1 for greyscale, 3 for colour; alpha is
+    dropped); ``True`` converts to luminance, ``False`` to RGB.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if gray or (gray is None and mode in ("L", "1", "I;16", "I;16B", "I;16L", "I", "F", "LA")):
+                if mode in _MAX_BY_MODE or mode == "F":
+                    arr = np.asarray(im, dtype=np.float32) / _MAX_BY_MODE.get(mode, 1.0)
+                else:
+                    arr = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+            else:
+                arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"cannot read {path} as an image (PNG, JPEG or TIFF expected): {err}") from err
+    if arr.ndim == 2:
+        arr = arr[None, None]
+    else:
+        arr = arr.transpose(2, 0, 1)[None]
+    return check_image(torch.from_numpy(np.ascontiguousarray(arr)), str(path))
+
+
+def save_image(x: Tensor, path: str | Path, clip: bool = False, bit_depth: int = 8) -> Path:
+    """Write a ``[1, C, H, W]`` tensor in [0, 1] to PNG/JPEG/TIFF (format from the suffix).
+
+    Values outside [0, 1] raise ``ValueError`` unless ``clip=True`` asks to clip them.
+    ``bit_depth=16`` writes 16-bit greyscale PNG/TIFF.
+    """
+    arr = to_numpy(x)
+    low, high = float(arr.min()), float(arr.max())
+    if low < 0 or high > 1:
+        if not clip:
+            raise ValueError(
+                f"image values span [{low:.4g}, {high:.4g}], outside [0, 1]; pass clip=True to clip them"
+            )
+        arr = np.clip(arr, 0.0, 1.0)
+    path = Path(path)
+    if bit_depth == 16:
+        if arr.ndim != 2 or path.suffix.lower() not in (".png", ".tif", ".tiff"):
+            raise ValueError("bit_depth=16 is supported for greyscale PNG or TIFF only")
+        im = Image.fromarray(np.round(arr * 65535).astype(np.uint16))
+    elif bit_depth == 8:
+        im = Image.fromarray(np.round(arr * 255).astype(np.uint8))
+    else:
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        im.save(path)
+    except (ValueError, KeyError, OSError) as err:
+        raise ValueError(f"cannot write {path}: {err}; use a .png, .jpg or .tif file name") from err
+    return path

@@ -1,0 +1,37 @@
+"""Image quality metrics on ``[B, C, H, W]`` tensors in [0, 1] (peak 1), one value per sample."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from torch import Tensor
+
+from ._validation import check_image
+
+__all__ = ["psnr", "ssim"]
+
+
+def _pairs(x: Tensor, reference: Tensor):
+    check_image(x, "estimate")
+    check_image(reference, "reference")
+    if x.shape != reference.shape:
+        raise ValueError(f"estimate {tuple(x.shape)} and reference {tuple(reference.shape)} differ in shape")
+    xs = x.detach().cpu().double().numpy()
+    rs = reference.detach().cpu().double().numpy()
+    return zip(xs, rs)
+
+
+def psnr(x: Tensor, reference: Tensor) -> Tensor:
+    """PSNR in dB, 10·log10(1 / MSE), peak value 1; shape ``[B]``."""
+    values = [peak_signal_noise_ratio(r, e, data_range=1.0) for e, r in _pairs(x, reference)]
+    return torch.tensor(values)
+
+
+def ssim(x: Tensor, reference: Tensor) -> Tensor:
+    """SSIM (Wang et al. 2004, 7×7 window, data range 1), averaged over channels; shape ``[B]``."""
+    values = [
+        structural_similarity(np.moveaxis(r, 0, -1), np.moveaxis(e, 0, -1), data_range=1.0, channel_axis=-1)
+        for e, r in _pairs(x, reference)
+    ]
+    return torch.tensor(values)

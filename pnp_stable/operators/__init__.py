@@ -1,0 +1,26 @@
+"""Forward models (deepinv ``LinearPhysics``), kernels, operator checks and the data term."""
+
+from .fidelity import L2Fidelity
+from .kernels import gaussian_kernel, load_kernel, load_kernels, motion_kernel, uniform_kernel, validate_kernel
+from .norms import OperatorNorm, adjoint_test, operator_norm, power_iteration
+from .physics import BOUNDARIES, blur, custom_operator, denoising, downsampling, inpainting
+
+__all__ = [
+    "BOUNDARIES",
+    "L2Fidelity",
+    "OperatorNorm",
+    "adjoint_test",
+    "blur",
+    "custom_operator",
+    "denoising",
+    "downsampling",
+    "gaussian_kernel",
+    "inpainting",
+    "load_kernel",
+    "load_kernels",
+    "motion_kernel",
+    "operator_norm",
+    "power_iteration",
+    "uniform_kernel",
+    "validate_kernel",
+]

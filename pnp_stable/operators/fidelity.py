@@ -1,0 +1,98 @@
+"""The data-fidelity term f(x) = ½‖Ax − y‖² / s² of Gaussian noise of level s."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import deepinv as dinv
+import torch
+from torch import Tensor
+from deepinv.optim.linear import conjugate_gradient
+
+from .._validation import check_image, check_noise_level
+from .norms import OperatorNorm, _check_linear, operator_norm
+
+__all__ = ["L2Fidelity"]
+
+
+class L2Fidelity:
+    """f(x) = ½‖Ax − y‖²/s², with ∇f(x) = Aᵀ(Ax − y)/s², which is L = ‖A‖²/s²-Lipschitz.
+
+    ``prox(x, tau) = argmin_u ½‖u − x‖² + τ f(u)`` solves (I + γAᵀA)u = x + γAᵀy with
+    γ = τ/s²: in closed form for operators diagonalised by an orthogonal transform
+    (deepinv ``DecomposablePhysics``, e.g. circular blur), otherwise by conjugate
+    gradients stopped at relative residual ``cg_tol`` (at most ``cg_max_iter`` steps).
+    """
+
+    def __init__(
+        self,
+        op: dinv.physics.LinearPhysics,
+        y: Tensor,
+        noise_sigma: float,
+        cg_tol: float = 1e-6,
+        cg_max_iter: int = 1000,
+        norm_seed: int = 0,
+    ):
+        _check_linear(op)
+        self.op = op
+        self.y = check_image(y, "measurement y")
+        self.noise_sigma = check_noise_level(noise_sigma, positive=True)
+        self.cg_tol = float(cg_tol)
+        self.cg_max_iter = int(cg_max_iter)
+        self._norm_seed = norm_seed
+        try:
+            self._Aty = op.A_adjoint(y)
+        except RuntimeError as err:
+            raise ValueError(f"measurement y of shape {tuple(y.shape)} does not fit the operator: {err}") from err
+        measured_shape = tuple(op.A(self._Aty).shape)
+        if measured_shape != tuple(y.shape):
+            raise ValueError(
+                f"measurement y has shape {tuple(y.shape)} but the operator produces {measured_shape} "
+                "(channel mismatch?); build the operator for the image's (C, H, W)"
+            )
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        """Shape of the unknown image (that of Aᵀy)."""
+        return tuple(self._Aty.shape)
+
+    @property
+    def prox_is_exact(self) -> bool:
+        """True when :meth:`prox` is computed in closed form."""
+        return isinstance(self.op, dinv.physics.DecomposablePhysics)
+
+    def value(self, x: Tensor) -> Tensor:
+        """f(x) per sample, shape ``[B]``."""
+        r = self.op.A(x) - self.y
+        return 0.5 * r.pow(2).flatten(1).sum(1) / self.noise_sigma**2
+
+    def grad(self, x: Tensor) -> Tensor:
+        """∇f(x) = Aᵀ(Ax − y)/s²."""
+        return (self.op.A_adjoint(self.op.A(x)) - self._Aty) / self.noise_sigma**2
+
+    @cached_property
+    def operator_norm(self) -> OperatorNorm:
+        """‖A‖ on images of this problem's size (see :func:`operator_norm`)."""
+        return operator_norm(self.op, self.x_shape[1:], seed=self._norm_seed)
+
+    @property
+    def lipschitz(self) -> float:
+        """Lipschitz constant L = ‖A‖²/s² of ∇f."""
+        return self.operator_norm.value**2 / self.noise_sigma**2
+
+    def prox(self, x: Tensor, tau: float) -> Tensor:
+        """argmin_u ½‖u − x‖² + τ f(u)."""
+        if not tau > 0:
+            raise ValueError(f"prox step tau must be > 0, got {tau}")
+        gamma = tau / self.noise_sigma**2
+        if self.prox_is_exact:
+            return self.op.prox_l2(x, self.y, gamma)
+        rhs = x + gamma * self._Aty
+        return conjugate_gradient(
+            lambda u: u + gamma * self.op.A_adjoint_A(u),
+            rhs,
+            max_iter=self.cg_max_iter,
+            tol=self.cg_tol,
+            eps=0.0,
+            init=x,
+        )

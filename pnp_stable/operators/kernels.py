@@ -1,0 +1,193 @@
+"""Blur kernels: analytic ones, deepinv's random motion kernels, and kernel files.
+
+Every kernel leaves this module as a float32 tensor of shape ``[h, w]`` that is
+finite, non-negative and sums to 1 (so that a blur preserves mean intensity and,
+by Young's inequality, has operator norm at most 1 with zero or circular boundary).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "validate_kernel",
+    "gaussian_kernel",
+    "uniform_kernel",
+    "motion_kernel",
+    "load_kernels",
+    "load_kernel",
+]
+
+
+def validate_kernel(kernel, name: str = "kernel") -> Tensor:
+    """Return ``kernel`` as a normalised float32 ``[h, w]`` tensor, or raise ``ValueError``.
+
+    Accepts a 2-D array/tensor or a ``[1, 1, h, w]`` tensor (deepinv's filter layout).
+    """
+    k = torch.as_tensor(np.asarray(kernel) if not isinstance(kernel, Tensor) else kernel)
+    if k.ndim == 4 and k.shape[0] == 1 and k.shape[1] == 1:
+        k = k[0, 0]
+    if k.ndim != 2:
+        raise ValueError(
+            f"{name} must be 2-D [h, w] (or [1, 1, h, w]), got shape {tuple(k.shape)}; "
+            "the same kernel is applied to every colour channel"
+        )
+    if k.numel() == 0:
+        raise ValueError(f"{name} is empty")
+    k = k.to(torch.float64)
+    if not torch.isfinite(k).all():
+        raise ValueError(f"{name} contains NaN or Inf values")
+    if (k < 0).any():
+        raise ValueError(
+            f"{name} has negative entries (min {k.min().item():.3g}); a blur kernel must be non-negative"
+        )
+    total = k.sum()
+    if total <= 0:
+        raise ValueError(f"{name} sums to {total.item():.3g}; it needs a positive sum")
+    return (k / total).to(torch.float32)
+
+
+def _odd_size(size: int, what: str) -> int:
+    size = int(size)
+    if size < 1:
+        raise ValueError(f"{what} must be a positive integer, got {size}")
+    return size
+
+
+def gaussian_kernel(std: float, size: int | None = None) -> Tensor:
+    """Isotropic Gaussian kernel of standard deviation ``std`` pixels.
+
+    ``size`` defaults to ``2 * ceil(3 * std) + 1`` (±3 std, odd so the kernel is centred).
+    """
+    std = float(std)
+    if not std > 0 or not math.isfinite(std):
+        raise ValueError(f"Gaussian kernel std must be a positive number of pixels, got {std}")
+    size = _odd_size(2 * math.ceil(3 * std) + 1 if size is None else size, "Gaussian kernel size")
+    t = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-0.5 * (t / std) ** 2)
+    return validate_kernel(torch.outer(g, g))
+
+
+def uniform_kernel(size: int) -> Tensor:
+    """Box kernel of ``size × size`` pixels, each weight ``1 / size²``."""
+    size = _odd_size(size, "uniform kernel size")
+    return validate_kernel(torch.ones(size, size))
+
+
+def motion_kernel(seed: int, size: int = 25, length_scale: float = 0.3, std: float = 0.25) -> Tensor:
+    """Random camera-shake kernel from deepinv's ``MotionBlurGenerator`` (Gaussian-process trajectory).
+
+    The same ``seed`` always gives the same kernel.
+    """
+    from deepinv.physics.generator import MotionBlurGenerator
+
+    size = _odd_size(size, "motion kernel size")
+    rng = torch.Generator().manual_seed(int(seed))
+    generator = MotionBlurGenerator(psf_size=(size, size), rng=rng, l=length_scale, sigma=std)
+    return validate_kernel(generator.step(batch_size=1)["filter"])
+
+
+def _kernels_from_mat(path: Path) -> dict[str, np.ndarray]:
+    """Numeric 2-D arrays (and cell arrays of them) from a MATLAB file, classic or v7.3/HDF5."""
+    import h5py
+    import scipy.io
+
+    if h5py.is_hdf5(path):
+        found: dict[str, np.ndarray] = {}
+        with h5py.File(path, "r") as f:
+
+            def visit(name, obj):
+                if not isinstance(obj, h5py.Dataset) or name.startswith("#refs#"):
+                    return
+                if obj.dtype == h5py.ref_dtype:
+                    for i, ref in enumerate(np.asarray(obj).ravel()):
+                        found[f"{name}[{i}]"] = np.asarray(f[ref]).T
+                elif obj.ndim == 2:
+                    found[name] = np.asarray(obj).T  # MATLAB is column-major
+                elif obj.ndim == 3:
+                    for i, k in enumerate(np.asarray(obj)):
+                        found[f"{name}[{i}]"] = k.T
+
+            f.visititems(visit)
+        return found
+    try:
+        contents = scipy.io.loadmat(path)
+    except Exception as err:
+        raise ValueError(f"cannot read MATLAB file {path}: {err}") from err
+    found = {}
+    for name, value in contents.items():
+        if name.startswith("__"):
+            continue
+        value = np.asarray(value)
+        if value.dtype == object:
+            for i, k in enumerate(value.ravel()):
+                found[f"{name}[{i}]"] = np.asarray(k)
+        elif value.ndim == 3:
+            for i in range(value.shape[2]):
+                found[f"{name}[{i}]"] = value[:, :, i]
+        else:
+            found[name] = value
+    return found
+
+
+def _kernels_from_image(path: Path) -> dict[str, np.ndarray]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("F") if im.mode not in ("L", "I", "I;16", "F") else im)
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"cannot read kernel image {path}: {err}") from err
+    if arr.ndim != 2:
+        raise ValueError(f"kernel image {path} must be greyscale, got shape {arr.shape}")
+    return {path.stem: arr.astype(np.float64)}
+
+
+def load_kernels(path: str | Path) -> dict[str, Tensor]:
+    """Load every kernel in a file: ``.npy``, ``.npz``, ``.mat`` (classic or v7.3) or greyscale ``.png``.
+
+    Returns an ordered ``{name: kernel}`` dict; each kernel is validated and normalised.
+    A 3-D ``.npy`` array is read as a stack ``[n, h, w]``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"kernel file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+            raw = {f"{path.stem}[{i}]": k for i, k in enumerate(arr)} if arr.ndim == 3 else {path.stem: arr}
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                raw = {name: npz[name] for name in npz.files}
+        elif suffix == ".mat":
+            raw = _kernels_from_mat(path)
+        elif suffix in (".png", ".tif", ".tiff", ".bmp"):
+            raw = _kernels_from_image(path)
+        else:
+            raise ValueError(
+                f"unsupported kernel file type '{suffix}' ({path}); use .npy, .npz, .mat or a greyscale .png"
+            )
+    except (OSError, EOFError) as err:
+        raise ValueError(f"cannot read kernel file {path}: {err}") from err
+    if not raw:
+        raise ValueError(f"no kernel found in {path}")
+    return {name: validate_kernel(k, name=f"kernel '{name}' in {path.name}") for name, k in raw.items()}
+
+
+def load_kernel(path: str | Path, index: int | str = 0) -> Tensor:
+    """Load one kernel from a file, chosen by position or by name (see :func:`load_kernels`)."""
+    kernels = load_kernels(path)
+    if isinstance(index, str):
+        if index not in kernels:
+            raise ValueError(f"no kernel named '{index}' in {path}; available: {list(kernels)}")
+        return kernels[index]
+    names = list(kernels)
+    if not -len(names) <= index < len(names):
+        raise ValueError(f"kernel index {index} out of range: {path} holds {len(names)} kernel(s)")
+    return kernels[names[index]]

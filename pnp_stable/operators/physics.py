@@ -1,0 +1,176 @@
+"""Forward models as deepinv ``LinearPhysics``: blur, downsampling, inpainting, denoising, custom.
+
+Every factory returns a stock deepinv object (nothing is re-implemented), so the result
+works in deepinv's optimisers and in ours alike.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import deepinv as dinv
+import torch
+from torch import Tensor
+
+from .._validation import check_noise_level
+from .kernels import validate_kernel
+
+__all__ = ["BOUNDARIES", "blur", "downsampling", "inpainting", "denoising", "custom_operator"]
+
+#: boundary conditions of :func:`blur`; ``circular`` is diagonalised by the FFT (exact prox and norm)
+BOUNDARIES = ("circular", "reflect", "replicate", "zeros", "valid")
+
+#: kernels with at least this many rows or columns are applied by FFT for non-circular boundaries
+#: (measured crossover on 2 CPU cores, see ``benchmarks/results/operators.md``)
+FFT_MIN_KERNEL_SIZE = 15
+
+
+def _noise_model(noise_sigma: float, rng: torch.Generator | None):
+    noise_sigma = check_noise_level(noise_sigma)
+    if noise_sigma == 0:
+        return dinv.physics.ZeroNoise()
+    return dinv.physics.GaussianNoise(sigma=noise_sigma, rng=rng)
+
+
+def _check_img_size(img_size: Sequence[int] | None) -> tuple[int, int, int] | None:
+    if img_size is None:
+        return None
+    img_size = tuple(int(s) for s in img_size)
+    if len(img_size) != 3 or min(img_size) < 1:
+        raise ValueError(f"img_size must be (C, H, W) with positive entries, got {img_size}")
+    return img_size
+
+
+def blur(
+    kernel,
+    boundary: str = "circular",
+    noise_sigma: float = 0.0,
+    img_size: Sequence[int] | None = None,
+    use_fft: bool | None = None,
+    rng: torch.Generator | None = None,
+    device: str | torch.device = "cpu",
+) -> dinv.physics.LinearPhysics:
+    """Convolution ``y = k * x + n`` with ``n ~ N(0, noise_sigma²)``, as a deepinv ``LinearPhysics``.
+
+    ``boundary='circular'`` gives ``deepinv.physics.BlurFFT`` (needs ``img_size=(C, H, W)``;
+    the operator is diagonal in Fourier, so its prox and norm are exact). The other
+    boundaries give ``deepinv.physics.Blur``; ``'valid'`` returns a smaller image.
+    Colour images are blurred channel by channel with the same kernel.
+    ``use_fft`` (non-circular only) defaults to FFT for kernels of side ≥ ``FFT_MIN_KERNEL_SIZE``.
+    """
+    if boundary not in BOUNDARIES:
+        raise ValueError(f"unknown boundary '{boundary}'; choose one of {BOUNDARIES}")
+    k = validate_kernel(kernel)
+    img_size = _check_img_size(img_size)
+    if img_size is not None and (k.shape[0] > img_size[1] or k.shape[1] > img_size[2]):
+        raise ValueError(
+            f"kernel of size {tuple(k.shape)} is larger than the image {img_size[1:]}; "
+            "use a smaller kernel or a larger image"
+        )
+    filt = k[None, None].to(device)
+    noise = _noise_model(noise_sigma, rng)
+    if boundary == "circular":
+        if img_size is None:
+            raise ValueError(
+                "boundary='circular' uses an FFT diagonalisation that needs img_size=(C, H, W); "
+                "pass img_size=x.shape[1:]"
+            )
+        return dinv.physics.BlurFFT(img_size=img_size, filter=filt, noise_model=noise, device=device)
+    if use_fft is None:
+        use_fft = max(k.shape) >= FFT_MIN_KERNEL_SIZE
+    padding = "constant" if boundary == "zeros" else boundary
+    return dinv.physics.Blur(filter=filt, padding=padding, use_fft=use_fft, noise_model=noise, device=device)
+
+
+def downsampling(
+    img_size: Sequence[int],
+    factor: int = 2,
+    filter: str | Tensor | None = "bicubic",
+    boundary: str = "circular",
+    noise_sigma: float = 0.0,
+    rng: torch.Generator | None = None,
+    device: str | torch.device = "cpu",
+) -> dinv.physics.LinearPhysics:
+    """Anti-aliased decimation by an integer ``factor`` (deepinv ``Downsampling``)."""
+    img_size = _check_img_size(img_size)
+    if int(factor) < 1 or img_size[1] % int(factor) or img_size[2] % int(factor):
+        raise ValueError(f"factor must be a positive integer dividing H and W of {img_size}, got {factor}")
+    if isinstance(filter, Tensor) or not isinstance(filter, (str, type(None))):
+        filter = validate_kernel(filter, name="downsampling filter")[None, None]
+    return dinv.physics.Downsampling(
+        img_size=img_size,
+        filter=filter,
+        factor=int(factor),
+        padding="constant" if boundary == "zeros" else boundary,
+        noise_model=_noise_model(noise_sigma, rng),
+        device=device,
+    )
+
+
+def inpainting(
+    img_size: Sequence[int],
+    mask: Tensor | float,
+    noise_sigma: float = 0.0,
+    rng: torch.Generator | None = None,
+    device: str | torch.device = "cpu",
+) -> dinv.physics.LinearPhysics:
+    """Masking ``y = m ⊙ x + n`` (deepinv ``Inpainting``).
+
+    ``mask`` is a 0/1 tensor broadcastable to ``img_size``, or a float in (0, 1): the
+    fraction of pixels kept at random (seeded by ``rng``).
+    """
+    img_size = _check_img_size(img_size)
+    if isinstance(mask, Tensor):
+        if not torch.isfinite(mask).all() or ((mask != 0) & (mask != 1)).any():
+            raise ValueError("inpainting mask must contain only 0 and 1")
+        mask = mask.to(torch.float32)
+    elif not 0 < float(mask) <= 1:
+        raise ValueError(f"inpainting mask fraction must lie in (0, 1], got {mask}")
+    return dinv.physics.Inpainting(
+        img_size=img_size, mask=mask, noise_model=_noise_model(noise_sigma, rng), rng=rng, device=device
+    )
+
+
+def denoising(
+    noise_sigma: float, rng: torch.Generator | None = None, device: str | torch.device = "cpu"
+) -> dinv.physics.LinearPhysics:
+    """Identity operator with Gaussian noise (deepinv ``Denoising``): pure denoising as an inverse problem."""
+    return dinv.physics.Denoising(noise_model=_noise_model(noise_sigma, rng), device=device)
+
+
+def _autograd_adjoint(A: Callable[[Tensor], Tensor], img_size: tuple[int, int, int]):
+    """``Aᵀy = ∇ₓ⟨A x, y⟩``, exact for linear ``A`` and valid for any batch size."""
+
+    def A_adjoint(y: Tensor, **kwargs) -> Tensor:
+        x0 = torch.zeros((y.shape[0], *img_size), dtype=y.dtype, device=y.device)
+        _, vjp = torch.func.vjp(lambda x: A(x), x0)
+        return vjp(y)[0]
+
+    return A_adjoint
+
+
+def custom_operator(
+    A: Callable[[Tensor], Tensor],
+    A_adjoint: Callable[[Tensor], Tensor] | None = None,
+    img_size: Sequence[int] | None = None,
+    noise_sigma: float = 0.0,
+    rng: torch.Generator | None = None,
+    device: str | torch.device = "cpu",
+) -> dinv.physics.LinearPhysics:
+    """Wrap plain functions ``A`` (and optionally ``A_adjoint``) as a deepinv ``LinearPhysics``.
+
+    Without ``A_adjoint`` the adjoint comes from autograd (``Aᵀy = ∇ₓ⟨Ax, y⟩``) and
+    ``img_size=(C, H, W)`` is required. Check the result with :func:`adjoint_test`.
+    """
+    img_size = _check_img_size(img_size)
+    if A_adjoint is None:
+        if img_size is None:
+            raise ValueError("custom_operator without A_adjoint needs img_size=(C, H, W) for the autograd adjoint")
+        A_adjoint = _autograd_adjoint(A, img_size)
+    return dinv.physics.LinearPhysics(
+        A=lambda x, **kwargs: A(x),
+        A_adjoint=lambda y, **kwargs: A_adjoint(y),
+        img_size=img_size,
+        noise_model=_noise_model(noise_sigma, rng),
+        device=device,
+    )

@@ -1,0 +1,63 @@
+import pytest
+import torch
+
+import pnp_stable as ps
+from pnp_stable.operators import power_iteration
+
+
+def _problem(boundary, channels=3, size=32):
+    shape = (channels, size, size)
+    op = ps.blur(ps.motion_kernel(5, size=9), boundary=boundary, img_size=shape)
+    x = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
+    y = op.A(x) + 0.02 * torch.randn(op.A(x).shape, generator=torch.Generator().manual_seed(1))
+    return op, x, y
+
+
+@pytest.mark.parametrize("boundary", ["circular", "reflect", "valid"])
+def test_prox_satisfies_optimality(boundary):
+    op, x, y = _problem(boundary)
+    f = ps.L2Fidelity(op, y, noise_sigma=0.02)
+    assert f.prox_is_exact == (boundary == "circular")
+    z = torch.rand_like(x)
+    for tau in (1e-5, 1e-3, 0.1):
+        u = f.prox(z, tau)
+        residual = (u - z) + tau * f.grad(u)  # gradient of ½‖u − z‖² + τ f(u)
+        scale = z.norm() + tau * f.grad(z).norm()  # size of the terms of the optimality equation at z
+        assert (residual.norm() / scale).item() < 1e-4
+
+
+@pytest.mark.parametrize("boundary", ["circular", "replicate"])
+def test_value_gradient_and_lipschitz(boundary):
+    op, x, y = _problem(boundary, channels=1, size=20)
+    f = ps.L2Fidelity(op, y, noise_sigma=0.05)
+    xd = x.clone().requires_grad_(True)
+    f.value(xd).sum().backward()
+    assert torch.allclose(xd.grad, f.grad(x), rtol=1e-4, atol=1e-3)
+    # empirical Lipschitz constant of the gradient: max over random pairs plus the power vector
+    g = torch.Generator().manual_seed(2)
+    ratios = []
+    for _ in range(20):
+        a, b = torch.randn(x.shape, generator=g), torch.randn(x.shape, generator=g)
+        ratios.append(((f.grad(a) - f.grad(b)).norm() / (a - b).norm()).item())
+    assert max(ratios) <= f.lipschitz * (1 + 1e-4)
+    lam, vec, _ = power_iteration(op.A_adjoint_A, torch.randn(1, *x.shape[1:], generator=g), tol=1e-9, max_iter=5000)
+    vec = vec.expand_as(x)
+    y0 = torch.zeros_like(vec)
+    empirical = ((f.grad(vec) - f.grad(y0)).norm() / vec.norm()).item()
+    assert empirical == pytest.approx(f.lipschitz, rel=1e-3)
+
+
+def test_fidelity_rejects_bad_input():
+    op, x, y = _problem("circular")
+    with pytest.raises(ValueError, match="noise_sigma"):
+        ps.L2Fidelity(op, y, noise_sigma=0)
+    with pytest.raises(ValueError, match="rank 4"):
+        ps.L2Fidelity(op, y[0], noise_sigma=0.1)
+    with pytest.raises(ValueError, match="channel"):
+        ps.L2Fidelity(op, y[:, :1], noise_sigma=0.1)
+    bad = y.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        ps.L2Fidelity(op, bad, noise_sigma=0.1)
+    with pytest.raises(ValueError, match="tau"):
+        ps.L2Fidelity(op, y, noise_sigma=0.1).prox(x, 0.0)

@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+import pnp_stable as ps
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".jpg"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_roundtrip(tmp_path, suffix, channels):
+    image = data.astronaut()[:64, :48] if channels == 3 else data.camera()[:64, :48]
+    x = ps.to_tensor(image)
+    assert x.shape == (1, channels, 64, 48) and x.dtype == torch.float32
+    path = ps.save_image(x, tmp_path / f"img{suffix}")
+    back = ps.load_image(path)
+    assert back.shape == x.shape
+    if suffix == ".jpg":  # lossy: compare the mean error
+        assert (back - x).abs().mean().item() < 0.02
+    else:
+        assert (back - x).abs().max().item() <= 1 / 510
+
+
+def test_sixteen_bit_and_gray_conversion(tmp_path):
+    x = torch.linspace(0, 1, 32 * 32).reshape(1, 1, 32, 32)
+    ps.save_image(x, tmp_path / "deep.png", bit_depth=16)
+    assert (ps.load_image(tmp_path / "deep.png") - x).abs().max().item() < 1e-4
+    colour = ps.to_tensor(data.astronaut()[:16, :16])
+    ps.save_image(colour, tmp_path / "c.png")
+    assert ps.load_image(tmp_path / "c.png", gray=True).shape == (1, 1, 16, 16)
+    assert ps.load_image(tmp_path / "deep.png", gray=False).shape == (1, 3, 32, 32)
+
+
+def test_bad_files_and_out_of_range(tmp_path):
+    (tmp_path / "notes.png").write_text("this is not an image")
+    with pytest.raises(ValueError, match="cannot read"):
+        ps.load_image(tmp_path / "notes.png")
+    with pytest.raises(ValueError, match="not found"):
+        ps.load_image(tmp_path / "missing.png")
+    x = torch.full((1, 1, 8, 8), 1.2)
+    with pytest.raises(ValueError, match="clip=True"):
+        ps.save_image(x, tmp_path / "o.png")
+    ps.save_image(x, tmp_path / "o.png", clip=True)
+    assert ps.load_image(tmp_path / "o.png").min().item() == 1.0
+
+
+def test_psnr_ssim():
+    ref = ps.to_tensor(data.camera()[:64, :64]).repeat(2, 1, 1, 1)
+    noisy = ref + 0.1 * torch.randn(ref.shape, generator=torch.Generator().manual_seed(0))
+    value = ps.psnr(noisy, ref)
+    assert value.shape == (2,)
+    assert value[0].item() == pytest.approx(20.0, abs=0.2)  # 10·log10(1 / 0.01)
+    assert ps.ssim(ref, ref).tolist() == pytest.approx([1.0, 1.0])
+    assert (ps.ssim(noisy, ref) < 0.9).all()
+    with pytest.raises(ValueError, match="shape"):
+        ps.psnr(noisy[:, :, :32], ref)
+    with pytest.raises(ValueError, match="rank 4"):
+        ps.psnr(ref[0], ref[0])

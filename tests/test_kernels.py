@@ -1,0 +1,113 @@
+import h5py
+import numpy as np
+import pytest
+import scipy.io
+import torch
+from PIL import Image
+
+import pnp_stable as ps
+from pnp_stable.operators import validate_kernel
+
+
+@pytest.mark.parametrize(
+    "kernel",
+    [ps.gaussian_kernel(1.6), ps.gaussian_kernel(2.0, size=9), ps.uniform_kernel(9), ps.motion_kernel(0, size=19)],
+)
+def test_kernels_are_normalised(kernel):
+    assert kernel.ndim == 2 and kernel.dtype == torch.float32
+    assert (kernel >= 0).all()
+    assert kernel.sum().item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_gaussian_default_size_and_symmetry():
+    k = ps.gaussian_kernel(1.6)
+    assert k.shape == (11, 11)
+    assert torch.allclose(k, k.T) and torch.allclose(k, k.flip(0))
+    assert k.argmax().item() == 5 * 11 + 5
+
+
+def test_motion_kernel_is_seeded():
+    assert torch.equal(ps.motion_kernel(7), ps.motion_kernel(7))
+    assert not torch.equal(ps.motion_kernel(7), ps.motion_kernel(8))
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.full((3, 3), np.nan), "NaN"),
+        (np.array([[0.5, -0.1], [0.3, 0.3]]), "negative"),
+        (np.ones((2, 3, 3)), "2-D"),
+        (np.zeros((3, 3)), "positive sum"),
+    ],
+)
+def test_invalid_kernels_are_refused(bad, message):
+    with pytest.raises(ValueError, match=message):
+        validate_kernel(bad)
+
+
+def test_validate_accepts_deepinv_layout_and_normalises():
+    k = validate_kernel(torch.ones(1, 1, 3, 3) * 5)
+    assert k.shape == (3, 3) and torch.allclose(k, torch.full((3, 3), 1 / 9))
+
+
+def _two_kernels():
+    a = np.zeros((5, 7))
+    a[2, 1:6] = 1.0
+    return a, np.ones((3, 3))
+
+
+def test_load_npy_and_npz(tmp_path):
+    a, b = _two_kernels()
+    np.save(tmp_path / "one.npy", a)
+    np.save(tmp_path / "stack.npy", np.stack([b, b * 2]))
+    np.savez(tmp_path / "many.npz", first=a, second=b)
+    assert torch.allclose(ps.load_kernel(tmp_path / "one.npy"), torch.tensor(a / a.sum(), dtype=torch.float32))
+    assert len(ps.load_kernels(tmp_path / "stack.npy")) == 2
+    many = ps.load_kernels(tmp_path / "many.npz")
+    assert list(many) == ["first", "second"]
+    assert ps.load_kernel(tmp_path / "many.npz", "second").shape == (3, 3)
+    assert ps.load_kernel(tmp_path / "many.npz", 1).shape == (3, 3)
+
+
+def test_load_mat_classic_with_cell_array(tmp_path):
+    a, b = _two_kernels()
+    cell = np.empty((1, 2), dtype=object)
+    cell[0, 0], cell[0, 1] = a, b
+    scipy.io.savemat(tmp_path / "k.mat", {"kernels": cell, "single": a})
+    kernels = ps.load_kernels(tmp_path / "k.mat")
+    assert set(kernels) == {"kernels[0]", "kernels[1]", "single"}
+    assert kernels["kernels[0]"].shape == (5, 7)
+
+
+def test_load_mat_v73_hdf5(tmp_path):
+    a, _ = _two_kernels()
+    with h5py.File(tmp_path / "k73.mat", "w") as f:
+        f.create_dataset("kernel", data=a.T)  # MATLAB stores column-major
+    k = ps.load_kernel(tmp_path / "k73.mat")
+    assert k.shape == (5, 7)
+    assert torch.allclose(k, torch.tensor(a / a.sum(), dtype=torch.float32))
+
+
+def test_load_png(tmp_path):
+    a, _ = _two_kernels()
+    Image.fromarray((a * 255).astype(np.uint8)).save(tmp_path / "k.png")
+    k = ps.load_kernel(tmp_path / "k.png")
+    assert k.shape == (5, 7) and k.sum().item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("content, suffix", [(b"not a kernel", ".npy"), (b"junk", ".png"), (b"x", ".txt")])
+def test_unreadable_kernel_files(tmp_path, content, suffix):
+    path = tmp_path / f"bad{suffix}"
+    path.write_bytes(content)
+    with pytest.raises(ValueError):
+        ps.load_kernels(path)
+    with pytest.raises(ValueError, match="not found"):
+        ps.load_kernels(tmp_path / "missing.npy")
+
+
+def test_shared_kernel_sets_load(data_root):
+    levin = ps.load_kernels(data_root / "kernels" / "levin09.npz")
+    assert len(levin) == 8
+    assert [k.shape[0] for k in levin.values()] == [19, 17, 15, 27, 13, 21, 23, 23]
+    usrnet = ps.load_kernels(data_root / "kernels" / "usrnet12.npz")
+    assert len(usrnet) == 12 and all(k.shape == (25, 25) for k in usrnet.values())

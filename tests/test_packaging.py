@@ -1,0 +1,28 @@
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pnp_stable
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    assert "make test" in readme
+    commands = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
+    assert commands == ["make test"]
+
+
+def test_console_script_prints_version():
+    out = subprocess.run([sys.executable, "-m", "pnp_stable.cli", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"pnp-stable {pnp_stable.__version__}"
+    assert re.match(r"\d+\.\d+\.\d+", pnp_stable.__version__)
+
+
+def test_readme_python_blocks_run_verbatim(capsys):
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})

@@ -1,0 +1,133 @@
+import deepinv as dinv
+import numpy as np
+import pytest
+import torch
+
+import pnp_stable as ps
+from pnp_stable.operators import BOUNDARIES
+
+SIZE = 24
+
+
+def _dense(op, shape):
+    """Dense matrix of a linear operator on images of ``shape`` (small images only)."""
+    n = int(np.prod(shape))
+    basis = torch.eye(n, dtype=torch.float32).reshape(n, *shape)
+    return op.A(basis).reshape(n, -1).T.double()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+@pytest.mark.parametrize("use_fft", [False, True])
+def test_blur_adjoint(boundary, channels, use_fft):
+    if boundary == "circular" and use_fft:
+        pytest.skip("circular is always FFT")
+    shape = (channels, 32, 28)
+    op = ps.blur(ps.motion_kernel(1, size=9), boundary=boundary, img_size=shape, use_fft=use_fft)
+    assert isinstance(op, dinv.physics.LinearPhysics)
+    assert ps.adjoint_test(op, shape, seed=1) < 1e-5
+
+
+def test_adjoint_test_detects_a_wrong_adjoint():
+    op = ps.custom_operator(lambda x: torch.roll(x, 1, dims=-1), lambda y: torch.roll(y, 1, dims=-1))
+    assert ps.adjoint_test(op, (1, 16, 16)) > 0.5
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_downsampling_inpainting_denoising_adjoint(channels):
+    shape = (channels, 32, 32)
+    mask = (torch.rand(shape, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    for op in (
+        ps.downsampling(shape, factor=2),
+        ps.inpainting(shape, mask),
+        ps.inpainting(shape, 0.3, rng=torch.Generator().manual_seed(0)),
+        ps.denoising(0.1),
+    ):
+        assert ps.adjoint_test(op, shape) < 1e-5
+
+
+class ShiftAndScale(dinv.physics.LinearPhysics):
+    """A user's operator written the deepinv way: a diagonal scaling after a circular shift."""
+
+    def __init__(self, weights, **kwargs):
+        super().__init__(**kwargs)
+        self.register_buffer("weights", weights)
+
+    def A(self, x, **kwargs):
+        return self.weights * torch.roll(x, shifts=(2, -1), dims=(-2, -1))
+
+    def A_adjoint(self, y, **kwargs):
+        return torch.roll(self.weights * y, shifts=(-2, 1), dims=(-2, -1))
+
+
+def test_user_linear_physics_subclass():
+    op = ShiftAndScale(torch.linspace(0.1, 2.0, 20 * 20).reshape(1, 1, 20, 20))
+    assert ps.adjoint_test(op, (1, 20, 20)) < 1e-5
+    norm = ps.operator_norm(op, (1, 20, 20))
+    assert not norm.exact and norm.value == pytest.approx(2.0, rel=1e-3)
+
+
+def test_custom_operator_autograd_adjoint_any_batch():
+    weights = torch.rand(1, 1, 12, 12) + 0.5
+
+    def A(x):
+        return weights * torch.nn.functional.avg_pool2d(x, 1) + x.flip(-1)
+
+    op = ps.custom_operator(A, img_size=(1, 12, 12))
+    assert ps.adjoint_test(op, (1, 12, 12), num_samples=5) < 1e-5
+    dense = _dense(op, (1, 12, 12))
+    y = torch.randn(3, 1, 12, 12)
+    expected = (dense.T @ y.reshape(3, -1).T.double()).T.reshape(3, 1, 12, 12)
+    assert torch.allclose(op.A_adjoint(y).double(), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="img_size"):
+        ps.custom_operator(A)
+
+
+def test_circular_norm_is_max_of_kernel_spectrum():
+    shape = (3, 40, 36)
+    kernel = ps.gaussian_kernel(2.0)
+    op = ps.blur(kernel, boundary="circular", img_size=shape)
+    padded = torch.zeros(shape[1:])
+    padded[: kernel.shape[0], : kernel.shape[1]] = kernel
+    expected = torch.fft.fft2(padded.double()).abs().max().item()
+    norm = ps.operator_norm(op, shape)
+    assert norm.exact and norm.value == pytest.approx(expected, abs=1e-4)
+    # an anisotropic kernel whose spectrum peaks away from DC (a finite difference-like motion kernel)
+    motion = ps.motion_kernel(4, size=11)
+    op = ps.blur(motion, boundary="circular", img_size=shape)
+    padded = torch.zeros(shape[1:])
+    padded[:11, :11] = motion
+    assert ps.operator_norm(op, shape).value == pytest.approx(torch.fft.fft2(padded.double()).abs().max().item(), abs=1e-4)
+
+
+@pytest.mark.parametrize("boundary", ["reflect", "replicate", "zeros", "valid"])
+def test_estimated_norm_matches_dense_svd(boundary):
+    shape = (1, SIZE, SIZE)
+    op = ps.blur(ps.motion_kernel(2, size=7), boundary=boundary)
+    exact = torch.linalg.matrix_norm(_dense(op, shape), ord=2).item()
+    norm = ps.operator_norm(op, shape, seed=3)
+    assert not norm.exact
+    assert norm.value == pytest.approx(exact, rel=0.01)
+    assert ps.operator_norm(op, shape, seed=3).value == norm.value  # deterministic for a seed
+
+
+def test_noise_model_and_validation():
+    x = torch.rand(1, 1, 16, 16)
+    op = ps.blur(ps.uniform_kernel(3), boundary="circular", img_size=(1, 16, 16), noise_sigma=0.1,
+                 rng=torch.Generator().manual_seed(0))
+    noise = op(x) - op.A(x)
+    assert noise.std().item() == pytest.approx(0.1, rel=0.2)
+    with pytest.raises(ValueError, match="noise_sigma"):
+        ps.blur(ps.uniform_kernel(3), noise_sigma=-0.1, img_size=(1, 16, 16))
+    with pytest.raises(ValueError, match="larger than the image"):
+        ps.blur(ps.uniform_kernel(21), boundary="reflect", img_size=(1, 16, 16))
+    with pytest.raises(ValueError, match="img_size"):
+        ps.blur(ps.uniform_kernel(3), boundary="circular")
+    with pytest.raises(ValueError, match="boundary"):
+        ps.blur(ps.uniform_kernel(3), boundary="periodic", img_size=(1, 16, 16))
+    with pytest.raises(ValueError, match="3-D|2-D"):
+        ps.blur(np.ones((3, 3, 3)), img_size=(1, 16, 16))
+    with pytest.raises(ValueError, match="x_shape"):
+        ps.operator_norm(op, (16, 16))
+    with pytest.raises(ValueError, match="LinearPhysics"):
+        ps.adjoint_test(lambda x: x, (1, 4, 4))
