@@ -5,9 +5,11 @@ Three rooms: :mod:`pnp_stable.operators` (forward models), ``denoisers`` and ``s
 
 __version__ = "0.1.0"
 
-from . import operators
+from . import denoisers, operators, theory
+from .denoisers import AveragedDenoiser, load_denoiser_file, save_denoiser
 from .io import load_image, save_image, to_numpy, to_tensor
 from .metrics import psnr, ssim
+from .theory import Certificate
 from .operators import (
     L2Fidelity,
     adjoint_test,
@@ -25,6 +27,12 @@ from .operators import (
 )
 
 __all__ = [
+    "AveragedDenoiser",
+    "Certificate",
+    "denoisers",
+    "load_denoiser_file",
+    "save_denoiser",
+    "theory",
     "L2Fidelity",
     "adjoint_test",
     "blur",

@@ -1,0 +1,35 @@
+"""Denoisers: certified averaged networks, their layers and checks, and baselines."""
+
+from .averaged import AveragedDenoiser, RelaxedDenoiser, certificate_of
+from .baselines import BM3DDenoiser, DnCNNBaseline, SpectralResNet, TVDenoiser, parameter_count
+from .blocks import NonexpansiveBlock
+from .certify import adversarial_lipschitz, averagedness_defects, lipschitz_vs_depth, natural_starts
+from .layers import ACTIVATIONS, INTEGRATORS, CertifiedConv, get_activation, get_integrator
+from .serialization import load_denoiser_file, read_metadata, save_denoiser
+from .spectral import circular_conv_norm, conv_norm_upper_bound
+
+__all__ = [
+    "ACTIVATIONS",
+    "AveragedDenoiser",
+    "BM3DDenoiser",
+    "CertifiedConv",
+    "DnCNNBaseline",
+    "INTEGRATORS",
+    "NonexpansiveBlock",
+    "RelaxedDenoiser",
+    "SpectralResNet",
+    "TVDenoiser",
+    "adversarial_lipschitz",
+    "averagedness_defects",
+    "certificate_of",
+    "circular_conv_norm",
+    "conv_norm_upper_bound",
+    "get_activation",
+    "get_integrator",
+    "lipschitz_vs_depth",
+    "load_denoiser_file",
+    "natural_starts",
+    "parameter_count",
+    "read_metadata",
+    "save_denoiser",
+]

@@ -1,0 +1,188 @@
+"""Building blocks of certified networks: monotone activations, a convolution with its exact
+adjoint and spectral-norm control, and explicit integrators with their contractivity radius."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .spectral import circular_conv_norm, conv_norm_upper_bound
+
+__all__ = ["Activation", "ACTIVATIONS", "get_activation", "Integrator", "INTEGRATORS", "get_integrator", "CertifiedConv"]
+
+
+@dataclass(frozen=True)
+class Activation:
+    """σ = γ' for a convex γ: monotone, with Lipschitz constant ``lipschitz`` (L_σ)."""
+
+    name: str
+    fn: Callable[[Tensor], Tensor]
+    lipschitz: float
+    monotone: bool = True
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+
+ACTIVATIONS = {
+    "relu": Activation("relu", F.relu, 1.0),
+    "leaky_relu": Activation("leaky_relu", lambda x: F.leaky_relu(x, 0.01), 1.0),
+    "tanh": Activation("tanh", torch.tanh, 1.0),
+    "elu": Activation("elu", F.elu, 1.0),  # derivative 1 for x > 0 and e^x ≤ 1 for x ≤ 0
+}
+
+
+def get_activation(name: str | Activation) -> Activation:
+    if isinstance(name, Activation):
+        activation = name
+    elif name in ACTIVATIONS:
+        activation = ACTIVATIONS[name]
+    else:
+        raise ValueError(f"unknown activation '{name}'; choose one of {sorted(ACTIVATIONS)}")
+    if not activation.monotone:
+        raise ValueError(f"activation '{activation.name}' is not monotone, so it is not the gradient of a convex γ")
+    return activation
+
+
+@dataclass(frozen=True)
+class Integrator:
+    """An explicit Runge–Kutta method for ẋ = f(x) with radius of circle contractivity ``radius``:
+    it is non-expansive on gradient flows of convex V with L-Lipschitz ∇V when h·L ≤ 2·radius."""
+
+    name: str
+    step: Callable[[Callable[[Tensor], Tensor], Tensor, float], Tensor]
+    radius: float
+    #: True when one step is certified (h L / 2)-averaged (explicit Euler: a gradient step)
+    averaged_step: bool
+
+
+def _euler(f, x, h):
+    return x + h * f(x)
+
+
+def _heun(f, x, h):
+    k1 = f(x)
+    k2 = f(x + h * k1)
+    return x + (h / 2) * (k1 + k2)
+
+
+def _rk4(f, x, h):
+    k1 = f(x)
+    k2 = f(x + (h / 2) * k1)
+    k3 = f(x + (h / 2) * k2)
+    k4 = f(x + h * k3)
+    return x + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
+INTEGRATORS = {
+    "euler": Integrator("euler", _euler, radius=1.0, averaged_step=True),
+    "heun": Integrator("heun", _heun, radius=1.0, averaged_step=False),
+    "rk4": Integrator("rk4", _rk4, radius=1.0, averaged_step=False),
+}
+
+
+def get_integrator(name: str) -> Integrator:
+    if name not in INTEGRATORS:
+        raise ValueError(f"unknown integrator '{name}'; choose one of {sorted(INTEGRATORS)}")
+    return INTEGRATORS[name]
+
+
+class CertifiedConv(nn.Module):
+    """x ↦ Ax + b with a 2-D zero-padded convolution A, its exact adjoint Aᵀ, and its norm.
+
+    ``normalise=True`` uses A = W/s with s = ‖W u‖ the warm-started power estimate of ‖W‖
+    (differentiable in W, as torch's spectral_norm), so that ‖A‖ ≈ 1 while training.
+    The power vector ``u`` (an image of ``power_size``²) starts from ``init_power_steps`` steps,
+    persists across training steps and takes one power-iteration step per training forward.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        bias: bool = True,
+        normalise: bool = True,
+        power_size: int = 32,
+        init_power_steps: int = 50,
+    ):
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd (centred 'same' padding), got {kernel_size}")
+        self.stride = int(stride)
+        self.padding = kernel_size // 2
+        self.normalise = normalise
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        u = torch.randn(1, in_channels, power_size, power_size, generator=torch.Generator().manual_seed(0))
+        self.register_buffer("power_vector", u / u.norm())
+        self._bound_cache: tuple[tuple, float] | None = None
+        for _ in range(init_power_steps):
+            self.power_step()
+
+    # --- the operator -------------------------------------------------------------------
+    def power_step(self) -> None:
+        """One power-iteration step u ← AᵀA u / ‖AᵀA u‖ on the raw weight (no gradient)."""
+        with torch.no_grad():
+            v = self._conv_T(self._conv(self.power_vector, self.weight), self.weight, self.power_vector.shape[-2:])
+            self.power_vector.copy_(v / v.norm().clamp_min(1e-30))
+
+    def power_estimate(self) -> Tensor:
+        """s = ‖W u‖ for the current unit power vector u: a lower estimate of ‖W‖, differentiable in W."""
+        return self._conv(self.power_vector, self.weight).norm()
+
+    def effective_weight(self) -> Tensor:
+        return self.weight / self.power_estimate() if self.normalise else self.weight
+
+    def _conv(self, x: Tensor, weight: Tensor) -> Tensor:
+        return F.conv2d(x, weight, stride=self.stride, padding=self.padding)
+
+    def _conv_T(self, y: Tensor, weight: Tensor, out_hw) -> Tensor:
+        k = weight.shape[-1]
+        extra = [out_hw[i] - ((y.shape[-2 + i] - 1) * self.stride - 2 * self.padding + k) for i in range(2)]
+        return F.conv_transpose2d(y, weight, stride=self.stride, padding=self.padding, output_padding=tuple(extra))
+
+    def A(self, x: Tensor, weight: Tensor | None = None) -> Tensor:
+        """Ax + b (affine)."""
+        weight = self.effective_weight() if weight is None else weight
+        out = self._conv(x, weight)
+        return out if self.bias is None else out + self.bias[None, :, None, None]
+
+    def A_T(self, y: Tensor, out_hw, weight: Tensor | None = None) -> Tensor:
+        """Aᵀy of the linear part: conv_transpose2d with the same weight, stride and padding."""
+        weight = self.effective_weight() if weight is None else weight
+        return self._conv_T(y, weight, out_hw)
+
+    # --- norms ----------------------------------------------------------------------------
+    def norm_upper_bound(self) -> float:
+        """Guaranteed upper bound of ‖A‖ (linear part, any image size), cached until the weights change."""
+        key = self._cache_key()
+        if self._bound_cache is None or self._bound_cache[0] != key:
+            with torch.no_grad():
+                self.set_weight_norm_bound(conv_norm_upper_bound(self.weight))
+        return self._bound_cache[1]
+
+    def _cache_key(self) -> tuple:
+        return (self.weight._version, self.weight.data_ptr(), self.power_vector._version, self.power_vector.data_ptr())
+
+    def weight_norm_bound(self) -> float:
+        """The guaranteed bound of ‖W‖ (raw weight) behind :meth:`norm_upper_bound`."""
+        bound = self.norm_upper_bound()
+        return bound * float(self.power_estimate().detach()) if self.normalise else bound
+
+    def set_weight_norm_bound(self, bound: float) -> None:
+        """Install a bound of ‖W‖ computed for exactly these weights (used when loading verified files)."""
+        scale = float(self.power_estimate().detach()) if self.normalise else 1.0
+        self._bound_cache = (self._cache_key(), float(bound) / scale)
+
+    def circular_norm(self, size: tuple[int, int]) -> float:
+        """Exact ‖A‖ of the circular version of A on an H×W grid (per-frequency SVD)."""
+        scale = float(self.power_estimate().detach()) if self.normalise else 1.0
+        return circular_conv_norm(self.weight, size) / scale

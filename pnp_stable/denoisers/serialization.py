@@ -1,0 +1,111 @@
+"""Denoisers ↔ ``.safetensors`` files: tensors plus architecture, certificate and per-layer norm
+bounds in the metadata. Loading never unpickles; the stored bounds are trusted only for the exact
+weights they were computed from (a SHA-256 digest of every tensor)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..theory import Certificate
+from .averaged import AveragedDenoiser
+
+__all__ = ["save_denoiser", "load_denoiser_file"]
+
+FORMAT = "pnp-stable-denoiser/1"
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_denoiser(model: AveragedDenoiser, path: str | Path, extra: dict[str, str] | None = None) -> Path:
+    """Write weights, config, certificate (computed now from guaranteed bounds) and ``extra`` metadata."""
+    if not isinstance(model, AveragedDenoiser):
+        raise ValueError(f"save_denoiser writes AveragedDenoiser models, got {type(model).__name__}")
+    was_training = model.training
+    model.eval()
+    certificate = model.certificate
+    bounds = [block.conv.weight_norm_bound() for block in model.blocks]
+    model.train(was_training)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {
+        "format": FORMAT,
+        "class": type(model).__name__,
+        "config": json.dumps(model.config, sort_keys=True),
+        "certificate": certificate.to_json(),
+        "weight_norm_bounds": json.dumps(bounds),
+        "sha256": _digest(tensors),
+    }
+    for key, value in (extra or {}).items():
+        if key in metadata:
+            raise ValueError(f"metadata key '{key}' is reserved")
+        metadata[key] = str(value)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a denoiser file, validated (no tensors are loaded)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path} is not a readable safetensors file (corrupt or truncated?): {err}") from err
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a pnp-stable denoiser file (format {metadata.get('format')!r})")
+    return metadata
+
+
+def load_denoiser_file(path: str | Path, verify: bool = False) -> AveragedDenoiser:
+    """Build the denoiser stored in ``path`` (eval mode) and restore its certified norm bounds.
+
+    ``verify=True`` recomputes every bound and the certificate from scratch instead of trusting the
+    file's (slower; a mismatch raises ``ValueError``).
+    """
+    metadata = read_metadata(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"cannot read tensors of {path}: {err}") from err
+    if _digest(tensors) != metadata.get("sha256"):
+        raise ValueError(f"{path}: weights do not match their recorded digest (file modified or corrupt)")
+    try:
+        config = json.loads(metadata["config"])
+        model = AveragedDenoiser(**config)
+        bounds = json.loads(metadata["weight_norm_bounds"])
+        stored = Certificate.from_json(metadata["certificate"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: invalid denoiser metadata ({err})") from err
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: weights do not fit the recorded architecture: {err}") from err
+    model.eval()
+    if len(bounds) != len(model.blocks):
+        raise ValueError(f"{path}: {len(bounds)} norm bounds for {len(model.blocks)} blocks")
+    if not verify:
+        for block, bound in zip(model.blocks, bounds):
+            block.conv.set_weight_norm_bound(bound)
+    recomputed = model.certificate
+    if (recomputed.alpha is None) != (stored.alpha is None) or (
+        stored.alpha is not None and abs(recomputed.alpha - stored.alpha) > 1e-6
+    ):
+        raise ValueError(f"{path}: stored certificate ({stored}) disagrees with the weights ({recomputed})")
+    return model

@@ -1,0 +1,143 @@
+"""Averagedness algebra and the ``Certificate`` value: the one place where the theory lives.
+
+T is α-averaged (α ∈ (0, 1)) iff T = (1 − α)I + αN with N non-expansive, equivalently
+
+    ‖Tx − Ty‖² ≤ ‖x − y‖² − (1 − α)/α · ‖(I − T)x − (I − T)y‖²        (A)
+
+α = 1/2 is firmly non-expansive; α = 1 (merely non-expansive) is never called averaged here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Iterable
+
+__all__ = [
+    "Certificate",
+    "compose_averagedness",
+    "gradient_step_averagedness",
+    "relaxation_averagedness",
+    "relaxation_for_target",
+    "averagedness_defect",
+    "ceil_steps",
+]
+
+
+def _check_alpha(alpha: float, name: str = "alpha") -> float:
+    alpha = float(alpha)
+    if not 0 < alpha < 1:
+        raise ValueError(f"{name} must lie in (0, 1) for an averaged map, got {alpha}")
+    return alpha
+
+
+def compose_averagedness(alphas: Iterable[float]) -> float:
+    """α of T_m∘…∘T_1 for α_i-averaged T_i (Combettes–Yamada 2015): α = κ/(1 + κ), κ = Σ α_i/(1 − α_i)."""
+    kappa = 0.0
+    for a in alphas:
+        if a != 0:  # α = 0 is the identity, which adds nothing
+            a = _check_alpha(a)
+            kappa += a / (1 - a)
+    return kappa / (1 + kappa)
+
+
+def gradient_step_averagedness(tau: float, lipschitz: float) -> float:
+    """α = τL/2 of I − τ∇f for convex f with L-Lipschitz gradient; requires 0 < τ < 2/L."""
+    if not lipschitz > 0:
+        raise ValueError(f"Lipschitz constant must be > 0, got {lipschitz}")
+    if not 0 < tau < 2 / lipschitz:
+        raise ValueError(
+            f"step τ = {tau:.6g} is outside (0, 2/L) = (0, {2 / lipschitz:.6g}); the gradient step is then not averaged"
+        )
+    return tau * lipschitz / 2
+
+
+def relaxation_averagedness(alpha: float, theta: float) -> float:
+    """α' = θα of (1 − θ)I + θD for α-averaged D; requires 0 < θ < 1/α."""
+    alpha = _check_alpha(alpha)
+    if not 0 < theta < 1 / alpha:
+        raise ValueError(f"relaxation θ = {theta} must lie in (0, 1/α) = (0, {1 / alpha:.6g})")
+    return theta * alpha
+
+
+def relaxation_for_target(alpha: float, target: float) -> float:
+    """θ = target/α such that (1 − θ)I + θD is ``target``-averaged (θ = 1/(2α) gives firm non-expansiveness).
+
+    ``alpha = 1`` (a merely non-expansive D) is allowed: then θ = target.
+    """
+    target = _check_alpha(target, "target alpha")
+    if not 0 < alpha <= 1:
+        raise ValueError(f"alpha must lie in (0, 1], got {alpha}")
+    return target / alpha
+
+
+def averagedness_defect(dx2: float, dtx2: float, dresid2: float, alpha: float) -> float:
+    """Left minus right side of (A), from ‖x − y‖², ‖Tx − Ty‖², ‖(I−T)x − (I−T)y‖²; ≤ 0 when (A) holds."""
+    return dtx2 - (dx2 - (1 - alpha) / alpha * dresid2)
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """What is proved about a map D: ‖Dx − Dy‖ ≤ lipschitz·‖x − y‖ and, if ``alpha`` is set, (A).
+
+    ``alpha`` is None when no averagedness is certified. ``guaranteed`` is False for
+    certificates that hold only approximately (e.g. an iterative prox stopped early);
+    ``method`` says which bounds were used, ``tolerance`` their numerical slack.
+    """
+
+    lipschitz: float | None
+    alpha: float | None
+    method: str
+    guaranteed: bool = True
+    tolerance: float = 0.0
+
+    def __post_init__(self):
+        if self.alpha is not None:
+            _check_alpha(self.alpha)
+        if self.lipschitz is not None and not self.lipschitz >= 0:
+            raise ValueError(f"lipschitz bound must be >= 0, got {self.lipschitz}")
+
+    @property
+    def nonexpansive(self) -> bool:
+        return self.lipschitz is not None and self.lipschitz <= 1
+
+    @classmethod
+    def none(cls, reason: str) -> "Certificate":
+        """No guarantee at all (e.g. an unconstrained network)."""
+        return cls(lipschitz=None, alpha=None, method=reason, guaranteed=False)
+
+    def relaxed(self, theta: float) -> "Certificate":
+        """Certificate of (1 − θ)I + θD: θα-averaged (a non-expansive D gives θ when θ < 1)."""
+        if self.alpha is not None:
+            alpha = relaxation_averagedness(self.alpha, theta)
+        elif self.nonexpansive and 0 < theta < 1:
+            alpha = theta
+        else:
+            raise ValueError("relaxation needs an averaged or non-expansive map with θ in (0, 1)")
+        lipschitz = abs(1 - theta) + theta * self.lipschitz
+        return replace(self, alpha=alpha, lipschitz=min(lipschitz, 1.0), method=f"{self.method}; relaxed with θ = {theta:.6g}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Certificate":
+        try:
+            return cls(**json.loads(text))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"corrupt certificate metadata: {err}") from err
+
+    def __str__(self) -> str:
+        lip = "none" if self.lipschitz is None else f"{self.lipschitz:.6g}"
+        alpha = "none" if self.alpha is None else f"{self.alpha:.6g}"
+        kind = "guaranteed" if self.guaranteed else "NOT guaranteed"
+        return f"Lipschitz ≤ {lip}, averaged with α = {alpha} ({kind}; {self.method})"
+
+
+def ceil_steps(time: float, rate: float) -> int:
+    """Smallest n ≥ 1 with time·rate/n ≤ 1 (guarding against float round-off)."""
+    n = max(1, math.ceil(time * rate))
+    while time * rate / n > 1:
+        n += 1
+    return n

@@ -1,0 +1,158 @@
+import deepinv as dinv
+import pytest
+import torch
+
+import pnp_stable as ps
+from pnp_stable.denoisers import (
+    AveragedDenoiser,
+    DnCNNBaseline,
+    SpectralResNet,
+    TVDenoiser,
+    adversarial_lipschitz,
+    averagedness_defects,
+    certificate_of,
+    natural_starts,
+    parameter_count,
+)
+
+SHAPE = (1, 20, 20)
+TOL = 1e-4
+
+CONFIGS = [
+    dict(width=8, depth=2, integrator="euler"),
+    dict(width=6, depth=3, integrator="heun", relaxation=0.8),
+    dict(width=6, depth=2, integrator="rk4", relaxation=0.6, activation="tanh"),
+    dict(width=8, depth=3, integrator="euler", normalise=False, learn_time=False, time=1.0, budget=0.5),
+    dict(width=5, depth=2, integrator="euler", relaxation=0.5, activation="elu", noise_level_input=False),
+]
+
+
+def _briefly_trained(config, steps=8):
+    torch.manual_seed(0)
+    model = AveragedDenoiser(channels=1, **config)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    clean = natural_starts(8, SHAPE, noise=0.0, seed=5)
+    for _ in range(steps):
+        noisy = clean + 0.1 * torch.randn_like(clean)
+        loss = (model(noisy, 0.1) - clean).pow(2).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.calibrate()
+    return model
+
+
+@pytest.mark.parametrize("trained", [False, True], ids=["untrained", "trained"])
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(f"{v}" for v in c.values()))
+def test_empirical_search_stays_within_certificate(config, trained):
+    model = _briefly_trained(config) if trained else AveragedDenoiser(channels=1, **config)
+    model.eval()
+    certificate = model.certificate
+    assert certificate.guaranteed and certificate.lipschitz <= 1
+    if config["integrator"] != "euler" and "relaxation" in config:
+        assert certificate.alpha == pytest.approx(config["relaxation"])  # Heun/RK4: averaged only by relaxation
+    lipschitz = adversarial_lipschitz(model, SHAPE, 0.1, restarts=2, steps=25).ratio
+    assert lipschitz <= certificate.lipschitz * (1 + TOL)
+    if certificate.alpha is not None:
+        result = adversarial_lipschitz(model, SHAPE, 0.1, alpha=certificate.alpha, restarts=2, steps=25)
+        assert result.ratio <= 1 + TOL
+        # inequality (A) on 1,000 pairs: random pairs, near pairs and perturbations of the adversarial pair
+        g = torch.Generator().manual_seed(1)
+        x = natural_starts(500, SHAPE, seed=2)
+        y = torch.cat([natural_starts(250, SHAPE, seed=3), x[250:] + 1e-2 * torch.randn(x[250:].shape, generator=g)])
+        x = torch.cat([x, result.x + 1e-3 * torch.randn((500, *SHAPE), generator=g)])
+        y = torch.cat([y, result.y + 1e-3 * torch.randn((500, *SHAPE), generator=g)])
+        assert averagedness_defects(model, x, y, certificate.alpha).max().item() <= TOL
+
+
+def test_relaxed_and_firmly_nonexpansive():
+    model = AveragedDenoiser(channels=1, width=6, depth=2).eval()
+    fne = model.firmly_nonexpansive()
+    assert fne.certificate.alpha == pytest.approx(0.5)
+    x = natural_starts(200, SHAPE, seed=4)
+    y = natural_starts(200, SHAPE, seed=5)
+    assert averagedness_defects(fne, x, y, 0.5).max().item() <= TOL
+    assert model.relaxed(0.3).certificate.alpha == pytest.approx(0.3)
+
+
+def test_denoiser_contract_and_input_errors():
+    model = AveragedDenoiser(channels=3, width=8, depth=1).eval()
+    assert isinstance(model, dinv.models.Denoiser)
+    x = torch.rand(2, 3, 16, 16)
+    assert model(x, 0.1).shape == x.shape
+    assert model(x, torch.tensor([0.05, 0.2])).shape == x.shape
+    with pytest.raises(ValueError, match="channel"):
+        model(torch.rand(1, 1, 16, 16), 0.1)
+    with pytest.raises(ValueError, match="sigma"):
+        model(x)
+    with pytest.raises(ValueError, match="NaN"):
+        model(torch.full((1, 3, 8, 8), float("nan")), 0.1)
+    with pytest.raises(ValueError, match="integrator"):
+        AveragedDenoiser(integrator="leapfrog")
+    with pytest.raises(ValueError, match="activation"):
+        AveragedDenoiser(activation="softmax")
+
+
+def test_works_inside_deepinv_optimiser():
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 16, 16)
+    physics = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, 16, 16), noise_sigma=0.01)
+    y = physics(x)
+    model = AveragedDenoiser(channels=1, width=6, depth=2).eval()
+    prior = dinv.optim.PnP(denoiser=model)
+    solver = dinv.optim.PGD(prior=prior, data_fidelity=dinv.optim.L2(), stepsize=1.0, sigma_denoiser=0.05, max_iter=5)
+    with torch.no_grad():
+        estimate = solver(y, physics)
+    assert estimate.shape == x.shape and torch.isfinite(estimate).all()
+
+
+def test_baselines_certificates_are_honest():
+    dncnn = DnCNNBaseline(channels=1, depth=12, width=32)
+    ours = AveragedDenoiser(channels=1, width=32, depth=8)
+    assert abs(parameter_count(dncnn) - parameter_count(ours)) / parameter_count(ours) < 0.3
+    assert certificate_of(dncnn).lipschitz is None
+    assert certificate_of(lambda x, s: x).alpha is None
+    resnet = SpectralResNet(channels=1, width=6, depth=3).eval()
+    bound = resnet.certificate.lipschitz
+    assert 2**3 * 0.99 <= bound <= 2**3 * 1.1
+    empirical = adversarial_lipschitz(resnet, SHAPE, None, restarts=2, steps=20).ratio
+    assert empirical <= bound
+    tv = TVDenoiser()
+    assert tv.certificate.alpha == 0.5 and not tv.certificate.guaranteed
+    assert tv(torch.rand(1, 1, 16, 16), 0.1).shape == (1, 1, 16, 16)
+
+
+def test_safetensors_roundtrip(tmp_path):
+    model = _briefly_trained(dict(width=6, depth=2), steps=3).eval()
+    path = ps.save_denoiser(model, tmp_path / "m.safetensors", extra={"data": "tiny test set"})
+    loaded = ps.load_denoiser_file(path)
+    x = torch.rand(1, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x, 0.1), model(x, 0.1), atol=1e-6)
+    assert loaded.certificate == model.certificate
+    assert ps.load_denoiser_file(path, verify=True).certificate.alpha == pytest.approx(model.certificate.alpha)
+    assert ps.denoisers.read_metadata(path)["data"] == "tiny test set"
+
+
+def test_corrupt_and_mismatched_files(tmp_path):
+    model = AveragedDenoiser(channels=1, width=6, depth=1)
+    path = ps.save_denoiser(model, tmp_path / "m.safetensors")
+    raw = path.read_bytes()
+    (tmp_path / "truncated.safetensors").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match="corrupt|readable"):
+        ps.load_denoiser_file(tmp_path / "truncated.safetensors")
+    flipped = bytearray(raw)
+    flipped[-5] ^= 0xFF  # a weight byte
+    (tmp_path / "flipped.safetensors").write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match="digest"):
+        ps.load_denoiser_file(tmp_path / "flipped.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors at all")
+    with pytest.raises(ValueError):
+        ps.load_denoiser_file(tmp_path / "junk.safetensors")
+    with pytest.raises(ValueError, match="not found"):
+        ps.load_denoiser_file(tmp_path / "missing.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"), metadata={"format": "something-else"})
+    with pytest.raises(ValueError, match="not a pnp-stable"):
+        ps.load_denoiser_file(tmp_path / "other.safetensors")

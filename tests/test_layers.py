@@ -1,0 +1,95 @@
+import pytest
+import torch
+
+from pnp_stable.denoisers import CertifiedConv, NonexpansiveBlock, circular_conv_norm, conv_norm_upper_bound
+from pnp_stable.operators import power_iteration
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [(16, 16), (15, 18)])
+def test_conv_adjoint_is_exact(stride, size):
+    conv = CertifiedConv(3, 5, kernel_size=3, stride=stride, normalise=False)
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    w = conv.weight.double()
+    y = torch.randn_like(conv._conv(x, w))
+    lhs = (conv._conv(x, w) * y).sum()
+    rhs = (x * conv._conv_T(y, w, size)).sum()
+    assert abs(lhs - rhs) <= 1e-10 * abs(lhs)
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 3), (4, 6, 3), (6, 3, 5)])
+def test_upper_bound_dominates_power_estimates(shape):
+    co, ci, k = shape
+    torch.manual_seed(sum(shape))
+    weight = torch.randn(co, ci, k, k) / (ci * k * k) ** 0.5
+    bound = conv_norm_upper_bound(weight)
+    pad = k // 2
+    for size in (8, 21, 48):
+        # zero-padded convolution on several image sizes
+        gram = lambda u: torch.nn.functional.conv_transpose2d(  # noqa: E731
+            torch.nn.functional.conv2d(u, weight.double(), padding=pad), weight.double(), padding=pad
+        )
+        sq, _, _ = power_iteration(gram, torch.randn(1, ci, size, size, dtype=torch.float64), tol=1e-10, max_iter=3000)
+        assert bound >= sq**0.5
+        assert bound >= circular_conv_norm(weight, (size, size))
+    assert bound <= 1.011 * circular_conv_norm(weight, (256, 256))  # tight: rel_tol 1e-2
+
+
+def test_circular_norm_matches_power_iteration_within_one_percent():
+    torch.manual_seed(1)
+    weight = torch.randn(6, 6, 3, 3) / 4
+    size = 24
+
+    def circ(u, w):
+        return torch.nn.functional.conv2d(torch.nn.functional.pad(u, (1, 1, 1, 1), mode="circular"), w)
+
+    def circ_T(v, w):  # adjoint of circular cross-correlation: circular correlation with the flipped, transposed kernel
+        return torch.nn.functional.conv2d(
+            torch.nn.functional.pad(v, (1, 1, 1, 1), mode="circular"), w.flip(-1, -2).transpose(0, 1)
+        )
+
+    w = weight.double()
+    sq, _, _ = power_iteration(lambda u: circ_T(circ(u, w), w), torch.randn(1, 6, size, size, dtype=torch.float64),
+                               tol=1e-12, max_iter=5000)
+    exact = circular_conv_norm(weight, (size, size))
+    assert exact >= sq**0.5 * (1 - 1e-9)
+    assert sq**0.5 == pytest.approx(exact, rel=1e-2)
+
+
+def test_layer_bound_in_normalised_mode():
+    conv = CertifiedConv(4, 4)
+    est = float(conv.power_estimate().detach())
+    assert conv.norm_upper_bound() >= 1.0 - 1e-6  # A = W/s with s a lower estimate of ‖W‖
+    assert conv.weight_norm_bound() >= est
+
+
+def test_scaling_the_weight_raises_substeps_and_keeps_the_certificate():
+    torch.manual_seed(0)
+    block = NonexpansiveBlock(4, normalise=False, learn_time=False, time=1.0, budget=0.9).eval()
+    n_before = block.substeps()
+    alpha_before = block.averagedness()
+    with torch.no_grad():
+        block.conv.weight.mul_(10)
+    n_after, q = block.step_averagedness()
+    assert n_after > n_before
+    assert n_after >= 50 * n_before  # ‖A‖² grew a hundredfold
+    assert q <= 0.9 + 1e-12
+    alpha_after = block.averagedness()
+    assert alpha_after is not None and alpha_before is not None
+    # and the block really is non-expansive after scaling
+    x, y = torch.randn(2, 4, 4, 12, 12).unbind(0)
+    with torch.no_grad():
+        assert (block(x) - block(y)).norm() <= (x - y).norm() * (1 + 1e-5)
+
+
+def test_training_forward_adapts_substeps_from_the_power_estimate():
+    torch.manual_seed(0)
+    block = NonexpansiveBlock(4, normalise=False, learn_time=False, time=1.0, budget=0.5).train()
+    x = torch.randn(2, 4, 16, 16)
+    block(x)
+    n = block.substeps()
+    with torch.no_grad():
+        block.conv.weight.mul_(5)
+    for _ in range(5):  # the warm-started power vector follows the new weight
+        block(x)
+    assert block.substeps() > n
