@@ -61,3 +61,12 @@ def test_fidelity_rejects_bad_input():
         ps.L2Fidelity(op, bad, noise_sigma=0.1)
     with pytest.raises(ValueError, match="tau"):
         ps.L2Fidelity(op, y, noise_sigma=0.1).prox(x, 0.0)
+
+
+def test_cg_prox_at_the_exact_solution_is_finite():
+    shape = (1, 16, 16)
+    op = ps.blur(ps.uniform_kernel(3), boundary="reflect")
+    x = torch.rand(1, *shape)
+    f = ps.L2Fidelity(op, op.A(x), noise_sigma=0.1)
+    u = f.prox(x, 0.5)  # x minimises both terms: the initial CG residual is exactly zero
+    assert torch.isfinite(u).all() and torch.allclose(u, x, atol=1e-6)

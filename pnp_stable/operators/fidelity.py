@@ -51,6 +51,16 @@ class L2Fidelity:
                 "(channel mismatch?); build the operator for the image's (C, H, W)"
             )
 
+    def subset(self, index: Tensor) -> "L2Fidelity":
+        """The same term restricted to the samples ``index`` of the batch (operator and ‖A‖ shared)."""
+        sub = object.__new__(L2Fidelity)
+        sub.__dict__.update(self.__dict__)
+        sub.y = self.y[index]
+        sub._Aty = self._Aty[index]
+        if "operator_norm" in self.__dict__:
+            sub.operator_norm = self.operator_norm
+        return sub
+
     @property
     def x_shape(self) -> tuple[int, ...]:
         """Shape of the unknown image (that of Aᵀy)."""
@@ -93,6 +103,6 @@ class L2Fidelity:
             rhs,
             max_iter=self.cg_max_iter,
             tol=self.cg_tol,
-            eps=0.0,
+            eps=torch.finfo(x.dtype).tiny,  # keeps 0/0 = NaN away when x is already the solution
             init=x,
         )

@@ -22,7 +22,7 @@ BOUNDARIES = ("circular", "reflect", "replicate", "zeros", "valid")
 
 #: kernels with at least this many rows or columns are applied by FFT for non-circular boundaries
 #: (measured crossover on 2 CPU cores, see ``benchmarks/results/operators.md``)
-FFT_MIN_KERNEL_SIZE = 15
+FFT_MIN_KERNEL_SIZE = 17
 
 
 def _noise_model(noise_sigma: float, rng: torch.Generator | None):
