@@ -5,7 +5,8 @@ Three rooms: :mod:`pnp_stable.operators` (forward models), ``denoisers`` and ``s
 
 __version__ = "0.1.0"
 
-from . import denoisers, operators, theory
+from . import denoisers, operators, solvers, theory
+from .solvers import ConvergenceMonitor, PnPResult, solve
 from .denoisers import AveragedDenoiser, load_denoiser_file, save_denoiser
 from .io import load_image, save_image, to_numpy, to_tensor
 from .metrics import psnr, ssim
@@ -27,6 +28,10 @@ from .operators import (
 )
 
 __all__ = [
+    "ConvergenceMonitor",
+    "PnPResult",
+    "solve",
+    "solvers",
     "AveragedDenoiser",
     "Certificate",
     "denoisers",

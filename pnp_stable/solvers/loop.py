@@ -1,0 +1,189 @@
+"""The fixed-point loop shared by every PnP scheme: per-sample stopping, divergence guard, best iterate."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import deepinv as dinv
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .._validation import check_image, check_noise_level
+from ..metrics import psnr as psnr_metric
+from ..operators.fidelity import L2Fidelity
+from .monitor import ConvergenceMonitor, History
+from .schemes import SCHEMES, Scheme
+from .relaxed import KrasnoselskiiMann
+from .stepsize import check_step, default_step
+
+__all__ = ["PnPResult", "solve", "run_scheme", "STATUSES"]
+
+STATUSES = ("converged", "max-iterations", "diverged", "non-finite")
+
+
+@dataclass
+class PnPResult:
+    """Outcome of a PnP run. ``status[b]`` is one of :data:`STATUSES`; ``beta`` is the certified
+    averagedness of the iteration (None: no guarantee) and ``beta_basis`` what it rests on."""
+
+    estimate: Tensor
+    governing: Tensor
+    status: list[str]
+    iterations: list[int]
+    history: History
+    beta: float | None
+    beta_basis: str
+    solver: str
+    step: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        return self.history.verdict
+
+    @property
+    def violations(self):
+        return self.history.violations
+
+    def summary(self) -> str:
+        beta = "none (no guarantee)" if self.beta is None else f"{self.beta:.4g}"
+        lines = [
+            f"solver {self.solver}, step τ = {self.step:.4g}, certified β = {beta} ({self.beta_basis})",
+            f"status: {', '.join(f'{s} after {k}' for s, k in zip(self.status, self.iterations))}",
+            f"monitor: {self.verdict}",
+        ]
+        return "\n".join(lines + self.notes)
+
+
+def run_scheme(
+    scheme: Scheme,
+    x0: Tensor,
+    max_iter: int = 300,
+    tol: float = 1e-5,
+    reference: Tensor | None = None,
+    divergence_factor: float = 1e4,
+    progress: bool = False,
+) -> PnPResult:
+    """Iterate z_{k+1} = T(z_k) per sample until r_k/‖z_{k+1}‖ < ``tol`` or ``max_iter``.
+
+    A sample whose residual exceeds ``divergence_factor``·r_0, or whose iterate turns non-finite,
+    stops with status 'diverged' / 'non-finite' and returns its best iterate (lowest residual).
+    """
+    beta, basis = scheme.beta()
+    z = scheme.init(x0)
+    z0 = z.clone()
+    batch = z.shape[0]
+    monitor = ConvergenceMonitor(batch, beta, guaranteed_scheme=scheme.guaranteed)
+    status = ["max-iterations"] * batch
+    iterations = [max_iter] * batch
+    best_residual = torch.full((batch,), float("inf"), dtype=torch.float64)
+    best_z, best_x = z.clone(), z.clone()
+    estimate = z.clone()
+    first_residual = torch.full((batch,), float("nan"), dtype=torch.float64)
+    active = torch.ones(batch, dtype=torch.bool)
+    fidelity = scheme.fidelity
+    start = time.perf_counter()
+    with torch.no_grad(), tqdm(total=max_iter, disable=not progress, desc=f"PnP-{scheme.name}", leave=False) as bar:
+        for k in range(max_iter):
+            index = torch.nonzero(active).flatten()
+            if len(index) == 0:
+                break
+            sub = None if len(index) == batch else index
+            sub_fidelity = fidelity if sub is None else fidelity.subset(index)
+            z_active = z[index]
+            z_next, x_next = scheme.step(z_active, sub_fidelity, sub)
+            finite = torch.isfinite(z_next.flatten(1)).all(1) & torch.isfinite(x_next.flatten(1)).all(1)
+            r = monitor.observe(index, z_active, torch.where(finite[:, None, None, None], z_next, z_active), k)
+            if k == 0:
+                first_residual[index] = r
+            r_norm = r / z_next.double().flatten(1).norm(dim=1).clamp_min(1e-30)
+            stop = []
+            for position, b in enumerate(index.tolist()):
+                if not finite[position]:
+                    status[b], iterations[b] = "non-finite", k
+                    stop.append(b)
+                    continue
+                if r[position] < best_residual[b]:
+                    best_residual[b] = r[position]
+                    best_z[b], best_x[b] = z_next[position], x_next[position]
+                if r[position] > divergence_factor * first_residual[b]:
+                    status[b], iterations[b] = "diverged", k + 1
+                    stop.append(b)
+                elif r_norm[position] < tol:
+                    status[b], iterations[b] = "converged", k + 1
+                    stop.append(b)
+            safe_next = torch.where(finite[:, None, None, None], z_next, z_active)
+            z[index] = safe_next
+            estimate[index] = torch.where(finite[:, None, None, None], x_next, estimate[index])
+            if reference is not None:
+                values = torch.full((batch,), float("nan"), dtype=torch.float64)
+                values[index] = psnr_metric(estimate[index], reference[index]).double()
+                monitor.history.psnr.append(values)
+            monitor.history.times.append(time.perf_counter() - start)
+            if stop:
+                stopped = torch.tensor(stop)
+                active[stopped] = False
+                monitor.forget(stopped)
+            bar.update(1)
+    for b in range(batch):
+        if status[b] in ("diverged", "non-finite"):
+            z[b], estimate[b] = best_z[b], best_x[b]
+    history = monitor.finish(z0, z)
+    return PnPResult(
+        estimate=estimate, governing=z, status=status, iterations=iterations, history=history,
+        beta=beta, beta_basis=basis, solver=scheme.name, step=scheme.step_size, notes=list(scheme.notes),
+    )
+
+
+def solve(
+    physics: dinv.physics.LinearPhysics,
+    y: Tensor,
+    denoiser,
+    noise_sigma: float,
+    solver: str = "fb",
+    denoiser_sigma: float | Tensor | None = None,
+    step: float | None = None,
+    relaxation: float = 1.0,
+    max_iter: int = 300,
+    tol: float = 1e-5,
+    x0: Tensor | None = None,
+    reference: Tensor | None = None,
+    allow_unsafe_step: bool = False,
+    divergence_factor: float = 1e4,
+    progress: bool = False,
+) -> PnPResult:
+    """Plug-and-Play restoration of ``y = A x + n`` (n ~ N(0, noise_sigma²)) with a monitored fixed-point iteration.
+
+    ``solver``: 'fb' (forward-backward / PnP-PGD), 'hqs', 'drs', 'admm' or 'fista' (no guarantee).
+    ``denoiser``: any deepinv-style ``denoiser(x, sigma)`` (ours carry a certificate) or a plain
+    callable ``denoiser(x)``; it runs under ``torch.no_grad`` (modules in eval mode).
+    ``denoiser_sigma`` defaults to 2·noise_sigma; ``step`` to the theory's default (see
+    :func:`default_step`); FB refuses τ ≥ 2/L unless ``allow_unsafe_step``. ``relaxation`` λ
+    gives the Krasnosel'skii–Mann iteration z + λ(Tz − z), λβ-averaged for λ ∈ (0, 1/β).
+    """
+    if solver not in SCHEMES:
+        raise ValueError(f"unknown solver '{solver}'; choose one of {sorted(SCHEMES)}")
+    noise_sigma = check_noise_level(noise_sigma, positive=True)
+    fidelity = L2Fidelity(physics, y, noise_sigma)
+    if denoiser_sigma is None:
+        denoiser_sigma = 2 * noise_sigma
+    if isinstance(denoiser, torch.nn.Module):
+        denoiser.eval()
+    if step is None:
+        step = default_step(solver, fidelity, denoiser_sigma)
+    scheme = SCHEMES[solver](fidelity, denoiser, denoiser_sigma, step)
+    check_step(scheme, allow_unsafe_step)
+    if relaxation != 1.0:
+        scheme = KrasnoselskiiMann(scheme, relaxation)
+    if x0 is None:
+        x0 = fidelity.op.A_adjoint(y)
+    check_image(x0, "initialisation x0")
+    if tuple(x0.shape) != fidelity.x_shape:
+        raise ValueError(f"x0 has shape {tuple(x0.shape)} but the problem's images have shape {fidelity.x_shape}")
+    if reference is not None:
+        check_image(reference, "reference")
+        if reference.shape != x0.shape:
+            raise ValueError(f"reference shape {tuple(reference.shape)} differs from the image shape {tuple(x0.shape)}")
+    return run_scheme(scheme, x0.clone(), max_iter, tol, reference, divergence_factor, progress)

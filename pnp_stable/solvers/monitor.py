@@ -1,0 +1,196 @@
+"""The convergence monitor: per iteration and per sample, on the governing variable z, it checks
+what theory promises for a β-averaged map T with a fixed point z* (iterates z_{k+1} = T z_k,
+residual r_k = ‖z_{k+1} − z_k‖):
+
+* monotonicity   r_k ≤ r_{k−1};
+* inequality (A) for the pair (z_{k−1}, z_k): r_k² ≤ r_{k−1}² − (1−β)/β ‖(z_k − z_{k−1}) − (z_{k+1} − z_k)‖²;
+* the rate       r_k² ≤ β/((1−β)(k+1)) ‖z_0 − z*‖², with ‖z_0 − z*‖ estimated by ‖z_0 − z_K‖ at the
+  last iterate z_K (checked once the run ends; exact in the limit z_K → z*).
+
+Float32 tolerance: T evaluated in float32 is exact only up to rounding of relative size
+≈ ε = 1.2e-7 per operation, so every check allows an absolute slack of ``FLOAT_SLACK``·‖z_k‖
+(= 100 ε ‖z_k‖, the rounding error of a few hundred operations) on r, and the matching slack on r².
+Without a certified β (an uncertified denoiser) only monotonicity is checked — it holds for every
+non-expansive T, so a violation is evidence that T is expansive. Accelerated schemes get no checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["FLOAT_SLACK", "ConvergenceMonitor", "History", "Violation"]
+
+#: absolute slack of every check, relative to ‖z_k‖ (100 × float32 machine epsilon)
+FLOAT_SLACK = 100 * torch.finfo(torch.float32).eps
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One failed check: which, for which sample, at which iteration, and by how much (relative to r_{k−1})."""
+
+    check: str
+    sample: int
+    iteration: int
+    size: float
+
+    def __str__(self) -> str:
+        return f"{self.check} violated at iteration {self.iteration} (sample {self.sample}) by {self.size:.3g}"
+
+
+@dataclass
+class History:
+    """What the monitor saw: per-iteration tensors of shape [B] (NaN where a sample had stopped)."""
+
+    beta: float | None
+    checks: tuple[str, ...]
+    residuals: list[Tensor] = field(default_factory=list)
+    relative_residuals: list[Tensor] = field(default_factory=list)
+    monotone_margin: list[Tensor] = field(default_factory=list)
+    inequality_margin: list[Tensor] = field(default_factory=list)
+    psnr: list[Tensor] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)
+    distance_estimate: Tensor | None = None
+    distance_basis: str = "‖z₀ − z_K‖ with z_K the last iterate (a proxy for ‖z₀ − z*‖)"
+
+    def residual_matrix(self) -> Tensor:
+        """r_k for every iteration and sample, shape [K, B]."""
+        return torch.stack(self.residuals) if self.residuals else torch.empty(0)
+
+    def rate_bound(self) -> Tensor | None:
+        """sqrt(β/((1−β)(k+1)))·‖z₀ − z*‖ per iteration and sample, shape [K, B] (None without β)."""
+        if self.beta is None or self.distance_estimate is None or not self.residuals:
+            return None
+        k = torch.arange(len(self.residuals), dtype=torch.float64)[:, None]
+        return (self.beta / ((1 - self.beta) * (k + 1))).sqrt() * self.distance_estimate[None, :]
+
+    @property
+    def verdict(self) -> str:
+        if not self.checks:
+            return "no guarantee: nothing to check"
+        if not self.violations:
+            prefix = "no violations" if self.beta is not None else "no violations of non-expansiveness (no guarantee)"
+            return f"{prefix} ({', '.join(self.checks)} checked)"
+        worst = max(self.violations, key=lambda v: v.size)
+        return f"{len(self.violations)} violations; worst: {worst}"
+
+    def plot(self, path: str | Path, title: str | None = None) -> Path:
+        """Residuals (log scale) against the theoretical bound, and PSNR when a reference was given."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        residuals = self.residual_matrix().double().numpy()
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        iterations = range(1, len(residuals) + 1)
+        for b in range(residuals.shape[1]):
+            ax.semilogy(iterations, residuals[:, b], lw=1.4, label=f"residual ‖z_(k+1) − z_k‖, sample {b}")
+        bound = self.rate_bound()
+        if bound is not None:
+            for b in range(bound.shape[1]):
+                ax.semilogy(iterations, bound[:, b].numpy(), "--", lw=1, color="gray",
+                            label="bound sqrt(β/((1−β)(k+1)))·‖z₀ − z*‖" if b == 0 else None)
+        ax.set_xlabel("iteration k")
+        ax.set_ylabel("residual")
+        if self.psnr:
+            twin = ax.twinx()
+            psnr = torch.stack(self.psnr).numpy()
+            for b in range(psnr.shape[1]):
+                twin.plot(iterations, psnr[:, b], ":", lw=1.2, label=f"PSNR sample {b}")
+            twin.set_ylabel("PSNR (dB)")
+            twin.legend(loc="center right", fontsize=7)
+        ax.legend(loc="upper right", fontsize=7)
+        ax.set_title(title or f"β = {self.beta if self.beta is None else round(self.beta, 4)}; {self.verdict}", fontsize=8)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
+
+def _norms(t: Tensor) -> Tensor:
+    return t.flatten(1).norm(dim=1)
+
+
+class ConvergenceMonitor:
+    """Checks each step z_k → z_{k+1} of a fixed-point iteration against a β-averaged map (see module doc)."""
+
+    def __init__(self, batch_size: int, beta: float | None, guaranteed_scheme: bool = True, slack: float = FLOAT_SLACK):
+        if beta is not None and not 0 < beta < 1:
+            raise ValueError(f"β must lie in (0, 1), got {beta}")
+        self.beta = beta
+        self.slack = slack
+        if not guaranteed_scheme:
+            checks: tuple[str, ...] = ()
+        elif beta is None:
+            checks = ("monotone residual",)
+        else:
+            checks = ("monotone residual", "inequality (A)", "rate bound")
+        self.history = History(beta=beta, checks=checks)
+        self._previous_residual = torch.full((batch_size,), float("nan"), dtype=torch.float64)
+        self._previous_step: Tensor | None = None
+        self.batch_size = batch_size
+
+    def observe(self, index: Tensor, z: Tensor, z_next: Tensor, iteration: int) -> Tensor:
+        """Record the step of the samples ``index`` (z, z_next have only those rows); return their r_k."""
+        step = (z_next - z).double()
+        r = _norms(step)
+        scale = _norms(z_next.double())
+        slack = self.slack * scale
+        residual = torch.full((self.batch_size,), float("nan"), dtype=torch.float64)
+        residual[index] = r
+        relative = torch.full_like(residual, float("nan"))
+        relative[index] = r / scale.clamp_min(1e-30)
+        monotone = torch.full_like(residual, float("nan"))
+        inequality = torch.full_like(residual, float("nan"))
+        r_prev = self._previous_residual[index]
+        have_previous = ~torch.isnan(r_prev)
+        if self.history.checks and have_previous.any():
+            margin = r - r_prev  # ≤ 0 when monotone
+            monotone[index] = margin
+            self._record("monotone residual", index, have_previous & (margin > slack), margin / r_prev.clamp_min(1e-30), iteration)
+            if self.beta is not None:
+                second = _norms(step - self._previous_step[index]) ** 2
+                defect = r**2 - r_prev**2 + (1 - self.beta) / self.beta * second  # ≤ 0 when (A) holds
+                inequality[index] = defect
+                tolerance = 2 * slack * (r + r_prev + slack) * (1 + 2 * (1 - self.beta) / self.beta)  # rounding of the three norms
+                self._record("inequality (A)", index, have_previous & (defect > tolerance),
+                             defect / (r_prev**2).clamp_min(1e-30), iteration)
+        self.history.residuals.append(residual)
+        self.history.relative_residuals.append(relative)
+        self.history.monotone_margin.append(monotone)
+        self.history.inequality_margin.append(inequality)
+        self._previous_residual[index] = r
+        if self.beta is not None:
+            if self._previous_step is None:
+                self._previous_step = torch.zeros((self.batch_size, *step.shape[1:]), dtype=torch.float64)
+            self._previous_step[index] = step
+        return r
+
+    def forget(self, index: Tensor) -> None:
+        """Stop tracking samples (they stopped); later rows for them stay NaN."""
+        self._previous_residual[index] = float("nan")
+
+    def _record(self, check: str, index: Tensor, failed: Tensor, size: Tensor, iteration: int) -> None:
+        for position in torch.nonzero(failed).flatten().tolist():
+            self.history.violations.append(Violation(check, int(index[position]), iteration, float(size[position])))
+
+    def finish(self, z0: Tensor, z_last: Tensor) -> History:
+        """Run the rate check with ‖z₀ − z*‖ ≈ ‖z₀ − z_K‖ and return the history."""
+        history = self.history
+        history.distance_estimate = _norms((z0 - z_last).double())
+        bound = history.rate_bound()
+        if bound is not None and "rate bound" in history.checks:
+            residuals = history.residual_matrix()
+            scale = _norms(z_last.double())[None, :] * self.slack
+            excess = residuals - bound
+            failed = (excess > scale) & ~torch.isnan(residuals)
+            for k, b in torch.nonzero(failed).tolist():
+                history.violations.append(Violation("rate bound", b, k, float(excess[k, b] / bound[k, b])))
+        return history

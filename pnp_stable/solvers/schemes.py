@@ -1,0 +1,194 @@
+"""PnP iterations written as fixed-point maps z ↦ T(z) on a governing variable z, each with the
+averagedness β of T that theory certifies from the denoiser's certificate (DESIGN.md §1):
+
+| scheme | T | β |
+|---|---|---|
+| forward-backward | x ↦ D(x − τ∇f(x)), τ < 2/L | compose(α_D, τL/2) |
+| HQS | x ↦ D(prox_{τf}(x)) | compose(α_D, 1/2) |
+| Douglas–Rachford | z ↦ z + D̃(2Pz − z) − Pz, P = prox_{τf} | 1/2 (D̃ firmly non-expansive) |
+| ADMM | v ↦ v + P(2D̃v − v) − D̃v (DRS with D̃ first) | 1/2 |
+| FISTA | accelerated forward-backward | none: no guarantee |
+
+Krasnosel'skii–Mann relaxation z ↦ z + λ(Tz − z), λ ∈ (0, 1/β), is λβ-averaged.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..denoisers.averaged import RelaxedDenoiser, certificate_of
+from ..operators.fidelity import L2Fidelity
+from ..theory import Certificate, compose_averagedness, gradient_step_averagedness, relaxation_for_target
+
+__all__ = ["Scheme", "ForwardBackward", "HalfQuadraticSplitting", "DouglasRachford", "ADMM", "FISTA", "SCHEMES"]
+
+
+def _as_denoiser(denoiser) -> Callable[[Tensor, Tensor | float], Tensor]:
+    """Call ``denoiser(x, sigma)``; a plain callable of one argument is called as ``denoiser(x)``."""
+    if isinstance(denoiser, torch.nn.Module):
+        return denoiser
+    if not callable(denoiser):
+        raise ValueError(f"denoiser must be callable, got {type(denoiser).__name__}")
+    try:
+        positional = [
+            p for p in inspect.signature(denoiser).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+        ]
+    except (TypeError, ValueError):
+        return denoiser
+    if len(positional) == 1 and positional[0].kind != inspect.Parameter.VAR_POSITIONAL:
+        return lambda x, sigma: denoiser(x)
+    return denoiser
+
+
+class Scheme:
+    """A PnP iteration: ``init`` makes z₀, ``step`` applies T (returning T(z) and the image estimate)."""
+
+    name = "scheme"
+    guaranteed = True  # False for heuristic/accelerated schemes: the monitor then checks nothing
+
+    def __init__(self, fidelity: L2Fidelity, denoiser, denoiser_sigma, step: float):
+        self.fidelity = fidelity
+        self.denoiser = denoiser
+        self._denoise = _as_denoiser(denoiser)
+        self.denoiser_sigma = denoiser_sigma
+        self.step_size = float(step)
+        self.notes: list[str] = []
+        self.denoiser_certificate: Certificate = certificate_of(denoiser)
+
+    def sigma_for(self, index: Tensor | None):
+        sigma = self.denoiser_sigma
+        if isinstance(sigma, Tensor) and sigma.ndim == 1 and index is not None:
+            return sigma[index]
+        return sigma
+
+    def denoise(self, x: Tensor, index: Tensor | None) -> Tensor:
+        return self._denoise(x, self.sigma_for(index))
+
+    def init(self, x0: Tensor) -> Tensor:
+        return x0
+
+    def step(self, z: Tensor, fidelity: L2Fidelity, index: Tensor | None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def beta(self) -> tuple[float | None, str]:
+        """Certified averagedness of T and what it rests on (None: no guarantee)."""
+        raise NotImplementedError
+
+
+class ForwardBackward(Scheme):
+    """PnP proximal gradient: x ↦ D(x − τ∇f(x), σ_d)."""
+
+    name = "fb"
+
+    def step(self, z, fidelity, index):
+        x = self.denoise(z - self.step_size * fidelity.grad(z), index)
+        return x, x
+
+    def beta(self):
+        alpha_d = self.denoiser_certificate.alpha
+        L = self.fidelity.lipschitz
+        if self.step_size * L >= 2:
+            return None, f"step τL = {self.step_size * L:.4g} ≥ 2: the gradient step is not averaged"
+        alpha_step = gradient_step_averagedness(self.step_size, L)
+        if alpha_d is None:
+            return None, f"denoiser has no averagedness certificate ({self.denoiser_certificate.method})"
+        return compose_averagedness([alpha_d, alpha_step]), f"compose(α_D = {alpha_d:.4g}, τL/2 = {alpha_step:.4g})"
+
+
+class HalfQuadraticSplitting(Scheme):
+    """x ↦ D(prox_{τf}(x), σ_d)."""
+
+    name = "hqs"
+
+    def step(self, z, fidelity, index):
+        x = self.denoise(fidelity.prox(z, self.step_size), index)
+        return x, x
+
+    def beta(self):
+        alpha_d = self.denoiser_certificate.alpha
+        if alpha_d is None:
+            return None, f"denoiser has no averagedness certificate ({self.denoiser_certificate.method})"
+        return compose_averagedness([alpha_d, 0.5]), f"compose(α_D = {alpha_d:.4g}, prox: 1/2)"
+
+
+class _SplittingWithFNEDenoiser(Scheme):
+    """DRS and ADMM need a firmly non-expansive denoiser: an α-averaged one with α > 1/2 is relaxed."""
+
+    def __init__(self, fidelity, denoiser, denoiser_sigma, step):
+        certificate = certificate_of(denoiser)
+        if certificate.alpha is not None and certificate.alpha > 0.5:
+            theta = relaxation_for_target(certificate.alpha, 0.5)
+            denoiser = RelaxedDenoiser(denoiser, 0.5)
+            note = f"denoiser relaxed to firmly non-expansive: D̃ = (1 − θ)I + θD with θ = {theta:.4g}"
+        else:
+            note = None
+        super().__init__(fidelity, denoiser, denoiser_sigma, step)
+        if note:
+            self.notes.append(note)
+
+    def beta(self):
+        alpha_d = self.denoiser_certificate.alpha
+        if alpha_d is None or alpha_d > 0.5 + 1e-12:
+            return None, f"denoiser is not certified firmly non-expansive ({self.denoiser_certificate.method})"
+        return 0.5, "½(I + R₁R₂) with both reflections non-expansive (D̃ and the prox are firmly non-expansive)"
+
+
+class DouglasRachford(_SplittingWithFNEDenoiser):
+    """z ↦ z + D̃(2Pz − z, σ_d) − Pz with P = prox_{τf}; estimate D̃(2Pz − z) (deepinv's DRS, β = 1)."""
+
+    name = "drs"
+
+    def step(self, z, fidelity, index):
+        p = fidelity.prox(z, self.step_size)
+        x = self.denoise(2 * p - z, index)
+        return z + x - p, x
+
+
+class ADMM(_SplittingWithFNEDenoiser):
+    """v ↦ v + P(2D̃v − v) − D̃v, governing variable v = u + z of deepinv's ADMM (u = P(x − z), x = D̃(u + z));
+    estimate D̃(v). Initialised as v₀ = P(x₀), which reproduces deepinv's ADMM from (x₀, z₀ = 0)."""
+
+    name = "admm"
+
+    def init(self, x0):
+        return self.fidelity.prox(x0, self.step_size)
+
+    def step(self, z, fidelity, index):
+        x = self.denoise(z, index)
+        return z + fidelity.prox(2 * x - z, self.step_size) - x, x
+
+
+class FISTA(ForwardBackward):
+    """Accelerated PnP forward-backward (Beck–Teboulle momentum). No convergence guarantee for PnP."""
+
+    name = "fista"
+    guaranteed = False
+
+    def init(self, x0):
+        self._previous = x0
+        self._t = 1.0
+        return x0
+
+    def step(self, z, fidelity, index):
+        x = self.denoise(z - self.step_size * fidelity.grad(z), index)
+        t_next = (1 + (1 + 4 * self._t**2) ** 0.5) / 2
+        previous = self._previous if index is None else self._previous[index]
+        z_next = x + ((self._t - 1) / t_next) * (x - previous)
+        if index is None:
+            self._previous = x
+        else:
+            self._previous = self._previous.clone()
+            self._previous[index] = x
+        self._t = t_next
+        return z_next, x
+
+    def beta(self):
+        return None, "no guarantee: accelerated (momentum) PnP iterations are not averaged maps"
+
+
+SCHEMES = {cls.name: cls for cls in (ForwardBackward, HalfQuadraticSplitting, DouglasRachford, ADMM, FISTA)}

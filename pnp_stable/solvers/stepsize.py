@@ -1,0 +1,34 @@
+"""Step sizes from the theory: forward-backward needs τ < 2/L (L = ‖A‖²/s² the Lipschitz constant of ∇f);
+proximal steps accept any τ > 0 and default to the half-quadratic choice τ = σ_d²."""
+
+from __future__ import annotations
+
+from ..operators.fidelity import L2Fidelity
+
+__all__ = ["default_step", "check_step"]
+
+
+def default_step(solver: str, fidelity: L2Fidelity, denoiser_sigma) -> float:
+    """FB/FISTA: τ = 1/L (a 1/2-averaged gradient step). HQS/DRS/ADMM: τ = σ_d² (prox of f with the
+    penalty weight 1/σ_d² that matches a denoiser of strength σ_d)."""
+    if solver in ("fb", "fista"):
+        return 1.0 / fidelity.lipschitz
+    sigma = float(denoiser_sigma.max()) if hasattr(denoiser_sigma, "max") else float(denoiser_sigma)
+    if not sigma > 0:
+        raise ValueError(f"denoiser_sigma must be > 0 for the default proximal step, got {sigma}")
+    return sigma**2
+
+
+def check_step(scheme, allow_unsafe_step: bool = False) -> None:
+    """Refuse τ ≤ 0, and τ ≥ 2/L for gradient steps unless explicitly allowed."""
+    tau = scheme.step_size
+    if not tau > 0:
+        raise ValueError(f"step τ must be > 0, got {tau}")
+    if scheme.name in ("fb", "fista") and not allow_unsafe_step:
+        limit = 2.0 / scheme.fidelity.lipschitz
+        if tau >= limit:
+            raise ValueError(
+                f"step τ = {tau:.6g} ≥ 2/L = {limit:.6g} (L = ‖A‖²/σ² = {scheme.fidelity.lipschitz:.6g}): the gradient "
+                "step is then not averaged and convergence is not guaranteed; use a smaller step or pass "
+                "allow_unsafe_step=True to run anyway"
+            )

@@ -1,0 +1,209 @@
+import math
+
+import deepinv as dinv
+import pytest
+import torch
+
+import pnp_stable as ps
+from pnp_stable.denoisers import AveragedDenoiser, DnCNNBaseline, natural_starts
+from pnp_stable.operators import L2Fidelity
+from pnp_stable.solvers import SCHEMES, default_step
+from pnp_stable.theory import Certificate, compose_averagedness
+
+SIZE = 24
+
+
+def _problem(channels=1, batch=1, noise=0.02, boundary="circular", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = natural_starts(batch, (channels, SIZE, SIZE), noise=0.0, seed=seed)
+    op = ps.blur(ps.gaussian_kernel(1.2), boundary=boundary, img_size=(channels, SIZE, SIZE))
+    y = op.A(x) + noise * torch.randn(op.A(x).shape, generator=g)
+    return op, x, y
+
+
+class SoftThreshold:
+    """prox of λ‖·‖₁ around 0.5: firmly non-expansive in closed form."""
+
+    certificate = Certificate(lipschitz=1.0, alpha=0.5, method="prox of a convex function (exact)")
+
+    def __call__(self, x, sigma):
+        c = x - 0.5
+        return 0.5 + torch.sign(c) * torch.clamp(c.abs() - float(sigma), min=0)
+
+
+class Expansive:
+    """1.2 × an orthogonal map (a circular shift), claiming a certificate it does not deserve."""
+
+    certificate = Certificate(lipschitz=1.0, alpha=0.5, method="a false claim, to test the monitor")
+
+    def __call__(self, x, sigma):
+        return 1.2 * torch.roll(x, shifts=1, dims=-1)
+
+
+@pytest.fixture(scope="module")
+def certified():
+    torch.manual_seed(0)
+    return AveragedDenoiser(channels=1, width=6, depth=2).eval()
+
+
+@pytest.mark.parametrize("solver", ["fb", "hqs", "drs", "admm"])
+@pytest.mark.parametrize("which", ["network", "soft-threshold"])
+def test_certified_runs_have_no_violations(solver, which, certified):
+    op, x, y = _problem()
+    denoiser = certified if which == "network" else SoftThreshold()
+    result = ps.solve(op, y, denoiser, 0.02, solver=solver, max_iter=300, tol=0.0, reference=x)
+    assert result.beta is not None and 0 < result.beta < 1
+    assert result.status == ["max-iterations"] and result.iterations == [300]
+    assert result.violations == [], result.verdict
+    assert result.verdict.startswith("no violations")
+    r = result.history.residual_matrix()[:, 0]
+    assert len(r) == 300
+    slack = ps.solvers.FLOAT_SLACK * result.governing.norm().item()
+    assert bool((r[1:] <= r[:-1] + slack).all())  # monotone up to float32 rounding
+    assert len(result.history.psnr) == 300
+
+
+def test_relaxed_iteration_is_monitored_with_lambda_beta(certified):
+    op, x, y = _problem()
+    plain = ps.solve(op, y, certified, 0.02, solver="fb", max_iter=5)
+    relaxed = ps.solve(op, y, certified, 0.02, solver="fb", relaxation=1.2, max_iter=200, tol=0.0)
+    assert relaxed.beta == pytest.approx(1.2 * plain.beta)
+    assert relaxed.violations == []
+    with pytest.raises(ValueError, match="1/β"):
+        ps.solve(op, y, certified, 0.02, solver="fb", relaxation=1 / plain.beta + 0.01)
+
+
+def test_expansive_map_is_reported_and_stopped_without_nans():
+    op, x, y = _problem()
+    result = ps.solve(op, y, Expansive(), 0.02, solver="fb", max_iter=200)
+    assert result.violations, "an expansive map must violate the claimed certificate"
+    assert any(v.check == "monotone residual" and v.size > 0.05 for v in result.violations)
+    assert "violations" in result.verdict
+    assert result.status == ["diverged"]
+    assert torch.isfinite(result.estimate).all() and torch.isfinite(result.governing).all()
+
+
+def test_uncertified_dncnn_runs_with_monotonicity_check_only():
+    torch.manual_seed(0)
+    op, x, y = _problem()
+    result = ps.solve(op, y, DnCNNBaseline(channels=1, depth=4, width=8), 0.02, solver="fb", max_iter=30)
+    assert result.beta is None and "no averagedness certificate" in result.beta_basis
+    assert result.history.checks == ("monotone residual",)
+    assert torch.isfinite(result.estimate).all()
+
+
+def test_non_finite_denoiser_output_stops_that_sample_only():
+    op, x, y = _problem(batch=2)
+
+    def poisoned(z, sigma):
+        out = z.clone()
+        if out.shape[0] == 2:  # sample 1 is poisoned while both samples run
+            out[1] = float("nan")
+        return out
+
+    result = ps.solve(op, y, poisoned, 0.02, solver="fb", max_iter=20)
+    assert result.status[1] == "non-finite" and result.status[0] != "non-finite"
+    assert torch.isfinite(result.estimate).all()
+
+
+def test_fista_carries_no_guarantee(certified):
+    op, x, y = _problem()
+    result = ps.solve(op, y, certified, 0.02, solver="fista", max_iter=20)
+    assert result.beta is None and "no guarantee" in result.beta_basis
+    assert result.verdict.startswith("no guarantee")
+
+
+def test_batch_samples_stop_independently(certified):
+    op, x, _ = _problem(batch=4)
+    g = torch.Generator().manual_seed(3)
+    noise = torch.tensor([0.0, 0.01, 0.05, 0.1])[:, None, None, None]
+    y = op.A(x) + noise * torch.randn(x.shape, generator=g)
+    y[3] = y[3] * 0 + float(0.5)
+    result = ps.solve(op, y, certified, 0.02, solver="fb", max_iter=400, tol=1e-4)
+    assert len(result.status) == 4 and len(set(result.iterations)) > 1
+    assert all(s in ("converged", "max-iterations") for s in result.status)
+    residuals = result.history.residual_matrix()
+    for b, k in enumerate(result.iterations):
+        assert torch.isnan(residuals[k:, b]).all() and not torch.isnan(residuals[:k, b]).any()
+
+
+def test_beta_of_each_scheme_by_hand(certified):
+    op, x, y = _problem()
+    fidelity = L2Fidelity(op, y, 0.02)
+    alpha_d = SoftThreshold.certificate.alpha
+    tau = 1.5 / fidelity.lipschitz
+    fb = ps.solve(op, y, SoftThreshold(), 0.02, solver="fb", step=tau, max_iter=1)
+    kappa = 0.5 / 0.5 + 0.75 / 0.25  # α_D = 1/2, τL/2 = 3/4
+    assert fb.beta == pytest.approx(kappa / (1 + kappa))
+    hqs = ps.solve(op, y, SoftThreshold(), 0.02, solver="hqs", max_iter=1)
+    assert hqs.beta == pytest.approx(2 / 3)  # compose(1/2, 1/2)
+    for solver in ("drs", "admm"):
+        result = ps.solve(op, y, certified, 0.02, solver=solver, max_iter=1)
+        assert result.beta == pytest.approx(0.5)
+        assert any("relaxed to firmly non-expansive" in note for note in result.notes)
+    assert ps.solve(op, y, SoftThreshold(), 0.02, solver="drs", relaxation=1.5, max_iter=1).beta == pytest.approx(0.75)
+    alpha = certified.certificate.alpha
+    assert ps.solve(op, y, certified, 0.02, solver="fb", max_iter=1).beta == pytest.approx(compose_averagedness([alpha, 0.5]))
+    assert default_step("fb", fidelity, 0.05) == pytest.approx(1 / fidelity.lipschitz)
+    assert default_step("hqs", fidelity, 0.05) == pytest.approx(0.0025)
+    assert alpha_d == 0.5
+
+
+def test_step_at_or_above_two_over_L_is_refused_unless_allowed():
+    op, x, y = _problem()
+    L = L2Fidelity(op, y, 0.02).lipschitz
+    with pytest.raises(ValueError, match="2/L"):
+        ps.solve(op, y, SoftThreshold(), 0.02, solver="fb", step=2.0 / L)
+    result = ps.solve(op, y, SoftThreshold(), 0.02, solver="fb", step=2.5 / L, allow_unsafe_step=True, max_iter=3)
+    assert result.beta is None and "not averaged" in result.beta_basis
+    with pytest.raises(ValueError, match="solver"):
+        ps.solve(op, y, SoftThreshold(), 0.02, solver="pgd")
+    with pytest.raises(ValueError, match="noise_sigma"):
+        ps.solve(op, y, SoftThreshold(), 0.0)
+
+
+@pytest.fixture
+def deepinv_setup(certified):
+    op, x, y = _problem(channels=1)
+    prior = dinv.optim.PnP(denoiser=certified)
+    fidelity = dinv.optim.L2(sigma=0.02)
+    return op, x, y, prior, fidelity
+
+
+def test_fb_matches_deepinv_pgd(deepinv_setup, certified):
+    op, x, y, prior, fidelity = deepinv_setup
+    tau = 0.9 / L2Fidelity(op, y, 0.02).lipschitz
+    theirs = dinv.optim.PGD(prior=prior, data_fidelity=fidelity, stepsize=tau, sigma_denoiser=0.05, max_iter=20, early_stop=False)
+    with torch.no_grad():
+        expected = theirs(y, op)
+    ours = ps.solve(op, y, certified, 0.02, solver="fb", step=tau, denoiser_sigma=0.05, max_iter=20, tol=0.0)
+    assert (ours.estimate - expected).abs().max().item() < 1e-5
+
+
+def test_drs_and_admm_match_deepinv(deepinv_setup, certified):
+    op, x, y, prior, fidelity = deepinv_setup
+    fne = certified.firmly_nonexpansive()  # pass the same firmly non-expansive denoiser to both libraries
+    prior = dinv.optim.PnP(denoiser=fne)
+    tau = 0.05**2
+    theirs = dinv.optim.DRS(prior=prior, data_fidelity=fidelity, stepsize=tau, sigma_denoiser=0.05, max_iter=20,
+                            early_stop=False, beta=1.0)
+    with torch.no_grad():
+        expected = theirs(y, op)
+    ours = ps.solve(op, y, fne, 0.02, solver="drs", step=tau, denoiser_sigma=0.05, max_iter=20, tol=0.0)
+    assert ours.notes == []  # already firmly non-expansive: no relaxation added
+    assert (ours.estimate - expected).abs().max().item() < 1e-5
+    # ADMM: deepinv started from (x₀, z₀ = 0), our documented initialisation v₀ = P(x₀)
+    theirs = dinv.optim.ADMM(prior=prior, data_fidelity=fidelity, stepsize=tau, sigma_denoiser=0.05, max_iter=20,
+                             early_stop=False, custom_init=lambda y, physics: {"est": (physics.A_adjoint(y), torch.zeros_like(physics.A_adjoint(y)))})
+    with torch.no_grad():
+        expected = theirs(y, op)
+    ours = ps.solve(op, y, fne, 0.02, solver="admm", step=tau, denoiser_sigma=0.05, max_iter=20, tol=0.0)
+    assert (ours.estimate - expected).abs().max().item() < 1e-5
+
+
+def test_history_plot(tmp_path, certified):
+    op, x, y = _problem(batch=2)
+    result = ps.solve(op, y, certified, 0.02, max_iter=30, reference=x)
+    path = result.history.plot(tmp_path / "residuals.png")
+    assert path.stat().st_size > 10_000
+    assert math.isfinite(result.history.times[-1])
