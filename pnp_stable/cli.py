@@ -14,13 +14,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Plug-and-Play restoration with provably averaged denoisers.",
     )
     parser.add_argument("--version", action="version", version=f"pnp-stable {__version__}")
-    parser.add_subparsers(dest="command", title="sub-commands", metavar="(none yet: deblur, denoise, certify, models, train and demo are planned)")
+    commands = parser.add_subparsers(dest="command", title="sub-commands",
+                                     metavar="train (deblur, denoise, certify, models and demo are planned)")
+    commands.add_parser("train", help="train a certified denoiser (options: pnp-stable train --help)", add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "train":
+        from .training.__main__ import main as train_main
+
+        return train_main(rest)
+    if rest:
+        parser.error(f"unrecognised arguments: {' '.join(rest)}")
     if args.command is None:
         parser.print_help()
     return 0

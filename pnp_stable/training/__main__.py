@@ -1,0 +1,74 @@
+"""``python -m pnp_stable.training`` (or ``torchrun --nproc_per_node=N -m pnp_stable.training``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+from .trainer import TrainConfig, Trainer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pnp_stable.training", description="Train a certified averaged denoiser.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", nargs="+", required=True, help="training image folder(s)")
+    p.add_argument("--out", required=True, help="output weights (.safetensors)")
+    p.add_argument("--val", default=None, help="validation image folder")
+    p.add_argument("--channels", type=int, default=1, help="1 (gray) or 3 (colour)")
+    p.add_argument("--sigma", type=float, nargs="+", default=[25 / 255], help="noise level, or a range LOW HIGH ([0, 1] scale)")
+    p.add_argument("--patch", type=int, default=40, help="patch size")
+    p.add_argument("--batch", type=int, default=32, help="patches per step (per process)")
+    p.add_argument("--steps", type=int, default=2000, help="training steps")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="optimiser")
+    p.add_argument("--width", type=int, default=32, help="channels inside the network")
+    p.add_argument("--depth", type=int, default=8, help="number of blocks")
+    p.add_argument("--integrator", choices=["euler", "heun", "rk4"], default="euler", help="block integrator")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--calibrate-every", type=int, default=100, help="steps between norm calibrations")
+    p.add_argument("--validate-every", type=int, default=500, help="steps between validations")
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0, help="minutes between checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint next to --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    sigma = args.sigma[0] if len(args.sigma) == 1 else args.sigma
+    config = TrainConfig(
+        data=args.data, out=args.out, val=args.val, channels=args.channels, sigma=sigma, patch=args.patch,
+        batch=args.batch, steps=args.steps, lr=args.lr, optimizer=args.optimizer, seed=args.seed,
+        calibrate_every=args.calibrate_every, validate_every=args.validate_every,
+        checkpoint_minutes=args.checkpoint_minutes,
+        architecture=dict(width=args.width, depth=args.depth, integrator=args.integrator),
+    )
+    start = time.monotonic()
+    try:
+        trainer = Trainer(config, resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
+        outcome = trainer.run()
+        if trainer.rank == 0:
+            if outcome == "finished":
+                path = trainer.export({"wall_time_s": f"{time.monotonic() - start:.0f}", "world_size": str(trainer.world)})
+                print(json.dumps({"weights": str(path), "steps": trainer.step, "certificate": str(trainer.model.certificate)}))
+            else:
+                print(f"interrupted at step {trainer.step}; resume with --resume", file=sys.stderr)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0 if outcome == "finished" else 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

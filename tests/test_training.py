@@ -1,0 +1,105 @@
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import pnp_stable as ps
+from pnp_stable.training import PatchSampler, TrainConfig, Trainer, load_folder
+
+ARCH = dict(width=6, depth=2)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for name in ("train", "val"):
+        (root / name).mkdir()
+        for i in range(3):
+            base = np.linspace(0, 255, 48)[None, :] * np.ones((48, 1))
+            image = np.clip(base + rng.normal(0, 20, (48, 48)), 0, 255).astype(np.uint8)
+            Image.fromarray(image).save(root / name / f"{i}.png")
+    return root
+
+
+class SignalAtStep:
+    """Sends the process a real SIGTERM while the trainer draws the batch of ``step``."""
+
+    def __init__(self, sampler, trainer, step):
+        self.sampler, self.trainer, self.step = sampler, trainer, step
+
+    def __next__(self):
+        batch = next(self.sampler)
+        if self.trainer.step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return batch
+
+    def state(self):
+        return self.sampler.state()
+
+
+def _config(folders, tmp_path, steps=6):
+    return TrainConfig(data=[str(folders / "train")], val=str(folders / "val"), out=str(tmp_path / "m.safetensors"),
+                       patch=16, batch=4, steps=steps, lr=1e-2, calibrate_every=3, validate_every=0,
+                       val_images=2, architecture=ARCH)
+
+
+def test_sampler_shapes_noise_and_reproducibility(folders):
+    images = load_folder(folders / "train", 1)
+    a = PatchSampler(images, patch=16, batch=5, sigma=(0.0, 0.2), seed=3)
+    b = PatchSampler(images, patch=16, batch=5, sigma=(0.0, 0.2), seed=3)
+    noisy, clean, sigma = next(a)
+    assert noisy.shape == clean.shape == (5, 1, 16, 16) and sigma.shape == (5,)
+    assert ((sigma >= 0) & (sigma <= 0.2)).all()
+    assert torch.equal(next(b)[0], noisy)
+    with pytest.raises(ValueError, match="at least"):
+        PatchSampler(images, patch=64)
+
+
+def test_interrupt_and_resume_gives_the_uninterrupted_result(folders, tmp_path):
+    straight = Trainer(_config(folders, tmp_path / "a"), progress=False)
+    assert straight.run() == "finished"
+
+    interrupted = Trainer(_config(folders, tmp_path / "b"), progress=False)
+    interrupted.sampler = SignalAtStep(interrupted.sampler, interrupted, step=2)
+    assert interrupted.run() == "interrupted"
+    assert interrupted.step == 3
+    resumed = Trainer(_config(folders, tmp_path / "b"), resume=True, progress=False)
+    assert resumed.step == 3
+    assert resumed.run() == "finished"
+    for (name, p), q in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_export_writes_certificate_and_training_metadata(folders, tmp_path):
+    trainer = Trainer(_config(folders, tmp_path, steps=3), progress=False)
+    trainer.run()
+    path = trainer.export({"data": "synthetic ramps"})
+    metadata = ps.denoisers.read_metadata(path)
+    assert '"steps": 3' in metadata["training"] and metadata["data"] == "synthetic ramps"
+    model = ps.load_denoiser_file(path)
+    assert model.certificate.alpha is not None and float(metadata["val_psnr"]) > 0
+
+
+def test_resume_with_other_options_is_refused(folders, tmp_path):
+    Trainer(_config(folders, tmp_path, steps=2), progress=False).run()
+    with pytest.raises(ValueError, match="another configuration"):
+        Trainer(_config(folders, tmp_path, steps=5), resume=True, progress=False)
+
+
+def test_torchrun_two_processes(folders, tmp_path):
+    out = tmp_path / "ddp.safetensors"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+               "-m", "pnp_stable.training", "--data", str(folders / "train"), "--out", str(out),
+               "--patch", "16", "--batch", "2", "--steps", "3", "--width", "6", "--depth", "1",
+               "--validate-every", "0", "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert ps.load_denoiser_file(out).certificate.alpha is not None
