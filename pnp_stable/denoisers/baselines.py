@@ -16,7 +16,8 @@ __all__ = ["DnCNNBaseline", "SpectralResNet", "TVDenoiser", "BM3DDenoiser", "par
 
 
 def parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """Number of learnable parameters (frozen ones included)."""
+    return sum(p.numel() for p in model.parameters())
 
 
 class DnCNNBaseline(dinv.models.Denoiser):

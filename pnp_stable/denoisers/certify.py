@@ -66,6 +66,8 @@ def adversarial_lipschitz(
     (probing the Jacobian), half with y another crop (probing far pairs). A certified
     α-averaged D must give a ratio ≤ 1 for M = N (up to float tolerance).
     """
+    if isinstance(denoiser, torch.nn.Module) and denoiser.training:
+        raise ValueError("certificates describe eval mode: call denoiser.eval() before the search")
     M = _as_map(denoiser, sigma, alpha)
     torch.manual_seed(seed)
     x = natural_starts(restarts, shape, seed=seed)
@@ -81,8 +83,7 @@ def adversarial_lipschitz(
         improved = ratio.detach() > best
         best = torch.where(improved, ratio.detach(), best)
         best_x[improved], best_y[improved] = x.detach()[improved], y.detach()[improved]
-        optimiser.zero_grad()
-        (-ratio.sum()).backward()
+        x.grad, y.grad = torch.autograd.grad(-ratio.sum(), [x, y])  # the model's parameters get no .grad
         optimiser.step()
     top = int(best.argmax())
     return SearchResult(float(best[top]), best_x[top : top + 1], best_y[top : top + 1], best.tolist())

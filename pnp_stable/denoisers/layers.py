@@ -162,25 +162,23 @@ class CertifiedConv(nn.Module):
 
     # --- norms ----------------------------------------------------------------------------
     def norm_upper_bound(self) -> float:
-        """Guaranteed upper bound of ‖A‖ (linear part, any image size), cached until the weights change."""
-        key = self._cache_key()
-        if self._bound_cache is None or self._bound_cache[0] != key:
-            with torch.no_grad():
-                self.set_weight_norm_bound(conv_norm_upper_bound(self.weight))
-        return self._bound_cache[1]
+        """Guaranteed upper bound of ‖A‖ (linear part, any image size): bound(‖W‖), divided by the
+        current power estimate s when normalised. The bound of W is cached until W changes."""
+        bound = self.weight_norm_bound()
+        return bound / float(self.power_estimate().detach()) if self.normalise else bound
 
-    def _cache_key(self) -> tuple:
-        return (self.weight._version, self.weight.data_ptr(), self.power_vector._version, self.power_vector.data_ptr())
+    def _weight_key(self) -> tuple:
+        return (self.weight._version, self.weight.data_ptr())
 
     def weight_norm_bound(self) -> float:
-        """The guaranteed bound of ‖W‖ (raw weight) behind :meth:`norm_upper_bound`."""
-        bound = self.norm_upper_bound()
-        return bound * float(self.power_estimate().detach()) if self.normalise else bound
+        """Guaranteed upper bound of ‖W‖ for the raw weight (cached until the weight changes)."""
+        if self._bound_cache is None or self._bound_cache[0] != self._weight_key():
+            self.set_weight_norm_bound(conv_norm_upper_bound(self.weight))
+        return self._bound_cache[1]
 
     def set_weight_norm_bound(self, bound: float) -> None:
         """Install a bound of ‖W‖ computed for exactly these weights (used when loading verified files)."""
-        scale = float(self.power_estimate().detach()) if self.normalise else 1.0
-        self._bound_cache = (self._cache_key(), float(bound) / scale)
+        self._bound_cache = (self._weight_key(), float(bound))
 
     def circular_norm(self, size: tuple[int, int]) -> float:
         """Exact ‖A‖ of the circular version of A on an H×W grid (per-frequency SVD)."""
