@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 
 from . import denoisers, operators, solvers, theory
 from .solvers import ConvergenceMonitor, PnPResult, solve
-from .denoisers import AveragedDenoiser, load_denoiser_file, save_denoiser
+from .denoisers import AveragedDenoiser, list_denoisers, load_denoiser, load_denoiser_file, save_denoiser
 from .io import load_image, save_image, to_numpy, to_tensor
 from .metrics import psnr, ssim
 from .theory import Certificate
@@ -35,6 +35,8 @@ __all__ = [
     "AveragedDenoiser",
     "Certificate",
     "denoisers",
+    "list_denoisers",
+    "load_denoiser",
     "load_denoiser_file",
     "save_denoiser",
     "theory",

@@ -7,6 +7,7 @@ from .certify import adversarial_lipschitz, averagedness_defects, lipschitz_vs_d
 from .layers import ACTIVATIONS, INTEGRATORS, CertifiedConv, get_activation, get_integrator
 from .serialization import load_denoiser_file, read_metadata, save_denoiser
 from .spectral import circular_conv_norm, conv_norm_upper_bound
+from .zoo import list_denoisers, load_denoiser
 
 __all__ = [
     "ACTIVATIONS",
@@ -27,6 +28,8 @@ __all__ = [
     "get_activation",
     "get_integrator",
     "lipschitz_vs_depth",
+    "list_denoisers",
+    "load_denoiser",
     "load_denoiser_file",
     "natural_starts",
     "parameter_count",

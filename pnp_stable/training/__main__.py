@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate-every", type=int, default=100, help="steps between norm calibrations")
     p.add_argument("--validate-every", type=int, default=500, help="steps between validations")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0, help="minutes between checkpoints")
+    p.add_argument("--log-every", type=int, default=50, help="steps between log lines when no progress bar is shown")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint next to --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         data=args.data, out=args.out, val=args.val, channels=args.channels, sigma=sigma, patch=args.patch,
         batch=args.batch, steps=args.steps, lr=args.lr, optimizer=args.optimizer, seed=args.seed,
         calibrate_every=args.calibrate_every, validate_every=args.validate_every,
-        checkpoint_minutes=args.checkpoint_minutes,
+        checkpoint_minutes=args.checkpoint_minutes, log_every=args.log_every,
         architecture=dict(width=args.width, depth=args.depth, integrator=args.integrator),
     )
     start = time.monotonic()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ class TrainConfig:
     val_sigma: float = 25 / 255
     checkpoint: str | None = None
     checkpoint_minutes: float = 5.0
+    log_every: int = 50
     architecture: dict = field(default_factory=lambda: dict(width=32, depth=8))
 
     def __post_init__(self):
@@ -81,7 +83,7 @@ class Trainer:
     # --- state -------------------------------------------------------------------------
     @property
     def checkpoint_path(self) -> Path:
-        return Path(self.config.checkpoint or Path(self.config.out).with_suffix(".ckpt.safetensors"))
+        return Path(self.config.checkpoint or str(self.config.out) + ".ckpt")  # not *.safetensors: never mistaken for weights
 
     def save_checkpoint(self) -> None:
         if self.rank == 0:
@@ -129,7 +131,7 @@ class Trainer:
         """Train until ``steps`` or a stop signal; returns 'finished' or 'interrupted' (checkpoint written)."""
         config = self.config
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-        last_save = time.monotonic()
+        last_save = started = time.monotonic()
         self.model.train()
         try:
             with tqdm(total=config.steps, initial=self.step, disable=not self.progress, desc="training") as bar:
@@ -152,6 +154,8 @@ class Trainer:
                         bar.set_postfix(val_psnr=f"{record['val_psnr']:.2f}")
                     self.log.append(record)
                     bar.update(1)
+                    if not self.progress and self.rank == 0 and config.log_every and self.step % config.log_every == 0:
+                        print(json.dumps({**record, "elapsed_s": round(time.monotonic() - started, 1)}), file=sys.stderr, flush=True)
                     if time.monotonic() - last_save > 60 * config.checkpoint_minutes:
                         self.save_checkpoint()
                         last_save = time.monotonic()

@@ -1,0 +1,37 @@
+"""Named pretrained denoisers shipped inside the package (``denoisers/weights/*.safetensors``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .averaged import AveragedDenoiser
+from .serialization import load_denoiser_file, read_metadata
+
+__all__ = ["WEIGHTS_DIR", "list_denoisers", "load_denoiser"]
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+def _shipped() -> dict[str, Path]:
+    return {path.name.removesuffix(".safetensors"): path for path in sorted(WEIGHTS_DIR.glob("*.safetensors"))}
+
+
+def list_denoisers() -> list[dict[str, str]]:
+    """Every shipped model: name, file, certificate and training metadata (read without loading tensors)."""
+    rows = []
+    for name, path in _shipped().items():
+        metadata = read_metadata(path)
+        rows.append({"name": name, "file": str(path), **{k: v for k, v in metadata.items() if k != "sha256"}})
+    return rows
+
+
+def load_denoiser(name_or_path: str | Path) -> AveragedDenoiser:
+    """A shipped model by name (see :func:`list_denoisers`) or any denoiser file by path; offline, no pickle."""
+    shipped = _shipped()
+    if str(name_or_path) in shipped:
+        return load_denoiser_file(shipped[str(name_or_path)])
+    path = Path(name_or_path)
+    if path.suffix == ".safetensors" or path.exists():
+        return load_denoiser_file(path)
+    available = ", ".join(shipped) or "none shipped yet"
+    raise ValueError(f"unknown denoiser '{name_or_path}'; available: {available} (or give a .safetensors path)")
