@@ -156,3 +156,15 @@ def test_corrupt_and_mismatched_files(tmp_path):
     save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"), metadata={"format": "something-else"})
     with pytest.raises(ValueError, match="not a pnp-stable"):
         ps.load_denoiser_file(tmp_path / "other.safetensors")
+
+
+def test_bm3d_baseline_denoises_without_certificate():
+    pytest.importorskip("bm3d")
+    from pnp_stable.denoisers import BM3DDenoiser
+
+    clean = natural_starts(1, (1, 32, 32), noise=0.0)
+    noisy = clean + 0.1 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
+    out = BM3DDenoiser()(noisy, 0.1)
+    assert out.shape == clean.shape
+    assert ps.psnr(out, clean).item() > ps.psnr(noisy, clean).item() + 3
+    assert BM3DDenoiser().certificate.alpha is None
