@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from ..theory import Certificate
 from .averaged import AveragedDenoiser
+from .spectral import conv_norm_upper_bound
 
 __all__ = ["save_denoiser", "load_denoiser_file"]
 
@@ -76,8 +77,8 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 def load_denoiser_file(path: str | Path, verify: bool = False) -> AveragedDenoiser:
     """Build the denoiser stored in ``path`` (eval mode) and restore its certified norm bounds.
 
-    ``verify=True`` recomputes every bound and the certificate from scratch instead of trusting the
-    file's (slower; a mismatch raises ``ValueError``).
+    The stored per-layer bounds are trusted only for the exact tensors they came with (SHA-256 digest);
+    ``verify=True`` also recomputes every bound and refuses a stored bound below the recomputed one (slower).
     """
     metadata = read_metadata(path)
     try:
@@ -100,9 +101,12 @@ def load_denoiser_file(path: str | Path, verify: bool = False) -> AveragedDenois
     model.eval()
     if len(bounds) != len(model.blocks):
         raise ValueError(f"{path}: {len(bounds)} norm bounds for {len(model.blocks)} blocks")
-    if not verify:
-        for block, bound in zip(model.blocks, bounds):
-            block.conv.set_weight_norm_bound(bound)
+    for index, (block, bound) in enumerate(zip(model.blocks, bounds)):
+        if verify:
+            verified = conv_norm_upper_bound(block.conv.weight)
+            if bound < verified * (1 - 1e-9):
+                raise ValueError(f"{path}: stored norm bound {bound:.6g} of block {index} is below the verified bound {verified:.6g}")
+        block.conv.set_weight_norm_bound(bound)
     recomputed = model.certificate
     if (recomputed.alpha is None) != (stored.alpha is None) or (
         stored.alpha is not None and abs(recomputed.alpha - stored.alpha) > 1e-6
