@@ -16,7 +16,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/operators.py
+	for script in operators lipschitz_vs_depth denoiser_speed solver_overhead; do \
+		$(BIN)/python benchmarks/$$script.py || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,96 @@
+"""Gaussian denoising: PSNR / SSIM of denoisers on standard test sets at σ = 15, 25, 50 (/255).
+
+Methods: shipped averaged denoisers (or any ``--model`` file), BM3D (``bm3d`` package), TV
+(deepinv, λ = σ); each with its certificate and, for certified ones, an adversarial check of
+‖N x − N y‖/‖x − y‖ ≤ 1 for N = (D − (1 − α)I)/α. Noise is seeded per image (seed = index), so
+every method sees the same noisy images. Writes ``benchmarks/results/denoise.md``.
+
+    .venv/bin/python benchmarks/denoise.py --images 10          # first 10 images of each set
+    PNP_STABLE_DATA=/path/to/data .venv/bin/python benchmarks/denoise.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import RESULTS, ROOT, header  # noqa: E402
+
+import pnp_stable as ps  # noqa: E402
+from pnp_stable.denoisers import BM3DDenoiser, TVDenoiser, adversarial_lipschitz, certificate_of  # noqa: E402
+from pnp_stable.training import list_images  # noqa: E402
+
+SETS = {"BSD68": 1, "Set12": 1, "CBSD68": 3}
+
+
+def evaluate(denoiser, images, sigma: float) -> tuple[float, float, float]:
+    psnrs, ssims, start = [], [], time.perf_counter()
+    for index, clean in enumerate(images):
+        noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(index))
+        with torch.no_grad():
+            out = denoiser(clean + sigma * noise, sigma)
+        psnrs.append(float(ps.psnr(out, clean)[0]))
+        ssims.append(float(ps.ssim(out, clean)[0]))
+    return statistics.mean(psnrs), statistics.mean(ssims), (time.perf_counter() - start) / len(images)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=os.environ.get("PNP_STABLE_DATA", ROOT.parent / "shared" / "data"))
+    parser.add_argument("--images", type=int, default=None, help="first N images of each set (default: all)")
+    parser.add_argument("--sigmas", type=float, nargs="+", default=[15, 25, 50], help="noise levels on the 0–255 scale")
+    parser.add_argument("--model", action="append", default=[], help="extra denoiser file(s) (.safetensors)")
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    parser.add_argument("--no-bm3d", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    data = Path(args.data) / "test"
+    rows = header("Gaussian denoising")
+    rows += [f"- data: `{data}`, {'all' if args.images is None else f'first {args.images}'} images per set; "
+             "noise seed = image index", ""]
+    rows += ["| set | σ·255 | method | PSNR | SSIM | s/image | certificate | empirical ‖N x − N y‖/‖x − y‖ |",
+             "|---|---:|---|---:|---:|---:|---|---:|"]
+    for set_name in args.sets:
+        channels = SETS[set_name]
+        images = [ps.load_image(p, gray=channels == 1) for p in list_images(data / set_name)[: args.images]]
+        methods = {}
+        for entry in ps.list_denoisers():
+            model = ps.load_denoiser(entry["name"])
+            if model.channels == channels:
+                methods[entry["name"]] = model
+        for path in args.model:
+            model = ps.load_denoiser(path)
+            if model.channels == channels:
+                methods[Path(path).stem] = model
+        if not args.no_bm3d:
+            methods["BM3D"] = BM3DDenoiser()
+        methods["TV (λ = σ)"] = TVDenoiser()
+        checks = {}
+        for name, method in methods.items():
+            certificate = certificate_of(method)
+            if certificate.alpha is not None and certificate.guaranteed:
+                shape = (channels, 40, 40)
+                checks[name] = adversarial_lipschitz(method, shape, 25 / 255, alpha=certificate.alpha, restarts=4, steps=60).ratio
+        for sigma255 in tqdm(args.sigmas, desc=set_name):
+            for name, method in methods.items():
+                p, s, t = evaluate(method, images, sigma255 / 255)
+                certificate = certificate_of(method)
+                cert = "none" if certificate.alpha is None else f"α = {certificate.alpha:.3g}" + ("" if certificate.guaranteed else " (approx.)")
+                check = f"{checks[name]:.4f}" if name in checks else "–"
+                rows.append(f"| {set_name} | {sigma255:g} | {name} | {p:.2f} | {s:.4f} | {t:.2f} | {cert} | {check} |")
+                print(rows[-1], flush=True)
+    out = RESULTS / "denoise.md"
+    out.write_text("\n".join(rows) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
