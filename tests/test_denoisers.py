@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import deepinv as dinv
 import pytest
 import torch
@@ -168,3 +170,14 @@ def test_bm3d_baseline_denoises_without_certificate():
     assert out.shape == clean.shape
     assert ps.psnr(out, clean).item() > ps.psnr(noisy, clean).item() + 3
     assert BM3DDenoiser().certificate.alpha is None
+
+
+def test_zoo_lists_and_loads_shipped_models_offline():
+    rows = ps.list_denoisers()
+    for row in rows:
+        assert row["format"] == "pnp-stable-denoiser/1" and "certificate" in row and "training" in row
+        model = ps.load_denoiser(row["name"])
+        assert model.certificate.alpha is not None and model.certificate.guaranteed
+        assert Path(row["file"]).stat().st_size < 3 * 2**20
+    with pytest.raises(ValueError, match="unknown denoiser"):
+        ps.load_denoiser("no-such-model")
