@@ -95,10 +95,10 @@ def run_scheme(
             z_active = z[index]
             z_next, x_next = scheme.step(z_active, sub_fidelity, sub)
             finite = torch.isfinite(z_next.flatten(1)).all(1) & torch.isfinite(x_next.flatten(1)).all(1)
-            r = monitor.observe(index, z_active, torch.where(finite[:, None, None, None], z_next, z_active), k)
+            safe_next = torch.where(finite[:, None, None, None], z_next, z_active)
+            r, r_norm = monitor.observe(index, z_active, safe_next, k)
             if k == 0:
                 first_residual[index] = r
-            r_norm = r / z_next.double().flatten(1).norm(dim=1).clamp_min(1e-30)
             stop = []
             for position, b in enumerate(index.tolist()):
                 if not finite[position]:
@@ -114,7 +114,6 @@ def run_scheme(
                 elif r_norm[position] < tol:
                     status[b], iterations[b] = "converged", k + 1
                     stop.append(b)
-            safe_next = torch.where(finite[:, None, None, None], z_next, z_active)
             z[index] = safe_next
             estimate[index] = torch.where(finite[:, None, None, None], x_next, estimate[index])
             if reference is not None:

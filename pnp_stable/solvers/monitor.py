@@ -115,7 +115,8 @@ class History:
 
 
 def _norms(t: Tensor) -> Tensor:
-    return t.flatten(1).norm(dim=1)
+    """Per-sample Euclidean norms, accumulated in float64 without copying ``t``."""
+    return torch.linalg.vector_norm(t.flatten(1), dim=1, dtype=torch.float64)
 
 
 class ConvergenceMonitor:
@@ -137,11 +138,12 @@ class ConvergenceMonitor:
         self._previous_step: Tensor | None = None
         self.batch_size = batch_size
 
-    def observe(self, index: Tensor, z: Tensor, z_next: Tensor, iteration: int) -> Tensor:
-        """Record the step of the samples ``index`` (z, z_next have only those rows); return their r_k."""
-        step = (z_next - z).double()
+    def observe(self, index: Tensor, z: Tensor, z_next: Tensor, iteration: int) -> tuple[Tensor, Tensor]:
+        """Record the step of the samples ``index`` (z, z_next have only those rows); return their
+        residuals r_k and relative residuals r_k/‖z_{k+1}‖."""
+        step = z_next - z
         r = _norms(step)
-        scale = _norms(z_next.double())
+        scale = _norms(z_next)
         slack = self.slack * scale
         residual = torch.full((self.batch_size,), float("nan"), dtype=torch.float64)
         residual[index] = r
@@ -169,9 +171,9 @@ class ConvergenceMonitor:
         self._previous_residual[index] = r
         if self.beta is not None:
             if self._previous_step is None:
-                self._previous_step = torch.zeros((self.batch_size, *step.shape[1:]), dtype=torch.float64)
+                self._previous_step = torch.zeros((self.batch_size, *step.shape[1:]), dtype=step.dtype)
             self._previous_step[index] = step
-        return r
+        return r, relative[index]
 
     def forget(self, index: Tensor) -> None:
         """Stop tracking samples (they stopped); later rows for them stay NaN."""
@@ -184,11 +186,11 @@ class ConvergenceMonitor:
     def finish(self, z0: Tensor, z_last: Tensor) -> History:
         """Run the rate check with ‖z₀ − z*‖ ≈ ‖z₀ − z_K‖ and return the history."""
         history = self.history
-        history.distance_estimate = _norms((z0 - z_last).double())
+        history.distance_estimate = _norms(z0 - z_last)
         bound = history.rate_bound()
         if bound is not None and "rate bound" in history.checks:
             residuals = history.residual_matrix()
-            scale = _norms(z_last.double())[None, :] * self.slack
+            scale = _norms(z_last)[None, :] * self.slack
             excess = residuals - bound
             failed = (excess > scale) & ~torch.isnan(residuals)
             for k, b in torch.nonzero(failed).tolist():
