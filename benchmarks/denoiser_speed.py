@@ -36,9 +36,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -51,31 +49,12 @@ from tqdm import tqdm
 
 from pnp_stable.denoisers import AveragedDenoiser, DnCNNBaseline, parameter_count
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import command_line, git_commit  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "denoiser_speed.md"
 SIGMA, SEED, TARGET_RATIO = 0.1, 0, 1.2
-
-
-def command_line() -> str:
-    python = Path(sys.executable)
-    try:
-        python = python.relative_to(ROOT)
-    except ValueError:
-        pass
-    script = Path(sys.argv[0]).resolve()
-    try:
-        script = script.relative_to(ROOT)
-    except ValueError:
-        pass
-    return shlex.join([str(python), str(script), *sys.argv[1:]])
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (git rev-parse failed)"
 
 
 def timed(f) -> float:

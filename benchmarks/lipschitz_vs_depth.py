@@ -38,8 +38,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shlex
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -56,6 +54,9 @@ from tqdm import tqdm  # noqa: E402
 
 from pnp_stable.denoisers import AveragedDenoiser, CertifiedConv, SpectralResNet, parameter_count  # noqa: E402
 from pnp_stable.denoisers.certify import adversarial_lipschitz  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import command_line, git_commit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_MD = ROOT / "benchmarks" / "results" / "lipschitz_vs_depth.md"
@@ -74,28 +75,6 @@ def build_averaged(depth: int) -> nn.Module:
 
 
 MODELS = {"SpectralResNet": build_resnet, "AveragedDenoiser": build_averaged}
-
-
-def command_line() -> str:
-    python = Path(sys.executable)
-    try:
-        python = python.relative_to(ROOT)
-    except ValueError:
-        pass
-    script = Path(sys.argv[0]).resolve()
-    try:
-        script = script.relative_to(ROOT)
-    except ValueError:
-        pass
-    return shlex.join([str(python), str(script), *sys.argv[1:]])
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (git rev-parse failed)"
 
 
 def prefix_network(build, full: nn.Module, depth: int) -> tuple[nn.Module, int]:

@@ -19,10 +19,10 @@ load from other processes hits both alike. Results go to stdout and ``results/op
 from __future__ import annotations
 
 import argparse
+import sys
 import os
 import platform
 import statistics
-import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +34,9 @@ from tqdm import tqdm
 import pnp_stable
 from pnp_stable.operators import BOUNDARIES
 from pnp_stable.operators.physics import FFT_MIN_KERNEL_SIZE
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import cpu_name, git_commit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "operators.md"
@@ -140,24 +143,6 @@ def crossover_verdict(fft_wins: dict[int, bool]) -> str:
     supported = below < FFT_MIN_KERNEL_SIZE <= from_size
     verdict = "supported" if supported else f"not supported; the numbers suggest {from_size}"
     return f"FFT is faster from {from_size}×{from_size} on, direct at {below}×{below}: {current} is {verdict}."
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "uncommitted"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -46,9 +46,7 @@ import os
 import platform
 import pstats
 import resource
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -62,42 +60,13 @@ from tqdm import tqdm
 import pnp_stable
 from pnp_stable.solvers import ForwardBackward
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import command_line, cpu_name, git_commit  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "solver_overhead.md"
 NOISE_SIGMA, DENOISER_SIGMA, BLUR_STD = 0.01, 0.02, 1.6
 TARGET_MONITOR, TARGET_DEEPINV, TARGET_DIFF = 0.05, 1.05, 1e-5
-
-
-def command_line() -> str:
-    python = Path(sys.executable)
-    try:
-        python = python.relative_to(ROOT)
-    except ValueError:
-        pass
-    script = Path(sys.argv[0]).resolve()
-    try:
-        script = script.relative_to(ROOT)
-    except ValueError:
-        pass
-    return shlex.join([str(python), str(script), *sys.argv[1:]])
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (git rev-parse failed)"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def timed(f):
