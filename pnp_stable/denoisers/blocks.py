@@ -56,8 +56,7 @@ class NonexpansiveBlock(nn.Module):
     def operator_norm(self) -> float:
         """‖A‖ as used by this forward: calibrated power estimate (training) or guaranteed bound (eval)."""
         if self.training:
-            raw = 1.0 if self.conv.normalise else float(self.conv.power_estimate().detach())
-            return raw * float(self.norm_ratio)
+            return self.conv.norm_estimate() * float(self.norm_ratio)
         return self.conv.norm_upper_bound()
 
     def substeps(self, norm: float | None = None) -> int:
@@ -69,8 +68,7 @@ class NonexpansiveBlock(nn.Module):
     @torch.no_grad()
     def calibrate(self) -> float:
         """Set ``norm_ratio`` = guaranteed bound / power estimate (≥ 1), so training sees the certified norm."""
-        raw = 1.0 if self.conv.normalise else float(self.conv.power_estimate().detach())
-        ratio = max(1.0, self.conv.norm_upper_bound() / raw)
+        ratio = max(1.0, self.conv.norm_upper_bound() / self.conv.norm_estimate())
         self.norm_ratio.fill_(ratio)
         return ratio
 

@@ -138,6 +138,10 @@ class CertifiedConv(nn.Module):
         """s = ‖W u‖ for the current unit power vector u: a lower estimate of ‖W‖, differentiable in W."""
         return self._conv(self.power_vector, self.weight).norm()
 
+    def norm_estimate(self) -> float:
+        """Power estimate of ‖A‖ for the operator in use: 1 when normalised (A = W/s), else s."""
+        return 1.0 if self.normalise else float(self.power_estimate().detach())
+
     def effective_weight(self) -> Tensor:
         return self.weight / self.power_estimate() if self.normalise else self.weight
 

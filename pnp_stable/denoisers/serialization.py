@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from .._safetensors import read_safetensors
 from ..theory import Certificate
 from .averaged import AveragedDenoiser
 from .spectral import conv_norm_upper_bound
@@ -59,19 +59,7 @@ def save_denoiser(model: AveragedDenoiser, path: str | Path, extra: dict[str, st
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The metadata of a denoiser file, validated (no tensors are loaded)."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"weights file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except (SafetensorError, OSError) as err:
-        raise ValueError(f"{path} is not a readable safetensors file (corrupt or truncated?): {err}") from err
-    if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a pnp-stable denoiser file (format {metadata.get('format')!r})")
-    return metadata
+    return read_safetensors(path, "denoiser file", FORMAT, tensors=False)[0]
 
 
 def load_denoiser_file(path: str | Path, verify: bool = False) -> AveragedDenoiser:
@@ -80,11 +68,7 @@ def load_denoiser_file(path: str | Path, verify: bool = False) -> AveragedDenois
     The stored per-layer bounds are trusted only for the exact tensors they came with (SHA-256 digest);
     ``verify=True`` also recomputes every bound and refuses a stored bound below the recomputed one (slower).
     """
-    metadata = read_metadata(path)
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as err:
-        raise ValueError(f"cannot read tensors of {path}: {err}") from err
+    metadata, tensors = read_safetensors(path, "denoiser file", FORMAT)
     if _digest(tensors) != metadata.get("sha256"):
         raise ValueError(f"{path}: weights do not match their recorded digest (file modified or corrupt)")
     try:

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from .._safetensors import read_safetensors
 
 __all__ = ["save_checkpoint", "load_checkpoint"]
 
@@ -60,19 +61,7 @@ def save_checkpoint(path: str | Path, model, optimizer, scheduler, rng_state: to
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors and decoded metadata of a checkpoint; ``ValueError`` if it is missing or corrupt."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as err:
-        raise ValueError(f"{path} is not a readable checkpoint (corrupt or truncated?): {err}") from err
-    if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a pnp-stable training checkpoint")
+    metadata, tensors = read_safetensors(path, "training checkpoint", FORMAT)
     meta = {
         "step": int(metadata["step"]),
         "config": json.loads(metadata["config"]),
