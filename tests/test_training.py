@@ -103,3 +103,34 @@ def test_torchrun_two_processes(folders, tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert ps.load_denoiser_file(out).certificate.alpha is not None
+
+
+def test_dncnn_baseline_trains_with_the_same_pipeline_and_round_trips(folders, tmp_path):
+    config = _config(folders, tmp_path, steps=3)
+    config.model, config.architecture = "dncnn", dict(width=6, depth=3)
+    trainer = Trainer(config, progress=False)
+    assert trainer.run() == "finished"
+    path = trainer.export({"data": "synthetic ramps"})
+    loaded = ps.load_denoiser_file(path)
+    assert isinstance(loaded, ps.denoisers.DnCNNBaseline) and loaded.certificate.alpha is None
+    x = torch.rand(1, 1, 16, 16)
+    assert torch.equal(loaded(x, 0.1), trainer.model.eval()(x, 0.1))
+
+
+def test_unknown_model_is_refused(folders, tmp_path):
+    config = _config(folders, tmp_path)
+    config.model = "unet"
+    with pytest.raises(ValueError, match="model must be one of"):
+        config.__post_init__()
+
+
+def test_checkpoint_written_before_a_config_field_existed_still_resumes(folders, tmp_path):
+    from pnp_stable.training.checkpoint import load_checkpoint, save_checkpoint
+
+    trainer = Trainer(_config(folders, tmp_path, steps=2), progress=False)
+    trainer.run()
+    tensors, meta = load_checkpoint(trainer.checkpoint_path)
+    old_config = {k: v for k, v in meta["config"].items() if k != "model"}
+    save_checkpoint(trainer.checkpoint_path, trainer.model, trainer.optimizer, trainer.scheduler,
+                    trainer.sampler.state(), trainer.step, old_config)
+    assert Trainer(_config(folders, tmp_path, steps=2), resume=True, progress=False).step == 2

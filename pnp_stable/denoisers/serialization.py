@@ -1,6 +1,7 @@
-"""Denoisers ↔ ``.safetensors`` files: tensors plus architecture, certificate and per-layer norm
-bounds in the metadata. Loading never unpickles; the stored bounds are trusted only for the exact
-weights they were computed from (a SHA-256 digest of every tensor)."""
+"""Denoisers ↔ ``.safetensors`` files: tensors plus class, architecture, certificate and (for the
+certified networks) per-layer norm bounds in the metadata. Loading never unpickles; the stored bounds
+are trusted only for the exact weights they were computed from (a SHA-256 digest of every tensor).
+Two classes are stored: :class:`AveragedDenoiser` and the unconstrained :class:`DnCNNBaseline`."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from safetensors.torch import save_file
 from .._safetensors import read_safetensors
 from ..theory import Certificate
 from .averaged import AveragedDenoiser
+from .baselines import DnCNNBaseline
 from .spectral import conv_norm_upper_bound
 
 __all__ = ["save_denoiser", "load_denoiser_file"]
 
 FORMAT = "pnp-stable-denoiser/1"
+STORABLE = {cls.__name__: cls for cls in (AveragedDenoiser, DnCNNBaseline)}
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -29,14 +32,18 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_denoiser(model: AveragedDenoiser, path: str | Path, extra: dict[str, str] | None = None) -> Path:
+def _norm_bounds(model) -> list[float]:
+    return [block.conv.weight_norm_bound() for block in model.blocks] if isinstance(model, AveragedDenoiser) else []
+
+
+def save_denoiser(model: AveragedDenoiser | DnCNNBaseline, path: str | Path, extra: dict[str, str] | None = None) -> Path:
     """Write weights, config, certificate (computed now from guaranteed bounds) and ``extra`` metadata."""
-    if not isinstance(model, AveragedDenoiser):
-        raise ValueError(f"save_denoiser writes AveragedDenoiser models, got {type(model).__name__}")
+    if type(model).__name__ not in STORABLE:
+        raise ValueError(f"save_denoiser writes {' or '.join(STORABLE)} models, got {type(model).__name__}")
     was_training = model.training
     model.eval()
     certificate = model.certificate
-    bounds = [block.conv.weight_norm_bound() for block in model.blocks]
+    bounds = _norm_bounds(model)
     model.train(was_training)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {
@@ -62,7 +69,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return read_safetensors(path, "denoiser file", FORMAT, tensors=False)[0]
 
 
-def load_denoiser_file(path: str | Path, verify: bool = False) -> AveragedDenoiser:
+def load_denoiser_file(path: str | Path, verify: bool = False) -> AveragedDenoiser | DnCNNBaseline:
     """Build the denoiser stored in ``path`` (eval mode) and restore its certified norm bounds.
 
     The stored per-layer bounds are trusted only for the exact tensors they came with (SHA-256 digest);
@@ -73,7 +80,7 @@ def load_denoiser_file(path: str | Path, verify: bool = False) -> AveragedDenois
         raise ValueError(f"{path}: weights do not match their recorded digest (file modified or corrupt)")
     try:
         config = json.loads(metadata["config"])
-        model = AveragedDenoiser(**config)
+        model = STORABLE[metadata.get("class", "AveragedDenoiser")](**config)
         bounds = json.loads(metadata["weight_norm_bounds"])
         stored = Certificate.from_json(metadata["certificate"])
     except (KeyError, TypeError, ValueError) as err:
@@ -83,9 +90,10 @@ def load_denoiser_file(path: str | Path, verify: bool = False) -> AveragedDenois
     except RuntimeError as err:
         raise ValueError(f"{path}: weights do not fit the recorded architecture: {err}") from err
     model.eval()
-    if len(bounds) != len(model.blocks):
-        raise ValueError(f"{path}: {len(bounds)} norm bounds for {len(model.blocks)} blocks")
-    for index, (block, bound) in enumerate(zip(model.blocks, bounds)):
+    blocks = model.blocks if isinstance(model, AveragedDenoiser) else []
+    if len(bounds) != len(blocks):
+        raise ValueError(f"{path}: {len(bounds)} norm bounds for {len(blocks)} certified blocks")
+    for index, (block, bound) in enumerate(zip(blocks, bounds)):
         if verify:
             verified = conv_norm_upper_bound(block.conv.weight)
             if bound < verified * (1 - 1e-9):

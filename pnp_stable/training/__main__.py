@@ -15,7 +15,7 @@ from .trainer import TrainConfig, Trainer
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pnp_stable.training", description="Train a certified averaged denoiser.",
+    p = argparse.ArgumentParser(prog="python -m pnp_stable.training", description="Train a certified averaged denoiser (or the unconstrained DnCNN baseline).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", nargs="+", required=True, help="training image folder(s)")
     p.add_argument("--out", required=True, help="output weights (.safetensors)")
@@ -27,9 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=2000, help="training steps")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="optimiser")
+    p.add_argument("--model", choices=["averaged", "dncnn"], default="averaged",
+                   help="certified averaged network, or deepinv's unconstrained DnCNN as a same-budget baseline")
     p.add_argument("--width", type=int, default=32, help="channels inside the network")
-    p.add_argument("--depth", type=int, default=8, help="number of blocks")
-    p.add_argument("--integrator", choices=["euler", "heun", "rk4"], default="euler", help="block integrator")
+    p.add_argument("--depth", type=int, default=8, help="number of blocks (DnCNN: conv layers)")
+    p.add_argument("--integrator", choices=["euler", "heun", "rk4"], default="euler", help="block integrator (averaged only)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--calibrate-every", type=int, default=100, help="steps between norm calibrations")
     p.add_argument("--validate-every", type=int, default=500, help="steps between validations")
@@ -50,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         batch=args.batch, steps=args.steps, lr=args.lr, optimizer=args.optimizer, seed=args.seed,
         calibrate_every=args.calibrate_every, validate_every=args.validate_every,
         checkpoint_minutes=args.checkpoint_minutes, log_every=args.log_every,
-        architecture=dict(width=args.width, depth=args.depth, integrator=args.integrator),
+        architecture=dict(width=args.width, depth=args.depth)
+        | (dict(integrator=args.integrator) if args.model == "averaged" else {}),
+        model=args.model,
     )
     start = time.monotonic()
     try:
