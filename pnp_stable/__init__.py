@@ -10,6 +10,7 @@ from .solvers import ConvergenceMonitor, PnPResult, solve
 from .denoisers import AveragedDenoiser, list_denoisers, load_denoiser, load_denoiser_file, save_denoiser
 from .io import load_image, save_image, to_numpy, to_tensor
 from .metrics import psnr, ssim
+from .restore import deblur, denoise
 from .theory import Certificate
 from .operators import (
     L2Fidelity,
@@ -20,6 +21,7 @@ from .operators import (
     downsampling,
     gaussian_kernel,
     inpainting,
+    kernel_from_spec,
     load_kernel,
     load_kernels,
     motion_kernel,
@@ -44,10 +46,13 @@ __all__ = [
     "adjoint_test",
     "blur",
     "custom_operator",
+    "deblur",
+    "denoise",
     "denoising",
     "downsampling",
     "gaussian_kernel",
     "inpainting",
+    "kernel_from_spec",
     "load_image",
     "load_kernel",
     "load_kernels",

@@ -1,4 +1,5 @@
-"""Image files ↔ tensors ``[1, C, H, W]`` with values in [0, 1] (PNG, JPEG, TIFF, gray or colour)."""
+"""Image files ↔ tensors ``[1, C, H, W]`` with values in [0, 1] (PNG, JPEG, TIFF, gray or colour;
+``.npy`` arrays ``[H, W]`` / ``[H, W, C]`` for float data)."""
 
 from __future__ import annotations
 
@@ -59,6 +60,8 @@ def load_image(path: str | Path, gray: bool | None = None) -> Tensor:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"image file not found: {path}")
+    if path.suffix.lower() == ".npy":
+        return _load_array(path, gray)
     try:
         with Image.open(path) as im:
             im.load()
@@ -77,6 +80,24 @@ def load_image(path: str | Path, gray: bool | None = None) -> Tensor:
     else:
         arr = arr.transpose(2, 0, 1)[None]
     return check_image(torch.from_numpy(np.ascontiguousarray(arr)), str(path))
+
+
+def _load_array(path: Path, gray: bool | None) -> Tensor:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"cannot read {path} as a numpy image array: {err}") from err
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3)):
+        raise ValueError(f"{path}: expected an array [H, W] or [H, W, 1|3], got shape {arr.shape}")
+    try:
+        x = to_tensor(arr)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    if gray and x.shape[1] == 3:
+        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    elif gray is False and x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1).contiguous()
+    return x
 
 
 def save_image(x: Tensor, path: str | Path, clip: bool = False, bit_depth: int = 8) -> Path:

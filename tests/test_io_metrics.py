@@ -57,3 +57,18 @@ def test_psnr_ssim():
         ps.psnr(noisy[:, :, :32], ref)
     with pytest.raises(ValueError, match="rank 4"):
         ps.psnr(ref[0], ref[0])
+
+
+def test_npy_images_load_and_nan_is_refused(tmp_path):
+    arr = np.random.default_rng(0).uniform(0, 1, (6, 7, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", arr)
+    x = ps.load_image(tmp_path / "x.npy")
+    assert x.shape == (1, 3, 6, 7) and np.allclose(ps.to_numpy(x), arr)
+    assert ps.load_image(tmp_path / "x.npy", gray=True).shape == (1, 1, 6, 7)
+    arr[1, 1, 1] = np.nan
+    np.save(tmp_path / "nan.npy", arr)
+    with pytest.raises(ValueError, match="nan.npy.*NaN"):
+        ps.load_image(tmp_path / "nan.npy")
+    np.save(tmp_path / "cube.npy", np.zeros((2, 3, 4, 5)))
+    with pytest.raises(ValueError, match="expected an array"):
+        ps.load_image(tmp_path / "cube.npy")

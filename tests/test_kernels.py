@@ -111,3 +111,21 @@ def test_shared_kernel_sets_load(data_root):
     assert [k.shape[0] for k in levin.values()] == [19, 17, 15, 27, 13, 21, 23, 23]
     usrnet = ps.load_kernels(data_root / "kernels" / "usrnet12.npz")
     assert len(usrnet) == 12 and all(k.shape == (25, 25) for k in usrnet.values())
+
+
+def test_kernel_specs(tmp_path):
+    from pnp_stable.operators import kernel_from_spec
+
+    assert torch.allclose(kernel_from_spec("gaussian:1.6"), ps.gaussian_kernel(1.6))
+    assert kernel_from_spec("gaussian:1:7").shape == (7, 7)
+    assert torch.equal(kernel_from_spec("uniform:5"), ps.uniform_kernel(5))
+    assert torch.equal(kernel_from_spec("motion:3:15"), ps.motion_kernel(3, 15))
+    np.savez(tmp_path / "k.npz", a=np.ones((3, 3)), b=np.eye(5))
+    assert kernel_from_spec(f"file:{tmp_path}/k.npz").shape == (3, 3)
+    assert kernel_from_spec(f"file:{tmp_path}/k.npz:1").shape == (5, 5)
+    assert kernel_from_spec(f"file:{tmp_path}/k.npz:b").shape == (5, 5)
+    for bad in ["gaussian", "gaussian:", "disk:3", "uniform:2.5", "motion:x", "gaussian:1:2:3"]:
+        with pytest.raises(ValueError, match="bad kernel spec"):
+            kernel_from_spec(bad)
+    with pytest.raises(ValueError, match="not found"):
+        kernel_from_spec("file:/nonexistent.npz")

@@ -1,12 +1,13 @@
 """Forward models (deepinv ``LinearPhysics``), kernels, operator checks and the data term."""
 
 from .fidelity import L2Fidelity
-from .kernels import gaussian_kernel, load_kernel, load_kernels, motion_kernel, uniform_kernel, validate_kernel
+from .kernels import KERNEL_SPECS, gaussian_kernel, kernel_from_spec, load_kernel, load_kernels, motion_kernel, uniform_kernel, validate_kernel
 from .norms import OperatorNorm, adjoint_test, operator_norm, power_iteration
 from .physics import BOUNDARIES, blur, custom_operator, denoising, downsampling, inpainting
 
 __all__ = [
     "BOUNDARIES",
+    "KERNEL_SPECS",
     "L2Fidelity",
     "OperatorNorm",
     "adjoint_test",
@@ -16,6 +17,7 @@ __all__ = [
     "downsampling",
     "gaussian_kernel",
     "inpainting",
+    "kernel_from_spec",
     "load_kernel",
     "load_kernels",
     "motion_kernel",

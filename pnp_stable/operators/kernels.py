@@ -21,6 +21,8 @@ __all__ = [
     "motion_kernel",
     "load_kernels",
     "load_kernel",
+    "kernel_from_spec",
+    "KERNEL_SPECS",
 ]
 
 
@@ -191,3 +193,35 @@ def load_kernel(path: str | Path, index: int | str = 0) -> Tensor:
     if not -len(names) <= index < len(names):
         raise ValueError(f"kernel index {index} out of range: {path} holds {len(names)} kernel(s)")
     return kernels[names[index]]
+
+
+KERNEL_SPECS = "gaussian:STD[:SIZE], uniform:SIZE, motion:SEED[:SIZE], file:PATH[:INDEX or NAME]"
+
+
+def kernel_from_spec(spec: str) -> Tensor:
+    """A kernel from a short text spec (the CLI's ``--kernel``): one of :data:`KERNEL_SPECS`.
+
+    ``gaussian:1.6`` (std in pixels), ``uniform:9``, ``motion:3:19`` (seed 3, 19 px), ``file:k.npz:2``.
+    """
+    kind, _, rest = str(spec).partition(":")
+    fail = ValueError(f"bad kernel spec '{spec}'; expected {KERNEL_SPECS} (e.g. gaussian:1.6 or motion:0:25)")
+    if not rest:
+        raise fail
+    if kind == "file":
+        path, index = rest, 0
+        if not Path(rest).is_file() and ":" in rest:
+            path, index = rest.rsplit(":", 1)
+            index = int(index) if index.lstrip("-").isdigit() else index
+        return load_kernel(path, index)
+    try:
+        values = [float(v) for v in rest.split(":")]
+    except ValueError:
+        raise fail from None
+    if kind == "gaussian" and len(values) in (1, 2):
+        return gaussian_kernel(values[0], int(values[1]) if len(values) == 2 else None)
+    integers = all(v == int(v) for v in values)
+    if kind == "uniform" and len(values) == 1 and integers:
+        return uniform_kernel(int(values[0]))
+    if kind == "motion" and len(values) in (1, 2) and integers:
+        return motion_kernel(int(values[0]), *(int(v) for v in values[1:]))
+    raise fail

@@ -1,5 +1,6 @@
 """PnP solvers as monitored fixed-point iterations."""
 
+from .defaults import TUNED, Tuned, tuned
 from .loop import STATUSES, PnPResult, run_scheme, solve
 from .monitor import FLOAT_SLACK, ConvergenceMonitor, History, Violation
 from .relaxed import KrasnoselskiiMann
@@ -12,6 +13,8 @@ __all__ = [
     "FLOAT_SLACK",
     "SCHEMES",
     "STATUSES",
+    "TUNED",
+    "Tuned",
     "ConvergenceMonitor",
     "DouglasRachford",
     "ForwardBackward",
@@ -25,4 +28,5 @@ __all__ = [
     "default_step",
     "run_scheme",
     "solve",
+    "tuned",
 ]

@@ -16,6 +16,7 @@ from ..operators.fidelity import L2Fidelity
 from .monitor import ConvergenceMonitor, History
 from .schemes import SCHEMES, Scheme
 from .relaxed import KrasnoselskiiMann
+from .defaults import tuned
 from .stepsize import check_step, default_step
 
 __all__ = ["PnPResult", "solve", "run_scheme", "STATUSES"]
@@ -145,7 +146,7 @@ def solve(
     denoiser_sigma: float | Tensor | None = None,
     step: float | None = None,
     relaxation: float = 1.0,
-    max_iter: int = 300,
+    max_iter: int | None = None,
     tol: float = 1e-5,
     x0: Tensor | None = None,
     reference: Tensor | None = None,
@@ -158,20 +159,24 @@ def solve(
     ``solver``: 'fb' (forward-backward / PnP-PGD), 'hqs', 'drs', 'admm' or 'fista' (no guarantee).
     ``denoiser``: any deepinv-style ``denoiser(x, sigma)`` (ours carry a certificate) or a plain
     callable ``denoiser(x)``; it runs under ``torch.no_grad`` (modules in eval mode).
-    ``denoiser_sigma`` defaults to 2·noise_sigma; ``step`` to the theory's default (see
-    :func:`default_step`); FB refuses τ ≥ 2/L unless ``allow_unsafe_step``. ``relaxation`` λ
+    ``denoiser_sigma``, ``step`` and ``max_iter`` default to the tuned values of
+    :mod:`pnp_stable.solvers.defaults` (σ_d = strength·noise_sigma, τ = step_scale × the theory's
+    default of :func:`default_step`); FB refuses τ ≥ 2/L unless ``allow_unsafe_step``. ``relaxation`` λ
     gives the Krasnosel'skii–Mann iteration z + λ(Tz − z), λβ-averaged for λ ∈ (0, 1/β).
     """
     if solver not in SCHEMES:
         raise ValueError(f"unknown solver '{solver}'; choose one of {sorted(SCHEMES)}")
     noise_sigma = check_noise_level(noise_sigma, positive=True)
     fidelity = L2Fidelity(physics, y, noise_sigma)
+    defaults = tuned(solver)
     if denoiser_sigma is None:
-        denoiser_sigma = 2 * noise_sigma
+        denoiser_sigma = defaults.strength * noise_sigma
+    if max_iter is None:
+        max_iter = defaults.max_iter
     if isinstance(denoiser, torch.nn.Module):
         denoiser.eval()
     if step is None:
-        step = default_step(solver, fidelity, denoiser_sigma)
+        step = defaults.step_scale * default_step(solver, fidelity, denoiser_sigma)
     scheme = SCHEMES[solver](fidelity, denoiser, denoiser_sigma, step)
     check_step(scheme, allow_unsafe_step)
     if relaxation != 1.0:

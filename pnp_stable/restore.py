@@ -1,0 +1,124 @@
+"""One-line entry points: ``deblur(y, kernel, noise_sigma)`` and ``denoise(x, sigma)``.
+
+They accept numpy arrays (``[H, W]`` / ``[H, W, C]``, integers scaled to [0, 1]) or tensors
+(``[H, W]``, ``[C, H, W]``, ``[B, C, H, W]``), gray or colour, pick the shipped certified denoiser
+for the image's channels, and use the tuned defaults of :mod:`pnp_stable.solvers.defaults`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ._validation import check_image, check_noise_level
+from .denoisers.averaged import certificate_of
+from .denoisers.zoo import load_denoiser
+from .io import to_tensor
+from .operators.kernels import kernel_from_spec, validate_kernel
+from .operators.physics import blur
+from .solvers.loop import PnPResult, solve
+from .theory import Certificate
+
+__all__ = ["DEFAULT_DENOISERS", "DenoiseResult", "deblur", "denoise", "resolve_denoiser"]
+
+DEFAULT_DENOISERS = {1: "averaged-gray", 3: "averaged-color"}
+
+
+def _expected_channels(model) -> int | None:
+    """Channels the model was built for (ours and the baselines record them; None for other callables)."""
+    config = getattr(model, "config", None)
+    return getattr(model, "channels", None) or (config.get("channels") if isinstance(config, dict) else None)
+
+
+def resolve_denoiser(denoiser, channels: int, device: str | torch.device = "cpu"):
+    """``'auto'`` → the shipped certified model for ``channels``; a name or ``.safetensors`` path → that
+    model; any other callable is used as given. Refuses a model built for another number of channels."""
+    if denoiser is None or denoiser == "auto":
+        if channels not in DEFAULT_DENOISERS:
+            raise ValueError(f"no shipped denoiser for {channels}-channel images; pass denoiser=... built for them")
+        denoiser = DEFAULT_DENOISERS[channels]
+    label = str(denoiser) if isinstance(denoiser, (str, Path)) else type(denoiser).__name__
+    model = load_denoiser(denoiser) if isinstance(denoiser, (str, Path)) else denoiser
+    expected = _expected_channels(model)
+    if expected is not None and expected != channels:
+        kind = {1: "gray", 3: "colour"}
+        hint = f"; use --denoiser {DEFAULT_DENOISERS[channels]}" if channels in DEFAULT_DENOISERS else ""
+        raise ValueError(
+            f"denoiser '{label}' takes {kind.get(expected, expected)} images ({expected} channel(s)) but the image "
+            f"is {kind.get(channels, channels)} ({channels} channel(s)){hint}"
+        )
+    if isinstance(model, torch.nn.Module):
+        model = model.to(device).eval()
+    return model
+
+
+def _as_batch(image, name: str, device) -> Tensor:
+    x = to_tensor(image) if not isinstance(image, Tensor) or image.ndim != 4 else image
+    return check_image(x.to(device=device, dtype=torch.float32), name)
+
+
+def _as_kernel(kernel) -> Tensor:
+    return kernel_from_spec(kernel) if isinstance(kernel, str) else validate_kernel(kernel)
+
+
+def deblur(
+    y,
+    kernel,
+    noise_sigma: float,
+    solver: str = "fb",
+    denoiser="auto",
+    boundary: str = "circular",
+    denoiser_sigma: float | None = None,
+    step: float | None = None,
+    max_iter: int | None = None,
+    tol: float = 1e-5,
+    relaxation: float = 1.0,
+    x0=None,
+    reference=None,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    allow_unsafe_step: bool = False,
+) -> PnPResult:
+    """Restore ``y = k * x + n`` (n ~ N(0, noise_sigma²), values on the [0, 1] scale) by monitored PnP.
+
+    ``kernel``: an array/tensor or a spec such as ``'gaussian:1.6'``, ``'motion:0:19'``, ``'file:k.npz:2'``.
+    ``denoiser``: ``'auto'`` (``averaged-gray``/``averaged-color`` by channels), a model name or path,
+    or any ``denoiser(x, sigma)``. ``denoiser_sigma``, ``step`` and ``max_iter`` default to the tuned
+    values (:func:`pnp_stable.solvers.defaults.tuned`). Returns the :class:`PnPResult` (``estimate``,
+    ``status``, ``history``, certified ``beta``; ``pnp_stable.to_numpy(result.estimate)`` for an array).
+    """
+    y = _as_batch(y, "blurred image y", device)
+    model = resolve_denoiser(denoiser, y.shape[1], device)
+    physics = blur(_as_kernel(kernel), boundary=boundary, img_size=tuple(y.shape[1:]), device=device)
+    return solve(
+        physics, y, model, noise_sigma, solver=solver, denoiser_sigma=denoiser_sigma, step=step,
+        relaxation=relaxation, max_iter=max_iter, tol=tol,
+        x0=None if x0 is None else _as_batch(x0, "x0", device),
+        reference=None if reference is None else _as_batch(reference, "reference", device),
+        allow_unsafe_step=allow_unsafe_step, progress=progress,
+    )
+
+
+@dataclass
+class DenoiseResult:
+    """``estimate`` D(x, σ) and the certificate of the denoiser that produced it."""
+
+    estimate: Tensor
+    certificate: Certificate
+    denoiser: str
+
+
+def denoise(x, sigma: float, denoiser="auto", device: str | torch.device = "cpu") -> DenoiseResult:
+    """Remove Gaussian noise of standard deviation ``sigma`` ([0, 1] scale) with a (certified) denoiser."""
+    sigma = check_noise_level(sigma, "sigma")
+    x = _as_batch(x, "noisy image", device)
+    model = resolve_denoiser(denoiser, x.shape[1], device)
+    with torch.no_grad():
+        estimate = model(x, sigma)
+    label = str(denoiser) if isinstance(denoiser, (str, Path)) else type(denoiser).__name__
+    if denoiser in (None, "auto"):
+        label = DEFAULT_DENOISERS[x.shape[1]]
+    return DenoiseResult(estimate=estimate, certificate=certificate_of(model), denoiser=label)

@@ -1,0 +1,36 @@
+"""Defaults used when the caller gives no denoiser strength, step or iteration budget.
+
+They come from ``benchmarks/tune.py`` (grid search on validation images outside every test set;
+results and command in ``benchmarks/results/tuning.md``, which a test compares with this table).
+σ_d = ``strength``·σ_n; FB/FISTA step τ = ``step_scale``/L (L = ‖A‖²/σ_n², so averagedness needs
+``step_scale`` < 2); HQS/DRS/ADMM step τ = ``step_scale``·σ_d².
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Tuned", "TUNED", "tuned"]
+
+
+@dataclass(frozen=True)
+class Tuned:
+    strength: float
+    step_scale: float
+    max_iter: int
+
+
+TUNED = {
+    "fb": Tuned(strength=2.0, step_scale=1.0, max_iter=300),
+    "fista": Tuned(strength=2.0, step_scale=1.0, max_iter=300),
+    "hqs": Tuned(strength=2.0, step_scale=1.0, max_iter=300),
+    "drs": Tuned(strength=2.0, step_scale=1.0, max_iter=300),
+    "admm": Tuned(strength=2.0, step_scale=1.0, max_iter=300),
+}
+
+
+def tuned(solver: str) -> Tuned:
+    """The tuned defaults of ``solver`` (see the module docstring)."""
+    if solver not in TUNED:
+        raise ValueError(f"unknown solver '{solver}'; choose one of {sorted(TUNED)}")
+    return TUNED[solver]

@@ -1,0 +1,146 @@
+"""The ``pnp-stable`` command line, driven as a subprocess like a user would."""
+
+import argparse
+import fcntl
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import pnp_stable as ps
+from pnp_stable.cli import build_parser
+from pnp_stable.training.__main__ import build_parser as build_train_parser
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def run_cli(*args, stderr=subprocess.PIPE):
+    return subprocess.run([sys.executable, "-m", "pnp_stable.cli", *map(str, args)], stdout=subprocess.PIPE,
+                          stderr=stderr, text=True, timeout=300, env=ENV)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    gray = (np.linspace(0, 1, 24)[None, :] * np.linspace(0, 1, 24)[:, None] * 200 + rng.uniform(0, 50, (24, 24)))
+    Image.fromarray(gray.astype(np.uint8)).save(root / "gray.png")
+    Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(root / "colour.png")
+    Image.fromarray(gray[:8, :8].astype(np.uint8)).save(root / "tiny.png")
+    nan = gray / 255
+    nan[3, 4] = np.nan
+    np.save(root / "nan.npy", nan)
+    (root / "broken.png").write_bytes(b"not an image")
+    torch.manual_seed(0)
+    ps.save_denoiser(ps.AveragedDenoiser(channels=1, width=4, depth=1).eval(), root / "gray-net.safetensors")
+    ps.save_denoiser(ps.AveragedDenoiser(channels=3, width=5, depth=1).eval(), root / "colour-net.safetensors")
+    return root
+
+
+ERROR_CASES = [
+    ("missing file", ["deblur", "{root}/absent.png", "--kernel", "gaussian:1", "--noise", "0.01"], "not found"),
+    ("unreadable file", ["deblur", "{root}/broken.png", "--kernel", "gaussian:1", "--noise", "0.01"], "cannot read"),
+    ("bad kernel spec", ["deblur", "{root}/gray.png", "--kernel", "gauss:1", "--noise", "0.01"], "bad kernel spec"),
+    ("kernel larger than image", ["deblur", "{root}/tiny.png", "--kernel", "uniform:9", "--noise", "0.01",
+                                  "--denoiser", "{root}/gray-net.safetensors"], "larger than the image"),
+    ("gray image, colour denoiser", ["deblur", "{root}/gray.png", "--kernel", "gaussian:1", "--noise", "0.01",
+                                     "--denoiser", "{root}/colour-net.safetensors"], "use --denoiser averaged-gray"),
+    ("unknown model", ["denoise", "{root}/gray.png", "--sigma", "0.1", "--out", "{root}/o.png", "--denoiser", "nosuch"],
+     "unknown denoiser 'nosuch'"),
+    ("NaN in input", ["denoise", "{root}/nan.npy", "--sigma", "0.1", "--out", "{root}/o.png"], "NaN"),
+    ("missing option", ["deblur", "{root}/gray.png", "--noise", "0.01"], "required: --kernel"),
+    ("bad noise value", ["deblur", "{root}/gray.png", "--kernel", "gaussian:1", "--noise", "loud"], "not a number"),
+    ("unsafe step", ["deblur", "{root}/gray.png", "--kernel", "gaussian:1", "--noise", "0.01", "--step", "1",
+                     "--denoiser", "{root}/gray-net.safetensors"], "allow_unsafe_step"),
+]
+
+
+def test_errors_exit_2_with_one_line_and_no_traceback(files):
+    """Each case is a separate CLI process (started together: most of each is importing torch and deepinv)."""
+    processes = {
+        case: subprocess.Popen([sys.executable, "-m", "pnp_stable.cli", *(a.format(root=files) for a in args)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        for case, args, _ in ERROR_CASES
+    }
+    failures = []
+    for case, _, expected in ERROR_CASES:
+        _, stderr = processes[case].communicate(timeout=600)
+        lines = stderr.strip().splitlines()
+        if processes[case].returncode != 2 or len(lines) != 1 or "Traceback" in stderr or expected not in lines[0]:
+            failures.append(f"{case}: exit {processes[case].returncode}, stderr {stderr!r}")
+    assert not failures, "\n".join(failures)
+
+
+def test_deblur_simulate_writes_images_plot_and_reports(files, tmp_path):
+    out = tmp_path / "restored.png"
+    done = run_cli("deblur", files / "gray.png", "--simulate", "--kernel", "gaussian:1.0", "--noise", "7.65/255",
+                   "--denoiser", files / "gray-net.safetensors", "--iters", "15", "--out", out, "--plot", tmp_path / "r.png")
+    assert done.returncode == 0, done.stderr
+    assert out.is_file() and (tmp_path / "restored_degraded.png").is_file() and (tmp_path / "r.png").is_file()
+    assert "certified β" in done.stdout and "PSNR: degraded" in done.stdout and "monitor: no violations" in done.stdout
+    assert done.stderr == ""  # not a terminal: no progress bar
+
+
+def _stderr_on_a_terminal(*args) -> str:
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a fresh pty is 0 columns wide
+    process = subprocess.Popen([sys.executable, "-m", "pnp_stable.cli", *map(str, args)], stdout=subprocess.DEVNULL,
+                               stderr=follower, env=ENV)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    process.wait(timeout=300)
+    os.close(leader)
+    assert process.returncode == 0
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bars_on_a_terminal_and_silenced_by_quiet(files, tmp_path):
+    args = ["deblur", files / "gray.png", "--simulate", "--kernel", "gaussian:1.0", "--noise", "0.03",
+            "--denoiser", files / "gray-net.safetensors", "--iters", "5", "--tol", "1e-12", "--out", tmp_path / "o.png"]
+    assert "PnP-fb" in _stderr_on_a_terminal(*args)
+    assert "PnP-fb" not in _stderr_on_a_terminal(*args, "--quiet")
+    batch = ["denoise", files / "gray.png", files / "tiny.png", "--sigma", "0.1", "--out", tmp_path / "many",
+             "--denoiser", files / "gray-net.safetensors"]
+    assert "denoising" in _stderr_on_a_terminal(*batch)
+    assert "denoising" not in _stderr_on_a_terminal(*batch, "--quiet")
+    assert sorted(p.name for p in (tmp_path / "many").iterdir()) == ["gray_denoised.png", "tiny_denoised.png"]
+
+
+def test_certify_and_models(files):
+    done = run_cli("certify", files / "gray-net.safetensors", "--size", "12", "--steps", "5", "--pairs", "8")
+    assert done.returncode == 0, done.stderr
+    assert "within the certificate" in done.stdout and "averaged with α" in done.stdout
+    models = run_cli("models")
+    assert models.returncode == 0 and "averaged-gray" in models.stdout and "Lipschitz ≤ 1" in models.stdout
+
+
+def _subparsers(parser):
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {name: sub for name, sub in action.choices.items() if name != "train"}
+
+
+def test_every_option_of_every_subcommand_is_documented_with_its_default():
+    parsers = {**_subparsers(build_parser()), "train": build_train_parser()}
+    assert set(parsers) == {"deblur", "denoise", "certify", "models", "demo", "train"}
+    for name, parser in parsers.items():
+        options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+        assert options, name
+        for action in options:
+            assert action.help, f"{name} {action.option_strings} has no help"
+        text = " ".join(parser.format_help().split())
+        assert text.count("(default:") == len(options), name

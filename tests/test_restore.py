@@ -1,0 +1,59 @@
+"""The one-line Python entry points ``ps.deblur`` and ``ps.denoise``."""
+
+import numpy as np
+import pytest
+import torch
+
+import pnp_stable as ps
+from pnp_stable.solvers.defaults import TUNED
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    torch.manual_seed(0)
+    return {1: ps.AveragedDenoiser(channels=1, width=4, depth=1).eval(),
+            3: ps.AveragedDenoiser(channels=3, width=5, depth=1).eval()}
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_deblur_takes_numpy_gray_and_colour_and_returns_a_monitored_result(tiny_models, channels):
+    rng = np.random.default_rng(0)
+    clean = rng.uniform(0, 1, (20, 20) if channels == 1 else (20, 20, 3)).astype(np.float32)
+    kernel = ps.gaussian_kernel(1.0)
+    op = ps.blur(kernel, img_size=(channels, 20, 20), noise_sigma=0.02, rng=torch.Generator().manual_seed(0))
+    y = ps.to_numpy(op(ps.to_tensor(clean)))
+    result = ps.deblur(y, "gaussian:1.0", 0.02, denoiser=tiny_models[channels], max_iter=40, reference=clean)
+    assert result.estimate.shape == (1, channels, 20, 20)
+    assert result.beta is not None and result.violations == [] and len(result.history.psnr) == result.iterations[0]
+    assert ps.to_numpy(result.estimate).shape == clean.shape
+
+
+def test_deblur_accepts_tensors_of_rank_2_3_4_and_array_kernels(tiny_models):
+    x = torch.rand(16, 16)
+    for y in (x, x[None], x[None, None]):
+        result = ps.deblur(y, ps.uniform_kernel(3).numpy(), 0.05, denoiser=tiny_models[1], max_iter=3, tol=0)
+        assert result.estimate.shape == (1, 1, 16, 16) and result.iterations == [3]
+
+
+def test_tuned_defaults_are_used_when_nothing_is_given(tiny_models):
+    y = torch.rand(1, 1, 16, 16)
+    result = ps.deblur(y, "uniform:3", 0.05, solver="hqs", denoiser=tiny_models[1], max_iter=2)
+    defaults = TUNED["hqs"]
+    assert result.step == pytest.approx(defaults.step_scale * (defaults.strength * 0.05) ** 2)
+
+
+def test_denoise_returns_estimate_and_certificate(tiny_models):
+    noisy = np.random.default_rng(1).uniform(0, 1, (12, 12, 3))
+    result = ps.denoise(noisy, 0.1, denoiser=tiny_models[3])
+    assert result.estimate.shape == (1, 3, 12, 12) and result.certificate.alpha is not None
+
+
+def test_channel_mismatch_and_bad_inputs_are_explained(tiny_models):
+    with pytest.raises(ValueError, match="takes colour images .* but the image is gray"):
+        ps.denoise(np.zeros((8, 8)), 0.1, denoiser=tiny_models[3])
+    with pytest.raises(ValueError, match="NaN"):
+        ps.denoise(np.full((8, 8), np.nan), 0.1, denoiser=tiny_models[1])
+    with pytest.raises(ValueError, match="bad kernel spec"):
+        ps.deblur(np.zeros((8, 8)), "box:3", 0.1, denoiser=tiny_models[1])
+    with pytest.raises(ValueError, match="no shipped denoiser for 2-channel"):
+        ps.denoise(np.zeros((8, 8, 2)), 0.1)
