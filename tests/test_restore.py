@@ -57,3 +57,27 @@ def test_channel_mismatch_and_bad_inputs_are_explained(tiny_models):
         ps.deblur(np.zeros((8, 8)), "box:3", 0.1, denoiser=tiny_models[1])
     with pytest.raises(ValueError, match="no shipped denoiser for 2-channel"):
         ps.denoise(np.zeros((8, 8, 2)), 0.1)
+
+
+def test_defaults_table_matches_the_recorded_tuning_run():
+    import json
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "tuning.md").read_text()
+    chosen = json.loads(re.search(r"```json\n(.*?)```", text, flags=re.S).group(1))
+    assert set(chosen) == {"fb", "hqs", "drs", "admm"}
+    for solver, values in chosen.items():
+        assert (TUNED[solver].strength, TUNED[solver].step_scale) == (values["strength"], values["step_scale"]), solver
+    assert (TUNED["fista"].strength, TUNED["fista"].step_scale) == (TUNED["fb"].strength, TUNED["fb"].step_scale)
+
+
+def test_demo_writes_its_grid_and_plots(tmp_path):
+    from pnp_stable.demo import run_demo
+
+    lines = []
+    cases = run_demo(tmp_path, iterations=2, echo=lines.append)
+    assert [c.name for c in cases] == ["camera", "astronaut"]
+    assert cases[0].clean.shape[1] == 1 and cases[1].clean.shape[1] == 3
+    assert {p.name for p in tmp_path.iterdir()} == {"grid.png", "residuals_camera.png", "residuals_astronaut.png"}
+    assert any("certified β" in line for line in lines) and any("monitor: no violations" in line for line in lines)
