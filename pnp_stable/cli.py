@@ -149,8 +149,7 @@ def cmd_certify(args) -> int:
     model = load_denoiser_file(args.model, verify=True) if args.verify else load_denoiser(args.model)
     certificate = certificate_of(model)
     print(f"{args.model}: {certificate}")
-    channels = getattr(model, "channels", None) or model.config["channels"]
-    shape = (channels, args.size, args.size)
+    shape = (model.channels, args.size, args.size)
     lipschitz = adversarial_lipschitz(model, shape, args.sigma, restarts=args.restarts, steps=args.steps, seed=args.seed)
     print(f"empirical max ‖Dx − Dy‖/‖x − y‖ = {lipschitz.ratio:.4f} (certified ≤ {certificate.lipschitz})")
     if certificate.alpha is None:

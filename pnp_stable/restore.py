@@ -27,12 +27,6 @@ __all__ = ["DEFAULT_DENOISERS", "DenoiseResult", "deblur", "denoise", "resolve_d
 DEFAULT_DENOISERS = {1: "averaged-gray", 3: "averaged-color"}
 
 
-def _expected_channels(model) -> int | None:
-    """Channels the model was built for (ours and the baselines record them; None for other callables)."""
-    config = getattr(model, "config", None)
-    return getattr(model, "channels", None) or (config.get("channels") if isinstance(config, dict) else None)
-
-
 def resolve_denoiser(denoiser, channels: int, device: str | torch.device = "cpu"):
     """``'auto'`` → the shipped certified model for ``channels``; a name or ``.safetensors`` path → that
     model; any other callable is used as given. Refuses a model built for another number of channels."""
@@ -42,7 +36,7 @@ def resolve_denoiser(denoiser, channels: int, device: str | torch.device = "cpu"
         denoiser = DEFAULT_DENOISERS[channels]
     label = str(denoiser) if isinstance(denoiser, (str, Path)) else type(denoiser).__name__
     model = load_denoiser(denoiser) if isinstance(denoiser, (str, Path)) else denoiser
-    expected = _expected_channels(model)
+    expected = getattr(model, "channels", None)  # ours and the baselines record it; None for other callables
     if expected is not None and expected != channels:
         kind = {1: "gray", 3: "colour"}
         hint = f"; use --denoiser {DEFAULT_DENOISERS[channels]}" if channels in DEFAULT_DENOISERS else ""

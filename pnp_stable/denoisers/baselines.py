@@ -26,6 +26,7 @@ class DnCNNBaseline(dinv.models.Denoiser):
     def __init__(self, channels: int = 1, depth: int = 12, width: int = 32):
         super().__init__()
         self.config = dict(channels=channels, depth=depth, width=width)
+        self.channels = channels
         self.net = dinv.models.DnCNN(in_channels=channels, out_channels=channels, depth=depth, nf=width, pretrained=None)
 
     def forward(self, x: Tensor, sigma=None, **kwargs) -> Tensor:
