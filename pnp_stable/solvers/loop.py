@@ -91,12 +91,14 @@ def run_scheme(
             index = torch.nonzero(active).flatten()
             if len(index) == 0:
                 break
-            sub = None if len(index) == batch else index
-            sub_fidelity = fidelity if sub is None else fidelity.subset(index)
-            z_active = z[index]
+            everyone = len(index) == batch  # then no gather/scatter: the common case costs no copies
+            sub = None if everyone else index
+            sub_fidelity = fidelity if everyone else fidelity.subset(index)
+            z_active = z if everyone else z[index]
             z_next, x_next = scheme.step(z_active, sub_fidelity, sub)
             finite = torch.isfinite(z_next.flatten(1)).all(1) & torch.isfinite(x_next.flatten(1)).all(1)
-            safe_next = torch.where(finite[:, None, None, None], z_next, z_active)
+            all_finite = bool(finite.all())
+            safe_next = z_next if all_finite else torch.where(finite[:, None, None, None], z_next, z_active)
             r, r_norm = monitor.observe(index, z_active, safe_next, k)
             if k == 0:
                 first_residual[index] = r
@@ -115,8 +117,13 @@ def run_scheme(
                 elif r_norm[position] < tol:
                     status[b], iterations[b] = "converged", k + 1
                     stop.append(b)
-            z[index] = safe_next
-            estimate[index] = torch.where(finite[:, None, None, None], x_next, estimate[index])
+            safe_x = x_next if all_finite else torch.where(finite[:, None, None, None], x_next, estimate[index])
+            if everyone:
+                z, estimate = safe_next, safe_x
+            else:
+                if estimate.data_ptr() == z.data_ptr():  # schemes whose iterate is the estimate (FB) return one tensor
+                    estimate = estimate.clone()
+                z[index], estimate[index] = safe_next, safe_x
             if reference is not None:
                 values = torch.full((batch,), float("nan"), dtype=torch.float64)
                 values[index] = psnr_metric(estimate[index], reference[index]).double()
@@ -127,6 +134,8 @@ def run_scheme(
                 active[stopped] = False
                 monitor.forget(stopped)
             bar.update(1)
+    if estimate.data_ptr() == z.data_ptr():
+        estimate = estimate.clone()
     for b in range(batch):
         if status[b] in ("diverged", "non-finite"):
             z[b], estimate[b] = best_z[b], best_x[b]
