@@ -129,10 +129,12 @@ class Certificate:
             raise ValueError(f"corrupt certificate metadata: {err}") from err
 
     def __str__(self) -> str:
-        lip = "none" if self.lipschitz is None else f"{self.lipschitz:.6g}"
-        alpha = "none" if self.alpha is None else f"{self.alpha:.6g}"
+        if self.lipschitz is None and self.alpha is None:
+            return f"no certificate ({self.method})"
         kind = "guaranteed" if self.guaranteed else "NOT guaranteed"
-        return f"Lipschitz ≤ {lip}, averaged with α = {alpha} ({kind}; {self.method})"
+        lip = "Lipschitz unknown" if self.lipschitz is None else f"Lipschitz ≤ {self.lipschitz:.6g}"
+        alpha = "not averaged" if self.alpha is None else f"averaged with α = {self.alpha:.6g}"
+        return f"{lip}, {alpha} ({kind}; {self.method})"
 
 
 def ceil_steps(time: float, rate: float) -> int:
