@@ -51,8 +51,9 @@ def main() -> None:
     parser.add_argument("--model", action="append", default=[], help="extra denoiser file(s) (.safetensors)")
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--no-bm3d", action="store_true")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     data = Path(args.data) / "test"
     rows = header("Gaussian denoising")
     rows += [f"- data: `{data}`, {'all' if args.images is None else f'first {args.images}'} images per set; "

@@ -3,8 +3,8 @@
 Validation images are training images (Train400 for gray, CBSD432 for colour), so disjoint from every
 test set (BSD68, CBSD68/CBSD10, Set12, Set3C); centre crops, blurred with motion kernels that are not
 the Levin test kernels, at the deblurring benchmark's noise levels. For each solver: a coarse search
-over σ_d = strength·σ_n at the theory's step, a refinement around the best strength, then step
-alternatives at that strength. The chosen setting maximises the mean PSNR over all images, both
+over σ_d = strength·σ_n at the theory's step, step alternatives at the best strength, then a
+refinement of the strength (×√2 either side) at the best step, repeated while the best moves. The chosen setting maximises the mean PSNR over all images, both
 models and all noise levels; ``pnp_stable/solvers/defaults.py`` copies it (a test compares the two).
 Writes ``benchmarks/results/tuning.md``.
 
@@ -32,7 +32,7 @@ from pnp_stable.solvers.defaults import Tuned  # noqa: E402
 from pnp_stable.training import list_images  # noqa: E402
 
 VALIDATION = {"averaged-gray": ("train/gray/Train400", 1), "averaged-color": ("train/color/CBSD432", 3)}
-STEP_ALTERNATIVES = {"fb": (0.5, 1.5), "hqs": (0.5, 2.0), "drs": (0.5, 2.0), "admm": (0.5, 2.0)}
+STEP_ALTERNATIVES = {"fb": (0.5, 1.5, 1.9), "hqs": (0.5, 2.0, 4.0), "drs": (0.5, 2.0, 4.0), "admm": (0.5, 2.0, 4.0)}
 
 
 def validation_problems(data: Path, model: str, count: int, size: int, noises: list[float], kernel_seeds: list[int]):
@@ -88,12 +88,16 @@ def tune_solver(models, problems, solver, strengths, max_iter, bar) -> tuple[Tun
     for strength in strengths:
         run(strength, 1.0)
     best = max(rows, key=lambda r: r["psnr"])
-    for factor in (2 ** -0.5, 2 ** 0.5):
-        run(round(best["strength"] * factor, 3), 1.0)
-    best = max(rows, key=lambda r: r["psnr"])
     for step_scale in STEP_ALTERNATIVES[solver]:
         run(best["strength"], step_scale)
     best = max(rows, key=lambda r: r["psnr"])
+    factor = 2**0.5
+    for _ in range(4):  # refine the strength at the best step; keep going while the best sits on the edge
+        for candidate in (best["strength"] / factor, best["strength"] * factor):
+            run(round(candidate, 3), best["step_scale"])
+        previous, best = best, max(rows, key=lambda r: r["psnr"])
+        if best is previous:
+            break
     return Tuned(strength=best["strength"], step_scale=best["step_scale"], max_iter=max_iter), rows
 
 
@@ -120,8 +124,8 @@ def main() -> None:
         problems.append(model_problems)
     start = time.perf_counter()
     chosen, rows = {}, []
-    per_solver = len(args.strengths) + 2 + 2
-    with tqdm(total=per_solver * len(args.solvers), desc="tuning", disable=not sys.stderr.isatty()) as bar:
+    per_solver = len(args.strengths) + 3 + 2
+    with tqdm(total=per_solver * len(args.solvers), desc="tuning", mininterval=30) as bar:
         for solver in args.solvers:
             chosen[solver], solver_rows = tune_solver(models, problems, solver, args.strengths, args.max_iter, bar)
             rows += solver_rows
