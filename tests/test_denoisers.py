@@ -174,10 +174,15 @@ def test_bm3d_baseline_denoises_without_certificate():
 
 def test_zoo_lists_and_loads_shipped_models_offline():
     rows = ps.list_denoisers()
+    assert {"averaged-gray", "averaged-color", "dncnn-gray", "dncnn-color"} <= {row["name"] for row in rows}
     for row in rows:
         assert row["format"] == "pnp-stable-denoiser/1" and "certificate" in row and "training" in row
         model = ps.load_denoiser(row["name"])
-        assert model.certificate.alpha is not None and model.certificate.guaranteed
+        if row["name"].startswith("averaged-"):  # the certified models
+            assert model.certificate.alpha is not None and model.certificate.guaranteed
+        else:  # the unconstrained baselines say so
+            assert model.certificate.alpha is None and not model.certificate.guaranteed
+        assert model.channels == (3 if row["name"].endswith("-color") else 1)
         assert Path(row["file"]).stat().st_size < 3 * 2**20
     with pytest.raises(ValueError, match="unknown denoiser"):
         ps.load_denoiser("no-such-model")

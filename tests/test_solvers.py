@@ -65,12 +65,13 @@ def test_certified_runs_have_no_violations(solver, which, certified):
 
 def test_relaxed_iteration_is_monitored_with_lambda_beta(certified):
     op, x, y = _problem()
-    plain = ps.solve(op, y, certified, 0.02, solver="fb", max_iter=5)
-    relaxed = ps.solve(op, y, certified, 0.02, solver="fb", relaxation=1.2, max_iter=200, tol=0.0)
+    tau = 1 / L2Fidelity(op, y, 0.02).lipschitz  # gradient step 1/2-averaged, so β leaves room for λ > 1
+    plain = ps.solve(op, y, certified, 0.02, solver="fb", step=tau, max_iter=5)
+    relaxed = ps.solve(op, y, certified, 0.02, solver="fb", step=tau, relaxation=1.2, max_iter=200, tol=0.0)
     assert relaxed.beta == pytest.approx(1.2 * plain.beta)
     assert relaxed.violations == []
     with pytest.raises(ValueError, match="1/β"):
-        ps.solve(op, y, certified, 0.02, solver="fb", relaxation=1 / plain.beta + 0.01)
+        ps.solve(op, y, certified, 0.02, solver="fb", step=tau, relaxation=1 / plain.beta + 0.01)
 
 
 def test_expansive_map_is_reported_and_stopped_without_nans():
@@ -143,7 +144,9 @@ def test_beta_of_each_scheme_by_hand(certified):
         assert any("relaxed to firmly non-expansive" in note for note in result.notes)
     assert ps.solve(op, y, SoftThreshold(), 0.02, solver="drs", relaxation=1.5, max_iter=1).beta == pytest.approx(0.75)
     alpha = certified.certificate.alpha
-    assert ps.solve(op, y, certified, 0.02, solver="fb", max_iter=1).beta == pytest.approx(compose_averagedness([alpha, 0.5]))
+    tuned_half_step = ps.solvers.TUNED["fb"].step_scale / 2  # default τ = step_scale/L: τL/2-averaged gradient step
+    assert ps.solve(op, y, certified, 0.02, solver="fb", max_iter=1).beta == pytest.approx(
+        compose_averagedness([alpha, tuned_half_step]))
     assert default_step("fb", fidelity, 0.05) == pytest.approx(1 / fidelity.lipschitz)
     assert default_step("hqs", fidelity, 0.05) == pytest.approx(0.0025)
     assert alpha_d == 0.5
