@@ -25,15 +25,11 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _images import load_crops  # noqa: E402
 from _report import RESULTS, ROOT, header  # noqa: E402
 
 import pnp_stable as ps  # noqa: E402
 from pnp_stable.training import list_images  # noqa: E402
-
-
-def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    top, left = (x.shape[2] - size) // 2, (x.shape[3] - size) // 2
-    return x[:, :, top : top + size, left : left + size]
 
 
 def main() -> None:
@@ -53,7 +49,7 @@ def main() -> None:
     data = Path(args.data)
     noise = args.noise / 255
     paths = list_images(data / "test" / "Set3C")
-    clean = torch.cat([centre_crop(ps.load_image(p, gray=False), args.size) for p in paths])
+    clean = torch.cat(load_crops(paths, args.size, gray=False))
     kernel = ps.load_kernel(data / "kernels" / "levin09.npz", args.kernel)
     op = ps.blur(kernel, img_size=tuple(clean.shape[1:]), noise_sigma=noise, rng=torch.Generator().manual_seed(0))
     y = op(clean)

@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _images import load_crops, spread  # noqa: E402
 from _report import RESULTS, ROOT, header  # noqa: E402
 
 import pnp_stable as ps  # noqa: E402
@@ -94,15 +95,6 @@ class _TV:
         return self.tv(x, ths=float(sigma))
 
 
-def crops(paths, size):
-    out = []
-    for path in paths:
-        image = ps.load_image(path, gray=False)
-        top, left = (image.shape[2] - size) // 2, (image.shape[3] - size) // 2
-        out.append(image[:, :, top : top + size, left : left + size])
-    return out
-
-
 def degrade(clean: torch.Tensor, kernel, noise: float, seed: int):
     op = ps.blur(kernel, img_size=tuple(clean.shape[1:]), noise_sigma=noise, rng=torch.Generator().manual_seed(seed))
     return ps.blur(kernel, img_size=tuple(clean.shape[1:])), op(clean)
@@ -140,8 +132,9 @@ def main() -> None:
     levin = ps.load_kernels(data / "kernels" / "levin09.npz")
     kernels = [list(levin.values())[i] for i in args.kernels]
     train = list_images(data / "train" / "color" / "CBSD432")
-    validation_paths = [train[i * len(train) // args.validation] for i in range(args.validation)]
-    validation = [(c, ps.motion_kernel(20 + i, 19)) for i, c in enumerate(crops(validation_paths, args.validation_size))]
+    validation_paths = spread(train, args.validation)
+    validation = [(c, ps.motion_kernel(20 + i, 19))
+                  for i, c in enumerate(load_crops(validation_paths, args.validation_size, gray=False))]
     methods = Methods(args.max_iter, args.bm3d_iters)
     start = time.perf_counter()
     lines = header("Deblurring: certified PnP vs unconstrained PnP, BM3D, TV, Wiener") + [

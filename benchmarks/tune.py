@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _images import load_crops, spread  # noqa: E402
 from _report import RESULTS, ROOT, header  # noqa: E402
 
 import pnp_stable as ps  # noqa: E402
@@ -39,13 +40,8 @@ def validation_problems(data: Path, model: str, count: int, size: int, noises: l
     """(clean batch, kernel, noise, measurement) for each noise level; kernel seed cycles with the noise."""
     folder, channels = VALIDATION[model]
     paths = list_images(data / folder)
-    picks = [paths[i * len(paths) // count] for i in range(count)]  # spread over the folder
-    crops = []
-    for path in picks:
-        image = ps.load_image(path, gray=channels == 1)
-        top, left = (image.shape[2] - size) // 2, (image.shape[3] - size) // 2
-        crops.append(image[:, :, top : top + size, left : left + size])
-    clean = torch.cat(crops)
+    picks = spread(paths, count)
+    clean = torch.cat(load_crops(picks, size, gray=channels == 1))
     problems = []
     for index, noise in enumerate(noises):
         kernel = ps.motion_kernel(kernel_seeds[index % len(kernel_seeds)], 19)

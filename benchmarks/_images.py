@@ -1,0 +1,24 @@
+"""Image selection shared by the benchmarks: picks spread evenly over a folder, and centre crops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+import pnp_stable as ps
+
+
+def spread(paths: list[Path], count: int) -> list[Path]:
+    """``count`` paths spread evenly over the sorted list (a diverse, reproducible subset)."""
+    return [paths[i * len(paths) // count] for i in range(count)]
+
+
+def load_crops(paths: list[Path], size: int, gray: bool) -> list[torch.Tensor]:
+    """Each image's ``size``×``size`` centre crop, ``[1, C, size, size]`` in [0, 1]."""
+    crops = []
+    for path in paths:
+        image = ps.load_image(path, gray=gray)
+        top, left = (image.shape[2] - size) // 2, (image.shape[3] - size) // 2
+        crops.append(image[:, :, top : top + size, left : left + size])
+    return crops
