@@ -29,14 +29,17 @@ class _Parser(argparse.ArgumentParser):
 
 def _level(text: str) -> float:
     """A noise level on the [0, 1] scale: ``0.01`` or a fraction such as ``7.65/255``."""
+    from ._validation import check_noise_level
+
     try:
         numerator, _, denominator = text.partition("/")
         value = float(numerator) / float(denominator) if denominator else float(text)
     except (ValueError, ZeroDivisionError):
         raise argparse.ArgumentTypeError(f"'{text}' is not a number (use e.g. 0.01 or 7.65/255)") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"noise level must be a finite number ≥ 0, got {text}")
-    return value
+    try:
+        return check_noise_level(value, "noise level")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -91,9 +94,6 @@ def cmd_deblur(args) -> int:
         y = op(image)
     else:
         y = image
-    if reference is not None and reference.shape != y.shape:
-        raise CommandError(f"reference {args.reference} has shape {tuple(reference.shape)}, the image {tuple(y.shape)}; "
-                           "give the clean version of the same image")
     result = deblur(
         y, kernel, args.noise, solver=args.solver, denoiser=args.denoiser, boundary=args.boundary,
         denoiser_sigma=args.denoiser_sigma, step=args.step, max_iter=args.iters, tol=args.tol,

@@ -27,14 +27,24 @@ __all__ = ["DEFAULT_DENOISERS", "DenoiseResult", "deblur", "denoise", "resolve_d
 DEFAULT_DENOISERS = {1: "averaged-gray", 3: "averaged-color"}
 
 
-def resolve_denoiser(denoiser, channels: int, device: str | torch.device = "cpu"):
-    """``'auto'`` → the shipped certified model for ``channels``; a name or ``.safetensors`` path → that
-    model; any other callable is used as given. Refuses a model built for another number of channels."""
+def _choose(denoiser, channels: int):
+    """``'auto'`` (or None) → the name of the shipped certified model for ``channels``; anything else as given."""
     if denoiser is None or denoiser == "auto":
         if channels not in DEFAULT_DENOISERS:
             raise ValueError(f"no shipped denoiser for {channels}-channel images; pass denoiser=... built for them")
-        denoiser = DEFAULT_DENOISERS[channels]
-    label = str(denoiser) if isinstance(denoiser, (str, Path)) else type(denoiser).__name__
+        return DEFAULT_DENOISERS[channels]
+    return denoiser
+
+
+def _label(denoiser) -> str:
+    return str(denoiser) if isinstance(denoiser, (str, Path)) else type(denoiser).__name__
+
+
+def resolve_denoiser(denoiser, channels: int, device: str | torch.device = "cpu"):
+    """``'auto'`` → the shipped certified model for ``channels``; a name or ``.safetensors`` path → that
+    model; any other callable is used as given. Refuses a model built for another number of channels."""
+    denoiser = _choose(denoiser, channels)
+    label = _label(denoiser)
     model = load_denoiser(denoiser) if isinstance(denoiser, (str, Path)) else denoiser
     expected = getattr(model, "channels", None)  # ours and the baselines record it; None for other callables
     if expected is not None and expected != channels:
@@ -109,10 +119,8 @@ def denoise(x, sigma: float, denoiser="auto", device: str | torch.device = "cpu"
     """Remove Gaussian noise of standard deviation ``sigma`` ([0, 1] scale) with a (certified) denoiser."""
     sigma = check_noise_level(sigma, "sigma")
     x = _as_batch(x, "noisy image", device)
-    model = resolve_denoiser(denoiser, x.shape[1], device)
+    chosen = _choose(denoiser, x.shape[1])
+    model = resolve_denoiser(chosen, x.shape[1], device)
     with torch.no_grad():
         estimate = model(x, sigma)
-    label = str(denoiser) if isinstance(denoiser, (str, Path)) else type(denoiser).__name__
-    if denoiser in (None, "auto"):
-        label = DEFAULT_DENOISERS[x.shape[1]]
-    return DenoiseResult(estimate=estimate, certificate=certificate_of(model), denoiser=label)
+    return DenoiseResult(estimate=estimate, certificate=certificate_of(model), denoiser=_label(chosen))

@@ -11,7 +11,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from .trainer import TrainConfig, Trainer
+from .trainer import MODELS, TrainConfig, Trainer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=2000, help="training steps")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="optimiser")
-    p.add_argument("--model", choices=["averaged", "dncnn"], default="averaged",
+    p.add_argument("--model", choices=sorted(MODELS), default="averaged",
                    help="certified averaged network, or deepinv's unconstrained DnCNN as a same-budget baseline")
     p.add_argument("--width", type=int, default=32, help="channels inside the network")
     p.add_argument("--depth", type=int, default=8, help="number of blocks (DnCNN: conv layers)")
