@@ -26,6 +26,7 @@ CONFIGS = [
     dict(width=6, depth=2, integrator="rk4", relaxation=0.6, activation="tanh"),
     dict(width=8, depth=3, integrator="euler", normalise=False, learn_time=False, time=1.0, budget=0.5),
     dict(width=5, depth=2, integrator="euler", relaxation=0.5, activation="elu", noise_level_input=False),
+    dict(width=8, depth=2, integrator="euler", noise_adaptive=True),
 ]
 
 
@@ -65,6 +66,31 @@ def test_empirical_search_stays_within_certificate(config, trained):
         x = torch.cat([x, result.x + 1e-3 * torch.randn((500, *SHAPE), generator=g)])
         y = torch.cat([y, result.y + 1e-3 * torch.randn((500, *SHAPE), generator=g)])
         assert averagedness_defects(model, x, y, certificate.alpha).max().item() <= TOL
+
+
+def test_noise_adaptive_relaxation_scales_the_step_toward_identity_and_the_certificate():
+    from pnp_stable.denoisers.averaged import ADAPTIVE_RATE
+
+    torch.manual_seed(0)
+    plain = AveragedDenoiser(channels=1, width=8, depth=2).eval()
+    torch.manual_seed(0)
+    adaptive = AveragedDenoiser(channels=1, width=8, depth=2, noise_adaptive=True).eval()
+    assert adaptive.certificate.alpha == pytest.approx(plain.certificate.alpha)  # θ increasing: sup θ = 1
+    x = natural_starts(4, SHAPE, seed=6)
+    for sigma in (0.0, 0.02, 0.2):
+        theta = adaptive.adaptive_relaxation(sigma).item()
+        assert 0 < theta < 1
+        torch.testing.assert_close(adaptive(x, sigma) - x, theta * (plain(x, sigma) - x), rtol=1e-5, atol=1e-6)
+    assert adaptive.adaptive_relaxation(0.0) < 0.2 < 0.9 < adaptive.adaptive_relaxation(25 / 255)
+    with torch.no_grad():  # decreasing θ: the supremum is θ(0), and the certificate shrinks by it
+        adaptive.adaptive_logit.copy_(torch.tensor([1.0, -1.0]) / ADAPTIVE_RATE)
+    theta0 = float(torch.sigmoid(torch.tensor(1.0)))
+    assert adaptive.certificate.alpha == pytest.approx(theta0 * plain.certificate.alpha)
+    y = natural_starts(200, SHAPE, seed=7)
+    defects = averagedness_defects(adaptive, natural_starts(200, SHAPE, seed=8), y, adaptive.certificate.alpha, sigma=0.0)
+    assert defects.max().item() <= TOL
+    with pytest.raises(ValueError, match="noise_level_input"):
+        AveragedDenoiser(channels=1, width=8, depth=2, noise_adaptive=True, noise_level_input=False)
 
 
 def test_relaxed_and_firmly_nonexpansive():

@@ -13,6 +13,10 @@ from .layers import get_activation, get_integrator
 
 __all__ = ["AveragedDenoiser", "RelaxedDenoiser", "certificate_of"]
 
+ADAPTIVE_SIGMA_UNIT = 25 / 255  # θ(σ)'s logit is affine in σ measured in this unit
+ADAPTIVE_RATE = 10.0  # the logit is ADAPTIVE_RATE × (p₀ + p₁σ/unit): Adam moves it ten times faster than the weights
+ADAPTIVE_INIT = (-2.0, 6.0)  # initial logit: θ(0) ≈ 0.12, θ(25/255) ≈ 0.98
+
 
 def certificate_of(denoiser) -> Certificate:
     """The denoiser's ``certificate`` attribute, or 'no certificate' for any other callable."""
@@ -39,6 +43,11 @@ class AveragedDenoiser(dinv.models.Denoiser):
     holds for every σ), and each B_k is a :class:`NonexpansiveBlock`. With α_N the composed
     averagedness of the blocks (1 when they are only non-expansive, e.g. Heun/RK4), D is
     θ·α_N-averaged; θ = ``relaxation`` (default 1, no relaxation).
+    ``noise_adaptive=True`` adds a learned relaxation toward the identity that depends on the noise
+    level, D(x, σ) = (1 − θ(σ))x + θ(σ)·N(x, σ) with θ(σ) = sigmoid(affine in σ) ∈ (0, 1): for each σ
+    this is θ(σ)·α_N-averaged, so the certificate α = θ·α_N·sup_{σ≥0} θ(σ) still holds, and at small σ
+    the denoiser can stay close to the identity (which PnP-FB needs: its fixed point inherits D's
+    error on clean images).
     The certificate comes from guaranteed norm bounds and describes the network in eval mode.
     """
 
@@ -56,11 +65,14 @@ class AveragedDenoiser(dinv.models.Denoiser):
         noise_level_input: bool = True,
         normalise: bool = True,
         learn_time: bool = True,
+        noise_adaptive: bool = False,
     ):
         super().__init__()
         extra = 1 if noise_level_input else 0
         if width < channels + extra:
             raise ValueError(f"width {width} must be ≥ channels + noise channel = {channels + extra}")
+        if noise_adaptive and not noise_level_input:
+            raise ValueError("noise_adaptive=True needs noise_level_input=True (θ(σ) depends on the noise level)")
         if not 0 < relaxation <= 1:
             raise ValueError(f"relaxation θ must lie in (0, 1], got {relaxation}")
         lipschitz = get_activation(activation).lipschitz
@@ -72,6 +84,11 @@ class AveragedDenoiser(dinv.models.Denoiser):
             integrator=integrator, time=float(time), budget=float(budget), relaxation=float(relaxation),
             noise_level_input=noise_level_input, normalise=normalise, learn_time=learn_time,
         )
+        if noise_adaptive:  # stored only when used, so earlier weights files keep loading unchanged
+            self.config["noise_adaptive"] = True
+            self.adaptive_logit = nn.Parameter(torch.tensor(ADAPTIVE_INIT) / ADAPTIVE_RATE)
+        else:
+            self.adaptive_logit = None
         self.channels = channels
         self.width = width
         self.noise_level_input = noise_level_input
@@ -87,16 +104,36 @@ class AveragedDenoiser(dinv.models.Denoiser):
         if self.noise_level_input:
             if sigma is None:
                 raise ValueError("this denoiser is conditioned on the noise level: call it as D(x, sigma)")
-            parts.append(_sigma_map(sigma, x))
+            sigma_map = _sigma_map(sigma, x)
+            parts.append(sigma_map)
         pad = self.width - sum(p.shape[1] for p in parts)
         parts.append(x.new_zeros(x.shape[0], pad, *x.shape[-2:]))
         z = torch.cat(parts, dim=1)
         for block in self.blocks:
             z = block(z)
         out = z[:, : self.channels]
+        if self.adaptive_logit is not None:
+            theta = self.adaptive_relaxation(sigma_map[:, :, :1, :1])  # [B, 1, 1, 1]
+            out = x + theta * (out - x)
         if self.relaxation == 1:
             return out
         return (1 - self.relaxation) * x + self.relaxation * out
+
+    def adaptive_relaxation(self, sigma) -> Tensor:
+        """θ(σ) = sigmoid(r·(p₀ + p₁·σ/unit)) ∈ (0, 1) (r = ADAPTIVE_RATE); 1 without ``noise_adaptive``."""
+        sigma = torch.as_tensor(sigma)
+        sigma = sigma if sigma.is_floating_point() else sigma.float()
+        if self.adaptive_logit is None:
+            return torch.ones_like(sigma)
+        p0, p1 = ADAPTIVE_RATE * self.adaptive_logit.to(sigma)
+        return torch.sigmoid(p0 + p1 * sigma / ADAPTIVE_SIGMA_UNIT)
+
+    def adaptive_supremum(self) -> float:
+        """sup_{σ≥0} θ(σ): 1 when θ increases with σ (its limit), θ(0) otherwise."""
+        if self.adaptive_logit is None:
+            return 1.0
+        p0, p1 = (ADAPTIVE_RATE * self.adaptive_logit.detach()).tolist()
+        return 1.0 if p1 > 0 else float(torch.sigmoid(torch.tensor(p0)))
 
     @torch.no_grad()
     def calibrate(self) -> list[float]:
@@ -126,10 +163,13 @@ class AveragedDenoiser(dinv.models.Denoiser):
         else:
             alpha_net = 1.0
             how = f"{len(self.blocks)} non-expansive {integrator} blocks"
-        alpha = self.relaxation * alpha_net
+        sup_theta = self.adaptive_supremum()
+        alpha = self.relaxation * sup_theta * alpha_net
+        adaptive = f"; noise-adaptive relaxation sup θ(σ) = {sup_theta:.6g}" if self.adaptive_logit is not None else ""
         method = (
             f"{how}; per-layer ‖A‖ from the guaranteed conv-symbol bound (Bernstein branch and bound, "
             f"rel. tol 1e-2), sub-steps h·L‖A‖² ≤ 2ar with a = {self.config['budget']:g}; relaxation θ = {self.relaxation:g}"
+            f"{adaptive}"
         )
         if alpha >= 1:
             return Certificate(lipschitz=1.0, alpha=None, method=method, tolerance=1e-12)
