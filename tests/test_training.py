@@ -134,3 +134,23 @@ def test_checkpoint_written_before_a_config_field_existed_still_resumes(folders,
     save_checkpoint(trainer.checkpoint_path, trainer.model, trainer.optimizer, trainer.scheduler,
                     trainer.sampler.state(), trainer.step, old_config)
     assert Trainer(_config(folders, tmp_path, steps=2), resume=True, progress=False).step == 2
+
+
+def test_fine_tuning_starts_from_a_weights_file_and_may_add_the_noise_adaptive_relaxation(folders, tmp_path):
+    from pnp_stable.training.__main__ import main
+
+    base = Trainer(_config(folders, tmp_path, steps=2), progress=False)
+    base.run()
+    path = base.export()
+    config = _config(folders, tmp_path / "tuned", steps=2)
+    config.init, config.architecture = str(path), dict(ARCH, noise_adaptive=True)
+    tuned = Trainer(config, progress=False)
+    for name, tensor in base.model.state_dict().items():
+        assert torch.equal(tuned.model.state_dict()[name], tensor), name
+    assert tuned.run() == "finished"
+    assert ps.load_denoiser_file(tuned.export()).config["noise_adaptive"]
+    config.architecture = dict(width=8, depth=2)
+    with pytest.raises(ValueError, match="does not fit this architecture"):
+        Trainer(config, progress=False)
+    argv = ["--data", str(folders / "train"), "--out", str(tmp_path / "x.safetensors"), "--model", "dncnn", "--noise-adaptive"]
+    assert main(argv) == 2

@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=32, help="channels inside the network")
     p.add_argument("--depth", type=int, default=8, help="number of blocks (DnCNN: conv layers)")
     p.add_argument("--integrator", choices=["euler", "heun", "rk4"], default="euler", help="block integrator (averaged only)")
+    p.add_argument("--noise-adaptive", action="store_true",
+                   help="learn a noise-level-dependent relaxation toward the identity (averaged only; keeps the certificate)")
+    p.add_argument("--init", default=None, help="start from these weights (fine-tuning) instead of a random initialisation")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--calibrate-every", type=int, default=100, help="steps between norm calibrations")
     p.add_argument("--validate-every", type=int, default=500, help="steps between validations")
@@ -47,14 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     sigma = args.sigma[0] if len(args.sigma) == 1 else args.sigma
+    architecture = dict(width=args.width, depth=args.depth)
+    if args.model == "averaged":
+        architecture |= dict(integrator=args.integrator) | ({"noise_adaptive": True} if args.noise_adaptive else {})
+    elif args.noise_adaptive:
+        print("error: --noise-adaptive applies to the averaged model only", file=sys.stderr)
+        return 2
     config = TrainConfig(
         data=args.data, out=args.out, val=args.val, channels=args.channels, sigma=sigma, patch=args.patch,
         batch=args.batch, steps=args.steps, lr=args.lr, optimizer=args.optimizer, seed=args.seed,
         calibrate_every=args.calibrate_every, validate_every=args.validate_every,
         checkpoint_minutes=args.checkpoint_minutes, log_every=args.log_every,
-        architecture=dict(width=args.width, depth=args.depth)
-        | (dict(integrator=args.integrator) if args.model == "averaged" else {}),
-        model=args.model,
+        architecture=architecture, model=args.model, init=args.init,
     )
     start = time.monotonic()
     try:

@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from ..denoisers.averaged import AveragedDenoiser
 from ..denoisers.baselines import DnCNNBaseline
-from ..denoisers.serialization import save_denoiser
+from .._safetensors import read_safetensors
+from ..denoisers.serialization import FORMAT, save_denoiser
 from ..metrics import psnr
 from .checkpoint import load_checkpoint, model_tensors, save_checkpoint
 from .data import PatchSampler, load_folder
@@ -50,6 +51,7 @@ class TrainConfig:
     log_every: int = 50
     architecture: dict = field(default_factory=lambda: dict(width=32, depth=8))
     model: str = "averaged"
+    init: str | None = None
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -67,6 +69,8 @@ class Trainer:
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         torch.manual_seed(config.seed)
         self.model = MODELS[config.model](channels=config.channels, **config.architecture)
+        if config.init:
+            self._initialise_from(config.init)
         self.net = self.model
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model)
@@ -110,6 +114,17 @@ class Trainer:
         if self.rank == 0:
             self.sampler.restore(tensors["rng.sampler"])
         self.step = meta["step"]
+
+    def _initialise_from(self, path: str) -> None:
+        """Fine-tuning: start from the tensors of a weights file; parameters it lacks keep their initialisation."""
+        tensors = read_safetensors(path, "denoiser file", FORMAT)[1]
+        own = self.model.state_dict()
+        foreign = sorted(set(tensors) - set(own))
+        reshaped = sorted(k for k in tensors.keys() & own.keys() if tensors[k].shape != own[k].shape)
+        if foreign or reshaped:
+            raise ValueError(f"--init {path} does not fit this architecture (unknown tensors {foreign}, "
+                             f"other shapes {reshaped}); use the width/depth/channels it was trained with")
+        self.model.load_state_dict(tensors, strict=False)
 
     # --- loop -------------------------------------------------------------------------------
     def _request_stop(self, signum, frame):
