@@ -49,7 +49,7 @@ def resolve_denoiser(denoiser, channels: int, device: str | torch.device = "cpu"
     expected = getattr(model, "channels", None)  # ours and the baselines record it; None for other callables
     if expected is not None and expected != channels:
         kind = {1: "gray", 3: "colour"}
-        hint = f"; use --denoiser {DEFAULT_DENOISERS[channels]}" if channels in DEFAULT_DENOISERS else ""
+        hint = f"; use the '{DEFAULT_DENOISERS[channels]}' denoiser" if channels in DEFAULT_DENOISERS else ""
         raise ValueError(
             f"denoiser '{label}' takes {kind.get(expected, expected)} images ({expected} channel(s)) but the image "
             f"is {kind.get(channels, channels)} ({channels} channel(s)){hint}"
