@@ -96,7 +96,9 @@ def run_scheme(
             sub_fidelity = fidelity if everyone else fidelity.subset(index)
             z_active = z if everyone else z[index]
             z_next, x_next = scheme.step(z_active, sub_fidelity, sub)
-            finite = torch.isfinite(z_next.flatten(1)).all(1) & torch.isfinite(x_next.flatten(1)).all(1)
+            finite = torch.isfinite(z_next.flatten(1)).all(1)
+            if x_next is not z_next:  # FB returns its iterate as the estimate: one check suffices
+                finite &= torch.isfinite(x_next.flatten(1)).all(1)
             all_finite = bool(finite.all())
             safe_next = z_next if all_finite else torch.where(finite[:, None, None, None], z_next, z_active)
             r, r_norm = monitor.observe(index, z_active, safe_next, k)
