@@ -25,6 +25,7 @@ import os
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +41,8 @@ import pnp_stable as ps  # noqa: E402
 from pnp_stable.denoisers import BM3DDenoiser  # noqa: E402
 from pnp_stable.training import list_images  # noqa: E402
 
-GRIDS = {"pnp": [1.0, 2.0, 4.0, 8.0], "tv": [0.5, 1.0, 2.0, 4.0], "wiener": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]}
+GRIDS = {"tv": [1.0, 2.0, 4.0, 8.0, 16.0], "wiener": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]}
+PNP_FACTORS = [0.5, 1.0, 2.0]  # PnP strengths tried: these × the solver's tuned default (solvers/defaults.py)
 
 
 @dataclass
@@ -64,7 +66,10 @@ class Methods:
         return self.models[name]
 
     def grid(self, method: str) -> list[float]:
-        return GRIDS.get(method, GRIDS["pnp"])
+        if method in GRIDS:
+            return GRIDS[method]
+        strength = ps.solvers.tuned(method.split("-")[1]).strength
+        return [round(factor * strength, 4) for factor in PNP_FACTORS]
 
     def run(self, method: str, physics, y, noise: float, parameter: float) -> Outcome:
         if method == "wiener":
@@ -111,6 +116,44 @@ def tune(methods: Methods, method: str, validation, noise: float) -> tuple[float
     return best[1], best[0]
 
 
+def evaluate(args, method: str, noise255: float) -> tuple[list[str], dict]:
+    """Tune ``method`` at this noise level on the validation crops, then run it on every test problem:
+    the table rows (one per set) and the showcase entry (first image, first kernel, first set)."""
+    torch.set_num_threads(args.threads)
+    data = Path(args.data)
+    levin = ps.load_kernels(data / "kernels" / "levin09.npz")
+    kernels = [list(levin.values())[i] for i in args.kernels]
+    validation_paths = spread(list_images(data / "train" / "color" / "CBSD432"), args.validation)
+    validation = [(c, ps.motion_kernel(20 + i, 19))
+                  for i, c in enumerate(load_crops(validation_paths, args.validation_size, gray=False))]
+    methods = Methods(args.max_iter, args.bm3d_iters)
+    noise = noise255 / 255
+    parameter, val_psnr = tune(methods, method, validation, noise)
+    rows, showcase = [], {}
+    for set_name in args.sets:
+        paths = list_images(data / "test" / set_name)[: args.images]
+        images = [ps.load_image(path, gray=False) for path in paths] if args.size is None else load_crops(paths, args.size, gray=False)
+        psnrs, ssims, iterations, violations, statuses, seconds = [], [], [], 0, set(), 0.0
+        for i, clean in enumerate(images):
+            for j, kernel in zip(args.kernels, kernels):
+                physics, y = degrade(clean, kernel, noise, seed=100 * i + j)
+                t0 = time.perf_counter()
+                outcome = methods.run(method, physics, y, noise, parameter)
+                seconds += time.perf_counter() - t0
+                psnrs += ps.psnr(outcome.estimate, clean).tolist()
+                ssims += ps.ssim(outcome.estimate, clean).tolist()
+                iterations += outcome.iterations
+                violations += outcome.violations
+                statuses |= outcome.statuses
+                if i == 0 and j == args.kernels[0] and set_name == args.sets[0]:
+                    showcase = {"estimate": outcome.estimate, "psnr": psnrs[-1], "y": y, "clean": clean}
+        count = len(psnrs)
+        rows.append(f"| {set_name} | {noise255:g} | {method} | {parameter:g} ({val_psnr:.2f}) | "
+                    f"{statistics.mean(psnrs):.2f} | {statistics.mean(ssims):.4f} | {statistics.mean(iterations):.0f} | "
+                    f"{seconds / count:.1f} | {violations} | {', '.join(sorted(statuses)) or '—'} |")
+    return rows, showcase
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=os.environ.get("PNP_STABLE_DATA", ROOT.parent / "shared" / "data"))
@@ -120,60 +163,44 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=[f"{f}-{s}" for f in ("ours", "dncnn") for s in ("fb", "hqs", "drs", "admm")]
                         + ["bm3d-hqs", "tv", "wiener"])
     parser.add_argument("--images", type=int, default=None, help="first N images of each set")
+    parser.add_argument("--size", type=int, default=None, help="centre crops of this side instead of whole test images")
     parser.add_argument("--max-iter", type=int, default=200)
     parser.add_argument("--bm3d-iters", type=int, default=8)
     parser.add_argument("--validation", type=int, default=3, help="CBSD432 crops used for tuning")
     parser.add_argument("--validation-size", type=int, default=96)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes, one (method, noise) task each")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per worker")
     parser.add_argument("--out", default=str(RESULTS / "deblur"), help="output prefix (.md and .png are added)")
     args = parser.parse_args()
+    args.data = str(args.data)
     torch.set_num_threads(args.threads)
-    data = Path(args.data)
-    levin = ps.load_kernels(data / "kernels" / "levin09.npz")
-    kernels = [list(levin.values())[i] for i in args.kernels]
-    train = list_images(data / "train" / "color" / "CBSD432")
-    validation_paths = spread(train, args.validation)
-    validation = [(c, ps.motion_kernel(20 + i, 19))
-                  for i, c in enumerate(load_crops(validation_paths, args.validation_size, gray=False))]
-    methods = Methods(args.max_iter, args.bm3d_iters)
+    validation_names = [p.name for p in spread(list_images(Path(args.data) / "train" / "color" / "CBSD432"), args.validation)]
     start = time.perf_counter()
+    crop = "whole images" if args.size is None else f"{args.size}×{args.size} centre crops"
     lines = header("Deblurring: certified PnP vs unconstrained PnP, BM3D, TV, Wiener") + [
-        f"- test: {', '.join(args.sets)}{'' if args.images is None else f' (first {args.images} images)'} × Levin kernels "
+        f"- test: {', '.join(args.sets)}{'' if args.images is None else f' (first {args.images} images)'} ({crop}) × Levin kernels "
         f"{args.kernels}, circular boundary, noise seed = 100·image + kernel",
-        f"- tuning: {args.validation} CBSD432 centre crops ({args.validation_size} px: {', '.join(p.name for p in validation_paths)}) "
-        f"× motion kernels `motion_kernel(20 + i, 19)`; grids {GRIDS}",
-        f"- PnP: up to {args.max_iter} iterations (BM3D: {args.bm3d_iters}), tol 1e-5, tuned strength, theory step",
+        f"- tuning: {args.validation} CBSD432 centre crops ({args.validation_size} px: {', '.join(validation_names)}) "
+        f"× motion kernels `motion_kernel(20 + i, 19)`; grids {GRIDS}, PnP strengths {PNP_FACTORS} × the solver's default",
+        f"- PnP: up to {args.max_iter} iterations (BM3D: {args.bm3d_iters}), tol 1e-5, tuned strength, the solver's default step "
+        f"({'; '.join(f'{name}: {t.step_scale:g} × theory' for name, t in ps.solvers.TUNED.items())})",
         "",
         "| set | σ·255 | method | parameter (val PSNR) | PSNR | SSIM | iterations | s/image | violations | statuses |",
         "|---|---:|---|---|---:|---:|---:|---:|---:|---|",
     ]
+    tasks = [(method, noise255) for noise255 in args.noises for method in args.methods]
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(evaluate, args, method, noise255) for method, noise255 in tasks]
+        for _ in tqdm(as_completed(futures), total=len(futures), desc="method × noise", disable=not sys.stderr.isatty()):
+            pass
     showcase = {}
-    for noise255 in args.noises:
-        noise = noise255 / 255
-        for method in tqdm(args.methods, desc=f"σ = {noise255}", disable=not sys.stderr.isatty()):
-            parameter, val_psnr = tune(methods, method, validation, noise)
-            for set_name in args.sets:
-                paths = list_images(data / "test" / set_name)[: args.images]
-                psnrs, ssims, iterations, violations, statuses, seconds = [], [], [], 0, set(), 0.0
-                for i, path in enumerate(paths):
-                    clean = ps.load_image(path, gray=False)
-                    for j, kernel in zip(args.kernels, kernels):
-                        physics, y = degrade(clean, kernel, noise, seed=100 * i + j)
-                        t0 = time.perf_counter()
-                        outcome = methods.run(method, physics, y, noise, parameter)
-                        seconds += time.perf_counter() - t0
-                        psnrs += ps.psnr(outcome.estimate, clean).tolist()
-                        ssims += ps.ssim(outcome.estimate, clean).tolist()
-                        iterations += outcome.iterations
-                        violations += outcome.violations
-                        statuses |= outcome.statuses
-                        if i == 0 and j == args.kernels[0] and noise255 == args.noises[0] and set_name == args.sets[0]:
-                            showcase[method] = (outcome.estimate, ps.psnr(outcome.estimate, clean).item(), y, clean)
-                count = len(psnrs)
-                lines.append(f"| {set_name} | {noise255:g} | {method} | {parameter:g} ({val_psnr:.2f}) | "
-                             f"{statistics.mean(psnrs):.2f} | {statistics.mean(ssims):.4f} | {statistics.mean(iterations):.0f} | "
-                             f"{seconds / count:.1f} | {violations} | {', '.join(sorted(statuses)) or '—'} |")
-    lines += ["", f"Wall time {time.perf_counter() - start:.0f} s. PNG: `{Path(args.out).with_suffix('.png').name}`."]
+    for (method, noise255), future in zip(tasks, futures):
+        rows, shown = future.result()
+        lines += rows
+        if noise255 == args.noises[0] and shown:
+            showcase[method] = shown
+    lines += ["", f"Wall time {time.perf_counter() - start:.0f} s ({args.jobs} worker(s) × {args.threads} thread(s)); "
+              f"s/image is each worker's own time. PNG: `{Path(args.out).with_suffix('.png').name}`."]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _grid(showcase, out.with_suffix(".png"))
@@ -189,9 +216,10 @@ def _grid(showcase: dict, path: Path) -> None:
 
     if not showcase:
         return
-    _, _, y, clean = next(iter(showcase.values()))
+    first = next(iter(showcase.values()))
+    y, clean = first["y"], first["clean"]
     panels = [("clean", clean, None), ("blurred", y, ps.psnr(y, clean).item())]
-    panels += [(name, est, value) for name, (est, value, _, _) in showcase.items()]
+    panels += [(name, shown["estimate"], shown["psnr"]) for name, shown in showcase.items()]
     cols = 4
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.3 * rows), squeeze=False)
