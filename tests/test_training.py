@@ -148,7 +148,12 @@ def test_fine_tuning_starts_from_a_weights_file_and_may_add_the_noise_adaptive_r
     for name, tensor in base.model.state_dict().items():
         assert torch.equal(tuned.model.state_dict()[name], tensor), name
     assert tuned.run() == "finished"
-    assert ps.load_denoiser_file(tuned.export()).config["noise_adaptive"]
+    exported = tuned.export()
+    assert ps.load_denoiser_file(exported).config["noise_adaptive"]
+    from pnp_stable.denoisers.serialization import read_metadata
+
+    metadata = read_metadata(exported)
+    assert (metadata["steps"], metadata["total_steps"]) == ("2", "4")
     config.architecture = dict(width=8, depth=2)
     with pytest.raises(ValueError, match="does not fit this architecture"):
         Trainer(config, progress=False)

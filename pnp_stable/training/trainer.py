@@ -69,6 +69,7 @@ class Trainer:
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         torch.manual_seed(config.seed)
         self.model = MODELS[config.model](channels=config.channels, **config.architecture)
+        self.init_steps = 0  # steps behind the --init weights (fine-tuning)
         if config.init:
             self._initialise_from(config.init)
         self.net = self.model
@@ -117,7 +118,8 @@ class Trainer:
 
     def _initialise_from(self, path: str) -> None:
         """Fine-tuning: start from the tensors of a weights file; parameters it lacks keep their initialisation."""
-        tensors = read_safetensors(path, "denoiser file", FORMAT)[1]
+        metadata, tensors = read_safetensors(path, "denoiser file", FORMAT)
+        self.init_steps = int(metadata.get("total_steps", metadata.get("steps", 0)))
         own = self.model.state_dict()
         foreign = sorted(set(tensors) - set(own))
         reshaped = sorted(k for k in tensors.keys() & own.keys() if tensors[k].shape != own[k].shape)
@@ -197,7 +199,8 @@ class Trainer:
 
     def export(self, extra: dict[str, str] | None = None) -> Path:
         """Write the certified weights with the training configuration and data in the metadata."""
-        info = {"training": json.dumps(asdict(self.config), sort_keys=True), "steps": str(self.step)}
+        info = {"training": json.dumps(asdict(self.config), sort_keys=True), "steps": str(self.step),
+                "total_steps": str(self.init_steps + self.step)}
         if self.val_images:
             info["val_psnr"] = f"{self.validate():.4f}"
         info.update(extra or {})
