@@ -20,7 +20,10 @@ RESULTS = ROOT / "benchmarks" / "results"
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        return out.stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                 capture_output=True, text=True, check=True).stdout.split("\n")
+        changed = [line[3:] for line in changed if line.strip()]
+        return out.stdout.strip() + (f" with uncommitted changes to {', '.join(changed)}" if changed else "")
     except (OSError, subprocess.CalledProcessError):
         return "uncommitted"
 
