@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--no-bm3d", action="store_true")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--out", default=str(RESULTS / "denoise.md"), help="results file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = Path(args.data) / "test"
@@ -93,7 +94,7 @@ def main() -> None:
                 check = f"{check:.4f}" if isinstance(check, float) else check
                 rows.append(f"| {set_name} | {sigma255:g} | {name} | {p:.2f} | {s:.4f} | {t:.2f} | {cert} | {check} |")
                 print(rows[-1], flush=True)
-    out = RESULTS / "denoise.md"
+    out = Path(args.out)
     out.write_text("\n".join(rows) + "\n")
     print(f"wrote {out}")
 
