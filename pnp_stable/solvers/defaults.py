@@ -21,11 +21,11 @@ class Tuned:
 
 
 TUNED = {
-    "fb": Tuned(strength=0.354, step_scale=1.9, max_iter=200),
-    "fista": Tuned(strength=0.354, step_scale=1.9, max_iter=200),
-    "hqs": Tuned(strength=2.828, step_scale=4.0, max_iter=200),
-    "drs": Tuned(strength=2.0, step_scale=1.0, max_iter=200),
-    "admm": Tuned(strength=2.0, step_scale=1.0, max_iter=200),
+    "fb": Tuned(strength=1.0, step_scale=1.9, max_iter=200),
+    "fista": Tuned(strength=1.0, step_scale=1.9, max_iter=200),
+    "hqs": Tuned(strength=2.0, step_scale=2.0, max_iter=200),
+    "drs": Tuned(strength=1.414, step_scale=1.0, max_iter=200),
+    "admm": Tuned(strength=1.414, step_scale=1.0, max_iter=200),
 }
 
 
