@@ -4,9 +4,10 @@ Problems: camera (256×256 gray, ``averaged-gray``) and astronaut (512×512 colo
 from scikit-image, circular Gaussian blur (std 1.6), noise σ = 0.01, σ_d = 0.02, the same physics and
 the same denoiser for both libraries (the firmly non-expansive relaxation for DRS/ADMM, as ours uses).
 Pairs: our ``fb``/``hqs``/``drs``/``admm`` vs deepinv ``PGD``/``HQS``/``DRS``/``ADMM`` with the same step,
-``--iters`` iterations without early stopping. Timing runs in rounds whose order rotates; the table
-reports the median per-iteration time and the median of the paired ratios (same round), because
-absolute times on a shared machine are noisy. Peak memory: each variant runs once more in a fresh
+``--iters`` iterations without early stopping. Timing runs in rounds whose order rotates, each pair
+back to back (ours first in even rounds, theirs first in odd ones); the table reports the median
+per-iteration time and the median of the paired ratios (same round), because absolute times on a
+shared machine are noisy. Peak memory: each variant runs once more in a fresh
 process, where a thread samples the resident set size every millisecond during the solve; the table
 reports the peak above the level just before the call (Linux).
 Denoiser throughput: megapixels per second of one call at each size.
@@ -141,7 +142,10 @@ def main() -> None:
         times = {n: [] for n in names}
         for r in tqdm(range(args.rounds), desc=label, disable=not sys.stderr.isatty()):
             shift = (r * 2) % len(names)
-            for name in names[shift:] + names[:shift]:
+            order = names[shift:] + names[:shift]
+            if r % 2:  # odd rounds run each pair theirs-first (ABBA), so drift within a pair cancels in the median
+                order = [name for pair in zip(order[1::2], order[0::2]) for name in pair]
+            for name in order:
                 t0 = time.perf_counter()
                 fs[name]()
                 times[name].append((time.perf_counter() - t0) / args.iters)
