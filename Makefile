@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench clean
+.PHONY: test demo bench bench-full clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,10 +18,25 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/pnp-stable demo --out demo_out
 
+# bench: the exact commands behind benchmarks/results/*.md, sized for 2 CPU cores (about 2 h in all;
+# tests/test_packaging.py keeps this list and the results files in step). Data: ../shared/data, or
+# PNP_STABLE_DATA=/path/to/data make bench. bench-full: the full protocols (Set3C + CBSD10, two noise
+# levels, whole images, every test image): many hours on 2 CPU cores, meant for a GPU machine.
 bench: $(STAMP)
-	for script in operators lipschitz_vs_depth denoiser_speed solver_overhead; do \
-		$(BIN)/python benchmarks/$$script.py || exit 1; \
-	done
+	$(BIN)/python benchmarks/operators.py
+	$(BIN)/python benchmarks/lipschitz_vs_depth.py
+	$(BIN)/python benchmarks/denoiser_speed.py
+	$(BIN)/python benchmarks/solver_overhead.py
+	$(BIN)/python benchmarks/speed.py --threads 1
+	$(BIN)/python benchmarks/denoise.py --images 10 --sets BSD68 Set12 CBSD68 --threads 1
+	$(BIN)/python benchmarks/tune.py --images 3 --size 80 --max-iter 200 --threads 1
+	$(BIN)/python benchmarks/convergence.py --size 64 --iters 1000 --threads 1
+	$(BIN)/python benchmarks/deblur.py --sets Set3C --noises 2.55 --size 96 --max-iter 200 --validation 3 --jobs 2 --threads 1
+
+bench-full: $(STAMP)
+	$(BIN)/python benchmarks/denoise.py --out benchmarks/results/denoise-full.md
+	$(BIN)/python benchmarks/convergence.py --size 256 --iters 1000 --out benchmarks/results/convergence-full
+	$(BIN)/python benchmarks/deblur.py --noises 2.55 7.65 12.75 --out benchmarks/results/deblur-full
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -34,3 +34,11 @@ def test_readme_sections_come_in_the_front_door_order():
                         "What the certificate and the verdict mean", "Benchmarks", "Train your own", "Citation"]
     setup = (ROOT / "README.md").read_text().split("## Set up")[1].split("##")[0]
     assert "make demo" in setup and "make test" in setup
+
+
+def test_make_bench_runs_exactly_the_commands_recorded_in_the_results_files():
+    recipe = (ROOT / "Makefile").read_text().split("\nbench: $(STAMP)\n")[1].split("\n\n")[0]
+    in_makefile = sorted(line.strip().replace("$(BIN)", ".venv/bin") for line in recipe.splitlines())
+    recorded = sorted(re.search(r"^- command: `(.*)`$", path.read_text(), re.M).group(1)
+                      for path in (ROOT / "benchmarks" / "results").glob("*.md"))
+    assert in_makefile == recorded
