@@ -212,3 +212,9 @@ def test_zoo_lists_and_loads_shipped_models_offline():
         assert Path(row["file"]).stat().st_size < 3 * 2**20
     with pytest.raises(ValueError, match="unknown denoiser"):
         ps.load_denoiser("no-such-model")
+
+
+def test_negative_noise_level_is_refused():
+    model = AveragedDenoiser(channels=1, width=6, depth=1, noise_adaptive=True).eval()
+    with pytest.raises(ValueError, match="must be ≥ 0"):
+        model(torch.rand(1, 1, 8, 8), -0.1)

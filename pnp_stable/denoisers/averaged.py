@@ -32,6 +32,8 @@ def _sigma_map(sigma, x: Tensor) -> Tensor:
         sigma = sigma.expand(x.shape[0])
     if sigma.shape != (x.shape[0],):
         raise ValueError(f"sigma must be a float or a tensor of shape [B] = [{x.shape[0]}], got {tuple(sigma.shape)}")
+    if not bool((sigma >= 0).all()):
+        raise ValueError(f"noise level sigma must be ≥ 0, got {sigma.min().item():g}")
     return sigma[:, None, None, None].expand(x.shape[0], 1, *x.shape[-2:])
 
 
@@ -45,7 +47,8 @@ class AveragedDenoiser(dinv.models.Denoiser):
     θ·α_N-averaged; θ = ``relaxation`` (default 1, no relaxation).
     ``noise_adaptive=True`` adds a learned relaxation toward the identity that depends on the noise
     level, D(x, σ) = (1 − θ(σ))x + θ(σ)·N(x, σ) with θ(σ) = sigmoid(affine in σ) ∈ (0, 1): for each σ
-    this is θ(σ)·α_N-averaged, so the certificate α = θ·α_N·sup_{σ≥0} θ(σ) still holds, and at small σ
+    this is θ(σ)·α_N-averaged, so the certificate α = relaxation·α_N·sup_{σ≥0} θ(σ) still holds (σ < 0 is
+    refused), and at small σ
     the denoiser can stay close to the identity (which PnP-FB needs: its fixed point inherits D's
     error on clean images).
     The certificate comes from guaranteed norm bounds and describes the network in eval mode.
