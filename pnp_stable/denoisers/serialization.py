@@ -18,7 +18,7 @@ from .averaged import AveragedDenoiser
 from .baselines import DnCNNBaseline
 from .spectral import conv_norm_upper_bound
 
-__all__ = ["save_denoiser", "load_denoiser_file"]
+__all__ = ["save_denoiser", "load_denoiser_file", "read_denoiser_tensors"]
 
 FORMAT = "pnp-stable-denoiser/1"
 STORABLE = {cls.__name__: cls for cls in (AveragedDenoiser, DnCNNBaseline)}
@@ -69,15 +69,21 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return read_safetensors(path, "denoiser file", FORMAT, tensors=False)[0]
 
 
+def read_denoiser_tensors(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Metadata and tensors of a denoiser file, refused unless the tensors match their recorded SHA-256."""
+    metadata, tensors = read_safetensors(path, "denoiser file", FORMAT)
+    if _digest(tensors) != metadata.get("sha256"):
+        raise ValueError(f"{path}: weights do not match their recorded digest (file modified or corrupt)")
+    return metadata, tensors
+
+
 def load_denoiser_file(path: str | Path, verify: bool = False) -> AveragedDenoiser | DnCNNBaseline:
     """Build the denoiser stored in ``path`` (eval mode) and restore its certified norm bounds.
 
     The stored per-layer bounds are trusted only for the exact tensors they came with (SHA-256 digest);
     ``verify=True`` also recomputes every bound and refuses a stored bound below the recomputed one (slower).
     """
-    metadata, tensors = read_safetensors(path, "denoiser file", FORMAT)
-    if _digest(tensors) != metadata.get("sha256"):
-        raise ValueError(f"{path}: weights do not match their recorded digest (file modified or corrupt)")
+    metadata, tensors = read_denoiser_tensors(path)
     try:
         config = json.loads(metadata["config"])
         model = STORABLE[metadata.get("class", "AveragedDenoiser")](**config)

@@ -18,8 +18,7 @@ from tqdm.auto import tqdm
 
 from ..denoisers.averaged import AveragedDenoiser
 from ..denoisers.baselines import DnCNNBaseline
-from .._safetensors import read_safetensors
-from ..denoisers.serialization import FORMAT, save_denoiser
+from ..denoisers.serialization import read_denoiser_tensors, save_denoiser
 from ..metrics import psnr
 from .checkpoint import load_checkpoint, model_tensors, save_checkpoint
 from .data import PatchSampler, load_folder
@@ -118,7 +117,7 @@ class Trainer:
 
     def _initialise_from(self, path: str) -> None:
         """Fine-tuning: start from the tensors of a weights file; parameters it lacks keep their initialisation."""
-        metadata, tensors = read_safetensors(path, "denoiser file", FORMAT)
+        metadata, tensors = read_denoiser_tensors(path)
         self.init_steps = int(metadata.get("total_steps", metadata.get("steps", 0)))
         own = self.model.state_dict()
         foreign = sorted(set(tensors) - set(own))
