@@ -181,9 +181,9 @@ def cmd_models(args) -> int:
         summary = "no guarantee" if certificate.alpha is None and certificate.lipschitz is None else (
             f"Lipschitz ≤ {certificate.lipschitz:g}" + (f", α = {certificate.alpha:.4f}-averaged" if certificate.alpha else ""))
         sigma = training.get("sigma")
-        steps = f"{row.get('total_steps', row.get('steps', '?'))} steps"
-        if row.get("total_steps", row.get("steps")) != row.get("steps"):
-            steps += f" (the last {row['steps']} fine-tuning)"
+        run_steps = row.get("steps", "?")
+        total_steps = row.get("total_steps", run_steps)
+        steps = f"{total_steps} steps" + (f" (the last {run_steps} fine-tuning)" if total_steps != run_steps else "")
         print(f"{row['name']:<16} {json.loads(row['config']).get('channels', '?')} ch  {summary:<38} "
               f"data {', '.join(training.get('data', ['?']))}; σ {sigma}; {steps}")
     return 0
