@@ -134,14 +134,13 @@ def tune(methods: Methods, method: str, validation, noise: float, max_tries: int
     return best, scores[best]
 
 
-def evaluate(args, method: str, noise255: float) -> tuple[list[str], dict]:
+def evaluate(args, validation_paths: list[Path], method: str, noise255: float) -> tuple[list[str], dict]:
     """Tune ``method`` at this noise level on the validation crops, then run it on every test problem:
     the table rows (one per set) and the showcase entry (first image, first kernel, first set)."""
     torch.set_num_threads(args.threads)
     data = Path(args.data)
     levin = ps.load_kernels(data / "kernels" / "levin09.npz")
     kernels = [list(levin.values())[i] for i in args.kernels]
-    validation_paths = spread(list_images(data / "train" / "color" / "CBSD432"), args.validation)
     validation = [(c, ps.motion_kernel(20 + i, 19))
                   for i, c in enumerate(load_crops(validation_paths, args.validation_size, gray=False))]
     methods = Methods(args.max_iter, args.bm3d_iters)
@@ -192,13 +191,13 @@ def main() -> None:
     args = parser.parse_args()
     args.data = str(args.data)
     torch.set_num_threads(args.threads)
-    validation_names = [p.name for p in spread(list_images(Path(args.data) / "train" / "color" / "CBSD432"), args.validation)]
+    validation_paths = spread(list_images(Path(args.data) / "train" / "color" / "CBSD432"), args.validation)
     start = time.perf_counter()
     crop = "whole images" if args.size is None else f"{args.size}×{args.size} centre crops"
     lines = header("Deblurring: certified PnP vs unconstrained PnP, BM3D, TV, Wiener") + [
         f"- test: {', '.join(args.sets)}{'' if args.images is None else f' (first {args.images} images)'} ({crop}) × Levin kernels "
         f"{args.kernels}, circular boundary, noise seed = 100·image + kernel",
-        f"- tuning: {args.validation} CBSD432 centre crops ({args.validation_size} px: {', '.join(validation_names)}) "
+        f"- tuning: {args.validation} CBSD432 centre crops ({args.validation_size} px: {', '.join(p.name for p in validation_paths)}) "
         f"× motion kernels `motion_kernel(20 + i, 19)`; grids {GRIDS}, PnP strengths {PNP_FACTORS} × the solver's default, each extended "
         f"geometrically while the best value sits on an end",
         f"- PnP: up to {args.max_iter} iterations (BM3D: {args.bm3d_iters}), tol 1e-5, tuned strength, the solver's default step "
@@ -209,7 +208,7 @@ def main() -> None:
     ]
     tasks = [(method, noise255) for noise255 in args.noises for method in args.methods]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(evaluate, args, method, noise255) for method, noise255 in tasks]
+        futures = [pool.submit(evaluate, args, validation_paths, method, noise255) for method, noise255 in tasks]
         for _ in tqdm(as_completed(futures), total=len(futures), desc="method × noise", disable=not sys.stderr.isatty()):
             pass
     showcase = {}
