@@ -1,12 +1,16 @@
-"""Tuning of the defaults (denoiser strength, step) of every solver on validation images.
+"""Tuning of the defaults (denoiser strength, step, denoiser weight) of every solver on validation images.
 
 Validation images are training images (Train400 for gray, CBSD432 for colour), so disjoint from every
 test set (BSD68, CBSD68/CBSD10, Set12, Set3C); centre crops, blurred with motion kernels that are not
 the Levin test kernels, at the deblurring benchmark's noise levels. For each solver: a coarse search
-over σ_d = strength·σ_n at the theory's step, step alternatives at the best strength, then a
-refinement of the strength (×√2 either side) at the best step, repeated while the best moves. The chosen setting maximises the mean PSNR over all images, both
-models and all noise levels; ``pnp_stable/solvers/defaults.py`` copies it (a test compares the two).
-Writes ``benchmarks/results/tuning.md``.
+over σ_d = strength·σ_n at the theory's step, step alternatives at the best strength; for FB a search
+over the denoiser weight ω (denoising step x + ω(D(x, σ_d) − x)) along the ridge ω·strength²/step_scale =
+w of equal prior weight w (for D a prox of σ_d²φ, FB's fixed point balances τf against ωσ_d²φ); then a
+refinement of the strength (and for FB the weight), ×√2 either side, repeated while the best moves.
+The chosen setting maximises the mean PSNR over all images, both models and all noise levels;
+``pnp_stable/solvers/defaults.py`` copies it (a test compares the two). ``--jobs`` evaluates
+(setting, model, noise) tasks in parallel worker processes. Writes ``benchmarks/results/tuning.md``
+(or ``--out``).
 
     .venv/bin/python benchmarks/tune.py
 """
@@ -19,6 +23,7 @@ import os
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -34,6 +39,9 @@ from pnp_stable.training import list_images  # noqa: E402
 
 VALIDATION = {"averaged-gray": ("train/gray/Train400", 1), "averaged-color": ("train/color/CBSD432", 3)}
 STEP_ALTERNATIVES = {"fb": (0.5, 1.5, 1.9), "hqs": (0.5, 2.0, 4.0), "drs": (0.5, 2.0, 4.0), "admm": (0.5, 2.0, 4.0)}
+#: FB: strengths × prior weights w = ω·strength²/step_scale searched for the denoiser weight ω
+WEIGHT_RIDGE = {"fb": ((2.0, 3.0, 4.0), (0.25, 0.5, 1.0))}
+SQRT2 = 2**0.5
 
 
 def validation_problems(data: Path, model: str, count: int, size: int, noises: list[float], kernel_seeds: list[int]):
@@ -50,51 +58,73 @@ def validation_problems(data: Path, model: str, count: int, size: int, noises: l
     return [p.name for p in picks], problems
 
 
-def evaluate(models, problems, solver: str, strength: float, step_scale: float, max_iter: int) -> dict:
-    psnrs, iterations, violations, statuses = [], [], 0, set()
-    for model, model_problems in zip(models, problems):
-        for clean, kernel, noise, y in model_problems:
-            physics = ps.blur(kernel, img_size=tuple(y.shape[1:]))
-            f = ps.L2Fidelity(physics, y, noise)
-            sigma_d = strength * noise
-            theory = ps.solvers.default_step(solver, f, sigma_d)
-            result = ps.solve(physics, y, model, noise, solver=solver, denoiser_sigma=sigma_d,
-                              step=step_scale * theory, max_iter=max_iter, tol=1e-5)
-            psnrs += ps.psnr(result.estimate, clean).tolist()
-            iterations += result.iterations
-            violations += len(result.violations)
-            statuses |= set(result.status)
-    return dict(psnr=statistics.mean(psnrs), iterations=statistics.mean(iterations), violations=violations,
-                status="/".join(sorted(statuses)))
+_MODELS: dict = {}
 
 
-def tune_solver(models, problems, solver, strengths, max_iter, bar) -> tuple[Tuned, list[dict]]:
-    rows = []
+def run_problem(model_name: str, problem, solver: str, setting: tuple[float, float, float], max_iter: int, threads: int):
+    """One validation problem under one (strength, step_scale, denoiser weight) setting (in a worker)."""
+    torch.set_num_threads(threads)
+    if model_name not in _MODELS:
+        _MODELS[model_name] = ps.load_denoiser(model_name)
+    strength, step_scale, weight = setting
+    clean, kernel, noise, y = problem
+    physics = ps.blur(kernel, img_size=tuple(y.shape[1:]))
+    sigma_d = strength * noise
+    theory = ps.solvers.default_step(solver, ps.L2Fidelity(physics, y, noise), sigma_d)
+    result = ps.solve(physics, y, _MODELS[model_name], noise, solver=solver, denoiser_sigma=sigma_d,
+                      step=step_scale * theory, denoiser_weight=weight, max_iter=max_iter, tol=1e-5)
+    return ps.psnr(result.estimate, clean).tolist(), result.iterations, len(result.violations), set(result.status)
 
-    def run(strength, step_scale):
-        for row in rows:
-            if row["strength"] == strength and row["step_scale"] == step_scale:
-                return row
-        row = dict(solver=solver, strength=strength, step_scale=step_scale,
-                   **evaluate(models, problems, solver, strength, step_scale, max_iter))
-        rows.append(row)
-        bar.update(1)
-        return row
 
-    for strength in strengths:
-        run(strength, 1.0)
-    best = max(rows, key=lambda r: r["psnr"])
-    for step_scale in STEP_ALTERNATIVES[solver]:
-        run(best["strength"], step_scale)
-    best = max(rows, key=lambda r: r["psnr"])
-    factor = 2**0.5
-    for _ in range(4):  # refine the strength at the best step; keep going while the best sits on the edge
-        for candidate in (best["strength"] / factor, best["strength"] * factor):
-            run(round(candidate, 3), best["step_scale"])
-        previous, best = best, max(rows, key=lambda r: r["psnr"])
+class Search:
+    """Evaluates settings (strength, step_scale, weight) of one solver, each once, tasks spread over a pool."""
+
+    def __init__(self, pool, problems: dict, solver: str, max_iter: int, threads: int, bar):
+        self.pool, self.problems, self.solver = pool, problems, solver
+        self.max_iter, self.threads, self.bar = max_iter, threads, bar
+        self.rows: list[dict] = []
+
+    def run(self, settings) -> dict:
+        """Evaluate the settings not seen yet (in parallel); return the best row so far."""
+        seen = {(r["strength"], r["step_scale"], r["weight"]) for r in self.rows}
+        fresh = list(dict.fromkeys(s for s in settings if s not in seen))
+        futures = {s: [self.pool.submit(run_problem, name, problem, self.solver, s, self.max_iter, self.threads)
+                       for name, model_problems in self.problems.items() for problem in model_problems]
+                   for s in fresh}
+        for setting, parts in futures.items():
+            psnrs, iterations, violations, statuses = [], [], 0, set()
+            for part in parts:
+                p, it, v, st = part.result()
+                psnrs += p
+                iterations += it
+                violations += v
+                statuses |= st
+            strength, step_scale, weight = setting
+            self.rows.append(dict(solver=self.solver, strength=strength, step_scale=step_scale, weight=weight,
+                                  psnr=statistics.mean(psnrs), iterations=statistics.mean(iterations),
+                                  violations=violations, status="/".join(sorted(statuses))))
+            self.bar.update(1)
+        return max(self.rows, key=lambda r: r["psnr"])
+
+
+def tune_solver(search: Search, strengths) -> Tuned:
+    solver = search.solver
+    best = search.run([(s, 1.0, 1.0) for s in strengths])
+    best = search.run([(best["strength"], step, 1.0) for step in STEP_ALTERNATIVES[solver]])
+    step = best["step_scale"]
+    weighted = solver in WEIGHT_RIDGE
+    if weighted:
+        ridge_strengths, prior_weights = WEIGHT_RIDGE[solver]
+        best = search.run([(s, step, round(w * step / s**2, 4)) for s in ridge_strengths for w in prior_weights])
+    for _ in range(4):  # refine at the best step; keep going while the best moves
+        s, w = best["strength"], best["weight"]
+        candidates = [(round(s / SQRT2, 3), step, w), (round(s * SQRT2, 3), step, w)]
+        if weighted:
+            candidates += [(s, step, round(w / SQRT2, 4))] + ([(s, step, round(w * SQRT2, 4))] if w * SQRT2 <= 1 else [])
+        previous, best = best, search.run(candidates)
         if best is previous:
             break
-    return Tuned(strength=best["strength"], step_scale=best["step_scale"], max_iter=max_iter), rows
+    return Tuned(strength=best["strength"], step_scale=step, max_iter=search.max_iter, denoiser_weight=best["weight"])
 
 
 def main() -> None:
@@ -108,42 +138,44 @@ def main() -> None:
     parser.add_argument("--solvers", nargs="+", default=["fb", "hqs", "drs", "admm"])
     parser.add_argument("--strengths", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
     parser.add_argument("--max-iter", type=int, default=300)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per worker")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes, one (setting, model, noise) task each")
+    parser.add_argument("--out", default=str(RESULTS / "tuning.md"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = Path(args.data)
     noises = [n / 255 for n in args.noises]
-    models = [ps.load_denoiser(name) for name in args.models]
-    problems, names = [], {}
+    problems, names = {}, {}
     for name in args.models:
-        names[name], model_problems = validation_problems(data, name, args.images, args.size, noises, args.kernel_seeds)
-        problems.append(model_problems)
+        names[name], problems[name] = validation_problems(data, name, args.images, args.size, noises, args.kernel_seeds)
     start = time.perf_counter()
     chosen, rows = {}, []
-    per_solver = len(args.strengths) + 3 + 2
-    with tqdm(total=per_solver * len(args.solvers), desc="tuning", mininterval=30) as bar:
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool, tqdm(desc="settings", mininterval=30, disable=not sys.stderr.isatty()) as bar:
         for solver in args.solvers:
-            chosen[solver], solver_rows = tune_solver(models, problems, solver, args.strengths, args.max_iter, bar)
-            rows += solver_rows
+            search = Search(pool, problems, solver, args.max_iter, args.threads, bar)
+            chosen[solver] = tune_solver(search, args.strengths)
+            rows += search.rows
     lines = header("Tuning of the solvers' default denoiser strength and step")
     lines += [
         f"- validation images (training sets, disjoint from every test set): "
         + "; ".join(f"{m}: {', '.join(names[m])} from `{VALIDATION[m][0]}`" for m in args.models),
         f"- {args.size}×{args.size} centre crops, motion kernels `motion_kernel(seed, 19)` with seeds {args.kernel_seeds}, "
         f"noise σ·255 ∈ {args.noises}, circular boundary, max {args.max_iter} iterations, tol 1e-5",
-        "- σ_d = strength·σ_n; step τ = step_scale × theory default (FB: 1/L; HQS/DRS/ADMM: σ_d²)",
+        "- σ_d = strength·σ_n; step τ = step_scale × theory default (FB: 1/L; HQS/DRS/ADMM: σ_d²); "
+        "denoising step x + ω(D(x, σ_d) − x) with ω = weight",
         f"- wall time {time.perf_counter() - start:.0f} s",
         "",
-        "| solver | strength | step_scale | mean PSNR (dB) | mean iterations | violations | statuses |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| solver | strength | step_scale | weight | mean PSNR (dB) | mean iterations | violations | statuses |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
-        mark = " **chosen**" if (chosen[row["solver"]].strength, chosen[row["solver"]].step_scale) == (row["strength"], row["step_scale"]) else ""
-        lines.append(f"| {row['solver']}{mark} | {row['strength']:g} | {row['step_scale']:g} | {row['psnr']:.2f} | "
+        pick = chosen[row["solver"]]
+        mark = " **chosen**" if (pick.strength, pick.step_scale, pick.denoiser_weight) == (row["strength"], row["step_scale"], row["weight"]) else ""
+        lines.append(f"| {row['solver']}{mark} | {row['strength']:g} | {row['step_scale']:g} | {row['weight']:g} | {row['psnr']:.2f} | "
                      f"{row['iterations']:.0f} | {row['violations']} | {row['status']} |")
     lines += ["", "Chosen defaults (copied into `pnp_stable/solvers/defaults.py`; FISTA uses FB's):", "",
               "```json", json.dumps({s: vars(t) for s, t in chosen.items()}, indent=1), "```", ""]
-    (RESULTS / "tuning.md").write_text("\n".join(lines))
+    Path(args.out).write_text("\n".join(lines))
     print("\n".join(lines))
 
 

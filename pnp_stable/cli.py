@@ -96,7 +96,8 @@ def cmd_deblur(args) -> int:
         y = image
     result = deblur(
         y, kernel, args.noise, solver=args.solver, denoiser=args.denoiser, boundary=args.boundary,
-        denoiser_sigma=args.denoiser_sigma, step=args.step, max_iter=args.iters, tol=args.tol,
+        denoiser_sigma=args.denoiser_sigma, step=args.step, denoiser_weight=args.denoiser_weight,
+        max_iter=args.iters, tol=args.tol,
         reference=reference, device=device, progress=_progress(args),
     )
     out = Path(args.out) if args.out else Path(args.input).with_name(Path(args.input).stem + "_deblurred.png")
@@ -226,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--denoiser-sigma", type=_level, default=None, metavar="S",
                    help="denoiser strength σ_d; None uses the tuned strength × SIGMA")
     p.add_argument("--step", type=float, default=None, help="step τ; None uses the tuned step (FB refuses τ ≥ 2/L)")
+    p.add_argument("--denoiser-weight", type=float, default=None, metavar="W",
+                   help="weight ω of the denoising step x + ω(D(x) − x), in (0, 1/α_D); None uses the tuned weight")
     p.add_argument("--iters", type=_positive_int, default=None, metavar="N", help="maximum iterations; None uses the tuned budget")
     p.add_argument("--tol", type=float, default=1e-5, metavar="T", help="stop when ‖z_{k+1} − z_k‖/‖z_{k+1}‖ < T")
     p.add_argument("--boundary", choices=["circular", "reflect", "replicate", "zeros"], default="circular",

@@ -77,6 +77,7 @@ def deblur(
     boundary: str = "circular",
     denoiser_sigma: float | None = None,
     step: float | None = None,
+    denoiser_weight: float | None = None,
     max_iter: int | None = None,
     tol: float = 1e-5,
     relaxation: float = 1.0,
@@ -90,8 +91,8 @@ def deblur(
 
     ``kernel``: an array/tensor or a spec such as ``'gaussian:1.6'``, ``'motion:0:19'``, ``'file:k.npz:2'``.
     ``denoiser``: ``'auto'`` (``averaged-gray``/``averaged-color`` by channels), a model name or path,
-    or any ``denoiser(x, sigma)``. ``denoiser_sigma``, ``step`` and ``max_iter`` default to the tuned
-    values (:func:`pnp_stable.solvers.defaults.tuned`). Returns the :class:`PnPResult` (``estimate``,
+    or any ``denoiser(x, sigma)``. ``denoiser_sigma``, ``step``, ``denoiser_weight`` (ω: the denoising
+    step is x + ω(D(x, σ_d) − x)) and ``max_iter`` default to the tuned values (:func:`pnp_stable.solvers.defaults.tuned`). Returns the :class:`PnPResult` (``estimate``,
     ``status``, ``history``, certified ``beta``; ``pnp_stable.to_numpy(result.estimate)`` for an array).
     """
     y = _as_batch(y, "blurred image y", device)
@@ -99,7 +100,7 @@ def deblur(
     physics = blur(_as_kernel(kernel), boundary=boundary, img_size=tuple(y.shape[1:]), device=device)
     return solve(
         physics, y, model, noise_sigma, solver=solver, denoiser_sigma=denoiser_sigma, step=step,
-        relaxation=relaxation, max_iter=max_iter, tol=tol,
+        denoiser_weight=denoiser_weight, relaxation=relaxation, max_iter=max_iter, tol=tol,
         x0=None if x0 is None else _as_batch(x0, "x0", device),
         reference=None if reference is None else _as_batch(reference, "reference", device),
         allow_unsafe_step=allow_unsafe_step, progress=progress,

@@ -1,9 +1,10 @@
-"""Defaults used when the caller gives no denoiser strength, step or iteration budget.
+"""Defaults used when the caller gives no denoiser strength, weight, step or iteration budget.
 
 They come from ``benchmarks/tune.py`` (grid search on validation images outside every test set;
 results and command in ``benchmarks/results/tuning.md``, which a test compares with this table).
 σ_d = ``strength``·σ_n; FB/FISTA step τ = ``step_scale``/L (L = ‖A‖²/σ_n², so averagedness needs
-``step_scale`` < 2); HQS/DRS/ADMM step τ = ``step_scale``·σ_d².
+``step_scale`` < 2); HQS/DRS/ADMM step τ = ``step_scale``·σ_d²; the denoising step is x + ω(D(x, σ_d) − x) with
+ω = ``denoiser_weight``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ class Tuned:
     strength: float
     step_scale: float
     max_iter: int
+    denoiser_weight: float = 1.0
 
 
 TUNED = {

@@ -156,6 +156,7 @@ def solve(
     solver: str = "fb",
     denoiser_sigma: float | Tensor | None = None,
     step: float | None = None,
+    denoiser_weight: float | None = None,
     relaxation: float = 1.0,
     max_iter: int | None = None,
     tol: float = 1e-5,
@@ -170,10 +171,12 @@ def solve(
     ``solver``: 'fb' (forward-backward / PnP-PGD), 'hqs', 'drs', 'admm' or 'fista' (no guarantee).
     ``denoiser``: any deepinv-style ``denoiser(x, sigma)`` (ours carry a certificate) or a plain
     callable ``denoiser(x)``; it runs under ``torch.no_grad`` (modules in eval mode).
-    ``denoiser_sigma``, ``step`` and ``max_iter`` default to the tuned values of
+    ``denoiser_sigma``, ``step``, ``denoiser_weight`` and ``max_iter`` default to the tuned values of
     :mod:`pnp_stable.solvers.defaults` (σ_d = strength·noise_sigma, τ = step_scale × the theory's
-    default of :func:`default_step`); FB refuses τ ≥ 2/L unless ``allow_unsafe_step``. ``relaxation`` λ
-    gives the Krasnosel'skii–Mann iteration z + λ(Tz − z), λβ-averaged for λ ∈ (0, 1/β).
+    default of :func:`default_step`); FB refuses τ ≥ 2/L unless ``allow_unsafe_step``.
+    ``denoiser_weight`` ω makes the denoising step x + ω(D(x, σ_d) − x), ωα_D-averaged for ω ∈ (0, 1/α_D):
+    the prior's weight, separate from the denoiser strength σ_d. ``relaxation`` λ gives the
+    Krasnosel'skii–Mann iteration z + λ(Tz − z), λβ-averaged for λ ∈ (0, 1/β).
     """
     if solver not in SCHEMES:
         raise ValueError(f"unknown solver '{solver}'; choose one of {sorted(SCHEMES)}")
@@ -184,11 +187,13 @@ def solve(
         denoiser_sigma = defaults.strength * noise_sigma
     if max_iter is None:
         max_iter = defaults.max_iter
+    if denoiser_weight is None:
+        denoiser_weight = defaults.denoiser_weight
     if isinstance(denoiser, torch.nn.Module):
         denoiser.eval()
     if step is None:
         step = defaults.step_scale * default_step(solver, fidelity, denoiser_sigma)
-    scheme = SCHEMES[solver](fidelity, denoiser, denoiser_sigma, step)
+    scheme = SCHEMES[solver](fidelity, denoiser, denoiser_sigma, step, denoiser_weight)
     check_step(scheme, allow_unsafe_step)
     if relaxation != 1.0:
         scheme = KrasnoselskiiMann(scheme, relaxation)

@@ -1,5 +1,6 @@
 """PnP iterations written as fixed-point maps z ↦ T(z) on a governing variable z, each with the
-averagedness β of T that theory certifies from the denoiser's certificate (DESIGN.md §1):
+averagedness β of T that theory certifies from the denoiser's certificate (DESIGN.md §1). D below is the
+weighted denoising step D_ω = (1 − ω)I + ωD(·, σ_d), ωα_D-averaged for ω ∈ (0, 1/α_D) (ω = 1: D itself):
 
 | scheme | T | β |
 |---|---|---|
@@ -20,7 +21,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..denoisers.averaged import RelaxedDenoiser, certificate_of
+from ..denoisers.averaged import certificate_of
 from ..operators.fidelity import L2Fidelity
 from ..theory import Certificate, compose_averagedness, gradient_step_averagedness, relaxation_for_target
 
@@ -45,20 +46,39 @@ def _as_denoiser(denoiser) -> Callable[[Tensor, Tensor | float], Tensor]:
     return denoiser
 
 
+def _weighted_certificate(certificate: Certificate, weight: float) -> Certificate:
+    """Certificate of D_ω = (1 − ω)I + ωD: ωα-averaged for ω ∈ (0, 1/α); an uncertified D stays uncertified."""
+    if weight == 1 or (certificate.alpha is None and not certificate.nonexpansive):
+        return certificate
+    if certificate.alpha is not None and not weight < 1 / certificate.alpha:
+        raise ValueError(
+            f"denoiser_weight ω = {weight:g} ≥ 1/α_D = {1 / certificate.alpha:.6g}: (1 − ω)I + ωD is then not "
+            f"averaged and the iteration loses its guarantee; choose ω < {1 / certificate.alpha:.6g}"
+        )
+    return certificate.relaxed(weight)
+
+
 class Scheme:
-    """A PnP iteration: ``init`` makes z₀, ``step`` applies T (returning T(z) and the image estimate)."""
+    """A PnP iteration: ``init`` makes z₀, ``step`` applies T (returning T(z) and the image estimate).
+
+    The denoising step is D_ω(x) = x + ω(D(x, σ_d) − x) with ω = ``denoiser_weight``: σ_d sets what the
+    denoiser removes, ω how far each iteration moves toward it (the prior's weight); D_ω is ωα_D-averaged.
+    """
 
     name = "scheme"
     guaranteed = True  # False for heuristic/accelerated schemes: the monitor then checks nothing
 
-    def __init__(self, fidelity: L2Fidelity, denoiser, denoiser_sigma, step: float):
+    def __init__(self, fidelity: L2Fidelity, denoiser, denoiser_sigma, step: float, denoiser_weight: float = 1.0):
+        if not denoiser_weight > 0:
+            raise ValueError(f"denoiser_weight ω must be > 0, got {denoiser_weight}")
         self.fidelity = fidelity
         self.denoiser = denoiser
         self._denoise = _as_denoiser(denoiser)
         self.denoiser_sigma = denoiser_sigma
         self.step_size = float(step)
         self.notes: list[str] = []
-        self.denoiser_certificate: Certificate = certificate_of(denoiser)
+        self.denoiser_weight = float(denoiser_weight)
+        self.denoiser_certificate: Certificate = _weighted_certificate(certificate_of(denoiser), self.denoiser_weight)
 
     def sigma_for(self, index: Tensor | None):
         sigma = self.denoiser_sigma
@@ -67,7 +87,11 @@ class Scheme:
         return sigma
 
     def denoise(self, x: Tensor, index: Tensor | None) -> Tensor:
-        return self._denoise(x, self.sigma_for(index))
+        """D_ω(x) = x + ω(D(x, σ_d) − x)."""
+        denoised = self._denoise(x, self.sigma_for(index))
+        if self.denoiser_weight == 1:
+            return denoised
+        return x + self.denoiser_weight * (denoised - x)
 
     def init(self, x0: Tensor) -> Tensor:
         return x0
@@ -117,19 +141,17 @@ class HalfQuadraticSplitting(Scheme):
 
 
 class _SplittingWithFNEDenoiser(Scheme):
-    """DRS and ADMM need a firmly non-expansive denoiser: an α-averaged one with α > 1/2 is relaxed."""
+    """DRS and ADMM need a firmly non-expansive denoiser: an α-averaged D_ω with α > 1/2 is relaxed further,
+    to D̃ = (1 − θ)I + θD_ω with θ = 1/(2α) (a denoising weight of θω)."""
 
-    def __init__(self, fidelity, denoiser, denoiser_sigma, step):
-        certificate = certificate_of(denoiser)
+    def __init__(self, fidelity, denoiser, denoiser_sigma, step, denoiser_weight: float = 1.0):
+        super().__init__(fidelity, denoiser, denoiser_sigma, step, denoiser_weight)
+        certificate = self.denoiser_certificate
         if certificate.alpha is not None and certificate.alpha > 0.5:
             theta = relaxation_for_target(certificate.alpha, 0.5)
-            denoiser = RelaxedDenoiser(denoiser, 0.5)
-            note = f"denoiser relaxed to firmly non-expansive: D̃ = (1 − θ)I + θD with θ = {theta:.4g}"
-        else:
-            note = None
-        super().__init__(fidelity, denoiser, denoiser_sigma, step)
-        if note:
-            self.notes.append(note)
+            self.denoiser_weight *= theta
+            self.denoiser_certificate = certificate.relaxed(theta)
+            self.notes.append(f"denoiser relaxed to firmly non-expansive: D̃ = (1 − θ)I + θD_ω with θ = {theta:.4g}")
 
     def beta(self):
         alpha_d = self.denoiser_certificate.alpha
