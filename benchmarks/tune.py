@@ -61,7 +61,8 @@ def validation_problems(data: Path, model: str, count: int, size: int, noises: l
 _MODELS: dict = {}
 
 
-def run_problem(model_name: str, problem, solver: str, setting: tuple[float, float, float], max_iter: int, threads: int):
+def run_problem(model_name: str, problem, solver: str, setting: tuple[float, float, float], max_iter: int, tol: float,
+                threads: int):
     """One validation problem under one (strength, step_scale, denoiser weight) setting (in a worker)."""
     torch.set_num_threads(threads)
     if model_name not in _MODELS:
@@ -72,23 +73,23 @@ def run_problem(model_name: str, problem, solver: str, setting: tuple[float, flo
     sigma_d = strength * noise
     theory = ps.solvers.default_step(solver, ps.L2Fidelity(physics, y, noise), sigma_d)
     result = ps.solve(physics, y, _MODELS[model_name], noise, solver=solver, denoiser_sigma=sigma_d,
-                      step=step_scale * theory, denoiser_weight=weight, max_iter=max_iter, tol=1e-5)
+                      step=step_scale * theory, denoiser_weight=weight, max_iter=max_iter, tol=tol)
     return ps.psnr(result.estimate, clean).tolist(), result.iterations, len(result.violations), set(result.status)
 
 
 class Search:
     """Evaluates settings (strength, step_scale, weight) of one solver, each once, tasks spread over a pool."""
 
-    def __init__(self, pool, problems: dict, solver: str, max_iter: int, threads: int, bar):
+    def __init__(self, pool, problems: dict, solver: str, max_iter: int, tol: float, threads: int, bar):
         self.pool, self.problems, self.solver = pool, problems, solver
-        self.max_iter, self.threads, self.bar = max_iter, threads, bar
+        self.max_iter, self.tol, self.threads, self.bar = max_iter, tol, threads, bar
         self.rows: list[dict] = []
 
     def run(self, settings) -> dict:
         """Evaluate the settings not seen yet (in parallel); return the best row so far."""
         seen = {(r["strength"], r["step_scale"], r["weight"]) for r in self.rows}
         fresh = list(dict.fromkeys(s for s in settings if s not in seen))
-        futures = {s: [self.pool.submit(run_problem, name, problem, self.solver, s, self.max_iter, self.threads)
+        futures = {s: [self.pool.submit(run_problem, name, problem, self.solver, s, self.max_iter, self.tol, self.threads)
                        for name, model_problems in self.problems.items() for problem in model_problems]
                    for s in fresh}
         for setting, parts in futures.items():
@@ -138,6 +139,8 @@ def main() -> None:
     parser.add_argument("--solvers", nargs="+", default=["fb", "hqs", "drs", "admm"])
     parser.add_argument("--strengths", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
     parser.add_argument("--max-iter", type=int, default=300)
+    parser.add_argument("--tol", type=float, default=1e-5,
+                        help="stop at r_k/‖z_k‖ < TOL; small prior weights ω move slowly, so 1e-5 can stop them early")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per worker")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes, one (setting, model, noise) task each")
     parser.add_argument("--out", default=str(RESULTS / "tuning.md"))
@@ -152,7 +155,7 @@ def main() -> None:
     chosen, rows = {}, []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool, tqdm(desc="settings", mininterval=30, disable=not sys.stderr.isatty()) as bar:
         for solver in args.solvers:
-            search = Search(pool, problems, solver, args.max_iter, args.threads, bar)
+            search = Search(pool, problems, solver, args.max_iter, args.tol, args.threads, bar)
             chosen[solver] = tune_solver(search, args.strengths)
             rows += search.rows
     lines = header("Tuning of the solvers' default denoiser strength and step")
@@ -160,7 +163,7 @@ def main() -> None:
         f"- validation images (training sets, disjoint from every test set): "
         + "; ".join(f"{m}: {', '.join(names[m])} from `{VALIDATION[m][0]}`" for m in args.models),
         f"- {args.size}×{args.size} centre crops, motion kernels `motion_kernel(seed, 19)` with seeds {args.kernel_seeds}, "
-        f"noise σ·255 ∈ {args.noises}, circular boundary, max {args.max_iter} iterations, tol 1e-5",
+        f"noise σ·255 ∈ {args.noises}, circular boundary, max {args.max_iter} iterations, tol {args.tol:g}",
         "- σ_d = strength·σ_n; step τ = step_scale × theory default (FB: 1/L; HQS/DRS/ADMM: σ_d²); "
         "denoising step x + ω(D(x, σ_d) − x) with ω = weight",
         f"- wall time {time.perf_counter() - start:.0f} s",
