@@ -8,7 +8,7 @@ timing matters). Its first eval use computes the guaranteed per-conv norm bounds
 Every variant runs forward-backward / PnP-PGD x ↦ D(x − τ∇f(x), σ_d) with τ = 1/L, σ_d = 0.02,
 from x₀ = Aᵀy, for N iterations without early stopping:
 
-(a) ``pnp_stable.solve(op, y, D, 0.01, solver="fb", denoiser_sigma=0.02, max_iter=N, tol=0)``: the
+(a) ``pnp_stable.solve(op, y, D, 0.01, solver="fb", denoiser_sigma=0.02, denoiser_weight=1.0, max_iter=N, tol=0)``: the
     full loop ``run_scheme`` with the convergence monitor, per-sample stopping, divergence guard and
     best-iterate bookkeeping.
 (b) *Bare scheme loop*: ``run_scheme`` has no switch to turn the monitor off, so the benchmark
@@ -91,7 +91,7 @@ class CheapDenoiser:
 def ours_monitored(op, y, denoiser, n_iter: int):
     """(a) the public entry point: run_scheme with the monitor."""
     result = pnp_stable.solve(op, y, denoiser, NOISE_SIGMA, solver="fb", denoiser_sigma=DENOISER_SIGMA,
-                              max_iter=n_iter, tol=0.0)
+                              denoiser_weight=1.0, max_iter=n_iter, tol=0.0)
     return result.estimate
 
 
@@ -376,7 +376,7 @@ def main() -> None:
         "Variants:",
         "",
         f"- **(a) ours, monitored**: `pnp_stable.solve(op, y, D, {NOISE_SIGMA}, solver=\"fb\", "
-        f"denoiser_sigma={DENOISER_SIGMA}, max_iter=N, tol=0.0)` — `run_scheme` with the convergence monitor, "
+        f"denoiser_sigma={DENOISER_SIGMA}, denoiser_weight=1.0, max_iter=N, tol=0.0)` — `run_scheme` with the convergence monitor, "
         "per-sample stopping, divergence guard and best-iterate bookkeeping.",
         "- **(b) bare scheme loop**: `run_scheme` has no switch to turn the monitor off, so this is the "
         "benchmark's own loop: `scheme = ForwardBackward(L2Fidelity(op, y, 0.01), D, 0.02, 1/fidelity.lipschitz)`, "

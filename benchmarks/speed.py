@@ -63,7 +63,7 @@ def variants(y, physics, denoiser, iters: int) -> dict:
     for solver, cls in DEEPINV.items():
         def ours(solver=solver):
             return ps.solve(physics, y, plugged[solver], NOISE, solver=solver, denoiser_sigma=SIGMA_D,
-                            step=steps[solver], max_iter=iters, tol=0.0).estimate
+                            step=steps[solver], denoiser_weight=1.0, max_iter=iters, tol=0.0).estimate
 
         def theirs(solver=solver, cls=cls):
             optimiser = cls(prior=dinv.optim.PnP(denoiser=plugged[solver]), data_fidelity=dinv.optim.L2(sigma=NOISE),

@@ -59,6 +59,8 @@ ERROR_CASES = [
     ("bad noise value", ["deblur", "{root}/gray.png", "--kernel", "gaussian:1", "--noise", "loud"], "not a number"),
     ("unsafe step", ["deblur", "{root}/gray.png", "--kernel", "gaussian:1", "--noise", "0.01", "--step", "1",
                      "--denoiser", "{root}/gray-net.safetensors"], "allow_unsafe_step"),
+    ("denoiser weight past 1/α", ["deblur", "{root}/gray.png", "--kernel", "gaussian:1", "--noise", "0.01",
+                                  "--denoiser-weight", "5", "--denoiser", "{root}/gray-net.safetensors"], "1/α_D"),
 ]
 
 

@@ -76,7 +76,7 @@ def test_relaxed_iteration_is_monitored_with_lambda_beta(certified):
 
 def test_expansive_map_is_reported_and_stopped_without_nans():
     op, x, y = _problem()
-    result = ps.solve(op, y, Expansive(), 0.02, solver="fb", max_iter=200)
+    result = ps.solve(op, y, Expansive(), 0.02, solver="fb", denoiser_weight=1.0, max_iter=200)
     assert result.violations, "an expansive map must violate the claimed certificate"
     assert any(v.check == "monotone residual" and v.size > 0.05 for v in result.violations)
     assert "violations" in result.verdict
@@ -145,8 +145,9 @@ def test_beta_of_each_scheme_by_hand(certified):
     assert ps.solve(op, y, SoftThreshold(), 0.02, solver="drs", relaxation=1.5, max_iter=1).beta == pytest.approx(0.75)
     alpha = certified.certificate.alpha
     tuned_half_step = ps.solvers.TUNED["fb"].step_scale / 2  # default τ = step_scale/L: τL/2-averaged gradient step
+    tuned_weight = ps.solvers.TUNED["fb"].denoiser_weight  # the default denoising step x + ω(D(x) − x): ωα_D-averaged
     assert ps.solve(op, y, certified, 0.02, solver="fb", max_iter=1).beta == pytest.approx(
-        compose_averagedness([alpha, tuned_half_step]))
+        compose_averagedness([tuned_weight * alpha, tuned_half_step]))
     assert default_step("fb", fidelity, 0.05) == pytest.approx(1 / fidelity.lipschitz)
     assert default_step("hqs", fidelity, 0.05) == pytest.approx(0.0025)
     assert alpha_d == 0.5
@@ -179,7 +180,7 @@ def test_fb_matches_deepinv_pgd(deepinv_setup, certified):
     theirs = dinv.optim.PGD(prior=prior, data_fidelity=fidelity, stepsize=tau, sigma_denoiser=0.05, max_iter=20, early_stop=False)
     with torch.no_grad():
         expected = theirs(y, op)
-    ours = ps.solve(op, y, certified, 0.02, solver="fb", step=tau, denoiser_sigma=0.05, max_iter=20, tol=0.0)
+    ours = ps.solve(op, y, certified, 0.02, solver="fb", step=tau, denoiser_sigma=0.05, denoiser_weight=1.0, max_iter=20, tol=0.0)
     assert (ours.estimate - expected).abs().max().item() < 1e-5
 
 
@@ -210,3 +211,38 @@ def test_history_plot(tmp_path, certified):
     path = result.history.plot(tmp_path / "residuals.png")
     assert path.stat().st_size > 10_000
     assert math.isfinite(result.history.times[-1])
+
+
+def test_denoiser_weight_moves_omega_of_the_way_and_scales_the_certificate(certified):
+    """D_ω = x + ω(D(x) − x) is ωα_D-averaged: FB's β = compose(ωα_D, τL/2); ω ≥ 1/α_D is refused."""
+    op, x, y = _problem()
+    fidelity = L2Fidelity(op, y, 0.02)
+    alpha = certified.certificate.alpha
+    scheme = SCHEMES["fb"](fidelity, certified, 0.05, 1.0 / fidelity.lipschitz, denoiser_weight=0.3)
+    z = torch.rand(1, 1, SIZE, SIZE)
+    with torch.no_grad():
+        assert torch.allclose(scheme.denoise(z, None), z + 0.3 * (certified(z, 0.05) - z), atol=1e-6)
+    assert scheme.denoiser_certificate.alpha == pytest.approx(0.3 * alpha)
+    result = ps.solve(op, y, certified, 0.02, solver="fb", denoiser_weight=0.3, max_iter=200, tol=0.0)
+    assert result.beta == pytest.approx(compose_averagedness([0.3 * alpha, ps.solvers.TUNED["fb"].step_scale / 2]))
+    assert result.violations == [], result.verdict
+    with pytest.raises(ValueError, match="1/α_D"):
+        ps.solve(op, y, certified, 0.02, solver="fb", denoiser_weight=1.01 / alpha)
+    with pytest.raises(ValueError, match="must be > 0"):
+        ps.solve(op, y, certified, 0.02, solver="fb", denoiser_weight=0.0)
+    # an uncertified denoiser is weighted too, and stays uncertified
+    dncnn = DnCNNBaseline(channels=1, width=4, depth=2).eval()
+    assert ps.solve(op, y, dncnn, 0.02, solver="fb", denoiser_weight=2.0, max_iter=2).beta is None
+
+
+def test_drs_folds_its_firm_nonexpansiveness_relaxation_into_the_weight(certified):
+    """DRS needs D̃ firmly non-expansive: with ωα_D > 1/2 the weight becomes ω·1/(2ωα_D); with ωα_D ≤ 1/2
+    no relaxation is added."""
+    op, x, y = _problem()
+    fidelity = L2Fidelity(op, y, 0.02)
+    alpha = certified.certificate.alpha
+    strong = SCHEMES["drs"](fidelity, certified, 0.05, 0.0025, denoiser_weight=0.9)
+    assert strong.denoiser_weight == pytest.approx(0.5 / alpha) and strong.denoiser_certificate.alpha == pytest.approx(0.5)
+    assert any("relaxed to firmly non-expansive" in note for note in strong.notes)
+    weak = SCHEMES["drs"](fidelity, certified, 0.05, 0.0025, denoiser_weight=0.4)
+    assert weak.denoiser_weight == 0.4 and weak.notes == [] and weak.beta()[0] == 0.5
