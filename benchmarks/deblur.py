@@ -57,8 +57,8 @@ class Outcome:
 class Methods:
     """name → run(physics, y, noise, parameter) and the parameter grid to tune it on."""
 
-    def __init__(self, max_iter: int | None, bm3d_iters: int):
-        self.max_iter, self.bm3d_iters = max_iter, bm3d_iters
+    def __init__(self, max_iter: int | None, bm3d_iters: int, tol: float):
+        self.max_iter, self.bm3d_iters, self.tol = max_iter, bm3d_iters, tol
         self.models = {}
 
     def model(self, name):
@@ -84,7 +84,7 @@ class Methods:
 
     def _pnp(self, physics, y, noise, denoiser, solver, strength, max_iter=None, weight=None) -> Outcome:
         result = ps.solve(physics, y, denoiser, noise, solver=solver, denoiser_sigma=strength * noise,
-                          denoiser_weight=weight, max_iter=max_iter or self.max_iter, tol=1e-5)
+                          denoiser_weight=weight, max_iter=max_iter or self.max_iter, tol=self.tol)
         return Outcome(result.estimate, result.iterations, len(result.violations), set(result.status))
 
 
@@ -143,7 +143,7 @@ def evaluate(args, validation_paths: list[Path], method: str, noise255: float) -
     kernels = [list(levin.values())[i] for i in args.kernels]
     validation = [(c, ps.motion_kernel(20 + i, 19))
                   for i, c in enumerate(load_crops(validation_paths, args.validation_size, gray=False))]
-    methods = Methods(args.max_iter, args.bm3d_iters)
+    methods = Methods(args.max_iter, args.bm3d_iters, args.tol)
     noise = noise255 / 255
     parameter, val_psnr = tune(methods, method, validation, noise)
     rows, showcase = [], {}
@@ -183,6 +183,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None, help="centre crops of this side instead of whole test images")
     parser.add_argument("--max-iter", type=int, default=None, help="iterations of every PnP run and TV; None: each solver's tuned budget")
     parser.add_argument("--bm3d-iters", type=int, default=8)
+    parser.add_argument("--tol", type=float, default=1e-5, help="PnP and TV stop at r_k/‖z_k‖ < TOL")
     parser.add_argument("--validation", type=int, default=3, help="CBSD432 crops used for tuning")
     parser.add_argument("--validation-size", type=int, default=96)
     parser.add_argument("--jobs", type=int, default=1, help="worker processes, one (method, noise) task each")
@@ -200,7 +201,7 @@ def main() -> None:
         f"- tuning: {args.validation} CBSD432 centre crops ({args.validation_size} px: {', '.join(p.name for p in validation_paths)}) "
         f"× motion kernels `motion_kernel(20 + i, 19)`; grids {GRIDS}, PnP strengths {PNP_FACTORS} × the solver's default, each extended "
         f"geometrically while the best value sits on an end",
-        f"- PnP: up to {args.max_iter or 'the solver’s tuned number of'} iterations (BM3D: {args.bm3d_iters}), tol 1e-5, "
+        f"- PnP: up to {args.max_iter or 'the solver’s tuned number of'} iterations (BM3D: {args.bm3d_iters}), tol {args.tol:g}, "
         f"tuned strength, the solver's default step, denoiser weight ω and iteration budget "
         f"({'; '.join(f'{name}: {t.step_scale:g} × theory, ω = {t.denoiser_weight:g}, {t.max_iter}' for name, t in ps.solvers.TUNED.items())}); "
         f"TV: FB with ω = 1",

@@ -1,7 +1,8 @@
 """Defaults used when the caller gives no denoiser strength, weight, step or iteration budget.
 
 They come from ``benchmarks/tune.py`` (grid search on validation images outside every test set;
-results and command in ``benchmarks/results/tuning.md``, which a test compares with this table).
+results and command in ``benchmarks/results/tuning.md`` and, for FB's denoiser weight and budget,
+``tuning-fb.md``; a test compares them with this table).
 σ_d = ``strength``·σ_n; FB/FISTA step τ = ``step_scale``/L (L = ‖A‖²/σ_n², so averagedness needs
 ``step_scale`` < 2); HQS/DRS/ADMM step τ = ``step_scale``·σ_d²; the denoising step is x + ω(D(x, σ_d) − x) with
 ω = ``denoiser_weight``.
@@ -23,8 +24,8 @@ class Tuned:
 
 
 TUNED = {
-    "fb": Tuned(strength=1.0, step_scale=1.9, max_iter=200),
-    "fista": Tuned(strength=1.0, step_scale=1.9, max_iter=200),
+    "fb": Tuned(strength=1.0, step_scale=1.9, max_iter=300, denoiser_weight=1.0),
+    "fista": Tuned(strength=1.0, step_scale=1.9, max_iter=300, denoiser_weight=1.0),
     "hqs": Tuned(strength=2.0, step_scale=2.0, max_iter=200),
     "drs": Tuned(strength=1.414, step_scale=1.0, max_iter=200),
     "admm": Tuned(strength=1.414, step_scale=1.0, max_iter=200),
