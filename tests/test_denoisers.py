@@ -93,6 +93,28 @@ def test_noise_adaptive_relaxation_scales_the_step_toward_identity_and_the_certi
         AveragedDenoiser(channels=1, width=8, depth=2, noise_adaptive=True, noise_level_input=False)
 
 
+def test_certificate_at_a_noise_level_is_theta_of_sigma_times_alpha_n_and_holds_there():
+    """D(·, σ) = (1 − θ(σ))I + θ(σ)N(·, σ) is θ(σ)α_N-averaged: tighter than the σ-uniform certificate at small σ."""
+    torch.manual_seed(0)
+    plain = AveragedDenoiser(channels=1, width=8, depth=2).eval()
+    torch.manual_seed(0)
+    adaptive = AveragedDenoiser(channels=1, width=8, depth=2, noise_adaptive=True).eval()
+    assert plain.certificate_at(0.01) == plain.certificate
+    alpha_n = plain.certificate.alpha
+    x, y = natural_starts(200, SHAPE, seed=8), natural_starts(200, SHAPE, seed=9)
+    for sigma in (0.0, 0.01, 0.05):
+        at_sigma = adaptive.certificate_at(sigma).alpha
+        assert at_sigma == pytest.approx(adaptive.adaptive_relaxation(sigma).item() * alpha_n)
+        assert at_sigma < adaptive.certificate.alpha
+        assert averagedness_defects(adaptive, x, y, at_sigma, sigma=sigma).max().item() <= TOL
+    batch = torch.tensor([0.0, 0.05])  # a batch of levels: the largest θ over it
+    assert adaptive.certificate_at(batch).alpha == pytest.approx(adaptive.certificate_at(0.05).alpha)
+    assert ps.denoisers.certificate_of(adaptive, 0.01) == adaptive.certificate_at(0.01)
+    assert adaptive.relaxed(0.3).certificate_at(0.01).alpha == pytest.approx(0.3 / adaptive.certificate.alpha * adaptive.certificate_at(0.01).alpha)
+    with pytest.raises(ValueError, match="≥ 0"):
+        adaptive.certificate_at(-0.1)
+
+
 def test_relaxed_and_firmly_nonexpansive():
     model = AveragedDenoiser(channels=1, width=6, depth=2).eval()
     fne = model.firmly_nonexpansive()

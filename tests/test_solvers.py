@@ -246,3 +246,17 @@ def test_drs_folds_its_firm_nonexpansiveness_relaxation_into_the_weight(certifie
     assert any("relaxed to firmly non-expansive" in note for note in strong.notes)
     weak = SCHEMES["drs"](fidelity, certified, 0.05, 0.0025, denoiser_weight=0.4)
     assert weak.denoiser_weight == 0.4 and weak.notes == [] and weak.beta()[0] == 0.5
+
+
+def test_fb_and_hqs_are_checked_against_the_certificate_at_the_denoiser_sigma():
+    """A noise-adaptive D(·, σ_d) is θ(σ_d)α_N-averaged; β and the monitor use that tighter α."""
+    torch.manual_seed(0)
+    adaptive = AveragedDenoiser(channels=1, width=6, depth=2, noise_adaptive=True).eval()
+    op, x, y = _problem()
+    alpha = adaptive.certificate_at(0.02).alpha
+    assert alpha < adaptive.certificate.alpha
+    fb = ps.solve(op, y, adaptive, 0.02, solver="fb", denoiser_sigma=0.02, denoiser_weight=1.0, max_iter=150, tol=0.0)
+    assert fb.beta == pytest.approx(compose_averagedness([alpha, ps.solvers.TUNED["fb"].step_scale / 2]))
+    hqs = ps.solve(op, y, adaptive, 0.02, solver="hqs", denoiser_sigma=0.02, max_iter=150, tol=0.0)
+    assert hqs.beta == pytest.approx(compose_averagedness([alpha, 0.5]))
+    assert fb.violations == [] and hqs.violations == [], (fb.verdict, hqs.verdict)

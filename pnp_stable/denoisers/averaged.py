@@ -18,8 +18,12 @@ ADAPTIVE_RATE = 10.0  # the logit is ADAPTIVE_RATE × (p₀ + p₁σ/unit): Adam
 ADAPTIVE_INIT = (-2.0, 6.0)  # initial logit: θ(0) ≈ 0.12, θ(25/255) ≈ 0.98
 
 
-def certificate_of(denoiser) -> Certificate:
-    """The denoiser's ``certificate`` attribute, or 'no certificate' for any other callable."""
+def certificate_of(denoiser, sigma=None) -> Certificate:
+    """The denoiser's ``certificate`` attribute, or 'no certificate' for any other callable. With ``sigma``
+    (a float or a [B] tensor) and a denoiser that has ``certificate_at``, the certificate of D(·, σ) at those
+    noise levels, which can be tighter than the one that holds for every σ."""
+    if sigma is not None and hasattr(denoiser, "certificate_at"):
+        return denoiser.certificate_at(sigma)
     certificate = getattr(denoiser, "certificate", None)
     if isinstance(certificate, Certificate):
         return certificate
@@ -157,7 +161,23 @@ class AveragedDenoiser(dinv.models.Denoiser):
 
     @property
     def certificate(self) -> Certificate:
-        """Lipschitz ≤ 1 and α = θ·α_N from guaranteed per-layer norm bounds (eval-mode network)."""
+        """Lipschitz ≤ 1 and α = θ·α_N from guaranteed per-layer norm bounds (eval-mode network), for every σ."""
+        return self._certificate(self.adaptive_supremum(), "sup θ(σ)")
+
+    def certificate_at(self, sigma) -> Certificate:
+        """Certificate of D(·, σ) at the given noise level(s): α = relaxation·θ(σ)·α_N with θ(σ) the noise-adaptive
+        relaxation (its largest value over a [B] tensor of levels); without ``noise_adaptive``, :attr:`certificate`."""
+        if self.adaptive_logit is None:
+            return self.certificate
+        sigma = torch.as_tensor(sigma, dtype=self.adaptive_logit.dtype).detach()  # θ exactly as forward computes it
+        if not bool((sigma >= 0).all()):
+            raise ValueError(f"noise level sigma must be ≥ 0, got {sigma.min().item():g}")
+        theta = float(self.adaptive_relaxation(sigma).detach().max())
+        return self._certificate(theta, f"θ(σ) at σ ≤ {float(sigma.max()):.6g}")
+
+    def _certificate(self, theta: float, theta_label: str) -> Certificate:
+        """α = relaxation·θ·α_N: N = Pᵀ B_K∘…∘B_1 P is α_N-averaged (1: only non-expansive), and
+        (1 − θ)I + θN is θα_N-averaged."""
         block_alphas = [block.averagedness() for block in self.blocks]
         integrator = self.config["integrator"]
         if all(a is not None for a in block_alphas):
@@ -166,9 +186,8 @@ class AveragedDenoiser(dinv.models.Denoiser):
         else:
             alpha_net = 1.0
             how = f"{len(self.blocks)} non-expansive {integrator} blocks"
-        sup_theta = self.adaptive_supremum()
-        alpha = self.relaxation * sup_theta * alpha_net
-        adaptive = f"; noise-adaptive relaxation sup θ(σ) = {sup_theta:.6g}" if self.adaptive_logit is not None else ""
+        alpha = self.relaxation * theta * alpha_net
+        adaptive = f"; noise-adaptive relaxation {theta_label} = {theta:.6g}" if self.adaptive_logit is not None else ""
         method = (
             f"{how}; per-layer ‖A‖ from the guaranteed conv-symbol bound (Bernstein branch and bound, "
             f"rel. tol 1e-2), sub-steps h·L‖A‖² ≤ 2ar with a = {self.config['budget']:g}; relaxation θ = {self.relaxation:g}"
@@ -209,3 +228,7 @@ class RelaxedDenoiser(dinv.models.Denoiser):
     @property
     def certificate(self) -> Certificate:
         return certificate_of(self.base).relaxed(self.theta)
+
+    def certificate_at(self, sigma) -> Certificate:
+        """(1 − θ)I + θD(·, σ) is θα_D(σ)-averaged."""
+        return certificate_of(self.base, sigma).relaxed(self.theta)

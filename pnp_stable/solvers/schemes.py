@@ -1,5 +1,5 @@
 """PnP iterations written as fixed-point maps z ↦ T(z) on a governing variable z, each with the
-averagedness β of T that theory certifies from the denoiser's certificate (DESIGN.md §1). D below is the
+averagedness β of T that theory certifies from the denoiser's certificate at σ_d (DESIGN.md §1). D below is the
 weighted denoising step D_ω = (1 − ω)I + ωD(·, σ_d), ωα_D-averaged for ω ∈ (0, 1/α_D) (ω = 1: D itself):
 
 | scheme | T | β |
@@ -78,7 +78,8 @@ class Scheme:
         self.step_size = float(step)
         self.notes: list[str] = []
         self.denoiser_weight = float(denoiser_weight)
-        self.denoiser_certificate: Certificate = _weighted_certificate(certificate_of(denoiser), self.denoiser_weight)
+        self.denoiser_certificate: Certificate = _weighted_certificate(
+            certificate_of(denoiser, denoiser_sigma), self.denoiser_weight)  # at σ_d: tighter for noise-adaptive D
 
     def sigma_for(self, index: Tensor | None):
         sigma = self.denoiser_sigma
@@ -142,15 +143,16 @@ class HalfQuadraticSplitting(Scheme):
 
 class _SplittingWithFNEDenoiser(Scheme):
     """DRS and ADMM need a firmly non-expansive denoiser: an α-averaged D_ω with α > 1/2 is relaxed further,
-    to D̃ = (1 − θ)I + θD_ω with θ = 1/(2α) (a denoising weight of θω)."""
+    to D̃ = (1 − θ)I + θD_ω with θ = 1/(2α) (a denoising weight of θω). α is the denoiser's certificate for
+    every σ, so the iteration does not change with σ_d; the certificate at σ_d only tightens what is checked."""
 
     def __init__(self, fidelity, denoiser, denoiser_sigma, step, denoiser_weight: float = 1.0):
         super().__init__(fidelity, denoiser, denoiser_sigma, step, denoiser_weight)
-        certificate = self.denoiser_certificate
-        if certificate.alpha is not None and certificate.alpha > 0.5:
-            theta = relaxation_for_target(certificate.alpha, 0.5)
+        every_sigma = _weighted_certificate(certificate_of(denoiser), self.denoiser_weight)
+        if every_sigma.alpha is not None and every_sigma.alpha > 0.5:
+            theta = relaxation_for_target(every_sigma.alpha, 0.5)
             self.denoiser_weight *= theta
-            self.denoiser_certificate = certificate.relaxed(theta)
+            self.denoiser_certificate = self.denoiser_certificate.relaxed(theta)
             self.notes.append(f"denoiser relaxed to firmly non-expansive: D̃ = (1 − θ)I + θD_ω with θ = {theta:.4g}")
 
     def beta(self):
