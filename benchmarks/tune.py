@@ -158,7 +158,7 @@ def main() -> None:
             search = Search(pool, problems, solver, args.max_iter, args.tol, args.threads, bar)
             chosen[solver] = tune_solver(search, args.strengths)
             rows += search.rows
-    lines = header("Tuning of the solvers' default denoiser strength and step")
+    lines = header("Tuning of the solvers' default denoiser strength, step and denoiser weight")
     lines += [
         f"- validation images (training sets, disjoint from every test set): "
         + "; ".join(f"{m}: {', '.join(names[m])} from `{VALIDATION[m][0]}`" for m in args.models),

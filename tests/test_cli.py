@@ -41,6 +41,8 @@ def files(tmp_path_factory):
     torch.manual_seed(0)
     ps.save_denoiser(ps.AveragedDenoiser(channels=1, width=4, depth=1).eval(), root / "gray-net.safetensors")
     ps.save_denoiser(ps.AveragedDenoiser(channels=3, width=5, depth=1).eval(), root / "colour-net.safetensors")
+    ps.save_denoiser(ps.AveragedDenoiser(channels=1, width=4, depth=1, noise_adaptive=True).eval(),
+                     root / "adaptive-net.safetensors")
     return root
 
 
@@ -126,7 +128,11 @@ def test_progress_bars_on_a_terminal_and_silenced_by_quiet(files, tmp_path):
 def test_certify_and_models(files):
     done = run_cli("certify", files / "gray-net.safetensors", "--size", "12", "--steps", "5", "--pairs", "8")
     assert done.returncode == 0, done.stderr
-    assert "within the certificate" in done.stdout and "averaged with α" in done.stdout
+    assert "within the certificate" in done.stdout and "averaged with α" in done.stdout and "at σ" not in done.stdout
+    adaptive = run_cli("certify", files / "adaptive-net.safetensors", "--sigma", "0.01", "--size", "12", "--steps", "5",
+                       "--pairs", "8")
+    assert adaptive.returncode == 0, adaptive.stderr
+    assert "at σ = 0.01:" in adaptive.stdout and "within the certificate" in adaptive.stdout
     models = run_cli("models")
     assert models.returncode == 0 and "averaged-gray" in models.stdout and "Lipschitz ≤ 1" in models.stdout
 
