@@ -77,7 +77,6 @@ def deblur(
     boundary: str = "circular",
     denoiser_sigma: float | None = None,
     step: float | None = None,
-    denoiser_weight: float | None = None,
     max_iter: int | None = None,
     tol: float = 1e-5,
     relaxation: float = 1.0,
@@ -86,6 +85,7 @@ def deblur(
     device: str | torch.device = "cpu",
     progress: bool = False,
     allow_unsafe_step: bool = False,
+    denoiser_weight: float | None = None,
 ) -> PnPResult:
     """Restore ``y = k * x + n`` (n ~ N(0, noise_sigma²), values on the [0, 1] scale) by monitored PnP.
 

@@ -95,6 +95,8 @@ def test_noise_adaptive_relaxation_scales_the_step_toward_identity_and_the_certi
 
 def test_certificate_at_a_noise_level_is_theta_of_sigma_times_alpha_n_and_holds_there():
     """D(·, σ) = (1 − θ(σ))I + θ(σ)N(·, σ) is θ(σ)α_N-averaged: tighter than the σ-uniform certificate at small σ."""
+    from pnp_stable.denoisers.averaged import ADAPTIVE_RATE
+
     torch.manual_seed(0)
     plain = AveragedDenoiser(channels=1, width=8, depth=2).eval()
     torch.manual_seed(0)
@@ -107,8 +109,13 @@ def test_certificate_at_a_noise_level_is_theta_of_sigma_times_alpha_n_and_holds_
         assert at_sigma == pytest.approx(adaptive.adaptive_relaxation(sigma).item() * alpha_n)
         assert at_sigma < adaptive.certificate.alpha
         assert averagedness_defects(adaptive, x, y, at_sigma, sigma=sigma).max().item() <= TOL
-    batch = torch.tensor([0.0, 0.05])  # a batch of levels: the largest θ over it
+    batch = torch.tensor([0.0, 0.05])  # a batch of levels: the largest θ over it, whichever way θ runs
     assert adaptive.certificate_at(batch).alpha == pytest.approx(adaptive.certificate_at(0.05).alpha)
+    decreasing = AveragedDenoiser(channels=1, width=8, depth=2, noise_adaptive=True).eval()
+    with torch.no_grad():
+        decreasing.adaptive_logit.copy_(torch.tensor([1.0, -1.0]) / ADAPTIVE_RATE)
+    assert decreasing.certificate_at(batch).alpha == pytest.approx(decreasing.certificate_at(0.0).alpha)
+    assert decreasing.certificate_at(0.0).alpha > decreasing.certificate_at(0.05).alpha
     assert ps.denoisers.certificate_of(adaptive, 0.01) == adaptive.certificate_at(0.01)
     assert adaptive.relaxed(0.3).certificate_at(0.01).alpha == pytest.approx(0.3 / adaptive.certificate.alpha * adaptive.certificate_at(0.01).alpha)
     with pytest.raises(ValueError, match="≥ 0"):

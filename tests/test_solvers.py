@@ -8,6 +8,7 @@ import pnp_stable as ps
 from pnp_stable.denoisers import AveragedDenoiser, DnCNNBaseline, natural_starts
 from pnp_stable.operators import L2Fidelity
 from pnp_stable.solvers import SCHEMES, default_step
+from pnp_stable.solvers.schemes import _weighted_certificate
 from pnp_stable.theory import Certificate, compose_averagedness
 
 SIZE = 24
@@ -193,7 +194,7 @@ def test_drs_and_admm_match_deepinv(deepinv_setup, certified):
                             early_stop=False, beta=1.0)
     with torch.no_grad():
         expected = theirs(y, op)
-    ours = ps.solve(op, y, fne, 0.02, solver="drs", step=tau, denoiser_sigma=0.05, max_iter=20, tol=0.0)
+    ours = ps.solve(op, y, fne, 0.02, solver="drs", step=tau, denoiser_sigma=0.05, denoiser_weight=1.0, max_iter=20, tol=0.0)
     assert ours.notes == []  # already firmly non-expansive: no relaxation added
     assert (ours.estimate - expected).abs().max().item() < 1e-5
     # ADMM: deepinv started from (x₀, z₀ = 0), our documented initialisation v₀ = P(x₀)
@@ -201,7 +202,7 @@ def test_drs_and_admm_match_deepinv(deepinv_setup, certified):
                              early_stop=False, custom_init=lambda y, physics: {"est": (physics.A_adjoint(y), torch.zeros_like(physics.A_adjoint(y)))})
     with torch.no_grad():
         expected = theirs(y, op)
-    ours = ps.solve(op, y, fne, 0.02, solver="admm", step=tau, denoiser_sigma=0.05, max_iter=20, tol=0.0)
+    ours = ps.solve(op, y, fne, 0.02, solver="admm", step=tau, denoiser_sigma=0.05, denoiser_weight=1.0, max_iter=20, tol=0.0)
     assert (ours.estimate - expected).abs().max().item() < 1e-5
 
 
@@ -232,7 +233,15 @@ def test_denoiser_weight_moves_omega_of_the_way_and_scales_the_certificate(certi
         ps.solve(op, y, certified, 0.02, solver="fb", denoiser_weight=0.0)
     # an uncertified denoiser is weighted too, and stays uncertified
     dncnn = DnCNNBaseline(channels=1, width=4, depth=2).eval()
-    assert ps.solve(op, y, dncnn, 0.02, solver="fb", denoiser_weight=2.0, max_iter=2).beta is None
+    weighted = SCHEMES["fb"](fidelity, dncnn, 0.05, 1.0 / fidelity.lipschitz, denoiser_weight=2.0)
+    with torch.no_grad():
+        assert torch.allclose(weighted.denoise(z, None), z + 2.0 * (dncnn(z, 0.05) - z), atol=1e-6)
+    assert weighted.beta()[0] is None
+    # a merely non-expansive D: ω < 1 makes it ω-averaged, ω > 1 is refused
+    nonexpansive = Certificate(lipschitz=1.0, alpha=None, method="non-expansive only")
+    assert _weighted_certificate(nonexpansive, 0.4).alpha == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="denoiser_weight"):
+        _weighted_certificate(nonexpansive, 1.5)
 
 
 def test_drs_folds_its_firm_nonexpansiveness_relaxation_into_the_weight(certified):
@@ -246,6 +255,16 @@ def test_drs_folds_its_firm_nonexpansiveness_relaxation_into_the_weight(certifie
     assert any("relaxed to firmly non-expansive" in note for note in strong.notes)
     weak = SCHEMES["drs"](fidelity, certified, 0.05, 0.0025, denoiser_weight=0.4)
     assert weak.denoiser_weight == 0.4 and weak.notes == [] and weak.beta()[0] == 0.5
+    for solver in ("drs", "admm"):  # ω = 1 is the firmly non-expansive relaxation the solvers always made
+        folded = ps.solve(op, y, certified, 0.02, solver=solver, denoiser_weight=1.0, max_iter=20, tol=0.0)
+        wrapped = ps.solve(op, y, certified.firmly_nonexpansive(), 0.02, solver=solver, denoiser_weight=1.0, max_iter=20, tol=0.0)
+        assert (folded.estimate - wrapped.estimate).abs().max().item() < 1e-6
+    # a noise-adaptive D: relaxed by its σ-uniform certificate, checked with the one at σ_d
+    torch.manual_seed(0)
+    adaptive = AveragedDenoiser(channels=1, width=6, depth=2, noise_adaptive=True).eval()
+    drs = SCHEMES["drs"](fidelity, adaptive, 0.05, 0.0025)
+    assert drs.denoiser_weight == pytest.approx(0.5 / adaptive.certificate.alpha)
+    assert drs.denoiser_certificate.alpha == pytest.approx(adaptive.certificate_at(0.05).alpha * drs.denoiser_weight)
 
 
 def test_fb_and_hqs_are_checked_against_the_certificate_at_the_denoiser_sigma():

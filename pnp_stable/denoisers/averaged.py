@@ -169,11 +169,11 @@ class AveragedDenoiser(dinv.models.Denoiser):
         relaxation (its largest value over a [B] tensor of levels); without ``noise_adaptive``, :attr:`certificate`."""
         if self.adaptive_logit is None:
             return self.certificate
-        sigma = torch.as_tensor(sigma, dtype=self.adaptive_logit.dtype).detach()  # θ exactly as forward computes it
+        sigma = torch.as_tensor(sigma, dtype=self.adaptive_logit.dtype).detach()  # as forward does for inputs of this dtype
         if not bool((sigma >= 0).all()):
             raise ValueError(f"noise level sigma must be ≥ 0, got {sigma.min().item():g}")
         theta = float(self.adaptive_relaxation(sigma).detach().max())
-        return self._certificate(theta, f"θ(σ) at σ ≤ {float(sigma.max()):.6g}")
+        return self._certificate(theta, f"max θ(σ) over σ ∈ [{float(sigma.min()):.6g}, {float(sigma.max()):.6g}] given")
 
     def _certificate(self, theta: float, theta_label: str) -> Certificate:
         """α = relaxation·θ·α_N: N = Pᵀ B_K∘…∘B_1 P is α_N-averaged (1: only non-expansive), and

@@ -156,7 +156,6 @@ def solve(
     solver: str = "fb",
     denoiser_sigma: float | Tensor | None = None,
     step: float | None = None,
-    denoiser_weight: float | None = None,
     relaxation: float = 1.0,
     max_iter: int | None = None,
     tol: float = 1e-5,
@@ -165,6 +164,7 @@ def solve(
     allow_unsafe_step: bool = False,
     divergence_factor: float = 1e4,
     progress: bool = False,
+    denoiser_weight: float | None = None,
 ) -> PnPResult:
     """Plug-and-Play restoration of ``y = A x + n`` (n ~ N(0, noise_sigma²)) with a monitored fixed-point iteration.
 
@@ -174,8 +174,9 @@ def solve(
     ``denoiser_sigma``, ``step``, ``denoiser_weight`` and ``max_iter`` default to the tuned values of
     :mod:`pnp_stable.solvers.defaults` (σ_d = strength·noise_sigma, τ = step_scale × the theory's
     default of :func:`default_step`); FB refuses τ ≥ 2/L unless ``allow_unsafe_step``.
-    ``denoiser_weight`` ω makes the denoising step x + ω(D(x, σ_d) − x), ωα_D-averaged for ω ∈ (0, 1/α_D):
-    the prior's weight, separate from the denoiser strength σ_d. ``relaxation`` λ gives the
+    ``denoiser_weight`` ω makes the denoising step x + ω(D(x, σ_d) − x), ωα_D-averaged for ω ∈ (0, 1/α_D)
+    (α_D: the certificate of D(·, σ_d)): the prior's weight, separate from the denoiser strength σ_d.
+    DRS/ADMM use min(ω, 1/(2α_D)) with α_D the certificate for every σ (firm non-expansiveness). ``relaxation`` λ gives the
     Krasnosel'skii–Mann iteration z + λ(Tz − z), λβ-averaged for λ ∈ (0, 1/β).
     """
     if solver not in SCHEMES:

@@ -47,13 +47,15 @@ def _as_denoiser(denoiser) -> Callable[[Tensor, Tensor | float], Tensor]:
 
 
 def _weighted_certificate(certificate: Certificate, weight: float) -> Certificate:
-    """Certificate of D_ω = (1 − ω)I + ωD: ωα-averaged for ω ∈ (0, 1/α); an uncertified D stays uncertified."""
+    """Certificate of D_ω = (1 − ω)I + ωD: ωα-averaged for ω ∈ (0, 1/α), ω-averaged for a merely non-expansive
+    D and ω < 1; an uncertified D stays uncertified. Other weights would void the certificate and are refused."""
     if weight == 1 or (certificate.alpha is None and not certificate.nonexpansive):
         return certificate
-    if certificate.alpha is not None and not weight < 1 / certificate.alpha:
+    limit = 1 / certificate.alpha if certificate.alpha is not None else 1.0
+    if not weight < limit:
         raise ValueError(
-            f"denoiser_weight ω = {weight:g} ≥ 1/α_D = {1 / certificate.alpha:.6g}: (1 − ω)I + ωD is then not "
-            f"averaged and the iteration loses its guarantee; choose ω < {1 / certificate.alpha:.6g}"
+            f"denoiser_weight ω = {weight:g} ≥ {limit:.6g} (1/α_D at σ_d; 1 for a merely non-expansive D): "
+            f"(1 − ω)I + ωD is then not averaged and the iteration loses its guarantee; choose ω < {limit:.6g}"
         )
     return certificate.relaxed(weight)
 
@@ -143,8 +145,8 @@ class HalfQuadraticSplitting(Scheme):
 
 class _SplittingWithFNEDenoiser(Scheme):
     """DRS and ADMM need a firmly non-expansive denoiser: an α-averaged D_ω with α > 1/2 is relaxed further,
-    to D̃ = (1 − θ)I + θD_ω with θ = 1/(2α) (a denoising weight of θω). α is the denoiser's certificate for
-    every σ, so the iteration does not change with σ_d; the certificate at σ_d only tightens what is checked."""
+    to D̃ = (1 − θ)I + θD_ω with θ = 1/(2α), so the denoising weight in use is min(ω, 1/(2α_D)). α here is
+    the denoiser's certificate for every σ (the iteration is the one tuned and benchmarked, whatever σ_d)."""
 
     def __init__(self, fidelity, denoiser, denoiser_sigma, step, denoiser_weight: float = 1.0):
         super().__init__(fidelity, denoiser, denoiser_sigma, step, denoiser_weight)
@@ -153,7 +155,8 @@ class _SplittingWithFNEDenoiser(Scheme):
             theta = relaxation_for_target(every_sigma.alpha, 0.5)
             self.denoiser_weight *= theta
             self.denoiser_certificate = self.denoiser_certificate.relaxed(theta)
-            self.notes.append(f"denoiser relaxed to firmly non-expansive: D̃ = (1 − θ)I + θD_ω with θ = {theta:.4g}")
+            self.notes.append(f"denoiser relaxed to firmly non-expansive: D̃ = (1 − θ)I + θD_ω with θ = {theta:.4g} "
+                              f"(denoising weight {self.denoiser_weight:.4g})")
 
     def beta(self):
         alpha_d = self.denoiser_certificate.alpha
