@@ -30,14 +30,20 @@ def certificate_of(denoiser, sigma=None) -> Certificate:
     return Certificate.none(f"{type(denoiser).__name__} carries no certificate")
 
 
+def _check_nonnegative(sigma: Tensor) -> Tensor:
+    """Noise levels must be ≥ 0: the certificates hold for σ ≥ 0 (sup θ is taken there)."""
+    if not bool((sigma >= 0).all()):
+        raise ValueError(f"noise level sigma must be ≥ 0, got {sigma.min().item():g}")
+    return sigma
+
+
 def _sigma_map(sigma, x: Tensor) -> Tensor:
     sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
     if sigma.ndim == 0:
         sigma = sigma.expand(x.shape[0])
     if sigma.shape != (x.shape[0],):
         raise ValueError(f"sigma must be a float or a tensor of shape [B] = [{x.shape[0]}], got {tuple(sigma.shape)}")
-    if not bool((sigma >= 0).all()):
-        raise ValueError(f"noise level sigma must be ≥ 0, got {sigma.min().item():g}")
+    _check_nonnegative(sigma)
     return sigma[:, None, None, None].expand(x.shape[0], 1, *x.shape[-2:])
 
 
@@ -169,9 +175,7 @@ class AveragedDenoiser(dinv.models.Denoiser):
         relaxation (its largest value over a [B] tensor of levels); without ``noise_adaptive``, :attr:`certificate`."""
         if self.adaptive_logit is None:
             return self.certificate
-        sigma = torch.as_tensor(sigma, dtype=self.adaptive_logit.dtype).detach()  # as forward does for inputs of this dtype
-        if not bool((sigma >= 0).all()):
-            raise ValueError(f"noise level sigma must be ≥ 0, got {sigma.min().item():g}")
+        sigma = _check_nonnegative(torch.as_tensor(sigma, dtype=self.adaptive_logit.dtype).detach())  # as forward casts σ
         theta = float(self.adaptive_relaxation(sigma).detach().max())
         return self._certificate(theta, f"max θ(σ) over σ ∈ [{float(sigma.min()):.6g}, {float(sigma.max()):.6g}] given")
 
