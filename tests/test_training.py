@@ -159,3 +159,25 @@ def test_fine_tuning_starts_from_a_weights_file_and_may_add_the_noise_adaptive_r
         Trainer(config, progress=False)
     argv = ["--data", str(folders / "train"), "--out", str(tmp_path / "x.safetensors"), "--model", "dncnn", "--noise-adaptive"]
     assert main(argv) == 2
+
+
+def test_noise_relative_loss_weighs_each_patch_by_its_noise_level(folders, tmp_path):
+    from pnp_stable.training import denoising_loss
+    from pnp_stable.training.__main__ import main
+
+    clean = torch.zeros(2, 1, 4, 4)
+    output = torch.stack([torch.full((1, 4, 4), 0.1), torch.full((1, 4, 4), 0.2)])
+    sigma = torch.tensor([0.0, 0.5])
+    assert torch.isclose(denoising_loss(output, clean, sigma), torch.tensor((0.01 + 0.04) / 2))
+    floor = 0.1
+    expected = (0.01 / floor**2 + 0.04 / (0.25 + floor**2)) / 2
+    assert torch.isclose(denoising_loss(output, clean, sigma, "noise-relative", floor), torch.tensor(expected))
+    with pytest.raises(ValueError, match="loss must be one of"):
+        denoising_loss(output, clean, sigma, "l1")
+    config = _config(folders, tmp_path, steps=2)
+    config.loss = "noise-relative"
+    trainer = Trainer(config, progress=False)
+    assert trainer.run() == "finished"
+    assert '"loss": "noise-relative"' in ps.denoisers.serialization.read_metadata(trainer.export())["training"]
+    argv = ["--data", str(folders / "train"), "--out", str(tmp_path / "x.safetensors"), "--loss-floor", "0"]
+    assert main(argv) == 2

@@ -2,6 +2,6 @@
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import PatchSampler, list_images, load_folder
-from .trainer import TrainConfig, Trainer
+from .trainer import TrainConfig, Trainer, denoising_loss
 
-__all__ = ["PatchSampler", "TrainConfig", "Trainer", "list_images", "load_checkpoint", "load_folder", "save_checkpoint"]
+__all__ = ["PatchSampler", "TrainConfig", "Trainer", "denoising_loss", "list_images", "load_checkpoint", "load_folder", "save_checkpoint"]

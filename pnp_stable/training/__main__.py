@@ -11,7 +11,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from .trainer import MODELS, TrainConfig, Trainer
+from .trainer import LOSSES, MODELS, TrainConfig, Trainer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-adaptive", action="store_true",
                    help="learn a noise-level-dependent relaxation toward the identity (averaged only; keeps the certificate)")
     p.add_argument("--init", default=None, help="start from these weights (fine-tuning) instead of a random initialisation")
+    p.add_argument("--loss", choices=LOSSES, default="mse",
+                   help="'mse', or 'noise-relative': each patch's MSE over σ² + floor², so low noise levels count as much as high ones")
+    p.add_argument("--loss-floor", type=float, default=1 / 255, help="the floor of the noise-relative loss ([0, 1] scale)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--calibrate-every", type=int, default=100, help="steps between norm calibrations")
     p.add_argument("--validate-every", type=int, default=500, help="steps between validations")
@@ -56,15 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     elif args.noise_adaptive:
         print("error: --noise-adaptive applies to the averaged model only", file=sys.stderr)
         return 2
-    config = TrainConfig(
-        data=args.data, out=args.out, val=args.val, channels=args.channels, sigma=sigma, patch=args.patch,
-        batch=args.batch, steps=args.steps, lr=args.lr, optimizer=args.optimizer, seed=args.seed,
-        calibrate_every=args.calibrate_every, validate_every=args.validate_every,
-        checkpoint_minutes=args.checkpoint_minutes, log_every=args.log_every,
-        architecture=architecture, model=args.model, init=args.init,
-    )
     start = time.monotonic()
     try:
+        config = TrainConfig(
+            data=args.data, out=args.out, val=args.val, channels=args.channels, sigma=sigma, patch=args.patch,
+            batch=args.batch, steps=args.steps, lr=args.lr, optimizer=args.optimizer, seed=args.seed,
+            calibrate_every=args.calibrate_every, validate_every=args.validate_every,
+            checkpoint_minutes=args.checkpoint_minutes, log_every=args.log_every,
+            architecture=architecture, model=args.model, init=args.init, loss=args.loss, loss_floor=args.loss_floor,
+        )
         trainer = Trainer(config, resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
         outcome = trainer.run()
         if trainer.rank == 0:

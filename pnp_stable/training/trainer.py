@@ -23,9 +23,23 @@ from ..metrics import psnr
 from .checkpoint import load_checkpoint, model_tensors, save_checkpoint
 from .data import PatchSampler, load_folder
 
-__all__ = ["MODELS", "TrainConfig", "Trainer"]
+__all__ = ["LOSSES", "MODELS", "TrainConfig", "Trainer", "denoising_loss"]
 
 MODELS = {"averaged": AveragedDenoiser, "dncnn": DnCNNBaseline}
+LOSSES = ("mse", "noise-relative")
+
+
+def denoising_loss(output: torch.Tensor, clean: torch.Tensor, sigma: torch.Tensor, kind: str = "mse",
+                   floor: float = 1 / 255) -> torch.Tensor:
+    """'mse': mean of ‖D(y) − x‖² per pixel. 'noise-relative': each patch's MSE divided by σ² + floor², so
+    every noise level counts by its error relative to the noise (a mean PSNR gain) instead of low noise levels
+    being drowned by the larger errors at high σ; the floor keeps σ = 0 (where D should be the identity) finite."""
+    per_patch = (output - clean).pow(2).flatten(1).mean(1)
+    if kind == "noise-relative":
+        per_patch = per_patch / (sigma.reshape(-1).to(per_patch) ** 2 + floor**2)
+    elif kind != "mse":
+        raise ValueError(f"loss must be one of {LOSSES}, got '{kind}'")
+    return per_patch.mean()
 
 
 @dataclass
@@ -51,10 +65,16 @@ class TrainConfig:
     architecture: dict = field(default_factory=lambda: dict(width=32, depth=8))
     model: str = "averaged"
     init: str | None = None
+    loss: str = "mse"
+    loss_floor: float = 1 / 255
 
     def __post_init__(self):
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {sorted(MODELS)}, got '{self.model}'")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got '{self.loss}'")
+        if not self.loss_floor > 0:
+            raise ValueError(f"loss_floor must be positive (it keeps σ = 0 finite), got {self.loss_floor}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer}")
         if isinstance(self.sigma, (list, tuple)) and len(self.sigma) != 2:
@@ -167,7 +187,7 @@ class Trainer:
                     if self.step % config.calibrate_every == 0:
                         self._calibrate()
                     noisy, clean, sigma = next(self.sampler)
-                    loss = (self.net(noisy, sigma) - clean).pow(2).mean()
+                    loss = denoising_loss(self.net(noisy, sigma), clean, sigma, config.loss, config.loss_floor)
                     self.optimizer.zero_grad()
                     loss.backward()
                     self.optimizer.step()
