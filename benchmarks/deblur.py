@@ -10,9 +10,9 @@ boundary, noise seeded per (image, kernel). Methods:
 - ``wiener``: Tikhonov/Wiener filter argmin ½‖Ax − y‖² + λ/2‖x‖², closed form by FFT.
 
 Each method's parameter (denoiser strength σ_d/σ_n, or λ) is tuned per noise level on validation crops
-of CBSD432 (training images, disjoint from both test sets) blurred by motion kernels that are not the
-Levin kernels; the test images are never used for tuning; a grid is extended while its best value sits
-on an end. ``--jobs`` runs (method, noise) tasks in parallel worker processes. Writes
+of CBSD68 images outside CBSD10 (disjoint from both test sets, and seen by no denoiser in training:
+CBSD432 is BSDS500 minus CBSD68) blurred by motion kernels that are not the Levin kernels; the test
+images are never used for tuning; a grid is extended while its best value sits on an end. ``--jobs`` runs (method, noise) tasks in parallel worker processes. Writes
 ``benchmarks/results/deblur.md`` and ``deblur.png`` (one image, every method).
 
     .venv/bin/python benchmarks/deblur.py                                   # everything (hours on 2 CPU cores)
@@ -44,6 +44,7 @@ from pnp_stable.training import list_images  # noqa: E402
 
 GRIDS = {"tv": [0.25, 0.5, 1.0, 2.0, 4.0], "wiener": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]}
 PNP_FACTORS = [0.5, 1.0, 2.0]  # PnP strengths tried: these × the solver's tuned default (solvers/defaults.py)
+FB_WEIGHTS = [1.0, 0.3, 0.1]  # FB's denoiser weights ω tried, each with strengths around ω·s² = the default's s²
 
 
 @dataclass
@@ -66,13 +67,19 @@ class Methods:
             self.models[name] = BM3DDenoiser() if name == "bm3d" else ps.load_denoiser(name)
         return self.models[name]
 
-    def grid(self, method: str) -> list[float]:
+    @staticmethod
+    def weights(method: str) -> list[float | None]:
+        """FB's prior weight is tied to its strength (τ < 2/L caps the data term), so FB methods also search
+        the denoiser weight ω; the other solvers keep their default ω (None)."""
+        return FB_WEIGHTS if method.endswith("-fb") else [None]
+
+    def grid(self, method: str, weight: float | None = None) -> list[float]:
         if method in GRIDS:
             return GRIDS[method]
-        strength = ps.solvers.tuned(method.split("-")[1]).strength
+        strength = ps.solvers.tuned(method.split("-")[1]).strength / (weight or 1.0) ** 0.5
         return [round(factor * strength, 4) for factor in PNP_FACTORS]
 
-    def run(self, method: str, physics, y, noise: float, parameter: float) -> Outcome:
+    def run(self, method: str, physics, y, noise: float, parameter: float, weight: float | None = None) -> Outcome:
         if method == "wiener":
             return Outcome(physics.prox_l2(torch.zeros_like(y), y, gamma=1.0 / parameter), [1])
         if method == "tv":
@@ -80,7 +87,7 @@ class Methods:
         family, solver = method.split("-")
         denoiser = {"ours": "averaged-color", "dncnn": "dncnn-color", "bm3d": "bm3d"}[family]
         return self._pnp(physics, y, noise, self.model(denoiser), solver, parameter,
-                         max_iter=self.bm3d_iters if family == "bm3d" else self.max_iter)
+                         max_iter=self.bm3d_iters if family == "bm3d" else self.max_iter, weight=weight)
 
     def _pnp(self, physics, y, noise, denoiser, solver, strength, max_iter=None, weight=None) -> Outcome:
         result = ps.solve(physics, y, denoiser, noise, solver=solver, denoiser_sigma=strength * noise,
@@ -101,15 +108,30 @@ class _TV:
         return self.tv(x, ths=float(sigma))
 
 
+def validation_images(data: Path, count: int) -> list[Path]:
+    """``count`` CBSD68 images outside CBSD10 (by file name), spread evenly over the remaining 58."""
+    excluded = {path.name for path in list_images(data / "test" / "CBSD10")}
+    return spread([path for path in list_images(data / "test" / "CBSD68") if path.name not in excluded], count)
+
+
 def degrade(clean: torch.Tensor, kernel, noise: float, seed: int):
     op = ps.blur(kernel, img_size=tuple(clean.shape[1:]), noise_sigma=noise, rng=torch.Generator().manual_seed(seed))
     return ps.blur(kernel, img_size=tuple(clean.shape[1:])), op(clean)
 
 
-def tune(methods: Methods, method: str, validation, noise: float, max_tries: int = 10) -> tuple[float, float]:
+def tune(methods: Methods, method: str, validation, noise: float) -> tuple[float, float | None, float]:
+    """(parameter, denoiser weight ω, validation PSNR) with the best mean validation PSNR over the strength
+    search of each weight in ``methods.weights(method)``."""
+    searches = [(*search_parameter(methods, method, validation, noise, weight), weight) for weight in methods.weights(method)]
+    parameter, score, weight = max(searches, key=lambda search: search[1])
+    return parameter, weight, score
+
+
+def search_parameter(methods: Methods, method: str, validation, noise: float, weight: float | None,
+                     max_tries: int = 10) -> tuple[float, float]:
     """The grid value with the best mean validation PSNR; while the best sits on an end of the values tried,
     the grid is extended geometrically past that end (so the choice is never an artefact of the grid)."""
-    grid = methods.grid(method)
+    grid = methods.grid(method, weight)
     ratio = grid[1] / grid[0]
     scores = {}
 
@@ -117,7 +139,7 @@ def tune(methods: Methods, method: str, validation, noise: float, max_tries: int
         values = []
         for index, (clean, kernel) in enumerate(validation):
             physics, y = degrade(clean, kernel, noise, seed=1000 + index)
-            values += ps.psnr(methods.run(method, physics, y, noise, parameter).estimate, clean).tolist()
+            values += ps.psnr(methods.run(method, physics, y, noise, parameter, weight).estimate, clean).tolist()
         scores[parameter] = statistics.mean(values)
 
     for parameter in grid:
@@ -145,7 +167,8 @@ def evaluate(args, validation_paths: list[Path], method: str, noise255: float) -
                   for i, c in enumerate(load_crops(validation_paths, args.validation_size, gray=False))]
     methods = Methods(args.max_iter, args.bm3d_iters, args.tol)
     noise = noise255 / 255
-    parameter, val_psnr = tune(methods, method, validation, noise)
+    parameter, weight, val_psnr = tune(methods, method, validation, noise)
+    chosen = f"{parameter:.4g}" + ("" if weight is None else f", ω {weight:g}")
     rows, showcase = [], {}
     for set_name in args.sets:
         paths = list_images(data / "test" / set_name)[: args.images]
@@ -155,7 +178,7 @@ def evaluate(args, validation_paths: list[Path], method: str, noise255: float) -
             for j, kernel in zip(args.kernels, kernels):
                 physics, y = degrade(clean, kernel, noise, seed=100 * i + j)
                 t0 = time.perf_counter()
-                outcome = methods.run(method, physics, y, noise, parameter)
+                outcome = methods.run(method, physics, y, noise, parameter, weight)
                 seconds += time.perf_counter() - t0
                 psnrs += ps.psnr(outcome.estimate, clean).tolist()
                 ssims += ps.ssim(outcome.estimate, clean).tolist()
@@ -165,7 +188,7 @@ def evaluate(args, validation_paths: list[Path], method: str, noise255: float) -
                 if i == 0 and j == args.kernels[0] and set_name == args.sets[0]:
                     showcase = {"estimate": outcome.estimate, "psnr": psnrs[-1], "y": y, "clean": clean}
         count = len(psnrs)
-        rows.append(f"| {set_name} | {noise255:g} | {method} | {parameter:g} ({val_psnr:.2f}) | "
+        rows.append(f"| {set_name} | {noise255:g} | {method} | {chosen} ({val_psnr:.2f}) | "
                     f"{statistics.mean(psnrs):.2f} | {statistics.mean(ssims):.4f} | {statistics.mean(iterations):.0f} | "
                     f"{seconds / count:.1f} | {violations} | {', '.join(sorted(statuses)) or '—'} |")
     return rows, showcase
@@ -184,7 +207,7 @@ def main() -> None:
     parser.add_argument("--max-iter", type=int, default=None, help="iterations of every PnP run and TV; None: each solver's tuned budget")
     parser.add_argument("--bm3d-iters", type=int, default=8)
     parser.add_argument("--tol", type=float, default=1e-5, help="PnP and TV stop at r_k/‖z_k‖ < TOL")
-    parser.add_argument("--validation", type=int, default=3, help="CBSD432 crops used for tuning")
+    parser.add_argument("--validation", type=int, default=3, help="crops of CBSD68 images outside CBSD10 used for tuning")
     parser.add_argument("--validation-size", type=int, default=96)
     parser.add_argument("--jobs", type=int, default=1, help="worker processes, one (method, noise) task each")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per worker")
@@ -192,17 +215,18 @@ def main() -> None:
     args = parser.parse_args()
     args.data = str(args.data)
     torch.set_num_threads(args.threads)
-    validation_paths = spread(list_images(Path(args.data) / "train" / "color" / "CBSD432"), args.validation)
+    validation_paths = validation_images(Path(args.data), args.validation)
     start = time.perf_counter()
     crop = "whole images" if args.size is None else f"{args.size}×{args.size} centre crops"
     lines = header("Deblurring: certified PnP vs unconstrained PnP, BM3D, TV, Wiener") + [
         f"- test: {', '.join(args.sets)}{'' if args.images is None else f' (first {args.images} images)'} ({crop}) × Levin kernels "
         f"{args.kernels}, circular boundary, noise seed = 100·image + kernel",
-        f"- tuning: {args.validation} CBSD432 centre crops ({args.validation_size} px: {', '.join(p.name for p in validation_paths)}) "
+        f"- tuning: {args.validation} centre crops of CBSD68 images outside CBSD10 ({args.validation_size} px: {', '.join(p.name for p in validation_paths)}) "
         f"× motion kernels `motion_kernel(20 + i, 19)`; grids {GRIDS}, PnP strengths {PNP_FACTORS} × the solver's default, each extended "
-        f"geometrically while the best value sits on an end",
+        f"geometrically while the best value sits on an end; FB also over denoiser weights ω ∈ {FB_WEIGHTS}, with strengths "
+        f"{PNP_FACTORS} × default/√ω (equal prior weight ω·s² at the middle)",
         f"- PnP: up to {args.max_iter or 'the solver’s tuned number of'} iterations (BM3D: {args.bm3d_iters}), tol {args.tol:g}, "
-        f"tuned strength, the solver's default step, denoiser weight ω and iteration budget "
+        f"tuned strength (and ω for FB), the solver's default step, denoiser weight ω and iteration budget "
         f"({'; '.join(f'{name}: {t.step_scale:g} × theory, ω = {t.denoiser_weight:g}, {t.max_iter}' for name, t in ps.solvers.TUNED.items())}); "
         f"TV: FB with ω = 1",
         "",
