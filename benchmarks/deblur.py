@@ -9,10 +9,11 @@ boundary, noise seeded per (image, kernel). Methods:
 - ``tv``: proximal gradient on ½‖Ax − y‖²/σ² + λ·TV(x) (deepinv's TV prox, exact FB, convex);
 - ``wiener``: Tikhonov/Wiener filter argmin ½‖Ax − y‖² + λ/2‖x‖², closed form by FFT.
 
-Each method's parameter (denoiser strength σ_d/σ_n, or λ) is tuned per noise level on validation crops
-of CBSD68 images outside CBSD10 (disjoint from both test sets, and seen by no denoiser in training:
-CBSD432 is BSDS500 minus CBSD68) blurred by motion kernels that are not the Levin kernels; the test
-images are never used for tuning; a grid is extended while its best value sits on an end. ``--jobs`` runs (method, noise) tasks in parallel worker processes. Writes
+Each method's parameter (denoiser strength σ_d/σ_n, or λ; for FB also the denoiser weight ω) is tuned per
+noise level on validation crops of CBSD68 images outside CBSD10 (disjoint from both test sets, and seen
+by no denoiser in training: CBSD432 is BSDS500 minus CBSD68) blurred by motion kernels that are not the
+Levin kernels; the test images are never used for tuning; a grid is extended while its best value sits
+on an end. ``--jobs`` runs (method, noise) tasks in parallel worker processes. Writes
 ``benchmarks/results/deblur.md`` and ``deblur.png`` (one image, every method).
 
     .venv/bin/python benchmarks/deblur.py                                   # everything (hours on 2 CPU cores)
@@ -68,7 +69,7 @@ class Methods:
         return self.models[name]
 
     @staticmethod
-    def weights(method: str) -> list[float | None]:
+    def denoiser_weights(method: str) -> list[float | None]:
         """FB's prior weight is tied to its strength (τ < 2/L caps the data term), so FB methods also search
         the denoiser weight ω; the other solvers keep their default ω (None)."""
         return FB_WEIGHTS if method.endswith("-fb") else [None]
@@ -76,7 +77,7 @@ class Methods:
     def grid(self, method: str, weight: float | None = None) -> list[float]:
         if method in GRIDS:
             return GRIDS[method]
-        strength = ps.solvers.tuned(method.split("-")[1]).strength / (weight or 1.0) ** 0.5
+        strength = ps.solvers.tuned(method.split("-")[1]).strength / (1.0 if weight is None else weight) ** 0.5
         return [round(factor * strength, 4) for factor in PNP_FACTORS]
 
     def run(self, method: str, physics, y, noise: float, parameter: float, weight: float | None = None) -> Outcome:
@@ -108,8 +109,11 @@ class _TV:
         return self.tv(x, ths=float(sigma))
 
 
-def validation_images(data: Path, count: int) -> list[Path]:
-    """``count`` CBSD68 images outside CBSD10 (by file name), spread evenly over the remaining 58."""
+def validation_images(data: Path, count: int, test_sets: list[str]) -> list[Path]:
+    """``count`` CBSD68 images outside CBSD10 (by file name; CBSD10 is CBSD68's first 10), spread evenly over
+    the remaining 58; refused when CBSD68 itself is a test set, since tuning would then see test images."""
+    if "CBSD68" in test_sets:
+        raise ValueError("the validation images come from CBSD68, so it cannot be a test set here; use CBSD10 or Set3C")
     excluded = {path.name for path in list_images(data / "test" / "CBSD10")}
     return spread([path for path in list_images(data / "test" / "CBSD68") if path.name not in excluded], count)
 
@@ -121,8 +125,8 @@ def degrade(clean: torch.Tensor, kernel, noise: float, seed: int):
 
 def tune(methods: Methods, method: str, validation, noise: float) -> tuple[float, float | None, float]:
     """(parameter, denoiser weight ω, validation PSNR) with the best mean validation PSNR over the strength
-    search of each weight in ``methods.weights(method)``."""
-    searches = [(*search_parameter(methods, method, validation, noise, weight), weight) for weight in methods.weights(method)]
+    search of each weight in ``methods.denoiser_weights(method)``."""
+    searches = [(*search_parameter(methods, method, validation, noise, weight), weight) for weight in methods.denoiser_weights(method)]
     parameter, score, weight = max(searches, key=lambda search: search[1])
     return parameter, weight, score
 
@@ -207,7 +211,7 @@ def main() -> None:
     parser.add_argument("--max-iter", type=int, default=None, help="iterations of every PnP run and TV; None: each solver's tuned budget")
     parser.add_argument("--bm3d-iters", type=int, default=8)
     parser.add_argument("--tol", type=float, default=1e-5, help="PnP and TV stop at r_k/‖z_k‖ < TOL")
-    parser.add_argument("--validation", type=int, default=3, help="crops of CBSD68 images outside CBSD10 used for tuning")
+    parser.add_argument("--validation", type=int, default=4, help="crops of CBSD68 images outside CBSD10 used for tuning")
     parser.add_argument("--validation-size", type=int, default=96)
     parser.add_argument("--jobs", type=int, default=1, help="worker processes, one (method, noise) task each")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per worker")
@@ -215,7 +219,7 @@ def main() -> None:
     args = parser.parse_args()
     args.data = str(args.data)
     torch.set_num_threads(args.threads)
-    validation_paths = validation_images(Path(args.data), args.validation)
+    validation_paths = validation_images(Path(args.data), args.validation, args.sets)
     start = time.perf_counter()
     crop = "whole images" if args.size is None else f"{args.size}×{args.size} centre crops"
     lines = header("Deblurring: certified PnP vs unconstrained PnP, BM3D, TV, Wiener") + [
@@ -226,7 +230,7 @@ def main() -> None:
         f"geometrically while the best value sits on an end; FB also over denoiser weights ω ∈ {FB_WEIGHTS}, with strengths "
         f"{PNP_FACTORS} × default/√ω (equal prior weight ω·s² at the middle)",
         f"- PnP: up to {args.max_iter or 'the solver’s tuned number of'} iterations (BM3D: {args.bm3d_iters}), tol {args.tol:g}, "
-        f"tuned strength (and ω for FB), the solver's default step, denoiser weight ω and iteration budget "
+        f"tuned strength, the solver's default step, denoiser weight ω (FB: tuned) and iteration budget "
         f"({'; '.join(f'{name}: {t.step_scale:g} × theory, ω = {t.denoiser_weight:g}, {t.max_iter}' for name, t in ps.solvers.TUNED.items())}); "
         f"TV: FB with ω = 1",
         "",

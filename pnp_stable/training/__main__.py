@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learn a noise-level-dependent relaxation toward the identity (averaged only; keeps the certificate)")
     p.add_argument("--init", default=None, help="start from these weights (fine-tuning) instead of a random initialisation")
     p.add_argument("--loss", choices=LOSSES, default="mse",
-                   help="'mse', or 'noise-relative': each patch's MSE over σ² + floor², so low noise levels count as much as high ones")
+                   help="'mse', or 'noise-relative': each patch's MSE over σ² + floor², so low noise levels count as much as "
+                   "high ones (the logged loss is then in those units)")
     p.add_argument("--loss-floor", type=float, default=1 / 255, help="the floor of the noise-relative loss ([0, 1] scale)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--calibrate-every", type=int, default=100, help="steps between norm calibrations")
