@@ -32,7 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/tune.py --images 3 --size 80 --max-iter 200 --threads 1
 	$(BIN)/python benchmarks/tune.py --solvers fb --strengths 1 --images 3 --size 80 --max-iter 300 --tol 1e-7 --jobs 2 --threads 1 --out benchmarks/results/tuning-fb.md
 	$(BIN)/python benchmarks/convergence.py --size 64 --iters 1000 --threads 1
-	$(BIN)/python benchmarks/deblur.py --sets Set3C --noises 2.55 --size 96 --validation 3 --jobs 2 --threads 1
+	$(BIN)/python benchmarks/deblur.py --sets Set3C --noises 2.55 --size 96 --validation 4 --jobs 2 --threads 1
 
 bench-full: $(STAMP)
 	$(BIN)/python benchmarks/denoise.py --out benchmarks/results/denoise-full.md
