@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "convergence"), help="output prefix (.md and .png are added)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    lines = header("PnP convergence: certified vs unconstrained denoiser, two initialisations")  # the commit the run starts from
     data = Path(args.data)
     noise = args.noise / 255
     paths = list_images(data / "test" / "Set3C")
@@ -95,7 +96,6 @@ def main() -> None:
     fig.savefig(out.with_suffix(".png"), dpi=110)
     plt.close(fig)
 
-    lines = header("PnP convergence: certified vs unconstrained denoiser, two initialisations")
     lines += [
         f"- problems: Set3C ({', '.join(p.name for p in paths)}), {args.size}×{args.size} centre crops, Levin kernel "
         f"k{args.kernel}, noise σ = {args.noise}/255 (seed 0), circular boundary; tuned default strength and step per solver",
