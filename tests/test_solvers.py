@@ -279,3 +279,22 @@ def test_fb_and_hqs_are_checked_against_the_certificate_at_the_denoiser_sigma():
     hqs = ps.solve(op, y, adaptive, 0.02, solver="hqs", denoiser_sigma=0.02, max_iter=150, tol=0.0)
     assert hqs.beta == pytest.approx(compose_averagedness([alpha, 0.5]))
     assert fb.violations == [] and hqs.violations == [], (fb.verdict, hqs.verdict)
+
+
+def test_monitor_catches_a_residual_drift_hidden_inside_the_per_step_rounding_slack():
+    """z_{k+1} − z_k grows by less than the float32 slack per step but by far more in total: a non-expansive map
+    never does that (r_k ≤ min_{j<k} r_j), so the monitor must flag it, while a flat residual passes."""
+    from pnp_stable.solvers.monitor import FLOAT_SLACK, ConvergenceMonitor
+
+    z = torch.full((1, 1, 8, 8), 10.0)
+    slack = FLOAT_SLACK * z.norm().item()
+    direction = torch.ones_like(z) / 8  # unit norm
+    for growth, expected in ((0.0, 0), (0.5 * slack, 1)):
+        monitor, current = ConvergenceMonitor(1, beta=None), z.clone()
+        for k in range(60):
+            step = (0.1 + growth * k) * direction
+            monitor.observe(torch.tensor([0]), current, current + step, k)
+            current = current + step
+        flagged = {v.check for v in monitor.history.violations}
+        assert len(flagged) == expected and (not expected or flagged == {"monotone residual"})
+        assert all(v.iteration >= 2 for v in monitor.history.violations)  # never within one step's slack

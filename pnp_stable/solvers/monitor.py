@@ -2,7 +2,8 @@
 what theory promises for a β-averaged map T with a fixed point z* (iterates z_{k+1} = T z_k,
 residual r_k = ‖z_{k+1} − z_k‖):
 
-* monotonicity   r_k ≤ r_{k−1};
+* monotonicity   r_k ≤ r_{k−1}, checked as r_k ≤ min_{j<k} r_j (the same for a non-increasing sequence), so
+  a slow drift whose every step hides inside the rounding slack below is still caught once it adds up;
 * inequality (A) for the pair (z_{k−1}, z_k): r_k² ≤ r_{k−1}² − (1−β)/β ‖(z_k − z_{k−1}) − (z_{k+1} − z_k)‖²;
 * the rate       r_k² ≤ β/((1−β)(k+1)) ‖z_0 − z*‖², with ‖z_0 − z*‖ estimated by ‖z_0 − z_K‖ at the
   last iterate z_K (checked once the run ends; exact in the limit z_K → z*).
@@ -135,6 +136,7 @@ class ConvergenceMonitor:
             checks = ("monotone residual", "inequality (A)", "rate bound")
         self.history = History(beta=beta, checks=checks)
         self._previous_residual = torch.full((batch_size,), float("nan"), dtype=torch.float64)
+        self._smallest_residual = torch.full((batch_size,), float("nan"), dtype=torch.float64)
         self._previous_step: Tensor | None = None
         self.batch_size = batch_size
 
@@ -152,11 +154,12 @@ class ConvergenceMonitor:
         monotone = torch.full_like(residual, float("nan"))
         inequality = torch.full_like(residual, float("nan"))
         r_prev = self._previous_residual[index]
+        r_min = self._smallest_residual[index]
         have_previous = ~torch.isnan(r_prev)
         if self.history.checks and have_previous.any():
-            margin = r - r_prev  # ≤ 0 when monotone
+            margin = r - r_min  # ≤ 0 when monotone: no residual above an earlier one
             monotone[index] = margin
-            self._record("monotone residual", index, have_previous & (margin > slack), margin / r_prev.clamp_min(1e-30), iteration)
+            self._record("monotone residual", index, have_previous & (margin > slack), margin / r_min.clamp_min(1e-30), iteration)
             if self.beta is not None:
                 second = _norms(step - self._previous_step[index]) ** 2
                 defect = r**2 - r_prev**2 + (1 - self.beta) / self.beta * second  # ≤ 0 when (A) holds
@@ -169,6 +172,7 @@ class ConvergenceMonitor:
         self.history.monotone_margin.append(monotone)
         self.history.inequality_margin.append(inequality)
         self._previous_residual[index] = r
+        self._smallest_residual[index] = torch.fmin(r_min, r)
         if self.beta is not None:
             if self._previous_step is None:
                 self._previous_step = torch.zeros((self.batch_size, *step.shape[1:]), dtype=step.dtype)
@@ -178,6 +182,7 @@ class ConvergenceMonitor:
     def forget(self, index: Tensor) -> None:
         """Stop tracking samples (they stopped); later rows for them stay NaN."""
         self._previous_residual[index] = float("nan")
+        self._smallest_residual[index] = float("nan")
 
     def _record(self, check: str, index: Tensor, failed: Tensor, size: Tensor, iteration: int) -> None:
         for position in torch.nonzero(failed).flatten().tolist():
