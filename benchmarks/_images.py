@@ -7,6 +7,15 @@ from pathlib import Path
 import torch
 
 import pnp_stable as ps
+from pnp_stable.training import list_images
+
+
+def held_out_color_images(data: Path, count: int) -> list[Path]:
+    """``count`` CBSD68 images outside CBSD10 (CBSD10 is CBSD68's first 10, by file name), spread evenly over
+    the other 58: no shipped denoiser was trained on them, and no colour benchmark of ``make bench`` tests on
+    them (those use Set3C, CBSD10 or CBSD68's first 10)."""
+    excluded = {path.name for path in list_images(data / "test" / "CBSD10")}
+    return spread([path for path in list_images(data / "test" / "CBSD68") if path.name not in excluded], count)
 
 
 def spread(paths: list[Path], count: int) -> list[Path]:

@@ -36,7 +36,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _images import load_crops, spread  # noqa: E402
+from _images import held_out_color_images, load_crops  # noqa: E402
 from _report import RESULTS, ROOT, header  # noqa: E402
 
 import pnp_stable as ps  # noqa: E402
@@ -110,12 +110,11 @@ class _TV:
 
 
 def validation_images(data: Path, count: int, test_sets: list[str]) -> list[Path]:
-    """``count`` CBSD68 images outside CBSD10 (by file name; CBSD10 is CBSD68's first 10), spread evenly over
-    the remaining 58; refused when CBSD68 itself is a test set, since tuning would then see test images."""
+    """:func:`held_out_color_images`, refused when CBSD68 itself is a test set, since tuning would then see
+    test images."""
     if "CBSD68" in test_sets:
         raise ValueError("the validation images come from CBSD68, so it cannot be a test set here; use CBSD10 or Set3C")
-    excluded = {path.name for path in list_images(data / "test" / "CBSD10")}
-    return spread([path for path in list_images(data / "test" / "CBSD68") if path.name not in excluded], count)
+    return held_out_color_images(data, count)
 
 
 def degrade(clean: torch.Tensor, kernel, noise: float, seed: int):

@@ -1,7 +1,8 @@
 """Tuning of the defaults (denoiser strength, step, denoiser weight) of every solver on validation images.
 
-Validation images are training images (Train400 for gray, CBSD432 for colour), so disjoint from every
-test set (BSD68, CBSD68/CBSD10, Set12, Set3C); centre crops, blurred with motion kernels that are not
+Validation images are disjoint from every test image of the benchmarks: for colour, CBSD68 images outside
+CBSD10 (held out from training too, as in ``deblur.py``); for gray, training images (Train400), since
+no gray natural set is held out from both training and testing; centre crops, blurred with motion kernels that are not
 the Levin test kernels, at the deblurring benchmark's noise levels. For each solver: a coarse search
 over σ_d = strength·σ_n at the theory's step, step alternatives at the best strength; for FB a search
 over the denoiser weight ω (denoising step x + ω(D(x, σ_d) − x)) along the ridge ω·strength²/step_scale =
@@ -30,14 +31,14 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _images import load_crops, spread  # noqa: E402
+from _images import held_out_color_images, load_crops, spread  # noqa: E402
 from _report import RESULTS, ROOT, header  # noqa: E402
 
 import pnp_stable as ps  # noqa: E402
 from pnp_stable.solvers.defaults import Tuned  # noqa: E402
 from pnp_stable.training import list_images  # noqa: E402
 
-VALIDATION = {"averaged-gray": ("train/gray/Train400", 1), "averaged-color": ("train/color/CBSD432", 3)}
+VALIDATION = {"averaged-gray": "Train400 (training images)", "averaged-color": "CBSD68 outside CBSD10 (held out)"}
 STEP_ALTERNATIVES = {"fb": (0.5, 1.5, 1.9), "hqs": (0.5, 2.0, 4.0), "drs": (0.5, 2.0, 4.0), "admm": (0.5, 2.0, 4.0)}
 #: FB: strengths × prior weights w = ω·strength²/step_scale searched for the denoiser weight ω
 WEIGHT_RIDGE = {"fb": ((2.0, 3.0, 4.0), (0.25, 0.5, 1.0))}
@@ -46,10 +47,9 @@ SQRT2 = 2**0.5
 
 def validation_problems(data: Path, model: str, count: int, size: int, noises: list[float], kernel_seeds: list[int]):
     """(clean batch, kernel, noise, measurement) for each noise level; kernel seed cycles with the noise."""
-    folder, channels = VALIDATION[model]
-    paths = list_images(data / folder)
-    picks = spread(paths, count)
-    clean = torch.cat(load_crops(picks, size, gray=channels == 1))
+    gray = model.endswith("gray")
+    picks = spread(list_images(data / "train" / "gray" / "Train400"), count) if gray else held_out_color_images(data, count)
+    clean = torch.cat(load_crops(picks, size, gray=gray))
     problems = []
     for index, noise in enumerate(noises):
         kernel = ps.motion_kernel(kernel_seeds[index % len(kernel_seeds)], 19)
@@ -160,8 +160,8 @@ def main() -> None:
             rows += search.rows
     lines = header("Tuning of the solvers' default denoiser strength, step and denoiser weight")
     lines += [
-        f"- validation images (training sets, disjoint from every test set): "
-        + "; ".join(f"{m}: {', '.join(names[m])} from `{VALIDATION[m][0]}`" for m in args.models),
+        "- validation images (disjoint from every test set): "
+        + "; ".join(f"{m}: {', '.join(names[m])} from {VALIDATION[m]}" for m in args.models),
         f"- {args.size}×{args.size} centre crops, motion kernels `motion_kernel(seed, 19)` with seeds {args.kernel_seeds}, "
         f"noise σ·255 ∈ {args.noises}, circular boundary, max {args.max_iter} iterations, tol {args.tol:g}",
         "- σ_d = strength·σ_n; step τ = step_scale × theory default (FB: 1/L; HQS/DRS/ADMM: σ_d²); "
