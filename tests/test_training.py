@@ -154,7 +154,7 @@ def test_fine_tuning_starts_from_a_weights_file_and_may_add_the_noise_adaptive_r
 
     metadata = read_metadata(exported)
     assert (metadata["steps"], metadata["total_steps"]) == ("2", "4")
-    config.architecture = dict(width=8, depth=2)
+    config.architecture = dict(width=4, depth=2)
     with pytest.raises(ValueError, match="does not fit this architecture"):
         Trainer(config, progress=False)
     argv = ["--data", str(folders / "train"), "--out", str(tmp_path / "x.safetensors"), "--model", "dncnn", "--noise-adaptive"]
@@ -181,3 +181,43 @@ def test_noise_relative_loss_weighs_each_patch_by_its_noise_level(folders, tmp_p
     assert '"loss": "noise-relative"' in ps.denoisers.serialization.read_metadata(trainer.export())["training"]
     argv = ["--data", str(folders / "train"), "--out", str(tmp_path / "x.safetensors"), "--loss-floor", "0"]
     assert main(argv) == 2
+
+
+@pytest.mark.parametrize("model", ["averaged", "dncnn"])
+def test_a_wider_network_fine_tuned_from_weights_starts_from_their_function(folders, tmp_path, model):
+    base_config = _config(folders, tmp_path, steps=3)
+    base_config.model = model
+    base = Trainer(base_config, progress=False)
+    base.run()
+    path = base.export()
+    wider_config = _config(folders, tmp_path / "wider", steps=3)
+    wider_config.model, wider_config.init, wider_config.architecture = model, str(path), dict(ARCH, width=10)
+    wider = Trainer(wider_config, progress=False)
+    x = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        before, after = base.model.eval()(x, 0.05), wider.model.eval()(x, 0.05)
+    change = float((after - before).norm() / (before - x).norm())  # relative to what the network does to x
+    assert change < 1e-3  # new entries of size 1% move the output by O(1e-4)
+    new_weight = wider.model.state_dict()[[k for k in wider.model.state_dict() if k.endswith("weight")][1]][:, 6:]
+    assert new_weight.abs().max() > 0  # new channels are not dead
+    assert wider.run() == "finished"
+    grown = ps.load_denoiser_file(wider.export())
+    assert grown.config["width"] == 10
+    if model == "averaged":
+        assert grown.certificate.alpha < 1
+    wider_config.channels = 3
+    with pytest.raises(ValueError, match="channels 1"):
+        Trainer(wider_config, progress=False)
+
+
+def test_embedding_keeps_trained_entries_and_refuses_a_smaller_target():
+    from pnp_stable.training.growth import embed
+
+    g = torch.Generator().manual_seed(0)
+    trained = torch.randn(2, 3)
+    grown = embed(trained, torch.Size([4, 3]), noise=False, generator=g)
+    assert torch.equal(grown[:2], trained) and not grown[2:].any()
+    noisy = embed(trained, torch.Size([4, 5]), noise=True, generator=g)
+    assert torch.equal(noisy[:2, :3], trained) and 0 < noisy[2:].abs().max() < 0.1 * trained.abs().max()
+    with pytest.raises(ValueError, match="does not fit"):
+        embed(trained, torch.Size([1, 3]), noise=False, generator=g)

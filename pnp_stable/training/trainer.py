@@ -22,6 +22,7 @@ from ..denoisers.serialization import read_denoiser_tensors, save_denoiser
 from ..metrics import psnr
 from .checkpoint import load_checkpoint, model_tensors, save_checkpoint
 from .data import PatchSampler, load_folder
+from .growth import grow_state
 
 __all__ = ["LOSSES", "MODELS", "TrainConfig", "Trainer", "denoising_loss"]
 
@@ -136,16 +137,20 @@ class Trainer:
         self.step = meta["step"]
 
     def _initialise_from(self, path: str) -> None:
-        """Fine-tuning: start from the tensors of a weights file; parameters it lacks keep their initialisation."""
+        """Fine-tuning: start from the tensors of a weights file; parameters it lacks keep their initialisation.
+        A wider network (``--width`` above the file's) starts from the trained function (see :mod:`.growth`)."""
         metadata, tensors = read_denoiser_tensors(path)
         self.init_steps = int(metadata.get("total_steps", metadata.get("steps", 0)))
         own = self.model.state_dict()
         foreign = sorted(set(tensors) - set(own))
-        reshaped = sorted(k for k in tensors.keys() & own.keys() if tensors[k].shape != own[k].shape)
-        if foreign or reshaped:
-            raise ValueError(f"--init {path} does not fit this architecture (unknown tensors {foreign}, "
-                             f"other shapes {reshaped}); use the width/depth/channels it was trained with")
-        self.model.load_state_dict(tensors, strict=False)
+        too_large = sorted(k for k in tensors.keys() & own.keys()
+                           if tensors[k].ndim != own[k].ndim or any(t > o for t, o in zip(tensors[k].shape, own[k].shape)))
+        trained_channels = json.loads(metadata.get("config", "{}")).get("channels", self.config.channels)
+        if foreign or too_large or trained_channels != self.config.channels:
+            raise ValueError(f"--init {path} does not fit this architecture (unknown tensors {foreign}, larger "
+                             f"tensors {too_large}, channels {trained_channels}); use the depth and channels it was "
+                             "trained with and at least its width")
+        self.model.load_state_dict(grow_state(tensors, own, self.config.seed), strict=False)
 
     # --- loop -------------------------------------------------------------------------------
     def _request_stop(self, signum, frame):
