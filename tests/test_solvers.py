@@ -134,7 +134,7 @@ def test_beta_of_each_scheme_by_hand(certified):
     fidelity = L2Fidelity(op, y, 0.02)
     alpha_d = SoftThreshold.certificate.alpha
     tau = 1.5 / fidelity.lipschitz
-    fb = ps.solve(op, y, SoftThreshold(), 0.02, solver="fb", step=tau, max_iter=1)
+    fb = ps.solve(op, y, SoftThreshold(), 0.02, solver="fb", step=tau, denoiser_weight=1.0, max_iter=1)
     kappa = 0.5 / 0.5 + 0.75 / 0.25  # α_D = 1/2, τL/2 = 3/4
     assert fb.beta == pytest.approx(kappa / (1 + kappa))
     hqs = ps.solve(op, y, SoftThreshold(), 0.02, solver="hqs", max_iter=1)

@@ -24,8 +24,8 @@ class Tuned:
 
 
 TUNED = {
-    "fb": Tuned(strength=1.0, step_scale=1.9, max_iter=300, denoiser_weight=1.0),
-    "fista": Tuned(strength=1.0, step_scale=1.9, max_iter=300, denoiser_weight=1.0),
+    "fb": Tuned(strength=1.414, step_scale=1.9, max_iter=300, denoiser_weight=0.475),
+    "fista": Tuned(strength=1.414, step_scale=1.9, max_iter=300, denoiser_weight=0.475),
     "hqs": Tuned(strength=2.0, step_scale=2.0, max_iter=200),
     "drs": Tuned(strength=1.414, step_scale=1.0, max_iter=200),
     "admm": Tuned(strength=1.414, step_scale=1.0, max_iter=200),
