@@ -132,8 +132,9 @@ def tune(methods: Methods, method: str, validation, noise: float) -> tuple[float
 
 def search_parameter(methods: Methods, method: str, validation, noise: float, weight: float | None,
                      max_tries: int = 10) -> tuple[float, float]:
-    """The grid value with the best mean validation PSNR; while the best sits on an end of the values tried,
-    the grid is extended geometrically past that end (so the choice is never an artefact of the grid)."""
+    """The value with the best mean validation PSNR: while the best sits on an end of the values tried, the
+    grid is extended geometrically past that end (so the choice is never an artefact of the grid's range);
+    then the values halfway (geometrically) to the best one's neighbours are tried (nor of its spacing)."""
     grid = methods.grid(method, weight)
     ratio = grid[1] / grid[0]
     scores = {}
@@ -155,6 +156,9 @@ def search_parameter(methods: Methods, method: str, validation, noise: float, we
             score(round(best * ratio, 6))
         else:
             break
+    best = max(scores, key=scores.get)
+    for parameter in (best / ratio**0.5, best * ratio**0.5):
+        score(round(parameter, 6))
     best = max(scores, key=scores.get)
     return best, scores[best]
 
@@ -226,7 +230,7 @@ def main() -> None:
         f"{args.kernels}, circular boundary, noise seed = 100·image + kernel",
         f"- tuning: {args.validation} centre crops of CBSD68 images outside CBSD10 ({args.validation_size} px: {', '.join(p.name for p in validation_paths)}) "
         f"× motion kernels `motion_kernel(20 + i, 19)`; grids {GRIDS}, PnP strengths {PNP_FACTORS} × the solver's default, each extended "
-        f"geometrically while the best value sits on an end; FB also over denoiser weights ω ∈ {FB_WEIGHTS}, with strengths "
+        f"geometrically while the best value sits on an end, then refined by the square root of the grid ratio on both sides of the best; FB also over denoiser weights ω ∈ {FB_WEIGHTS}, with strengths "
         f"{PNP_FACTORS} × default/√ω (equal prior weight ω·s² at the middle)",
         f"- PnP: up to {args.max_iter or 'the solver’s tuned number of'} iterations (BM3D: {args.bm3d_iters}), tol {args.tol:g}, "
         f"tuned strength, the solver's default step, denoiser weight ω (FB: tuned) and iteration budget "
