@@ -13,15 +13,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["GROWTH_SCALE", "embed", "grow_state"]
+__all__ = ["GROWTH_SCALE", "embed", "fits", "grow_state"]
 
 GROWTH_SCALE = 0.01
+
+
+def fits(trained: torch.Size, shape: torch.Size) -> bool:
+    """Whether a tensor of shape ``trained`` fits into one of ``shape`` (same dimensions, none larger)."""
+    return len(trained) == len(shape) and all(t <= s for t, s in zip(trained, shape))
 
 
 def embed(trained: Tensor, shape: torch.Size, noise: bool, generator: torch.Generator, scale: float = GROWTH_SCALE) -> Tensor:
     """``trained`` in the leading corner of a tensor of ``shape``; new entries scale·std(trained)·N(0, 1)
     when ``noise``, else 0."""
-    if trained.ndim != len(shape) or any(t > s for t, s in zip(trained.shape, shape)):
+    if not fits(trained.shape, shape):
         raise ValueError(f"a tensor of shape {tuple(trained.shape)} does not fit into {tuple(shape)}")
     grown = torch.zeros(shape, dtype=trained.dtype)
     if noise:

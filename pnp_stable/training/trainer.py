@@ -22,7 +22,7 @@ from ..denoisers.serialization import read_denoiser_tensors, save_denoiser
 from ..metrics import psnr
 from .checkpoint import load_checkpoint, model_tensors, save_checkpoint
 from .data import PatchSampler, load_folder
-from .growth import grow_state
+from .growth import fits, grow_state
 
 __all__ = ["LOSSES", "MODELS", "TrainConfig", "Trainer", "denoising_loss"]
 
@@ -143,8 +143,7 @@ class Trainer:
         self.init_steps = int(metadata.get("total_steps", metadata.get("steps", 0)))
         own = self.model.state_dict()
         foreign = sorted(set(tensors) - set(own))
-        too_large = sorted(k for k in tensors.keys() & own.keys()
-                           if tensors[k].ndim != own[k].ndim or any(t > o for t, o in zip(tensors[k].shape, own[k].shape)))
+        too_large = sorted(k for k in tensors.keys() & own.keys() if not fits(tensors[k].shape, own[k].shape))
         trained_channels = json.loads(metadata.get("config", "{}")).get("channels", self.config.channels)
         if foreign or too_large or trained_channels != self.config.channels:
             raise ValueError(f"--init {path} does not fit this architecture (unknown tensors {foreign}, larger "
