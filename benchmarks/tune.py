@@ -38,7 +38,17 @@ import pnp_stable as ps  # noqa: E402
 from pnp_stable.solvers.defaults import Tuned  # noqa: E402
 from pnp_stable.training import list_images  # noqa: E402
 
-VALIDATION = {"averaged-gray": "Train400 (training images)", "averaged-color": "CBSD68 outside CBSD10 (held out)"}
+
+def _train400(data: Path, count: int) -> list[Path]:
+    """``count`` Train400 images spread over the sorted folder (training images: no gray set is held out)."""
+    return spread(list_images(data / "train" / "gray" / "Train400"), count)
+
+
+#: model → (where its validation images come from, how to pick ``count`` of them under the data root)
+VALIDATION = {
+    "averaged-gray": ("Train400 (training images)", _train400),
+    "averaged-color": ("CBSD68 outside CBSD10 (held out)", held_out_color_images),
+}
 STEP_ALTERNATIVES = {"fb": (0.5, 1.5, 1.9), "hqs": (0.5, 2.0, 4.0), "drs": (0.5, 2.0, 4.0), "admm": (0.5, 2.0, 4.0)}
 #: FB: strengths × prior weights w = ω·strength²/step_scale searched for the denoiser weight ω
 WEIGHT_RIDGE = {"fb": ((2.0, 3.0, 4.0), (0.25, 0.5, 1.0))}
@@ -47,9 +57,8 @@ SQRT2 = 2**0.5
 
 def validation_problems(data: Path, model: str, count: int, size: int, noises: list[float], kernel_seeds: list[int]):
     """(clean batch, kernel, noise, measurement) for each noise level; kernel seed cycles with the noise."""
-    gray = model.endswith("gray")
-    picks = spread(list_images(data / "train" / "gray" / "Train400"), count) if gray else held_out_color_images(data, count)
-    clean = torch.cat(load_crops(picks, size, gray=gray))
+    picks = VALIDATION[model][1](data, count)
+    clean = torch.cat(load_crops(picks, size, gray=model.endswith("gray")))
     problems = []
     for index, noise in enumerate(noises):
         kernel = ps.motion_kernel(kernel_seeds[index % len(kernel_seeds)], 19)
@@ -161,7 +170,7 @@ def main() -> None:
     lines = header("Tuning of the solvers' default denoiser strength, step and denoiser weight")
     lines += [
         "- validation images (disjoint from every test set): "
-        + "; ".join(f"{m}: {', '.join(names[m])} from {VALIDATION[m]}" for m in args.models),
+        + "; ".join(f"{m}: {', '.join(names[m])} from {VALIDATION[m][0]}" for m in args.models),
         f"- {args.size}×{args.size} centre crops, motion kernels `motion_kernel(seed, 19)` with seeds {args.kernel_seeds}, "
         f"noise σ·255 ∈ {args.noises}, circular boundary, max {args.max_iter} iterations, tol {args.tol:g}",
         "- σ_d = strength·σ_n; step τ = step_scale × theory default (FB: 1/L; HQS/DRS/ADMM: σ_d²); "
