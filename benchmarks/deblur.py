@@ -3,13 +3,16 @@
 Test sets: Set3C and CBSD10 (colour) × the 8 Levin kernels × noise σ ∈ ``--noises`` (/255), circular
 boundary, noise seeded per (image, kernel). Methods:
 
-- ``ours-<solver>``: our FB / HQS / DRS / ADMM with ``averaged-color`` (certified; monitor verdicts reported);
-- ``dncnn-<solver>``: the same solvers with ``dncnn-color`` (unconstrained, trained with the same data and budget);
+- ``ours-<solver>``: our FB / HQS / DRS / ADMM with a certified colour model, ``averaged-color`` or
+  ``averaged-lownoise-color`` (monitor verdicts reported);
+- ``dncnn-<solver>``: the same solvers with ``dncnn-color`` or ``dncnn-lownoise-color`` (unconstrained, each
+  trained with the same data and budget as its certified counterpart);
 - ``bm3d-hqs``: PnP-HQS with BM3D (``bm3d`` package; slow: ``--bm3d-iters`` iterations);
 - ``tv``: proximal gradient on ½‖Ax − y‖²/σ² + λ·TV(x) (deepinv's TV prox, exact FB, convex);
 - ``wiener``: Tikhonov/Wiener filter argmin ½‖Ax − y‖² + λ/2‖x‖², closed form by FFT.
 
-Each method's parameter (denoiser strength σ_d/σ_n, or λ; for FB also the denoiser weight ω) is tuned per
+Each method's parameter (denoiser strength σ_d/σ_n, or λ; for FB also the denoiser weight ω; for PnP also
+which of the family's two models) is tuned per
 noise level on validation crops of CBSD68 images outside CBSD10 (disjoint from both test sets, and seen
 by no denoiser in training: CBSD432 is BSDS500 minus CBSD68) blurred by motion kernels that are not the
 Levin kernels; the test images are never used for tuning; a grid is extended while its best value sits
@@ -46,6 +49,9 @@ from pnp_stable.training import list_images  # noqa: E402
 GRIDS = {"tv": [0.25, 0.5, 1.0, 2.0, 4.0], "wiener": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]}
 PNP_FACTORS = [0.5, 1.0, 2.0]  # PnP strengths tried: these × the solver's tuned default (solvers/defaults.py)
 FB_WEIGHTS = [1.0, 0.3, 0.1]  # FB's denoiser weights ω tried, each with strengths around ω·s² = the default's s²
+#: the shipped models each PnP family chooses from on validation: the general one and the one trained last on σ ≤ 12.75/255
+FAMILIES = {"ours": ("averaged-color", "averaged-lownoise-color"), "dncnn": ("dncnn-color", "dncnn-lownoise-color"),
+            "bm3d": ("bm3d",)}
 
 
 @dataclass
@@ -69,10 +75,14 @@ class Methods:
         return self.models[name]
 
     @staticmethod
-    def denoiser_weights(method: str) -> list[float | None]:
-        """FB's prior weight is tied to its strength (τ < 2/L caps the data term), so FB methods also search
-        the denoiser weight ω; the other solvers keep their default ω (None)."""
-        return FB_WEIGHTS if method.endswith("-fb") else [None]
+    def variants(method: str) -> list[tuple[str | None, float | None]]:
+        """(denoiser model, denoiser weight ω) pairs to tune over: a PnP method tries each model of its family;
+        FB's prior weight is tied to its strength (τ < 2/L caps the data term), so FB methods also search
+        the denoiser weight ω; the other solvers keep their default ω (None); TV and Wiener have neither."""
+        if method in GRIDS:
+            return [(None, None)]
+        weights = FB_WEIGHTS if method.endswith("-fb") else [None]
+        return [(model, weight) for model in FAMILIES[method.split("-")[0]] for weight in weights]
 
     def grid(self, method: str, weight: float | None = None) -> list[float]:
         if method in GRIDS:
@@ -80,14 +90,14 @@ class Methods:
         strength = ps.solvers.tuned(method.split("-")[1]).strength / (1.0 if weight is None else weight) ** 0.5
         return [round(factor * strength, 4) for factor in PNP_FACTORS]
 
-    def run(self, method: str, physics, y, noise: float, parameter: float, weight: float | None = None) -> Outcome:
+    def run(self, method: str, physics, y, noise: float, parameter: float, model: str | None = None,
+            weight: float | None = None) -> Outcome:
         if method == "wiener":
             return Outcome(physics.prox_l2(torch.zeros_like(y), y, gamma=1.0 / parameter), [1])
         if method == "tv":
             return self._pnp(physics, y, noise, _TV(), "fb", parameter, weight=1.0)  # the exact prox: no weighting
         family, solver = method.split("-")
-        denoiser = {"ours": "averaged-color", "dncnn": "dncnn-color", "bm3d": "bm3d"}[family]
-        return self._pnp(physics, y, noise, self.model(denoiser), solver, parameter,
+        return self._pnp(physics, y, noise, self.model(model), solver, parameter,
                          max_iter=self.bm3d_iters if family == "bm3d" else self.max_iter, weight=weight)
 
     def _pnp(self, physics, y, noise, denoiser, solver, strength, max_iter=None, weight=None) -> Outcome:
@@ -122,15 +132,16 @@ def degrade(clean: torch.Tensor, kernel, noise: float, seed: int):
     return ps.blur(kernel, img_size=tuple(clean.shape[1:])), op(clean)
 
 
-def tune(methods: Methods, method: str, validation, noise: float) -> tuple[float, float | None, float]:
-    """(parameter, denoiser weight ω, validation PSNR) with the best mean validation PSNR over the strength
-    search of each weight in ``methods.denoiser_weights(method)``."""
-    searches = [(*search_parameter(methods, method, validation, noise, weight), weight) for weight in methods.denoiser_weights(method)]
-    parameter, score, weight = max(searches, key=lambda search: search[1])
-    return parameter, weight, score
+def tune(methods: Methods, method: str, validation, noise: float) -> tuple[float, str | None, float | None, float]:
+    """(parameter, model, denoiser weight ω, validation PSNR) with the best mean validation PSNR over the
+    strength search of each (model, weight) in ``methods.variants(method)``."""
+    searches = [(*search_parameter(methods, method, validation, noise, model, weight), model, weight)
+                for model, weight in methods.variants(method)]
+    parameter, score, model, weight = max(searches, key=lambda search: search[1])
+    return parameter, model, weight, score
 
 
-def search_parameter(methods: Methods, method: str, validation, noise: float, weight: float | None,
+def search_parameter(methods: Methods, method: str, validation, noise: float, model: str | None, weight: float | None,
                      max_tries: int = 10) -> tuple[float, float]:
     """The value with the best mean validation PSNR: while the best sits on an end of the values tried, the
     grid is extended geometrically past that end (so the choice is never an artefact of the grid's range);
@@ -143,7 +154,7 @@ def search_parameter(methods: Methods, method: str, validation, noise: float, we
         values = []
         for index, (clean, kernel) in enumerate(validation):
             physics, y = degrade(clean, kernel, noise, seed=1000 + index)
-            values += ps.psnr(methods.run(method, physics, y, noise, parameter, weight).estimate, clean).tolist()
+            values += ps.psnr(methods.run(method, physics, y, noise, parameter, model, weight).estimate, clean).tolist()
         scores[parameter] = statistics.mean(values)
 
     for parameter in grid:
@@ -174,8 +185,9 @@ def evaluate(args, validation_paths: list[Path], method: str, noise255: float) -
                   for i, c in enumerate(load_crops(validation_paths, args.validation_size, gray=False))]
     methods = Methods(args.max_iter, args.bm3d_iters, args.tol)
     noise = noise255 / 255
-    parameter, weight, val_psnr = tune(methods, method, validation, noise)
-    chosen = f"{parameter:.4g}" + ("" if weight is None else f", ω {weight:g}")
+    parameter, model, weight, val_psnr = tune(methods, method, validation, noise)
+    chosen = ", ".join([f"{parameter:.4g}"] + ([] if model in (None, "bm3d") else [f"`{model}`"])
+                       + ([] if weight is None else [f"ω {weight:g}"]))
     rows, showcase = [], {}
     for set_name in args.sets:
         paths = list_images(data / "test" / set_name)[: args.images]
@@ -185,7 +197,7 @@ def evaluate(args, validation_paths: list[Path], method: str, noise255: float) -
             for j, kernel in zip(args.kernels, kernels):
                 physics, y = degrade(clean, kernel, noise, seed=100 * i + j)
                 t0 = time.perf_counter()
-                outcome = methods.run(method, physics, y, noise, parameter, weight)
+                outcome = methods.run(method, physics, y, noise, parameter, model, weight)
                 seconds += time.perf_counter() - t0
                 psnrs += ps.psnr(outcome.estimate, clean).tolist()
                 ssims += ps.ssim(outcome.estimate, clean).tolist()
@@ -231,13 +243,13 @@ def main() -> None:
         f"- tuning: {args.validation} centre crops of CBSD68 images outside CBSD10 ({args.validation_size} px: {', '.join(p.name for p in validation_paths)}) "
         f"× motion kernels `motion_kernel(20 + i, 19)`; grids {GRIDS}, PnP strengths {PNP_FACTORS} × the solver's default, each extended "
         f"geometrically while the best value sits on an end, then refined by the square root of the grid ratio on both sides of the best; FB also over denoiser weights ω ∈ {FB_WEIGHTS}, with strengths "
-        f"{PNP_FACTORS} × default/√ω (equal prior weight ω·s² at the middle)",
+        f"{PNP_FACTORS} × default/√ω (equal prior weight ω·s² at the middle); PnP also over the family's models {FAMILIES}",
         f"- PnP: up to {args.max_iter or 'the solver’s tuned number of'} iterations (BM3D: {args.bm3d_iters}), tol {args.tol:g}, "
         f"tuned strength, the solver's default step, denoiser weight ω (FB: tuned) and iteration budget "
         f"({'; '.join(f'{name}: {t.step_scale:g} × theory, ω = {t.denoiser_weight:g}, {t.max_iter}' for name, t in ps.solvers.TUNED.items())}); "
         f"TV: FB with ω = 1",
         "",
-        "| set | σ·255 | method | parameter (val PSNR) | PSNR | SSIM | iterations | s/image | violations | statuses |",
+        "| set | σ·255 | method | parameter, model (val PSNR) | PSNR | SSIM | iterations | s/image | violations | statuses |",
         "|---|---:|---|---|---:|---:|---:|---:|---:|---|",
     ]
     tasks = [(method, noise255) for noise255 in args.noises for method in args.methods]
