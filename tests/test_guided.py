@@ -1,0 +1,102 @@
+"""Frozen-guide linear denoisers: symmetric, spectrum in [0, 1], firmly non-expansive, usable everywhere."""
+
+import deepinv as dinv
+import pytest
+import torch
+
+import pnp_stable as ps
+from pnp_stable.denoisers import GuidedDenoiser, adversarial_lipschitz, natural_starts
+from pnp_stable.denoisers.guided import partition_patches
+
+SMALL = {"bm3d": dict(patch=4, tile=8, group=4, shifts=2), "nlm": dict(search=3, radius=1, strength=2.0)}
+SIGMA = 0.1
+
+
+def _denoiser(construction, channels=1, size=20, batch=1, seed=4):
+    guide = natural_starts(batch, (channels, size, size), noise=0.05, seed=seed).double()
+    return GuidedDenoiser(guide, construction, **SMALL[construction])
+
+
+def _power(apply, x, iterations=300):
+    """Largest eigenvalue of a symmetric PSD map by power iteration (a lower estimate that converges)."""
+    for _ in range(iterations):
+        x = apply(x)
+        x = x / x.norm()
+    return float((x * apply(x)).sum())
+
+
+@pytest.mark.parametrize("construction", ["bm3d", "nlm"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_filter_is_symmetric_with_spectrum_in_zero_one(construction, channels):
+    D = _denoiser(construction, channels)
+    W = lambda v: D(v, SIGMA)  # noqa: E731
+    gen = torch.Generator().manual_seed(1)
+    x, y = (torch.randn(D.guide.shape, generator=gen, dtype=torch.float64) for _ in range(2))
+    assert abs(float((W(x) * y).sum() - (x * W(y)).sum())) < 1e-10 * x.norm() * y.norm()
+    start = torch.rand(D.guide.shape, generator=gen, dtype=torch.float64)
+    top = _power(W, start)  # λ_max(W) ≤ 1
+    bottom = 1 - _power(lambda v: v - W(v), start)  # λ_min(W) = 1 − λ_max(I − W) ≥ 0
+    assert 0.5 < top <= 1 + 1e-9
+    assert -1e-9 <= bottom < 0.5
+    assert D.certificate.alpha == 0.5 and D.certificate.guaranteed
+
+
+@pytest.mark.parametrize("construction", ["bm3d", "nlm"])
+def test_adversarial_search_never_beats_firm_nonexpansiveness(construction):
+    restarts = 4
+    guide = natural_starts(restarts, (3, 16, 16), noise=0.05, seed=4)
+    D = GuidedDenoiser(guide, construction, **SMALL[construction])
+    found = adversarial_lipschitz(D, (3, 16, 16), SIGMA, alpha=0.5, restarts=restarts, steps=40)
+    assert found.ratio <= 1 + 1e-4  # N = 2W − I is non-expansive
+
+
+def test_partition_puts_every_patch_position_in_exactly_one_group():
+    luminance = natural_starts(1, (1, 20, 28), noise=0.05)[0, 0]
+    groups = partition_patches(luminance, patch=4, tile=8, group=4, shift=(3, 5))
+    assert {tuple(g.shape[1:]) for g in groups} == {(4,), (1,)}  # full tiles and the leftover strips
+    assert torch.sort(torch.cat([g.flatten() for g in groups])).values.equal(torch.arange(20 * 28))
+
+
+def test_linearised_bm3d_denoises_and_tends_to_identity_at_zero_noise():
+    clean = natural_starts(1, (1, 32, 32), noise=0.0, seed=2).double()
+    noisy = clean + 0.1 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    D = GuidedDenoiser(clean, "bm3d", patch=4, tile=8, group=4)  # oracle guide: the Wiener filter of BM3D's second stage
+    assert ps.psnr(D(noisy, 0.1), clean) > ps.psnr(noisy, clean) + 5
+    assert torch.allclose(D(noisy, 1e-9), noisy, atol=1e-6)
+
+
+def test_guided_filter_runs_in_our_solvers_with_a_certificate_and_no_violations():
+    x = natural_starts(1, (1, 24, 24), noise=0.0, seed=3)
+    physics = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, 24, 24))
+    y = physics(x) + 0.01 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    D = GuidedDenoiser(x, "bm3d", **SMALL["bm3d"])
+    for solver in ("fb", "hqs", "drs"):
+        result = ps.solve(physics, y, D, 0.01, solver=solver, max_iter=60)
+        assert result.beta is not None and not result.violations, (solver, result.summary())
+
+
+def test_guided_filter_runs_inside_deepinv_optimiser():
+    x = natural_starts(1, (1, 16, 16), noise=0.0, seed=4)
+    physics = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, 16, 16), noise_sigma=0.01)
+    D = GuidedDenoiser(x, "bm3d", **SMALL["bm3d"])
+    solver = dinv.optim.PGD(prior=dinv.optim.PnP(denoiser=D), data_fidelity=dinv.optim.L2(), stepsize=1.0,
+                            sigma_denoiser=0.05, max_iter=5)
+    with torch.no_grad():
+        estimate = solver(physics(x), physics)
+    assert estimate.shape == x.shape and torch.isfinite(estimate).all()
+
+
+def test_bad_inputs_are_refused_clearly():
+    D = _denoiser("bm3d")
+    with pytest.raises(ValueError, match="guide's"):
+        D(torch.rand(1, 1, 24, 24), SIGMA)
+    with pytest.raises(ValueError, match="channel"):
+        D(torch.rand(1, 3, 20, 20), SIGMA)
+    with pytest.raises(ValueError, match="sigma"):
+        D(torch.rand(1, 1, 20, 20), -1.0)
+    with pytest.raises(ValueError, match="unknown guided construction"):
+        GuidedDenoiser(torch.rand(1, 1, 20, 20), "wavelet")
+    with pytest.raises(ValueError, match="smaller than"):
+        GuidedDenoiser(torch.rand(1, 1, 6, 6), "bm3d")
+    with pytest.raises(ValueError, match="NaN"):
+        GuidedDenoiser(torch.full((1, 1, 20, 20), float("nan")), "bm3d")
