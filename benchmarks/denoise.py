@@ -4,7 +4,10 @@ Methods: every shipped denoiser (certified averaged models and the same-budget D
 any ``--model`` file, BM3D (``bm3d`` package), TV (deepinv, λ = σ); each with its certificate and an
 adversarial check: ‖N x − N y‖/‖x − y‖ ≤ 1 for N = (D − (1 − α)I)/α for certified models, the
 empirical Lipschitz constant ‖D x − D y‖/‖x − y‖ for unconstrained ones. Noise is seeded per image (seed = index), so
-every method sees the same noisy images. Writes ``benchmarks/results/denoise.md``.
+every method sees the same noisy images. ``--guides`` adds frozen-guide rows W(g)·y: the guide g is the named
+denoiser's output on y (``bm3d``, or the shipped ``dncnn``/``averaged`` model for the image's channels), and
+W(g) the certified linear filter of :mod:`pnp_stable.denoisers.guided` (``--constructions``); the time includes
+the guide. Writes ``benchmarks/results/denoise.md``.
 
     .venv/bin/python benchmarks/denoise.py --images 10          # first 10 images of each set
     PNP_STABLE_DATA=/path/to/data .venv/bin/python benchmarks/denoise.py
@@ -26,10 +29,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import RESULTS, ROOT, header  # noqa: E402
 
 import pnp_stable as ps  # noqa: E402
-from pnp_stable.denoisers import BM3DDenoiser, TVDenoiser, adversarial_lipschitz, certificate_of  # noqa: E402
+from pnp_stable.denoisers import (  # noqa: E402
+    BM3DDenoiser, GuidedDenoiser, TVDenoiser, adversarial_lipschitz, certificate_of, natural_starts)
 from pnp_stable.training import list_images  # noqa: E402
 
 SETS = {"BSD68": 1, "Set12": 1, "CBSD68": 3}
+GUIDE_MODELS = {"dncnn": {1: "dncnn-gray", 3: "dncnn-color"}, "averaged": {1: "averaged-gray", 3: "averaged-color"}}
+
+
+class GuidedWiener:
+    """y ↦ W(g)y with g = guide(y, σ): certified (firmly non-expansive) as the linear map W(g) for its
+    frozen guide; the map y ↦ W(g(y))y as a whole is non-linear and carries no certificate."""
+
+    def __init__(self, guide, construction: str):
+        self.guide, self.construction = guide, construction
+        self.certificate = ps.Certificate.none("W(g(y))y: the guide depends on y; W(g) alone is firmly non-expansive")
+
+    def __call__(self, y, sigma):
+        return GuidedDenoiser(self.guide(y, sigma), self.construction)(y, sigma)
+
+
+def guide_denoiser(name: str, channels: int):
+    return BM3DDenoiser() if name == "bm3d" else ps.load_denoiser(GUIDE_MODELS[name][channels])
+
+
+def frozen_filter_check(construction: str, channels: int) -> float:
+    """Adversarial search on W(g) with guides from natural crops: max ‖Nx − Ny‖/‖x − y‖, N = 2W − I (≤ 1)."""
+    shape = (channels, 40, 40)
+    options = {"tile": 16} if construction == "bm3d" else {}
+    frozen = GuidedDenoiser(natural_starts(4, shape, noise=0.0, seed=7), construction, **options)
+    return adversarial_lipschitz(frozen, shape, 25 / 255, alpha=0.5, restarts=4, steps=60).ratio
 
 
 def evaluate(denoiser, images, sigma: float) -> tuple[float, float, float]:
@@ -51,6 +80,10 @@ def main() -> None:
     parser.add_argument("--model", action="append", default=[], help="extra denoiser file(s) (.safetensors)")
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--no-bm3d", action="store_true")
+    parser.add_argument("--no-models", action="store_true", help="skip the shipped models and TV")
+    parser.add_argument("--guides", nargs="*", default=[], choices=["bm3d", *GUIDE_MODELS],
+                        help="add W(g)·y rows with the guide g from these denoisers")
+    parser.add_argument("--constructions", nargs="+", default=["bm3d"], choices=["bm3d", "nlm"])
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--out", default=str(RESULTS / "denoise.md"), help="results file")
     args = parser.parse_args()
@@ -65,7 +98,7 @@ def main() -> None:
         channels = SETS[set_name]
         images = [ps.load_image(p, gray=channels == 1) for p in list_images(data / set_name)[: args.images]]
         methods = {}
-        for entry in ps.list_denoisers():
+        for entry in [] if args.no_models else ps.list_denoisers():
             model = ps.load_denoiser(entry["name"])
             if model.channels == channels:
                 methods[entry["name"]] = model
@@ -75,8 +108,15 @@ def main() -> None:
                 methods[Path(path).stem] = model
         if not args.no_bm3d:
             methods["BM3D"] = BM3DDenoiser()
-        methods["TV (λ = σ)"] = TVDenoiser()
+        if not args.no_models:
+            methods["TV (λ = σ)"] = TVDenoiser()
         checks = {}
+        for construction in args.constructions if args.guides else []:
+            check = frozen_filter_check(construction, channels)
+            for guide in args.guides:
+                name = f"W(g)·y, {construction}, g = {guide}"
+                methods[name] = GuidedWiener(guide_denoiser(guide, channels), construction)
+                checks[name] = f"{check:.4f} (W(g) for a frozen g)"
         for name, method in methods.items():
             certificate = certificate_of(method)
             shape = (channels, 40, 40)
@@ -90,6 +130,8 @@ def main() -> None:
                 p, s, t = evaluate(method, images, sigma255 / 255)
                 certificate = certificate_of(method)
                 cert = "none" if certificate.alpha is None else f"α = {certificate.alpha:.3g}" + ("" if certificate.guaranteed else " (approx.)")
+                if isinstance(method, GuidedWiener):
+                    cert = "W(g): α = 0.5 for its frozen g"
                 check = checks.get(name, "–")
                 check = f"{check:.4f}" if isinstance(check, float) else check
                 rows.append(f"| {set_name} | {sigma255:g} | {name} | {p:.2f} | {s:.4f} | {t:.2f} | {cert} | {check} |")

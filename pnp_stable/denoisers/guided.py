@@ -195,7 +195,7 @@ class SymmetricKernelFilter:
     the guide's (2·``radius`` + 1)² patches around i and j over all channels, K_ii = 1.
     K is symmetric by construction: each offset pair (o, −o) uses one weight map."""
 
-    def __init__(self, guide: Tensor, search: int = 7, radius: int = 2, strength: float = 0.6):
+    def __init__(self, guide: Tensor, search: int = 5, radius: int = 3, strength: float = 1.0):
         self.channels, self.height, self.width = guide.shape
         self.dtype = guide.dtype
         self.strength = float(strength)
