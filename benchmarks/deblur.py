@@ -8,6 +8,12 @@ boundary, noise seeded per (image, kernel). Methods:
 - ``dncnn-<solver>``: the same solvers with ``dncnn-color`` or ``dncnn-lownoise-color`` (unconstrained, each
   trained with the same data and budget as its certified counterpart);
 - ``bm3d-hqs``: PnP-HQS with BM3D (``bm3d`` package; slow: ``--bm3d-iters`` iterations);
+- ``bm3d-dpir``: PnP with BM3D in the DPIR schedule (``--bm3d-iters`` HQS iterations, σ_d geometric from 49/255
+  down to σ_n, data weight λ tuned; no guarantee): the strongest peer that needs no download;
+- ``guided-<guide>-<solver>``: the frozen-guide route (``ps.solvers.guided_solve``): a DPIR-schedule pilot with
+  the guide denoiser (``bm3d``, ``dncnn``: dncnn-color, ``averaged``: averaged-color) gives the guide g, then
+  the certified solver runs with the linear filter W(g) for ``GUIDED_DEFAULTS.rounds`` re-guiding rounds;
+  violations are counted over every round;
 - ``tv``: proximal gradient on ½‖Ax − y‖²/σ² + λ·TV(x) (deepinv's TV prox, exact FB, convex);
 - ``wiener``: Tikhonov/Wiener filter argmin ½‖Ax − y‖² + λ/2‖x‖², closed form by FFT.
 
@@ -52,6 +58,8 @@ FB_WEIGHTS = [1.0, 0.3, 0.1]  # FB's denoiser weights ω tried, each with streng
 #: the shipped models each PnP family chooses from on validation: the general one and the one trained last on σ ≤ 12.75/255
 FAMILIES = {"ours": ("averaged-color", "averaged-lownoise-color"), "dncnn": ("dncnn-color", "dncnn-lownoise-color"),
             "bm3d": ("bm3d",)}
+GUIDES = {"bm3d": "bm3d", "dncnn": "dncnn-color", "averaged": "averaged-color"}  # guided-<guide>-<solver>: the guide's model
+DPIR_WEIGHTS = [0.1, 0.23, 0.5]  # bm3d-dpir's data weight λ tried (DPIR's own value: 0.23)
 
 
 @dataclass
@@ -79,14 +87,20 @@ class Methods:
         """(denoiser model, denoiser weight ω) pairs to tune over: a PnP method tries each model of its family;
         FB's prior weight is tied to its strength (τ < 2/L caps the data term), so FB methods also search
         the denoiser weight ω; the other solvers keep their default ω (None); TV and Wiener have neither."""
-        if method in GRIDS:
-            return [(None, None)]
+        if method in GRIDS or method == "bm3d-dpir":
+            return [("bm3d" if method == "bm3d-dpir" else None, None)]
+        if method.startswith("guided-"):
+            return [(GUIDES[method.split("-")[1]], None)]
         weights = FB_WEIGHTS if method.endswith("-fb") else [None]
         return [(model, weight) for model in FAMILIES[method.split("-")[0]] for weight in weights]
 
     def grid(self, method: str, weight: float | None = None) -> list[float]:
         if method in GRIDS:
             return GRIDS[method]
+        if method == "bm3d-dpir":
+            return DPIR_WEIGHTS
+        if method.startswith("guided-"):
+            return [round(factor * ps.solvers.GUIDED_DEFAULTS.strength, 4) for factor in PNP_FACTORS]
         strength = ps.solvers.tuned(method.split("-")[1]).strength / (1.0 if weight is None else weight) ** 0.5
         return [round(factor * strength, 4) for factor in PNP_FACTORS]
 
@@ -96,6 +110,17 @@ class Methods:
             return Outcome(physics.prox_l2(torch.zeros_like(y), y, gamma=1.0 / parameter), [1])
         if method == "tv":
             return self._pnp(physics, y, noise, _TV(), "fb", parameter, weight=1.0)  # the exact prox: no weighting
+        if method == "bm3d-dpir":
+            result = ps.solvers.dpir(physics, y, self.model("bm3d"), noise, iterations=self.bm3d_iters, weight=parameter)
+            return Outcome(result.estimate, result.iterations, len(result.violations), {"no guarantee"})
+        if method.startswith("guided-"):
+            result = ps.solvers.guided_solve(physics, y, self.model(model), noise, solver=method.split("-")[2],
+                                             denoiser_sigma=parameter * noise, rounds=ps.solvers.GUIDED_DEFAULTS.rounds,
+                                             pilot_iterations=self.bm3d_iters, max_iter=self.max_iter, tol=self.tol)
+            rounds = result.earlier_rounds + [result]
+            iterations = [sum(r.iterations[b] for r in rounds) for b in range(len(result.iterations))]
+            return Outcome(result.estimate, iterations, sum(len(r.violations) for r in rounds),
+                           {status for r in rounds for status in r.status})
         family, solver = method.split("-")
         return self._pnp(physics, y, noise, self.model(model), solver, parameter,
                          max_iter=self.bm3d_iters if family == "bm3d" else self.max_iter, weight=weight)
@@ -224,7 +249,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=None, help="first N images of each set")
     parser.add_argument("--size", type=int, default=None, help="centre crops of this side instead of whole test images")
     parser.add_argument("--max-iter", type=int, default=None, help="iterations of every PnP run and TV; None: each solver's tuned budget")
-    parser.add_argument("--bm3d-iters", type=int, default=8)
+    parser.add_argument("--bm3d-iters", type=int, default=8, help="iterations of bm3d-hqs, bm3d-dpir and of the guided pilots")
     parser.add_argument("--tol", type=float, default=1e-5, help="PnP and TV stop at r_k/‖z_k‖ < TOL")
     parser.add_argument("--validation", type=int, default=4, help="crops of CBSD68 images outside CBSD10 used for tuning")
     parser.add_argument("--validation-size", type=int, default=96)
@@ -248,6 +273,10 @@ def main() -> None:
         f"tuned strength, the solver's default step, denoiser weight ω (FB: tuned) and iteration budget "
         f"({'; '.join(f'{name}: {t.step_scale:g} × theory, ω = {t.denoiser_weight:g}, {t.max_iter}' for name, t in ps.solvers.TUNED.items())}); "
         f"TV: FB with ω = 1",
+        f"- bm3d-dpir: {args.bm3d_iters} HQS iterations, σ_d geometric from 49/255 to σ_n, data weight λ ∈ {DPIR_WEIGHTS} (DPIR: 0.23); "
+        f"guided-<guide>-<solver>: a {args.bm3d_iters}-iteration DPIR pilot with the guide (models {GUIDES}), then "
+        f"{ps.solvers.GUIDED_DEFAULTS.rounds} certified rounds with W(g) (each round's estimate guides the next), strengths "
+        f"{PNP_FACTORS} × {ps.solvers.GUIDED_DEFAULTS.strength}; s/image includes the pilot",
         "",
         "| set | σ·255 | method | parameter, model (val PSNR) | PSNR | SSIM | iterations | s/image | violations | statuses |",
         "|---|---:|---|---|---:|---:|---:|---:|---:|---|",

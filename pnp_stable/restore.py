@@ -19,10 +19,11 @@ from .denoisers.zoo import load_denoiser
 from .io import to_tensor
 from .operators.kernels import kernel_from_spec, validate_kernel
 from .operators.physics import blur
+from .solvers.guided import GUIDED_DEFAULTS, guided_solve
 from .solvers.loop import PnPResult, solve
 from .theory import Certificate
 
-__all__ = ["DEFAULT_DENOISERS", "DenoiseResult", "deblur", "denoise", "resolve_denoiser"]
+__all__ = ["DEFAULT_DENOISERS", "DenoiseResult", "deblur", "denoise", "resolve_denoiser", "resolve_guide"]
 
 DEFAULT_DENOISERS = {1: "averaged-gray", 3: "averaged-color"}
 
@@ -59,6 +60,17 @@ def resolve_denoiser(denoiser, channels: int, device: str | torch.device = "cpu"
     return model
 
 
+def resolve_guide(guide, channels: int, device: str | torch.device = "cpu"):
+    """The denoiser that makes the guide of ``denoiser='guided'``: ``'bm3d'`` (the optional ``bm3d`` extra),
+    a shipped model name or ``.safetensors`` path (``'auto'``: the certified model for ``channels``), or any
+    ``denoiser(x, sigma)`` callable. It needs no certificate: the guide is frozen before the certified solve."""
+    if guide == "bm3d":
+        from .denoisers.baselines import BM3DDenoiser
+
+        return BM3DDenoiser()
+    return resolve_denoiser(guide, channels, device)
+
+
 def _as_batch(image, name: str, device) -> Tensor:
     x = to_tensor(image) if not isinstance(image, Tensor) or image.ndim != 4 else image
     return check_image(x.to(device=device, dtype=torch.float32), name)
@@ -72,7 +84,7 @@ def deblur(
     y,
     kernel,
     noise_sigma: float,
-    solver: str = "fb",
+    solver: str | None = None,
     denoiser="auto",
     boundary: str = "circular",
     denoiser_sigma: float | None = None,
@@ -86,6 +98,8 @@ def deblur(
     progress: bool = False,
     allow_unsafe_step: bool = False,
     denoiser_weight: float | None = None,
+    guide="bm3d",
+    guided_rounds: int | None = None,
 ) -> PnPResult:
     """Restore ``y = k * x + n`` (n ~ N(0, noise_sigma²), values on the [0, 1] scale) by monitored PnP.
 
@@ -94,12 +108,30 @@ def deblur(
     or any ``denoiser(x, sigma)``. ``denoiser_sigma``, ``step``, ``denoiser_weight`` (ω: the denoising
     step is x + ω(D(x, σ_d) − x)) and ``max_iter`` default to the tuned values (:func:`pnp_stable.solvers.defaults.tuned`). Returns the :class:`PnPResult` (``estimate``,
     ``status``, ``history``, certified ``beta``; ``pnp_stable.to_numpy(result.estimate)`` for an array).
+
+    ``denoiser='guided'``: the frozen-guide route (:func:`pnp_stable.solvers.guided.guided_solve`): ``guide``
+    (``'bm3d'``, a model name or path, or any ``denoiser(x, sigma)``) runs a short DPIR-schedule pilot whose
+    output is the guide g; the certified solve then uses the linear filter W(g), firmly non-expansive for that
+    frozen guide, for ``guided_rounds`` rounds (each round's estimate guides the next). ``solver``,
+    ``denoiser_sigma`` and ``guided_rounds`` then default to :data:`~pnp_stable.solvers.guided.GUIDED_DEFAULTS`.
     """
     y = _as_batch(y, "blurred image y", device)
-    model = resolve_denoiser(denoiser, y.shape[1], device)
     physics = blur(_as_kernel(kernel), boundary=boundary, img_size=tuple(y.shape[1:]), device=device)
+    if isinstance(denoiser, str) and denoiser == "guided":
+        if step is not None or denoiser_weight is not None or relaxation != 1.0 or x0 is not None:
+            raise ValueError("denoiser='guided' sets its own start (the guide), step and weight; "
+                             "drop step=, denoiser_weight=, relaxation= and x0=")
+        return guided_solve(
+            physics, y, resolve_guide(guide, y.shape[1], device), noise_sigma,
+            solver=solver or GUIDED_DEFAULTS.solver,
+            denoiser_sigma=GUIDED_DEFAULTS.strength * noise_sigma if denoiser_sigma is None else denoiser_sigma,
+            rounds=GUIDED_DEFAULTS.rounds if guided_rounds is None else guided_rounds,
+            max_iter=max_iter, tol=tol, reference=None if reference is None else _as_batch(reference, "reference", device),
+            progress=progress,
+        )
+    model = resolve_denoiser(denoiser, y.shape[1], device)
     return solve(
-        physics, y, model, noise_sigma, solver=solver, denoiser_sigma=denoiser_sigma, step=step,
+        physics, y, model, noise_sigma, solver=solver or "fb", denoiser_sigma=denoiser_sigma, step=step,
         denoiser_weight=denoiser_weight, relaxation=relaxation, max_iter=max_iter, tol=tol,
         x0=None if x0 is None else _as_batch(x0, "x0", device),
         reference=None if reference is None else _as_batch(reference, "reference", device),

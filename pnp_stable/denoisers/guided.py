@@ -31,6 +31,7 @@ once and frozen. From it a *linear* filter W(g) is built whose certificate holds
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Callable
 
@@ -143,14 +144,16 @@ class LinearisedBM3D:
     """W = (1/n) Σ_partitions p⁻² Σ_g P_gᵀ Tᵀ S_g T P_g (module docstring, item 2), for one guide.
 
     Built once from ``guide`` ([C, H, W], C = 1 or 3; colour works in opponent space, groups formed
-    on its luminance): ``shifts`` partitions of all circular patch positions into groups of similar
+    on its luminance; default tiles/groups 32/16 for gray, 64/32 for colour): ``shifts`` partitions of all circular patch positions into groups of similar
     patches (:func:`partition_patches`). Each partition has Λ = Σ_g P_gᵀP_g = p²I exactly, so its
     term is symmetric with spectrum in [0, 1], and so is the average of the partitions.
     :meth:`apply` uses the Wiener factors S = c²/(c² + σ²) of the guide's coefficients c.
     """
 
-    def __init__(self, guide: Tensor, patch: int = 8, tile: int = 32, group: int = 16, shifts: int = 2):
+    def __init__(self, guide: Tensor, patch: int = 8, tile: int | None = None, group: int | None = None, shifts: int = 2):
         self.channels, self.height, self.width = guide.shape
+        tile = tile or (64 if self.channels == 3 else 32)  # chosen on BSD68/CBSD68 images 1–4 at σ = 25/255 (notes of #20)
+        group = group or (32 if self.channels == 3 else 16)
         if self.height < patch or self.width < patch:
             raise ValueError(f"image of {self.height}×{self.width} pixels is smaller than the {patch}×{patch} patch; "
                              "use a smaller patch (patch=...) or a larger image")
@@ -159,17 +162,17 @@ class LinearisedBM3D:
         offsets = [(i * tile // shifts, i * tile // shifts) for i in range(shifts)]
         self.partitions = [partition_patches(opponent[0], patch, tile, group, offset) for offset in offsets]
         self.patch_transform = torch.kron(dct_matrix(patch), dct_matrix(patch)).to(self.dtype)
-        guide_patches = _circular_patches(opponent, patch)
-        self.guide_energy = [[self._transform(guide_patches[:, index]).pow(2) for index in partition]
+        guide_spectra = _circular_patches(opponent, patch) @ self.patch_transform.T
+        self.guide_energy = [[self._group_transform(guide_spectra[:, index]).pow(2) for index in partition]
                              for partition in self.partitions]  # c² per group: [C, G, K, p²]
+        # each position lies in exactly one group, so putting the filtered patches back is a permutation
+        self.inverse = [torch.cat([index.flatten() for index in partition]).argsort() for partition in self.partitions]
         self._cache: tuple[float, list] | None = None
 
-    def _transform(self, groups: Tensor) -> Tensor:
-        """T = (1-D DCT along the group) ⊗ (2-D DCT of each patch): [C, G, K, p²] → coefficients."""
-        return dct_matrix(groups.shape[2]).to(self.dtype) @ (groups @ self.patch_transform.T)
-
-    def _inverse(self, coefficients: Tensor) -> Tensor:
-        return dct_matrix(coefficients.shape[2]).to(self.dtype).T @ coefficients @ self.patch_transform
+    def _group_transform(self, spectra: Tensor, inverse: bool = False) -> Tensor:
+        """The 1-D DCT along each group of 2-D patch spectra [C, G, K, p²] (T = this ⊗ the 2-D DCT)."""
+        matrix = dct_matrix(spectra.shape[2]).to(self.dtype)
+        return (matrix.T if inverse else matrix) @ spectra
 
     def _factors(self, sigma: float) -> list:
         """Wiener factors S = c²/(c² + σ²) ∈ [0, 1] for noise level σ, cached for the last σ."""
@@ -179,13 +182,13 @@ class LinearisedBM3D:
 
     def apply(self, x: Tensor, sigma: float) -> Tensor:
         """W(g, σ) x for one image x of the guide's shape [C, H, W]."""
-        patches = _circular_patches(_to_opponent(x.to(self.dtype)), self.patch)
-        out = torch.zeros_like(patches)
-        for partition, factors in zip(self.partitions, self._factors(float(sigma))):
-            for index, shrink in zip(partition, factors):
-                filtered = self._inverse(shrink * self._transform(patches[:, index]))
-                out.index_add_(1, index.flatten(), filtered.reshape(self.channels, -1, self.patch**2))
-        out = out / (len(self.partitions) * self.patch**2)
+        spectra = _circular_patches(_to_opponent(x.to(self.dtype)), self.patch) @ self.patch_transform.T
+        out = 0
+        for partition, factors, inverse in zip(self.partitions, self._factors(float(sigma)), self.inverse):
+            filtered = [self._group_transform(shrink * self._group_transform(spectra[:, index]), inverse=True).flatten(1, 2)
+                        for index, shrink in zip(partition, factors)]
+            out = out + torch.cat(filtered, 1)[:, inverse]
+        out = (out @ self.patch_transform) / (len(self.partitions) * self.patch**2)
         return _from_opponent(_circular_fold(out, self.height, self.width, self.patch)).to(x.dtype)
 
 
@@ -286,6 +289,13 @@ class GuidedDenoiser(dinv.models.Denoiser):
             raise ValueError(f"sigma must be a float or one value per sample ({x.shape[0]}), got {sigmas.numel()} values")
         values = [check_noise_level(float(s), "sigma", positive=True) for s in sigmas]
         return torch.stack([f.apply(image, s) for f, image, s in zip(self.filters, x, values)])
+
+    def subset(self, index: Tensor) -> "GuidedDenoiser":
+        """The filters of samples ``index`` only (the solvers use it once some samples have stopped)."""
+        view = copy.copy(self)
+        view._buffers = dict(self._buffers, guide=self.guide[index])
+        view.filters = [self.filters[i] for i in index.tolist()]
+        return view
 
     @property
     def certificate(self) -> Certificate:

@@ -1,9 +1,11 @@
 """PnP solvers as monitored fixed-point iterations."""
 
 from .defaults import TUNED, Tuned, tuned
+from .guided import GUIDED_DEFAULTS, GuidedDefaults, guided_solve
 from .loop import STATUSES, PnPResult, run_scheme, solve
 from .monitor import FLOAT_SLACK, ConvergenceMonitor, History, Violation
 from .relaxed import KrasnoselskiiMann
+from .schedule import DecreasingSchedule, dpir
 from .schemes import ADMM, FISTA, SCHEMES, DouglasRachford, ForwardBackward, HalfQuadraticSplitting, Scheme
 from .stepsize import check_step, default_step
 
@@ -11,6 +13,9 @@ __all__ = [
     "ADMM",
     "FISTA",
     "FLOAT_SLACK",
+    "GUIDED_DEFAULTS",
+    "GuidedDefaults",
+    "DecreasingSchedule",
     "SCHEMES",
     "STATUSES",
     "TUNED",
@@ -26,6 +31,8 @@ __all__ = [
     "Violation",
     "check_step",
     "default_step",
+    "dpir",
+    "guided_solve",
     "run_scheme",
     "solve",
     "tuned",

@@ -39,6 +39,7 @@ class PnPResult:
     solver: str
     step: float
     notes: list[str] = field(default_factory=list)
+    earlier_rounds: list["PnPResult"] = field(default_factory=list)  # guided restoration: the rounds before this one
 
     @property
     def verdict(self) -> str:

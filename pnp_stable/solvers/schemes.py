@@ -89,9 +89,16 @@ class Scheme:
             return sigma[index]
         return sigma
 
+    def denoiser_for(self, index: Tensor | None):
+        """The denoiser of the samples ``index``: a per-sample denoiser (one with ``subset``, such as a guided
+        filter built from one guide per sample) is narrowed to them once some samples have stopped."""
+        if index is not None and hasattr(self.denoiser, "subset"):
+            return _as_denoiser(self.denoiser.subset(index))
+        return self._denoise
+
     def denoise(self, x: Tensor, index: Tensor | None) -> Tensor:
         """D_ω(x) = x + ω(D(x, σ_d) − x)."""
-        denoised = self._denoise(x, self.sigma_for(index))
+        denoised = self.denoiser_for(index)(x, self.sigma_for(index))
         if self.denoiser_weight == 1:
             return denoised
         return x + self.denoiser_weight * (denoised - x)

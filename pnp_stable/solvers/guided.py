@@ -1,0 +1,80 @@
+"""Guided restoration: any strong denoiser supplies a frozen guide, and a certified solve does the rest.
+
+1. Pilot: the guide denoiser's own PnP in the DPIR schedule (:func:`pnp_stable.solvers.schedule.dpir`,
+   a few iterations, no guarantee). Its last step is a denoiser output, so it is the guide g.
+2. W(g): the frozen-guide linear filter of :mod:`pnp_stable.denoisers.guided`, symmetric with
+   0 ≼ W ≼ I, hence firmly non-expansive.
+3. The certified solve: any scheme of :func:`pnp_stable.solvers.solve` with D = W(g), monitored, with β.
+4. Optional re-guiding rounds: the estimate of round r becomes the guide of round r + 1.
+
+What is certified: each round's solve, for its frozen guide (a fixed averaged operator, so the monitor's
+checks and the convergence theorem apply to it). The pilot and the choice of guides are not part of any
+guarantee; the result is the limit of the last round's certified iteration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import deepinv as dinv
+from torch import Tensor
+
+from ..denoisers.guided import GuidedDenoiser
+from .loop import PnPResult, solve
+from .schedule import dpir
+
+__all__ = ["GUIDED_DEFAULTS", "GuidedDefaults", "guided_solve"]
+
+
+@dataclass(frozen=True)
+class GuidedDefaults:
+    """Defaults of ``deblur(denoiser='guided')``: the certified scheme, σ_d = ``strength``·σ_n for W's
+    Wiener factors, and the number of guiding rounds (chosen on validation crops: benchmarks/results/deblur-guided.md)."""
+
+    solver: str = "drs"
+    strength: float = 2.0
+    rounds: int = 2
+
+
+GUIDED_DEFAULTS = GuidedDefaults()
+
+
+def guided_solve(
+    physics: dinv.physics.LinearPhysics,
+    y: Tensor,
+    guide_denoiser,
+    noise_sigma: float,
+    solver: str = "hqs",
+    construction: str = "bm3d",
+    denoiser_sigma: float | None = None,
+    rounds: int = 1,
+    pilot_iterations: int = 8,
+    max_iter: int | None = None,
+    tol: float = 1e-5,
+    reference: Tensor | None = None,
+    progress: bool = False,
+    **options,
+) -> PnPResult:
+    """Restore ``y = Ax + n`` with W(g) for a guide g from ``guide_denoiser`` (module docstring).
+
+    ``denoiser_sigma``: the noise level of W's Wiener factors (default: the solver's tuned strength × σ_n);
+    ``options`` go to :class:`~pnp_stable.denoisers.guided.GuidedDenoiser` (``patch``, ``group``, …).
+    The result's ``beta`` is the certificate of the last round's iteration for its frozen guide.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be ≥ 1, got {rounds}")
+    pilot = dpir(physics, y, guide_denoiser, noise_sigma, iterations=pilot_iterations)
+    guide = pilot.estimate
+    notes = [f"pilot: {pilot_iterations} DPIR-schedule iterations of {type(guide_denoiser).__name__} (no guarantee)"]
+    rounds_done = []
+    for round_ in range(1, rounds + 1):
+        denoiser = GuidedDenoiser(guide, construction, **options)
+        result = solve(physics, y, denoiser, noise_sigma, solver=solver, denoiser_sigma=denoiser_sigma,
+                       max_iter=max_iter, tol=tol, x0=guide, reference=reference, progress=progress)
+        notes.append(f"round {round_}/{rounds}: certified for its frozen guide ({construction} filter W(g), "
+                     f"guide from {'the pilot' if round_ == 1 else f'round {round_ - 1}'}): {result.verdict}")
+        guide = result.estimate
+        rounds_done.append(result)
+    result.notes = notes + result.notes
+    result.earlier_rounds = rounds_done[:-1]
+    return result
