@@ -97,7 +97,7 @@ def cmd_deblur(args) -> int:
     result = deblur(
         y, kernel, args.noise, solver=args.solver, denoiser=args.denoiser, boundary=args.boundary,
         denoiser_sigma=args.denoiser_sigma, step=args.step, denoiser_weight=args.denoiser_weight,
-        max_iter=args.iters, tol=args.tol,
+        max_iter=args.iters, tol=args.tol, guide=args.guide, guided_rounds=args.guided_rounds,
         reference=reference, device=device, progress=_progress(args),
     )
     out = Path(args.out) if args.out else Path(args.input).with_name(Path(args.input).stem + "_deblurred.png")
@@ -223,9 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", required=True, metavar="SPEC", help=f"blur kernel: {KERNEL_SPECS} (required)")
     p.add_argument("--noise", required=True, type=_level, metavar="SIGMA",
                    help="noise standard deviation on the [0, 1] scale, e.g. 0.01 or 7.65/255 (required)")
-    p.add_argument("--solver", choices=sorted(SCHEMES), default="fb", help="PnP scheme (fista carries no guarantee)")
-    p.add_argument("--denoiser", default="auto", metavar="NAME|PATH",
-                   help="shipped model (see `pnp-stable models`) or a .safetensors file; auto picks averaged-gray or averaged-color")
+    p.add_argument("--solver", choices=sorted(SCHEMES), default=None,
+                   help="PnP scheme (fista carries no guarantee); default fb, or drs with --denoiser guided")
+    p.add_argument("--denoiser", default="auto", metavar="NAME|PATH|guided",
+                   help="shipped model (see `pnp-stable models`) or a .safetensors file; auto picks averaged-gray or "
+                        "averaged-color; guided: a linear filter W(g) built from a frozen guide g (see --guide)")
+    p.add_argument("--guide", default="bm3d", metavar="bm3d|NAME|PATH",
+                   help="with --denoiser guided: the denoiser whose short DPIR-schedule pilot gives the guide g "
+                        "(bm3d needs the bm3d extra; or a shipped model, e.g. dncnn-color)")
+    p.add_argument("--guided-rounds", type=_positive_int, default=None, metavar="N",
+                   help="with --denoiser guided: certified rounds, each guided by the previous estimate (default 2)")
     p.add_argument("--denoiser-sigma", type=_level, default=None, metavar="S",
                    help="denoiser strength σ_d; None uses the tuned strength × SIGMA")
     p.add_argument("--step", type=float, default=None, help="step τ; None uses the tuned step (FB refuses τ ≥ 2/L)")

@@ -92,6 +92,15 @@ def test_deblur_simulate_writes_images_plot_and_reports(files, tmp_path):
     assert done.stderr == ""  # not a terminal: no progress bar
 
 
+def test_deblur_guided_reports_each_certified_round(files, tmp_path):
+    out = tmp_path / "guided.png"
+    done = run_cli("deblur", files / "gray.png", "--simulate", "--kernel", "gaussian:1.0", "--noise", "2.55/255",
+                   "--denoiser", "guided", "--guide", "dncnn-gray", "--guided-rounds", "2", "--iters", "30", "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert out.is_file() and "certified β = 0.5" in done.stdout
+    assert "round 1/2: certified for its frozen guide" in done.stdout and "round 2/2" in done.stdout
+
+
 def _stderr_on_a_terminal(*args) -> str:
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a fresh pty is 0 columns wide

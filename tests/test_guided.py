@@ -100,3 +100,47 @@ def test_bad_inputs_are_refused_clearly():
         GuidedDenoiser(torch.rand(1, 1, 6, 6), "bm3d")
     with pytest.raises(ValueError, match="NaN"):
         GuidedDenoiser(torch.full((1, 1, 20, 20), float("nan")), "bm3d")
+
+
+class _Smoother:
+    """A stand-in guide denoiser (no certificate needed): a 3×3 box blur."""
+
+    def __call__(self, x, sigma):
+        return torch.nn.functional.avg_pool2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+
+
+def test_dpir_schedule_decreases_sigma_geometrically_and_carries_no_guarantee():
+    from pnp_stable.solvers import dpir
+    from pnp_stable.solvers.schedule import DecreasingSchedule
+    from pnp_stable.operators import L2Fidelity
+
+    x = natural_starts(1, (1, 24, 24), noise=0.0, seed=4)
+    physics = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, 24, 24))
+    y = physics(x)
+    schedule = DecreasingSchedule(L2Fidelity(physics, y, 0.01), _Smoother(), 0.01, iterations=8)
+    assert schedule.sigmas[0] == pytest.approx(49 / 255) and schedule.sigmas[-1] == pytest.approx(0.01)
+    ratios = [b / a for a, b in zip(schedule.sigmas, schedule.sigmas[1:])]
+    assert max(ratios) == pytest.approx(min(ratios))
+    result = dpir(physics, y, _Smoother(), 0.01)
+    assert result.beta is None and "no guarantee" in result.beta_basis and result.iterations == [8]
+
+
+def test_guided_deblur_certifies_every_round_for_its_frozen_guide_in_a_batch():
+    x = torch.cat([natural_starts(1, (1, 24, 24), noise=0.0, seed=s) for s in (2, 4)])
+    physics = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, 24, 24))
+    y = physics(x) + 0.01 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    result = ps.deblur(y, "gaussian:1.0", 0.01, denoiser="guided", guide=_Smoother(), guided_rounds=2, max_iter=80, tol=1e-4)
+    rounds = result.earlier_rounds + [result]
+    assert len(rounds) == 2
+    for round_ in rounds:
+        assert round_.beta == 0.5 and round_.violations == [] and round_.solver == "drs"
+    assert any("certified for its frozen guide" in note for note in result.notes)
+    assert (ps.psnr(result.estimate, x) > ps.psnr(physics.A_adjoint(y), x)).all()
+
+
+def test_guided_deblur_refuses_options_it_sets_itself():
+    y = torch.rand(1, 1, 24, 24)
+    with pytest.raises(ValueError, match="guided"):
+        ps.deblur(y, "gaussian:1.0", 0.01, denoiser="guided", guide=_Smoother(), step=1.0)
+    with pytest.raises(ValueError, match="rounds"):
+        ps.deblur(y, "gaussian:1.0", 0.01, denoiser="guided", guide=_Smoother(), guided_rounds=0)

@@ -71,7 +71,7 @@ def guided_solve(
         denoiser = GuidedDenoiser(guide, construction, **options)
         result = solve(physics, y, denoiser, noise_sigma, solver=solver, denoiser_sigma=denoiser_sigma,
                        max_iter=max_iter, tol=tol, x0=guide, reference=reference, progress=progress)
-        notes.append(f"round {round_}/{rounds}: certified for its frozen guide ({construction} filter W(g), "
+        notes.append(f"round {round_}/{rounds}: certified for its frozen guide (W(g) of the '{construction}' construction, "
                      f"guide from {'the pilot' if round_ == 1 else f'round {round_ - 1}'}): {result.verdict}")
         guide = result.estimate
         rounds_done.append(result)
