@@ -18,7 +18,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/pnp-stable demo --out demo_out
 
-# bench: the exact commands behind benchmarks/results/*.md, sized for 2 CPU cores (about 2 h in all;
+# bench: the exact commands behind benchmarks/results/*.md, sized for 2 CPU cores (about 8 h in all;
 # tests/test_packaging.py keeps this list and the results files in step). Data: ../shared/data, or
 # PNP_STABLE_DATA=/path/to/data make bench. bench-full: the full protocols (Set3C + CBSD10, two noise
 # levels, whole images, every test image): many hours on 2 CPU cores, meant for a GPU machine.
