@@ -103,6 +103,7 @@ def deblur(
 ) -> PnPResult:
     """Restore ``y = k * x + n`` (n ~ N(0, noise_sigma²), values on the [0, 1] scale) by monitored PnP.
 
+    ``solver``: ``'fb'`` (the default), ``'hqs'``, ``'drs'``, ``'admm'`` or ``'fista'`` (no guarantee).
     ``kernel``: an array/tensor or a spec such as ``'gaussian:1.6'``, ``'motion:0:19'``, ``'file:k.npz:2'``.
     ``denoiser``: ``'auto'`` (``averaged-gray``/``averaged-color`` by channels), a model name or path,
     or any ``denoiser(x, sigma)``. ``denoiser_sigma``, ``step``, ``denoiser_weight`` (ω: the denoising
