@@ -87,8 +87,10 @@ class Methods:
         """(denoiser model, denoiser weight ω) pairs to tune over: a PnP method tries each model of its family;
         FB's prior weight is tied to its strength (τ < 2/L caps the data term), so FB methods also search
         the denoiser weight ω; the other solvers keep their default ω (None); TV and Wiener have neither."""
-        if method in GRIDS or method == "bm3d-dpir":
-            return [("bm3d" if method == "bm3d-dpir" else None, None)]
+        if method in GRIDS:
+            return [(None, None)]
+        if method == "bm3d-dpir":
+            return [("bm3d", None)]
         if method.startswith("guided-"):
             return [(GUIDES[method.split("-")[1]], None)]
         weights = FB_WEIGHTS if method.endswith("-fb") else [None]

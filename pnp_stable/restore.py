@@ -19,7 +19,7 @@ from .denoisers.zoo import load_denoiser
 from .io import to_tensor
 from .operators.kernels import kernel_from_spec, validate_kernel
 from .operators.physics import blur
-from .solvers.guided import GUIDED_DEFAULTS, guided_solve
+from .solvers.guided import guided_solve
 from .solvers.loop import PnPResult, solve
 from .theory import Certificate
 
@@ -123,11 +123,8 @@ def deblur(
             raise ValueError("denoiser='guided' sets its own start (the guide), step and weight; "
                              "drop step=, denoiser_weight=, relaxation= and x0=")
         return guided_solve(
-            physics, y, resolve_guide(guide, y.shape[1], device), noise_sigma,
-            solver=solver or GUIDED_DEFAULTS.solver,
-            denoiser_sigma=GUIDED_DEFAULTS.strength * noise_sigma if denoiser_sigma is None else denoiser_sigma,
-            rounds=GUIDED_DEFAULTS.rounds if guided_rounds is None else guided_rounds,
-            max_iter=max_iter, tol=tol, reference=None if reference is None else _as_batch(reference, "reference", device),
+            physics, y, resolve_guide(guide, y.shape[1], device), noise_sigma, solver=solver,
+            denoiser_sigma=denoiser_sigma, rounds=guided_rounds, max_iter=max_iter, tol=tol, reference=None if reference is None else _as_batch(reference, "reference", device),
             progress=progress,
         )
     model = resolve_denoiser(denoiser, y.shape[1], device)

@@ -163,6 +163,8 @@ class LinearisedBM3D:
         self.partitions = [partition_patches(opponent[0], patch, tile, group, offset) for offset in offsets]
         self.patch_transform = torch.kron(dct_matrix(patch), dct_matrix(patch)).to(self.dtype)
         guide_spectra = _circular_patches(opponent, patch) @ self.patch_transform.T
+        self.group_transforms = {size: dct_matrix(size).to(self.dtype)
+                                 for size in {index.shape[1] for partition in self.partitions for index in partition}}
         self.guide_energy = [[self._group_transform(guide_spectra[:, index]).pow(2) for index in partition]
                              for partition in self.partitions]  # c² per group: [C, G, K, p²]
         # each position lies in exactly one group, so putting the filtered patches back is a permutation
@@ -171,7 +173,7 @@ class LinearisedBM3D:
 
     def _group_transform(self, spectra: Tensor, inverse: bool = False) -> Tensor:
         """The 1-D DCT along each group of 2-D patch spectra [C, G, K, p²] (T = this ⊗ the 2-D DCT)."""
-        matrix = dct_matrix(spectra.shape[2]).to(self.dtype)
+        matrix = self.group_transforms[spectra.shape[2]]
         return (matrix.T if inverse else matrix) @ spectra
 
     def _factors(self, sigma: float) -> list:

@@ -44,10 +44,10 @@ def guided_solve(
     y: Tensor,
     guide_denoiser,
     noise_sigma: float,
-    solver: str = "hqs",
+    solver: str | None = None,
     construction: str = "bm3d",
     denoiser_sigma: float | None = None,
-    rounds: int = 1,
+    rounds: int | None = None,
     pilot_iterations: int = 8,
     max_iter: int | None = None,
     tol: float = 1e-5,
@@ -57,10 +57,14 @@ def guided_solve(
 ) -> PnPResult:
     """Restore ``y = Ax + n`` with W(g) for a guide g from ``guide_denoiser`` (module docstring).
 
-    ``denoiser_sigma``: the noise level of W's Wiener factors (default: the solver's tuned strength × σ_n);
+    ``solver``, ``denoiser_sigma`` (the noise level of W's Wiener factors) and ``rounds`` default to
+    :data:`GUIDED_DEFAULTS` (σ_d = ``strength``·σ_n);
     ``options`` go to :class:`~pnp_stable.denoisers.guided.GuidedDenoiser` (``patch``, ``group``, …).
     The result's ``beta`` is the certificate of the last round's iteration for its frozen guide.
     """
+    solver = solver or GUIDED_DEFAULTS.solver
+    denoiser_sigma = GUIDED_DEFAULTS.strength * noise_sigma if denoiser_sigma is None else denoiser_sigma
+    rounds = GUIDED_DEFAULTS.rounds if rounds is None else rounds
     if rounds < 1:
         raise ValueError(f"rounds must be ≥ 1, got {rounds}")
     pilot = dpir(physics, y, guide_denoiser, noise_sigma, iterations=pilot_iterations)

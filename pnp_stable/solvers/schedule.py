@@ -8,8 +8,6 @@ z_k = D(x_k, σ_k). It serves as the strongest uncertified peer and as a pilot f
 
 from __future__ import annotations
 
-import math
-
 import deepinv as dinv
 import torch
 from torch import Tensor
@@ -62,7 +60,7 @@ def dpir(physics: dinv.physics.LinearPhysics, y: Tensor, denoiser, noise_sigma: 
          sigma_start: float = DPIR_SIGMA_START, weight: float = DPIR_WEIGHT, x0: Tensor | None = None) -> PnPResult:
     """Run :class:`DecreasingSchedule` for ``iterations`` steps from x₀ = Aᵀy (the monitor reports 'no guarantee')."""
     noise_sigma = check_noise_level(noise_sigma, positive=True)
-    if math.isnan(sigma_start) or not sigma_start > 0:
+    if not sigma_start > 0:
         raise ValueError(f"sigma_start must be > 0, got {sigma_start}")
     fidelity = L2Fidelity(physics, y, noise_sigma)
     scheme = DecreasingSchedule(fidelity, denoiser, noise_sigma, iterations, sigma_start, weight)
