@@ -11,7 +11,8 @@ boundary, noise seeded per (image, kernel). Methods:
 - ``bm3d-dpir``: PnP with BM3D in the DPIR schedule (``--bm3d-iters`` HQS iterations, σ_d geometric from 49/255
   down to σ_n, data weight λ tuned; no guarantee): the strongest peer that needs no download;
 - ``guided-<guide>-<solver>``: the frozen-guide route (``ps.solvers.guided_solve``): a DPIR-schedule pilot with
-  the guide denoiser (``bm3d``, ``dncnn``: dncnn-color, ``averaged``: averaged-color) gives the guide g, then
+  the guide denoiser (``bm3d``, ``bm3dlc``: BM3D's low-complexity profile, ``dncnn``: dncnn-color, ``averaged``:
+  averaged-color) gives the guide g, then
   the certified solver runs with the linear filter W(g) for ``GUIDED_DEFAULTS.rounds`` re-guiding rounds;
   violations are counted over every round;
 - ``tv``: proximal gradient on ½‖Ax − y‖²/σ² + λ·TV(x) (deepinv's TV prox, exact FB, convex);
@@ -58,7 +59,7 @@ FB_WEIGHTS = [1.0, 0.3, 0.1]  # FB's denoiser weights ω tried, each with streng
 #: the shipped models each PnP family chooses from on validation: the general one and the one trained last on σ ≤ 12.75/255
 FAMILIES = {"ours": ("averaged-color", "averaged-lownoise-color"), "dncnn": ("dncnn-color", "dncnn-lownoise-color"),
             "bm3d": ("bm3d",)}
-GUIDES = {"bm3d": "bm3d", "dncnn": "dncnn-color", "averaged": "averaged-color"}  # guided-<guide>-<solver>: the guide's model
+GUIDES = {"bm3d": "bm3d", "bm3dlc": "bm3d-lc", "dncnn": "dncnn-color", "averaged": "averaged-color"}  # guided-<guide>-<solver>: the guide's model
 DPIR_WEIGHTS = [0.1, 0.23, 0.5]  # bm3d-dpir's data weight λ tried (DPIR's own value: 0.23)
 
 
@@ -79,7 +80,7 @@ class Methods:
 
     def model(self, name):
         if name not in self.models:
-            self.models[name] = BM3DDenoiser() if name == "bm3d" else ps.load_denoiser(name)
+            self.models[name] = BM3DDenoiser("lc" if name == "bm3d-lc" else "np") if name.startswith("bm3d") else ps.load_denoiser(name)
         return self.models[name]
 
     @staticmethod
@@ -118,7 +119,7 @@ class Methods:
         if method.startswith("guided-"):
             result = ps.solvers.guided_solve(physics, y, self.model(model), noise, solver=method.split("-")[2],
                                              denoiser_sigma=parameter * noise, rounds=ps.solvers.GUIDED_DEFAULTS.rounds,
-                                             pilot_iterations=self.bm3d_iters, max_iter=self.max_iter, tol=self.tol)
+                                             max_iter=self.max_iter, tol=self.tol)
             rounds = result.earlier_rounds + [result]
             iterations = [sum(r.iterations[b] for r in rounds) for b in range(len(result.iterations))]
             return Outcome(result.estimate, iterations, sum(len(r.violations) for r in rounds),
@@ -251,7 +252,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=None, help="first N images of each set")
     parser.add_argument("--size", type=int, default=None, help="centre crops of this side instead of whole test images")
     parser.add_argument("--max-iter", type=int, default=None, help="iterations of every PnP run and TV; None: each solver's tuned budget")
-    parser.add_argument("--bm3d-iters", type=int, default=8, help="iterations of bm3d-hqs, bm3d-dpir and of the guided pilots")
+    parser.add_argument("--bm3d-iters", type=int, default=8, help="iterations of bm3d-hqs and bm3d-dpir")
     parser.add_argument("--tol", type=float, default=1e-5, help="PnP and TV stop at r_k/‖z_k‖ < TOL")
     parser.add_argument("--validation", type=int, default=4, help="crops of CBSD68 images outside CBSD10 used for tuning")
     parser.add_argument("--validation-size", type=int, default=96)
@@ -276,8 +277,9 @@ def main() -> None:
         f"({'; '.join(f'{name}: {t.step_scale:g} × theory, ω = {t.denoiser_weight:g}, {t.max_iter}' for name, t in ps.solvers.TUNED.items())}); "
         f"TV: FB with ω = 1",
         f"- bm3d-dpir: {args.bm3d_iters} HQS iterations, σ_d geometric from 49/255 to σ_n, data weight λ ∈ {DPIR_WEIGHTS} (DPIR: 0.23); "
-        f"guided-<guide>-<solver>: a {args.bm3d_iters}-iteration DPIR pilot with the guide (models {GUIDES}), then "
-        f"{ps.solvers.GUIDED_DEFAULTS.rounds} certified rounds with W(g) (each round's estimate guides the next), strengths "
+        f"guided-<guide>-<solver>: a {ps.solvers.GUIDED_DEFAULTS.pilot_iterations}-iteration DPIR pilot with the guide "
+        f"(models {GUIDES}), then {ps.solvers.GUIDED_DEFAULTS.rounds} certified round(s) with W(g) (each round's estimate "
+        "guides the next), strengths "
         f"{PNP_FACTORS} × {ps.solvers.GUIDED_DEFAULTS.strength}; s/image includes the pilot",
         "",
         "| set | σ·255 | method | parameter, model (val PSNR) | PSNR | SSIM | iterations | s/image | violations | statuses |",

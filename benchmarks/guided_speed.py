@@ -45,7 +45,7 @@ def run(method: str, y, kernel, noise: float):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=os.environ.get("PNP_STABLE_DATA", ROOT.parent / "shared" / "data"))
-    parser.add_argument("--guides", nargs="+", default=["bm3d", "dncnn-color", "averaged-color"])
+    parser.add_argument("--guides", nargs="+", default=["bm3d", "bm3d-lc", "dncnn-color", "averaged-color"])
     parser.add_argument("--kernels", type=int, nargs="+", default=[0], help="Levin kernel indices")
     parser.add_argument("--noise", type=float, default=2.55, help="σ on the 0–255 scale")
     parser.add_argument("--threads", type=int, default=2)

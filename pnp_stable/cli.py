@@ -228,11 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--denoiser", default="auto", metavar="NAME|PATH|guided",
                    help="shipped model (see `pnp-stable models`) or a .safetensors file; auto picks averaged-gray or "
                         "averaged-color; guided: a linear filter W(g) built from a frozen guide g (see --guide)")
-    p.add_argument("--guide", default="bm3d", metavar="bm3d|NAME|PATH",
+    p.add_argument("--guide", default="bm3d", metavar="bm3d|bm3d-lc|NAME|PATH",
                    help="with --denoiser guided: the denoiser whose short DPIR-schedule pilot gives the guide g "
-                        "(bm3d needs the bm3d extra; or a shipped model, e.g. dncnn-color)")
+                        "(bm3d, or its 3× faster low-complexity profile bm3d-lc, needs the bm3d extra; "
+                        "or a shipped model, e.g. dncnn-color)")
     p.add_argument("--guided-rounds", type=_positive_int, default=None, metavar="N",
-                   help="with --denoiser guided: certified rounds, each guided by the previous estimate (default 2)")
+                   help="with --denoiser guided: certified rounds, each guided by the previous estimate "
+                        "(None: pnp_stable.solvers.GUIDED_DEFAULTS.rounds, 1)")
     p.add_argument("--denoiser-sigma", type=_level, default=None, metavar="S",
                    help="denoiser strength σ_d; None uses the tuned strength × SIGMA")
     p.add_argument("--step", type=float, default=None, help="step τ; None uses the tuned step (FB refuses τ ≥ 2/L)")

@@ -8,13 +8,14 @@ import pnp_stable as ps
 from pnp_stable.denoisers import GuidedDenoiser, adversarial_lipschitz, natural_starts
 from pnp_stable.denoisers.guided import partition_patches
 
-SMALL = {"bm3d": dict(patch=4, tile=8, group=4, shifts=2), "nlm": dict(search=3, radius=1, strength=2.0)}
+SMALL = {"bm3d": dict(patch=4, tile=8, group=4, shifts=2), "nlm": dict(search=3, radius=1, strength=2.0),
+         "bm3d-stride": dict(patch=4, tile=8, group=4, shifts=3, stride=2)}
 SIGMA = 0.1
 
 
 def _denoiser(construction, channels=1, size=20, batch=1, seed=4):
     guide = natural_starts(batch, (channels, size, size), noise=0.05, seed=seed).double()
-    return GuidedDenoiser(guide, construction, **SMALL[construction])
+    return GuidedDenoiser(guide, construction.removesuffix("-stride"), **SMALL[construction])
 
 
 def _power(apply, x, iterations=300):
@@ -25,7 +26,7 @@ def _power(apply, x, iterations=300):
     return float((x * apply(x)).sum())
 
 
-@pytest.mark.parametrize("construction", ["bm3d", "nlm"])
+@pytest.mark.parametrize("construction", ["bm3d", "bm3d-stride", "nlm"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_filter_is_symmetric_with_spectrum_in_zero_one(construction, channels):
     D = _denoiser(construction, channels)
@@ -98,6 +99,8 @@ def test_bad_inputs_are_refused_clearly():
         GuidedDenoiser(torch.rand(1, 1, 20, 20), "wavelet")
     with pytest.raises(ValueError, match="smaller than"):
         GuidedDenoiser(torch.rand(1, 1, 6, 6), "bm3d")
+    with pytest.raises(ValueError, match="stride 2 must divide"):
+        GuidedDenoiser(torch.rand(1, 1, 21, 20), "bm3d", patch=4, stride=2)
     with pytest.raises(ValueError, match="NaN"):
         GuidedDenoiser(torch.full((1, 1, 20, 20), float("nan")), "bm3d")
 
