@@ -13,7 +13,8 @@ boundary, noise seeded per (image, kernel). Methods:
 - ``guided-<guide>-<solver>``: the frozen-guide route (``ps.solvers.guided_solve``): a DPIR-schedule pilot with
   the guide denoiser (``bm3d``, ``bm3dlc``: BM3D's low-complexity profile, ``dncnn``: dncnn-color, ``averaged``:
   averaged-color) gives the guide g, then
-  the certified solver runs with the linear filter W(g) for ``GUIDED_DEFAULTS.rounds`` re-guiding rounds;
+  the certified solver runs with the linear filter W(g) for the guide's default number of re-guiding rounds
+  (``ps.solvers.guided_defaults``);
   violations are counted over every round;
 - ``tv``: proximal gradient on ½‖Ax − y‖²/σ² + λ·TV(x) (deepinv's TV prox, exact FB, convex);
 - ``wiener``: Tikhonov/Wiener filter argmin ½‖Ax − y‖² + λ/2‖x‖², closed form by FFT.
@@ -103,7 +104,8 @@ class Methods:
         if method == "bm3d-dpir":
             return DPIR_WEIGHTS
         if method.startswith("guided-"):
-            return [round(factor * ps.solvers.GUIDED_DEFAULTS.strength, 4) for factor in PNP_FACTORS]
+            strength = ps.solvers.guided_defaults(self.model(GUIDES[method.split("-")[1]])).strength
+            return [round(factor * strength, 4) for factor in PNP_FACTORS]
         strength = ps.solvers.tuned(method.split("-")[1]).strength / (1.0 if weight is None else weight) ** 0.5
         return [round(factor * strength, 4) for factor in PNP_FACTORS]
 
@@ -118,7 +120,7 @@ class Methods:
             return Outcome(result.estimate, result.iterations, len(result.violations), {"no guarantee"})
         if method.startswith("guided-"):
             result = ps.solvers.guided_solve(physics, y, self.model(model), noise, solver=method.split("-")[2],
-                                             denoiser_sigma=parameter * noise, rounds=ps.solvers.GUIDED_DEFAULTS.rounds,
+                                             denoiser_sigma=parameter * noise,
                                              max_iter=self.max_iter, tol=self.tol)
             rounds = result.earlier_rounds + [result]
             iterations = [sum(r.iterations[b] for r in rounds) for b in range(len(result.iterations))]
@@ -277,10 +279,10 @@ def main() -> None:
         f"({'; '.join(f'{name}: {t.step_scale:g} × theory, ω = {t.denoiser_weight:g}, {t.max_iter}' for name, t in ps.solvers.TUNED.items())}); "
         f"TV: FB with ω = 1",
         f"- bm3d-dpir: {args.bm3d_iters} HQS iterations, σ_d geometric from 49/255 to σ_n, data weight λ ∈ {DPIR_WEIGHTS} (DPIR: 0.23); "
-        f"guided-<guide>-<solver>: a {ps.solvers.GUIDED_DEFAULTS.pilot_iterations}-iteration DPIR pilot with the guide "
-        f"(models {GUIDES}), then {ps.solvers.GUIDED_DEFAULTS.rounds} certified round(s) with W(g) (each round's estimate "
-        "guides the next), strengths "
-        f"{PNP_FACTORS} × {ps.solvers.GUIDED_DEFAULTS.strength}; s/image includes the pilot",
+        f"guided-<guide>-<solver>: a DPIR pilot with the guide (models {GUIDES}), then certified rounds with W(g) "
+        "(each round's estimate guides the next) with each guide's defaults "
+        f"({'; '.join(f'{kind}: {d.pilot_iterations} pilot iterations, {d.rounds} round(s), stride {d.stride}, strengths {PNP_FACTORS} × {d.strength}' for kind, d in ps.solvers.GUIDED_DEFAULTS.items())}); "
+        "s/image includes the pilot",
         "",
         "| set | σ·255 | method | parameter, model (val PSNR) | PSNR | SSIM | iterations | s/image | violations | statuses |",
         "|---|---:|---|---|---:|---:|---:|---:|---:|---|",

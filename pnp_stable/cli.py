@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "or a shipped model, e.g. dncnn-color)")
     p.add_argument("--guided-rounds", type=_positive_int, default=None, metavar="N",
                    help="with --denoiser guided: certified rounds, each guided by the previous estimate "
-                        "(None: pnp_stable.solvers.GUIDED_DEFAULTS.rounds, 1)")
+                        "(None: the guide's default, pnp_stable.solvers.guided_defaults: 1 for BM3D, 2 for a network)")
     p.add_argument("--denoiser-sigma", type=_level, default=None, metavar="S",
                    help="denoiser strength σ_d; None uses the tuned strength × SIGMA")
     p.add_argument("--step", type=float, default=None, help="step τ; None uses the tuned step (FB refuses τ ≥ 2/L)")

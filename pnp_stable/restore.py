@@ -115,7 +115,7 @@ def deblur(
     (``'bm3d'``, a model name or path, or any ``denoiser(x, sigma)``) runs a short DPIR-schedule pilot whose
     output is the guide g; the certified solve then uses the linear filter W(g), firmly non-expansive for that
     frozen guide, for ``guided_rounds`` rounds (each round's estimate guides the next). ``solver``,
-    ``denoiser_sigma`` and ``guided_rounds`` then default to :data:`~pnp_stable.solvers.guided.GUIDED_DEFAULTS`.
+    ``denoiser_sigma`` and ``guided_rounds`` then default to the guide's :func:`~pnp_stable.solvers.guided.guided_defaults`.
     """
     y = _as_batch(y, "blurred image y", device)
     physics = blur(_as_kernel(kernel), boundary=boundary, img_size=tuple(y.shape[1:]), device=device)

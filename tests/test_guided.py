@@ -147,3 +147,21 @@ def test_guided_deblur_refuses_options_it_sets_itself():
         ps.deblur(y, "gaussian:1.0", 0.01, denoiser="guided", guide=_Smoother(), step=1.0)
     with pytest.raises(ValueError, match="rounds"):
         ps.deblur(y, "gaussian:1.0", 0.01, denoiser="guided", guide=_Smoother(), guided_rounds=0)
+
+
+@pytest.mark.parametrize("size, stride", [(24, 2), (23, 1)])
+def test_guided_deblur_uses_the_default_lattice_stride_only_where_it_divides_the_image(size, stride, monkeypatch):
+    from pnp_stable.denoisers import guided
+
+    built = []
+    original = guided.LinearisedBM3D.__init__
+
+    def spy(self, guide, **options):
+        built.append(options.get("stride"))
+        original(self, guide, **options)
+
+    monkeypatch.setattr(guided.LinearisedBM3D, "__init__", spy)
+    x = natural_starts(1, (1, size, size), noise=0.0, seed=2)
+    physics = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, size, size))
+    result = ps.solvers.guided_solve(physics, physics(x), _Smoother(), 0.01, max_iter=20, tol=1e-4, patch=4, tile=8, group=4)
+    assert set(built) == {stride} and result.violations == []

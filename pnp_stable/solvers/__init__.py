@@ -1,7 +1,7 @@
 """PnP solvers as monitored fixed-point iterations."""
 
 from .defaults import TUNED, Tuned, tuned
-from .guided import GUIDED_DEFAULTS, GuidedDefaults, guided_solve
+from .guided import GUIDED_DEFAULTS, GuidedDefaults, guided_defaults, guided_solve
 from .loop import STATUSES, PnPResult, run_scheme, solve
 from .monitor import FLOAT_SLACK, ConvergenceMonitor, History, Violation
 from .relaxed import KrasnoselskiiMann
@@ -14,6 +14,7 @@ __all__ = [
     "FISTA",
     "FLOAT_SLACK",
     "GUIDED_DEFAULTS",
+    "guided_defaults",
     "GuidedDefaults",
     "DecreasingSchedule",
     "SCHEMES",

@@ -19,21 +19,19 @@ from dataclasses import dataclass
 import deepinv as dinv
 from torch import Tensor
 
+from ..denoisers.baselines import BM3DDenoiser
 from ..denoisers.guided import GuidedDenoiser
 from .loop import PnPResult, solve
 from .schedule import dpir
 
-__all__ = ["GUIDED_DEFAULTS", "GuidedDefaults", "guided_solve"]
+__all__ = ["GUIDED_DEFAULTS", "GuidedDefaults", "guided_defaults", "guided_solve"]
 
 
 @dataclass(frozen=True)
 class GuidedDefaults:
-    """Defaults of ``deblur(denoiser='guided')``: the certified scheme, σ_d = ``strength``·σ_n for W's
-    Wiener factors, the number of guiding rounds and the pilot's DPIR iterations. Chosen on 8 validation
-    crops (CBSD68 outside CBSD10, 96 px, motion kernels, σ_n = 2.55/255; notes of #20): one round beats two
-    (35.06 vs 35.03 dB after an 8-iteration pilot of 34.82 dB), σ_d = 0.7σ_n ≈ σ_n > 1.4σ_n, and a
-    6-iteration pilot guides as well as 8 (35.06 vs 35.00 dB); deblur-guided.md tunes σ_d again. W's
-    patch lattice ``stride`` 2 (where it divides the image size; else 1) is 5× faster than 1 and 0.04 dB lower."""
+    """Defaults of ``deblur(denoiser='guided')`` for one kind of guide: the certified scheme, σ_d =
+    ``strength``·σ_n for W's Wiener factors, the number of guiding rounds, the pilot's DPIR iterations
+    and W's patch lattice ``stride`` (used where it divides the image size; else 1)."""
 
     solver: str = "drs"
     strength: float = 0.7
@@ -42,7 +40,17 @@ class GuidedDefaults:
     stride: int = 2
 
 
-GUIDED_DEFAULTS = GuidedDefaults()
+#: Chosen on 8 validation crops (CBSD68 outside CBSD10, 96 px, motion kernels, σ_n = 2.55/255; notes of
+#: #20). BM3D guides: one round beats two (35.06 vs 35.03 dB after an 8-iteration pilot of 34.82),
+#: σ_d = 0.7σ_n ≈ σ_n > 1.4σ_n, a 6-iteration pilot guides as well as 8 (35.06 vs 35.00), and stride 2
+#: is 5× faster than 1 for 0.04 dB. Network guides (dncnn-color) are weaker, so re-guiding pays:
+#: two rounds at σ_d = 2σ_n 34.44 dB against one round 34.17, and 34.13 with the BM3D defaults.
+GUIDED_DEFAULTS = {"bm3d": GuidedDefaults(), "model": GuidedDefaults(strength=2.0, rounds=2)}
+
+
+def guided_defaults(guide_denoiser) -> GuidedDefaults:
+    """:data:`GUIDED_DEFAULTS` for this guide denoiser: ``'bm3d'`` for BM3D, ``'model'`` for anything else."""
+    return GUIDED_DEFAULTS["bm3d" if isinstance(guide_denoiser, BM3DDenoiser) else "model"]
 
 
 def guided_solve(
@@ -64,19 +72,20 @@ def guided_solve(
     """Restore ``y = Ax + n`` with W(g) for a guide g from ``guide_denoiser`` (module docstring).
 
     ``solver``, ``denoiser_sigma`` (the noise level of W's Wiener factors), ``rounds`` and
-    ``pilot_iterations`` default to :data:`GUIDED_DEFAULTS` (σ_d = ``strength``·σ_n);
+    ``pilot_iterations`` default to :func:`guided_defaults` of the guide denoiser (σ_d = ``strength``·σ_n);
     ``options`` go to :class:`~pnp_stable.denoisers.guided.GuidedDenoiser` (``patch``, ``group``, ``stride``, …).
     The result's ``beta`` is the certificate of the last round's iteration for its frozen guide.
     """
-    solver = solver or GUIDED_DEFAULTS.solver
-    denoiser_sigma = GUIDED_DEFAULTS.strength * noise_sigma if denoiser_sigma is None else denoiser_sigma
-    rounds = GUIDED_DEFAULTS.rounds if rounds is None else rounds
-    pilot_iterations = GUIDED_DEFAULTS.pilot_iterations if pilot_iterations is None else pilot_iterations
+    defaults = guided_defaults(guide_denoiser)
+    solver = solver or defaults.solver
+    denoiser_sigma = defaults.strength * noise_sigma if denoiser_sigma is None else denoiser_sigma
+    rounds = defaults.rounds if rounds is None else rounds
+    pilot_iterations = defaults.pilot_iterations if pilot_iterations is None else pilot_iterations
     if rounds < 1:
         raise ValueError(f"rounds must be ≥ 1, got {rounds}")
     if construction == "bm3d" and "stride" not in options:
-        even = all(size % GUIDED_DEFAULTS.stride == 0 for size in (*y.shape[2:], options.get("patch", 8)))
-        options["stride"] = GUIDED_DEFAULTS.stride if even else 1
+        even = all(size % defaults.stride == 0 for size in (*y.shape[2:], options.get("patch", 8)))
+        options["stride"] = defaults.stride if even else 1
     pilot = dpir(physics, y, guide_denoiser, noise_sigma, iterations=pilot_iterations)
     guide = pilot.estimate
     notes = [f"pilot: {pilot_iterations} DPIR-schedule iterations of {type(guide_denoiser).__name__} (no guarantee)"]
