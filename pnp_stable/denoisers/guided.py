@@ -12,8 +12,9 @@ once and frozen. From it a *linear* filter W(g) is built whose certificate holds
    3-D transform (2-D DCT ⊗ 1-D DCT) and Wiener factors 0 ≤ S_g ≤ 1 from the guide's coefficients,
    M = Σ_g P_gᵀ Tᵀ S_g T P_g satisfies 0 ≼ M ≼ Λ = Σ_g P_gᵀ P_g, because 0 ≼ Tᵀ S_g T ≼ I. Λ is
    diagonal (P_g only selects coordinates), and since every position lies in exactly one group, each
-   pixel lies in exactly p² patches: Λ = p²I, so W = M/p² is symmetric with 0 ≼ W ≼ I. An average of
-   such W over several partitions is a convex combination, so it keeps both properties.
+   pixel lies in exactly p² patches: Λ = p²I, so W = M/p² is symmetric with 0 ≼ W ≼ I. With positions
+   on a lattice of step s dividing p, H and W, each pixel lies in exactly (p/s)² of them: Λ = (p/s)²I.
+   An average of such W over several partitions is a convex combination, so it keeps both properties.
    (BM3D's own overlapping groups make Λ vary ~60× from pixel to pixel; Λ^{-1/2} M Λ^{-1/2} is then
    certified too, but it modulates the image by Λ^{±1/2} and loses ~10 dB. The partition keeps Λ flat.)
 3. **Symmetric kernel filter** (:class:`SymmetricKernelFilter`, non-local means on the guide).
