@@ -44,12 +44,10 @@ def _images() -> dict[str, torch.Tensor]:
 
 
 def _save_grid(cases: list[DemoCase], path: Path) -> Path:
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend stays as it is
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(cases), 3, figsize=(10.5, 3.6 * len(cases)), squeeze=False)
+    fig = Figure(figsize=(10.5, 3.6 * len(cases)))
+    axes = fig.subplots(len(cases), 3, squeeze=False)
     for row, case in zip(axes, cases):
         panels = [("clean", case.clean), (f"blurred + noise: {case.psnr_degraded:.2f} dB", case.degraded),
                   (f"certified PnP-FB: {case.psnr_restored:.2f} dB", case.result.estimate)]
@@ -60,7 +58,6 @@ def _save_grid(cases: list[DemoCase], path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

@@ -206,10 +206,18 @@ def test_drs_and_admm_match_deepinv(deepinv_setup, certified):
     assert (ours.estimate - expected).abs().max().item() < 1e-5
 
 
-def test_history_plot(tmp_path, certified):
-    op, x, y = _problem(batch=2)
-    result = ps.solve(op, y, certified, 0.02, max_iter=30, reference=x)
-    path = result.history.plot(tmp_path / "residuals.png")
+def test_history_plot_leaves_the_callers_matplotlib_backend_alone(tmp_path, certified):
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    matplotlib.use("pdf")  # as a notebook would hold its inline backend
+    try:
+        op, x, y = _problem(batch=2)
+        result = ps.solve(op, y, certified, 0.02, max_iter=30, reference=x)
+        path = result.history.plot(tmp_path / "residuals.png")
+        assert matplotlib.get_backend() == "pdf"
+    finally:
+        matplotlib.use(backend)
     assert path.stat().st_size > 10_000
     assert math.isfinite(result.history.times[-1])
 

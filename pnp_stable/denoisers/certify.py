@@ -69,10 +69,9 @@ def adversarial_lipschitz(
     if isinstance(denoiser, torch.nn.Module) and denoiser.training:
         raise ValueError("certificates describe eval mode: call denoiser.eval() before the search")
     M = _as_map(denoiser, sigma, alpha)
-    torch.manual_seed(seed)
     x = natural_starts(restarts, shape, seed=seed)
     far = natural_starts(restarts, shape, seed=seed + 1)
-    near = x + 1e-2 * torch.randn_like(x)
+    near = x + 1e-2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)  # the caller's global seed stays
     y = torch.where(torch.arange(restarts)[:, None, None, None] % 2 == 0, near, far)
     x, y = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
     optimiser = torch.optim.Adam([x, y], lr=lr)

@@ -81,13 +81,11 @@ class History:
 
     def plot(self, path: str | Path, title: str | None = None) -> Path:
         """Residuals (log scale) against the theoretical bound, and PSNR when a reference was given."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: the caller's backend (e.g. a notebook's) stays as it is
 
         residuals = self.residual_matrix().double().numpy()
-        fig, ax = plt.subplots(figsize=(7, 4.2))
+        fig = Figure(figsize=(7, 4.2))
+        ax = fig.subplots()
         iterations = range(1, len(residuals) + 1)
         for b in range(residuals.shape[1]):
             ax.semilogy(iterations, residuals[:, b], lw=1.4, label=f"residual ‖z_(k+1) − z_k‖, sample {b}")
@@ -111,7 +109,6 @@ class History:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
-        plt.close(fig)
         return path
 
 
