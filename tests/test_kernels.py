@@ -129,3 +129,13 @@ def test_kernel_specs(tmp_path):
             kernel_from_spec(bad)
     with pytest.raises(ValueError, match="not found"):
         kernel_from_spec("file:/nonexistent.npz")
+
+
+@pytest.mark.parametrize("spec", ["motion:1:4", "gaussian:1.5:4", "uniform:4", "gaussian:1:2.5"])
+def test_even_or_fractional_kernel_sizes_are_refused_instead_of_shifting_or_truncating(spec):
+    from pnp_stable.operators import kernel_from_spec
+
+    with pytest.raises(ValueError, match="odd"):
+        kernel_from_spec(spec)
+    with pytest.raises(ValueError, match="odd"):
+        ps.gaussian_kernel(1.0, size=6)

@@ -54,11 +54,15 @@ def validate_kernel(kernel, name: str = "kernel") -> Tensor:
     return (k / total).to(torch.float32)
 
 
-def _odd_size(size: int, what: str) -> int:
-    size = int(size)
-    if size < 1:
-        raise ValueError(f"{what} must be a positive integer, got {size}")
-    return size
+def _odd_size(size, what: str) -> int:
+    """``size`` as an int, refused unless it is a positive odd integer: an even kernel has no centre pixel
+    and would shift the image by half a pixel, and a fractional one would be truncated silently."""
+    if isinstance(size, bool) or not float(size).is_integer() or size < 1:
+        raise ValueError(f"{what} must be a positive odd integer, got {size}")
+    if int(size) % 2 == 0:
+        raise ValueError(f"{what} must be odd so that the kernel has a centre pixel (an even size shifts the "
+                         f"image by half a pixel), got {int(size)}; use {int(size) - 1} or {int(size) + 1}")
+    return int(size)
 
 
 def gaussian_kernel(std: float, size: int | None = None) -> Tensor:
@@ -218,7 +222,7 @@ def kernel_from_spec(spec: str) -> Tensor:
     except ValueError:
         raise fail from None
     if kind == "gaussian" and len(values) in (1, 2):
-        return gaussian_kernel(values[0], int(values[1]) if len(values) == 2 else None)
+        return gaussian_kernel(values[0], values[1] if len(values) == 2 else None)
     integers = all(v == int(v) for v in values)
     if kind == "uniform" and len(values) == 1 and integers:
         return uniform_kernel(int(values[0]))
