@@ -167,6 +167,18 @@ def test_step_at_or_above_two_over_L_is_refused_unless_allowed():
         ps.solve(op, y, SoftThreshold(), 0.0)
 
 
+@pytest.mark.parametrize("bad, match", [(dict(solver="hqs", step=math.inf), "finite"),
+                                        (dict(solver="fb", step=math.nan), "finite"),
+                                        (dict(denoiser_sigma=math.inf), "denoiser_sigma"),
+                                        (dict(denoiser_sigma=-0.1), "denoiser_sigma"),
+                                        (dict(max_iter=-1), "max_iter"),
+                                        (dict(max_iter=2.5), "max_iter")])
+def test_non_finite_or_negative_settings_are_refused_before_running(bad, match):
+    op, x, y = _problem()
+    with pytest.raises(ValueError, match=match):
+        ps.solve(op, y, SoftThreshold(), 0.02, **bad)
+
+
 @pytest.fixture
 def deepinv_setup(certified):
     op, x, y = _problem(channels=1)

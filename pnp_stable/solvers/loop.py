@@ -187,8 +187,14 @@ def solve(
     defaults = tuned(solver)
     if denoiser_sigma is None:
         denoiser_sigma = defaults.strength * noise_sigma
+    sigmas = torch.as_tensor(denoiser_sigma, dtype=torch.float64)
+    if not (torch.isfinite(sigmas).all() and (sigmas > 0).all()):
+        raise ValueError(f"denoiser_sigma must be finite and > 0 (on the [0, 1] scale, e.g. 2·noise_sigma), got {denoiser_sigma}")
     if max_iter is None:
         max_iter = defaults.max_iter
+    if isinstance(max_iter, bool) or not float(max_iter).is_integer() or max_iter < 1:
+        raise ValueError(f"max_iter must be a whole number ≥ 1, got {max_iter}")
+    max_iter = int(max_iter)
     if denoiser_weight is None:
         denoiser_weight = defaults.denoiser_weight
     if isinstance(denoiser, torch.nn.Module):

@@ -3,6 +3,8 @@ proximal steps accept any τ > 0 and default to the half-quadratic choice τ = �
 
 from __future__ import annotations
 
+import math
+
 from ..operators.fidelity import L2Fidelity
 
 __all__ = ["default_step", "check_step"]
@@ -20,10 +22,10 @@ def default_step(solver: str, fidelity: L2Fidelity, denoiser_sigma) -> float:
 
 
 def check_step(scheme, allow_unsafe_step: bool = False) -> None:
-    """Refuse τ ≤ 0, and τ ≥ 2/L for gradient steps unless explicitly allowed."""
+    """Refuse τ ≤ 0 or not finite, and τ ≥ 2/L for gradient steps unless explicitly allowed."""
     tau = scheme.step_size
-    if not tau > 0:
-        raise ValueError(f"step τ must be > 0, got {tau}")
+    if not 0 < tau < math.inf:
+        raise ValueError(f"step τ must be finite and > 0, got {tau}")
     if scheme.name in ("fb", "fista") and not allow_unsafe_step:
         limit = 2.0 / scheme.fidelity.lipschitz
         if tau >= limit:
