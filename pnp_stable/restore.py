@@ -155,4 +155,7 @@ def denoise(x, sigma: float, denoiser="auto", device: str | torch.device = "cpu"
     model = resolve_denoiser(chosen, x.shape[1], device)
     with torch.no_grad():
         estimate = model(x, sigma)
+    if not torch.isfinite(estimate).all():
+        raise ValueError(f"the denoiser {_label(chosen)} returned NaN or Inf for a finite input at sigma = {sigma:g}; "
+                         "check its weights (pnp-stable certify NAME --verify) or the noise level")
     return DenoiseResult(estimate=estimate, certificate=certificate_of(model), denoiser=_label(chosen))

@@ -59,6 +59,11 @@ def test_channel_mismatch_and_bad_inputs_are_explained(tiny_models):
         ps.denoise(np.zeros((8, 8, 2)), 0.1)
 
 
+def test_denoise_refuses_to_return_nan_from_a_broken_denoiser():
+    with pytest.raises(ValueError, match="returned NaN or Inf"):
+        ps.denoise(np.full((8, 8), 0.5), 0.1, denoiser=lambda x, sigma: x * float("nan"))
+
+
 def test_defaults_table_matches_the_recorded_tuning_run():
     import json
     import re
