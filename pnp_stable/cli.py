@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -57,10 +58,18 @@ def _progress(args) -> bool:
 
 
 def _device(name: str) -> str:
+    """``cpu``, ``cuda`` or ``cuda:N`` for a GPU this machine has; anything else is a one-line error."""
     import torch
 
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CommandError("CUDA is not available on this machine; use --device cpu")
+    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", name)
+    if match is None:
+        raise CommandError(f"unsupported device '{name}'; use cpu, cuda or cuda:N")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise CommandError("CUDA is not available on this machine; use --device cpu")
+        index = int(match.group(1) or 0)
+        if index >= torch.cuda.device_count():
+            raise CommandError(f"there is no {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return name
 
 

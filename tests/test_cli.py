@@ -63,6 +63,9 @@ ERROR_CASES = [
                      "--denoiser", "{root}/gray-net.safetensors"], "allow_unsafe_step"),
     ("denoiser weight past 1/α", ["deblur", "{root}/gray.png", "--kernel", "gaussian:1", "--noise", "0.01",
                                   "--denoiser-weight", "5", "--denoiser", "{root}/gray-net.safetensors"], "1/α_D"),
+    *[(f"device {device}", ["denoise", "{root}/gray.png", "--sigma", "0.1", "--out", "{root}/o.png", "--device", device],
+       f"unsupported device '{device}'") for device in ("foo", "mps", "meta")],
+    ("even kernel size", ["deblur", "{root}/gray.png", "--kernel", "motion:1:4", "--noise", "0.01"], "odd"),
 ]
 
 
