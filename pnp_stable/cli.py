@@ -13,44 +13,10 @@ import sys
 from pathlib import Path
 
 from . import __version__
-
-EXIT_USAGE = 2
-
+from ._argtypes import EXIT_USAGE, OneLineParser, level, positive_int, seed
 
 class CommandError(ValueError):
     """A user error reported as one line with exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error message (no usage dump) and exit code 2."""
-
-    def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _level(text: str) -> float:
-    """A noise level on the [0, 1] scale: ``0.01`` or a fraction such as ``7.65/255``."""
-    from ._validation import check_noise_level
-
-    try:
-        numerator, _, denominator = text.partition("/")
-        value = float(numerator) / float(denominator) if denominator else float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number (use e.g. 0.01 or 7.65/255)") from None
-    try:
-        return check_noise_level(value, "noise level")
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {value}")
-    return value
 
 
 def _progress(args) -> bool:
@@ -219,10 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .solvers.schemes import SCHEMES
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    parser = _Parser(prog="pnp-stable", formatter_class=fmt,
+    parser = OneLineParser(prog="pnp-stable", formatter_class=fmt,
                      description="Plug-and-Play restoration with provably averaged denoisers.")
     parser.add_argument("--version", action="version", version=f"pnp-stable {__version__}")
-    commands = parser.add_subparsers(dest="command", title="sub-commands", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", title="sub-commands", parser_class=OneLineParser)
 
     p = commands.add_parser("deblur", formatter_class=fmt, help="deblur an image with monitored PnP",
                             description="Deblur IN (blurred with a known kernel and Gaussian noise) by a certified PnP "
@@ -230,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "monitor's verdict and, with a reference, the PSNR.")
     p.add_argument("input", metavar="IN", help="image file (PNG, JPEG, TIFF or .npy [H, W(, C)] in [0, 1])")
     p.add_argument("--kernel", required=True, metavar="SPEC", help=f"blur kernel: {KERNEL_SPECS} (required)")
-    p.add_argument("--noise", required=True, type=_level, metavar="SIGMA",
+    p.add_argument("--noise", required=True, type=level, metavar="SIGMA",
                    help="noise standard deviation on the [0, 1] scale, e.g. 0.01 or 7.65/255 (required)")
     p.add_argument("--solver", choices=sorted(SCHEMES), default=None,
                    help="PnP scheme (fista carries no guarantee); default fb, or drs with --denoiser guided")
@@ -241,22 +207,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --denoiser guided: the denoiser whose short DPIR-schedule pilot gives the guide g "
                         "(bm3d, or its 3× faster low-complexity profile bm3d-lc, needs the bm3d extra; "
                         "or a shipped model, e.g. dncnn-color)")
-    p.add_argument("--guided-rounds", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--guided-rounds", type=positive_int, default=None, metavar="N",
                    help="with --denoiser guided: certified rounds, each guided by the previous estimate "
                         "(None: the guide's default, pnp_stable.solvers.guided_defaults: 1 for BM3D, 2 for a network)")
-    p.add_argument("--denoiser-sigma", type=_level, default=None, metavar="S",
+    p.add_argument("--denoiser-sigma", type=level, default=None, metavar="S",
                    help="denoiser strength σ_d; None uses the tuned strength × SIGMA")
     p.add_argument("--step", type=float, default=None, help="step τ; None uses the tuned step (FB refuses τ ≥ 2/L)")
     p.add_argument("--denoiser-weight", type=float, default=None, metavar="W",
                    help="weight ω of the denoising step x + ω(D(x) − x), in (0, 1/α_D); None uses the tuned weight")
-    p.add_argument("--iters", type=_positive_int, default=None, metavar="N", help="maximum iterations; None uses the tuned budget")
+    p.add_argument("--iters", type=positive_int, default=None, metavar="N", help="maximum iterations; None uses the tuned budget")
     p.add_argument("--tol", type=float, default=1e-5, metavar="T", help="stop when ‖z_{k+1} − z_k‖/‖z_{k+1}‖ < T")
     p.add_argument("--boundary", choices=["circular", "reflect", "replicate", "zeros"], default="circular",
                    help="boundary condition of the blur")
     p.add_argument("--out", default=None, metavar="OUT.png", help="restored image; None writes IN_deblurred.png next to IN")
     p.add_argument("--plot", default=None, metavar="PLOT.png", help="write the residual-vs-bound plot here")
     p.add_argument("--simulate", action="store_true", help="IN is clean: blur it and add noise first (also writes OUT_degraded.png)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed for --simulate")
+    p.add_argument("--seed", type=seed, default=0, help="noise seed for --simulate")
     p.add_argument("--reference", default=None, metavar="CLEAN.png", help="clean image: report PSNR per iteration")
     _add_common(p)
     p.set_defaults(run=cmd_deblur)
@@ -264,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("denoise", formatter_class=fmt, help="remove Gaussian noise with a certified denoiser",
                             description="Denoise one or more images with a (certified) denoiser.")
     p.add_argument("inputs", nargs="+", metavar="IN", help="image file(s)")
-    p.add_argument("--sigma", required=True, type=_level, metavar="S", help="noise level on the [0, 1] scale, e.g. 25/255 (required)")
+    p.add_argument("--sigma", required=True, type=level, metavar="S", help="noise level on the [0, 1] scale, e.g. 25/255 (required)")
     p.add_argument("--out", required=True, metavar="OUT", help="output file, or a directory for several inputs (required)")
     p.add_argument("--denoiser", default="auto", metavar="NAME|PATH", help="shipped model or .safetensors file; auto picks by channels")
     _add_common(p)
@@ -276,12 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
                                         "--sigma (exit 1 when one is found).")
     p.add_argument("model", metavar="NAME|PATH", help="shipped model name or .safetensors file")
     p.add_argument("--verify", action="store_true", help="recompute every stored norm bound (slow: seconds per layer)")
-    p.add_argument("--size", type=_positive_int, default=32, help="side of the test images")
-    p.add_argument("--sigma", type=_level, default=25 / 255, help="noise level given to the denoiser; its certificate there is tested")
-    p.add_argument("--restarts", type=_positive_int, default=4, help="adversarial search restarts")
-    p.add_argument("--steps", type=_positive_int, default=60, help="Adam steps per restart")
-    p.add_argument("--pairs", type=_positive_int, default=64, help="image pairs for inequality (A)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the search")
+    p.add_argument("--size", type=positive_int, default=32, help="side of the test images")
+    p.add_argument("--sigma", type=level, default=25 / 255, help="noise level given to the denoiser; its certificate there is tested")
+    p.add_argument("--restarts", type=positive_int, default=4, help="adversarial search restarts")
+    p.add_argument("--steps", type=positive_int, default=60, help="Adam steps per restart")
+    p.add_argument("--pairs", type=positive_int, default=64, help="image pairs for inequality (A)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the search")
     p.set_defaults(run=cmd_certify)
 
     p = commands.add_parser("models", formatter_class=fmt, help="list the shipped denoisers",
@@ -294,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "restore them with PnP-FB and the shipped certified denoisers, print PSNR, β and "
                                         "the verdict, and write a PNG grid and the residual-vs-bound plot.")
     p.add_argument("--out", default="demo_out", help="output folder")
-    p.add_argument("--iters", type=_positive_int, default=None, help="maximum iterations; None uses the tuned budget")
+    p.add_argument("--iters", type=positive_int, default=None, help="maximum iterations; None uses the tuned budget")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=cmd_demo)
 

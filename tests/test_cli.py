@@ -66,6 +66,13 @@ ERROR_CASES = [
     *[(f"device {device}", ["denoise", "{root}/gray.png", "--sigma", "0.1", "--out", "{root}/o.png", "--device", device],
        f"unsupported device '{device}'") for device in ("foo", "mps", "meta")],
     ("even kernel size", ["deblur", "{root}/gray.png", "--kernel", "motion:1:4", "--noise", "0.01"], "odd"),
+    ("value '--'", ["deblur", "{root}/gray.png", "--kernel", "gaussian:1", "--noise=--"], "expected a value"),
+    ("huge seed", ["deblur", "{root}/gray.png", "--kernel", "gaussian:1", "--noise", "0.01", "--simulate", "--seed", "1e23"],
+     "not a whole number"),
+    *[(f"train {option} {value}", ["train", "--data", "{root}", "--out", "{root}/t.safetensors", option, value], expected)
+      for option, value, expected in [("--patch", "0", "≥ 1"), ("--batch", "0", "≥ 1"), ("--calibrate-every", "0", "≥ 1"),
+                                      ("--channels", "2", "invalid choice"), ("--depth", "0", "≥ 1"),
+                                      ("--sigma", "nan", "finite"), ("--lr", "inf", "finite")]],
 ]
 
 

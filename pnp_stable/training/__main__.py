@@ -11,26 +11,27 @@ import time
 import torch
 import torch.distributed as dist
 
+from .._argtypes import OneLineParser, level, nonnegative_int, positive_float, positive_int, seed
 from .trainer import LOSSES, MODELS, TrainConfig, Trainer
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pnp_stable.training", description="Train a certified averaged denoiser (or the unconstrained DnCNN baseline).",
+    p = OneLineParser(prog="python -m pnp_stable.training", description="Train a certified averaged denoiser (or the unconstrained DnCNN baseline).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", nargs="+", required=True, help="training image folder(s)")
     p.add_argument("--out", required=True, help="output weights (.safetensors)")
     p.add_argument("--val", default=None, help="validation image folder")
-    p.add_argument("--channels", type=int, default=1, help="1 (gray) or 3 (colour)")
-    p.add_argument("--sigma", type=float, nargs="+", default=[25 / 255], help="noise level, or a range LOW HIGH ([0, 1] scale)")
-    p.add_argument("--patch", type=int, default=40, help="patch size")
-    p.add_argument("--batch", type=int, default=32, help="patches per step (per process)")
-    p.add_argument("--steps", type=int, default=2000, help="training steps")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--channels", type=int, choices=[1, 3], default=1, help="1 (gray) or 3 (colour)")
+    p.add_argument("--sigma", type=level, nargs="+", default=[25 / 255], help="noise level, or a range LOW HIGH ([0, 1] scale)")
+    p.add_argument("--patch", type=positive_int, default=40, help="patch size")
+    p.add_argument("--batch", type=positive_int, default=32, help="patches per step (per process)")
+    p.add_argument("--steps", type=positive_int, default=2000, help="training steps")
+    p.add_argument("--lr", type=positive_float, default=2e-3, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="optimiser")
     p.add_argument("--model", choices=sorted(MODELS), default="averaged",
                    help="certified averaged network, or deepinv's unconstrained DnCNN as a same-budget baseline")
-    p.add_argument("--width", type=int, default=32, help="channels inside the network")
-    p.add_argument("--depth", type=int, default=8, help="number of blocks (DnCNN: conv layers)")
+    p.add_argument("--width", type=positive_int, default=32, help="channels inside the network")
+    p.add_argument("--depth", type=positive_int, default=8, help="number of blocks (DnCNN: conv layers)")
     p.add_argument("--integrator", choices=["euler", "heun", "rk4"], default="euler", help="block integrator (averaged only)")
     p.add_argument("--noise-adaptive", action="store_true",
                    help="learn a noise-level-dependent relaxation toward the identity (averaged only; keeps the certificate)")
@@ -38,12 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=LOSSES, default="mse",
                    help="'mse', or 'noise-relative': each patch's MSE over σ² + floor², so low noise levels count as much as "
                    "high ones (the logged loss is then in those units)")
-    p.add_argument("--loss-floor", type=float, default=1 / 255, help="the floor of the noise-relative loss ([0, 1] scale)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--calibrate-every", type=int, default=100, help="steps between norm calibrations")
-    p.add_argument("--validate-every", type=int, default=500, help="steps between validations")
-    p.add_argument("--checkpoint-minutes", type=float, default=5.0, help="minutes between checkpoints")
-    p.add_argument("--log-every", type=int, default=50, help="steps between log lines when no progress bar is shown")
+    p.add_argument("--loss-floor", type=level, default=1 / 255, help="the floor of the noise-relative loss ([0, 1] scale)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed")
+    p.add_argument("--calibrate-every", type=positive_int, default=100, help="steps between norm calibrations")
+    p.add_argument("--validate-every", type=nonnegative_int, default=500, help="steps between validations (0: none)")
+    p.add_argument("--checkpoint-minutes", type=positive_float, default=5.0, help="minutes between checkpoints")
+    p.add_argument("--log-every", type=positive_int, default=50, help="steps between log lines when no progress bar is shown")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint next to --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
