@@ -161,6 +161,7 @@ def test_guided_deblur_uses_the_default_lattice_stride_only_where_it_divides_the
         original(self, guide, **options)
 
     monkeypatch.setattr(guided.LinearisedBM3D, "__init__", spy)
+    monkeypatch.setitem(ps.solvers.guided.GUIDED_DEFAULTS, "model", ps.solvers.guided.GuidedDefaults(stride=2))
     x = natural_starts(1, (1, size, size), noise=0.0, seed=2)
     physics = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, size, size))
     result = ps.solvers.guided_solve(physics, physics(x), _Smoother(), 0.01, max_iter=20, tol=1e-4, patch=4, tile=8, group=4)
