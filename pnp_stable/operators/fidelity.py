@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import cached_property
 
 import deepinv as dinv
@@ -10,9 +11,9 @@ from torch import Tensor
 from deepinv.optim.linear import conjugate_gradient
 
 from .._validation import check_image, check_noise_level
-from .norms import OperatorNorm, _check_linear, operator_norm
+from .norms import OperatorNorm, _check_linear, adjoint_test, operator_norm
 
-__all__ = ["L2Fidelity"]
+__all__ = ["L2Fidelity", "ProxAccuracy"]
 
 
 class L2Fidelity:
@@ -21,7 +22,10 @@ class L2Fidelity:
     ``prox(x, tau) = argmin_u ½‖u − x‖² + τ f(u)`` solves (I + γAᵀA)u = x + γAᵀy with
     γ = τ/s²: in closed form for operators diagonalised by an orthogonal transform
     (deepinv ``DecomposablePhysics``, e.g. circular blur), otherwise by conjugate
-    gradients stopped at relative residual ``cg_tol`` (at most ``cg_max_iter`` steps).
+    gradients stopped at relative residual ``cg_tol`` (at most ``cg_max_iter`` steps). Each CG solve's
+    true residual ‖rhs − (I + γAᵀA)u‖ bounds its error ‖u − u*‖ (I + γAᵀA ≽ I); :attr:`prox_accuracy`
+    keeps the worst one, so a certificate that assumes an exact prox can be withheld when it was not.
+    ``operator_norm``: a known upper bound on ‖A‖, used instead of :func:`operator_norm` (then 'given').
     """
 
     def __init__(
@@ -32,9 +36,16 @@ class L2Fidelity:
         cg_tol: float = 1e-6,
         cg_max_iter: int = 1000,
         norm_seed: int = 0,
+        operator_norm: float | None = None,
     ):
         _check_linear(op)
         self.op = op
+        if operator_norm is not None:
+            value = float(operator_norm)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"operator_norm must be a finite bound > 0 on ‖A‖, got {operator_norm}")
+            self.operator_norm = OperatorNorm(value, kind="given", method="upper bound on ‖A‖ given by the caller")
+        self.prox_accuracy = ProxAccuracy(float(cg_tol))
         self.y = check_image(y, "measurement y")
         self.noise_sigma = check_noise_level(noise_sigma, positive=True)
         self.cg_tol = float(cg_tol)
@@ -81,6 +92,11 @@ class L2Fidelity:
         return (self.op.A_adjoint(self.op.A(x)) - self._Aty) / self.noise_sigma**2
 
     @cached_property
+    def adjoint_error(self) -> float:
+        """Relative adjoint error of the operator on this problem's images (:func:`adjoint_test`, 4 samples)."""
+        return adjoint_test(self.op, self.x_shape[1:], seed=self._norm_seed, num_samples=4)
+
+    @cached_property
     def operator_norm(self) -> OperatorNorm:
         """‖A‖ on images of this problem's size (see :func:`operator_norm`)."""
         return operator_norm(self.op, self.x_shape[1:], seed=self._norm_seed)
@@ -98,11 +114,39 @@ class L2Fidelity:
         if self.prox_is_exact:
             return self.op.prox_l2(x, self.y, gamma)
         rhs = x + gamma * self._Aty
-        return conjugate_gradient(
-            lambda u: u + gamma * self.op.A_adjoint_A(u),
+        normal = lambda u: u + gamma * self.op.A_adjoint_A(u)
+        u = conjugate_gradient(
+            normal,
             rhs,
             max_iter=self.cg_max_iter,
             tol=self.cg_tol,
             eps=torch.finfo(x.dtype).tiny,  # keeps 0/0 = NaN away when x is already the solution
             init=x,
         )
+        residual = torch.linalg.vector_norm((rhs - normal(u)).flatten(1), dim=1, dtype=torch.float64)
+        scale = torch.linalg.vector_norm(rhs.flatten(1), dim=1, dtype=torch.float64).clamp_min(1e-30)
+        self.prox_accuracy.record(float((residual / scale).max()))
+        return u
+
+
+class ProxAccuracy:
+    """Worst relative normal-equation residual ‖rhs − (I + γAᵀA)u‖/‖rhs‖ of the CG proxes so far (shared by
+    a fidelity and its subsets). The prox's error is at most that residual times ‖rhs‖; it is ``accurate``
+    while every call stayed within ``ACCURACY_FACTOR``·cg_tol (float32 rounding keeps the true residual a
+    little above CG's own recursive estimate)."""
+
+    ACCURACY_FACTOR = 10.0
+
+    def __init__(self, cg_tol: float):
+        self.tolerance = self.ACCURACY_FACTOR * cg_tol
+        self.worst = 0.0
+        self.calls = 0
+
+    def record(self, relative_residual: float) -> None:
+        self.calls += 1
+        if not relative_residual <= self.worst:  # NaN counts as worst
+            self.worst = relative_residual
+
+    @property
+    def accurate(self) -> bool:
+        return self.worst <= self.tolerance

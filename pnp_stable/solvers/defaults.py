@@ -3,8 +3,8 @@
 They come from ``benchmarks/tune.py`` (grid search on validation images outside every test set;
 results and command in ``benchmarks/results/tuning.md`` and, for FB's denoiser weight and budget,
 ``tuning-fb.md``; a test compares them with this table).
-σ_d = ``strength``·σ_n; FB/FISTA step τ = ``step_scale``/L (L = ‖A‖²/σ_n², so averagedness needs
-``step_scale`` < 2); HQS/DRS/ADMM step τ = ``step_scale``·σ_d²; the denoising step is x + ω(D(x, σ_d) − x) with
+σ_d = ``strength``·σ_n; FB/FISTA step τ = ``step_scale``/L (L = ‖A‖²/σ_n², so FB's averagedness needs
+``step_scale`` < 2; FISTA's momentum needs τ ≤ 1/L and uses its own step, not tuned); HQS/DRS/ADMM step τ = ``step_scale``·σ_d²; the denoising step is x + ω(D(x, σ_d) − x) with
 ω = ``denoiser_weight``.
 """
 
@@ -25,7 +25,7 @@ class Tuned:
 
 TUNED = {
     "fb": Tuned(strength=1.414, step_scale=1.9, max_iter=300, denoiser_weight=0.475),
-    "fista": Tuned(strength=1.414, step_scale=1.9, max_iter=300, denoiser_weight=0.475),
+    "fista": Tuned(strength=1.414, step_scale=1.0, max_iter=300, denoiser_weight=0.475),  # FISTA's own τ ≤ 1/L
     "hqs": Tuned(strength=2.0, step_scale=2.0, max_iter=200),
     "drs": Tuned(strength=1.414, step_scale=1.0, max_iter=200),
     "admm": Tuned(strength=1.414, step_scale=1.0, max_iter=200),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import deepinv as dinv
@@ -19,15 +20,21 @@ from .relaxed import KrasnoselskiiMann
 from .defaults import tuned
 from .stepsize import check_step, default_step
 
-__all__ = ["PnPResult", "solve", "run_scheme", "STATUSES"]
+__all__ = ["ADJOINT_TOLERANCE", "PnPResult", "solve", "run_scheme", "STATUSES"]
 
 STATUSES = ("converged", "max-iterations", "diverged", "non-finite")
+
+#: largest relative adjoint error (:func:`~pnp_stable.operators.adjoint_test`) that still counts as an exact
+#: adjoint: float32 round-off gives ~1e-7, a wrong adjoint O(0.1)
+ADJOINT_TOLERANCE = 1e-5
 
 
 @dataclass
 class PnPResult:
     """Outcome of a PnP run. ``status[b]`` is one of :data:`STATUSES`; ``beta`` is the certified
-    averagedness of the iteration (None: no guarantee) and ``beta_basis`` what it rests on."""
+    averagedness of the iteration (None: not certified) and ``beta_basis`` what it rests on.
+    ``estimated_beta`` is the theory's β when an ingredient is only estimated (an estimated ‖A‖, an
+    inexact prox, an unproved denoiser certificate): the monitor checks it, nothing certifies it."""
 
     estimate: Tensor
     governing: Tensor
@@ -40,6 +47,7 @@ class PnPResult:
     step: float
     notes: list[str] = field(default_factory=list)
     earlier_rounds: list["PnPResult"] = field(default_factory=list)  # guided restoration: the rounds before this one
+    estimated_beta: float | None = None
 
     @property
     def verdict(self) -> str:
@@ -50,9 +58,14 @@ class PnPResult:
         return self.history.violations
 
     def summary(self) -> str:
-        beta = "none (no guarantee)" if self.beta is None else f"{self.beta:.4g}"
+        if self.beta is not None:
+            beta = f"certified β = {self.beta:.4g}"
+        elif self.estimated_beta is not None:
+            beta = f"estimated β = {self.estimated_beta:.4g}, NOT certified"
+        else:
+            beta = "β: none (no guarantee)"
         lines = [
-            f"solver {self.solver}, step τ = {self.step:.4g}, certified β = {beta} ({self.beta_basis})",
+            f"solver {self.solver}, step τ = {self.step:.4g}, {beta} ({self.beta_basis})",
             f"status: {', '.join(f'{s} after {k}' for s, k in zip(self.status, self.iterations))}",
             f"monitor: {self.verdict}",
         ]
@@ -74,6 +87,12 @@ def run_scheme(
     stops with status 'diverged' / 'non-finite' and returns its best iterate (lowest residual).
     """
     beta, basis = scheme.beta()
+    if beta is not None and scheme.fidelity.adjoint_error > ADJOINT_TOLERANCE:
+        basis = (f"none: the operator's A_adjoint fails the adjoint test (relative error "
+                 f"{scheme.fidelity.adjoint_error:.3g} > {ADJOINT_TOLERANCE:g}), so the gradient and prox are not those "
+                 "of f; fix A_adjoint or use pnp_stable.custom_operator(A) for an autograd adjoint")
+        warnings.warn(f"no certificate: {basis}", stacklevel=3)
+        beta = None
     z = scheme.init(x0)
     z0 = z.clone()
     batch = z.shape[0]
@@ -142,10 +161,14 @@ def run_scheme(
     for b in range(batch):
         if status[b] in ("diverged", "non-finite"):
             z[b], estimate[b] = best_z[b], best_x[b]
-    history = monitor.finish(z0, z)
+    history = monitor.finish(z0, z, [s == "converged" for s in status])
+    gaps = scheme.certificate_gaps() if beta is not None else []
+    if gaps:
+        basis = f"{basis}; estimated, not certified: " + "; ".join(gaps)
     return PnPResult(
         estimate=estimate, governing=z, status=status, iterations=iterations, history=history,
-        beta=beta, beta_basis=basis, solver=scheme.name, step=scheme.step_size, notes=list(scheme.notes),
+        beta=None if gaps else beta, beta_basis=basis, solver=scheme.name, step=scheme.step_size,
+        notes=list(scheme.notes), estimated_beta=beta if gaps else None,
     )
 
 
@@ -166,6 +189,7 @@ def solve(
     divergence_factor: float = 1e4,
     progress: bool = False,
     denoiser_weight: float | None = None,
+    operator_norm: float | None = None,
 ) -> PnPResult:
     """Plug-and-Play restoration of ``y = A x + n`` (n ~ N(0, noise_sigma²)) with a monitored fixed-point iteration.
 
@@ -179,11 +203,14 @@ def solve(
     (α_D: the certificate of D(·, σ_d)): the prior's weight, separate from the denoiser strength σ_d.
     DRS/ADMM use min(ω, 1/(2α_D)) with α_D the certificate for every σ (firm non-expansiveness). ``relaxation`` λ gives the
     Krasnosel'skii–Mann iteration z + λ(Tz − z), λβ-averaged for λ ∈ (0, 1/β).
+    β is certified only on guaranteed ingredients: an adjoint that passes :func:`adjoint_test` (else no β and a
+    warning), ‖A‖ exact or a proved upper bound for FB (else pass ``operator_norm``, a known bound on ‖A‖), a
+    prox that met its tolerance, a guaranteed denoiser certificate; otherwise ``estimated_beta`` says why.
     """
     if solver not in SCHEMES:
         raise ValueError(f"unknown solver '{solver}'; choose one of {sorted(SCHEMES)}")
     noise_sigma = check_noise_level(noise_sigma, positive=True)
-    fidelity = L2Fidelity(physics, y, noise_sigma)
+    fidelity = L2Fidelity(physics, y, noise_sigma, operator_norm=operator_norm)
     defaults = tuned(solver)
     if denoiser_sigma is None:
         denoiser_sigma = defaults.strength * noise_sigma

@@ -6,7 +6,8 @@ residual r_k = ‖z_{k+1} − z_k‖):
   a slow drift whose every step hides inside the rounding slack below is still caught once it adds up;
 * inequality (A) for the pair (z_{k−1}, z_k): r_k² ≤ r_{k−1}² − (1−β)/β ‖(z_k − z_{k−1}) − (z_{k+1} − z_k)‖²;
 * the rate       r_k² ≤ β/((1−β)(k+1)) ‖z_0 − z*‖², with ‖z_0 − z*‖ estimated by ‖z_0 − z_K‖ at the
-  last iterate z_K (checked once the run ends; exact in the limit z_K → z*).
+  last iterate z_K (checked once the run ends, for converged samples only: exact in the limit z_K → z*,
+  meaningless after a few steps, when z_K is still far from z*).
 
 Float32 tolerance: T evaluated in float32 is exact only up to rounding of relative size
 ≈ ε = 1.2e-7 per operation, so every check allows an absolute slack of ``FLOAT_SLACK``·‖z_k‖
@@ -57,6 +58,7 @@ class History:
     violations: list[Violation] = field(default_factory=list)
     distance_estimate: Tensor | None = None
     distance_basis: str = "‖z₀ − z_K‖ with z_K the last iterate (a proxy for ‖z₀ − z*‖)"
+    rate_unchecked: int = 0  # samples that did not converge, whose rate bound was therefore not checked
 
     def residual_matrix(self) -> Tensor:
         """r_k for every iteration and sample, shape [K, B]."""
@@ -75,7 +77,8 @@ class History:
             return "no guarantee: nothing to check"
         if not self.violations:
             prefix = "no violations" if self.beta is not None else "no violations of non-expansiveness (no guarantee)"
-            return f"{prefix} ({', '.join(self.checks)} checked)"
+            unchecked = f"; rate bound not checked for {self.rate_unchecked} unconverged sample(s)" if self.rate_unchecked else ""
+            return f"{prefix} ({', '.join(self.checks)} checked{unchecked})"
         worst = max(self.violations, key=lambda v: v.size)
         return f"{len(self.violations)} violations; worst: {worst}"
 
@@ -185,8 +188,9 @@ class ConvergenceMonitor:
         for position in torch.nonzero(failed).flatten().tolist():
             self.history.violations.append(Violation(check, int(index[position]), iteration, float(size[position])))
 
-    def finish(self, z0: Tensor, z_last: Tensor) -> History:
-        """Run the rate check with ‖z₀ − z*‖ ≈ ‖z₀ − z_K‖ and return the history."""
+    def finish(self, z0: Tensor, z_last: Tensor, converged: list[bool] | None = None) -> History:
+        """Run the rate check with ‖z₀ − z*‖ ≈ ‖z₀ − z_K‖ and return the history. The proxy means something
+        only once z_K is near z*: samples not ``converged`` (a short or stopped run) are not rate-checked."""
         history = self.history
         history.distance_estimate = _norms(z0 - z_last)
         bound = history.rate_bound()
@@ -194,7 +198,9 @@ class ConvergenceMonitor:
             residuals = history.residual_matrix()
             scale = _norms(z_last)[None, :] * self.slack
             excess = residuals - bound
-            failed = (excess > scale) & ~torch.isnan(residuals)
+            checked = torch.ones(residuals.shape[1], dtype=torch.bool) if converged is None else torch.tensor(converged)
+            failed = (excess > scale) & ~torch.isnan(residuals) & checked[None, :]
+            history.rate_unchecked = int((~checked).sum())
             for k, b in torch.nonzero(failed).tolist():
                 history.violations.append(Violation("rate bound", b, k, float(excess[k, b] / bound[k, b])))
         return history

@@ -27,6 +27,9 @@ class KrasnoselskiiMann(Scheme):
         t, x = self.base.step(z, fidelity, index)
         return z + self.relaxation * (t - z), x
 
+    def certificate_gaps(self):
+        return self.base.certificate_gaps()
+
     def beta(self):
         beta, basis = self.base.beta()
         if beta is None:

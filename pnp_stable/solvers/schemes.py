@@ -82,6 +82,10 @@ class Scheme:
         self.denoiser_weight = float(denoiser_weight)
         self.denoiser_certificate: Certificate = _weighted_certificate(
             certificate_of(denoiser, denoiser_sigma), self.denoiser_weight)  # at σ_d: tighter for noise-adaptive D
+        owner = type(denoiser)
+        if self.denoiser_certificate.alpha is not None and not owner.__module__.startswith("pnp_stable."):
+            self.notes.append(f"the denoiser's certificate comes from the caller's {owner.__name__} object and is "
+                              "trusted as given, not verified by pnp-stable (check it with pnp_stable.adversarial_lipschitz)")
 
     def sigma_for(self, index: Tensor | None):
         sigma = self.denoiser_sigma
@@ -110,8 +114,17 @@ class Scheme:
         raise NotImplementedError
 
     def beta(self) -> tuple[float | None, str]:
-        """Certified averagedness of T and what it rests on (None: no guarantee)."""
+        """Averagedness of T from the theory and what it rests on (None: no guarantee); it is certified only
+        when :meth:`certificate_gaps` finds every ingredient guaranteed."""
         raise NotImplementedError
+
+    def certificate_gaps(self) -> list[str]:
+        """Ingredients of :meth:`beta` that are not guaranteed (empty: β is certified). Ask after the run: the
+        accuracy of an iterative prox is known only once it has been used."""
+        certificate = self.denoiser_certificate
+        if certificate.alpha is not None and not certificate.guaranteed:
+            return [f"the denoiser's certificate is not guaranteed ({certificate.method})"]
+        return []
 
 
 class ForwardBackward(Scheme):
@@ -133,6 +146,24 @@ class ForwardBackward(Scheme):
             return None, f"denoiser has no averagedness certificate ({self.denoiser_certificate.method})"
         return compose_averagedness([alpha_d, alpha_step]), f"compose(α_D = {alpha_d:.4g}, τL/2 = {alpha_step:.4g})"
 
+    def certificate_gaps(self):
+        norm = self.fidelity.operator_norm
+        gaps = super().certificate_gaps()
+        if not norm.guaranteed:
+            gaps.append(f"‖A‖ = {norm.value:.6g} is an estimate ({norm.method}), so τL/2 may be larger than computed; "
+                        "pass operator_norm= a proved upper bound on ‖A‖ to certify")
+        return gaps
+
+
+def _prox_gaps(fidelity: L2Fidelity) -> list[str]:
+    """An exact prox is assumed by HQS/DRS/ADMM: a CG prox that missed its tolerance voids that."""
+    accuracy = fidelity.prox_accuracy
+    if fidelity.prox_is_exact or accuracy.accurate:
+        return []
+    return [f"the prox of f was solved by conjugate gradients to a relative normal-equation residual of up to "
+            f"{accuracy.worst:.3g} (> {accuracy.tolerance:g}; {accuracy.calls} calls), not exactly; normalise the "
+            "operator, or raise cg_max_iter"]
+
 
 class HalfQuadraticSplitting(Scheme):
     """x ↦ D(prox_{τf}(x), σ_d)."""
@@ -148,6 +179,9 @@ class HalfQuadraticSplitting(Scheme):
         if alpha_d is None:
             return None, f"denoiser has no averagedness certificate ({self.denoiser_certificate.method})"
         return compose_averagedness([alpha_d, 0.5]), f"compose(α_D = {alpha_d:.4g}, prox: 1/2)"
+
+    def certificate_gaps(self):
+        return super().certificate_gaps() + _prox_gaps(self.fidelity)
 
 
 class _SplittingWithFNEDenoiser(Scheme):
@@ -170,6 +204,9 @@ class _SplittingWithFNEDenoiser(Scheme):
         if alpha_d is None or alpha_d > 0.5 + 1e-12:
             return None, f"denoiser is not certified firmly non-expansive ({self.denoiser_certificate.method})"
         return 0.5, "½(I + R₁R₂) with both reflections non-expansive (D̃ and the prox are firmly non-expansive)"
+
+    def certificate_gaps(self):
+        return super().certificate_gaps() + _prox_gaps(self.fidelity)
 
 
 class DouglasRachford(_SplittingWithFNEDenoiser):

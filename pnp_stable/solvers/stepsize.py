@@ -22,11 +22,19 @@ def default_step(solver: str, fidelity: L2Fidelity, denoiser_sigma) -> float:
 
 
 def check_step(scheme, allow_unsafe_step: bool = False) -> None:
-    """Refuse τ ≤ 0 or not finite, and τ ≥ 2/L for gradient steps unless explicitly allowed."""
+    """Refuse τ ≤ 0 or not finite, and, unless explicitly allowed, τ ≥ 2/L for FB and τ > 1/L for FISTA."""
     tau = scheme.step_size
     if not 0 < tau < math.inf:
         raise ValueError(f"step τ must be finite and > 0, got {tau}")
-    if scheme.name in ("fb", "fista") and not allow_unsafe_step:
+    if scheme.name == "fista" and not allow_unsafe_step:
+        limit = 1.0 / scheme.fidelity.lipschitz
+        if tau > limit * (1 + 1e-12):
+            raise ValueError(
+                f"step τ = {tau:.6g} > 1/L = {limit:.6g} (L = ‖A‖²/σ² = {scheme.fidelity.lipschitz:.6g}): FISTA's momentum "
+                "needs τ ≤ 1/L (FB's τ < 2/L is not enough: it diverges); use a smaller step or pass "
+                "allow_unsafe_step=True to run anyway"
+            )
+    if scheme.name == "fb" and not allow_unsafe_step:
         limit = 2.0 / scheme.fidelity.lipschitz
         if tau >= limit:
             raise ValueError(

@@ -1,0 +1,163 @@
+"""#21 §1: a certified β only on guaranteed ingredients (‖A‖, adjoint, prox, denoiser certificate)."""
+
+import deepinv as dinv
+import pytest
+import torch
+
+import pnp_stable as ps
+from pnp_stable.denoisers import AveragedDenoiser, natural_starts
+from pnp_stable.operators import L2Fidelity
+from pnp_stable.solvers import DouglasRachford, run_scheme
+from pnp_stable.theory import Certificate
+
+SIZE = 24
+
+
+@pytest.fixture(scope="module")
+def certified():
+    torch.manual_seed(0)
+    return AveragedDenoiser(channels=1, width=6, depth=2).eval()
+
+
+def _dense(op, shape):
+    n = shape[0] * shape[1] * shape[2]
+    basis = torch.eye(n, dtype=torch.float64).reshape(n, *shape)
+    columns = op.A(basis.float()).double()
+    return columns.reshape(n, -1).T
+
+
+def _bump(size=128):
+    """A = I + 0.05·uuᵀ with u the normalised constant image: ‖A‖ = 1.05, but a random start sees u only weakly."""
+    u = torch.ones(1, 1, size, size) / size
+
+    def A(z):
+        return z + 0.05 * (z * u).sum((1, 2, 3), keepdim=True) * u
+
+    return ps.custom_operator(A, A, img_size=(1, size, size))
+
+
+def test_power_estimate_does_not_stop_below_a_hidden_top_eigenvalue():
+    norm = ps.operator_norm(_bump(), (1, 128, 128))
+    assert norm.kind == "estimate" and not norm.guaranteed
+    assert norm.value == pytest.approx(1.05, rel=1e-5)
+
+
+@pytest.mark.parametrize("boundary", ["reflect", "replicate", "zeros", "valid"])
+@pytest.mark.parametrize("kernel", ["motion", "signed"])
+def test_blur_norm_is_a_guaranteed_upper_bound(boundary, kernel):
+    k = ps.motion_kernel(3, size=7)
+    if kernel == "signed":  # a sharpening-like kernel: the bound uses |k|, still above ‖A‖
+        k = 2 * k - ps.uniform_kernel(7)
+    op = dinv.physics.Blur(filter=k[None, None], padding="constant" if boundary == "zeros" else boundary)
+    exact = torch.linalg.matrix_norm(_dense(op, (1, SIZE, SIZE)), ord=2).item()
+    norm = ps.operator_norm(op, (1, SIZE, SIZE))
+    assert norm.kind == "upper bound" and norm.guaranteed
+    assert norm.value >= exact
+    if kernel == "motion":
+        assert norm.value <= exact * 1.02
+
+
+def _fb_problem(op, size):
+    x = natural_starts(1, (1, size, size), noise=0.0, seed=1)
+    y = op.A(x) + 0.02 * torch.randn(op.A(x).shape, generator=torch.Generator().manual_seed(0))
+    return x, y
+
+
+def test_fb_on_an_estimated_norm_is_estimated_until_a_bound_is_given(certified):
+    op = _bump(32)
+    _, y = _fb_problem(op, 32)
+    result = ps.solve(op, y, certified, 0.02, solver="fb", max_iter=5)
+    assert result.beta is None and result.estimated_beta is not None
+    assert "estimated, not certified" in result.beta_basis and "operator_norm=" in result.beta_basis
+    assert "NOT certified" in result.summary() and "certified β =" not in result.summary()
+    given = ps.solve(op, y, certified, 0.02, solver="fb", max_iter=5, operator_norm=1.05)
+    assert given.beta is not None and given.estimated_beta is None
+    assert given.step < result.step  # τ = 1.9/L with the larger, proved L
+    with pytest.raises(ValueError, match="operator_norm"):
+        ps.solve(op, y, certified, 0.02, solver="fb", operator_norm=float("nan"))
+
+
+def test_fb_on_a_reflect_blur_is_certified(certified):
+    op = ps.blur(ps.motion_kernel(2, size=7), boundary="reflect")
+    _, y = _fb_problem(op, SIZE)
+    result = ps.solve(op, y, certified, 0.02, solver="fb", max_iter=5)
+    assert result.beta is not None and "certified β" in result.summary()
+
+
+def test_a_wrong_adjoint_voids_the_certificate(certified):
+    weights = torch.linspace(0.2, 1.0, SIZE * SIZE).reshape(1, 1, SIZE, SIZE)
+
+    def A(z):  # not symmetric: a weighted shift
+        return weights * torch.roll(z, 1, -1)
+
+    def A_adjoint(z):
+        return torch.roll(weights * z, -1, -1)
+
+    wrong = dinv.physics.LinearPhysics(A=A, A_adjoint=A)
+    slightly_wrong = dinv.physics.LinearPhysics(A=A, A_adjoint=lambda z: 1.001 * A_adjoint(z))  # error 1e-3
+    assert ps.adjoint_test(wrong, (1, SIZE, SIZE)) > 0.1
+    _, y = _fb_problem(wrong, SIZE)
+    for op, solver in ((wrong, "fb"), (slightly_wrong, "fb"), (slightly_wrong, "drs")):
+        with pytest.warns(UserWarning, match="adjoint test"):
+            result = ps.solve(op, y, certified, 0.02, solver=solver, max_iter=5, operator_norm=1.0)
+        assert result.beta is None and result.estimated_beta is None and "adjoint" in result.beta_basis
+    right = dinv.physics.LinearPhysics(A=A, A_adjoint=A_adjoint)
+    assert ps.solve(right, y, certified, 0.02, solver="drs", max_iter=5, operator_norm=1.0).beta == 0.5
+
+
+def test_an_inexact_prox_is_reported_not_certified(certified):
+    op = ps.blur(ps.motion_kernel(2, size=7), boundary="reflect")
+    x, y = _fb_problem(op, SIZE)
+    sloppy = DouglasRachford(L2Fidelity(op, y, 0.02, cg_max_iter=1), certified, 0.03, 0.03**2 * 1e4)
+    result = run_scheme(sloppy, op.A_adjoint(y), max_iter=5)
+    assert result.beta is None and result.estimated_beta == 0.5
+    assert "conjugate gradients" in result.beta_basis and "residual" in result.beta_basis
+    accurate = ps.solve(op, y, certified, 0.02, solver="drs", max_iter=5)  # CG prox that meets its tolerance
+    assert accurate.beta == 0.5
+
+
+def test_an_unguaranteed_denoiser_certificate_is_estimated():
+    class Approximate:
+        certificate = Certificate(lipschitz=1.0, alpha=0.5, method="iterative prox stopped early", guaranteed=False)
+
+        def __call__(self, x, sigma):
+            return 0.5 * x
+
+    op, _, _ = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, SIZE, SIZE)), None, None
+    y = op.A(natural_starts(1, (1, SIZE, SIZE), noise=0.0, seed=1))
+    result = ps.solve(op, y, Approximate(), 0.02, solver="hqs", max_iter=3)
+    assert result.beta is None and result.estimated_beta is not None and "not guaranteed" in result.beta_basis
+
+
+def test_a_callers_certificate_is_trusted_and_said_to_be():
+    class Halving:
+        certificate = Certificate(lipschitz=0.5, alpha=0.25, method="proved by the caller")
+
+        def __call__(self, x, sigma):
+            return 0.5 * x
+
+    op = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, SIZE, SIZE))
+    y = op.A(natural_starts(1, (1, SIZE, SIZE), noise=0.0, seed=1))
+    result = ps.solve(op, y, Halving(), 0.02, solver="fb", max_iter=3)
+    assert result.beta is not None
+    assert any("caller's Halving" in note and "not verified" in note for note in result.notes)
+    assert "caller's Halving" in result.summary()
+
+
+def test_fista_uses_its_own_step_and_converges_on_a_motion_blur(certified):
+    op = ps.blur(ps.motion_kernel(4, size=9), img_size=(1, 32, 32))
+    x, y = _fb_problem(op, 32)
+    fidelity = L2Fidelity(op, y, 0.02)
+    result = ps.solve(op, y, certified, 0.02, solver="fista", tol=1e-4)
+    assert result.step == pytest.approx(1 / fidelity.lipschitz)
+    assert result.status == ["converged"] and torch.isfinite(result.estimate).all()
+    with pytest.raises(ValueError, match="1/L"):
+        ps.solve(op, y, certified, 0.02, solver="fista", step=1.9 / fidelity.lipschitz)
+
+
+@pytest.mark.parametrize("max_iter", [1, 2, 3])
+def test_short_runs_report_no_false_rate_violations(certified, max_iter):
+    op = ps.blur(ps.gaussian_kernel(1.2), img_size=(1, SIZE, SIZE))
+    _, y = _fb_problem(op, SIZE)
+    result = ps.solve(op, y, certified, 0.02, solver="fb", step=1e-9, max_iter=max_iter)
+    assert result.violations == [] and "rate bound not checked" in result.verdict
