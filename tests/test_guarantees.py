@@ -9,6 +9,7 @@ from pnp_stable.denoisers import AveragedDenoiser, natural_starts
 from pnp_stable.operators import L2Fidelity
 from pnp_stable.solvers import DouglasRachford, run_scheme
 from pnp_stable.theory import Certificate
+from test_physics import _dense
 
 SIZE = 24
 
@@ -17,13 +18,6 @@ SIZE = 24
 def certified():
     torch.manual_seed(0)
     return AveragedDenoiser(channels=1, width=6, depth=2).eval()
-
-
-def _dense(op, shape):
-    n = shape[0] * shape[1] * shape[2]
-    basis = torch.eye(n, dtype=torch.float64).reshape(n, *shape)
-    columns = op.A(basis.float()).double()
-    return columns.reshape(n, -1).T
 
 
 def _bump(size=128):

@@ -63,13 +63,12 @@ class L2Fidelity:
             )
 
     def subset(self, index: Tensor) -> "L2Fidelity":
-        """The same term restricted to the samples ``index`` of the batch (operator and ‖A‖ shared)."""
+        """The same term restricted to the samples ``index`` of the batch (operator, ‖A‖ once computed, and the
+        prox accuracy record shared)."""
         sub = object.__new__(L2Fidelity)
         sub.__dict__.update(self.__dict__)
         sub.y = self.y[index]
         sub._Aty = self._Aty[index]
-        if "operator_norm" in self.__dict__:
-            sub.operator_norm = self.operator_norm
         return sub
 
     @property

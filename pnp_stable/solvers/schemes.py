@@ -60,6 +60,16 @@ def _weighted_certificate(certificate: Certificate, weight: float) -> Certificat
     return certificate.relaxed(weight)
 
 
+def _prox_gaps(fidelity: L2Fidelity) -> list[str]:
+    """HQS/DRS/ADMM assume an exact prox: a CG prox that missed its tolerance voids that."""
+    accuracy = fidelity.prox_accuracy
+    if fidelity.prox_is_exact or accuracy.accurate:
+        return []
+    return [f"the prox of f was solved by conjugate gradients to a relative normal-equation residual of up to "
+            f"{accuracy.worst:.3g} (> {accuracy.tolerance:g}; {accuracy.calls} calls), not exactly; normalise the "
+            "operator, or raise cg_max_iter"]
+
+
 class Scheme:
     """A PnP iteration: ``init`` makes z₀, ``step`` applies T (returning T(z) and the image estimate).
 
@@ -120,11 +130,13 @@ class Scheme:
 
     def certificate_gaps(self) -> list[str]:
         """Ingredients of :meth:`beta` that are not guaranteed (empty: β is certified). Ask after the run: the
-        accuracy of an iterative prox is known only once it has been used."""
+        accuracy of an iterative prox is known only once it has been used (a scheme that never calls it, such
+        as FB, leaves it untouched and accurate)."""
         certificate = self.denoiser_certificate
+        gaps = []
         if certificate.alpha is not None and not certificate.guaranteed:
-            return [f"the denoiser's certificate is not guaranteed ({certificate.method})"]
-        return []
+            gaps.append(f"the denoiser's certificate is not guaranteed ({certificate.method})")
+        return gaps + _prox_gaps(self.fidelity)
 
 
 class ForwardBackward(Scheme):
@@ -155,16 +167,6 @@ class ForwardBackward(Scheme):
         return gaps
 
 
-def _prox_gaps(fidelity: L2Fidelity) -> list[str]:
-    """An exact prox is assumed by HQS/DRS/ADMM: a CG prox that missed its tolerance voids that."""
-    accuracy = fidelity.prox_accuracy
-    if fidelity.prox_is_exact or accuracy.accurate:
-        return []
-    return [f"the prox of f was solved by conjugate gradients to a relative normal-equation residual of up to "
-            f"{accuracy.worst:.3g} (> {accuracy.tolerance:g}; {accuracy.calls} calls), not exactly; normalise the "
-            "operator, or raise cg_max_iter"]
-
-
 class HalfQuadraticSplitting(Scheme):
     """x ↦ D(prox_{τf}(x), σ_d)."""
 
@@ -179,9 +181,6 @@ class HalfQuadraticSplitting(Scheme):
         if alpha_d is None:
             return None, f"denoiser has no averagedness certificate ({self.denoiser_certificate.method})"
         return compose_averagedness([alpha_d, 0.5]), f"compose(α_D = {alpha_d:.4g}, prox: 1/2)"
-
-    def certificate_gaps(self):
-        return super().certificate_gaps() + _prox_gaps(self.fidelity)
 
 
 class _SplittingWithFNEDenoiser(Scheme):
@@ -204,9 +203,6 @@ class _SplittingWithFNEDenoiser(Scheme):
         if alpha_d is None or alpha_d > 0.5 + 1e-12:
             return None, f"denoiser is not certified firmly non-expansive ({self.denoiser_certificate.method})"
         return 0.5, "½(I + R₁R₂) with both reflections non-expansive (D̃ and the prox are firmly non-expansive)"
-
-    def certificate_gaps(self):
-        return super().certificate_gaps() + _prox_gaps(self.fidelity)
 
 
 class DouglasRachford(_SplittingWithFNEDenoiser):
