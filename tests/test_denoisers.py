@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import deepinv as dinv
@@ -250,3 +251,58 @@ def test_negative_noise_level_is_refused():
     model = AveragedDenoiser(channels=1, width=6, depth=1, noise_adaptive=True).eval()
     with pytest.raises(ValueError, match="must be ≥ 0"):
         model(torch.rand(1, 1, 8, 8), -0.1)
+
+
+def _rewritten(path, target, tensors=None, **metadata):
+    """The denoiser file ``path`` copied to ``target`` with some tensors and metadata entries replaced (None
+    deletes an entry) and the digest recomputed: only the replaced content itself can be refused."""
+    from safetensors.torch import save_file
+
+    from pnp_stable.denoisers.serialization import _digest, read_denoiser_tensors
+
+    stored, original = read_denoiser_tensors(path)
+    tensors = {**original, **(tensors or {})}
+    entries = {**stored, "sha256": _digest(tensors), **metadata}
+    save_file(tensors, str(target), metadata={k: v for k, v in entries.items() if v is not None})
+    return target
+
+
+def test_non_finite_weights_with_a_valid_digest_are_refused(tmp_path):
+    model = AveragedDenoiser(channels=1, width=4, depth=1).eval()
+    path = ps.save_denoiser(model, tmp_path / "m.safetensors")
+    bias = model.blocks[0].conv.bias.detach().clone()
+    bias[:2], bias[2] = float("nan"), float("inf")
+    bad = _rewritten(path, tmp_path / "nan.safetensors", {"blocks.0.conv.bias": bias})
+    message = rf"^{re.escape(str(bad))}: tensor 'blocks\.0\.conv\.bias' has 3 NaN/Inf values; the file is corrupt or came from"
+    with pytest.raises(ValueError, match=message):
+        ps.load_denoiser_file(bad)  # it used to load, output NaN and claim a guaranteed certificate
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("weight_norm_bounds", "3.0", "must be a JSON list of 1 finite norm bounds ≥ 0"),
+    ("weight_norm_bounds", "[1.0, 2.0]", "got 2 bounds"),
+    ("weight_norm_bounds", '["1.2"]', "entry 0 is '1.2'"),
+    ("weight_norm_bounds", "[true]", "entry 0 is True"),
+    ("weight_norm_bounds", "[NaN]", "entry 0 is nan"),
+    ("weight_norm_bounds", "[-1.0]", "entry 0 is -1.0"),
+    ("weight_norm_bounds", "[1.0", "is not valid JSON"),
+    ("weight_norm_bounds", None, "is missing"),
+    ("config", '[1, 2]', "must be a JSON object"),
+    ("config", '{"width": "wide"}', "is not a valid AveragedDenoiser configuration"),
+    ("config", None, "is missing"),
+    ("class", "UNet", "expected one of AveragedDenoiser, DnCNNBaseline"),
+    ("certificate", "3.0", "is invalid"),
+    ("sha256", None, "is missing"),
+], ids=lambda v: str(v))
+def test_malformed_metadata_is_one_value_error_naming_the_file_and_the_key(tmp_path, key, value, expected):
+    path = ps.save_denoiser(AveragedDenoiser(channels=1, width=4, depth=1).eval(), tmp_path / "m.safetensors")
+    bad = _rewritten(path, tmp_path / "bad.safetensors", **{key: value})
+    if key == "sha256":  # _rewritten recomputes the digest: drop it afterwards
+        from safetensors.torch import load_file, save_file
+
+        save_file(load_file(str(bad)), str(bad), metadata={k: v for k, v in ps.denoisers.read_metadata(bad).items() if k != key})
+    with pytest.raises(ValueError) as caught:
+        ps.load_denoiser_file(bad)
+    message = str(caught.value)
+    assert message.startswith(f"{bad}: metadata ") and f"'{key}'" in message and expected in message, message
+    assert "\n" not in message

@@ -1,4 +1,5 @@
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -221,3 +222,86 @@ def test_embedding_keeps_trained_entries_and_refuses_a_smaller_target():
     assert torch.equal(noisy[:2, :3], trained) and 0 < noisy[2:].abs().max() < 0.1 * trained.abs().max()
     with pytest.raises(ValueError, match="does not fit"):
         embed(trained, torch.Size([1, 3]), noise=False, generator=g)
+
+
+def _tensor_bytes(path, prefix):
+    """Offsets in the file ``path`` of the data of its first tensor whose name starts with ``prefix``."""
+    import json
+
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    begin, end = header[next(name for name in header if name.startswith(prefix))]["data_offsets"]
+    return 8 + size + begin, 8 + size + end
+
+
+def test_a_modified_or_unchecksummed_checkpoint_is_refused_on_resume(folders, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    Trainer(_config(folders, tmp_path, steps=2), progress=False).run()
+    path = tmp_path / "m.safetensors.ckpt"
+    intact = path.read_bytes()
+    begin, end = _tensor_bytes(path, "rng.sampler")
+    raw = bytearray(intact)
+    raw[begin + 1000 : begin + 1004] = bytes(b ^ 0xFF for b in raw[begin + 1000 : begin + 1004])  # 4 bytes of the sampler state
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: checkpoint content does not match its recorded SHA-256"):
+        Trainer(_config(folders, tmp_path, steps=2), resume=True, progress=False)
+    path.write_bytes(intact)
+    with safe_open(str(path), framework="pt") as f:
+        metadata = {k: v for k, v in f.metadata().items() if k != "sha256"}
+    save_file(load_file(str(path)), str(path), metadata=metadata)  # as written before checkpoints had a digest
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: this training checkpoint has no SHA-256 digest"):
+        Trainer(_config(folders, tmp_path, steps=2), resume=True, progress=False)
+
+
+@pytest.mark.parametrize("model", ["averaged", "dncnn"])
+def test_a_diverging_run_stops_with_exit_2_and_keeps_the_last_finite_checkpoint(folders, tmp_path, capsys, model):
+    from pnp_stable.training.__main__ import main
+    from pnp_stable.training.checkpoint import load_checkpoint
+
+    out = tmp_path / "m.safetensors"
+    argv = ["--data", str(folders / "train"), "--out", str(out), "--model", model, "--patch", "16", "--batch", "4",
+            "--steps", "6", "--width", "6", "--depth", "2", "--lr", "1e10", "--validate-every", "0",
+            "--checkpoint-minutes", "1e-9", "--quiet"]  # a checkpoint after every step
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: training diverged at step "), lines
+    tensors, meta = load_checkpoint(f"{out}.ckpt")  # digest and finiteness checked
+    assert f"the last finite checkpoint {out}.ckpt (step {meta['step']}) is kept" in lines[0]
+    assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
+    assert not out.exists()  # no weights exported
+
+
+def test_resume_gives_each_process_its_own_sampler_state(folders, tmp_path):
+    """Under torchrun rank r samples from seed + 1000·r: every rank's state is saved, and a resumed rank
+    continues its own stream (ranks other than 0 used to restart theirs from the seed)."""
+    from dataclasses import asdict
+
+    from pnp_stable.training.checkpoint import save_checkpoint
+
+    config = _config(folders, tmp_path, steps=4)
+
+    def process(rank):  # a trainer as rank ``rank`` of 2 builds it (without launching processes)
+        trainer = Trainer(config, progress=False)
+        trainer.rank, trainer.world = rank, 2
+        trainer.sampler = PatchSampler(trainer.sampler.images, config.patch, config.batch, config.sigma,
+                                       seed=config.seed + 1000 * rank)
+        return trainer
+
+    running = [process(rank) for rank in range(2)]
+    for rank, trainer in enumerate(running):
+        for _ in range(rank + 2):
+            next(trainer.sampler)
+    first = running[0]
+    save_checkpoint(first.checkpoint_path, first.model, first.optimizer, first.scheduler,
+                    [trainer.sampler.state() for trainer in running], 2, asdict(config))
+    for rank, trainer in enumerate(running):
+        resumed = process(rank)
+        resumed.resume()
+        assert resumed.step == 2 and torch.equal(next(resumed.sampler)[0], next(trainer.sampler)[0]), rank
+    single = process(0)
+    single.world = 1
+    with pytest.raises(ValueError, match="sampler states of 2 process"):
+        single.resume()

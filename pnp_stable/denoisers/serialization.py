@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from .._finite import check_finite_tensors
 from .._safetensors import read_safetensors
 from ..theory import Certificate
 from .averaged import AveragedDenoiser
@@ -70,11 +72,65 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def read_denoiser_tensors(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """Metadata and tensors of a denoiser file, refused unless the tensors match their recorded SHA-256."""
+    """Metadata and tensors of a denoiser file, refused unless the tensors match their recorded SHA-256 and
+    are all finite (a NaN weight saved with its own digest still makes the network output NaN)."""
     metadata, tensors = read_safetensors(path, "denoiser file", FORMAT)
-    if _digest(tensors) != metadata.get("sha256"):
+    if "sha256" not in metadata:
+        raise ValueError(f"{path}: metadata key 'sha256' is missing, so the weights cannot be verified; "
+                         "write the file with save_denoiser")
+    if _digest(tensors) != metadata["sha256"]:
         raise ValueError(f"{path}: weights do not match their recorded digest (file modified or corrupt)")
+    check_finite_tensors(tensors, str(path))
     return metadata, tensors
+
+
+def _json_entry(metadata: dict[str, str], key: str, path: str | Path):
+    """The JSON value of metadata ``key``; ``ValueError`` naming the file and the key when missing or not JSON."""
+    if key not in metadata:
+        raise ValueError(f"{path}: metadata key '{key}' is missing; write the file with save_denoiser")
+    try:
+        return json.loads(metadata[key])
+    except ValueError as err:
+        raise ValueError(f"{path}: metadata '{key}' is not valid JSON ({err})") from err
+
+
+def _build_model(metadata: dict[str, str], path: str | Path) -> AveragedDenoiser | DnCNNBaseline:
+    """An untrained model of the stored class (metadata 'class', one of :data:`STORABLE`) built from the
+    stored architecture (metadata 'config', a JSON object of constructor arguments)."""
+    name = metadata.get("class", "AveragedDenoiser")
+    if name not in STORABLE:
+        raise ValueError(f"{path}: metadata 'class' is {name!r}; expected one of {', '.join(STORABLE)}")
+    config = _json_entry(metadata, "config", path)
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: metadata 'config' must be a JSON object of {name} arguments, got {metadata['config']!r}")
+    try:
+        return STORABLE[name](**config)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: metadata 'config' is not a valid {name} configuration ({err})") from err
+
+
+def _stored_bounds(metadata: dict[str, str], path: str | Path, count: int) -> list[float]:
+    """The per-block norm bounds (metadata 'weight_norm_bounds'): a JSON list of ``count`` finite numbers ≥ 0,
+    one per certified block; anything else (a scalar, another length, strings, NaN, a negative bound) is refused."""
+    bounds = _json_entry(metadata, "weight_norm_bounds", path)
+    expected = f"must be a JSON list of {count} finite norm bounds ≥ 0 (one per certified block)"
+    if not isinstance(bounds, list):
+        raise ValueError(f"{path}: metadata 'weight_norm_bounds' {expected}, got {metadata['weight_norm_bounds']!r}")
+    if len(bounds) != count:
+        raise ValueError(f"{path}: metadata 'weight_norm_bounds' {expected}, got {len(bounds)} bounds")
+    for index, bound in enumerate(bounds):
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound) or bound < 0:
+            raise ValueError(f"{path}: metadata 'weight_norm_bounds' {expected}; entry {index} is {bound!r}")
+    return [float(bound) for bound in bounds]
+
+
+def _stored_certificate(metadata: dict[str, str], path: str | Path) -> Certificate:
+    if "certificate" not in metadata:
+        raise ValueError(f"{path}: metadata key 'certificate' is missing; write the file with save_denoiser")
+    try:
+        return Certificate.from_json(metadata["certificate"])
+    except ValueError as err:
+        raise ValueError(f"{path}: metadata 'certificate' is invalid ({err})") from err
 
 
 def load_denoiser_file(path: str | Path, verify: bool = False) -> AveragedDenoiser | DnCNNBaseline:
@@ -82,23 +138,18 @@ def load_denoiser_file(path: str | Path, verify: bool = False) -> AveragedDenois
 
     The stored per-layer bounds are trusted only for the exact tensors they came with (SHA-256 digest);
     ``verify=True`` also recomputes every bound and refuses a stored bound below the recomputed one (slower).
+    Non-finite tensors and malformed metadata (each key is checked) are refused with a ``ValueError``.
     """
     metadata, tensors = read_denoiser_tensors(path)
-    try:
-        config = json.loads(metadata["config"])
-        model = STORABLE[metadata.get("class", "AveragedDenoiser")](**config)
-        bounds = json.loads(metadata["weight_norm_bounds"])
-        stored = Certificate.from_json(metadata["certificate"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path}: invalid denoiser metadata ({err})") from err
+    model = _build_model(metadata, path)
+    stored = _stored_certificate(metadata, path)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as err:
         raise ValueError(f"{path}: weights do not fit the recorded architecture: {err}") from err
     model.eval()
     blocks = model.blocks if isinstance(model, AveragedDenoiser) else []
-    if len(bounds) != len(blocks):
-        raise ValueError(f"{path}: {len(bounds)} norm bounds for {len(blocks)} certified blocks")
+    bounds = _stored_bounds(metadata, path, len(blocks))
     for index, (block, bound) in enumerate(zip(blocks, bounds)):
         if verify:
             verified = conv_norm_upper_bound(block.conv.weight)

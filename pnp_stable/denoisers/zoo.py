@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from .averaged import AveragedDenoiser
+from .baselines import DnCNNBaseline
 from .serialization import load_denoiser_file, read_metadata
 
-__all__ = ["WEIGHTS_DIR", "list_denoisers", "load_denoiser"]
+__all__ = ["WEIGHTS_DIR", "denoiser_file", "list_denoisers", "load_denoiser"]
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -25,13 +26,20 @@ def list_denoisers() -> list[dict[str, str]]:
     return rows
 
 
-def load_denoiser(name_or_path: str | Path) -> AveragedDenoiser:
-    """A shipped model by name (see :func:`list_denoisers`) or any denoiser file by path; offline, no pickle."""
+def denoiser_file(name_or_path: str | Path) -> Path:
+    """The file of a shipped model name (see :func:`list_denoisers`), or ``name_or_path`` itself when it is a
+    ``.safetensors`` path or an existing file; ``ValueError`` listing the shipped names otherwise."""
     shipped = _shipped()
     if str(name_or_path) in shipped:
-        return load_denoiser_file(shipped[str(name_or_path)])
+        return shipped[str(name_or_path)]
     path = Path(name_or_path)
     if path.suffix == ".safetensors" or path.exists():
-        return load_denoiser_file(path)
+        return path
     available = ", ".join(shipped) or "none shipped yet"
     raise ValueError(f"unknown denoiser '{name_or_path}'; available: {available} (or give a .safetensors path)")
+
+
+def load_denoiser(name_or_path: str | Path, verify: bool = False) -> AveragedDenoiser | DnCNNBaseline:
+    """A shipped model by name (see :func:`list_denoisers`) or any denoiser file by path; offline, no pickle.
+    ``verify=True`` recomputes every stored norm bound (see :func:`load_denoiser_file`)."""
+    return load_denoiser_file(denoiser_file(name_or_path), verify=verify)

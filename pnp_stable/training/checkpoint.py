@@ -1,18 +1,36 @@
-"""Training checkpoints as safetensors (no pickle): model, optimiser, scheduler and RNG state."""
+"""Training checkpoints as safetensors (no pickle): model, optimiser, scheduler and the patch sampler's RNG state
+of every process, with a SHA-256 digest of the whole content that is checked before a run resumes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from safetensors.torch import save_file
 
+from .._finite import check_finite_tensors
 from .._safetensors import read_safetensors
 
-__all__ = ["save_checkpoint", "load_checkpoint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "sampler_state"]
 
 FORMAT = "pnp-stable-checkpoint/1"
+SAMPLER_PREFIX = "rng.sampler."  # one tensor per process: rng.sampler.0, rng.sampler.1, …
+
+
+def _digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """SHA-256 of everything a checkpoint stores: each tensor's name, dtype, shape and bytes, and each
+    metadata entry but the digest itself (in name order)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    for key in sorted(k for k in metadata if k != "sha256"):
+        h.update(f"{key}={metadata[key]}\0".encode())
+    return h.hexdigest()
 
 
 def _split_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -38,12 +56,16 @@ def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(path: str | Path, model, optimizer, scheduler, rng_state: torch.Tensor, step: int, config: dict) -> Path:
-    """Write everything needed to resume at ``step`` exactly; atomic (temporary file, then rename)."""
+def save_checkpoint(path: str | Path, model, optimizer, scheduler, rng_state: torch.Tensor | Sequence[torch.Tensor],
+                    step: int, config: dict) -> Path:
+    """Write everything needed to resume at ``step`` exactly; atomic (temporary file, then rename).
+    ``rng_state``: the patch sampler's generator state of every process, in rank order (one tensor for a
+    single process). A SHA-256 digest of the content goes into the metadata."""
+    states = [rng_state] if isinstance(rng_state, torch.Tensor) else list(rng_state)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     optim_tensors, optim_meta = _split_optimizer(optimizer.state_dict())
     tensors.update(optim_tensors)
-    tensors["rng.sampler"] = rng_state
+    tensors.update({f"{SAMPLER_PREFIX}{rank}": state.detach().cpu().contiguous() for rank, state in enumerate(states)})
     metadata = {
         "format": FORMAT,
         "step": str(step),
@@ -51,6 +73,7 @@ def save_checkpoint(path: str | Path, model, optimizer, scheduler, rng_state: to
         "optimizer": json.dumps(optim_meta),
         "scheduler": json.dumps(scheduler.state_dict()),
     }
+    metadata["sha256"] = _digest(tensors, metadata)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -59,17 +82,43 @@ def save_checkpoint(path: str | Path, model, optimizer, scheduler, rng_state: to
     return path
 
 
+def _verify(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Refuse a checkpoint without a digest, one whose content does not match it, and non-finite tensors."""
+    if "sha256" not in metadata:
+        raise ValueError(f"{path}: this training checkpoint has no SHA-256 digest (written before checkpoints were "
+                         "checksummed), so its content cannot be verified; start a new run without --resume")
+    if _digest(tensors, metadata) != metadata["sha256"]:
+        raise ValueError(f"{path}: checkpoint content does not match its recorded SHA-256 digest (file modified or "
+                         "corrupt); restore an intact copy or start a new run without --resume")
+    check_finite_tensors(tensors, str(path))
+
+
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors and decoded metadata of a checkpoint; ``ValueError`` if it is missing or corrupt."""
+    """Tensors and decoded metadata of a checkpoint; ``ValueError`` if it is missing, corrupt, unverifiable
+    (no digest), modified since it was written (digest mismatch) or holds NaN/Inf values."""
     metadata, tensors = read_safetensors(path, "training checkpoint", FORMAT)
-    meta = {
-        "step": int(metadata["step"]),
-        "config": json.loads(metadata["config"]),
-        "optimizer": json.loads(metadata["optimizer"]),
-        "scheduler": json.loads(metadata["scheduler"]),
-    }
-    meta["optimizer_state"] = _join_optimizer(tensors, meta["optimizer"])
+    _verify(path, tensors, metadata)
+    try:
+        meta = {
+            "step": int(metadata["step"]),
+            "config": json.loads(metadata["config"]),
+            "optimizer": json.loads(metadata["optimizer"]),
+            "scheduler": json.loads(metadata["scheduler"]),
+        }
+        meta["optimizer_state"] = _join_optimizer(tensors, meta["optimizer"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"{path}: invalid checkpoint metadata ({type(err).__name__}: {err})") from err
     return tensors, meta
+
+
+def sampler_state(tensors: dict[str, torch.Tensor], path: str | Path, rank: int, world: int) -> torch.Tensor:
+    """The patch sampler's generator state saved for process ``rank``; refused unless the checkpoint holds
+    the states of exactly ``world`` processes (another process count would draw other patches: not exact)."""
+    saved = sum(1 for name in tensors if name.startswith(SAMPLER_PREFIX))
+    if saved != world:
+        raise ValueError(f"checkpoint {path} holds the sampler states of {saved} process(es), this run has {world}; "
+                         f"resume with {saved} process(es) (torchrun --nproc_per_node={saved}) or start a new run")
+    return tensors[f"{SAMPLER_PREFIX}{rank}"]
 
 
 def model_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

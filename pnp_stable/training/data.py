@@ -42,8 +42,10 @@ def load_folder(folder: str | Path, channels: int) -> list[Tensor]:
 
 class PatchSampler:
     """Batches of (noisy, clean, sigma): random ``patch``×``patch`` crops, random flips and 90° rotations,
-    noise σ fixed or uniform in [σ_min, σ_max]. All randomness comes from one seeded generator whose
-    state is part of a training checkpoint, so an interrupted run resumes exactly."""
+    noise σ fixed or uniform in [σ_min, σ_max]. All randomness comes from one seeded generator; under torchrun
+    each process has its own (seed + 1000·rank) and a training checkpoint stores the state of every process's
+    generator, so an interrupted run resumes exactly when it resumes with the same number of processes (another
+    number is refused: see :func:`pnp_stable.training.checkpoint.sampler_state`)."""
 
     def __init__(
         self,

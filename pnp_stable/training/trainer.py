@@ -1,7 +1,8 @@
 """Training of certified denoisers: Adam (or SGD) with a one-cycle schedule, the adaptive spectral-norm
 update at every step (one power-iteration step per layer in the forward, calibration to the guaranteed
-bound every ``calibrate_every`` steps), validation PSNR, checkpoints every few minutes, exact resume,
-clean stop on SIGINT/SIGTERM, and the final certificate written into the weights' metadata."""
+bound every ``calibrate_every`` steps), validation PSNR, checkpoints every few minutes, exact resume (also under
+torchrun: every process's sampler state is saved), clean stop on SIGINT/SIGTERM, a stop on a non-finite loss or
+weights that keeps the last finite checkpoint, and the final certificate written into the weights' metadata."""
 
 from __future__ import annotations
 
@@ -16,18 +17,23 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from .._finite import first_nonfinite
 from ..denoisers.averaged import AveragedDenoiser
 from ..denoisers.baselines import DnCNNBaseline
 from ..denoisers.serialization import read_denoiser_tensors, save_denoiser
 from ..metrics import psnr
-from .checkpoint import load_checkpoint, model_tensors, save_checkpoint
+from .checkpoint import load_checkpoint, model_tensors, sampler_state, save_checkpoint
 from .data import PatchSampler, load_folder
 from .growth import fits, grow_state
 
-__all__ = ["LOSSES", "MODELS", "TrainConfig", "Trainer", "denoising_loss"]
+__all__ = ["LOSSES", "MODELS", "TrainConfig", "Trainer", "TrainingDiverged", "denoising_loss"]
 
 MODELS = {"averaged": AveragedDenoiser, "dncnn": DnCNNBaseline}
 LOSSES = ("mse", "noise-relative")
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the weights became NaN/Inf; nothing was saved after the last finite step."""
 
 
 def denoising_loss(output: torch.Tensor, clean: torch.Tensor, sigma: torch.Tensor, kind: str = "mse",
@@ -105,6 +111,7 @@ class Trainer:
         self.sampler = PatchSampler(images, config.patch, config.batch, sigma, seed=config.seed + 1000 * self.rank)
         self.val_images = load_folder(config.val, config.channels)[: config.val_images] if config.val else []
         self.step = 0
+        self.saved_step: int | None = None  # step of the checkpoint on disk that this run wrote or resumed from
         self.progress = progress and self.rank == 0
         self.log: list[dict] = []
         self._stop_requested = False
@@ -116,10 +123,23 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return Path(self.config.checkpoint or str(self.config.out) + ".ckpt")  # not *.safetensors: never mistaken for weights
 
+    def _sampler_states(self) -> list[torch.Tensor]:
+        """Every process's sampler state in rank order (under torchrun a collective: every rank must call it)."""
+        state = self.sampler.state()
+        if self.world == 1:
+            return [state]
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        gathered = [torch.empty_like(state, device=device) for _ in range(self.world)]
+        dist.all_gather(gathered, state.to(device))
+        return [s.cpu() for s in gathered]
+
     def save_checkpoint(self) -> None:
+        """Write the checkpoint (rank 0) with the sampler state of every rank; every rank must call it."""
+        states = self._sampler_states()
         if self.rank == 0:
-            save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.scheduler, self.sampler.state(),
+            save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.scheduler, states,
                             self.step, asdict(self.config))
+        self.saved_step = self.step
 
     def resume(self) -> None:
         tensors, meta = load_checkpoint(self.checkpoint_path)
@@ -132,9 +152,8 @@ class Trainer:
         self.model.load_state_dict(model_tensors(tensors))
         self.optimizer.load_state_dict(meta["optimizer_state"])
         self.scheduler.load_state_dict(meta["scheduler"])
-        if self.rank == 0:
-            self.sampler.restore(tensors["rng.sampler"])
-        self.step = meta["step"]
+        self.sampler.restore(sampler_state(tensors, self.checkpoint_path, self.rank, self.world))
+        self.step = self.saved_step = meta["step"]
 
     def _initialise_from(self, path: str) -> None:
         """Fine-tuning: start from the tensors of a weights file; parameters it lacks keep their initialisation.
@@ -155,11 +174,26 @@ class Trainer:
     def _request_stop(self, signum, frame):
         self._stop_requested = True
 
-    def _should_stop(self) -> bool:
-        flag = torch.tensor(float(self._stop_requested))
+    def _agree(self, *flags: bool) -> list[bool]:
+        """Each flag, true when it is true on any process: every rank then takes the same branch (saving a
+        checkpoint is a collective)."""
+        values = torch.tensor([float(flag) for flag in flags])
         if self.world > 1:
-            dist.all_reduce(flag)
-        return bool(flag > 0)
+            dist.all_reduce(values)
+        return [bool(value > 0) for value in values]
+
+    def _divergence(self, loss: torch.Tensor) -> str | None:
+        """What is non-finite after a step (the loss, else the first parameter or buffer), or None."""
+        if not bool(torch.isfinite(loss.detach()).all()):
+            return f"the loss is {float(loss.detach()):g}"
+        found = first_nonfinite(self.model.state_dict())
+        return None if found is None else f"'{found[0]}' has {found[1]} NaN/Inf values"
+
+    def _diverged(self, problem: str | None) -> TrainingDiverged:
+        where = (f"the last finite checkpoint {self.checkpoint_path} (step {self.saved_step}) is kept"
+                 if self.saved_step is not None else "no checkpoint was written")
+        return TrainingDiverged(f"training diverged at step {self.step}: {problem or 'on another process'}; "
+                                f"{where}; start again with a lower --lr (now {self.config.lr:g})")
 
     def validate(self) -> float:
         """Mean PSNR of the certified (eval-mode) network on the validation images."""
@@ -177,7 +211,9 @@ class Trainer:
         return sum(values) / len(values)
 
     def run(self) -> str:
-        """Train until ``steps`` or a stop signal; returns 'finished' or 'interrupted' (checkpoint written)."""
+        """Train until ``steps`` or a stop signal; returns 'finished' or 'interrupted' (checkpoint written).
+        Raises :class:`TrainingDiverged` when the loss or the weights become NaN/Inf after a step; the weights of
+        that step are never saved, so the checkpoint on disk stays the last finite one."""
         config = self.config
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         last_save = started = time.monotonic()
@@ -185,9 +221,6 @@ class Trainer:
         try:
             with tqdm(total=config.steps, initial=self.step, disable=not self.progress, desc="training") as bar:
                 while self.step < config.steps:
-                    if self._should_stop():
-                        self.save_checkpoint()
-                        return "interrupted"
                     if self.step % config.calibrate_every == 0:
                         self._calibrate()
                     noisy, clean, sigma = next(self.sampler)
@@ -197,6 +230,11 @@ class Trainer:
                     self.optimizer.step()
                     self.scheduler.step()
                     self.step += 1
+                    problem = self._divergence(loss)
+                    diverged, stop, save_due = self._agree(problem is not None, self._stop_requested,
+                                                           time.monotonic() - last_save > 60 * config.checkpoint_minutes)
+                    if diverged:  # checked before any save: a checkpoint never holds NaN weights
+                        raise self._diverged(problem)
                     record = {"step": self.step, "loss": float(loss.detach())}
                     if config.validate_every and self.step % config.validate_every == 0:
                         record["val_psnr"] = self.validate()
@@ -205,7 +243,10 @@ class Trainer:
                     bar.update(1)
                     if not self.progress and self.rank == 0 and config.log_every and self.step % config.log_every == 0:
                         print(json.dumps({**record, "elapsed_s": round(time.monotonic() - started, 1)}), file=sys.stderr, flush=True)
-                    if time.monotonic() - last_save > 60 * config.checkpoint_minutes:
+                    if stop and self.step < config.steps:
+                        self.save_checkpoint()
+                        return "interrupted"
+                    if save_due:
                         self.save_checkpoint()
                         last_save = time.monotonic()
         finally:
