@@ -18,6 +18,8 @@ def check_image(x: Tensor, name: str = "image", channels: int | None = None) -> 
             f"{name} must have rank 4 [B, C, H, W], got shape {tuple(x.shape)}; "
             "add batch/channel axes, e.g. x[None, None] for a single gray image"
         )
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); pass at least one image of at least one pixel")
     if channels is not None and x.shape[1] != channels:
         raise ValueError(
             f"{name} has {x.shape[1]} channel(s) but {channels} were expected; "
@@ -31,7 +33,14 @@ def check_image(x: Tensor, name: str = "image", channels: int | None = None) -> 
 
 
 def check_noise_level(sigma: float, name: str = "noise_sigma", positive: bool = False) -> float:
-    """Require a finite noise level ``sigma >= 0`` (``> 0`` when ``positive``)."""
+    """Require a finite noise level ``sigma >= 0`` (``> 0`` when ``positive``) that is 0 or at least 1e-12.
+
+    The minimum keeps float32 arithmetic sound: the data-term weight 1/σ² ≤ 1e24 leaves 14 orders of magnitude
+    below float32's overflow (reached at σ < 5.4e-20, which the solver would report as NaNs), and σ² stays a
+    normal float32. It lies far below any real noise (float32 rounds [0, 1] intensities in steps of 6e-8; 8-bit
+    quantisation alone is 1/(255·√12) ≈ 1.1e-3) yet admits limits such as a denoiser strength of 1e-9.
+    """
+    minimum = 1e-12
     sigma = float(sigma)
     if not sigma == sigma or sigma in (float("inf"), float("-inf")):
         raise ValueError(f"{name} must be finite, got {sigma}")
@@ -39,5 +48,13 @@ def check_noise_level(sigma: float, name: str = "noise_sigma", positive: bool = 
         bound = "> 0" if positive else ">= 0"
         raise ValueError(
             f"{name} must be {bound} (on the [0, 1] intensity scale, e.g. 25/255), got {sigma}"
+        )
+    if 0 < sigma < minimum:
+        overflows = sigma < torch.finfo(torch.float32).max ** -0.5
+        reason = ("its data-term weight 1/σ² overflows float32 (the solver would report NaNs)" if overflows else
+                  "that far below float32's rounding step of intensities (6e-8) it describes no real noise")
+        raise ValueError(
+            f"{name} {sigma:g} is below the minimum {minimum:g} (on the [0, 1] scale): {reason}; 8-bit images carry "
+            "at least their quantisation noise 1/(255·√12) ≈ 1.1e-3, and for noise-free float data use 1e-4"
         )
     return sigma

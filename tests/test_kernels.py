@@ -139,3 +139,53 @@ def test_even_or_fractional_kernel_sizes_are_refused_instead_of_shifting_or_trun
         kernel_from_spec(spec)
     with pytest.raises(ValueError, match="odd"):
         ps.gaussian_kernel(1.0, size=6)
+
+
+def _npz_bytes(tmp_path, **arrays) -> bytes:
+    np.savez(tmp_path / "whole.npz", **arrays)
+    return (tmp_path / "whole.npz").read_bytes()
+
+
+def _corrupt_member(data: bytes) -> bytes:
+    broken = bytearray(data)
+    for i in range(100, 200):  # inside the first member's data: the zip's CRC check fails
+        broken[i] ^= 0xFF
+    return bytes(broken)
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("truncated.npz", lambda d: _npz_bytes(d, a=np.ones((9, 9)))[:300], "not a valid .npz"),
+        ("corrupt.npz", lambda d: _corrupt_member(_npz_bytes(d, a=np.ones((9, 9)))), "not a valid .npz"),
+        ("pickled.npz", lambda d: _npz_bytes(d, a=np.array([np.ones((3, 3)), np.ones((5, 5))], dtype=object)),
+         "object arrays"),
+        ("empty.npz", lambda d: b"", "empty"),
+        ("nothing.npz", lambda d: _npz_bytes(d), "no kernel found"),
+        ("text.npz", lambda d: b"not a kernel", "neither a NumPy .npy header"),
+        ("truncated.npy", lambda d: np.lib.format.magic(1, 0) + b"junk", "cannot read kernel file"),
+        ("flat.npz", lambda d: _npz_bytes(d, k=np.ones(5)), "2-D"),
+        ("nan.npz", lambda d: _npz_bytes(d, k=np.full((3, 3), np.nan)), "NaN"),
+        ("zero.npz", lambda d: _npz_bytes(d, k=np.zeros((3, 3))), "positive sum"),
+        ("negative.npz", lambda d: _npz_bytes(d, k=-np.ones((3, 3))), "negative"),
+    ],
+)
+def test_broken_kernel_files_give_one_line_naming_the_file(tmp_path, name, content, message):
+    from pnp_stable.operators import kernel_from_spec
+
+    path = tmp_path / name
+    path.write_bytes(content(tmp_path))
+    with pytest.raises(ValueError) as caught:
+        kernel_from_spec(f"file:{path}:0")
+    text = str(caught.value)
+    assert name in text and message in text and "\n" not in text, text
+
+
+def test_pickled_npy_and_a_missing_kernel_say_what_to_do(tmp_path):
+    np.save(tmp_path / "ragged.npy", np.array([np.ones((3, 3)), np.ones((5, 5))], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"ragged\.npy.*object arrays.*numpy\.savez"):
+        ps.load_kernels(tmp_path / "ragged.npy")
+    np.savez(tmp_path / "two.npz", first=np.ones((3, 3)), second=np.eye(5))
+    for index in ("third", 2, -3):
+        with pytest.raises(ValueError, match=r"two\.npz.*\['first', 'second'\]"):
+            ps.load_kernel(tmp_path / "two.npz", index)

@@ -318,3 +318,64 @@ def test_monitor_catches_a_residual_drift_hidden_inside_the_per_step_rounding_sl
         flagged = {v.check for v in monitor.history.violations}
         assert len(flagged) == expected and (not expected or flagged == {"monotone residual"})
         assert all(v.iteration >= 2 for v in monitor.history.violations)  # never within one step's slack
+
+
+@pytest.mark.parametrize("sigma, reason", [(1e-20, "overflows float32"), (1e-13, "no real noise")])
+def test_noise_level_below_the_minimum_names_the_cause_not_nans(sigma, reason):
+    op, x, y = _problem()
+    with pytest.raises(ValueError, match=rf"below the minimum 1e-12.*{reason}.*use 1e-4"):
+        ps.solve(op, y, SoftThreshold(), sigma, max_iter=2)
+    with pytest.raises(ValueError, match=r"below the minimum 1e-12"):
+        ps.deblur(y, ps.gaussian_kernel(1.2), sigma, denoiser=SoftThreshold(), max_iter=2)
+    assert ps.blur(ps.gaussian_kernel(1.2), boundary="reflect", noise_sigma=0.0) is not None  # 0: no noise, allowed
+    result = ps.solve(op, y, SoftThreshold(), 1e-12, max_iter=2)  # the minimum itself runs, finite
+    assert torch.isfinite(result.estimate).all()
+
+
+def test_log_progress_writes_plain_lines_only_when_due(capsys):
+    op, x, y = _problem(batch=2)
+    ps.solve(op, y, SoftThreshold(), 0.02, max_iter=3, tol=0.0, progress="log", log_every=0)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("PnP-fb: iteration 1/3, relative residual ")
+    assert "2/2 samples running" in lines[-1] and lines[-1].endswith(" s")
+    ps.solve(op, y, SoftThreshold(), 0.02, max_iter=3, progress="log")  # the first line only after 10 s
+    ps.solve(op, y, SoftThreshold(), 0.02, max_iter=3, progress=False, log_every=0)
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ValueError, match="'bar' or 'log'"):
+        ps.solve(op, y, SoftThreshold(), 0.02, progress="loud")
+
+
+def test_compressed_sensing_measurements_of_any_shape_are_solved(certified):
+    op = dinv.physics.CompressedSensing(m=96, img_size=(1, 16, 16), rng=torch.Generator().manual_seed(0))
+    x = natural_starts(3, (1, 16, 16), noise=0.0, seed=0)
+    y = op.A(x) + 0.01 * torch.randn(3, 96, generator=torch.Generator().manual_seed(1))
+    assert y.shape == (3, 96)
+
+    def poisoned(z, sigma):  # sample 2 stops early, so the others run on a subset of y's rows
+        out = SoftThreshold()(z, sigma)
+        if out.shape[0] == 3:
+            out[2] = float("nan")
+        return out
+
+    for solver in ("fb", "hqs"):
+        result = ps.solve(op, y, poisoned, 0.01, solver=solver, max_iter=5, tol=0.0, reference=x)
+        assert result.estimate.shape == (3, 1, 16, 16) and torch.isfinite(result.estimate).all()
+        assert result.status == ["max-iterations", "max-iterations", "non-finite"]
+    network = ps.solve(op, y, certified, 0.01, max_iter=3)
+    assert network.estimate.shape == (3, 1, 16, 16) and torch.isfinite(network.estimate).all()
+    with pytest.raises(ValueError, match="no batch axis"):
+        ps.solve(op, y[0], SoftThreshold(), 0.01)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_two_channel_mri_with_a_one_or_three_channel_denoiser_says_how_to_apply_it_per_channel(channels):
+    mask = (torch.rand(1, 16, 16, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    op = dinv.physics.MRI(mask=mask, img_size=(1, 2, 16, 16))
+    y = op.A(torch.rand(1, 2, 16, 16, generator=torch.Generator().manual_seed(1)))  # real and imaginary parts
+    model = AveragedDenoiser(channels=channels, width=4, depth=1).eval()
+    with pytest.raises(ValueError, match=r"2 channel\(s\).*torch\.cat\(\[D\(x\[:, i:i\+1\], s\) for i in range"):
+        ps.solve(op, y, model, 0.01, max_iter=2)
+    gray = AveragedDenoiser(channels=1, width=4, depth=1).eval()
+    wrapped = ps.solve(op, y, lambda x, s: torch.cat([gray(x[:, i:i + 1], s) for i in range(x.shape[1])], 1), 0.01,
+                       max_iter=2)
+    assert wrapped.estimate.shape == (1, 2, 16, 16) and torch.isfinite(wrapped.estimate).all()

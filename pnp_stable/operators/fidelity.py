@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from deepinv.optim.linear import conjugate_gradient
 
-from .._validation import check_image, check_noise_level
+from .._validation import check_noise_level
 from .norms import OperatorNorm, _check_linear, adjoint_test, operator_norm
 
 __all__ = ["L2Fidelity", "ProxAccuracy"]
@@ -46,21 +46,12 @@ class L2Fidelity:
                 raise ValueError(f"operator_norm must be a finite bound > 0 on ‖A‖, got {operator_norm}")
             self.operator_norm = OperatorNorm(value, kind="given", method="upper bound on ‖A‖ given by the caller")
         self.prox_accuracy = ProxAccuracy(float(cg_tol))
-        self.y = check_image(y, "measurement y")
+        self.y = _check_measurement(y)
         self.noise_sigma = check_noise_level(noise_sigma, positive=True)
         self.cg_tol = float(cg_tol)
         self.cg_max_iter = int(cg_max_iter)
         self._norm_seed = norm_seed
-        try:
-            self._Aty = op.A_adjoint(y)
-        except RuntimeError as err:
-            raise ValueError(f"measurement y of shape {tuple(y.shape)} does not fit the operator: {err}") from err
-        measured_shape = tuple(op.A(self._Aty).shape)
-        if measured_shape != tuple(y.shape):
-            raise ValueError(
-                f"measurement y has shape {tuple(y.shape)} but the operator produces {measured_shape} "
-                "(channel mismatch?); build the operator for the image's (C, H, W)"
-            )
+        self._Aty = _adjoint_image(op, y)
 
     def subset(self, index: Tensor) -> "L2Fidelity":
         """The same term restricted to the samples ``index`` of the batch (operator, ‖A‖ once computed, and the
@@ -126,6 +117,47 @@ class L2Fidelity:
         scale = torch.linalg.vector_norm(rhs.flatten(1), dim=1, dtype=torch.float64).clamp_min(1e-30)
         self.prox_accuracy.record(float((residual / scale).max()))
         return u
+
+
+#: appended to a shape error when y is not an image [B, C, H, W]
+_RANK_HINT = ("; an image measurement must have rank 4 [B, C, H, W] (e.g. y[None, None] for one gray image), "
+              "any other measurement (compressed sensing's [B, m], k-space) a leading batch axis [B, ...]")
+
+
+def _check_measurement(y: Tensor) -> Tensor:
+    """Require a finite floating-point tensor with a batch axis, ``[B, ...]``: an image ``[B, C, H, W]`` or
+    whatever the operator produces from images (compressed sensing's ``[B, m]``, an MRI's k-space)."""
+    if not isinstance(y, Tensor):
+        raise ValueError(f"measurement y must be a torch.Tensor [B, ...], got {type(y).__name__}; "
+                         "convert numpy arrays with torch.from_numpy (images with pnp_stable.io.to_tensor)")
+    if y.ndim < 2:
+        raise ValueError(f"measurement y of shape {tuple(y.shape)} has no batch axis; give it as [B, ...], "
+                         "e.g. y[None] for one measurement" + _RANK_HINT)
+    if not torch.is_floating_point(y):
+        raise ValueError(f"measurement y must be a floating-point tensor, got dtype {y.dtype}")
+    if not torch.isfinite(y).all():
+        raise ValueError("measurement y contains NaN or Inf values; clean the input first")
+    return y
+
+
+def _adjoint_image(op, y: Tensor) -> Tensor:
+    """Aᵀy, checked to be an image ``[B, C, H, W]`` that A maps back to y's shape (so y fits the operator)."""
+    hint = "" if y.ndim == 4 else _RANK_HINT
+    try:
+        image = op.A_adjoint(y)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"measurement y of shape {tuple(y.shape)} does not fit the operator: {err}{hint}") from err
+    if not isinstance(image, Tensor) or image.ndim != 4:
+        shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise ValueError(f"the operator's adjoint maps measurement y of shape {tuple(y.shape)} to {shape}, not to "
+                         f"images [B, C, H, W]; solve needs an operator on images{hint}")
+    measured_shape = tuple(op.A(image).shape)
+    if measured_shape != tuple(y.shape):
+        raise ValueError(
+            f"measurement y has shape {tuple(y.shape)} but the operator produces {measured_shape} "
+            f"(channel mismatch?); build the operator for the image's (C, H, W){hint}"
+        )
+    return image
 
 
 class ProxAccuracy:

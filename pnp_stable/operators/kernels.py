@@ -8,6 +8,8 @@ by Young's inequality, has operator norm at most 1 with zero or circular boundar
 from __future__ import annotations
 
 import math
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,16 @@ def validate_kernel(kernel, name: str = "kernel") -> Tensor:
 
     Accepts a 2-D array/tensor or a ``[1, 1, h, w]`` tensor (deepinv's filter layout).
     """
-    k = torch.as_tensor(np.asarray(kernel) if not isinstance(kernel, Tensor) else kernel)
+    if isinstance(kernel, Tensor):
+        k = kernel
+    else:
+        arr = np.asarray(kernel)
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+            raise ValueError(f"{name} must be a 2-D array of numbers or a spec such as 'gaussian:1.6' "
+                             f"({KERNEL_SPECS}), got {type(kernel).__name__} {' '.join(repr(kernel).split())[:60]}")
+        k = torch.as_tensor(arr)
+    if torch.is_complex(k):
+        raise ValueError(f"{name} must be real, got dtype {k.dtype}")
     if k.ndim == 4 and k.shape[0] == 1 and k.shape[1] == 1:
         k = k[0, 0]
     if k.ndim != 2:
@@ -154,23 +165,51 @@ def _kernels_from_image(path: Path) -> dict[str, np.ndarray]:
     return {path.stem: arr.astype(np.float64)}
 
 
+def _numpy_error(path: Path, err: Exception) -> ValueError:
+    """The one-line ``ValueError`` for a ``.npy``/``.npz`` file that NumPy could not read: what is wrong, what to do."""
+    text = " ".join(str(err).split())
+    if isinstance(err, (zipfile.BadZipFile, zlib.error)):
+        return ValueError(f"cannot read kernel file {path}: it is not a valid .npz (zip) archive, probably truncated "
+                          f"or corrupt ({text}); write it again with numpy.savez")
+    if "Object arrays cannot be loaded" in text:
+        return ValueError(f"cannot read kernel file {path}: it holds object arrays (e.g. kernels of different sizes "
+                          "in one array), which only unpickling could read, and kernel files are never unpickled (that "
+                          "can run code); save each kernel as its own numeric array: numpy.savez(PATH, k1=k1, k2=k2)")
+    if "pickled" in text:  # neither a .npy header nor a zip: NumPy would try to unpickle it
+        return ValueError(f"cannot read kernel file {path}: it has neither a NumPy .npy header nor a .npz (zip) "
+                          "structure; save kernels with numpy.save or numpy.savez")
+    return ValueError(f"cannot read kernel file {path}: {text}; write it again with numpy.save or numpy.savez")
+
+
+def _kernels_from_numpy(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a ``.npy`` (a 3-D one read as a stack ``[n, h, w]``) or ``.npz`` file, never unpickled."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                return {name: loaded[name] for name in loaded.files}
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as err:
+        raise _numpy_error(path, err) from err
+    return {f"{path.stem}[{i}]": k for i, k in enumerate(loaded)} if loaded.ndim == 3 else {path.stem: loaded}
+
+
 def load_kernels(path: str | Path) -> dict[str, Tensor]:
     """Load every kernel in a file: ``.npy``, ``.npz``, ``.mat`` (classic or v7.3) or greyscale ``.png``.
 
     Returns an ordered ``{name: kernel}`` dict; each kernel is validated and normalised.
-    A 3-D ``.npy`` array is read as a stack ``[n, h, w]``.
+    A 3-D ``.npy`` array is read as a stack ``[n, h, w]``. Every problem with the file (missing, empty,
+    truncated, pickled, no kernel in it, a kernel that :func:`validate_kernel` refuses) is a one-line
+    ``ValueError`` naming the file.
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"kernel file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"kernel file {path} is empty (0 bytes); was it written completely?")
     suffix = path.suffix.lower()
     try:
-        if suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
-            raw = {f"{path.stem}[{i}]": k for i, k in enumerate(arr)} if arr.ndim == 3 else {path.stem: arr}
-        elif suffix == ".npz":
-            with np.load(path, allow_pickle=False) as npz:
-                raw = {name: npz[name] for name in npz.files}
+        if suffix in (".npy", ".npz"):
+            raw = _kernels_from_numpy(path)
         elif suffix == ".mat":
             raw = _kernels_from_mat(path)
         elif suffix in (".png", ".tif", ".tiff", ".bmp"):
@@ -182,7 +221,7 @@ def load_kernels(path: str | Path) -> dict[str, Tensor]:
     except (OSError, EOFError) as err:
         raise ValueError(f"cannot read kernel file {path}: {err}") from err
     if not raw:
-        raise ValueError(f"no kernel found in {path}")
+        raise ValueError(f"no kernel found in {path}; save at least one 2-D kernel array in it")
     return {name: validate_kernel(k, name=f"kernel '{name}' in {path.name}") for name, k in raw.items()}
 
 
@@ -195,7 +234,8 @@ def load_kernel(path: str | Path, index: int | str = 0) -> Tensor:
         return kernels[index]
     names = list(kernels)
     if not -len(names) <= index < len(names):
-        raise ValueError(f"kernel index {index} out of range: {path} holds {len(names)} kernel(s)")
+        raise ValueError(f"kernel index {index} out of range: {path} holds {len(names)} kernel(s): {names}; "
+                         f"pick one by position 0 to {len(names) - 1} or by name")
     return kernels[names[index]]
 
 
