@@ -35,9 +35,9 @@ def run(method: str, y, kernel, noise: float):
         result = ps.solvers.dpir(physics, y, BM3DDenoiser(), noise)
         return result.estimate, len(result.violations), sum(result.iterations)
     if method == "certified-fb":
-        result = ps.deblur(y, kernel, noise)
+        result = ps.deblur(y, kernel, noise, boundary="circular")
         return result.estimate, len(result.violations), sum(result.iterations)
-    result = ps.deblur(y, kernel, noise, denoiser="guided", guide=method.removeprefix("guided-"))
+    result = ps.deblur(y, kernel, noise, boundary="circular", denoiser="guided", guide=method.removeprefix("guided-"))
     rounds = result.earlier_rounds + [result]
     return result.estimate, sum(len(r.violations) for r in rounds), sum(sum(r.iterations) for r in rounds)
 

@@ -70,6 +70,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def nonnegative_float(text: str) -> float:
+    """A finite number ≥ 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite number ≥ 0, got {text}")
+    return value
+
+
 def seed(text: str) -> int:
     """A random seed: a whole number in [0, 2⁶³)."""
     try:

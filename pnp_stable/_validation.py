@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import Tensor
 
@@ -30,6 +32,20 @@ def check_image(x: Tensor, name: str = "image", channels: int | None = None) -> 
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or Inf values; clean the input first")
     return x
+
+
+def check_device(device) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N`` (a string or ``torch.device``) for a device this machine has."""
+    name = str(device) if isinstance(device, (str, torch.device)) else None
+    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", name or "")
+    if match is None:
+        raise ValueError(f"unsupported device {device!r}; use cpu, cuda or cuda:N")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError("CUDA is not available on this machine; use device 'cpu'")
+        if int(match.group(1) or 0) >= torch.cuda.device_count():
+            raise ValueError(f"there is no {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device(name)
 
 
 def check_noise_level(sigma: float, name: str = "noise_sigma", positive: bool = False) -> float:

@@ -1,7 +1,8 @@
 """The ``pnp-stable`` command line: deblur, denoise, certify, models, demo and train.
 
-Every user error ends with exit code 2 and one line on stderr that says what to do; progress bars
-go to stderr and appear only on a terminal (``--quiet`` silences them too).
+Every user error ends with exit code 2 and one line on stderr that says what to do (running out of memory
+too); progress goes to stderr: a bar on a terminal, otherwise a plain line every 10 s of a long iteration
+(``--quiet`` silences both).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from ._argtypes import EXIT_USAGE, OneLineParser, level, positive_int, seed
+from ._argtypes import EXIT_USAGE, OneLineParser, level, nonnegative_float, positive_int, seed
 
 class CommandError(ValueError):
     """A user error reported as one line with exit code 2."""
@@ -23,20 +24,18 @@ def _progress(args) -> bool:
     return not args.quiet and sys.stderr.isatty()
 
 
+def _progress_mode(args) -> bool | str:
+    """The PnP loop's ``progress``: a bar on a terminal, plain lines ('log') on a log or pipe, none with --quiet."""
+    if args.quiet:
+        return False
+    return True if sys.stderr.isatty() else "log"
+
+
 def _device(name: str) -> str:
     """``cpu``, ``cuda`` or ``cuda:N`` for a GPU this machine has; anything else is a one-line error."""
-    import torch
+    from ._validation import check_device
 
-    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", name)
-    if match is None:
-        raise CommandError(f"unsupported device '{name}'; use cpu, cuda or cuda:N")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise CommandError("CUDA is not available on this machine; use --device cpu")
-        index = int(match.group(1) or 0)
-        if index >= torch.cuda.device_count():
-            raise CommandError(f"there is no {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return name
+    return str(check_device(name))
 
 
 # --- sub-commands -------------------------------------------------------------------------------
@@ -49,9 +48,25 @@ def _write_image(x, path: Path) -> str:
     return f"wrote {path}" + (f" ({outside} values outside [0, 1] clipped for the 8-bit file)" if outside else "")
 
 
+def _boundary(args) -> str:
+    """The blur's boundary model: as given, else 'valid' for a real photo (its blur mixed in scene pixels beyond
+    the frame; benchmarks/results/boundary.md) and 'circular' for --simulate (which then blurs circularly)."""
+    return args.boundary or ("circular" if args.simulate else "valid")
+
+
+def _kernel_files(spec: str) -> list[Path]:
+    """The file a ``file:PATH[:INDEX]`` kernel spec reads (both readings of a PATH holding a colon), so that no
+    output overwrites it."""
+    if not spec.startswith("file:"):
+        return []
+    rest = spec[len("file:"):]
+    return [Path(rest)] + ([Path(rest.rsplit(":", 1)[0])] if ":" in rest else [])
+
+
 def cmd_deblur(args) -> int:
     import torch
 
+    from ._outputs import IMAGE_SUFFIXES, check_outputs, plot_suffixes
     from .io import load_image
     from .metrics import psnr
     from .operators.kernels import kernel_from_spec
@@ -59,29 +74,36 @@ def cmd_deblur(args) -> int:
     from .restore import deblur
 
     device = _device(args.device)
+    boundary = _boundary(args)
+    out = Path(args.out) if args.out else Path(args.input).with_name(Path(args.input).stem + "_deblurred.png")
+    degraded = out.with_name(out.stem + "_degraded" + out.suffix)
+    outputs = [("--out", out, IMAGE_SUFFIXES)]
+    outputs += [("the degraded image (from --out)", degraded, IMAGE_SUFFIXES)] if args.simulate else []
+    outputs += [("--plot", Path(args.plot), plot_suffixes())] if args.plot else []
+    check_outputs([Path(p) for p in (args.input, args.reference) if p] + _kernel_files(args.kernel), outputs)
     image = load_image(args.input)
     kernel = kernel_from_spec(args.kernel)
     reference = load_image(args.reference) if args.reference else None
     if args.simulate:
-        op = blur(kernel, boundary=args.boundary, img_size=tuple(image.shape[1:]), noise_sigma=args.noise,
+        op = blur(kernel, boundary=boundary, img_size=tuple(image.shape[1:]), noise_sigma=args.noise,
                   rng=torch.Generator().manual_seed(args.seed))
-        reference = image if reference is None else reference
         y = op(image)
+        if reference is None:  # a 'valid' blur sees the clean image's interior only
+            top, left = (image.shape[2] - y.shape[2]) // 2, (image.shape[3] - y.shape[3]) // 2
+            reference = image[:, :, top : top + y.shape[2], left : left + y.shape[3]]
     else:
         y = image
     result = deblur(
-        y, kernel, args.noise, solver=args.solver, denoiser=args.denoiser, boundary=args.boundary,
+        y, kernel, args.noise, solver=args.solver, denoiser=args.denoiser, boundary=boundary,
         denoiser_sigma=args.denoiser_sigma, step=args.step, denoiser_weight=args.denoiser_weight,
         max_iter=args.iters, tol=args.tol, guide=args.guide, guided_rounds=args.guided_rounds,
-        reference=reference, device=device, progress=_progress(args),
+        reference=reference, device=device, progress=_progress_mode(args),
     )
-    out = Path(args.out) if args.out else Path(args.input).with_name(Path(args.input).stem + "_deblurred.png")
-    lines = [result.summary()]
+    lines = [f"boundary model: {boundary}", result.summary()]
     if reference is not None:
         lines.append(f"PSNR: degraded {float(psnr(y, reference)[0]):.2f} dB → restored "
                      f"{float(psnr(result.estimate.cpu(), reference)[0]):.2f} dB")
     if args.simulate:
-        degraded = out.with_name(out.stem + "_degraded" + out.suffix)
         lines.append(_write_image(y, degraded))
     lines.append(_write_image(result.estimate.cpu(), out))
     if args.plot:
@@ -90,21 +112,37 @@ def cmd_deblur(args) -> int:
     return 0
 
 
+def _denoise_targets(inputs: list[Path], out: Path) -> list[Path]:
+    """One output file per input: ``out`` itself for one input with a file name, else OUT/NAME_denoised.png;
+    two inputs with the same name would share one file, so they are refused."""
+    if len(inputs) > 1 and out.suffix:
+        raise CommandError(f"{len(inputs)} inputs need --out to be a directory, got the file name {out}")
+    if len(inputs) == 1 and out.suffix:
+        return [out]
+    targets = [out / (p.stem + "_denoised.png") for p in inputs]
+    seen: dict[Path, Path] = {}
+    for source, target in zip(inputs, targets):
+        if target in seen:
+            raise CommandError(f"inputs {seen[target]} and {source} would both be written to {target}; "
+                               "rename one or denoise them in separate runs with different --out folders")
+        seen[target] = source
+    return targets
+
+
 def cmd_denoise(args) -> int:
     from tqdm.auto import tqdm
 
+    from ._outputs import IMAGE_SUFFIXES, check_outputs
     from .io import load_image
     from .restore import denoise
 
     device = _device(args.device)
     inputs = [Path(p) for p in args.inputs]
-    out = Path(args.out)
-    if len(inputs) > 1 and out.suffix:
-        raise CommandError(f"{len(inputs)} inputs need --out to be a directory, got the file name {out}")
-    targets = [out / (p.stem + "_denoised.png") for p in inputs] if len(inputs) > 1 or not out.suffix else [out]
     for path in inputs:
         if not path.is_file():
             raise CommandError(f"image file not found: {path}")
+    targets = _denoise_targets(inputs, Path(args.out))
+    check_outputs(inputs, [("--out", target, IMAGE_SUFFIXES) for target in targets])
     lines = []
     for source, target in tqdm(list(zip(inputs, targets)), desc="denoising", unit="image", disable=not _progress(args)):
         result = denoise(load_image(source), args.sigma, denoiser=args.denoiser, device=device)
@@ -117,12 +155,13 @@ def cmd_denoise(args) -> int:
 def cmd_certify(args) -> int:
     import torch
 
+    from ._finite import check_finite_model
     from .denoisers.averaged import certificate_of
     from .denoisers.certify import adversarial_lipschitz, averagedness_defects, natural_starts
-    from .denoisers.serialization import load_denoiser_file
     from .denoisers.zoo import load_denoiser
 
-    model = load_denoiser_file(args.model, verify=True) if args.verify else load_denoiser(args.model)
+    model = load_denoiser(args.model, verify=args.verify)  # a shipped name or a file, with or without --verify
+    check_finite_model(model, args.model)  # NaN weights output NaN whatever the certificate says
     print(f"{args.model}: {certificate_of(model)}")
     certificate = certificate_of(model, args.sigma)  # a noise-adaptive model is more averaged at small σ
     if certificate != certificate_of(model):
@@ -170,14 +209,15 @@ def cmd_models(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.out), iterations=args.iters, progress=_progress(args))
+    run_demo(Path(args.out), iterations=args.iters, progress=_progress_mode(args))
     return 0
 
 
 # --- parser -------------------------------------------------------------------------------------
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
-    p.add_argument("--quiet", action="store_true", help="no progress bars (they also stay off when stderr is not a terminal)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress output: no bar on a terminal, no plain progress line every 10 s otherwise")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,9 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--denoiser-weight", type=float, default=None, metavar="W",
                    help="weight ω of the denoising step x + ω(D(x) − x), in (0, 1/α_D); None uses the tuned weight")
     p.add_argument("--iters", type=positive_int, default=None, metavar="N", help="maximum iterations; None uses the tuned budget")
-    p.add_argument("--tol", type=float, default=1e-5, metavar="T", help="stop when ‖z_{k+1} − z_k‖/‖z_{k+1}‖ < T")
-    p.add_argument("--boundary", choices=["circular", "reflect", "replicate", "zeros"], default="circular",
-                   help="boundary condition of the blur")
+    p.add_argument("--tol", type=nonnegative_float, default=1e-5, metavar="T", help="stop when ‖z_{k+1} − z_k‖/‖z_{k+1}‖ < T")
+    p.add_argument("--boundary", choices=["valid", "circular", "reflect", "replicate", "zeros"], default=None,
+                   help="how the blur treats the image's edges. valid (the default for a photo): the blur mixed in "
+                        "scene pixels beyond the frame, nothing is assumed about them (best on real photos, "
+                        "benchmarks/results/boundary.md); circular (the default with --simulate): the image wraps "
+                        "around; reflect, replicate, zeros: that padding")
     p.add_argument("--out", default=None, metavar="OUT.png", help="restored image; None writes IN_deblurred.png next to IN")
     p.add_argument("--plot", default=None, metavar="PLOT.png", help="write the residual-vs-bound plot here")
     p.add_argument("--simulate", action="store_true", help="IN is clean: blur it and add noise first (also writes OUT_degraded.png)")
@@ -261,11 +304,63 @@ def build_parser() -> argparse.ArgumentParser:
                                         "the verdict, and write a PNG grid and the residual-vs-bound plot.")
     p.add_argument("--out", default="demo_out", help="output folder")
     p.add_argument("--iters", type=positive_int, default=None, help="maximum iterations; None uses the tuned budget")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, nor progress lines off a terminal")
     p.set_defaults(run=cmd_demo)
 
     commands.add_parser("train", help="train a certified denoiser (options: pnp-stable train --help)", add_help=False)
     return parser
+
+
+_ALLOCATION_FAILED = re.compile(r"can't allocate memory|not enough memory|out of memory|failed to allocate", re.I)
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """True for a MemoryError, torch's OutOfMemoryError (a GPU's) or a RuntimeError from an allocator that found
+    no memory (the CPU's: 'DefaultCPUAllocator: can't allocate memory')."""
+    if isinstance(err, MemoryError):
+        return True
+    import torch
+
+    return isinstance(err, torch.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and _ALLOCATION_FAILED.search(str(err)) is not None)
+
+
+def _image_size(path) -> tuple[int, int, int] | None:
+    """(width, height, channels) of an image file from its header (no pixels are read), or of a ``.npy`` [H, W(, C)]
+    array (memory-mapped); None when the file cannot tell."""
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    try:
+        if str(path).lower().endswith(".npy"):
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+            return (shape[1], shape[0], shape[2] if len(shape) == 3 else 1) if len(shape) in (2, 3) else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # a huge image is why we are here
+            with Image.open(path) as image:
+                return image.width, image.height, len(image.getbands())
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def _memory_advice(args) -> str:
+    """Which command ran out of memory, on what input (the largest image, its size read from the file header),
+    and what to do."""
+    inputs = getattr(args, "inputs", None) or ([args.input] if getattr(args, "input", None) else [])
+    sized = [(path, _image_size(path)) for path in inputs]
+    device = getattr(args, "device", "cpu")
+    if not sized:
+        hint = "use a smaller --size or fewer --pairs" if args.command == "certify" else "free some memory"
+        return f"{args.command} ran out of memory (device {device}); {hint}"
+    path, size = max(sized, key=lambda item: item[1][0] * item[1][1] if item[1] else 0)
+    described = f"{path} ({size[0]}×{size[1]} pixels, {size[2]} channel(s))" if size else str(path)
+    if len(sized) > 1:
+        described = f"{len(sized)} images" + (f", the largest {described}" if size else "")
+    also = "; or use the CPU's memory: --device cpu" if str(device).startswith("cuda") else ""
+    return (f"{args.command} ran out of memory on {described} (device {device}); use a smaller image or crop it; "
+            f"tiled processing (--tile) is planned{also}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,6 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ImportError, OSError) as err:
         message = " ".join(str(err).split())
         print(f"pnp-stable {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except (MemoryError, RuntimeError) as err:
+        if not _out_of_memory(err):
+            raise
+        print(f"pnp-stable {args.command}: error: {_memory_advice(args)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"pnp-stable {args.command}: interrupted", file=sys.stderr)

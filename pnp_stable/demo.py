@@ -72,7 +72,8 @@ def run_demo(out: str | Path = "demo_out", iterations: int | None = None, progre
         op = blur(kernel, img_size=tuple(clean.shape[1:]), noise_sigma=DEMO_NOISE,
                   rng=torch.Generator().manual_seed(index))
         degraded = op(clean)
-        result = deblur(degraded, kernel, DEMO_NOISE, solver="fb", max_iter=iterations, reference=clean, progress=progress)
+        result = deblur(degraded, kernel, DEMO_NOISE, solver="fb", boundary="circular", max_iter=iterations,
+                        reference=clean, progress=progress)  # the blur above wraps around
         case = DemoCase(name, clean, degraded, result)
         cases.append(case)
         plot = result.history.plot(out / f"residuals_{name}.png", title=f"{name}: PnP-FB, β = {result.beta:.4f}; {result.verdict}")

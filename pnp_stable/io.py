@@ -12,26 +12,72 @@ from torch import Tensor
 
 from ._validation import check_image
 
-__all__ = ["load_image", "save_image", "to_tensor", "to_numpy"]
+__all__ = ["FLOAT_RANGE_TOLERANCE", "check_float_range", "load_image", "save_image", "to_tensor", "to_numpy"]
 
 _MAX_BY_MODE = {"1": 1.0, "L": 255.0, "I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I": 65535.0}
 
 
-def to_tensor(image) -> Tensor:
-    """numpy ``[H, W]`` / ``[H, W, C]`` (or a tensor ``[C, H, W]`` / ``[B, C, H, W]``) → float32 ``[B, C, H, W]``.
+#: how far a float image may stray outside [0, 1] (noise pushes noisy data slightly past it; data on the
+#: 0–255 scale or in the wrong units lies far outside)
+FLOAT_RANGE_TOLERANCE = 1.0
 
-    Integer arrays are scaled by their type's maximum (uint8 → /255, uint16 → /65535).
+#: bit depth of the integer types whose values fill their range; wider types get the bit depth of their values
+_DEPTH_OF_DTYPE = {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16, np.dtype(np.bool_): 1}
+
+
+def _integer_scale(arr: np.ndarray) -> float:
+    """The full-scale value of an integer image: 255 for uint8, 65535 for uint16; for wider or signed types
+    (int32, int64, …, as ``np.array([[0, 128, 255]])`` gives) the smallest of 8 or 16 bits that holds the values."""
+    depth = _DEPTH_OF_DTYPE.get(arr.dtype)
+    if depth is not None:
+        return float(2**depth - 1)
+    low, high = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+    if low < 0:
+        raise ValueError(f"an integer image must not be negative, got values down to {low} ({arr.dtype}); "
+                         "pass uint8/uint16 data, or floats in [0, 1]")
+    if high > 65535:
+        raise ValueError(f"integer image values reach {high} ({arr.dtype}), beyond 16 bits; "
+                         "pass uint8/uint16 data, or floats in [0, 1]")
+    return 255.0 if high <= 255 else 65535.0
+
+
+def check_float_range(x: Tensor, name: str = "image") -> Tensor:
+    """Require float values on the [0, 1] scale within :data:`FLOAT_RANGE_TOLERANCE` (noise may cross 0 and 1)."""
+    if x.numel():
+        low, high = float(x.min()), float(x.max())
+        if low < -FLOAT_RANGE_TOLERANCE or high > 1 + FLOAT_RANGE_TOLERANCE:
+            hint = "; it looks like 0–255 data: divide by 255" if 1 + FLOAT_RANGE_TOLERANCE < high <= 255 and low >= -1 else ""
+            raise ValueError(f"{name} values span [{low:.4g}, {high:.4g}], but float images must lie on the [0, 1] "
+                             f"scale (within ±{FLOAT_RANGE_TOLERANCE:g} for noise){hint}")
+    return x
+
+
+def to_tensor(image, name: str = "image") -> Tensor:
+    """numpy ``[H, W]`` / ``[H, W, C]`` (or a tensor ``[H, W]`` / ``[C, H, W]`` / ``[B, C, H, W]``) → float32 ``[B, C, H, W]``.
+
+    One rule for every entry point: integers are scaled by their bit depth (uint8 → /255, uint16 → /65535;
+    wider or signed integer types by the 8 or 16 bits their values need), floats must already lie on the
+    [0, 1] scale (within :data:`FLOAT_RANGE_TOLERANCE`, which noise may use); anything else is refused.
     """
     if isinstance(image, Tensor):
         x = image
+        if x.dtype == torch.bool or not (torch.is_floating_point(x) or torch.is_complex(x)):
+            x = torch.from_numpy(_scaled(x.detach().cpu().numpy())).to(x.device)
+        elif torch.is_complex(x):
+            raise ValueError(f"{name} is complex ({x.dtype}); pass real and imaginary parts as two channels")
         if x.ndim == 2:
             x = x[None, None]
         elif x.ndim == 3:
             x = x[None]
     else:
         arr = np.asarray(image)
-        if np.issubdtype(arr.dtype, np.integer):
-            arr = arr.astype(np.float32) / np.iinfo(arr.dtype).max
+        if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[2] not in (1, 3):
+            raise ValueError(f"{name} array has shape {arr.shape}: numpy images are [H, W, C] (channels last); "
+                             "for a [C, H, W] array pass arr.transpose(1, 2, 0), or a torch tensor")
+        if arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.integer):
+            arr = _scaled(arr)
+        elif not np.issubdtype(arr.dtype, np.floating):
+            raise ValueError(f"{name} array has dtype {arr.dtype}; pass integers (uint8, uint16) or floats in [0, 1]")
         if arr.ndim == 2:
             arr = arr[None, None]
         elif arr.ndim == 3:
@@ -39,7 +85,12 @@ def to_tensor(image) -> Tensor:
         else:
             raise ValueError(f"expected an image array [H, W] or [H, W, C], got shape {arr.shape}")
         x = torch.from_numpy(np.ascontiguousarray(arr))
-    return check_image(x.to(torch.float32), "image")
+    x = check_image(x.to(torch.float32), name)
+    return check_float_range(x, name)
+
+
+def _scaled(arr: np.ndarray) -> np.ndarray:
+    return arr.astype(np.float32) / np.float32(_integer_scale(arr))
 
 
 def to_numpy(x: Tensor) -> np.ndarray:
@@ -79,7 +130,7 @@ def load_image(path: str | Path, gray: bool | None = None) -> Tensor:
         arr = arr[None, None]
     else:
         arr = arr.transpose(2, 0, 1)[None]
-    return check_image(torch.from_numpy(np.ascontiguousarray(arr)), str(path))
+    return check_float_range(check_image(torch.from_numpy(np.ascontiguousarray(arr)), str(path)), str(path))
 
 
 def _load_array(path: Path, gray: bool | None) -> Tensor:
@@ -89,10 +140,7 @@ def _load_array(path: Path, gray: bool | None) -> Tensor:
         raise ValueError(f"cannot read {path} as a numpy image array: {err}") from err
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3)):
         raise ValueError(f"{path}: expected an array [H, W] or [H, W, 1|3], got shape {arr.shape}")
-    try:
-        x = to_tensor(arr)
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+    x = to_tensor(arr, name=str(path))
     if gray and x.shape[1] == 3:
         x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
     elif gray is False and x.shape[1] == 1:

@@ -7,13 +7,15 @@ for the image's channels, and use the tuned defaults of :mod:`pnp_stable.solvers
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from ._validation import check_image, check_noise_level
+from ._modules import evaluation_mode, on_device
+from ._validation import check_device, check_noise_level
 from .denoisers.averaged import certificate_of
 from .denoisers.zoo import load_denoiser
 from .io import to_tensor
@@ -43,10 +45,14 @@ def _label(denoiser) -> str:
 
 def resolve_denoiser(denoiser, channels: int, device: str | torch.device = "cpu"):
     """``'auto'`` → the shipped certified model for ``channels``; a name or ``.safetensors`` path → that
-    model; any other callable is used as given. Refuses a model built for another number of channels."""
+    model; any other callable is used as given (a module on another device: a copy moved to ``device``; the
+    solvers run it in eval mode and restore its mode). Refuses a model built for another number of channels."""
     denoiser = _choose(denoiser, channels)
     label = _label(denoiser)
     model = load_denoiser(denoiser) if isinstance(denoiser, (str, Path)) else denoiser
+    if not callable(model):
+        raise ValueError(f"denoiser must be 'auto', a model name, a .safetensors path or a callable denoiser(x, sigma), "
+                         f"got {type(model).__name__}")
     expected = getattr(model, "channels", None)  # ours and the baselines record it; None for other callables
     if expected is not None and expected != channels:
         kind = {1: "gray", 3: "colour"}
@@ -56,7 +62,7 @@ def resolve_denoiser(denoiser, channels: int, device: str | torch.device = "cpu"
             f"is {kind.get(channels, channels)} ({channels} channel(s)){hint}"
         )
     if isinstance(model, torch.nn.Module):
-        model = model.to(device).eval()
+        model = on_device(model, device)  # the caller's own model is not moved: a copy is, when needed
     return model
 
 
@@ -73,12 +79,26 @@ def resolve_guide(guide, channels: int, device: str | torch.device = "cpu"):
 
 
 def _as_batch(image, name: str, device) -> Tensor:
-    x = to_tensor(image) if not isinstance(image, Tensor) or image.ndim != 4 else image
-    return check_image(x.to(device=device, dtype=torch.float32), name)
+    """Any accepted image (:func:`~pnp_stable.io.to_tensor`'s rule: integers by bit depth, floats in [0, 1]) as
+    a float32 ``[B, C, H, W]`` batch on ``device``."""
+    return to_tensor(image, name).to(device=device)
 
 
 def _as_kernel(kernel) -> Tensor:
     return kernel_from_spec(kernel) if isinstance(kernel, str) else validate_kernel(kernel)
+
+
+def _valid_frame(kernel: Tensor, y: Tensor) -> tuple[slice, slice]:
+    """Where y lies inside the larger x of a ``'valid'`` blur: y[i, j] = Σ k·x around x[i + h//2, j + w//2]."""
+    (h, w), (H, W) = kernel.shape, y.shape[2:]
+    return slice(h // 2, h // 2 + H), slice(w // 2, w // 2 + W)
+
+
+def _extend(image: Tensor, frame: tuple[slice, slice], x_shape) -> Tensor:
+    """An image of y's size continued to x's size by repeating its edge pixels (the start of a 'valid' solve)."""
+    top, left = frame[0].start, frame[1].start
+    bottom, right = x_shape[2] - frame[0].stop, x_shape[3] - frame[1].stop
+    return F.pad(image, (left, right, top, bottom), mode="replicate")
 
 
 def deblur(
@@ -87,7 +107,7 @@ def deblur(
     noise_sigma: float,
     solver: str | None = None,
     denoiser="auto",
-    boundary: str = "circular",
+    boundary: str = "valid",
     denoiser_sigma: float | None = None,
     step: float | None = None,
     max_iter: int | None = None,
@@ -111,31 +131,53 @@ def deblur(
     step is x + ω(D(x, σ_d) − x)) and ``max_iter`` default to the tuned values (:func:`pnp_stable.solvers.defaults.tuned`). Returns the :class:`PnPResult` (``estimate``,
     ``status``, ``history``, certified ``beta``; ``pnp_stable.to_numpy(result.estimate)`` for an array).
 
+    ``boundary``: how the blur treats the image's edges. ``'valid'`` (the default) is the model of a real
+    photo, whose blur mixed in scene pixels beyond its frame: x is larger than y by the kernel's size less
+    one, y is its blurred interior, nothing is assumed about the unseen rim (``benchmarks/results/boundary.md``:
+    the best on real-boundary blurs). It is never wrong, since a blur with any padding is the 'valid' blur of
+    the padded image. The solve starts from y continued by repeating its edge pixels, and ``estimate`` is the
+    solution's part in y's frame (``governing`` keeps the whole). ``'circular'`` matches a simulation that
+    wraps around (``ps.blur``'s default, ``--simulate``) and is faster (FFT prox for HQS/DRS/ADMM);
+    ``'reflect'``, ``'replicate'`` and ``'zeros'`` assume that padding.
+
     ``denoiser='guided'``: the frozen-guide route (:func:`pnp_stable.solvers.guided.guided_solve`): ``guide``
     (``'bm3d'``, a model name or path, or any ``denoiser(x, sigma)``) runs a short DPIR-schedule pilot whose
     output is the guide g; the certified solve then uses the linear filter W(g), firmly non-expansive for that
     frozen guide, for ``guided_rounds`` rounds (each round's estimate guides the next). ``solver``,
     ``denoiser_sigma`` and ``guided_rounds`` then default to the guide's :func:`~pnp_stable.solvers.guided.guided_defaults`.
     """
+    device = check_device(device)
     y = _as_batch(y, "blurred image y", device)
-    physics = blur(_as_kernel(kernel), boundary=boundary, img_size=tuple(y.shape[1:]), device=device)
+    kernel = _as_kernel(kernel)
+    physics = blur(kernel, boundary=boundary, img_size=tuple(y.shape[1:]), device=device)
+    reference = None if reference is None else _as_batch(reference, "reference", device)
+    x0 = None if x0 is None else _as_batch(x0, "x0", device)
+    frame = None
+    if boundary == "valid":
+        frame = _valid_frame(kernel, y)
+        x_shape = (y.shape[0], y.shape[1], y.shape[2] + kernel.shape[0] - 1, y.shape[3] + kernel.shape[1] - 1)
+        if x0 is None or x0.shape == y.shape:
+            x0 = _extend(y if x0 is None else x0, frame, x_shape)
     if isinstance(denoiser, str) and denoiser == "guided":
-        if step is not None or denoiser_weight is not None or relaxation != 1.0 or x0 is not None:
+        if step is not None or denoiser_weight is not None or relaxation != 1.0 or (x0 is not None and frame is None):
             raise ValueError("denoiser='guided' sets its own start (the guide), step and weight; "
                              "drop step=, denoiser_weight=, relaxation= and x0=")
-        return guided_solve(
+        result = guided_solve(
             physics, y, resolve_guide(guide, y.shape[1], device), noise_sigma, solver=solver,
-            denoiser_sigma=denoiser_sigma, rounds=guided_rounds, max_iter=max_iter, tol=tol, reference=None if reference is None else _as_batch(reference, "reference", device),
-            progress=progress,
+            denoiser_sigma=denoiser_sigma, rounds=guided_rounds, max_iter=max_iter, tol=tol, reference=reference,
+            progress=progress, x0=x0, reference_frame=frame,
         )
-    model = resolve_denoiser(denoiser, y.shape[1], device)
-    return solve(
-        physics, y, model, noise_sigma, solver=solver or "fb", denoiser_sigma=denoiser_sigma, step=step,
-        denoiser_weight=denoiser_weight, relaxation=relaxation, max_iter=max_iter, tol=tol,
-        x0=None if x0 is None else _as_batch(x0, "x0", device),
-        reference=None if reference is None else _as_batch(reference, "reference", device),
-        allow_unsafe_step=allow_unsafe_step, progress=progress,
-    )
+    else:
+        result = solve(
+            physics, y, resolve_denoiser(denoiser, y.shape[1], device), noise_sigma, solver=solver or "fb",
+            denoiser_sigma=denoiser_sigma, step=step, denoiser_weight=denoiser_weight, relaxation=relaxation,
+            max_iter=max_iter, tol=tol, x0=x0, reference=reference, allow_unsafe_step=allow_unsafe_step,
+            progress=progress, reference_frame=frame,
+        )
+    if frame is None:
+        return result
+    return replace(result, estimate=result.estimate[..., frame[0], frame[1]], notes=result.notes + [
+        f"boundary 'valid': the estimate is y's frame of the {tuple(result.estimate.shape[2:])} solution"])
 
 
 @dataclass
@@ -147,15 +189,38 @@ class DenoiseResult:
     denoiser: str
 
 
-def denoise(x, sigma: float, denoiser="auto", device: str | torch.device = "cpu") -> DenoiseResult:
-    """Remove Gaussian noise of standard deviation ``sigma`` ([0, 1] scale) with a (certified) denoiser."""
-    sigma = check_noise_level(sigma, "sigma")
+def _noise_levels(sigma, batch: int) -> float | Tensor:
+    """One noise level for the batch (a float), or one per image (a float32 tensor ``[B]``), each checked."""
+    if isinstance(sigma, (str, bytes)) or sigma is None:
+        raise ValueError(f"sigma must be a number on the [0, 1] scale (e.g. 25/255) or one per image, got {sigma!r}")
+    try:
+        values = torch.as_tensor(sigma, dtype=torch.float64).flatten() if not isinstance(sigma, (int, float)) else None
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"sigma must be a number on the [0, 1] scale or one per image, got {sigma!r}") from None
+    if values is None or values.numel() == 1:
+        return check_noise_level(sigma if values is None else values.item(), "sigma")
+    if values.numel() != batch:
+        raise ValueError(f"sigma has {values.numel()} values but the batch has {batch} image(s); "
+                         "pass one noise level, or one per image")
+    for value in values.tolist():
+        check_noise_level(value, "sigma")
+    return values.to(torch.float32)
+
+
+def denoise(x, sigma, denoiser="auto", device: str | torch.device = "cpu") -> DenoiseResult:
+    """Remove Gaussian noise of standard deviation ``sigma`` ([0, 1] scale; one value, or one per image of a
+    batch) with a (certified) denoiser."""
+    device = check_device(device)
     x = _as_batch(x, "noisy image", device)
+    sigma = _noise_levels(sigma, x.shape[0])
+    if isinstance(sigma, Tensor):
+        sigma = sigma.to(device)
     chosen = _choose(denoiser, x.shape[1])
     model = resolve_denoiser(chosen, x.shape[1], device)
-    with torch.no_grad():
+    with torch.no_grad(), evaluation_mode(model):
         estimate = model(x, sigma)
     if not torch.isfinite(estimate).all():
-        raise ValueError(f"the denoiser {_label(chosen)} returned NaN or Inf for a finite input at sigma = {sigma:g}; "
+        raise ValueError(f"the denoiser {_label(chosen)} returned NaN or Inf for a finite input at sigma = "
+                         f"{sigma if isinstance(sigma, float) else sigma.tolist()}; "
                          "check its weights (pnp-stable certify NAME --verify) or the noise level")
     return DenoiseResult(estimate=estimate, certificate=certificate_of(model), denoiser=_label(chosen))

@@ -171,3 +171,118 @@ def test_every_option_of_every_subcommand_is_documented_with_its_default():
             assert action.help, f"{name} {action.option_strings} has no help"
         text = " ".join(parser.format_help().split())
         assert text.count("(default:") == len(options), name
+
+
+def test_certify_verify_accepts_a_shipped_model_name(monkeypatch, tmp_path, capsys):
+    """``certify NAME --verify`` resolves NAME like ``certify NAME`` (it used to look for a file named NAME)."""
+    from pnp_stable import cli
+    from pnp_stable.denoisers import zoo
+    from test_denoisers import _rewritten
+
+    fast = ["--size", "8", "--steps", "2", "--pairs", "4", "--restarts", "1"]
+    torch.manual_seed(0)
+    model = ps.AveragedDenoiser(channels=1, width=4, depth=1).eval()
+    path = ps.save_denoiser(model, tmp_path / "tiny.safetensors")
+    bound = model.blocks[0].conv.weight_norm_bound()
+    _rewritten(path, tmp_path / "understated.safetensors", weight_norm_bounds=f"[{bound / 2}]")
+    monkeypatch.setattr(zoo, "WEIGHTS_DIR", tmp_path)  # both files are now shipped models
+    assert cli.main(["certify", "tiny", "--verify", *fast]) == 0
+    assert "within the certificate" in capsys.readouterr().out
+    assert cli.main(["certify", "understated", "--verify", *fast]) == 2  # its halved bound: loaded with verify=True
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "is below the verified bound" in lines[0], lines
+
+
+def test_certify_refuses_a_model_with_non_finite_parameters(monkeypatch, capsys):
+    """A model that bypasses the file checks (built in Python) is checked again before it is certified."""
+    from pnp_stable import cli
+    from pnp_stable.denoisers import zoo
+
+    fast = ["--size", "8", "--steps", "2", "--pairs", "4", "--restarts", "1"]
+    model = ps.AveragedDenoiser(channels=1, width=4, depth=1).eval()
+    with torch.no_grad():
+        model.blocks[0].conv.bias[0] = float("nan")
+    monkeypatch.setattr(zoo, "load_denoiser", lambda name, verify=False: model)
+    assert cli.main(["certify", "python-built", *fast]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["pnp-stable certify: error: python-built: tensor 'blocks.0.conv.bias' has 1 NaN/Inf values; "
+                     "the model is corrupt or came from a diverged training run"], lines
+
+
+@pytest.fixture
+def small_png(tmp_path):
+    Image.fromarray(np.arange(16 * 20, dtype=np.uint8).reshape(16, 20)).save(tmp_path / "small.png")
+    return tmp_path / "small.png"
+
+
+def _one_line_error(capsys, code) -> str:
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_broken_kernel_file_is_one_line_exit_2(small_png, tmp_path, capsys):
+    from pnp_stable.cli import main
+
+    np.savez(tmp_path / "k.npz", a=np.ones((3, 3)))
+    (tmp_path / "bad.npz").write_bytes((tmp_path / "k.npz").read_bytes()[:100])  # truncated: a BadZipFile inside
+    err = _one_line_error(capsys, main(["deblur", str(small_png), "--kernel", f"file:{tmp_path}/bad.npz", "--noise", "0.01"]))
+    assert "bad.npz" in err and "not a valid .npz" in err
+    err = _one_line_error(capsys, main(["deblur", str(small_png), "--kernel", f"file:{tmp_path}/k.npz:5", "--noise", "0.01"]))
+    assert "k.npz" in err and "['a']" in err
+
+
+def test_noise_level_below_the_minimum_is_refused_with_the_reason(small_png, capsys):
+    from pnp_stable.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["deblur", str(small_png), "--kernel", "gaussian:1", "--noise", "1e-20"])
+    err = _one_line_error(capsys, exit_.value.code)
+    assert "below the minimum 1e-12" in err and "overflows float32" in err
+
+
+@pytest.mark.parametrize("error", [
+    MemoryError(),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to "
+                 "allocate 1099511627776 bytes. Error code 12 (Cannot allocate memory)"),
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+])
+def test_out_of_memory_is_one_line_naming_command_image_and_what_to_do(error, small_png, monkeypatch, capsys):
+    import pnp_stable.cli as cli
+
+    def exhausted(args):
+        raise error
+
+    monkeypatch.setattr(cli, "cmd_deblur", exhausted)
+    monkeypatch.setattr(cli, "cmd_denoise", exhausted)
+    err = _one_line_error(capsys, cli.main(["deblur", str(small_png), "--kernel", "gaussian:1", "--noise", "0.01"]))
+    assert "deblur ran out of memory on" in err and "small.png (20×16 pixels, 1 channel(s))" in err
+    assert "use a smaller image or crop it; tiled processing (--tile) is planned" in err
+    err = _one_line_error(capsys, cli.main(["denoise", str(small_png), str(small_png), "--sigma", "0.1", "--out",
+                                            str(small_png.parent)]))
+    assert "denoise ran out of memory on 2 images, the largest" in err
+
+
+def test_other_runtime_errors_still_propagate(small_png, monkeypatch):
+    import pnp_stable.cli as cli
+
+    def broken(args):
+        raise RuntimeError("einsum(): operands do not broadcast")
+
+    monkeypatch.setattr(cli, "cmd_deblur", broken)
+    with pytest.raises(RuntimeError, match="einsum"):
+        cli.main(["deblur", str(small_png), "--kernel", "gaussian:1", "--noise", "0.01"])
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal_unless_quiet(small_png, tmp_path, monkeypatch, capsys):
+    from pnp_stable.cli import main
+    from pnp_stable.solvers import loop
+
+    monkeypatch.setattr(loop, "LOG_EVERY", 0.0)  # a line per iteration instead of one per 10 s
+    args = ["deblur", str(small_png), "--kernel", "gaussian:1", "--noise", "0.02", "--iters", "3", "--tol", "0",
+            "--out", str(tmp_path / "o.png")]
+    assert main(args) == 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("PnP-fb: iteration 3/3, relative residual "), lines
+    assert main([*args, "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

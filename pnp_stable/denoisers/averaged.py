@@ -82,6 +82,9 @@ class AveragedDenoiser(dinv.models.Denoiser):
     ):
         super().__init__()
         extra = 1 if noise_level_input else 0
+        for name, value in (("channels", channels), ("width", width), ("depth", depth)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number ≥ 1, got {value!r}")
         if width < channels + extra:
             raise ValueError(f"width {width} must be ≥ channels + noise channel = {channels + extra}")
         if noise_adaptive and not noise_level_input:

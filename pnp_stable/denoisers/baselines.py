@@ -24,6 +24,9 @@ class DnCNNBaseline(dinv.models.Denoiser):
     """deepinv's DnCNN (random init unless trained): unconstrained, so no certificate."""
 
     def __init__(self, channels: int = 1, depth: int = 12, width: int = 32):
+        for name, value in (("channels", channels), ("width", width), ("depth", depth)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number ≥ 1, got {value!r}")
         super().__init__()
         self.config = dict(channels=channels, depth=depth, width=width)
         self.channels = channels

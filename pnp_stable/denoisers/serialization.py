@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .._finite import check_finite_tensors
+from .._finite import check_finite_model, check_finite_tensors
 from .._safetensors import read_safetensors
 from ..theory import Certificate
 from .averaged import AveragedDenoiser
@@ -42,6 +42,7 @@ def save_denoiser(model: AveragedDenoiser | DnCNNBaseline, path: str | Path, ext
     """Write weights, config, certificate (computed now from guaranteed bounds) and ``extra`` metadata."""
     if type(model).__name__ not in STORABLE:
         raise ValueError(f"save_denoiser writes {' or '.join(STORABLE)} models, got {type(model).__name__}")
+    check_finite_model(model, f"save_denoiser({path})")
     was_training = model.training
     model.eval()
     certificate = model.certificate

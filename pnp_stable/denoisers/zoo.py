@@ -29,6 +29,9 @@ def list_denoisers() -> list[dict[str, str]]:
 def denoiser_file(name_or_path: str | Path) -> Path:
     """The file of a shipped model name (see :func:`list_denoisers`), or ``name_or_path`` itself when it is a
     ``.safetensors`` path or an existing file; ``ValueError`` listing the shipped names otherwise."""
+    if not isinstance(name_or_path, (str, Path)):
+        raise ValueError(f"a denoiser is named by a string or a path, got {type(name_or_path).__name__}; "
+                         f"shipped: {', '.join(_shipped())}")
     shipped = _shipped()
     if str(name_or_path) in shipped:
         return shipped[str(name_or_path)]

@@ -133,6 +133,8 @@ def _check_measurement(y: Tensor) -> Tensor:
     if y.ndim < 2:
         raise ValueError(f"measurement y of shape {tuple(y.shape)} has no batch axis; give it as [B, ...], "
                          "e.g. y[None] for one measurement" + _RANK_HINT)
+    if y.numel() == 0:
+        raise ValueError(f"measurement y is empty (shape {tuple(y.shape)}); pass at least one measurement")
     if not torch.is_floating_point(y):
         raise ValueError(f"measurement y must be a floating-point tensor, got dtype {y.dtype}")
     if not torch.isfinite(y).all():

@@ -263,6 +263,8 @@ def kernel_from_spec(spec: str) -> Tensor:
         raise fail from None
     if kind == "gaussian" and len(values) in (1, 2):
         return gaussian_kernel(values[0], values[1] if len(values) == 2 else None)
+    if not all(math.isfinite(v) for v in values):
+        raise fail
     integers = all(v == int(v) for v in values)
     if kind == "uniform" and len(values) == 1 and integers:
         return uniform_kernel(int(values[0]))

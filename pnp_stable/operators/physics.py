@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_noise_level
-from .kernels import validate_kernel
+from .kernels import kernel_from_spec, validate_kernel
 
 __all__ = ["BOUNDARIES", "blur", "downsampling", "inpainting", "denoising", "custom_operator"]
 
@@ -30,6 +30,23 @@ def _noise_model(noise_sigma: float, rng: torch.Generator | None):
     if noise_sigma == 0:
         return dinv.physics.ZeroNoise()
     return dinv.physics.GaussianNoise(sigma=noise_sigma, rng=rng)
+
+
+def _refuse_non_finite(physics: dinv.physics.Physics, args: tuple) -> None:
+    """Forward pre-hook: ``physics(x)`` refuses an x with NaN/Inf, which a blur (FFT or convolution) would
+    spread over every output pixel instead of failing."""
+    x = args[0] if args else None
+    if isinstance(x, Tensor) and not torch.isfinite(x).all():
+        count = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"the image given to {type(physics).__name__} has {count} NaN/Inf value(s), which the "
+                         "operator would spread over its output; replace them first (e.g. torch.nan_to_num, or "
+                         "inpaint them with pnp_stable.inpainting)")
+
+
+def _guarded(physics: dinv.physics.Physics) -> dinv.physics.Physics:
+    """The stock deepinv object, with :func:`_refuse_non_finite` attached to its ``__call__``."""
+    physics.register_forward_pre_hook(_refuse_non_finite)
+    return physics
 
 
 def _check_img_size(img_size: Sequence[int] | None) -> tuple[int, int, int] | None:
@@ -52,6 +69,9 @@ def blur(
 ) -> dinv.physics.LinearPhysics:
     """Convolution ``y = k * x + n`` with ``n ~ N(0, noise_sigma²)``, as a deepinv ``LinearPhysics``.
 
+    ``kernel``: a 2-D array/tensor or a spec such as ``'gaussian:1.6'`` (:func:`kernel_from_spec`).
+    Calling it on an image with NaN/Inf raises ``ValueError`` (a blur would spread them everywhere).
+
     ``boundary='circular'`` gives ``deepinv.physics.BlurFFT`` (needs ``img_size=(C, H, W)``;
     the operator is diagonal in Fourier, so its prox and norm are exact). The other
     boundaries give ``deepinv.physics.Blur``; ``'valid'`` returns a smaller image.
@@ -60,7 +80,7 @@ def blur(
     """
     if boundary not in BOUNDARIES:
         raise ValueError(f"unknown boundary '{boundary}'; choose one of {BOUNDARIES}")
-    k = validate_kernel(kernel)
+    k = kernel_from_spec(kernel) if isinstance(kernel, str) else validate_kernel(kernel)
     img_size = _check_img_size(img_size)
     if img_size is not None and (k.shape[0] > img_size[1] or k.shape[1] > img_size[2]):
         raise ValueError(
@@ -75,11 +95,11 @@ def blur(
                 "boundary='circular' uses an FFT diagonalisation that needs img_size=(C, H, W); "
                 "pass img_size=x.shape[1:]"
             )
-        return dinv.physics.BlurFFT(img_size=img_size, filter=filt, noise_model=noise, device=device)
+        return _guarded(dinv.physics.BlurFFT(img_size=img_size, filter=filt, noise_model=noise, device=device))
     if use_fft is None:
         use_fft = max(k.shape) >= FFT_MIN_KERNEL_SIZE
     padding = "constant" if boundary == "zeros" else boundary
-    return dinv.physics.Blur(filter=filt, padding=padding, use_fft=use_fft, noise_model=noise, device=device)
+    return _guarded(dinv.physics.Blur(filter=filt, padding=padding, use_fft=use_fft, noise_model=noise, device=device))
 
 
 def downsampling(
@@ -97,14 +117,14 @@ def downsampling(
         raise ValueError(f"factor must be a positive integer dividing H and W of {img_size}, got {factor}")
     if isinstance(filter, Tensor) or not isinstance(filter, (str, type(None))):
         filter = validate_kernel(filter, name="downsampling filter")[None, None]
-    return dinv.physics.Downsampling(
+    return _guarded(dinv.physics.Downsampling(
         img_size=img_size,
         filter=filter,
         factor=int(factor),
         padding="constant" if boundary == "zeros" else boundary,
         noise_model=_noise_model(noise_sigma, rng),
         device=device,
-    )
+    ))
 
 
 def inpainting(
@@ -126,16 +146,16 @@ def inpainting(
         mask = mask.to(torch.float32)
     elif not 0 < float(mask) <= 1:
         raise ValueError(f"inpainting mask fraction must lie in (0, 1], got {mask}")
-    return dinv.physics.Inpainting(
+    return _guarded(dinv.physics.Inpainting(
         img_size=img_size, mask=mask, noise_model=_noise_model(noise_sigma, rng), rng=rng, device=device
-    )
+    ))
 
 
 def denoising(
     noise_sigma: float, rng: torch.Generator | None = None, device: str | torch.device = "cpu"
 ) -> dinv.physics.LinearPhysics:
     """Identity operator with Gaussian noise (deepinv ``Denoising``): pure denoising as an inverse problem."""
-    return dinv.physics.Denoising(noise_model=_noise_model(noise_sigma, rng), device=device)
+    return _guarded(dinv.physics.Denoising(noise_model=_noise_model(noise_sigma, rng), device=device))
 
 
 def _autograd_adjoint(A: Callable[[Tensor], Tensor], img_size: tuple[int, int, int]):
@@ -167,10 +187,10 @@ def custom_operator(
         if img_size is None:
             raise ValueError("custom_operator without A_adjoint needs img_size=(C, H, W) for the autograd adjoint")
         A_adjoint = _autograd_adjoint(A, img_size)
-    return dinv.physics.LinearPhysics(
+    return _guarded(dinv.physics.LinearPhysics(
         A=lambda x, **kwargs: A(x),
         A_adjoint=lambda y, **kwargs: A_adjoint(y),
         img_size=img_size,
         noise_model=_noise_model(noise_sigma, rng),
         device=device,
-    )
+    ))

@@ -68,6 +68,8 @@ def guided_solve(
     tol: float = 1e-5,
     reference: Tensor | None = None,
     progress: bool = False,
+    x0: Tensor | None = None,
+    reference_frame: tuple[slice, slice] | None = None,
     **options,
 ) -> PnPResult:
     """Restore ``y = Ax + n`` with W(g) for a guide g from ``guide_denoiser`` (module docstring).
@@ -76,6 +78,7 @@ def guided_solve(
     ``pilot_iterations`` default to :func:`guided_defaults` of the guide denoiser (σ_d = ``strength``·σ_n);
     ``options`` go to :class:`~pnp_stable.denoisers.guided.GuidedDenoiser` (``patch``, ``group``, ``stride``, …).
     The result's ``beta`` is the certificate of the last round's iteration for its frozen guide.
+    ``x0`` starts the pilot (default Aᵀy); ``reference_frame`` as in :func:`~pnp_stable.solvers.solve`.
     """
     defaults = guided_defaults(guide_denoiser)
     solver = solver or defaults.solver
@@ -84,17 +87,18 @@ def guided_solve(
     pilot_iterations = defaults.pilot_iterations if pilot_iterations is None else pilot_iterations
     if rounds < 1:
         raise ValueError(f"rounds must be ≥ 1, got {rounds}")
+    pilot = dpir(physics, y, guide_denoiser, noise_sigma, iterations=pilot_iterations, x0=x0)
     if construction == "bm3d" and "stride" not in options:
-        even = all(size % defaults.stride == 0 for size in (*y.shape[2:], options.get("patch", 8)))
+        even = all(size % defaults.stride == 0 for size in (*pilot.estimate.shape[2:], options.get("patch", 8)))
         options["stride"] = defaults.stride if even else 1
-    pilot = dpir(physics, y, guide_denoiser, noise_sigma, iterations=pilot_iterations)
     guide = pilot.estimate
     notes = [f"pilot: {pilot_iterations} DPIR-schedule iterations of {type(guide_denoiser).__name__} (no guarantee)"]
     rounds_done = []
     for round_ in range(1, rounds + 1):
         denoiser = GuidedDenoiser(guide, construction, **options)
         result = solve(physics, y, denoiser, noise_sigma, solver=solver, denoiser_sigma=denoiser_sigma,
-                       max_iter=max_iter, tol=tol, x0=guide, reference=reference, progress=progress)
+                       max_iter=max_iter, tol=tol, x0=guide, reference=reference, progress=progress,
+                       reference_frame=reference_frame)
         notes.append(f"round {round_}/{rounds}: certified for its frozen guide (W(g) of the '{construction}' construction, "
                      f"guide from {'the pilot' if round_ == 1 else f'round {round_ - 1}'}): {result.verdict}")
         guide = result.estimate

@@ -12,6 +12,7 @@ import deepinv as dinv
 import torch
 from torch import Tensor
 
+from .._modules import evaluation_mode
 from .._validation import check_noise_level
 from ..operators.fidelity import L2Fidelity
 from .loop import PnPResult, run_scheme
@@ -65,5 +66,5 @@ def dpir(physics: dinv.physics.LinearPhysics, y: Tensor, denoiser, noise_sigma: 
     fidelity = L2Fidelity(physics, y, noise_sigma)
     scheme = DecreasingSchedule(fidelity, denoiser, noise_sigma, iterations, sigma_start, weight)
     start = fidelity.op.A_adjoint(y) if x0 is None else x0
-    with torch.no_grad():
+    with torch.no_grad(), evaluation_mode(denoiser):
         return run_scheme(scheme, start.clone(), max_iter=iterations, tol=0.0)

@@ -7,11 +7,13 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from .._argtypes import OneLineParser, level, nonnegative_int, positive_float, positive_int, seed
+from .._outputs import check_outputs
 from .trainer import LOSSES, MODELS, TrainConfig, Trainer
 
 
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     start = time.monotonic()
     try:
+        check_outputs([Path(args.init)] if args.init else [], [("--out", Path(args.out), (".safetensors",))])
         config = TrainConfig(
             data=args.data, out=args.out, val=args.val, channels=args.channels, sigma=sigma, patch=args.patch,
             batch=args.batch, steps=args.steps, lr=args.lr, optimizer=args.optimizer, seed=args.seed,

@@ -1,0 +1,33 @@
+"""Using a caller's ``torch.nn.Module`` without changing it: evaluation mode for a run, a copy on another device."""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+
+import torch
+
+
+@contextmanager
+def evaluation_mode(denoiser):
+    """Run ``denoiser`` in eval mode (certificates describe it; BatchNorm and dropout must be frozen) and
+    give back each submodule's own ``training`` flag afterwards. Anything but a module passes through."""
+    if not isinstance(denoiser, torch.nn.Module):
+        yield denoiser
+        return
+    flags = [(module, module.training) for module in denoiser.modules()]
+    denoiser.eval()
+    try:
+        yield denoiser
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+def on_device(model: torch.nn.Module, device: str | torch.device) -> torch.nn.Module:
+    """``model`` itself when its parameters and buffers are already on ``device``, else a copy moved there,
+    so that the caller's model stays where it was."""
+    device = torch.device(device)
+    tensors = [*model.parameters(), *model.buffers()]
+    same = all(t.device.type == device.type and (device.index is None or t.device.index == device.index) for t in tensors)
+    return model if same else copy.deepcopy(model).to(device)

@@ -1,0 +1,59 @@
+"""Output paths of the command line, checked before any work: a known format, a writable folder, no file
+written twice, and never an input overwritten."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+def plot_suffixes() -> tuple[str, ...]:
+    """The file types matplotlib can write (png, pdf, svg, …), as suffixes."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return tuple(f".{kind}" for kind in FigureCanvasBase.get_supported_filetypes())
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def _check_writable_folder(path: Path, option: str) -> None:
+    """The folder of ``path`` exists (or can be made) and accepts a new file: probed with a temporary file."""
+    folder = path.parent
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{option} {path}: {existing} is a file, not a folder")
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder; give a file name such as {path / 'out.png'}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".pnp-stable-probe-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"{option} {path}: cannot write to the folder {folder} ({err.strerror or err}); "
+                         "choose a writable location") from None
+
+
+def check_outputs(inputs: list[Path], outputs: list[tuple[str, Path, tuple[str, ...]]]) -> None:
+    """Refuse, before any work, an output (``(option, path, allowed suffixes)``) whose suffix is not allowed,
+    whose folder is not writable, that is an input file, or that another output also names."""
+    for index, (option, path, suffixes) in enumerate(outputs):
+        if path.suffix.lower() not in suffixes:
+            raise ValueError(f"{option} {path}: unsupported file type '{path.suffix}'; use one of {', '.join(suffixes)}")
+        for source in inputs:
+            if _same_file(path, source):
+                raise ValueError(f"{option} {path} is the input file {source}: it would be overwritten; "
+                                 "write the result to another file")
+        for other_option, other, _ in outputs[:index]:
+            if _same_file(path, other):
+                raise ValueError(f"{option} and {other_option} both name {path}: one would replace the other; "
+                                 "give them different file names")
+        _check_writable_folder(path, option)

@@ -1,0 +1,162 @@
+"""Bad input is refused clearly and loses nothing (issue #21 §3–4): output paths, the input-range rule, NaN
+pixels, late failures, and the caller's model left as it was."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import pnp_stable as ps
+from pnp_stable import cli
+from pnp_stable.restore import resolve_denoiser
+
+
+@pytest.fixture
+def photo(tmp_path):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(tmp_path / "x.png")
+    return tmp_path / "x.png"
+
+
+@pytest.fixture
+def no_solve(monkeypatch):
+    """Any solve fails the test: every refusal below must come before the work."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the solve ran although an output path was bad")
+
+    monkeypatch.setattr("pnp_stable.restore.deblur", fail)
+    monkeypatch.setattr("pnp_stable.restore.denoise", fail)
+
+
+def _refused(capsys, argv) -> str:
+    code = cli.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+DEBLUR = ["--kernel", "gaussian:1", "--noise", "0.01"]
+
+
+@pytest.mark.parametrize("command", [["deblur", *DEBLUR], ["deblur", "--simulate", *DEBLUR], ["denoise", "--sigma", "0.1"]])
+def test_out_equal_to_the_input_is_refused_and_the_input_kept(command, photo, capsys, no_solve):
+    before = photo.read_bytes()
+    err = _refused(capsys, [command[0], photo, *command[1:], "--out", photo])
+    assert "would be overwritten" in err and photo.read_bytes() == before
+
+
+def test_the_simulated_degraded_image_may_not_overwrite_the_input(tmp_path, photo, capsys, no_solve):
+    source = tmp_path / "y_degraded.png"
+    source.write_bytes(photo.read_bytes())
+    assert "would be overwritten" in _refused(capsys, ["deblur", source, "--simulate", *DEBLUR, "--out", tmp_path / "y.png"])
+
+
+def test_plot_equal_to_out_is_refused(photo, tmp_path, capsys, no_solve):
+    out = tmp_path / "o.png"
+    assert "both name" in _refused(capsys, ["deblur", photo, *DEBLUR, "--out", out, "--plot", out])
+
+
+def test_two_inputs_with_one_name_are_refused_not_merged(tmp_path, photo, capsys, no_solve):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    for folder in ("a", "b"):
+        (tmp_path / folder / "x.png").write_bytes(photo.read_bytes())
+    err = _refused(capsys, ["denoise", tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", "--sigma", "0.1",
+                            "--out", tmp_path / "out"])
+    assert "would both be written to" in err
+
+
+@pytest.mark.parametrize("option, name, expected", [
+    ("--plot", "p.xyz", "unsupported file type '.xyz'"),
+    ("--out", "o.npy", "unsupported file type '.npy'"),
+    ("--out", "/proc/x.png", "cannot write to the folder /proc"),
+])
+def test_bad_output_paths_fail_before_the_solve(option, name, expected, photo, tmp_path, capsys, no_solve):
+    path = name if name.startswith("/") else tmp_path / name
+    err = _refused(capsys, ["deblur", photo, *DEBLUR, option, path])
+    assert expected in err and "extension" not in err
+
+
+def test_one_input_rule_integers_by_bit_depth_floats_on_the_unit_scale():
+    ramp = [[0, 128, 255]]
+    for image in (np.array(ramp), np.array(ramp, dtype=np.int32), torch.tensor(ramp), torch.tensor(ramp, dtype=torch.uint8)):
+        assert ps.to_tensor(image).flatten().tolist() == pytest.approx([0, 128 / 255, 1]), image.dtype
+    assert ps.to_tensor(np.array([[0, 65535]], dtype=np.uint16)).max() == 1
+    assert ps.to_tensor(np.array([[0, 4095]], dtype=np.int64)).max() == pytest.approx(4095 / 65535)
+    with pytest.raises(ValueError, match="divide by 255"):
+        ps.to_tensor(np.full((4, 4), 200.0))
+    with pytest.raises(ValueError, match="divide by 255"):
+        ps.to_tensor(torch.full((1, 1, 4, 4), 200.0))
+    with pytest.raises(ValueError, match="must not be negative"):
+        ps.to_tensor(np.array([[-1, 3]]))
+    ps.to_tensor(np.array([[-0.3, 1.4]]))  # noise may cross 0 and 1
+
+
+def test_every_entry_point_applies_the_rule():
+    bright = torch.rand(1, 1, 16, 16) * 255
+    with pytest.raises(ValueError, match="divide by 255"):
+        ps.denoise(bright, 0.1)
+    with pytest.raises(ValueError, match="divide by 255"):
+        ps.deblur(bright, "gaussian:1", 0.01)
+    with pytest.raises(ValueError, match=r"values span \[.*e\+38") as error:
+        ps.deblur(torch.rand(1, 1, 16, 16) * 3e38, "gaussian:1", 0.01)
+    assert "x0" not in str(error.value)
+    whole = ps.denoise(torch.full((1, 1, 16, 16), 128, dtype=torch.int64), 0.1).estimate
+    assert 0.3 < float(whole.mean()) < 0.7  # scaled by 255, not left at 128 or divided by 2⁶³
+
+
+def test_float_npy_on_the_0_255_scale_is_refused_by_the_cli(tmp_path, capsys, no_solve):
+    np.save(tmp_path / "big.npy", np.full((16, 16), 180.0))
+    assert "divide by 255" in _refused(capsys, ["denoise", tmp_path / "big.npy", "--sigma", "0.1", "--out", tmp_path / "o.png"])
+
+
+def test_channels_first_numpy_array_names_the_expected_layout():
+    with pytest.raises(ValueError, match=r"\[H, W, C\].*transpose\(1, 2, 0\)"):
+        ps.to_tensor(np.zeros((3, 64, 64)))
+
+
+def test_blurring_a_nan_pixel_is_refused_not_spread():
+    image = torch.rand(1, 1, 16, 16)
+    image[0, 0, 5, 5] = float("nan")
+    for boundary in ("circular", "reflect"):
+        with pytest.raises(ValueError, match="1 NaN/Inf value"):
+            ps.blur("gaussian:1", boundary=boundary, img_size=(1, 16, 16))(image)
+
+
+def test_late_failures_become_clear_errors():
+    with pytest.raises(ValueError, match="empty"):
+        ps.denoise(torch.zeros(0, 1, 16, 16), 0.1)
+    with pytest.raises(ValueError, match="spec such as 'gaussian:1.6'"):
+        ps.deblur(torch.rand(1, 1, 16, 16), None, 0.01)
+    batch = torch.rand(2, 1, 16, 16)
+    per_image = ps.denoise(batch, torch.tensor([0.05, 0.2])).estimate
+    for b, sigma in enumerate((0.05, 0.2)):
+        assert torch.allclose(per_image[b], ps.denoise(batch[b : b + 1], sigma).estimate[0], atol=1e-6)
+    with pytest.raises(ValueError, match="3 values but the batch has 2"):
+        ps.denoise(batch, [0.1, 0.2, 0.3])
+
+
+class _Smoother(torch.nn.Module):
+    """A tiny module denoiser with a training-mode dependent layer (dropout)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(0.5))
+        self.drop = torch.nn.Dropout(0.5)
+
+    def forward(self, x, sigma=None):
+        return self.drop(x) * self.scale + (1 - self.scale) * x.mean()
+
+
+def test_the_callers_model_keeps_its_mode_and_device():
+    model = _Smoother().train()
+    y = torch.rand(1, 1, 16, 16)
+    physics = ps.blur("gaussian:1", img_size=(1, 16, 16))
+    first = ps.solve(physics, y, model, 0.05, max_iter=3)
+    assert model.training and model.drop.training  # restored after the run
+    assert torch.equal(first.estimate, ps.solve(physics, y, model, 0.05, max_iter=3).estimate)  # dropout was off
+    ps.denoise(y, 0.1, denoiser=model)
+    assert model.training
+    moved = resolve_denoiser(model, 1, device="meta")
+    assert moved is not model and moved.scale.device.type == "meta" and model.scale.device.type == "cpu"
+    assert resolve_denoiser(model, 1, device="cpu") is model
