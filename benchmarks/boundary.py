@@ -33,6 +33,7 @@ from _images import held_out_color_images  # noqa: E402
 from _report import RESULTS, ROOT, header  # noqa: E402
 
 import pnp_stable as ps  # noqa: E402
+from pnp_stable.restore import valid_frame  # noqa: E402
 
 METHODS = ("circular", "reflect", "replicate", "zeros", "valid (start Aᵀy)", "valid")
 RINGS = ((0, 4), (4, 8), (8, 16))  # distances from the frame's edge (pixels) of the depth profile; beyond: interior
@@ -90,8 +91,8 @@ def main() -> None:
             physics = ps.blur(kernel, boundary="valid", noise_sigma=args.noise,
                               rng=torch.Generator().manual_seed(100 * i + j))
             y = physics(scene)
-            truth = scene[:, :, kernel.shape[0] // 2 : kernel.shape[0] // 2 + args.size,
-                          kernel.shape[1] // 2 : kernel.shape[1] // 2 + args.size]
+            rows, columns = valid_frame(kernel.shape, y.shape)
+            truth = scene[:, :, rows, columns]
             before = {name: masked_psnr(y, truth, mask) for name, mask in masks.items()}
             for method in METHODS:
                 start = time.perf_counter()

@@ -3,7 +3,6 @@ written twice, and never an input overwritten."""
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -17,10 +16,14 @@ def plot_suffixes() -> tuple[str, ...]:
     return tuple(f".{kind}" for kind in FigureCanvasBase.get_supported_filetypes())
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    if a.exists() and b.exists():
-        return os.path.samefile(a, b)
-    return a.resolve() == b.resolve()
+def _identity(path: Path):
+    """What makes two paths one file: device and inode of an existing file (hard and soft links too), else
+    the resolved path."""
+    try:
+        status = path.stat()
+        return status.st_dev, status.st_ino
+    except OSError:
+        return str(path.resolve())
 
 
 def _check_writable_folder(path: Path, option: str) -> None:
@@ -44,16 +47,22 @@ def _check_writable_folder(path: Path, option: str) -> None:
 
 def check_outputs(inputs: list[Path], outputs: list[tuple[str, Path, tuple[str, ...]]]) -> None:
     """Refuse, before any work, an output (``(option, path, allowed suffixes)``) whose suffix is not allowed,
-    whose folder is not writable, that is an input file, or that another output also names."""
-    for index, (option, path, suffixes) in enumerate(outputs):
+    whose folder is not writable, that is an input file, or that another output also names (one pass: each path
+    is looked at once)."""
+    sources = {_identity(source): source for source in inputs}
+    named: dict = {}
+    folders: set[Path] = set()
+    for option, path, suffixes in outputs:
         if path.suffix.lower() not in suffixes:
             raise ValueError(f"{option} {path}: unsupported file type '{path.suffix}'; use one of {', '.join(suffixes)}")
-        for source in inputs:
-            if _same_file(path, source):
-                raise ValueError(f"{option} {path} is the input file {source}: it would be overwritten; "
-                                 "write the result to another file")
-        for other_option, other, _ in outputs[:index]:
-            if _same_file(path, other):
-                raise ValueError(f"{option} and {other_option} both name {path}: one would replace the other; "
-                                 "give them different file names")
-        _check_writable_folder(path, option)
+        identity = _identity(path)
+        if identity in sources:
+            raise ValueError(f"{option} {path} is the input file {sources[identity]}: it would be overwritten; "
+                             "write the result to another file")
+        if identity in named:
+            raise ValueError(f"{option} and {named[identity]} both name {path}: one would replace the other; "
+                             "give them different file names")
+        named[identity] = option
+        if path.parent not in folders:
+            _check_writable_folder(path, option)
+            folders.add(path.parent)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import Tensor
 
@@ -34,18 +32,29 @@ def check_image(x: Tensor, name: str = "image", channels: int | None = None) -> 
     return x
 
 
+#: device types the solvers can compute on (a 'meta' tensor holds no values)
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
 def check_device(device) -> torch.device:
-    """``cpu``, ``cuda`` or ``cuda:N`` (a string or ``torch.device``) for a device this machine has."""
-    name = str(device) if isinstance(device, (str, torch.device)) else None
-    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", name or "")
-    if match is None:
-        raise ValueError(f"unsupported device {device!r}; use cpu, cuda or cuda:N")
-    if name.startswith("cuda"):
+    """A ``torch.device`` (or its name: ``cpu``, ``cuda:1``, ``mps``, …) of a type in :data:`DEVICE_TYPES` that
+    this machine has."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unsupported device {device!r}; use e.g. 'cpu', 'cuda' or 'cuda:1'") from None
+    if parsed.type not in DEVICE_TYPES:
+        raise ValueError(f"unsupported device {device!r}: computing needs one of {', '.join(DEVICE_TYPES)}")
+    if parsed.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("CUDA is not available on this machine; use device 'cpu'")
-        if int(match.group(1) or 0) >= torch.cuda.device_count():
-            raise ValueError(f"there is no {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return torch.device(name)
+        if (parsed.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"there is no {parsed}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("MPS is not available on this machine; use device 'cpu'")
+    elif parsed.type == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+        raise ValueError("XPU is not available on this machine; use device 'cpu'")
+    return parsed
 
 
 def check_noise_level(sigma: float, name: str = "noise_sigma", positive: bool = False) -> float:

@@ -35,6 +35,8 @@ def _device(name: str) -> str:
     """``cpu``, ``cuda`` or ``cuda:N`` for a GPU this machine has; anything else is a one-line error."""
     from ._validation import check_device
 
+    if re.fullmatch(r"cpu|cuda(?::\d+)?", name) is None:
+        raise CommandError(f"unsupported device '{name}'; use cpu, cuda or cuda:N")
     return str(check_device(name))
 
 
@@ -71,7 +73,7 @@ def cmd_deblur(args) -> int:
     from .metrics import psnr
     from .operators.kernels import kernel_from_spec
     from .operators.physics import blur
-    from .restore import deblur
+    from .restore import deblur, valid_frame
 
     device = _device(args.device)
     boundary = _boundary(args)
@@ -89,8 +91,8 @@ def cmd_deblur(args) -> int:
                   rng=torch.Generator().manual_seed(args.seed))
         y = op(image)
         if reference is None:  # a 'valid' blur sees the clean image's interior only
-            top, left = (image.shape[2] - y.shape[2]) // 2, (image.shape[3] - y.shape[3]) // 2
-            reference = image[:, :, top : top + y.shape[2], left : left + y.shape[3]]
+            rows, columns = valid_frame(kernel.shape, y.shape) if boundary == "valid" else (slice(None), slice(None))
+            reference = image[:, :, rows, columns]
     else:
         y = image
     result = deblur(

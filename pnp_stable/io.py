@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,9 @@ __all__ = ["FLOAT_RANGE_TOLERANCE", "check_float_range", "load_image", "save_ima
 _MAX_BY_MODE = {"1": 1.0, "L": 255.0, "I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I": 65535.0}
 
 
-#: how far a float image may stray outside [0, 1] (noise pushes noisy data slightly past it; data on the
-#: 0–255 scale or in the wrong units lies far outside)
-FLOAT_RANGE_TOLERANCE = 1.0
+#: how far a float image may stray outside [0, 1]: noise pushes noisy data past it (5σ = 2 at σ = 100/255),
+#: data on the 0–255 scale or in the wrong units lies far outside
+FLOAT_RANGE_TOLERANCE = 4.0
 
 #: bit depth of the integer types whose values fill their range; wider types get the bit depth of their values
 _DEPTH_OF_DTYPE = {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16, np.dtype(np.bool_): 1}
@@ -31,6 +32,15 @@ def _integer_scale(arr: np.ndarray) -> float:
     depth = _DEPTH_OF_DTYPE.get(arr.dtype)
     if depth is not None:
         return float(2**depth - 1)
+    scale = _inferred_scale(arr)
+    warnings.warn(f"{arr.dtype} image read as {8 if scale == 255 else 16}-bit data (its values fit in "
+                  f"{8 if scale == 255 else 16} bits), scaled by 1/{scale:g}; pass uint8 or uint16 to state the bit "
+                  "depth", stacklevel=4)
+    return scale
+
+
+def _inferred_scale(arr: np.ndarray) -> float:
+    """255 or 65535: the smallest full scale (8 or 16 bits) that holds a wide or signed integer image's values."""
     low, high = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
     if low < 0:
         raise ValueError(f"an integer image must not be negative, got values down to {low} ({arr.dtype}); "
@@ -46,7 +56,7 @@ def check_float_range(x: Tensor, name: str = "image") -> Tensor:
     if x.numel():
         low, high = float(x.min()), float(x.max())
         if low < -FLOAT_RANGE_TOLERANCE or high > 1 + FLOAT_RANGE_TOLERANCE:
-            hint = "; it looks like 0–255 data: divide by 255" if 1 + FLOAT_RANGE_TOLERANCE < high <= 255 and low >= -1 else ""
+            hint = "; it looks like 0–255 data: divide by 255" if 10 < high <= 300 and low >= -50 else ""
             raise ValueError(f"{name} values span [{low:.4g}, {high:.4g}], but float images must lie on the [0, 1] "
                              f"scale (within ±{FLOAT_RANGE_TOLERANCE:g} for noise){hint}")
     return x

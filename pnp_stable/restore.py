@@ -25,7 +25,7 @@ from .solvers.guided import guided_solve
 from .solvers.loop import PnPResult, solve
 from .theory import Certificate
 
-__all__ = ["DEFAULT_DENOISERS", "DenoiseResult", "deblur", "denoise", "resolve_denoiser", "resolve_guide"]
+__all__ = ["DEFAULT_DENOISERS", "DenoiseResult", "deblur", "denoise", "resolve_denoiser", "resolve_guide", "valid_frame"]
 
 DEFAULT_DENOISERS = {1: "averaged-gray", 3: "averaged-color"}
 
@@ -88,10 +88,11 @@ def _as_kernel(kernel) -> Tensor:
     return kernel_from_spec(kernel) if isinstance(kernel, str) else validate_kernel(kernel)
 
 
-def _valid_frame(kernel: Tensor, y: Tensor) -> tuple[slice, slice]:
-    """Where y lies inside the larger x of a ``'valid'`` blur: y[i, j] = Σ k·x around x[i + h//2, j + w//2]."""
-    (h, w), (H, W) = kernel.shape, y.shape[2:]
-    return slice(h // 2, h // 2 + H), slice(w // 2, w // 2 + W)
+def valid_frame(kernel_shape, y_shape) -> tuple[slice, slice]:
+    """Where y lies inside the larger x of a ``'valid'`` blur (deepinv's convolution flips the kernel, so
+    y[i, j] is centred on x[i + (h − 1)//2, j + (w − 1)//2]; for even sizes that is not h//2)."""
+    (h, w), (H, W) = tuple(kernel_shape)[-2:], tuple(y_shape)[-2:]
+    return slice((h - 1) // 2, (h - 1) // 2 + H), slice((w - 1) // 2, (w - 1) // 2 + W)
 
 
 def _extend(image: Tensor, frame: tuple[slice, slice], x_shape) -> Tensor:
@@ -116,7 +117,7 @@ def deblur(
     x0=None,
     reference=None,
     device: str | torch.device = "cpu",
-    progress: bool = False,
+    progress: bool | str = False,
     allow_unsafe_step: bool = False,
     denoiser_weight: float | None = None,
     guide="bm3d",
@@ -152,14 +153,14 @@ def deblur(
     physics = blur(kernel, boundary=boundary, img_size=tuple(y.shape[1:]), device=device)
     reference = None if reference is None else _as_batch(reference, "reference", device)
     x0 = None if x0 is None else _as_batch(x0, "x0", device)
-    frame = None
+    frame, given_x0 = None, x0 is not None
     if boundary == "valid":
-        frame = _valid_frame(kernel, y)
+        frame = valid_frame(kernel.shape, y.shape)
         x_shape = (y.shape[0], y.shape[1], y.shape[2] + kernel.shape[0] - 1, y.shape[3] + kernel.shape[1] - 1)
         if x0 is None or x0.shape == y.shape:
             x0 = _extend(y if x0 is None else x0, frame, x_shape)
     if isinstance(denoiser, str) and denoiser == "guided":
-        if step is not None or denoiser_weight is not None or relaxation != 1.0 or (x0 is not None and frame is None):
+        if step is not None or denoiser_weight is not None or relaxation != 1.0 or given_x0:
             raise ValueError("denoiser='guided' sets its own start (the guide), step and weight; "
                              "drop step=, denoiser_weight=, relaxation= and x0=")
         result = guided_solve(
@@ -174,10 +175,15 @@ def deblur(
             max_iter=max_iter, tol=tol, x0=x0, reference=reference, allow_unsafe_step=allow_unsafe_step,
             progress=progress, reference_frame=frame,
         )
-    if frame is None:
-        return result
-    return replace(result, estimate=result.estimate[..., frame[0], frame[1]], notes=result.notes + [
-        f"boundary 'valid': the estimate is y's frame of the {tuple(result.estimate.shape[2:])} solution"])
+    return result if frame is None else _framed(result, frame)
+
+
+def _framed(result: PnPResult, frame: tuple[slice, slice]) -> PnPResult:
+    """The result with every estimate (also of earlier guided rounds) cut to y's frame; ``governing`` stays whole."""
+    return replace(
+        result, estimate=result.estimate[..., frame[0], frame[1]],
+        earlier_rounds=[replace(r, estimate=r.estimate[..., frame[0], frame[1]]) for r in result.earlier_rounds],
+        notes=result.notes + [f"boundary 'valid': the estimate is y's frame of the {tuple(result.estimate.shape[2:])} solution"])
 
 
 @dataclass

@@ -160,3 +160,21 @@ def test_the_callers_model_keeps_its_mode_and_device():
     moved = resolve_denoiser(model, 1, device="meta")
     assert moved is not model and moved.scale.device.type == "meta" and model.scale.device.type == "cpu"
     assert resolve_denoiser(model, 1, device="cpu") is model
+
+
+def test_noisy_data_scalars_and_devices_that_are_fine_stay_accepted():
+    noisy = torch.full((1, 1, 16, 16), 0.95) + 100 / 255 * torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert float(noisy.max()) > 2 and ps.to_tensor(noisy).shape == noisy.shape  # σ = 100/255 noise passes 2
+    physics = ps.blur("gaussian:1", img_size=(1, 16, 16))
+    assert ps.solve(physics, torch.rand(1, 1, 16, 16), lambda x, s: x, 0.05, tol=np.float32(1e-5), max_iter=2).iterations == [2]
+    for device in ("cpu:0", torch.device("cpu", 0)):
+        assert ps.denoise(torch.rand(1, 1, 16, 16), 0.1, device=device).estimate.shape == (1, 1, 16, 16)
+    with pytest.raises(ValueError, match="unsupported device 'meta'"):
+        ps.denoise(torch.rand(1, 1, 16, 16), 0.1, device="meta")
+
+
+def test_wide_integer_images_say_which_bit_depth_was_assumed():
+    with pytest.warns(UserWarning, match="int64 image read as 8-bit"):
+        assert float(ps.to_tensor(np.array([[0, 255]])).max()) == 1
+    with pytest.warns(UserWarning, match="16-bit"):
+        ps.to_tensor(np.array([[0, 300]], dtype=np.int32))

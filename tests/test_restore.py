@@ -132,3 +132,23 @@ def test_the_cli_assumes_a_valid_boundary_for_a_photo_and_circular_for_a_simulat
     assert cli.main(["deblur", str(tmp_path / "photo.png"), "--simulate", "--kernel", "motion:0:5", "--noise", "0.01",
                      "--iters", "3", "--out", str(tmp_path / "sim.png")]) == 0
     assert "boundary model: circular" in capsys.readouterr().out
+
+
+def test_valid_frame_follows_deepinv_for_even_kernels():
+    """deepinv flips the kernel: a 4×4 kernel whose one tap sits at (2, 2) is the identity, so the 'valid'
+    estimate must match y without the one-pixel shift an h//2 frame gave."""
+    y = torch.zeros(1, 1, 40, 40)
+    y[..., 10:30, 10:30] = 1
+    kernel = np.zeros((4, 4))
+    kernel[2, 2] = 1
+    estimate = ps.deblur(y, kernel, 0.01, max_iter=30).estimate
+    assert float((estimate - y).abs().max()) < 0.05
+    assert ps.restore.valid_frame((4, 6), (1, 1, 40, 40)) == (slice(1, 41), slice(2, 42))
+
+
+def test_guided_refuses_a_start_and_valid_crops_every_round(tiny_models):
+    y = torch.rand(1, 1, 24, 24)
+    with pytest.raises(ValueError, match="x0="):
+        ps.deblur(y, "gaussian:1.0", 0.01, denoiser="guided", guide=tiny_models[1], x0=y)
+    result = ps.deblur(y, "gaussian:1.0", 0.01, denoiser="guided", guide=tiny_models[1], guided_rounds=2, max_iter=3)
+    assert [r.estimate.shape for r in [*result.earlier_rounds, result]] == [y.shape, y.shape]

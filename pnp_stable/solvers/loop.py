@@ -301,7 +301,11 @@ def solve(
     if isinstance(max_iter, bool) or not float(max_iter).is_integer() or max_iter < 1:
         raise ValueError(f"max_iter must be a whole number ≥ 1, got {max_iter}")
     max_iter = int(max_iter)
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < float("inf"):
+    try:
+        tol = float(tol) if not isinstance(tol, bool) else None
+    except (TypeError, ValueError, RuntimeError):
+        tol = None
+    if tol is None or not 0 <= tol < float("inf"):
         raise ValueError(f"tol must be a finite number ≥ 0 (the relative residual at which to stop), got {tol!r}")
     if denoiser_weight is None:
         denoiser_weight = defaults.denoiser_weight
