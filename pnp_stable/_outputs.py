@@ -27,7 +27,8 @@ def _identity(path: Path):
 
 
 def _check_writable_folder(path: Path, option: str) -> None:
-    """The folder of ``path`` exists (or can be made) and accepts a new file: probed with a temporary file."""
+    """The folder of ``path`` exists, or can be made, and accepts a new file: probed with a temporary file in it,
+    or in its nearest existing ancestor (nothing is created before the work succeeds)."""
     folder = path.parent
     existing = folder
     while not existing.exists():
@@ -37,11 +38,10 @@ def _check_writable_folder(path: Path, option: str) -> None:
     if path.is_dir():
         raise ValueError(f"{option} {path} is a folder; give a file name such as {path / 'out.png'}")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".pnp-stable-probe-"):
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".pnp-stable-probe-"):
             pass
     except OSError as err:
-        raise ValueError(f"{option} {path}: cannot write to the folder {folder} ({err.strerror or err}); "
+        raise ValueError(f"{option} {path}: cannot write to the folder {existing} ({err.strerror or err}); "
                          "choose a writable location") from None
 
 
