@@ -18,7 +18,8 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/pnp-stable demo --out demo_out
 
-# bench: the exact commands behind benchmarks/results/*.md, sized for 2 CPU cores (about 8 h in all;
+# bench: the exact commands behind benchmarks/results/*.md, sized for 2 CPU cores (about 12 h in all, of which
+# architectures.py trains 5 networks for 40 min each and resumes where an interrupted run stopped;
 # tests/test_packaging.py keeps this list and the results files in step). Data: ../shared/data, or
 # PNP_STABLE_DATA=/path/to/data make bench. bench-full: the full protocols (Set3C + CBSD10, two noise
 # levels, whole images, every test image): many hours on 2 CPU cores, meant for a GPU machine.
@@ -39,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/guided_speed.py
 	$(BIN)/python benchmarks/boundary.py
 	$(BIN)/python benchmarks/fuzz_inputs.py
+	$(BIN)/python benchmarks/training_speed.py
 
 bench-full: $(STAMP)
 	$(BIN)/python benchmarks/denoise.py --out benchmarks/results/denoise-full.md

@@ -28,6 +28,9 @@ CONFIGS = [
     dict(width=8, depth=3, integrator="euler", normalise=False, learn_time=False, time=1.0, budget=0.5),
     dict(width=5, depth=2, integrator="euler", relaxation=0.5, activation="elu", noise_level_input=False),
     dict(width=8, depth=2, integrator="euler", noise_adaptive=True),
+    dict(width=4, depth=3, integrator="euler", scales=[1, 2, 4], noise_adaptive=True),  # 20 px: padded to 4·6
+    dict(width=6, depth=3, integrator="euler", block="sll", noise_adaptive=True),
+    dict(width=4, depth=3, integrator="euler", block="sll", scales=[1, 2, 1], relaxation=0.9),
 ]
 
 
@@ -306,3 +309,67 @@ def test_malformed_metadata_is_one_value_error_naming_the_file_and_the_key(tmp_p
     message = str(caught.value)
     assert message.startswith(f"{bad}: metadata ") and f"'{key}'" in message and expected in message, message
     assert "\n" not in message
+
+
+def test_multiscale_blocks_run_at_coarser_resolutions_and_round_trip(tmp_path):
+    model = _briefly_trained(dict(width=4, depth=3, scales=[1, 2, 1]), steps=3).eval()
+    assert [block.conv.weight.shape[0] for block in model.blocks] == [4, 16, 4]
+    x = torch.rand(2, 1, 13, 18)  # odd height: zero-padded to even, then cropped back
+    with torch.no_grad():
+        out = model(x, 0.1)
+    assert out.shape == x.shape
+    path = ps.save_denoiser(model, tmp_path / "m.safetensors")
+    loaded = ps.load_denoiser_file(path)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x, 0.1), out, atol=1e-6)
+    assert loaded.config["scales"] == [1, 2, 1] and loaded.certificate == model.certificate
+    assert "scales" not in AveragedDenoiser(channels=1, width=4, depth=2).config  # older files keep loading
+    with pytest.raises(ValueError, match="scales"):
+        AveragedDenoiser(channels=1, width=4, depth=2, scales=[1, 3])
+
+
+def test_self_ensemble_keeps_the_certificate_and_its_search_stays_within_it():
+    from pnp_stable.denoisers import SelfEnsemble
+
+    model = _briefly_trained(dict(width=6, depth=2, noise_adaptive=True)).eval()
+    ensemble = SelfEnsemble(model, transforms=8)
+    assert ensemble.certificate.alpha == model.certificate.alpha and ensemble.certificate.guaranteed
+    assert "grid-symmetry" in ensemble.certificate.method
+    assert ensemble.certificate_at(0.1).alpha == model.certificate_at(0.1).alpha
+    x = torch.rand(1, 1, 12, 17)  # non-square: rotated copies are 17×12
+    with torch.no_grad():
+        manual = sum(torch.rot90(model(torch.rot90(x, k, (-2, -1)), 0.1), -k, (-2, -1)) for k in range(4))
+        manual = manual + sum(torch.rot90(model(torch.rot90(x.transpose(-2, -1), k, (-2, -1)), 0.1), -k,
+                                          (-2, -1)).transpose(-2, -1) for k in range(4))
+        assert torch.allclose(ensemble(x, 0.1), manual / 8, atol=1e-6)
+    alpha = ensemble.certificate.alpha
+    assert adversarial_lipschitz(ensemble, SHAPE, 0.1, alpha=alpha, restarts=2, steps=40).ratio <= 1 + TOL
+    with pytest.raises(ValueError, match="transforms"):
+        SelfEnsemble(model, transforms=3)
+    assert certificate_of(SelfEnsemble(lambda x, s: x, 2)).alpha is None  # no certificate in, none out
+
+
+def test_sll_scaling_dominates_the_gram_of_the_zero_padded_convolution_and_needs_no_bounds(tmp_path):
+    from pnp_stable.denoisers.blocks import SLLBlock
+
+    torch.manual_seed(0)
+    block = SLLBlock(3, kernel_size=3)
+    with torch.no_grad():
+        block.log_q.copy_(torch.randn(3))
+    block.eval()
+    t = block.scaling().double()
+    conv = torch.nn.Conv2d(3, 3, 3, padding=1, bias=False).double()
+    conv.weight.data.copy_(block.weight.data.double())
+    for size in (1, 2, 5, 9):  # T − AAᵀ ⪰ 0 for the dense zero-padded A on each size
+        n = 3 * size * size
+        A = torch.stack([conv(e.reshape(1, 3, size, size)).flatten() for e in torch.eye(n, dtype=torch.float64)], 1)
+        T = torch.diag(t.repeat_interleave(size * size))
+        assert torch.linalg.eigvalsh(T - A @ A.T).min() >= -1e-12
+    model = AveragedDenoiser(channels=1, width=4, depth=2, block="sll").eval()
+    assert model.bounded_convs() == [] and model.certificate.alpha is not None and "SLL" in model.certificate.method
+    path = ps.save_denoiser(model, tmp_path / "sll.safetensors")
+    assert ps.load_denoiser_file(path, verify=True).certificate == model.certificate
+    with pytest.raises(ValueError, match="gradient-flow"):
+        AveragedDenoiser(channels=1, width=4, depth=2, block="sll", integrator="heun")
+    with pytest.raises(ValueError, match="block"):
+        AveragedDenoiser(channels=1, width=4, depth=2, block="other")

@@ -305,3 +305,65 @@ def test_resume_gives_each_process_its_own_sampler_state(folders, tmp_path):
     single.world = 1
     with pytest.raises(ValueError, match="sampler states of 2 process"):
         single.resume()
+
+
+def test_bf16_training_keeps_weights_norms_and_certificate_in_fp32(folders, tmp_path):
+    config = _config(folders, tmp_path, steps=4)
+    config.precision = "bf16"
+    trainer = Trainer(config, progress=False)
+    assert trainer.run() == "finished"
+    assert all(t.dtype == torch.float32 for t in trainer.model.state_dict().values())
+    assert all(s["exp_avg_sq"].dtype == torch.float32 for s in trainer.optimizer.state.values())
+    model = ps.load_denoiser_file(trainer.export())
+    assert model.certificate.guaranteed and model.certificate.alpha is not None
+
+
+def test_power_iteration_under_autocast_runs_in_the_weights_precision():
+    conv = ps.denoisers.layers.CertifiedConv(4, 4)
+    plain = conv.power_estimate()
+    state = conv.power_vector.clone()
+    conv.power_step()
+    stepped = conv.power_vector.clone()
+    conv.power_vector.copy_(state)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = conv.power_estimate()
+        conv.power_step()
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, plain)
+    assert conv.power_vector.dtype == torch.float32 and torch.equal(conv.power_vector, stepped)
+
+
+def test_unknown_precision_is_refused(folders, tmp_path):
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(data=[str(folders / "train")], out=str(tmp_path / "m.safetensors"), precision="fp16")
+
+
+def test_holdout_keeps_the_last_images_out_of_training_for_validation(folders, tmp_path):
+    config = TrainConfig(data=[str(folders / "train")], out=str(tmp_path / "m.safetensors"), patch=16, batch=2,
+                         steps=1, holdout=1, val_images=5, architecture=ARCH)
+    trainer = Trainer(config, progress=False)
+    images = load_folder(folders / "train", 1)
+    assert len(trainer.sampler.images) == 2 and all(torch.equal(a, b) for a, b in zip(trainer.sampler.images, images))
+    assert len(trainer.val_images) == 1 and torch.equal(trainer.val_images[0], images[-1])
+    assert trainer.validate(0.1) > trainer.validate(0.3)
+    with pytest.raises(ValueError, match="holdout"):
+        TrainConfig(data=config.data, out=config.out, holdout=1, val=str(folders / "val"))
+    with pytest.raises(ValueError, match="no training image"):
+        Trainer(TrainConfig(data=config.data, out=config.out, holdout=3, architecture=ARCH), progress=False)
+
+
+def test_command_line_trains_a_multiscale_network_in_bf16_with_a_holdout(folders, tmp_path, capsys):
+    from pnp_stable.training.__main__ import main
+
+    out = tmp_path / "ms.safetensors"
+    argv = ["--data", str(folders / "train"), "--out", str(out), "--steps", "2", "--batch", "2", "--patch", "16",
+            "--width", "4", "--depth", "3", "--scales", "1", "2", "1", "--precision", "bf16", "--holdout", "1",
+            "--validate-every", "0", "--quiet"]
+    assert main(argv) == 0
+    model = ps.load_denoiser_file(out)
+    assert model.config["scales"] == [1, 2, 1] and model.certificate.guaranteed
+    training = ps.denoisers.read_metadata(out)["training"]
+    assert '"precision": "bf16"' in training and '"holdout": 1' in training
+    too_few = ["--data", str(folders / "train"), "--out", str(tmp_path / "x.safetensors"), "--depth", "3",
+               "--scales", "1", "2", "--quiet"]
+    assert main(too_few) == 2  # one factor per block
+    assert "scales" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from .averaged import AveragedDenoiser, RelaxedDenoiser, certificate_of
 from .baselines import BM3DDenoiser, DnCNNBaseline, SpectralResNet, TVDenoiser, parameter_count
 from .blocks import NonexpansiveBlock
 from .guided import GuidedDenoiser, LinearisedBM3D, SymmetricKernelFilter
+from .ensemble import SelfEnsemble
 from .certify import adversarial_lipschitz, averagedness_defects, lipschitz_vs_depth, natural_starts
 from .layers import ACTIVATIONS, INTEGRATORS, CertifiedConv, get_activation, get_integrator
 from .serialization import load_denoiser_file, read_metadata, save_denoiser
@@ -21,6 +22,7 @@ __all__ = [
     "INTEGRATORS",
     "NonexpansiveBlock",
     "RelaxedDenoiser",
+    "SelfEnsemble",
     "SpectralResNet",
     "SymmetricKernelFilter",
     "TVDenoiser",

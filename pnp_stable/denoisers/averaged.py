@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import deepinv as dinv
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validation import check_image
 from ..theory import Certificate, compose_averagedness, relaxation_for_target
-from .blocks import NonexpansiveBlock
+from .blocks import NonexpansiveBlock, SLLBlock
 from .layers import get_activation, get_integrator
 
 __all__ = ["AveragedDenoiser", "RelaxedDenoiser", "certificate_of"]
@@ -16,6 +17,7 @@ __all__ = ["AveragedDenoiser", "RelaxedDenoiser", "certificate_of"]
 ADAPTIVE_SIGMA_UNIT = 25 / 255  # θ(σ)'s logit is affine in σ measured in this unit
 ADAPTIVE_RATE = 10.0  # the logit is ADAPTIVE_RATE × (p₀ + p₁σ/unit): Adam moves it ten times faster than the weights
 ADAPTIVE_INIT = (-2.0, 6.0)  # initial logit: θ(0) ≈ 0.12, θ(25/255) ≈ 0.98
+BLOCKS = ("gradient-flow", "sll")  # NonexpansiveBlock (the paper's) or SLLBlock
 
 
 def certificate_of(denoiser, sigma=None) -> Certificate:
@@ -47,14 +49,31 @@ def _sigma_map(sigma, x: Tensor) -> Tensor:
     return sigma[:, None, None, None].expand(x.shape[0], 1, *x.shape[-2:])
 
 
+def _rescale(z: Tensor, current: int, target: int) -> Tensor:
+    """Move z from resolution factor ``current`` to ``target`` (1, 2, 4) by pixel (un)shuffles of factor 2: each is a
+    permutation of the entries, so every change of resolution is orthogonal and undone exactly by the reverse one."""
+    while current < target:
+        z, current = F.pixel_unshuffle(z, 2), current * 2
+    while current > target:
+        z, current = F.pixel_shuffle(z, 2), current // 2
+    return z
+
+
 class AveragedDenoiser(dinv.models.Denoiser):
     """D(x) = (1 − θ)x + θ·Pᵀ B_K∘…∘B_1 (Px + c_σ), provably averaged (deepinv ``Denoiser``).
 
     P zero-pads the C input channels to ``width`` channels (an isometry; Pᵀ crops them back),
     c_σ optionally writes the noise level into channel C (cropped away, so averagedness in x
-    holds for every σ), and each B_k is a :class:`NonexpansiveBlock`. With α_N the composed
+    holds for every σ), and each B_k is a :class:`NonexpansiveBlock` (``block="gradient-flow"``, the paper's;
+    ``integrator``, ``time``, ``normalise`` and ``learn_time`` configure it) or an :class:`SLLBlock`
+    (``block="sll"``: θ-averaged by a closed-form scaling, no norm bound to compute). With α_N the composed
     averagedness of the blocks (1 when they are only non-expansive, e.g. Heun/RK4), D is
     θ·α_N-averaged; θ = ``relaxation`` (default 1, no relaxation).
+    ``scales`` (one factor f ∈ {1, 2, 4} per block; default all 1) runs block k at 1/f_k resolution with
+    width·f_k² channels: the image is zero-padded to a multiple of max f (an isometry, cropped back by Pᵀ) and
+    moved between resolutions by pixel (un)shuffles Q (permutations). For an isometry E (EᵀE = I) and an
+    α-averaged N = (1 − α)I + αM, EᵀNE = (1 − α)I + α·EᵀME is α-averaged, and so is QᵀB Q; the composition
+    keeps α_N. Coarse blocks see a larger neighbourhood at the same cost per pixel.
     ``noise_adaptive=True`` adds a learned relaxation toward the identity that depends on the noise
     level, D(x, σ) = (1 − θ(σ))x + θ(σ)·N(x, σ) with θ(σ) = sigmoid(affine in σ) ∈ (0, 1): for each σ
     this is θ(σ)·α_N-averaged, so the certificate α = relaxation·α_N·sup_{σ≥0} θ(σ) still holds (σ < 0 is
@@ -79,6 +98,8 @@ class AveragedDenoiser(dinv.models.Denoiser):
         normalise: bool = True,
         learn_time: bool = True,
         noise_adaptive: bool = False,
+        scales: list[int] | None = None,
+        block: str = "gradient-flow",
     ):
         super().__init__()
         extra = 1 if noise_level_input else 0
@@ -100,6 +121,18 @@ class AveragedDenoiser(dinv.models.Denoiser):
             integrator=integrator, time=float(time), budget=float(budget), relaxation=float(relaxation),
             noise_level_input=noise_level_input, normalise=normalise, learn_time=learn_time,
         )
+        scales = [1] * depth if scales is None else [int(f) for f in scales]
+        if len(scales) != depth or any(f not in (1, 2, 4) for f in scales):
+            raise ValueError(f"scales must give one resolution factor 1, 2 or 4 per block ({depth}), got {scales}")
+        if scales != [1] * depth:  # stored only when used, as noise_adaptive
+            self.config["scales"] = scales
+        if block not in BLOCKS:
+            raise ValueError(f"block must be one of {sorted(BLOCKS)}, got '{block}'")
+        if block == "sll":
+            if integrator != "euler" or not normalise:
+                raise ValueError("an SLL block is one explicit step with its own scaling: integrator and normalise "
+                                 "apply to gradient-flow blocks only")
+            self.config["block"] = block
         if noise_adaptive:  # stored only when used, so earlier weights files keep loading unchanged
             self.config["noise_adaptive"] = True
             self.adaptive_logit = nn.Parameter(torch.tensor(ADAPTIVE_INIT) / ADAPTIVE_RATE)
@@ -109,9 +142,12 @@ class AveragedDenoiser(dinv.models.Denoiser):
         self.width = width
         self.noise_level_input = noise_level_input
         self.relaxation = float(relaxation)
-        self.blocks = nn.ModuleList(
-            NonexpansiveBlock(width, kernel_size, activation, integrator, time, budget, normalise, learn_time)
-            for _ in range(depth)
+        self.scales = scales
+        self.blocks = nn.ModuleList(  # a coarse block's power vector is a smaller image of more channels
+            SLLBlock(width * f * f, kernel_size, activation, budget) if block == "sll" else
+            NonexpansiveBlock(width * f * f, kernel_size, activation, integrator, time, budget, normalise, learn_time,
+                              power_size=32 // f)
+            for f in scales
         )
 
     def forward(self, x: Tensor, sigma=None, **kwargs) -> Tensor:
@@ -125,9 +161,15 @@ class AveragedDenoiser(dinv.models.Denoiser):
         pad = self.width - sum(p.shape[1] for p in parts)
         parts.append(x.new_zeros(x.shape[0], pad, *x.shape[-2:]))
         z = torch.cat(parts, dim=1)
-        for block in self.blocks:
-            z = block(z)
-        out = z[:, : self.channels]
+        height, width = x.shape[-2:]
+        multiple = max(self.scales)
+        if height % multiple or width % multiple:
+            z = F.pad(z, (0, -width % multiple, 0, -height % multiple))
+        factor = 1
+        for block, scale in zip(self.blocks, self.scales):
+            z = block(_rescale(z, factor, scale))
+            factor = scale
+        out = _rescale(z, factor, 1)[:, : self.channels, :height, :width]
         if self.adaptive_logit is not None:
             theta = self.adaptive_relaxation(sigma_map[:, :, :1, :1])  # [B, 1, 1, 1]
             out = x + theta * (out - x)
@@ -161,9 +203,14 @@ class AveragedDenoiser(dinv.models.Denoiser):
         weights change) and return the certificate. The first eval-mode forward does this implicitly."""
         from tqdm.auto import tqdm
 
-        for block in tqdm(self.blocks, desc="certifying", disable=not progress, leave=False):
-            block.conv.weight_norm_bound()
+        for conv in tqdm(self.bounded_convs(), desc="certifying", disable=not progress, leave=False):
+            conv.weight_norm_bound()
         return self.certificate
+
+    def bounded_convs(self) -> list:
+        """The convolutions whose guaranteed norm bounds enter the certificate (gradient-flow blocks; SLL blocks
+        need none), in block order: what weights files store and ``verify`` recomputes."""
+        return [block.conv for block in self.blocks if isinstance(block, NonexpansiveBlock)]
 
     def substeps(self) -> list[int]:
         return [block.substeps() for block in self.blocks]
@@ -186,20 +233,22 @@ class AveragedDenoiser(dinv.models.Denoiser):
         """α = relaxation·θ·α_N: N = Pᵀ B_K∘…∘B_1 P is α_N-averaged (1: only non-expansive), and
         (1 − θ)I + θN is θα_N-averaged."""
         block_alphas = [block.averagedness() for block in self.blocks]
-        integrator = self.config["integrator"]
+        kind = "SLL" if self.config.get("block") == "sll" else self.config["integrator"]
         if all(a is not None for a in block_alphas):
             alpha_net = compose_averagedness(block_alphas)
-            how = f"{len(self.blocks)} {integrator} blocks, composed α_N = {alpha_net:.6g}"
+            how = f"{len(self.blocks)} {kind} blocks, composed α_N = {alpha_net:.6g}"
         else:
             alpha_net = 1.0
-            how = f"{len(self.blocks)} non-expansive {integrator} blocks"
+            how = f"{len(self.blocks)} non-expansive {kind} blocks"
         alpha = self.relaxation * theta * alpha_net
         adaptive = f"; noise-adaptive relaxation {theta_label} = {theta:.6g}" if self.adaptive_logit is not None else ""
-        method = (
-            f"{how}; per-layer ‖A‖ from the guaranteed conv-symbol bound (Bernstein branch and bound, "
-            f"rel. tol 1e-2), sub-steps h·L‖A‖² ≤ 2ar with a = {self.config['budget']:g}; relaxation θ = {self.relaxation:g}"
-            f"{adaptive}"
-        )
+        if kind == "SLL":
+            ingredients = (f"each layer θ-averaged with T from Schur's test on |AAᵀ| (closed form, float64, rounded up), "
+                           f"θ ≤ {self.config['budget']:g}")
+        else:
+            ingredients = (f"per-layer ‖A‖ from the guaranteed conv-symbol bound (Bernstein branch and bound, rel. tol "
+                           f"1e-2), sub-steps h·L‖A‖² ≤ 2ar with a = {self.config['budget']:g}")
+        method = f"{how}; {ingredients}; relaxation θ = {self.relaxation:g}{adaptive}"
         if alpha >= 1:
             return Certificate(lipschitz=1.0, alpha=None, method=method, tolerance=1e-12)
         return Certificate(lipschitz=1.0, alpha=alpha, method=method, tolerance=1e-12)

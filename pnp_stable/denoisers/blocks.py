@@ -1,15 +1,16 @@
-"""The paper's non-expansive block: explicit integration of a convex gradient flow."""
+"""Averaged blocks: the paper's explicit integration of a convex gradient flow, and an SLL layer."""
 
 from __future__ import annotations
 
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..theory import ceil_steps, compose_averagedness
 from .layers import CertifiedConv, get_activation, get_integrator
 
-__all__ = ["NonexpansiveBlock"]
+__all__ = ["NonexpansiveBlock", "SLLBlock"]
 
 
 class NonexpansiveBlock(nn.Module):
@@ -109,3 +110,81 @@ class NonexpansiveBlock(nn.Module):
             f"integrator={self.integrator.name}, activation={self.activation.name}, "
             f"T≤{self.time_max:g}, budget={self.budget:g}, normalise={self.conv.normalise}"
         )
+
+
+class SLLBlock(nn.Module):
+    """x ↦ x − 2θ·Aᵀ T⁻¹ σ(Ax + b): a θ-averaged layer certified without any norm estimate or bound search.
+
+    A is a 'same' zero-padded convolution (c → c channels), σ monotone with slopes in [0, 1], and T = diag(t) over
+    A's output channels with t_i = Σ_j Σ_s |(AAᵀ)_ij[s]|·q_j/q_i for learned q > 0 (the SDP-based Lipschitz layer
+    of Araujo et al., ICLR 2023, here with a relaxation θ = ``budget``·sigmoid(·) < 1).
+
+    Why AAᵀ ⪯ T on every image size: for symmetric M and q > 0, zᵀMz ≤ Σ_ij |M_ij||z_i||z_j|
+    ≤ Σ_i z_i² Σ_j |M_ij| q_j/q_i (AM–GM on each pair: Schur's test). The zero-padded A is R C E with C the
+    convolution on the infinite grid, E the embedding of the image and R the restriction to it, so
+    AAᵀ = R C EEᵀ Cᵀ Rᵀ ⪯ R CCᵀ Rᵀ, a principal block of the translation-invariant CCᵀ; its row sums are at most
+    the kernel's Σ_s |(AAᵀ)_ij[s]|, which is what t uses.
+    Why the layer is θ-averaged: for x, y let Δ = x − y, z = AΔ and D the diagonal of σ's difference quotients
+    (0 ≤ D ≤ I). f = I − 2AᵀT⁻¹σ(A· + b) gives ‖f(x) − f(y)‖² = ‖Δ‖² − 4zᵀT⁻¹Dz + 4wᵀAAᵀw with w = T⁻¹Dz, and
+    wᵀAAᵀw ≤ wᵀTw = zᵀDT⁻¹Dz ≤ zᵀT⁻¹Dz (D² ≤ D), so f is non-expansive and (1 − θ)I + θf is θ-averaged.
+    t is recomputed from the weights at every call (one c×c×(2k−1)² correlation, differentiable); in eval mode in
+    float64, rounded up, so the fp32 forward never divides by less than the proof needs.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3, activation: str = "leaky_relu", budget: float = 0.95):
+        super().__init__()
+        if not 0 < budget < 1:
+            raise ValueError(f"SLL relaxation budget must lie in (0, 1) for an averaged layer, got {budget}")
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd (centred 'same' padding), got {kernel_size}")
+        self.activation = get_activation(activation)
+        if self.activation.lipschitz > 1:
+            raise ValueError(f"SLL layers need σ with slopes in [0, 1]; '{self.activation.name}' is {self.activation.lipschitz}-Lipschitz")
+        self.budget = float(budget)
+        self.padding = kernel_size // 2
+        self.weight = nn.Parameter(torch.empty(channels, channels, kernel_size, kernel_size))
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.log_q = nn.Parameter(torch.zeros(channels))
+        self.theta_logit = nn.Parameter(torch.tensor(2.0))
+        self._scaling_cache: tuple[tuple, Tensor] | None = None
+
+    def theta(self) -> Tensor:
+        return self.budget * torch.sigmoid(self.theta_logit)
+
+    def scaling(self) -> Tensor:
+        """t (one per output channel) from Schur's test on |AAᵀ| with weights q = exp(log_q). In eval mode: float64,
+        rounded up by 1e-6 (relative), cast to the weight's dtype and cached until the weight or q change."""
+        if self.training:
+            return self._schur_scaling(self.weight, self.log_q)
+        key = (self.weight._version, self.weight.data_ptr(), self.log_q._version, self.log_q.data_ptr())
+        if self._scaling_cache is None or self._scaling_cache[0] != key:
+            t = self._schur_scaling(self.weight.detach().double(), self.log_q.detach().double())
+            self._scaling_cache = (key, (t * (1 + 1e-6)).to(self.weight.dtype))
+        return self._scaling_cache[1]
+
+    def _schur_scaling(self, weight: Tensor, log_q: Tensor) -> Tensor:
+        with torch.autocast(device_type=weight.device.type, enabled=False):
+            gram = F.conv2d(weight, weight, padding=weight.shape[-1] - 1)  # (AAᵀ)_ij[s], [c, c, 2k−1, 2k−1]
+            q = torch.exp(log_q)
+            return ((gram.abs().sum((-2, -1)) @ q) / q).clamp_min(1e-12)
+
+    def forward(self, x: Tensor) -> Tensor:
+        t = self.scaling()
+        hidden = F.conv2d(x, self.weight, self.bias, padding=self.padding)
+        hidden = self.activation(hidden) / t[None, :, None, None].to(hidden.dtype)
+        return x - 2 * self.theta() * F.conv_transpose2d(hidden, self.weight, padding=self.padding)
+
+    def averagedness(self) -> float:
+        """Certified α = θ (module docstring)."""
+        return float(self.theta().detach())
+
+    def substeps(self) -> int:
+        return 1
+
+    def calibrate(self) -> float:
+        """Nothing to calibrate: t comes from the weights in closed form."""
+        return 1.0
+
+    def extra_repr(self) -> str:
+        return f"channels={self.weight.shape[0]}, activation={self.activation.name}, budget={self.budget:g}"

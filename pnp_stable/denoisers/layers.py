@@ -128,15 +128,22 @@ class CertifiedConv(nn.Module):
             self.power_step()
 
     # --- the operator -------------------------------------------------------------------
+    def _weight_precision(self):
+        """A context with autocast off on the weight's device: under mixed precision (bf16 training) the power
+        iteration and the normalising s = ‖W u‖ stay in the weight's own precision (fp32), never in bf16."""
+        return torch.autocast(device_type=self.weight.device.type, enabled=False)
+
     def power_step(self) -> None:
-        """One power-iteration step u ← AᵀA u / ‖AᵀA u‖ on the raw weight (no gradient)."""
-        with torch.no_grad():
+        """One power-iteration step u ← AᵀA u / ‖AᵀA u‖ on the raw weight (no gradient, weight precision)."""
+        with torch.no_grad(), self._weight_precision():
             v = self._conv_T(self._conv(self.power_vector, self.weight), self.weight, self.power_vector.shape[-2:])
             self.power_vector.copy_(v / v.norm().clamp_min(1e-30))
 
     def power_estimate(self) -> Tensor:
-        """s = ‖W u‖ for the current unit power vector u: a lower estimate of ‖W‖, differentiable in W."""
-        return self._conv(self.power_vector, self.weight).norm()
+        """s = ‖W u‖ for the current unit power vector u: a lower estimate of ‖W‖, differentiable in W, computed in
+        the weight's precision."""
+        with self._weight_precision():
+            return self._conv(self.power_vector, self.weight).norm()
 
     def norm_estimate(self) -> float:
         """Power estimate of ‖A‖ for the operator in use: 1 when normalised (A = W/s), else s."""

@@ -35,7 +35,7 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def _norm_bounds(model) -> list[float]:
-    return [block.conv.weight_norm_bound() for block in model.blocks] if isinstance(model, AveragedDenoiser) else []
+    return [conv.weight_norm_bound() for conv in model.bounded_convs()] if isinstance(model, AveragedDenoiser) else []
 
 
 def save_denoiser(model: AveragedDenoiser | DnCNNBaseline, path: str | Path, extra: dict[str, str] | None = None) -> Path:
@@ -149,14 +149,14 @@ def load_denoiser_file(path: str | Path, verify: bool = False) -> AveragedDenois
     except RuntimeError as err:
         raise ValueError(f"{path}: weights do not fit the recorded architecture: {err}") from err
     model.eval()
-    blocks = model.blocks if isinstance(model, AveragedDenoiser) else []
-    bounds = _stored_bounds(metadata, path, len(blocks))
-    for index, (block, bound) in enumerate(zip(blocks, bounds)):
+    convs = model.bounded_convs() if isinstance(model, AveragedDenoiser) else []
+    bounds = _stored_bounds(metadata, path, len(convs))
+    for index, (conv, bound) in enumerate(zip(convs, bounds)):
         if verify:
-            verified = conv_norm_upper_bound(block.conv.weight)
+            verified = conv_norm_upper_bound(conv.weight)
             if bound < verified * (1 - 1e-9):
                 raise ValueError(f"{path}: stored norm bound {bound:.6g} of block {index} is below the verified bound {verified:.6g}")
-        block.conv.set_weight_norm_bound(bound)
+        conv.set_weight_norm_bound(bound)
     recomputed = model.certificate
     if (recomputed.alpha is None) != (stored.alpha is None) or (
         stored.alpha is not None and abs(recomputed.alpha - stored.alpha) > 1e-6

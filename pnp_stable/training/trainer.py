@@ -26,14 +26,28 @@ from .checkpoint import load_checkpoint, model_tensors, sampler_state, save_chec
 from .data import PatchSampler, load_folder
 from .growth import fits, grow_state
 
-__all__ = ["LOSSES", "MODELS", "TrainConfig", "Trainer", "TrainingDiverged", "denoising_loss"]
+__all__ = ["LOSSES", "MODELS", "PRECISIONS", "TrainConfig", "Trainer", "TrainingDiverged", "denoising_loss", "validation_psnr"]
 
 MODELS = {"averaged": AveragedDenoiser, "dncnn": DnCNNBaseline}
 LOSSES = ("mse", "noise-relative")
+PRECISIONS = ("fp32", "bf16")
 
 
 class TrainingDiverged(ValueError):
     """The loss or the weights became NaN/Inf; nothing was saved after the last finite step."""
+
+
+def validation_psnr(denoiser, images: list[torch.Tensor], sigma: float, seed: int = 12345) -> float:
+    """Mean PSNR of ``denoiser(y, σ)`` over uint8 ``images`` [C, H, W], y = x + σ·n with n from ``seed``: the
+    trainer's validation, also usable for any other denoiser on the same images and noise."""
+    g = torch.Generator().manual_seed(seed)
+    values = []
+    with torch.no_grad():
+        for image in images:
+            clean = image[None].float() / 255
+            noisy = clean + sigma * torch.randn(clean.shape, generator=g)
+            values.append(float(psnr(denoiser(noisy, sigma), clean)[0]))
+    return sum(values) / len(values)
 
 
 def denoising_loss(output: torch.Tensor, clean: torch.Tensor, sigma: torch.Tensor, kind: str = "mse",
@@ -74,6 +88,8 @@ class TrainConfig:
     init: str | None = None
     loss: str = "mse"
     loss_floor: float = 1 / 255
+    precision: str = "fp32"
+    holdout: int = 0
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -82,6 +98,11 @@ class TrainConfig:
             raise ValueError(f"loss must be one of {LOSSES}, got '{self.loss}'")
         if not self.loss_floor > 0:
             raise ValueError(f"loss_floor must be positive (it keeps σ = 0 finite), got {self.loss_floor}")
+        if self.holdout < 0 or (self.holdout and self.val):
+            raise ValueError(f"holdout takes the last {self.holdout} training images as the validation set: it must be ≥ 0 "
+                             "and cannot be combined with a validation folder (val)")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got '{self.precision}'")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer}")
         if isinstance(self.sigma, (list, tuple)) and len(self.sigma) != 2:
@@ -107,9 +128,16 @@ class Trainer:
             self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=0.9)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=config.lr, total_steps=config.steps)
         images = [im for folder in config.data for im in load_folder(folder, config.channels)]
+        held_out = []
+        if config.holdout:
+            if config.holdout >= len(images):
+                raise ValueError(f"holdout {config.holdout} leaves no training image (the data has {len(images)})")
+            images, held_out = images[: -config.holdout], images[-config.holdout :]
         sigma = tuple(config.sigma) if isinstance(config.sigma, (list, tuple)) else config.sigma
         self.sampler = PatchSampler(images, config.patch, config.batch, sigma, seed=config.seed + 1000 * self.rank)
-        self.val_images = load_folder(config.val, config.channels)[: config.val_images] if config.val else []
+        if config.val:
+            held_out = load_folder(config.val, config.channels)
+        self.val_images = held_out[: config.val_images]
         self.step = 0
         self.saved_step: int | None = None  # step of the checkpoint on disk that this run wrote or resumed from
         self.progress = progress and self.rank == 0
@@ -195,20 +223,16 @@ class Trainer:
         return TrainingDiverged(f"training diverged at step {self.step}: {problem or 'on another process'}; "
                                 f"{where}; start again with a lower --lr (now {self.config.lr:g})")
 
-    def validate(self) -> float:
-        """Mean PSNR of the certified (eval-mode) network on the validation images."""
+    def validate(self, sigma: float | None = None) -> float:
+        """Mean PSNR of the certified (eval-mode) network on the validation images at noise level ``sigma``
+        (default ``val_sigma``; the same noise draw every call); NaN without validation images."""
         if not self.val_images:
             return float("nan")
         self.model.eval()
-        g = torch.Generator().manual_seed(12345)
-        values = []
-        with torch.no_grad():
-            for image in self.val_images:
-                clean = image[None].float() / 255
-                noisy = clean + self.config.val_sigma * torch.randn(clean.shape, generator=g)
-                values.append(float(psnr(self.model(noisy, self.config.val_sigma), clean)[0]))
-        self.model.train()
-        return sum(values) / len(values)
+        try:
+            return validation_psnr(self.model, self.val_images, self.config.val_sigma if sigma is None else sigma)
+        finally:
+            self.model.train()
 
     def run(self) -> str:
         """Train until ``steps`` or a stop signal; returns 'finished' or 'interrupted' (checkpoint written).
@@ -223,13 +247,7 @@ class Trainer:
                 while self.step < config.steps:
                     if self.step % config.calibrate_every == 0:
                         self._calibrate()
-                    noisy, clean, sigma = next(self.sampler)
-                    loss = denoising_loss(self.net(noisy, sigma), clean, sigma, config.loss, config.loss_floor)
-                    self.optimizer.zero_grad()
-                    loss.backward()
-                    self.optimizer.step()
-                    self.scheduler.step()
-                    self.step += 1
+                    loss = self.train_step()
                     problem = self._divergence(loss)
                     diverged, stop, save_due = self._agree(problem is not None, self._stop_requested,
                                                            time.monotonic() - last_save > 60 * config.checkpoint_minutes)
@@ -255,6 +273,27 @@ class Trainer:
         self._calibrate()
         self.save_checkpoint()
         return "finished"
+
+    def train_step(self) -> torch.Tensor:
+        """One optimisation step on the next batch (forward in the configured precision, fp32 loss); returns the
+        loss. Checks, logs and checkpoints are :meth:`run`'s."""
+        noisy, clean, sigma = next(self.sampler)
+        with self._forward_precision():
+            output = self.net(noisy, sigma)
+        loss = denoising_loss(output.float(), clean, sigma, self.config.loss, self.config.loss_floor)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return loss
+
+    def _forward_precision(self):
+        """The training forward's arithmetic. 'bf16': torch.autocast runs the convolutions in bfloat16 (the
+        weights, Adam's state, the loss, the power iterations and the norm bounds stay fp32; see
+        CertifiedConv._weight_precision); the certificate and validation describe the fp32 eval network."""
+        device = next(self.model.parameters()).device.type
+        return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
 
     def _calibrate(self) -> None:
         """Refresh the power-estimate → guaranteed-bound ratios (certified models only)."""
