@@ -373,3 +373,32 @@ def test_sll_scaling_dominates_the_gram_of_the_zero_padded_convolution_and_needs
         AveragedDenoiser(channels=1, width=4, depth=2, block="sll", integrator="heun")
     with pytest.raises(ValueError, match="block"):
         AveragedDenoiser(channels=1, width=4, depth=2, block="other")
+
+
+def test_cached_bounds_and_scalings_follow_every_change_of_the_weights():
+    from pnp_stable.denoisers.blocks import SLLBlock
+
+    sll = SLLBlock(3).eval()
+    with torch.no_grad():
+        t = sll.scaling().clone()
+        sll.weight.data.mul_(10)  # an in-place edit that leaves _version unchanged
+        assert torch.allclose(sll.scaling(), 100 * t, rtol=1e-5)
+    with torch.inference_mode():
+        sll.weight.data.mul_(0.1)
+        sll(torch.rand(1, 3, 8, 8))
+    x = torch.rand(1, 3, 8, 8, requires_grad=True)
+    sll(x).sum().backward()  # the scaling cached under inference mode still serves autograd
+    grad_eval = torch.autograd.grad(sll(x).sum(), sll.weight)[0]
+    sll.train()
+    grad_train = torch.autograd.grad(sll(x).sum(), sll.weight)[0]
+    assert torch.allclose(grad_eval, grad_train, rtol=1e-3, atol=1e-6)  # eval gradients include t's dependence
+    conv = ps.denoisers.CertifiedConv(2, 2, normalise=False)
+    bound = conv.weight_norm_bound()
+    conv.weight.data.mul_(3)
+    assert conv.weight_norm_bound() == pytest.approx(3 * bound, rel=2e-2)
+
+
+def test_scales_must_be_whole_factors():
+    for scales in ([1.9, 2, 1], "121", [True, 2, 1]):
+        with pytest.raises(ValueError, match="scales"):
+            AveragedDenoiser(channels=1, width=4, depth=3, scales=scales)

@@ -367,3 +367,26 @@ def test_command_line_trains_a_multiscale_network_in_bf16_with_a_holdout(folders
                "--scales", "1", "2", "--quiet"]
     assert main(too_few) == 2  # one factor per block
     assert "scales" in capsys.readouterr().err
+
+
+def test_init_keeps_the_block_layout_it_was_trained_with(folders, tmp_path):
+    config = _config(folders, tmp_path, steps=1)
+    config.architecture = dict(width=4, depth=3, block="sll")
+    base = Trainer(config, progress=False)
+    base.run()
+    path = base.export()
+    tuned = _config(folders, tmp_path / "tuned", steps=1)
+    tuned.init, tuned.architecture = str(path), dict(width=4, depth=3, block="sll", scales=[1, 2, 1])
+    with pytest.raises(ValueError, match="block layout"):
+        Trainer(tuned, progress=False)
+    tuned.architecture = dict(width=6, depth=3, block="sll")
+    assert Trainer(tuned, progress=False).run() == "finished"  # only the width may grow
+
+
+def test_train_step_calibrates_when_due(folders, tmp_path):
+    trainer = Trainer(_config(folders, tmp_path, steps=4), progress=False)
+    ratios = []
+    for _ in range(4):
+        trainer.train_step()
+        ratios.append(float(trainer.model.blocks[0].norm_ratio))
+    assert ratios[0] > 1 and ratios[0] == ratios[1] == ratios[2] != ratios[3]  # calibrate_every = 3

@@ -121,9 +121,12 @@ class AveragedDenoiser(dinv.models.Denoiser):
             integrator=integrator, time=float(time), budget=float(budget), relaxation=float(relaxation),
             noise_level_input=noise_level_input, normalise=normalise, learn_time=learn_time,
         )
-        scales = [1] * depth if scales is None else [int(f) for f in scales]
-        if len(scales) != depth or any(f not in (1, 2, 4) for f in scales):
-            raise ValueError(f"scales must give one resolution factor 1, 2 or 4 per block ({depth}), got {scales}")
+        scales = [1] * depth if scales is None else scales
+        if (not isinstance(scales, (list, tuple)) or len(scales) != depth
+                or any(isinstance(f, bool) or not isinstance(f, int) or f not in (1, 2, 4) for f in scales)):
+            raise ValueError(f"scales must be a list of one resolution factor 1, 2 or 4 (whole numbers) per block "
+                             f"({depth}), got {scales!r}")
+        scales = list(scales)
         if scales != [1] * depth:  # stored only when used, as noise_adaptive
             self.config["scales"] = scales
         if block not in BLOCKS:

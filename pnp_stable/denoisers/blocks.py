@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..theory import ceil_steps, compose_averagedness
+from ._cache import TensorKeyedCache
 from .layers import CertifiedConv, get_activation, get_integrator
 
 __all__ = ["NonexpansiveBlock", "SLLBlock"]
@@ -127,8 +128,9 @@ class SLLBlock(nn.Module):
     Why the layer is θ-averaged: for x, y let Δ = x − y, z = AΔ and D the diagonal of σ's difference quotients
     (0 ≤ D ≤ I). f = I − 2AᵀT⁻¹σ(A· + b) gives ‖f(x) − f(y)‖² = ‖Δ‖² − 4zᵀT⁻¹Dz + 4wᵀAAᵀw with w = T⁻¹Dz, and
     wᵀAAᵀw ≤ wᵀTw = zᵀDT⁻¹Dz ≤ zᵀT⁻¹Dz (D² ≤ D), so f is non-expansive and (1 − θ)I + θf is θ-averaged.
-    t is recomputed from the weights at every call (one c×c×(2k−1)² correlation, differentiable); in eval mode in
-    float64, rounded up, so the fp32 forward never divides by less than the proof needs.
+    t is recomputed from the weights at every training call (one c×c×(2k−1)² correlation, differentiable); in eval
+    mode in float64 and rounded up, so the fp32 eval forward (the network the certificate describes) never divides
+    by less than the proof needs; the division is done in fp32 even under autocast.
     """
 
     def __init__(self, channels: int, kernel_size: int = 3, activation: str = "leaky_relu", budget: float = 0.95):
@@ -147,23 +149,31 @@ class SLLBlock(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
         self.log_q = nn.Parameter(torch.zeros(channels))
         self.theta_logit = nn.Parameter(torch.tensor(2.0))
-        self._scaling_cache: tuple[tuple, Tensor] | None = None
+        self._scaling_cache = TensorKeyedCache()
 
     def theta(self) -> Tensor:
         return self.budget * torch.sigmoid(self.theta_logit)
 
     def scaling(self) -> Tensor:
         """t (one per output channel) from Schur's test on |AAᵀ| with weights q = exp(log_q). In eval mode: float64,
-        rounded up by 1e-6 (relative), cast to the weight's dtype and cached until the weight or q change."""
+        rounded up by 1e-6 (relative), cast to the weight's dtype; cached while the weight and q stay unchanged
+        unless gradients with respect to them are being taken."""
         if self.training:
             return self._schur_scaling(self.weight, self.log_q)
-        key = (self.weight._version, self.weight.data_ptr(), self.log_q._version, self.log_q.data_ptr())
-        if self._scaling_cache is None or self._scaling_cache[0] != key:
-            t = self._schur_scaling(self.weight.detach().double(), self.log_q.detach().double())
-            self._scaling_cache = (key, (t * (1 + 1e-6)).to(self.weight.dtype))
-        return self._scaling_cache[1]
+        differentiable = torch.is_grad_enabled() and (self.weight.requires_grad or self.log_q.requires_grad)
+        if differentiable:
+            return self._rounded_up(self.weight, self.log_q)
+        t = self._scaling_cache.get(self.weight, self.log_q)
+        if t is None:
+            with torch.inference_mode(False), torch.no_grad():
+                t = self._scaling_cache.put(self._rounded_up(self.weight, self.log_q), self.weight, self.log_q)
+        return t
 
-    def _schur_scaling(self, weight: Tensor, log_q: Tensor) -> Tensor:
+    def _rounded_up(self, weight: Tensor, log_q: Tensor) -> Tensor:
+        return (self._schur_scaling(weight.double(), log_q.double()) * (1 + 1e-6)).to(weight.dtype)
+
+    @staticmethod
+    def _schur_scaling(weight: Tensor, log_q: Tensor) -> Tensor:
         with torch.autocast(device_type=weight.device.type, enabled=False):
             gram = F.conv2d(weight, weight, padding=weight.shape[-1] - 1)  # (AAᵀ)_ij[s], [c, c, 2k−1, 2k−1]
             q = torch.exp(log_q)
@@ -172,7 +182,7 @@ class SLLBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         t = self.scaling()
         hidden = F.conv2d(x, self.weight, self.bias, padding=self.padding)
-        hidden = self.activation(hidden) / t[None, :, None, None].to(hidden.dtype)
+        hidden = self.activation(hidden).float() / t[None, :, None, None]  # fp32 division even under autocast
         return x - 2 * self.theta() * F.conv_transpose2d(hidden, self.weight, padding=self.padding)
 
     def averagedness(self) -> float:

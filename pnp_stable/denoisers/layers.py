@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._cache import TensorKeyedCache
 from .spectral import circular_conv_norm, conv_norm_upper_bound
 
 __all__ = ["Activation", "ACTIVATIONS", "get_activation", "Integrator", "INTEGRATORS", "get_integrator", "CertifiedConv"]
@@ -123,7 +124,7 @@ class CertifiedConv(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         u = torch.randn(1, in_channels, power_size, power_size, generator=torch.Generator().manual_seed(0))
         self.register_buffer("power_vector", u / u.norm())
-        self._bound_cache: tuple[tuple, float] | None = None
+        self._bound_cache = TensorKeyedCache()
         for _ in range(init_power_steps):
             self.power_step()
 
@@ -178,18 +179,16 @@ class CertifiedConv(nn.Module):
         bound = self.weight_norm_bound()
         return bound / float(self.power_estimate().detach()) if self.normalise else bound
 
-    def _weight_key(self) -> tuple:
-        return (self.weight._version, self.weight.data_ptr())
-
     def weight_norm_bound(self) -> float:
-        """Guaranteed upper bound of ‖W‖ for the raw weight (cached until the weight changes)."""
-        if self._bound_cache is None or self._bound_cache[0] != self._weight_key():
-            self.set_weight_norm_bound(conv_norm_upper_bound(self.weight))
-        return self._bound_cache[1]
+        """Guaranteed upper bound of ‖W‖ for the raw weight (cached until the weight changes in any way)."""
+        bound = self._bound_cache.get(self.weight)
+        if bound is None:
+            bound = self.set_weight_norm_bound(conv_norm_upper_bound(self.weight))
+        return bound
 
-    def set_weight_norm_bound(self, bound: float) -> None:
+    def set_weight_norm_bound(self, bound: float) -> float:
         """Install a bound of ‖W‖ computed for exactly these weights (used when loading verified files)."""
-        self._bound_cache = (self._weight_key(), float(bound))
+        return self._bound_cache.put(float(bound), self.weight)
 
     def circular_norm(self, size: tuple[int, int]) -> float:
         """Exact ‖A‖ of the circular version of A on an H×W grid (per-frequency SVD)."""

@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output weights (.safetensors)")
     p.add_argument("--val", default=None, help="validation image folder")
     p.add_argument("--holdout", type=nonnegative_int, default=0,
-                   help="keep the last N training images (sorted by path) out of training, as the validation set")
+                   help="keep the last N training images (in --data order, each folder sorted by path) out of training, "
+                   "as the validation images")
+    p.add_argument("--val-images", type=positive_int, default=10, help="validate on the first N validation images")
     p.add_argument("--channels", type=int, choices=[1, 3], default=1, help="1 (gray) or 3 (colour)")
     p.add_argument("--sigma", type=level, nargs="+", default=[25 / 255], help="noise level, or a range LOW HIGH ([0, 1] scale)")
     p.add_argument("--patch", type=positive_int, default=40, help="patch size")
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             calibrate_every=args.calibrate_every, validate_every=args.validate_every,
             checkpoint_minutes=args.checkpoint_minutes, log_every=args.log_every,
             architecture=architecture, model=args.model, init=args.init, loss=args.loss, loss_floor=args.loss_floor,
-            precision=args.precision, holdout=args.holdout,
+            precision=args.precision, holdout=args.holdout, val_images=args.val_images,
         )
         trainer = Trainer(config, resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
         outcome = trainer.run()

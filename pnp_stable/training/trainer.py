@@ -18,6 +18,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .._finite import first_nonfinite
+from .._modules import evaluation_mode
 from ..denoisers.averaged import AveragedDenoiser
 from ..denoisers.baselines import DnCNNBaseline
 from ..denoisers.serialization import read_denoiser_tensors, save_denoiser
@@ -38,11 +39,14 @@ class TrainingDiverged(ValueError):
 
 
 def validation_psnr(denoiser, images: list[torch.Tensor], sigma: float, seed: int = 12345) -> float:
-    """Mean PSNR of ``denoiser(y, σ)`` over uint8 ``images`` [C, H, W], y = x + σ·n with n from ``seed``: the
-    trainer's validation, also usable for any other denoiser on the same images and noise."""
+    """Mean PSNR of ``denoiser(y, σ)`` (a module in eval mode, its modes restored after) over uint8 ``images``
+    [C, H, W], y = x + σ·n with n from ``seed``: the trainer's validation, also usable for any other denoiser on
+    the same images and noise."""
+    if not images:
+        raise ValueError("validation_psnr needs at least one image")
     g = torch.Generator().manual_seed(seed)
     values = []
-    with torch.no_grad():
+    with torch.no_grad(), evaluation_mode(denoiser):
         for image in images:
             clean = image[None].float() / 255
             noisy = clean + sigma * torch.randn(clean.shape, generator=g)
@@ -191,7 +195,13 @@ class Trainer:
         own = self.model.state_dict()
         foreign = sorted(set(tensors) - set(own))
         too_large = sorted(k for k in tensors.keys() & own.keys() if not fits(tensors[k].shape, own[k].shape))
-        trained_channels = json.loads(metadata.get("config", "{}")).get("channels", self.config.channels)
+        trained = json.loads(metadata.get("config", "{}"))
+        trained_channels = trained.get("channels", self.config.channels)
+        layout = {key: (trained.get(key), self.model.config.get(key)) for key in ("scales", "block")}
+        changed = {key: pair for key, pair in layout.items() if pair[0] != pair[1]}
+        if changed:
+            raise ValueError(f"--init {path} has another block layout ({', '.join(f'{k}: file {a}, here {b}' for k, (a, b) in changed.items())}); "
+                             "fine-tuning keeps --scales and --block as trained (only --width may grow)")
         if foreign or too_large or trained_channels != self.config.channels:
             raise ValueError(f"--init {path} does not fit this architecture (unknown tensors {foreign}, larger "
                              f"tensors {too_large}, channels {trained_channels}); use the depth and channels it was "
@@ -228,11 +238,7 @@ class Trainer:
         (default ``val_sigma``; the same noise draw every call); NaN without validation images."""
         if not self.val_images:
             return float("nan")
-        self.model.eval()
-        try:
-            return validation_psnr(self.model, self.val_images, self.config.val_sigma if sigma is None else sigma)
-        finally:
-            self.model.train()
+        return validation_psnr(self.model, self.val_images, self.config.val_sigma if sigma is None else sigma)
 
     def run(self) -> str:
         """Train until ``steps`` or a stop signal; returns 'finished' or 'interrupted' (checkpoint written).
@@ -245,8 +251,6 @@ class Trainer:
         try:
             with tqdm(total=config.steps, initial=self.step, disable=not self.progress, desc="training") as bar:
                 while self.step < config.steps:
-                    if self.step % config.calibrate_every == 0:
-                        self._calibrate()
                     loss = self.train_step()
                     problem = self._divergence(loss)
                     diverged, stop, save_due = self._agree(problem is not None, self._stop_requested,
@@ -275,8 +279,11 @@ class Trainer:
         return "finished"
 
     def train_step(self) -> torch.Tensor:
-        """One optimisation step on the next batch (forward in the configured precision, fp32 loss); returns the
-        loss. Checks, logs and checkpoints are :meth:`run`'s."""
+        """One optimisation step on the next batch (forward in the configured precision, fp32 loss), after the norm
+        calibration that is due every ``calibrate_every`` steps; returns the loss. Checks, logs and checkpoints are
+        :meth:`run`'s; the one-cycle schedule refuses steps beyond ``steps``."""
+        if self.step % self.config.calibrate_every == 0:
+            self._calibrate()
         noisy, clean, sigma = next(self.sampler)
         with self._forward_precision():
             output = self.net(noisy, sigma)

@@ -1,0 +1,37 @@
+"""A value derived from tensors (a norm bound, a scaling), reused only while they are bit-identical to its source."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class TensorKeyedCache:
+    """Holds one value and copies of the tensors it was computed from; :meth:`get` returns it only while the
+    tensors still equal those copies (O(size) comparison). In-place edits that leave ``_version`` unchanged
+    (through ``.data``, under ``no_grad``) invalidate it as surely as an optimiser step does, and the copies are
+    normal tensors even when made under ``torch.inference_mode``."""
+
+    def __init__(self) -> None:
+        self._source: tuple[Tensor, ...] | None = None
+        self._value: Any = None
+
+    def get(self, *tensors: Tensor) -> Any:
+        """The cached value if ``tensors`` match its source, else None."""
+        if self._source is None or len(self._source) != len(tensors):
+            return None
+        for kept, tensor in zip(self._source, tensors):
+            if kept.shape != tensor.shape or kept.dtype != tensor.dtype or kept.device != tensor.device:
+                return None
+            if not torch.equal(kept, tensor.detach()):
+                return None
+        return self._value
+
+    def put(self, value: Any, *tensors: Tensor) -> Any:
+        """Store ``value`` as derived from ``tensors`` and return it."""
+        with torch.inference_mode(False):
+            self._source = tuple(tensor.detach().clone() for tensor in tensors)
+        self._value = value
+        return value
