@@ -123,6 +123,8 @@ def train(key: str, data: Path, minutes: float, folder: Path, stop: StopRequest)
         return False
     trainer = Trainer(config_for(key, data, state["steps"], folder, state["validate_every"]),
                       resume=(folder / f"{key}.ckpt").exists(), progress=False)
+    if stop.requested:  # a signal that came while the trainer was being built
+        trainer.request_stop()
     start = time.monotonic()
     outcome = trainer.run()
     state["wall_seconds"] += time.monotonic() - start

@@ -390,3 +390,10 @@ def test_train_step_calibrates_when_due(folders, tmp_path):
         trainer.train_step()
         ratios.append(float(trainer.model.blocks[0].norm_ratio))
     assert ratios[0] > 1 and ratios[0] == ratios[1] == ratios[2] != ratios[3]  # calibrate_every = 3
+
+
+def test_a_stop_requested_before_run_stops_after_the_first_step_with_a_checkpoint(folders, tmp_path):
+    trainer = Trainer(_config(folders, tmp_path, steps=5), progress=False)
+    trainer.request_stop()
+    assert trainer.run() == "interrupted" and trainer.step == 1
+    assert Trainer(_config(folders, tmp_path, steps=5), resume=True, progress=False).step == 1

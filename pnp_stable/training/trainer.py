@@ -209,7 +209,9 @@ class Trainer:
         self.model.load_state_dict(grow_state(tensors, own, self.config.seed), strict=False)
 
     # --- loop -------------------------------------------------------------------------------
-    def _request_stop(self, signum, frame):
+    def request_stop(self, signum=None, frame=None) -> None:
+        """Make :meth:`run` write a checkpoint and return 'interrupted' after the current step (also the handler
+        of SIGINT/SIGTERM while it runs); a request made before :meth:`run` stops it after its first step."""
         self._stop_requested = True
 
     def _agree(self, *flags: bool) -> list[bool]:
@@ -245,7 +247,7 @@ class Trainer:
         Raises :class:`TrainingDiverged` when the loss or the weights become NaN/Inf after a step; the weights of
         that step are never saved, so the checkpoint on disk stays the last finite one."""
         config = self.config
-        previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: signal.signal(s, self.request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         last_save = started = time.monotonic()
         self.model.train()
         try:
