@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -33,6 +35,32 @@ def test_upper_bound_dominates_power_estimates(shape):
         assert bound >= sq**0.5
         assert bound >= circular_conv_norm(weight, (size, size))
     assert bound <= 1.011 * circular_conv_norm(weight, (256, 256))  # tight: rel_tol 1e-2
+
+
+def test_upper_bound_holds_when_the_supremum_lies_between_grid_points():
+    # symbol 2cos(ω_x) + cos(ω_y): supremum 3 at ω = 0, which no point of the (even, offset) grid hits
+    weight = torch.tensor([[0.0, 0.5, 0.0], [1.0, 0.0, 1.0], [0.0, 0.5, 0.0]])[None, None]
+    for rel_tol in (1e-2, 1e-4):
+        bound = conv_norm_upper_bound(weight, rel_tol=rel_tol)
+        assert 3 <= bound <= 3 * (1 + rel_tol)
+
+
+@pytest.mark.parametrize("k", [3, 5, 7])
+def test_upper_bound_within_tolerance_of_a_dense_sampling(k):
+    # 5×5 and 7×7 kernels need refinement levels below the first grid
+    torch.manual_seed(k)
+    weight = torch.randn(4, 3, k, k)
+    dense = circular_conv_norm(weight, (720, 720))  # σ_max on a 720×720 grid: a lower bound of the supremum
+    supremum_at_most = dense / math.cos(math.pi * (k - 1) / 2 / 720) ** 2  # the grid form of the same inequality
+    for rel_tol in (1e-2, 1e-4):
+        assert dense <= conv_norm_upper_bound(weight, rel_tol=rel_tol) <= (1 + rel_tol) * supremum_at_most
+
+
+def test_upper_bound_refuses_a_grid_that_cannot_cover_the_torus():
+    with pytest.raises(ValueError, match="grid"):
+        conv_norm_upper_bound(torch.randn(2, 2, 3, 3), grid=33)
+    with pytest.raises(ValueError, match="grid"):
+        conv_norm_upper_bound(torch.randn(2, 2, 9, 9), grid=8)
 
 
 def test_circular_norm_matches_power_iteration_within_one_percent():

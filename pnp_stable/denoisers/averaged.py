@@ -249,7 +249,7 @@ class AveragedDenoiser(dinv.models.Denoiser):
             ingredients = (f"each layer θ-averaged with T from Schur's test on |AAᵀ| (closed form, float64, rounded up), "
                            f"θ ≤ {self.config['budget']:g}")
         else:
-            ingredients = (f"per-layer ‖A‖ from the guaranteed conv-symbol bound (Bernstein branch and bound, rel. tol "
+            ingredients = (f"per-layer ‖A‖ from the guaranteed conv-symbol bound (Szegő branch and bound, rel. tol "
                            f"1e-2), sub-steps h·L‖A‖² ≤ 2ar with a = {self.config['budget']:g}")
         method = f"{how}; {ingredients}; relaxation θ = {self.relaxation:g}{adaptive}"
         if alpha >= 1:

@@ -53,40 +53,43 @@ def conv_norm_upper_bound(
 ) -> float:
     """Guaranteed upper bound of sup_ω σ_max(Ŵ(ω)), hence of ‖conv‖ for any image size, zero padding or stride.
 
-    For unit u, v the map ω ↦ uᴴŴ(ω)v is a trigonometric polynomial of degree d_y = (k_h − 1)/2 and
-    d_x = (k_w − 1)/2 (after centring the kernel), so Bernstein's inequality ‖q'‖ ≤ d‖q‖ along each
-    axis gives, inside a cell of half-width w around ω_c,  σ_max(Ŵ(ω)) ≤ σ_max(Ŵ(ω_c)) + w (d_y + d_x) S
-    for any global bound S (first S = G / (1 − π(d_y + d_x)/grid) from the grid maximum G).
-    A real kernel has Ŵ(−ω) = conj Ŵ(ω), so only the cells with ω_y > 0 are searched (the grid and every
-    refinement are symmetric about 0, so no cell straddles ω_y = 0). Branch and bound: cells that cannot exceed the best value found by more than ``rel_tol``
-    (relative) are discarded, the others split 3×3, and S is tightened after every level. The
-    result never falls below the true supremum (float64 SVD round-off ≈ 1e-13 aside) and is
-    within ``rel_tol`` of it when the refinement finishes within ``max_levels`` levels of at most
-    ``max_cells`` cells (otherwise the current, looser, bound S is returned).
+    Let M = σ_max(Ŵ(ω*)) be the supremum, with top singular vectors u, v. Along the segment from ω* to any
+    point ω*+e, t ↦ Re(e^{−iφ} uᴴŴ(ω*+te)v) is a real function of exponential type n = d_y|e_y| + d_x|e_x|
+    (d_y = (k_h − 1)/2, d_x = (k_w − 1)/2 after centring the kernel), bounded by M and equal to M at t = 0.
+    Szegő's inequality f'² + n²f² ≤ n²M² (Duffin–Schaeffer) then gives f(1) ≥ M cos n, so every ω in a
+    square cell of half-width h around ω* has σ_max(Ŵ(ω)) ≥ M cos((d_y + d_x)h) while (d_y + d_x)h ≤ π/2.
+    Hence σ_max(Ŵ(ω_c)) / cos((d_y + d_x)h) bounds M whenever the cell around ω_c holds ω*, and the
+    largest such value over a partition of the torus bounds M. A real kernel has Ŵ(−ω) = conj Ŵ(ω), so
+    only the cells with ω_y > 0 are searched (the grid and every refinement are symmetric about 0).
+    Branch and bound: cells whose bound cannot exceed the best value found by more than ``rel_tol``
+    (relative) are settled, the others split 3×3. The result never falls below the true supremum (float64
+    SVD round-off ≈ 1e-13 aside) and is within ``rel_tol`` of it when the refinement finishes within
+    ``max_levels`` levels of at most ``max_cells`` cells (otherwise the looser bound reached is returned).
     """
     w64 = weight.detach().to(torch.float64)
     degree = (weight.shape[-2] - 1) / 2 + (weight.shape[-1] - 1) / 2
     half = math.pi / grid
+    if grid % 2 or degree * half >= math.pi / 2:
+        raise ValueError(f"grid {grid} must be even and finer than {2 * degree:g} cells per axis for a kernel of "
+                         f"size {tuple(weight.shape[-2:])}")
     axis = -math.pi + half + 2 * half * torch.arange(grid, dtype=torch.float64)
     centres = torch.cartesian_prod(axis[axis > 0], axis)  # σ(−ω) = σ(ω) for a real kernel: half the torus suffices
     values = _sigma_max(symbol(w64, centres))
     best = float(values.max())
-    if degree == 0:
-        return best * (1 + 1e-12)
-    if math.pi * degree / grid >= 1:
-        raise ValueError(f"grid {grid} too coarse for a kernel of size {tuple(weight.shape[-2:])}")
-    bound_all = best / (1 - math.pi * degree / grid)
-    for _ in range(max_levels):
-        cell_bounds = values + half * degree * bound_all
+    settled = best  # the largest bound of the cells set aside so far
+    level = 0
+    while True:
+        cell_bounds = values / math.cos(degree * half)
         keep = cell_bounds > best * (1 + rel_tol)
+        if (~keep).any():
+            settled = max(settled, float(cell_bounds[~keep].max()))
         if not keep.any():
-            return best * (1 + rel_tol) * (1 + 1e-12)
-        bound_all = min(bound_all, max(best * (1 + rel_tol), float(cell_bounds[keep].max())))
-        if int(keep.sum()) * 9 > max_cells:
-            break
+            return settled * (1 + 1e-12)
+        level += 1
+        if level > max_levels or int(keep.sum()) * 9 > max_cells:
+            return max(settled, float(cell_bounds[keep].max())) * (1 + 1e-12)
         half /= 3
         step = torch.tensor([-2 * half, 0.0, 2 * half], dtype=torch.float64)
         centres = (centres[keep][:, None, :] + torch.cartesian_prod(step, step)[None]).reshape(-1, 2)
         values = _sigma_max(symbol(w64, centres))
         best = max(best, float(values.max()))
-    return bound_all * (1 + 1e-12)
