@@ -122,6 +122,7 @@ def deblur(
     denoiser_weight: float | None = None,
     guide="bm3d",
     guided_rounds: int | None = None,
+    accelerate=False,
 ) -> PnPResult:
     """Restore ``y = k * x + n`` (n ~ N(0, noise_sigma²), values on the [0, 1] scale) by monitored PnP.
 
@@ -146,6 +147,9 @@ def deblur(
     output is the guide g; the certified solve then uses the linear filter W(g), firmly non-expansive for that
     frozen guide, for ``guided_rounds`` rounds (each round's estimate guides the next). ``solver``,
     ``denoiser_sigma`` and ``guided_rounds`` then default to the guide's :func:`~pnp_stable.solvers.guided.guided_defaults`.
+
+    ``accelerate``: True (or an :class:`~pnp_stable.solvers.Anderson`) for safeguarded Anderson acceleration,
+    which keeps the convergence guarantee and the monitor's checks (:mod:`pnp_stable.solvers.anderson`).
     """
     device = check_device(device)
     y = _as_batch(y, "blurred image y", device)
@@ -166,14 +170,14 @@ def deblur(
         result = guided_solve(
             physics, y, resolve_guide(guide, y.shape[1], device), noise_sigma, solver=solver,
             denoiser_sigma=denoiser_sigma, rounds=guided_rounds, max_iter=max_iter, tol=tol, reference=reference,
-            progress=progress, x0=x0, reference_frame=frame,
+            progress=progress, x0=x0, reference_frame=frame, accelerate=accelerate,
         )
     else:
         result = solve(
             physics, y, resolve_denoiser(denoiser, y.shape[1], device), noise_sigma, solver=solver or "fb",
             denoiser_sigma=denoiser_sigma, step=step, denoiser_weight=denoiser_weight, relaxation=relaxation,
             max_iter=max_iter, tol=tol, x0=x0, reference=reference, allow_unsafe_step=allow_unsafe_step,
-            progress=progress, reference_frame=frame,
+            progress=progress, reference_frame=frame, accelerate=accelerate,
         )
     return result if frame is None else _framed(result, frame)
 

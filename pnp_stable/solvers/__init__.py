@@ -1,5 +1,6 @@
 """PnP solvers as monitored fixed-point iterations."""
 
+from .anderson import Anderson
 from .defaults import TUNED, Tuned, tuned
 from .guided import GUIDED_DEFAULTS, GuidedDefaults, guided_defaults, guided_solve
 from .loop import STATUSES, PnPResult, run_scheme, solve
@@ -11,6 +12,7 @@ from .stepsize import check_step, default_step
 
 __all__ = [
     "ADMM",
+    "Anderson",
     "FISTA",
     "FLOAT_SLACK",
     "GUIDED_DEFAULTS",

@@ -14,17 +14,16 @@ from tqdm.auto import tqdm
 
 from .._modules import evaluation_mode
 from .._validation import check_image, check_noise_level
-from ..metrics import psnr as psnr_metric
 from ..operators.fidelity import L2Fidelity
-from .monitor import ConvergenceMonitor, History
+from .anderson import Anderson, AndersonSteps, anderson_options
+from .monitor import REJECTED, ConvergenceMonitor, History
 from .schemes import SCHEMES, Scheme
 from .relaxed import KrasnoselskiiMann
 from .defaults import tuned
 from .stepsize import check_step, default_step
+from .tracker import STATUSES, SampleTracker
 
-__all__ = ["ADJOINT_TOLERANCE", "PnPResult", "solve", "run_scheme", "STATUSES"]
-
-STATUSES = ("converged", "max-iterations", "diverged", "non-finite")
+__all__ = ["ADJOINT_TOLERANCE", "PlainSteps", "PnPResult", "solve", "run_scheme", "STATUSES"]
 
 #: largest relative adjoint error (:func:`~pnp_stable.operators.adjoint_test`) that still counts as an exact
 #: adjoint: float32 round-off gives ~1e-7, a wrong adjoint O(0.1)
@@ -110,6 +109,45 @@ class PnPResult:
         return "\n".join(lines + self.notes)
 
 
+class PlainSteps:
+    """Plain iterations p_{k+1} = T(p_k): every evaluation is a plain step, and the next point is its image."""
+
+    def __init__(self, z0: Tensor):
+        self.points = z0
+
+    def points_of(self, index: Tensor, everyone: bool) -> Tensor:
+        return self.points if everyone else self.points[index]
+
+    def kinds(self, index: Tensor, points: Tensor, images: Tensor) -> None:
+        return None  # all plain
+
+    def advance(self, index, points, images, residual, kinds, finite) -> None:
+        safe = images if bool(finite.all()) else torch.where(finite[:, None, None, None], images, points)
+        self.points = safe if len(index) == self.points.shape[0] else self.points.index_copy(0, index, safe)
+
+    @property
+    def governing(self) -> Tensor:
+        return self.points
+
+
+def _psnr_on_device(estimate: Tensor, reference: Tensor) -> Tensor:
+    """10·log10(1/MSE) per sample in float64, as :func:`pnp_stable.metrics.psnr` but without leaving the device."""
+    mse = (estimate.double() - reference.double()).pow(2).flatten(1).mean(1)
+    return (10 * torch.log10(1 / mse)).cpu()
+
+
+def _certified_beta(scheme: Scheme) -> tuple[float | None, str]:
+    """The scheme's β and basis, withdrawn (with a warning) when the operator's adjoint fails the adjoint test."""
+    beta, basis = scheme.beta()
+    if beta is not None and scheme.fidelity.adjoint_error > ADJOINT_TOLERANCE:
+        basis = (f"none: the operator's A_adjoint fails the adjoint test (relative error "
+                 f"{scheme.fidelity.adjoint_error:.3g} > {ADJOINT_TOLERANCE:g}), so the gradient and prox are not those "
+                 "of f; fix A_adjoint or use pnp_stable.custom_operator(A) for an autograd adjoint")
+        warnings.warn(f"no certificate: {basis}", stacklevel=4)
+        beta = None
+    return beta, basis
+
+
 def run_scheme(
     scheme: Scheme,
     x0: Tensor,
@@ -120,10 +158,15 @@ def run_scheme(
     progress: bool | str = False,
     reference_frame: tuple[slice, slice] | None = None,
     log_every: float | None = None,
+    accelerate: Anderson | None = None,
 ) -> PnPResult:
-    """Iterate z_{k+1} = T(z_k) per sample until r_k/‖z_{k+1}‖ < ``tol`` or ``max_iter``.
+    """Iterate T per sample until r_k/‖T(p_k)‖ < ``tol`` (r_k = ‖T(p_k) − p_k‖) or ``max_iter`` evaluations of T.
 
-    ``reference`` is compared with the estimate's ``reference_frame`` (rows, columns) when given, else whole.
+    Three parts: the scheme's step evaluates T; the steps rule (plain p_{k+1} = T(p_k), or the safeguarded
+    Anderson acceleration of :mod:`pnp_stable.solvers.anderson` when ``accelerate`` is given) chooses the next
+    point; a :class:`~pnp_stable.solvers.tracker.SampleTracker` keeps each sample's status, estimate and best
+    evaluation. The monitor checks every evaluation; ``history`` also records PSNR (when ``reference`` is given,
+    compared with the estimate's ``reference_frame``, rows and columns, else whole) and the elapsed time.
 
     A sample whose residual exceeds ``divergence_factor``·r_0, or whose iterate turns non-finite,
     stops with status 'diverged' / 'non-finite' and returns its best iterate (lowest residual).
@@ -134,94 +177,57 @@ def run_scheme(
     """
     kind = _progress_kind(progress)
     log = _ProgressLog(f"PnP-{scheme.name}", max_iter, log_every) if kind == "log" else None
-    beta, basis = scheme.beta()
-    if beta is not None and scheme.fidelity.adjoint_error > ADJOINT_TOLERANCE:
-        basis = (f"none: the operator's A_adjoint fails the adjoint test (relative error "
-                 f"{scheme.fidelity.adjoint_error:.3g} > {ADJOINT_TOLERANCE:g}), so the gradient and prox are not those "
-                 "of f; fix A_adjoint or use pnp_stable.custom_operator(A) for an autograd adjoint")
-        warnings.warn(f"no certificate: {basis}", stacklevel=3)
-        beta = None
-    z = scheme.init(x0)
-    z0 = z.clone()
-    batch = z.shape[0]
-    monitor = ConvergenceMonitor(batch, beta, guaranteed_scheme=scheme.guaranteed)
-    status = ["max-iterations"] * batch
-    iterations = [max_iter] * batch
-    best_residual = torch.full((batch,), float("inf"), dtype=torch.float64)
-    best_z, best_x = z.clone(), z.clone()
-    estimate = z.clone()
-    first_residual = torch.full((batch,), float("nan"), dtype=torch.float64)
-    active = torch.ones(batch, dtype=torch.bool)
+    if accelerate is not None and not scheme.guaranteed:
+        raise ValueError(f"accelerate applies to averaged iterations; '{scheme.name}' is not one (no guarantee to keep)")
+    beta, basis = _certified_beta(scheme)
+    z0 = scheme.init(x0)
+    batch = z0.shape[0]
+    steps = PlainSteps(z0) if accelerate is None else AndersonSteps(z0, accelerate)
+    monitor = ConvergenceMonitor(batch, beta, guaranteed_scheme=scheme.guaranteed, safeguard=accelerate)
+    tracker = SampleTracker(z0, max_iter, tol, divergence_factor)
+    history = monitor.history
     fidelity = scheme.fidelity
     start = time.perf_counter()
     with torch.no_grad(), tqdm(total=max_iter, disable=kind != "bar", desc=f"PnP-{scheme.name}", leave=False) as bar:
         for k in range(max_iter):
-            index = torch.nonzero(active).flatten()
+            index = tracker.running()
             if len(index) == 0:
                 break
             everyone = len(index) == batch  # then no gather/scatter: the common case costs no copies
-            sub = None if everyone else index
-            sub_fidelity = fidelity if everyone else fidelity.subset(index)
-            z_active = z if everyone else z[index]
-            z_next, x_next = scheme.step(z_active, sub_fidelity, sub)
-            finite = torch.isfinite(z_next.flatten(1)).all(1)
-            if x_next is not z_next:  # FB returns its iterate as the estimate: one check suffices
-                finite &= torch.isfinite(x_next.flatten(1)).all(1)
-            all_finite = bool(finite.all())
-            safe_next = z_next if all_finite else torch.where(finite[:, None, None, None], z_next, z_active)
-            r, r_norm = monitor.observe(index, z_active, safe_next, k)
-            if k == 0:
-                first_residual[index] = r
-            stop = []
-            for position, b in enumerate(index.tolist()):
-                if not finite[position]:
-                    status[b], iterations[b] = "non-finite", k
-                    stop.append(b)
-                    continue
-                if r[position] < best_residual[b]:
-                    best_residual[b] = r[position]
-                    best_z[b], best_x[b] = z_next[position], x_next[position]
-                if r[position] > divergence_factor * first_residual[b]:
-                    status[b], iterations[b] = "diverged", k + 1
-                    stop.append(b)
-                elif r_norm[position] < tol:
-                    status[b], iterations[b] = "converged", k + 1
-                    stop.append(b)
-            safe_x = x_next if all_finite else torch.where(finite[:, None, None, None], x_next, estimate[index])
-            if everyone:
-                z, estimate = safe_next, safe_x
-            else:
-                if estimate.data_ptr() == z.data_ptr():  # schemes whose iterate is the estimate (FB) return one tensor
-                    estimate = estimate.clone()
-                z[index], estimate[index] = safe_next, safe_x
+            points = steps.points_of(index, everyone)
+            images, estimates = scheme.step(points, fidelity if everyone else fidelity.subset(index), None if everyone else index)
+            finite = torch.isfinite(images.flatten(1)).all(1)
+            if estimates is not images:  # FB returns its iterate as the estimate: one check suffices
+                finite &= torch.isfinite(estimates.flatten(1)).all(1)
+            safe_images = images if bool(finite.all()) else torch.where(finite[:, None, None, None], images, points)
+            kinds = steps.kinds(index, points, safe_images)
+            r, r_norm = monitor.observe(index, points, safe_images, k, kinds)
+            kept = torch.ones(len(index), dtype=torch.bool) if kinds is None else kinds != REJECTED
+            stopped = tracker.record(index, k, safe_images, estimates, r, r_norm, finite, kept)
+            steps.advance(index, points, safe_images, r, kinds, finite)
             if reference is not None:
                 values = torch.full((batch,), float("nan"), dtype=torch.float64)
-                compared = estimate[index]
+                compared = tracker.estimate[index]
                 if reference_frame is not None:
                     compared = compared[..., reference_frame[0], reference_frame[1]]
-                values[index] = psnr_metric(compared, reference[index]).double()
-                monitor.history.psnr.append(values)
-            monitor.history.times.append(time.perf_counter() - start)
-            if stop:
-                stopped = torch.tensor(stop)
-                active[stopped] = False
+                values[index] = _psnr_on_device(compared, reference[index])
+                history.psnr.append(values)
+            history.times.append(time.perf_counter() - start)
+            if len(stopped):
                 monitor.forget(stopped)
             bar.update(1)
             if log is not None:
                 log.update(k, r_norm, len(index), batch)
-    if estimate.data_ptr() == z.data_ptr():
-        estimate = estimate.clone()
-    for b in range(batch):
-        if status[b] in ("diverged", "non-finite"):
-            z[b], estimate[b] = best_z[b], best_x[b]
-    history = monitor.finish(z0, z, [s == "converged" for s in status])
+    governing, estimate = tracker.finish(steps.governing)
+    history = monitor.finish(z0, governing, tracker.converged)
     gaps = scheme.certificate_gaps() if beta is not None else []
     if gaps:
         basis = f"{basis}; estimated, not certified: " + "; ".join(gaps)
+    notes = list(scheme.notes) + ([] if accelerate is None else [accelerate.describe()])
     return PnPResult(
-        estimate=estimate, governing=z, status=status, iterations=iterations, history=history,
+        estimate=estimate, governing=governing, status=tracker.status, iterations=tracker.iterations, history=history,
         beta=None if gaps else beta, beta_basis=basis, solver=scheme.name, step=scheme.step_size,
-        notes=list(scheme.notes), estimated_beta=beta if gaps else None,
+        notes=notes, estimated_beta=beta if gaps else None,
     )
 
 
@@ -261,6 +267,7 @@ def solve(
     operator_norm: float | None = None,
     reference_frame: tuple[slice, slice] | None = None,
     log_every: float | None = None,
+    accelerate: bool | str | Anderson = False,
 ) -> PnPResult:
     """Plug-and-Play restoration of ``y = A x + n`` (n ~ N(0, noise_sigma²)) with a monitored fixed-point iteration.
 
@@ -283,8 +290,12 @@ def solve(
     ``[B, m]``, say); x0 defaults to the image Aᵀy.
     ``progress``: False (silent), True or 'bar' (a tqdm bar), or 'log' (a plain stderr line at most every
     ``log_every`` seconds, default 10 s; see :func:`run_scheme`).
+    ``accelerate``: True, 'anderson' or an :class:`~pnp_stable.solvers.Anderson` for safeguarded Anderson
+    acceleration of FB/HQS/DRS/ADMM (convergence to a fixed point of the same averaged map is kept; the monitor
+    checks the safeguard; ``max_iter`` then counts evaluations of T, i.e. denoiser calls).
     """
     _progress_kind(progress)
+    acceleration = anderson_options(accelerate)
     if solver not in SCHEMES:
         raise ValueError(f"unknown solver '{solver}'; choose one of {sorted(SCHEMES)}")
     noise_sigma = check_noise_level(noise_sigma, positive=True)
@@ -327,4 +338,4 @@ def solve(
             raise ValueError(f"reference shape {tuple(reference.shape)} differs from the image shape {tuple(framed.shape)}")
     with evaluation_mode(denoiser):
         return run_scheme(scheme, x0.clone(), max_iter, tol, reference, divergence_factor, progress, reference_frame,
-                          log_every)
+                          log_every, acceleration)

@@ -13,7 +13,15 @@ Float32 tolerance: T evaluated in float32 is exact only up to rounding of relati
 ≈ ε = 1.2e-7 per operation, so every check allows an absolute slack of ``FLOAT_SLACK``·‖z_k‖
 (= 100 ε ‖z_k‖, the rounding error of a few hundred operations) on r, and the matching slack on r².
 Without a certified β (an uncertified denoiser) only monotonicity is checked — it holds for every
-non-expansive T, so a violation is evidence that T is expansive. Accelerated schemes get no checks.
+non-expansive T, so a violation is evidence that T is expansive. Momentum schemes (FISTA) get no checks.
+
+Safeguarded Anderson acceleration (:mod:`pnp_stable.solvers.anderson`) evaluates T at points that are not
+T of the previous one. Every evaluation is then recorded with its kind (plain step, accepted or rejected
+extrapolation) and the checks become: inequality (A) in its general form ‖Tp − Tq‖² ≤ ‖p − q‖² −
+(1−β)/β‖g(p) − g(q)‖² (g = T − I) for every pair of consecutive evaluations (it holds for any two points);
+monotonicity along plain steps since the last accepted extrapolation; on every accepted extrapolation c from
+the anchor p (the last accepted point), the safeguard ‖g(c)‖ ≤ ρ‖g(p)‖ and ‖c − p‖ ≤ C‖g(p)‖. The rate
+bound describes the plain iteration and is not checked for a sample with accepted extrapolations.
 """
 
 from __future__ import annotations
@@ -24,10 +32,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["FLOAT_SLACK", "ConvergenceMonitor", "History", "Violation"]
+__all__ = ["FLOAT_SLACK", "PLAIN", "ACCEPTED", "REJECTED", "ConvergenceMonitor", "History", "Violation"]
 
 #: absolute slack of every check, relative to ‖z_k‖ (100 × float32 machine epsilon)
 FLOAT_SLACK = 100 * torch.finfo(torch.float32).eps
+
+#: kinds of an evaluation of T: a plain step p = T(anchor), an accepted or a rejected extrapolation
+PLAIN, ACCEPTED, REJECTED = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -51,14 +62,20 @@ class History:
     checks: tuple[str, ...]
     residuals: list[Tensor] = field(default_factory=list)
     relative_residuals: list[Tensor] = field(default_factory=list)
-    monotone_margin: list[Tensor] = field(default_factory=list)
-    inequality_margin: list[Tensor] = field(default_factory=list)
     psnr: list[Tensor] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
     distance_estimate: Tensor | None = None
     distance_basis: str = "‖z₀ − z_K‖ with z_K the last iterate (a proxy for ‖z₀ − z*‖)"
     rate_unchecked: int = 0  # samples that did not converge, whose rate bound was therefore not checked
+    accelerated_unchecked: int = 0  # samples with accepted extrapolations: the rate bound does not apply to them
+    kinds: list[Tensor] = field(default_factory=list)  # accelerated runs: PLAIN / ACCEPTED / REJECTED, −1 once stopped
+    safeguard: str | None = None  # accelerated runs: what the safeguard was
+
+    def step_counts(self) -> dict[str, Tensor]:
+        """Accelerated runs: per sample, how many evaluations were plain steps, accepted and rejected extrapolations."""
+        kinds = torch.stack(self.kinds) if self.kinds else torch.empty(0, 0, dtype=torch.long)
+        return {name: (kinds == kind).sum(0) for name, kind in (("plain", PLAIN), ("accepted", ACCEPTED), ("rejected", REJECTED))}
 
     def residual_matrix(self) -> Tensor:
         """r_k for every iteration and sample, shape [K, B]."""
@@ -78,6 +95,8 @@ class History:
         if not self.violations:
             prefix = "no violations" if self.beta is not None else "no violations of non-expansiveness (no guarantee)"
             unchecked = f"; rate bound not checked for {self.rate_unchecked} unconverged sample(s)" if self.rate_unchecked else ""
+            if self.accelerated_unchecked:
+                unchecked += f"; rate bound not applicable to {self.accelerated_unchecked} accelerated sample(s)"
             return f"{prefix} ({', '.join(self.checks)} checked{unchecked})"
         worst = max(self.violations, key=lambda v: v.size)
         return f"{len(self.violations)} violations; worst: {worst}"
@@ -121,68 +140,111 @@ def _norms(t: Tensor) -> Tensor:
 
 
 class ConvergenceMonitor:
-    """Checks each step z_k → z_{k+1} of a fixed-point iteration against a β-averaged map (see module doc)."""
+    """Checks each evaluation p ↦ T(p) of a fixed-point iteration against a β-averaged map (see module doc).
+    ``safeguard``: the :class:`~pnp_stable.solvers.anderson.Anderson` options of an accelerated run (None: plain)."""
 
-    def __init__(self, batch_size: int, beta: float | None, guaranteed_scheme: bool = True, slack: float = FLOAT_SLACK):
+    def __init__(self, batch_size: int, beta: float | None, guaranteed_scheme: bool = True, slack: float = FLOAT_SLACK,
+                 safeguard=None):
         if beta is not None and not 0 < beta < 1:
             raise ValueError(f"β must lie in (0, 1), got {beta}")
         self.beta = beta
         self.slack = slack
+        self.safeguard = safeguard
         if not guaranteed_scheme:
             checks: tuple[str, ...] = ()
         elif beta is None:
             checks = ("monotone residual",)
         else:
             checks = ("monotone residual", "inequality (A)", "rate bound")
-        self.history = History(beta=beta, checks=checks)
-        self._previous_residual = torch.full((batch_size,), float("nan"), dtype=torch.float64)
-        self._smallest_residual = torch.full((batch_size,), float("nan"), dtype=torch.float64)
-        self._previous_step: Tensor | None = None
+        if checks and safeguard is not None:
+            checks = checks + ("safeguard",)
+        self.history = History(beta=beta, checks=checks, safeguard=None if safeguard is None else safeguard.describe())
+        nan = torch.full((batch_size,), float("nan"), dtype=torch.float64)
+        self._previous_residual = nan.clone()  # r of the previous evaluation
+        self._chain_minimum = nan.clone()  # smallest r along the plain steps since the last accepted extrapolation
+        self._anchor_residual = nan.clone()  # r of the anchor, the last accepted point
+        self._previous_step: Tensor | None = None  # g of the previous evaluation
+        self._previous_point: Tensor | None = None  # accelerated runs: the previous evaluated point …
+        self._anchor: Tensor | None = None  # … and the anchor
+        self._accepted = torch.zeros(batch_size, dtype=torch.long)
         self.batch_size = batch_size
 
-    def observe(self, index: Tensor, z: Tensor, z_next: Tensor, iteration: int) -> tuple[Tensor, Tensor]:
-        """Record the step of the samples ``index`` (z, z_next have only those rows); return their
-        residuals r_k and relative residuals r_k/‖z_{k+1}‖."""
+    def observe(self, index: Tensor, z: Tensor, z_next: Tensor, iteration: int, kinds: Tensor | None = None
+                ) -> tuple[Tensor, Tensor]:
+        """Record the evaluation z ↦ z_next = T(z) of the samples ``index`` (z, z_next and ``kinds`` have only
+        those rows; ``kinds`` None: all plain steps); return their residuals r = ‖T(z) − z‖ and r/‖T(z)‖."""
         step = z_next - z
         r = _norms(step)
         scale = _norms(z_next)
         slack = self.slack * scale
+        accelerated = self.safeguard is not None
+        if kinds is None:
+            kinds = torch.full((len(index),), PLAIN, dtype=torch.long)
+        plain, accepted = kinds == PLAIN, kinds == ACCEPTED
         residual = torch.full((self.batch_size,), float("nan"), dtype=torch.float64)
         residual[index] = r
         relative = torch.full_like(residual, float("nan"))
         relative[index] = r / scale.clamp_min(1e-30)
-        monotone = torch.full_like(residual, float("nan"))
-        inequality = torch.full_like(residual, float("nan"))
         r_prev = self._previous_residual[index]
-        r_min = self._smallest_residual[index]
         have_previous = ~torch.isnan(r_prev)
         if self.history.checks and have_previous.any():
-            margin = r - r_min  # ≤ 0 when monotone: no residual above an earlier one
-            monotone[index] = margin
-            self._record("monotone residual", index, have_previous & (margin > slack), margin / r_min.clamp_min(1e-30), iteration)
+            margin = r - self._chain_minimum[index]  # ≤ 0 when monotone: no residual above an earlier one of the chain
+            self._record("monotone residual", index, have_previous & plain & (margin > slack),
+                         margin / self._chain_minimum[index].clamp_min(1e-30), iteration)
             if self.beta is not None:
-                second = _norms(step - self._previous_step[index]) ** 2
-                defect = r**2 - r_prev**2 + (1 - self.beta) / self.beta * second  # ≤ 0 when (A) holds
-                inequality[index] = defect
-                tolerance = 2 * slack * (r + r_prev + slack) * (1 + 2 * (1 - self.beta) / self.beta)  # rounding of the three norms
-                self._record("inequality (A)", index, have_previous & (defect > tolerance),
-                             defect / (r_prev**2).clamp_min(1e-30), iteration)
+                self._check_pair(index, z, step, r, r_prev, have_previous, slack, iteration, accelerated)
+            if accelerated:
+                r_anchor = self._anchor_residual[index]
+                jump = _norms(z - self._anchor[index])
+                excess = torch.maximum(r - self.safeguard.decrease * r_anchor, jump - self.safeguard.max_jump * r_anchor)
+                self._record("safeguard", index, accepted & (excess > slack), excess / r_anchor.clamp_min(1e-30), iteration)
         self.history.residuals.append(residual)
         self.history.relative_residuals.append(relative)
-        self.history.monotone_margin.append(monotone)
-        self.history.inequality_margin.append(inequality)
+        if accelerated:
+            recorded = torch.full((self.batch_size,), -1, dtype=torch.long)
+            recorded[index] = kinds
+            self.history.kinds.append(recorded)
+        self._update(index, z, step, r, plain, accepted, accelerated)
+        return r, relative[index]
+
+    def _check_pair(self, index, z, step, r, r_prev, have_previous, slack, iteration, accelerated) -> None:
+        """Inequality (A) for the previous evaluation q and this one p: ‖Tp − Tq‖² ≤ ‖p − q‖² − (1−β)/β‖g(p) − g(q)‖²
+        (for a plain step p = T(q), so ‖p − q‖ = r_prev and ‖Tp − Tq‖ = r)."""
+        change = step - self._previous_step[index]
+        if accelerated:
+            move = _norms(z - self._previous_point[index])
+            image_move = _norms(change + (z - self._previous_point[index]))
+        else:
+            move, image_move = r_prev, r
+        defect = image_move**2 - move**2 + (1 - self.beta) / self.beta * _norms(change) ** 2  # ≤ 0 when (A) holds
+        tolerance = 2 * slack * (image_move + move + slack) * (1 + 2 * (1 - self.beta) / self.beta)  # rounding of the norms
+        self._record("inequality (A)", index, have_previous & (defect > tolerance), defect / (move**2).clamp_min(1e-30), iteration)
+
+    def _update(self, index, z, step, r, plain, accepted, accelerated) -> None:
+        """Remember this evaluation for the next checks: the chain minimum restarts at an accepted
+        extrapolation, and a rejected one is no anchor and no part of the chain."""
+        kept = plain | accepted
         self._previous_residual[index] = r
-        self._smallest_residual[index] = torch.fmin(r_min, r)
+        chain = torch.where(accepted, r, torch.fmin(self._chain_minimum[index], r))
+        self._chain_minimum[index] = torch.where(kept, chain, self._chain_minimum[index])
+        self._anchor_residual[index] = torch.where(kept, r, self._anchor_residual[index])
+        self._accepted[index] += accepted.long()
         if self.beta is not None:
             if self._previous_step is None:
                 self._previous_step = torch.zeros((self.batch_size, *step.shape[1:]), dtype=step.dtype)
             self._previous_step[index] = step
-        return r, relative[index]
+        if accelerated:
+            if self._previous_point is None:
+                self._previous_point = torch.zeros((self.batch_size, *z.shape[1:]), dtype=z.dtype)
+                self._anchor = torch.zeros_like(self._previous_point)
+            self._previous_point[index] = z
+            kept_rows = torch.nonzero(kept).flatten()
+            self._anchor[index[kept_rows]] = z[kept_rows]
 
     def forget(self, index: Tensor) -> None:
         """Stop tracking samples (they stopped); later rows for them stay NaN."""
         self._previous_residual[index] = float("nan")
-        self._smallest_residual[index] = float("nan")
+        self._chain_minimum[index] = float("nan")
 
     def _record(self, check: str, index: Tensor, failed: Tensor, size: Tensor, iteration: int) -> None:
         for position in torch.nonzero(failed).flatten().tolist():
@@ -190,7 +252,8 @@ class ConvergenceMonitor:
 
     def finish(self, z0: Tensor, z_last: Tensor, converged: list[bool] | None = None) -> History:
         """Run the rate check with ‖z₀ − z*‖ ≈ ‖z₀ − z_K‖ and return the history. The proxy means something
-        only once z_K is near z*: samples not ``converged`` (a short or stopped run) are not rate-checked."""
+        only once z_K is near z*: samples not ``converged`` (a short or stopped run) are not rate-checked, nor
+        are samples with accepted extrapolations (the bound describes the plain iteration)."""
         history = self.history
         history.distance_estimate = _norms(z0 - z_last)
         bound = history.rate_bound()
@@ -199,8 +262,10 @@ class ConvergenceMonitor:
             scale = _norms(z_last)[None, :] * self.slack
             excess = residuals - bound
             checked = torch.ones(residuals.shape[1], dtype=torch.bool) if converged is None else torch.tensor(converged)
-            failed = (excess > scale) & ~torch.isnan(residuals) & checked[None, :]
             history.rate_unchecked = int((~checked).sum())
+            plain_only = self._accepted == 0
+            history.accelerated_unchecked = int((checked & ~plain_only).sum())
+            failed = (excess > scale) & ~torch.isnan(residuals) & (checked & plain_only)[None, :]
             for k, b in torch.nonzero(failed).tolist():
                 history.violations.append(Violation("rate bound", b, k, float(excess[k, b] / bound[k, b])))
         return history

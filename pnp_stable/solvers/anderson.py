@@ -1,0 +1,177 @@
+"""Safeguarded Anderson acceleration of an averaged fixed-point map T, with its convergence guarantee kept.
+
+Let T be β-averaged (hence non-expansive) with Fix T ≠ ∅, and g(p) = T(p) − p its residual. The run keeps
+an *anchor* p_k, the last point whose evaluation was accepted, and one evaluation of T per iteration:
+
+* a **plain** step evaluates T at p_{k+1} = T(p_k), always accepted;
+* an **accelerated** step evaluates T at the type-II Anderson candidate c = T(p_k) + Σ_j γ_j ΔT_j (γ from the
+  regularised least-squares fit of the last ``memory`` residual differences ΔG_j, ΔT_j the matching
+  differences of T), proposed only when ‖c − p_k‖ ≤ C‖g(p_k)‖, and accepted as p_{k+1} = c only when
+  ‖g(c)‖ ≤ ρ‖g(p_k)‖ (C = ``max_jump``, ρ = ``decrease`` < 1). A rejected c is dropped: the next iteration
+  evaluates the plain step T(p_k) (so a rejection costs one evaluation).
+
+**Theorem.** The anchors converge to a fixed point of T. *Proof.* Along plain steps ‖g‖ does not increase
+(‖g(Tp)‖ = ‖T(Tp) − Tp‖ ≤ ‖Tp − p‖ by non-expansiveness), and each accepted step multiplies it by at most ρ,
+so after n accepted steps ‖g(p_k)‖ ≤ ρⁿ‖g(p_0)‖. For z* ∈ Fix T a plain step is Fejér, ‖T(p) − z*‖ ≤
+‖p − z*‖, and the n-th accepted step moves at most C‖g‖ ≤ Cρ^{n−1}‖g(p_0)‖, so ‖p_{k+1} − z*‖ ≤ ‖p_k − z*‖ + ε_k
+with Σε_k ≤ C‖g(p_0)‖/(1 − ρ) < ∞: the sequence is quasi-Fejér, bounded, and ‖p_k − z*‖ converges for every
+z* ∈ Fix T. Its residuals tend to 0 (geometrically over accepted steps; over a tail of plain steps by the
+Krasnosel'skii–Mann theorem), so by continuity of g every cluster point is a fixed point, and a quasi-Fejér
+sequence with all cluster points in Fix T converges (Combettes 2001, Thm 3.8), here to one fixed point.
+This is the mechanism of Zhang, O'Donoghue and Boyd (2020, SIAM J. Optim. 30(4)): safeguarded steps with
+bounded length and summable residuals; their Powell regularisation is replaced by the explicit length test.
+
+What the monitor checks (:mod:`pnp_stable.solvers.monitor`): the averagedness inequality of T for every
+pair of consecutive evaluations (it holds for any two points), the monotone residual along plain steps,
+and the two safeguard conditions on every accepted step; the O(1/k) rate bound of the plain iteration does
+not apply to an accelerated run and is not checked there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .monitor import ACCEPTED, PLAIN, REJECTED
+
+__all__ = ["Anderson", "AndersonSteps", "anderson_options"]
+
+
+@dataclass(frozen=True)
+class Anderson:
+    """Safeguarded type-II Anderson acceleration (module docstring): ``memory`` m residual differences,
+    acceptance when the residual falls by the factor ``decrease`` ρ < 1, candidates at most ``max_jump``
+    C times the anchor's residual away from it, Tikhonov ``regularisation`` relative to the Gram's trace."""
+
+    memory: int = 5
+    decrease: float = 0.9
+    max_jump: float = 1e3
+    regularisation: float = 1e-8
+
+    def __post_init__(self):
+        if isinstance(self.memory, bool) or not float(self.memory).is_integer() or self.memory < 1:
+            raise ValueError(f"Anderson memory must be a whole number ≥ 1, got {self.memory}")
+        if not 0 < self.decrease < 1:
+            raise ValueError(f"Anderson decrease ρ must lie in (0, 1) for the guarantee, got {self.decrease}")
+        if not 0 < self.max_jump < float("inf"):
+            raise ValueError(f"Anderson max_jump C must be finite and > 0 for the guarantee, got {self.max_jump}")
+        if not 0 < self.regularisation < float("inf"):
+            raise ValueError(f"Anderson regularisation must be finite and > 0, got {self.regularisation}")
+
+    def describe(self) -> str:
+        return (f"safeguarded Anderson acceleration (type II, memory {self.memory}; a candidate is accepted when its "
+                f"residual ≤ {self.decrease:g}× the anchor's and it lies within {self.max_jump:g}× that residual)")
+
+
+def anderson_options(accelerate) -> Anderson | None:
+    """``accelerate`` as given to :func:`~pnp_stable.solvers.solve`: False/None (plain iterations), True or
+    ``'anderson'`` (the defaults of :class:`Anderson`), or an :class:`Anderson`."""
+    if accelerate is None or accelerate is False:
+        return None
+    if accelerate is True or accelerate == "anderson":
+        return Anderson()
+    if isinstance(accelerate, Anderson):
+        return accelerate
+    raise ValueError(f"accelerate must be False, True, 'anderson' or a pnp_stable.solvers.Anderson, got {accelerate!r}")
+
+
+class AndersonMemory:
+    """Per-sample ring buffers of the last m + 1 evaluations (p, T(p)), and the type-II candidate they give."""
+
+    def __init__(self, options: Anderson, batch: int, like: Tensor):
+        slots = options.memory + 1
+        self.options = options
+        self.points = torch.zeros((slots, batch, *like.shape[1:]), dtype=like.dtype, device=like.device)
+        self.images = torch.zeros_like(self.points)
+        self.count = torch.zeros(batch, dtype=torch.long)
+
+    def add(self, index: Tensor, points: Tensor, images: Tensor) -> None:
+        slot = self.count[index] % self.points.shape[0]
+        self.points[slot, index] = points
+        self.images[slot, index] = images
+        self.count[index] += 1
+
+    def candidate(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        """(c, usable) for the samples ``index``: c = T(p_new) + Σ_j γ_j (T(p_j) − T(p_new)) with γ minimising
+        ‖g_new + Σ_j γ_j (g_j − g_new)‖² + λ‖γ‖² over the other stored evaluations; ``usable`` is False where
+        fewer than two evaluations are stored."""
+        slots = self.points.shape[0]
+        count = self.count[index]
+        newest = (count - 1) % slots
+        rows = torch.arange(len(index))
+        points, images = self.points[:, index], self.images[:, index]  # [S, n, ...]
+        residuals = (images - points).flatten(2).double()  # [S, n, N]
+        g_new = residuals[newest, rows]  # [n, N]
+        t_new = images[newest, rows]
+        others = torch.arange(slots)[:, None].expand(slots, len(index))
+        valid = (others < count[None, :]) & (others != newest[None, :])  # [S, n]
+        diff = (residuals - g_new[None]) * valid[..., None]  # [S, n, N]
+        gram = torch.einsum("snd,tnd->nst", diff, diff)
+        scale = gram.diagonal(dim1=1, dim2=2).sum(1).clamp_min(1e-300)
+        penalty = self.options.regularisation * scale[:, None] + (~valid).T.double() * scale[:, None] * 1e12
+        gram = gram + torch.diag_embed(penalty)
+        gamma = -torch.linalg.solve(gram, torch.einsum("snd,nd->ns", diff, g_new))  # [n, S]
+        gamma = gamma * valid.T
+        step = torch.einsum("ns,sn...->n...", gamma.to(images.dtype), images - t_new[None])
+        return t_new + step, valid.any(0)
+
+
+def _norms(t: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(t.flatten(1), dim=1, dtype=torch.float64)
+
+
+class AndersonSteps:
+    """The safeguarded iteration of the module docstring for a batch: per sample the anchor p, T(p), ‖g(p)‖, and
+    the point to evaluate next (a candidate, flagged ``jumped``, or the plain step T(p))."""
+
+    def __init__(self, z0: Tensor, options: Anderson):
+        batch = z0.shape[0]
+        self.options = options
+        self.points = z0
+        self.anchor = z0.clone()
+        self.anchor_image = z0.clone()
+        self.anchor_residual = torch.full((batch,), float("nan"), dtype=torch.float64)
+        self.jumped = torch.zeros(batch, dtype=torch.bool)
+        self.memory = AndersonMemory(options, batch, z0)
+
+    def points_of(self, index: Tensor, everyone: bool) -> Tensor:
+        return self.points if everyone else self.points[index]
+
+    def kinds(self, index: Tensor, points: Tensor, images: Tensor) -> Tensor:
+        """PLAIN for plain steps; for candidates ACCEPTED when ‖g(c)‖ ≤ ρ‖g(p)‖ (the length test was passed when
+        proposed), else REJECTED."""
+        jumped = self.jumped[index]
+        kinds = torch.full((len(index),), PLAIN, dtype=torch.long)
+        if jumped.any():
+            rows = torch.nonzero(jumped).flatten()
+            residual = _norms(images[rows] - points[rows])
+            accept = residual <= self.options.decrease * self.anchor_residual[index[rows]]
+            kinds[rows] = torch.where(accept, ACCEPTED, REJECTED)
+        return kinds
+
+    def advance(self, index: Tensor, points: Tensor, images: Tensor, residual: Tensor, kinds: Tensor, finite: Tensor) -> None:
+        """Store the evaluations, move the anchors of the kept ones, and choose each sample's next point."""
+        rows = torch.nonzero(finite).flatten()
+        index, points, images, residual, kinds = index[rows], points[rows], images[rows], residual[rows], kinds[rows]
+        self.memory.add(index, points, images)
+        kept = torch.nonzero(kinds != REJECTED).flatten()
+        moved = index[kept]
+        self.anchor[moved], self.anchor_image[moved] = points[kept], images[kept]
+        self.anchor_residual[moved] = residual[kept]
+        following = self.anchor_image[index].clone()  # the plain step T(p) from each anchor
+        jumped = torch.zeros(len(index), dtype=torch.bool)
+        if len(moved):
+            candidate, usable = self.memory.candidate(moved)
+            length = _norms(candidate - self.anchor[moved])
+            ok = usable & (length <= self.options.max_jump * residual[kept]) & torch.isfinite(length)
+            following[kept[ok]] = candidate[ok]
+            jumped[kept[ok]] = True
+        self.points = self.points.index_copy(0, index, following) if len(index) < self.points.shape[0] else following
+        self.jumped[index] = jumped
+
+    @property
+    def governing(self) -> Tensor:
+        """T(p) of every anchor: the next plain iterate, as the governing variable of a plain run."""
+        return self.anchor_image

@@ -1,0 +1,87 @@
+"""Per-sample bookkeeping of a batched fixed-point run: which samples still run, why each stopped, the
+current estimate, and the best evaluation (returned when a sample diverges or turns non-finite)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["STATUSES", "SampleTracker"]
+
+STATUSES = ("converged", "max-iterations", "diverged", "non-finite")
+
+
+def _scatter(full: Tensor, index: Tensor, rows: Tensor, everyone: bool) -> Tensor:
+    """``full`` with rows ``index`` replaced by ``rows``: ``rows`` itself when every row changes (no copy),
+    else a new tensor (never in place, so a tensor shared with the caller is left as it was)."""
+    return rows if everyone else full.index_copy(0, index, rows)
+
+
+class SampleTracker:
+    """A sample stops as 'converged' once r/‖T(p)‖ < ``tol``, 'diverged' once r > ``divergence_factor``·r₀,
+    'non-finite' at a NaN/Inf in T(p) or its estimate, else 'max-iterations'. Only evaluations that the
+    iteration keeps (plain steps and accepted extrapolations) count for these tests and for the estimate."""
+
+    def __init__(self, z0: Tensor, max_iter: int, tol: float, divergence_factor: float):
+        batch = z0.shape[0]
+        self.batch = batch
+        self.tol, self.divergence_factor = tol, divergence_factor
+        self.status = ["max-iterations"] * batch
+        self.iterations = [max_iter] * batch
+        self.active = torch.ones(batch, dtype=torch.bool)
+        self.estimate = z0
+        self.first_residual = torch.full((batch,), float("nan"), dtype=torch.float64)
+        self.best_residual = torch.full((batch,), float("inf"), dtype=torch.float64)
+        self.best_image, self.best_estimate = z0.clone(), z0.clone()
+
+    def running(self) -> Tensor:
+        return torch.nonzero(self.active).flatten()
+
+    def record(self, index: Tensor, k: int, images: Tensor, estimates: Tensor, r: Tensor, r_norm: Tensor,
+               finite: Tensor, kept: Tensor) -> Tensor:
+        """Take evaluation ``k`` of the samples ``index``; return the samples that stop after it."""
+        counted = kept & finite
+        everyone = len(index) == self.batch and bool(counted.all())
+        if everyone:
+            self.estimate = estimates
+        elif counted.any():
+            rows = torch.nonzero(counted).flatten()
+            self.estimate = _scatter(self.estimate, index[rows], estimates[rows], False)
+        first = torch.isnan(self.first_residual[index]) & counted
+        self.first_residual[index[first]] = r[first]
+        better = counted & (r < self.best_residual[index])
+        for position in torch.nonzero(better).flatten().tolist():
+            b = int(index[position])
+            self.best_residual[b] = r[position]
+            self.best_image[b], self.best_estimate[b] = images[position], estimates[position]
+        stop = []
+        for position, b in enumerate(index.tolist()):
+            if not finite[position]:
+                self.status[b], self.iterations[b] = "non-finite", k
+            elif not counted[position]:
+                continue
+            elif r[position] > self.divergence_factor * self.first_residual[b]:
+                self.status[b], self.iterations[b] = "diverged", k + 1
+            elif r_norm[position] < self.tol:
+                self.status[b], self.iterations[b] = "converged", k + 1
+            else:
+                continue
+            stop.append(b)
+        stopped = torch.tensor(stop, dtype=torch.long)
+        self.active[stopped] = False
+        return stopped
+
+    def finish(self, governing: Tensor) -> tuple[Tensor, Tensor]:
+        """(governing variable, estimate) per sample: the best evaluation for a sample that diverged or turned
+        non-finite, the last kept one otherwise. The two never share storage."""
+        failed = [b for b, status in enumerate(self.status) if status in ("diverged", "non-finite")]
+        estimate = self.estimate.clone() if self.estimate.data_ptr() == governing.data_ptr() else self.estimate
+        if failed:
+            rows = torch.tensor(failed)
+            governing = governing.index_copy(0, rows, self.best_image[rows])
+            estimate = estimate.index_copy(0, rows, self.best_estimate[rows])
+        return governing, estimate
+
+    @property
+    def converged(self) -> list[bool]:
+        return [status == "converged" for status in self.status]
