@@ -122,7 +122,7 @@ def deblur(
     denoiser_weight: float | None = None,
     guide="bm3d",
     guided_rounds: int | None = None,
-    accelerate=False,
+    accelerate=None,
 ) -> PnPResult:
     """Restore ``y = k * x + n`` (n ~ N(0, noise_sigma²), values on the [0, 1] scale) by monitored PnP.
 
@@ -149,7 +149,8 @@ def deblur(
     ``denoiser_sigma`` and ``guided_rounds`` then default to the guide's :func:`~pnp_stable.solvers.guided.guided_defaults`.
 
     ``accelerate``: True (or an :class:`~pnp_stable.solvers.Anderson`) for safeguarded Anderson acceleration,
-    which keeps the convergence guarantee and the monitor's checks (:mod:`pnp_stable.solvers.anderson`).
+    which keeps the convergence guarantee and the monitor's checks (:mod:`pnp_stable.solvers.anderson`); None:
+    on for the guided route, off otherwise.
     """
     device = check_device(device)
     y = _as_batch(y, "blurred image y", device)
@@ -177,7 +178,7 @@ def deblur(
             physics, y, resolve_denoiser(denoiser, y.shape[1], device), noise_sigma, solver=solver or "fb",
             denoiser_sigma=denoiser_sigma, step=step, denoiser_weight=denoiser_weight, relaxation=relaxation,
             max_iter=max_iter, tol=tol, x0=x0, reference=reference, allow_unsafe_step=allow_unsafe_step,
-            progress=progress, reference_frame=frame, accelerate=accelerate,
+            progress=progress, reference_frame=frame, accelerate=False if accelerate is None else accelerate,
         )
     return result if frame is None else _framed(result, frame)
 

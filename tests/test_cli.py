@@ -102,6 +102,14 @@ def test_deblur_simulate_writes_images_plot_and_reports(files, tmp_path):
     assert done.stderr == ""  # not a terminal: no progress bar
 
 
+def test_deblur_accelerate_reports_the_safeguard_and_no_violations(files, tmp_path):
+    done = run_cli("deblur", files / "gray.png", "--simulate", "--kernel", "gaussian:1.0", "--noise", "7.65/255",
+                   "--denoiser", files / "gray-net.safetensors", "--iters", "15", "--accelerate", "--out", tmp_path / "a.png")
+    assert done.returncode == 0, done.stderr
+    assert "safeguarded Anderson acceleration" in done.stdout and "monitor: no violations" in done.stdout
+    assert "safeguard checked" in done.stdout
+
+
 def test_deblur_guided_reports_each_certified_round(files, tmp_path):
     out = tmp_path / "guided.png"
     done = run_cli("deblur", files / "gray.png", "--simulate", "--kernel", "gaussian:1.0", "--noise", "2.55/255",
@@ -109,6 +117,7 @@ def test_deblur_guided_reports_each_certified_round(files, tmp_path):
     assert done.returncode == 0, done.stderr
     assert out.is_file() and "certified β = 0.5" in done.stdout
     assert "round 1/2: certified for its frozen guide" in done.stdout and "round 2/2" in done.stdout
+    assert "safeguarded Anderson acceleration" in done.stdout  # on by default for the guided route
 
 
 def _stderr_on_a_terminal(*args) -> str:

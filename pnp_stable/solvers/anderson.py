@@ -17,7 +17,8 @@ so after n accepted steps ‖g(p_k)‖ ≤ ρⁿ‖g(p_0)‖. For z* ∈ Fix T a
 with Σε_k ≤ C‖g(p_0)‖/(1 − ρ) < ∞: the sequence is quasi-Fejér, bounded, and ‖p_k − z*‖ converges for every
 z* ∈ Fix T. Its residuals tend to 0 (geometrically over accepted steps; over a tail of plain steps by the
 Krasnosel'skii–Mann theorem), so by continuity of g every cluster point is a fixed point, and a quasi-Fejér
-sequence with all cluster points in Fix T converges (Combettes 2001, Thm 3.8), here to one fixed point.
+sequence with all cluster points in Fix T converges to one of them (Combettes 2001, quasi-Fejér monotone
+sequences).
 This is the mechanism of Zhang, O'Donoghue and Boyd (2020, SIAM J. Optim. 30(4)): safeguarded steps with
 bounded length and summable residuals; their Powell regularisation is replaced by the explicit length test.
 

@@ -31,13 +31,16 @@ __all__ = ["GUIDED_DEFAULTS", "GuidedDefaults", "guided_defaults", "guided_solve
 class GuidedDefaults:
     """Defaults of ``deblur(denoiser='guided')`` for one kind of guide: the certified scheme, σ_d =
     ``strength``·σ_n for W's Wiener factors, the number of guiding rounds, the pilot's DPIR iterations
-    and W's patch lattice ``stride`` (used where it divides the image size; else 1)."""
+    and W's patch lattice ``stride`` (used where it divides the image size; else 1), and whether the certified
+    solve uses safeguarded Anderson acceleration (W(g) is linear, where it excels: on 4 validation crops DRS
+    reaches the same limit, 34.55 dB, in 20 evaluations instead of 133, 0.38 s instead of 2.3 s)."""
 
     solver: str = "drs"
     strength: float = 0.7
     rounds: int = 1
     pilot_iterations: int = 6
     stride: int = 2
+    accelerate: bool = True
 
 
 #: Chosen on validation crops (CBSD68 outside CBSD10, 96 px, motion kernels, σ_n = 2.55/255; notes of #20).
@@ -72,7 +75,7 @@ def guided_solve(
     progress: bool = False,
     x0: Tensor | None = None,
     reference_frame: tuple[slice, slice] | None = None,
-    accelerate=False,
+    accelerate=None,
     **options,
 ) -> PnPResult:
     """Restore ``y = Ax + n`` with W(g) for a guide g from ``guide_denoiser`` (module docstring).
@@ -81,13 +84,15 @@ def guided_solve(
     ``pilot_iterations`` default to :func:`guided_defaults` of the guide denoiser (σ_d = ``strength``·σ_n);
     ``options`` go to :class:`~pnp_stable.denoisers.guided.GuidedDenoiser` (``patch``, ``group``, ``stride``, …).
     The result's ``beta`` is the certificate of the last round's iteration for its frozen guide.
-    ``x0`` starts the pilot (default Aᵀy); ``reference_frame`` and ``accelerate`` as in :func:`~pnp_stable.solvers.solve`.
+    ``x0`` starts the pilot (default Aᵀy); ``reference_frame`` and ``accelerate`` as in :func:`~pnp_stable.solvers.solve`
+    (``accelerate`` None: the guide's default, on).
     """
     defaults = guided_defaults(guide_denoiser)
     solver = solver or defaults.solver
     denoiser_sigma = defaults.strength * noise_sigma if denoiser_sigma is None else denoiser_sigma
     rounds = defaults.rounds if rounds is None else rounds
     pilot_iterations = defaults.pilot_iterations if pilot_iterations is None else pilot_iterations
+    accelerate = defaults.accelerate if accelerate is None else accelerate
     if rounds < 1:
         raise ValueError(f"rounds must be ≥ 1, got {rounds}")
     pilot = dpir(physics, y, guide_denoiser, noise_sigma, iterations=pilot_iterations, x0=x0)
