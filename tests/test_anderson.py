@@ -68,7 +68,7 @@ def test_contractive_affine_map_reaches_its_fixed_point_in_fewer_evaluations():
     scheme = AffineScheme()
     x0 = torch.zeros_like(scheme.b)
     plain = run_scheme(scheme, x0, max_iter=2000, tol=1e-9)
-    fast = run_scheme(scheme, x0, max_iter=2000, tol=1e-9, accelerate=Anderson())
+    fast = run_scheme(scheme, x0, max_iter=2000, tol=1e-9, accelerate=True)
     assert plain.status == fast.status == ["converged", "converged"]
     for result in (plain, fast):
         error = (result.estimate - scheme.fixed_point).norm() / scheme.fixed_point.norm()
@@ -93,20 +93,21 @@ def test_safeguard_rejects_a_candidate_whose_residual_does_not_fall_and_steps_pl
     steps, index = AndersonSteps(z0, options), torch.tensor([0])
     finite = torch.tensor([True])
     image = z0 + 1.0  # residual 4 at the anchor z0
-    assert steps.kinds(index, z0, image) is not None and int(steps.kinds(index, z0, image)) == PLAIN
+    assert int(steps.kinds(index, z0, image, finite)) == PLAIN
     steps.advance(index, z0, image, torch.tensor([4.0], dtype=torch.float64), torch.tensor([PLAIN]), finite)
     second = image + 0.5  # residual 2 at T(z0): the memory now proposes a candidate
     steps.advance(index, image, second, torch.tensor([2.0], dtype=torch.float64), torch.tensor([PLAIN]), finite)
     assert bool(steps.jumped[0])
     candidate = steps.points.clone()
     worse = candidate + 0.6  # residual 2.4 > 0.9 × 2
-    kinds = steps.kinds(index, candidate, worse)
+    kinds = steps.kinds(index, candidate, worse, finite)
     assert int(kinds) == REJECTED
     steps.advance(index, candidate, worse, torch.tensor([2.4], dtype=torch.float64), kinds, finite)
     assert torch.equal(steps.points, second) and not bool(steps.jumped[0])  # back to the plain step T(anchor)
     better = candidate + 0.1 * (second - image)
     steps.jumped[0], steps.points = True, candidate
-    assert int(steps.kinds(index, candidate, better)) == ACCEPTED
+    assert int(steps.kinds(index, candidate, better, finite)) == ACCEPTED
+    assert int(steps.kinds(index, candidate, better, torch.tensor([False]))) == REJECTED  # T(c) had NaN/Inf
 
 
 def test_monitor_flags_an_accepted_step_that_breaks_the_safeguard():
@@ -149,3 +150,41 @@ def test_acceleration_is_refused_where_there_is_no_guarantee_and_bad_options_are
     for bad, match in ((dict(memory=0), "memory"), (dict(decrease=1.0), "decrease"), (dict(max_jump=float("inf")), "max_jump")):
         with pytest.raises(ValueError, match=match):
             Anderson(**bad)
+
+
+class NaNPastTheFixedPoint(AffineScheme):
+    """The affine map, except that T returns NaN at points where a coordinate has overshot the fixed point
+    (seen from the start 0): plain steps never do (z_k − z* = mᵏ(z₀ − z*) with m ≥ 0), extrapolations do, and
+    must then be rejected (the iteration falls back to the plain step) instead of ending the run."""
+
+    def step(self, z, fidelity, index):
+        t, _ = super().step(z, fidelity, index)
+        fixed = self.fixed_point if index is None else self.fixed_point[index]
+        far = ((z - fixed) * (0 - fixed) < -1e-12).flatten(1).any(1)
+        t = torch.where(far[:, None, None, None], torch.full_like(t, float("nan")), t)
+        return t, t
+
+
+def test_a_non_finite_candidate_is_rejected_and_the_plain_iteration_goes_on():
+    scheme = NaNPastTheFixedPoint(shape=(1, 1, 8, 8))
+    result = run_scheme(scheme, torch.zeros_like(scheme.b), max_iter=3000, tol=1e-7, accelerate=Anderson(max_jump=1e6))
+    counts = result.history.step_counts()
+    assert int(counts["rejected"][0]) > 0, counts
+    assert result.status == ["converged"] and torch.isfinite(result.estimate).all()
+    assert result.violations == [], result.verdict
+
+
+def test_rate_bound_is_not_checked_on_samples_with_only_rejected_extrapolations():
+    monitor = ConvergenceMonitor(1, beta=0.5, safeguard=Anderson(decrease=0.5, max_jump=10.0))
+    index, p = torch.tensor([0]), torch.ones(1, 1, 2, 2, dtype=torch.float64)
+    half = lambda q: 0.5 * q  # noqa: E731  (firmly non-expansive, fixed point 0)
+    monitor.observe(index, p, half(p), 0, torch.tensor([PLAIN]))
+    monitor.observe(index, half(p), half(half(p)), 1, torch.tensor([PLAIN]))
+    candidate = half(p) + 3.0  # rejected: its residual is far larger
+    monitor.observe(index, candidate, half(candidate), 2, torch.tensor([REJECTED]))
+    q = half(half(p))
+    for k in range(3, 40):
+        monitor.observe(index, q, half(q), k, torch.tensor([PLAIN]))
+        q = half(q)
+    history = monitor.finish(p, q, [True])
+    assert history.violations == [] and history.accelerated_unchecked == 1

@@ -52,8 +52,12 @@ class Anderson:
     regularisation: float = 1e-8
 
     def __post_init__(self):
-        if isinstance(self.memory, bool) or not float(self.memory).is_integer() or self.memory < 1:
-            raise ValueError(f"Anderson memory must be a whole number ≥ 1, got {self.memory}")
+        if isinstance(self.memory, bool) or not isinstance(self.memory, int) or self.memory < 1:
+            raise ValueError(f"Anderson memory must be a whole number ≥ 1, got {self.memory!r}")
+        for name in ("decrease", "max_jump", "regularisation"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"Anderson {name} must be a number, got {value!r}")
         if not 0 < self.decrease < 1:
             raise ValueError(f"Anderson decrease ρ must lie in (0, 1) for the guarantee, got {self.decrease}")
         if not 0 < self.max_jump < float("inf"):
@@ -108,13 +112,13 @@ class AndersonMemory:
         t_new = images[newest, rows]
         others = torch.arange(slots)[:, None].expand(slots, len(index))
         valid = (others < count[None, :]) & (others != newest[None, :])  # [S, n]
-        diff = (residuals - g_new[None]) * valid[..., None]  # [S, n, N]
+        diff = (residuals - g_new[None]) * valid[..., None].to(residuals.device)  # [S, n, N]
         gram = torch.einsum("snd,tnd->nst", diff, diff)
         scale = gram.diagonal(dim1=1, dim2=2).sum(1).clamp_min(1e-300)
-        penalty = self.options.regularisation * scale[:, None] + (~valid).T.double() * scale[:, None] * 1e12
+        penalty = self.options.regularisation * scale[:, None] + (~valid).T.double().to(scale.device) * scale[:, None] * 1e12
         gram = gram + torch.diag_embed(penalty)
         gamma = -torch.linalg.solve(gram, torch.einsum("snd,nd->ns", diff, g_new))  # [n, S]
-        gamma = gamma * valid.T
+        gamma = gamma * valid.T.to(gamma.device)
         step = torch.einsum("ns,sn...->n...", gamma.to(images.dtype), images - t_new[None])
         return t_new + step, valid.any(0)
 
@@ -140,32 +144,33 @@ class AndersonSteps:
     def points_of(self, index: Tensor, everyone: bool) -> Tensor:
         return self.points if everyone else self.points[index]
 
-    def kinds(self, index: Tensor, points: Tensor, images: Tensor) -> Tensor:
-        """PLAIN for plain steps; for candidates ACCEPTED when ‖g(c)‖ ≤ ρ‖g(p)‖ (the length test was passed when
-        proposed), else REJECTED."""
+    def kinds(self, index: Tensor, points: Tensor, images: Tensor, finite: Tensor) -> Tensor:
+        """PLAIN for plain steps; for candidates ACCEPTED when T(c) is finite and ‖g(c)‖ ≤ ρ‖g(p)‖ (the length
+        test was passed when proposed), else REJECTED (the next point is then T(p), known to be finite)."""
         jumped = self.jumped[index]
         kinds = torch.full((len(index),), PLAIN, dtype=torch.long)
         if jumped.any():
             rows = torch.nonzero(jumped).flatten()
-            residual = _norms(images[rows] - points[rows])
-            accept = residual <= self.options.decrease * self.anchor_residual[index[rows]]
+            residual = _norms(images[rows] - points[rows]).cpu()
+            accept = (residual <= self.options.decrease * self.anchor_residual[index[rows]]) & finite.cpu()[rows]
             kinds[rows] = torch.where(accept, ACCEPTED, REJECTED)
         return kinds
 
     def advance(self, index: Tensor, points: Tensor, images: Tensor, residual: Tensor, kinds: Tensor, finite: Tensor) -> None:
-        """Store the evaluations, move the anchors of the kept ones, and choose each sample's next point."""
-        rows = torch.nonzero(finite).flatten()
-        index, points, images, residual, kinds = index[rows], points[rows], images[rows], residual[rows], kinds[rows]
-        self.memory.add(index, points, images)
-        kept = torch.nonzero(kinds != REJECTED).flatten()
+        """Store the finite evaluations, move the anchors of the kept ones, and choose each sample's next point:
+        a new candidate where one passes the length test, else the plain step T(p) from its anchor."""
+        finite = finite.cpu()
+        stored = torch.nonzero(finite).flatten()
+        self.memory.add(index[stored], points[stored], images[stored])
+        kept = torch.nonzero((kinds != REJECTED) & finite).flatten()
         moved = index[kept]
         self.anchor[moved], self.anchor_image[moved] = points[kept], images[kept]
         self.anchor_residual[moved] = residual[kept]
-        following = self.anchor_image[index].clone()  # the plain step T(p) from each anchor
+        following = self.anchor_image[index]  # the plain step T(p) from each anchor (indexing copies)
         jumped = torch.zeros(len(index), dtype=torch.bool)
         if len(moved):
             candidate, usable = self.memory.candidate(moved)
-            length = _norms(candidate - self.anchor[moved])
+            length = _norms(candidate - self.anchor[moved]).cpu()
             ok = usable & (length <= self.options.max_jump * residual[kept]) & torch.isfinite(length)
             following[kept[ok]] = candidate[ok]
             jumped[kept[ok]] = True

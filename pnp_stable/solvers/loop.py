@@ -118,7 +118,7 @@ class PlainSteps:
     def points_of(self, index: Tensor, everyone: bool) -> Tensor:
         return self.points if everyone else self.points[index]
 
-    def kinds(self, index: Tensor, points: Tensor, images: Tensor) -> None:
+    def kinds(self, index: Tensor, points: Tensor, images: Tensor, finite: Tensor) -> None:
         return None  # all plain
 
     def advance(self, index, points, images, residual, kinds, finite) -> None:
@@ -158,7 +158,7 @@ def run_scheme(
     progress: bool | str = False,
     reference_frame: tuple[slice, slice] | None = None,
     log_every: float | None = None,
-    accelerate: Anderson | None = None,
+    accelerate: bool | str | Anderson | None = None,
 ) -> PnPResult:
     """Iterate T per sample until r_k/‖T(p_k)‖ < ``tol`` (r_k = ‖T(p_k) − p_k‖) or ``max_iter`` evaluations of T.
 
@@ -177,6 +177,7 @@ def run_scheme(
     """
     kind = _progress_kind(progress)
     log = _ProgressLog(f"PnP-{scheme.name}", max_iter, log_every) if kind == "log" else None
+    accelerate = anderson_options(accelerate)
     if accelerate is not None and not scheme.guaranteed:
         raise ValueError(f"accelerate applies to averaged iterations; '{scheme.name}' is not one (no guarantee to keep)")
     beta, basis = _certified_beta(scheme)
@@ -200,8 +201,8 @@ def run_scheme(
             if estimates is not images:  # FB returns its iterate as the estimate: one check suffices
                 finite &= torch.isfinite(estimates.flatten(1)).all(1)
             safe_images = images if bool(finite.all()) else torch.where(finite[:, None, None, None], images, points)
-            kinds = steps.kinds(index, points, safe_images)
-            r, r_norm = monitor.observe(index, points, safe_images, k, kinds)
+            kinds = steps.kinds(index, points, safe_images, finite)
+            r, r_norm = monitor.observe(index, points, safe_images, k, kinds, finite)
             kept = torch.ones(len(index), dtype=torch.bool) if kinds is None else kinds != REJECTED
             stopped = tracker.record(index, k, safe_images, estimates, r, r_norm, finite, kept)
             steps.advance(index, points, safe_images, r, kinds, finite)
@@ -291,8 +292,9 @@ def solve(
     ``progress``: False (silent), True or 'bar' (a tqdm bar), or 'log' (a plain stderr line at most every
     ``log_every`` seconds, default 10 s; see :func:`run_scheme`).
     ``accelerate``: True, 'anderson' or an :class:`~pnp_stable.solvers.Anderson` for safeguarded Anderson
-    acceleration of FB/HQS/DRS/ADMM (convergence to a fixed point of the same averaged map is kept; the monitor
-    checks the safeguard; ``max_iter`` then counts evaluations of T, i.e. denoiser calls).
+    acceleration of FB/HQS/DRS/ADMM: when T is averaged (a certified or estimated β), convergence to a fixed point
+    of the same T is kept (:mod:`pnp_stable.solvers.anderson`); the monitor checks the safeguard; ``max_iter``
+    then counts evaluations of T, i.e. denoiser calls, and a rejected candidate costs one.
     """
     _progress_kind(progress)
     acceleration = anderson_options(accelerate)

@@ -21,7 +21,7 @@ extrapolation) and the checks become: inequality (A) in its general form ‖Tp �
 (1−β)/β‖g(p) − g(q)‖² (g = T − I) for every pair of consecutive evaluations (it holds for any two points);
 monotonicity along plain steps since the last accepted extrapolation; on every accepted extrapolation c from
 the anchor p (the last accepted point), the safeguard ‖g(c)‖ ≤ ρ‖g(p)‖ and ‖c − p‖ ≤ C‖g(p)‖. The rate
-bound describes the plain iteration and is not checked for a sample with accepted extrapolations.
+bound describes the plain iteration and is not checked for a sample with extrapolations.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class History:
     distance_estimate: Tensor | None = None
     distance_basis: str = "‖z₀ − z_K‖ with z_K the last iterate (a proxy for ‖z₀ − z*‖)"
     rate_unchecked: int = 0  # samples that did not converge, whose rate bound was therefore not checked
-    accelerated_unchecked: int = 0  # samples with accepted extrapolations: the rate bound does not apply to them
+    accelerated_unchecked: int = 0  # samples with extrapolations: the rate bound does not apply to them
     kinds: list[Tensor] = field(default_factory=list)  # accelerated runs: PLAIN / ACCEPTED / REJECTED, −1 once stopped
     safeguard: str | None = None  # accelerated runs: what the safeguard was
 
@@ -166,27 +166,29 @@ class ConvergenceMonitor:
         self._previous_step: Tensor | None = None  # g of the previous evaluation
         self._previous_point: Tensor | None = None  # accelerated runs: the previous evaluated point …
         self._anchor: Tensor | None = None  # … and the anchor
-        self._accepted = torch.zeros(batch_size, dtype=torch.long)
+        self._extrapolated = torch.zeros(batch_size, dtype=torch.long)  # accepted or rejected extrapolations
         self.batch_size = batch_size
 
-    def observe(self, index: Tensor, z: Tensor, z_next: Tensor, iteration: int, kinds: Tensor | None = None
-                ) -> tuple[Tensor, Tensor]:
-        """Record the evaluation z ↦ z_next = T(z) of the samples ``index`` (z, z_next and ``kinds`` have only
-        those rows; ``kinds`` None: all plain steps); return their residuals r = ‖T(z) − z‖ and r/‖T(z)‖."""
+    def observe(self, index: Tensor, z: Tensor, z_next: Tensor, iteration: int, kinds: Tensor | None = None,
+                finite: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Record the evaluation z ↦ z_next = T(z) of the samples ``index`` (z, z_next, ``kinds`` and ``finite``
+        have only those rows; ``kinds`` None: all plain steps); return their residuals r = ‖T(z) − z‖ and r/‖T(z)‖.
+        Rows not ``finite`` (T(z) had NaN/Inf, and the caller passed z in its place) are neither checked nor kept."""
         step = z_next - z
-        r = _norms(step)
-        scale = _norms(z_next)
+        r = _norms(step).cpu()
+        scale = _norms(z_next).cpu()
         slack = self.slack * scale
         accelerated = self.safeguard is not None
         if kinds is None:
             kinds = torch.full((len(index),), PLAIN, dtype=torch.long)
-        plain, accepted = kinds == PLAIN, kinds == ACCEPTED
+        finite = torch.ones(len(index), dtype=torch.bool) if finite is None else finite.cpu()
+        plain, accepted = (kinds == PLAIN) & finite, (kinds == ACCEPTED) & finite
         residual = torch.full((self.batch_size,), float("nan"), dtype=torch.float64)
         residual[index] = r
         relative = torch.full_like(residual, float("nan"))
         relative[index] = r / scale.clamp_min(1e-30)
         r_prev = self._previous_residual[index]
-        have_previous = ~torch.isnan(r_prev)
+        have_previous = ~torch.isnan(r_prev) & finite
         if self.history.checks and have_previous.any():
             margin = r - self._chain_minimum[index]  # ≤ 0 when monotone: no residual above an earlier one of the chain
             self._record("monotone residual", index, have_previous & plain & (margin > slack),
@@ -195,7 +197,7 @@ class ConvergenceMonitor:
                 self._check_pair(index, z, step, r, r_prev, have_previous, slack, iteration, accelerated)
             if accelerated:
                 r_anchor = self._anchor_residual[index]
-                jump = _norms(z - self._anchor[index])
+                jump = _norms(z - self._anchor[index]).cpu()
                 excess = torch.maximum(r - self.safeguard.decrease * r_anchor, jump - self.safeguard.max_jump * r_anchor)
                 self._record("safeguard", index, accepted & (excess > slack), excess / r_anchor.clamp_min(1e-30), iteration)
         self.history.residuals.append(residual)
@@ -204,7 +206,8 @@ class ConvergenceMonitor:
             recorded = torch.full((self.batch_size,), -1, dtype=torch.long)
             recorded[index] = kinds
             self.history.kinds.append(recorded)
-        self._update(index, z, step, r, plain, accepted, accelerated)
+        kept = torch.nonzero(finite).flatten()
+        self._update(index[kept], z[kept], step[kept], r[kept], plain[kept], accepted[kept], accelerated)
         return r, relative[index]
 
     def _check_pair(self, index, z, step, r, r_prev, have_previous, slack, iteration, accelerated) -> None:
@@ -212,11 +215,11 @@ class ConvergenceMonitor:
         (for a plain step p = T(q), so ‖p − q‖ = r_prev and ‖Tp − Tq‖ = r)."""
         change = step - self._previous_step[index]
         if accelerated:
-            move = _norms(z - self._previous_point[index])
-            image_move = _norms(change + (z - self._previous_point[index]))
+            move = _norms(z - self._previous_point[index]).cpu()
+            image_move = _norms(change + (z - self._previous_point[index])).cpu()
         else:
             move, image_move = r_prev, r
-        defect = image_move**2 - move**2 + (1 - self.beta) / self.beta * _norms(change) ** 2  # ≤ 0 when (A) holds
+        defect = image_move**2 - move**2 + (1 - self.beta) / self.beta * _norms(change).cpu() ** 2  # ≤ 0 when (A) holds
         tolerance = 2 * slack * (image_move + move + slack) * (1 + 2 * (1 - self.beta) / self.beta)  # rounding of the norms
         self._record("inequality (A)", index, have_previous & (defect > tolerance), defect / (move**2).clamp_min(1e-30), iteration)
 
@@ -228,7 +231,7 @@ class ConvergenceMonitor:
         chain = torch.where(accepted, r, torch.fmin(self._chain_minimum[index], r))
         self._chain_minimum[index] = torch.where(kept, chain, self._chain_minimum[index])
         self._anchor_residual[index] = torch.where(kept, r, self._anchor_residual[index])
-        self._accepted[index] += accepted.long()
+        self._extrapolated[index] += (~plain).long()
         if self.beta is not None:
             if self._previous_step is None:
                 self._previous_step = torch.zeros((self.batch_size, *step.shape[1:]), dtype=step.dtype)
@@ -253,7 +256,7 @@ class ConvergenceMonitor:
     def finish(self, z0: Tensor, z_last: Tensor, converged: list[bool] | None = None) -> History:
         """Run the rate check with ‖z₀ − z*‖ ≈ ‖z₀ − z_K‖ and return the history. The proxy means something
         only once z_K is near z*: samples not ``converged`` (a short or stopped run) are not rate-checked, nor
-        are samples with accepted extrapolations (the bound describes the plain iteration)."""
+        are samples with extrapolations, accepted or rejected (the bound describes the plain iteration)."""
         history = self.history
         history.distance_estimate = _norms(z0 - z_last)
         bound = history.rate_bound()
@@ -263,7 +266,7 @@ class ConvergenceMonitor:
             excess = residuals - bound
             checked = torch.ones(residuals.shape[1], dtype=torch.bool) if converged is None else torch.tensor(converged)
             history.rate_unchecked = int((~checked).sum())
-            plain_only = self._accepted == 0
+            plain_only = self._extrapolated == 0
             history.accelerated_unchecked = int((checked & ~plain_only).sum())
             failed = (excess > scale) & ~torch.isnan(residuals) & (checked & plain_only)[None, :]
             for k, b in torch.nonzero(failed).tolist():

@@ -11,16 +11,11 @@ __all__ = ["STATUSES", "SampleTracker"]
 STATUSES = ("converged", "max-iterations", "diverged", "non-finite")
 
 
-def _scatter(full: Tensor, index: Tensor, rows: Tensor, everyone: bool) -> Tensor:
-    """``full`` with rows ``index`` replaced by ``rows``: ``rows`` itself when every row changes (no copy),
-    else a new tensor (never in place, so a tensor shared with the caller is left as it was)."""
-    return rows if everyone else full.index_copy(0, index, rows)
-
-
 class SampleTracker:
     """A sample stops as 'converged' once r/‖T(p)‖ < ``tol``, 'diverged' once r > ``divergence_factor``·r₀,
     'non-finite' at a NaN/Inf in T(p) or its estimate, else 'max-iterations'. Only evaluations that the
-    iteration keeps (plain steps and accepted extrapolations) count for these tests and for the estimate."""
+    iteration keeps (plain steps and accepted extrapolations) count for these tests and for the estimate; a
+    rejected extrapolation, even a non-finite one, is dropped by the iteration and stops nothing."""
 
     def __init__(self, z0: Tensor, max_iter: int, tol: float, divergence_factor: float):
         batch = z0.shape[0]
@@ -40,13 +35,13 @@ class SampleTracker:
     def record(self, index: Tensor, k: int, images: Tensor, estimates: Tensor, r: Tensor, r_norm: Tensor,
                finite: Tensor, kept: Tensor) -> Tensor:
         """Take evaluation ``k`` of the samples ``index``; return the samples that stop after it."""
+        finite = finite.cpu()
         counted = kept & finite
-        everyone = len(index) == self.batch and bool(counted.all())
-        if everyone:
-            self.estimate = estimates
-        elif counted.any():
+        if len(index) == self.batch and bool(counted.all()):
+            self.estimate = estimates  # no copy in the common case
+        elif counted.any():  # never in place: the tensor may be shared with the steps rule or the caller
             rows = torch.nonzero(counted).flatten()
-            self.estimate = _scatter(self.estimate, index[rows], estimates[rows], False)
+            self.estimate = self.estimate.index_copy(0, index[rows], estimates[rows])
         first = torch.isnan(self.first_residual[index]) & counted
         self.first_residual[index[first]] = r[first]
         better = counted & (r < self.best_residual[index])
@@ -56,10 +51,10 @@ class SampleTracker:
             self.best_image[b], self.best_estimate[b] = images[position], estimates[position]
         stop = []
         for position, b in enumerate(index.tolist()):
+            if not kept[position]:  # a rejected extrapolation, finite or not: the iteration falls back to T(anchor)
+                continue
             if not finite[position]:
                 self.status[b], self.iterations[b] = "non-finite", k
-            elif not counted[position]:
-                continue
             elif r[position] > self.divergence_factor * self.first_residual[b]:
                 self.status[b], self.iterations[b] = "diverged", k + 1
             elif r_norm[position] < self.tol:
