@@ -98,7 +98,7 @@ def test_bad_inputs_are_refused_clearly():
     with pytest.raises(ValueError, match="unknown guided construction"):
         GuidedDenoiser(torch.rand(1, 1, 20, 20), "wavelet")
     with pytest.raises(ValueError, match="smaller than"):
-        GuidedDenoiser(torch.rand(1, 1, 6, 6), "bm3d")
+        GuidedDenoiser(torch.rand(1, 1, 3, 3), "bm3d")  # the default patch is 4×4
     with pytest.raises(ValueError, match="stride 2 must divide"):
         GuidedDenoiser(torch.rand(1, 1, 21, 20), "bm3d", patch=4, stride=2)
     with pytest.raises(ValueError, match="NaN"):

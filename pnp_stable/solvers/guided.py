@@ -20,7 +20,7 @@ import deepinv as dinv
 from torch import Tensor
 
 from ..denoisers.baselines import BM3DDenoiser
-from ..denoisers.guided import GuidedDenoiser
+from ..denoisers.guided import DEFAULT_PATCH, GuidedDenoiser
 from .loop import PnPResult, solve
 from .schedule import dpir
 
@@ -97,7 +97,7 @@ def guided_solve(
         raise ValueError(f"rounds must be ≥ 1, got {rounds}")
     pilot = dpir(physics, y, guide_denoiser, noise_sigma, iterations=pilot_iterations, x0=x0)
     if construction == "bm3d" and "stride" not in options:
-        even = all(size % defaults.stride == 0 for size in (*pilot.estimate.shape[2:], options.get("patch", 8)))
+        even = all(size % defaults.stride == 0 for size in (*pilot.estimate.shape[2:], options.get("patch", DEFAULT_PATCH)))
         options["stride"] = defaults.stride if even else 1
     guide = pilot.estimate
     notes = [f"pilot: {pilot_iterations} DPIR-schedule iterations of {type(guide_denoiser).__name__} (no guarantee)"]
