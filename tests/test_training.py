@@ -397,3 +397,13 @@ def test_a_stop_requested_before_run_stops_after_the_first_step_with_a_checkpoin
     trainer.request_stop()
     assert trainer.run() == "interrupted" and trainer.step == 1
     assert Trainer(_config(folders, tmp_path, steps=5), resume=True, progress=False).step == 1
+
+
+def test_an_overflowed_adam_moment_counts_as_divergence_before_the_weights_turn_nan(folders, tmp_path):
+    trainer = Trainer(_config(folders, tmp_path, steps=2), progress=False)
+    trainer.train_step()
+    assert trainer._divergence(torch.tensor(0.1)) is None
+    state = next(iter(trainer.optimizer.state.values()))
+    state["exp_avg_sq"].view(-1)[0] = float("inf")
+    problem = trainer._divergence(torch.tensor(0.1))
+    assert problem is not None and "optimizer exp_avg_sq of " in problem and "1 NaN/Inf" in problem

@@ -160,7 +160,7 @@ class Trainer:
         state = self.sampler.state()
         if self.world == 1:
             return [state]
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        device = self._collective_device()
         gathered = [torch.empty_like(state, device=device) for _ in range(self.world)]
         dist.all_gather(gathered, state.to(device))
         return [s.cpu() for s in gathered]
@@ -214,19 +214,31 @@ class Trainer:
         of SIGINT/SIGTERM while it runs); a request made before :meth:`run` stops it after its first step."""
         self._stop_requested = True
 
+    @staticmethod
+    def _collective_device() -> torch.device:
+        """Where a collective's tensors must live: the current GPU under NCCL, else the CPU (gloo)."""
+        return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
     def _agree(self, *flags: bool) -> list[bool]:
         """Each flag, true when it is true on any process: every rank then takes the same branch (saving a
         checkpoint is a collective)."""
         values = torch.tensor([float(flag) for flag in flags])
         if self.world > 1:
+            values = values.to(self._collective_device())
             dist.all_reduce(values)
-        return [bool(value > 0) for value in values]
+        return [bool(value > 0) for value in values.cpu()]
 
     def _divergence(self, loss: torch.Tensor) -> str | None:
         """What is non-finite after a step (the loss, else the first parameter or buffer), or None."""
         if not bool(torch.isfinite(loss.detach()).all()):
             return f"the loss is {float(loss.detach()):g}"
         found = first_nonfinite(self.model.state_dict())
+        if found is None:  # finite weights with an overflowed moment (Adam's exp_avg_sq) would turn NaN next step
+            names = {id(parameter): name for name, parameter in self.model.named_parameters()}
+            moments = {f"optimizer {key} of {names.get(id(parameter), 'a parameter')}": value
+                       for parameter, state in self.optimizer.state.items()
+                       for key, value in state.items() if isinstance(value, torch.Tensor)}
+            found = first_nonfinite(moments)
         return None if found is None else f"'{found[0]}' has {found[1]} NaN/Inf values"
 
     def _diverged(self, problem: str | None) -> TrainingDiverged:
