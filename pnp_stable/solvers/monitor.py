@@ -113,9 +113,11 @@ class History:
             ax.semilogy(iterations, residuals[:, b], lw=1.4, label=f"residual ‖z_(k+1) − z_k‖, sample {b}")
         bound = self.rate_bound()
         if bound is not None:
-            for b in range(bound.shape[1]):
+            extrapolated = (torch.stack(self.kinds) > PLAIN).any(0) if self.kinds else torch.zeros(bound.shape[1], dtype=torch.bool)
+            plain_only = [b for b in range(bound.shape[1]) if not extrapolated[b]]
+            for b in plain_only:  # the bound describes the plain iteration only
                 ax.semilogy(iterations, bound[:, b].numpy(), "--", lw=1, color="gray",
-                            label="bound sqrt(β/((1−β)(k+1)))·‖z₀ − z*‖" if b == 0 else None)
+                            label="bound sqrt(β/((1−β)(k+1)))·‖z₀ − z*‖" if b == plain_only[0] else None)
         ax.set_xlabel("iteration k")
         ax.set_ylabel("residual")
         if self.psnr:
