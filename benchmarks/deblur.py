@@ -281,7 +281,7 @@ def main() -> None:
         f"- bm3d-dpir: {args.bm3d_iters} HQS iterations, σ_d geometric from 49/255 to σ_n, data weight λ ∈ {DPIR_WEIGHTS} (DPIR: 0.23); "
         f"guided-<guide>-<solver>: a DPIR pilot with the guide (models {GUIDES}), then certified rounds with W(g) "
         "(each round's estimate guides the next) with each guide's defaults "
-        f"({'; '.join(f'{kind}: {d.pilot_iterations} pilot iterations, {d.rounds} round(s), stride {d.stride}, strengths {PNP_FACTORS} × {d.strength}' for kind, d in ps.solvers.GUIDED_DEFAULTS.items())}); "
+        f"({'; '.join(f'{kind}: {d.pilot_iterations} pilot iterations at λ {d.pilot_weight:g}, {d.rounds} round(s), stride {d.stride}, strengths {PNP_FACTORS} × {d.strength}' for kind, d in ps.solvers.GUIDED_DEFAULTS.items())}); "
         "s/image includes the pilot",
         "",
         "| set | σ·255 | method | parameter, model (val PSNR) | PSNR | SSIM | iterations | s/image | violations | statuses |",
