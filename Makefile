@@ -42,7 +42,6 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/fuzz_inputs.py
 	$(BIN)/python benchmarks/training_speed.py
 	$(BIN)/python benchmarks/architectures.py
-	$(BIN)/python benchmarks/time_to_solution.py
 
 bench-full: $(STAMP)
 	$(BIN)/python benchmarks/denoise.py --out benchmarks/results/denoise-full.md
