@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .monitor import ACCEPTED, PLAIN, REJECTED
+from .monitor import ACCEPTED, PLAIN, REJECTED, sample_norms
 
 __all__ = ["Anderson", "AndersonSteps", "anderson_options"]
 
@@ -123,10 +123,6 @@ class AndersonMemory:
         return t_new + step, valid.any(0)
 
 
-def _norms(t: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(t.flatten(1), dim=1, dtype=torch.float64)
-
-
 class AndersonSteps:
     """The safeguarded iteration of the module docstring for a batch: per sample the anchor p, T(p), ‖g(p)‖, and
     the point to evaluate next (a candidate, flagged ``jumped``, or the plain step T(p))."""
@@ -151,7 +147,7 @@ class AndersonSteps:
         kinds = torch.full((len(index),), PLAIN, dtype=torch.long)
         if jumped.any():
             rows = torch.nonzero(jumped).flatten()
-            residual = _norms(images[rows] - points[rows]).cpu()
+            residual = sample_norms(images[rows] - points[rows]).cpu()
             accept = (residual <= self.options.decrease * self.anchor_residual[index[rows]]) & finite.cpu()[rows]
             kinds[rows] = torch.where(accept, ACCEPTED, REJECTED)
         return kinds
@@ -170,7 +166,7 @@ class AndersonSteps:
         jumped = torch.zeros(len(index), dtype=torch.bool)
         if len(moved):
             candidate, usable = self.memory.candidate(moved)
-            length = _norms(candidate - self.anchor[moved]).cpu()
+            length = sample_norms(candidate - self.anchor[moved]).cpu()
             ok = usable & (length <= self.options.max_jump * residual[kept]) & torch.isfinite(length)
             following[kept[ok]] = candidate[ok]
             jumped[kept[ok]] = True

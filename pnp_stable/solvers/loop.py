@@ -122,8 +122,8 @@ class PlainSteps:
         return None  # all plain
 
     def advance(self, index, points, images, residual, kinds, finite) -> None:
-        safe = images if bool(finite.all()) else torch.where(finite[:, None, None, None], images, points)
-        self.points = safe if len(index) == self.points.shape[0] else self.points.index_copy(0, index, safe)
+        """``images``: T(points) with the loop's substitution of ``points`` where T gave NaN/Inf."""
+        self.points = images if len(index) == self.points.shape[0] else self.points.index_copy(0, index, images)
 
     @property
     def governing(self) -> Tensor:

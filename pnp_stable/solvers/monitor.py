@@ -136,7 +136,7 @@ class History:
         return path
 
 
-def _norms(t: Tensor) -> Tensor:
+def sample_norms(t: Tensor) -> Tensor:
     """Per-sample Euclidean norms, accumulated in float64 without copying ``t``."""
     return torch.linalg.vector_norm(t.flatten(1), dim=1, dtype=torch.float64)
 
@@ -177,8 +177,8 @@ class ConvergenceMonitor:
         have only those rows; ``kinds`` None: all plain steps); return their residuals r = ‖T(z) − z‖ and r/‖T(z)‖.
         Rows not ``finite`` (T(z) had NaN/Inf, and the caller passed z in its place) are neither checked nor kept."""
         step = z_next - z
-        r = _norms(step).cpu()
-        scale = _norms(z_next).cpu()
+        r = sample_norms(step).cpu()
+        scale = sample_norms(z_next).cpu()
         slack = self.slack * scale
         accelerated = self.safeguard is not None
         if kinds is None:
@@ -199,7 +199,7 @@ class ConvergenceMonitor:
                 self._check_pair(index, z, step, r, r_prev, have_previous, slack, iteration, accelerated)
             if accelerated:
                 r_anchor = self._anchor_residual[index]
-                jump = _norms(z - self._anchor[index]).cpu()
+                jump = sample_norms(z - self._anchor[index]).cpu()
                 excess = torch.maximum(r - self.safeguard.decrease * r_anchor, jump - self.safeguard.max_jump * r_anchor)
                 self._record("safeguard", index, accepted & (excess > slack), excess / r_anchor.clamp_min(1e-30), iteration)
         self.history.residuals.append(residual)
@@ -217,11 +217,11 @@ class ConvergenceMonitor:
         (for a plain step p = T(q), so ‖p − q‖ = r_prev and ‖Tp − Tq‖ = r)."""
         change = step - self._previous_step[index]
         if accelerated:
-            move = _norms(z - self._previous_point[index]).cpu()
-            image_move = _norms(change + (z - self._previous_point[index])).cpu()
+            move = sample_norms(z - self._previous_point[index]).cpu()
+            image_move = sample_norms(change + (z - self._previous_point[index])).cpu()
         else:
             move, image_move = r_prev, r
-        defect = image_move**2 - move**2 + (1 - self.beta) / self.beta * _norms(change).cpu() ** 2  # ≤ 0 when (A) holds
+        defect = image_move**2 - move**2 + (1 - self.beta) / self.beta * sample_norms(change).cpu() ** 2  # ≤ 0 when (A) holds
         tolerance = 2 * slack * (image_move + move + slack) * (1 + 2 * (1 - self.beta) / self.beta)  # rounding of the norms
         self._record("inequality (A)", index, have_previous & (defect > tolerance), defect / (move**2).clamp_min(1e-30), iteration)
 
@@ -260,11 +260,11 @@ class ConvergenceMonitor:
         only once z_K is near z*: samples not ``converged`` (a short or stopped run) are not rate-checked, nor
         are samples with extrapolations, accepted or rejected (the bound describes the plain iteration)."""
         history = self.history
-        history.distance_estimate = _norms(z0 - z_last)
+        history.distance_estimate = sample_norms(z0 - z_last)
         bound = history.rate_bound()
         if bound is not None and "rate bound" in history.checks:
             residuals = history.residual_matrix()
-            scale = _norms(z_last)[None, :] * self.slack
+            scale = sample_norms(z_last)[None, :] * self.slack
             excess = residuals - bound
             checked = torch.ones(residuals.shape[1], dtype=torch.bool) if converged is None else torch.tensor(converged)
             history.rate_unchecked = int((~checked).sum())
