@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -25,3 +26,25 @@ def read_safetensors(path: str | Path, what: str, expected_format: str, tensors:
     if metadata.get("format") != expected_format:
         raise ValueError(f"{path} is not a pnp-stable {what} (format {metadata.get('format')!r})")
     return metadata, loaded
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of every tensor's name and bytes, in name order: the digest weights files carry."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def content_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """SHA-256 of everything a file stores: each tensor's name, dtype, shape and bytes, and each metadata entry but
+    the digest itself (in name order). Catches any accidental change; a deliberate edit can recompute it."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    for key in sorted(k for k in metadata if k != "sha256"):
+        h.update(f"{key}={metadata[key]}\0".encode())
+    return h.hexdigest()

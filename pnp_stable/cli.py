@@ -1,4 +1,4 @@
-"""The ``pnp-stable`` command line: deblur, denoise, certify, models, demo and train.
+"""The ``pnp-stable`` command line: deblur, denoise, certify, models, demo, train, classify and train-classifier.
 
 Every user error ends with exit code 2 and one line on stderr that says what to do (running out of memory
 too); progress goes to stderr: a bar on a terminal, otherwise a plain line every 10 s of a long iteration
@@ -187,12 +187,13 @@ def cmd_certify(args) -> int:
 
 
 def cmd_models(args) -> int:
+    from .classification.storage import list_classifiers
     from .denoisers.zoo import list_denoisers
     from .theory import Certificate
 
-    rows = list_denoisers()
+    rows, classifiers = list_denoisers(), list_classifiers()
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows + [{"kind": "classifier", **row} for row in classifiers], indent=2))
         return 0
     for row in rows:
         certificate = Certificate.from_json(row["certificate"])
@@ -205,6 +206,45 @@ def cmd_models(args) -> int:
         steps = f"{total_steps} steps" + (f" (the last {run_steps} fine-tuning)" if total_steps != run_steps else "")
         print(f"{row['name']:<16} {json.loads(row['config']).get('channels', '?')} ch  {summary:<38} "
               f"data {', '.join(training.get('data', ['?']))}; σ {sigma}; {steps}")
+    for row in classifiers:
+        certificate = json.loads(row["certificate"])
+        accuracy = json.loads(row.get("test_accuracy", "{}"))
+        certified = ", ".join(f"{float(eps):g}: {value:.1%}" for eps, value in accuracy.get("certified", {}).items())
+        tested = f"test clean {accuracy['clean']:.1%}, certified at ε {certified}" if accuracy else "not tested"
+        print(f"{row['name']:<16} classifier  Lipschitz ≤ {certificate['lipschitz']:.4g}  "
+              f"{json.loads(row.get('training', '{}')).get('dataset', '?')}; {row.get('steps', '?')} steps; {tested}")
+    return 0
+
+
+def cmd_classify(args) -> int:
+    import torch.nn.functional as F
+
+    from .classification import certified_radius, load_classifier
+    from .classification.data import DATASETS
+    from .classification.storage import classifier_file
+    from .io import load_image
+
+    path = classifier_file(args.model)
+    model = load_classifier(path)
+    config = model.config
+    names = next((names for channels, size, names in DATASETS.values()
+                  if (channels, size, len(names)) == (config["in_channels"], config["image_size"], config["classes"])), None)
+    size = config["image_size"]
+    for source in args.inputs:
+        image = load_image(source, gray=config["in_channels"] == 1)
+        resized = tuple(image.shape[-2:]) != (size, size)
+        if resized:
+            if not args.resize:
+                raise CommandError(f"{source} is {image.shape[-1]}×{image.shape[-2]} pixels; the model takes {size}×{size}: "
+                                   "resize it, or pass --resize to resize it here (antialiased bilinear)")
+            image = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+        prediction, radius = certified_radius(model, image)
+        label = int(prediction[0])
+        name = f"'{names[label]}' ({label})" if names else str(label)
+        which = f"the {size}×{size} resized image" if resized else "the image"
+        print(f"{source}: class {name}, certified ℓ2 radius {float(radius[0]):.4f} "
+              f"(no perturbation of {which} of smaller norm, pixels in [0, 1], changes the class)")
+    print(f"classifier {path.name}: Lipschitz ≤ {model.lipschitz_bound():.6g} (guaranteed per-layer bounds)")
     return 0
 
 
@@ -298,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed, default=0, help="seed of the search")
     p.set_defaults(run=cmd_certify)
 
-    p = commands.add_parser("models", formatter_class=fmt, help="list the shipped denoisers",
+    p = commands.add_parser("models", formatter_class=fmt, help="list the shipped denoisers and classifiers",
                             description="The model zoo with each model's certificate and training data.")
     p.add_argument("--json", action="store_true", help="print the full metadata as JSON")
     p.set_defaults(run=cmd_models)
@@ -312,7 +352,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar, nor progress lines off a terminal")
     p.set_defaults(run=cmd_demo)
 
+    p = commands.add_parser("classify", formatter_class=fmt, help="classify images with a certified ℓ2 radius",
+                            description="Print each image's class and its certified ℓ2 radius: margin over the guaranteed "
+                                        "Lipschitz bound of each logit difference.")
+    p.add_argument("inputs", nargs="+", metavar="IN", help="image files (Fashion-MNIST models: 28×28 gray, white object on black)")
+    p.add_argument("--model", default="fashion-mnist-lipschitz", help="shipped classifier or a .safetensors file")
+    p.add_argument("--resize", action="store_true", help="resize images of another size to the model's; without it they are refused")
+    p.set_defaults(run=cmd_classify)
+
     commands.add_parser("train", help="train a certified denoiser (options: pnp-stable train --help)", add_help=False)
+    commands.add_parser("train-classifier", help="train a certified classifier (options: pnp-stable train-classifier --help)",
+                        add_help=False)
     return parser
 
 
@@ -375,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
         from .training.__main__ import main as train_main
 
         return train_main(rest)
+    if args.command == "train-classifier":
+        from .classification.__main__ import main as train_classifier_main
+
+        return train_classifier_main(rest)
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
     if args.command is None:

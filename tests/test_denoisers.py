@@ -261,11 +261,12 @@ def _rewritten(path, target, tensors=None, **metadata):
     deletes an entry) and the digest recomputed: only the replaced content itself can be refused."""
     from safetensors.torch import save_file
 
-    from pnp_stable.denoisers.serialization import _digest, read_denoiser_tensors
+    from pnp_stable._safetensors import tensor_digest
+    from pnp_stable.denoisers.serialization import read_denoiser_tensors
 
     stored, original = read_denoiser_tensors(path)
     tensors = {**original, **(tensors or {})}
-    entries = {**stored, "sha256": _digest(tensors), **metadata}
+    entries = {**stored, "sha256": tensor_digest(tensors), **metadata}
     save_file(tensors, str(target), metadata={k: v for k, v in entries.items() if v is not None})
     return target
 

@@ -5,7 +5,6 @@ Two classes are stored: :class:`AveragedDenoiser` and the unconstrained :class:`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from .._finite import check_finite_model, check_finite_tensors
-from .._safetensors import read_safetensors
+from .._safetensors import read_safetensors, tensor_digest
 from ..theory import Certificate
 from .averaged import AveragedDenoiser
 from .baselines import DnCNNBaseline
@@ -24,14 +23,6 @@ __all__ = ["save_denoiser", "load_denoiser_file", "read_denoiser_tensors"]
 
 FORMAT = "pnp-stable-denoiser/1"
 STORABLE = {cls.__name__: cls for cls in (AveragedDenoiser, DnCNNBaseline)}
-
-
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        h.update(name.encode())
-        h.update(tensors[name].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _norm_bounds(model) -> list[float]:
@@ -55,7 +46,7 @@ def save_denoiser(model: AveragedDenoiser | DnCNNBaseline, path: str | Path, ext
         "config": json.dumps(model.config, sort_keys=True),
         "certificate": certificate.to_json(),
         "weight_norm_bounds": json.dumps(bounds),
-        "sha256": _digest(tensors),
+        "sha256": tensor_digest(tensors),
     }
     for key, value in (extra or {}).items():
         if key in metadata:
@@ -79,7 +70,7 @@ def read_denoiser_tensors(path: str | Path) -> tuple[dict[str, str], dict[str, t
     if "sha256" not in metadata:
         raise ValueError(f"{path}: metadata key 'sha256' is missing, so the weights cannot be verified; "
                          "write the file with save_denoiser")
-    if _digest(tensors) != metadata["sha256"]:
+    if tensor_digest(tensors) != metadata["sha256"]:
         raise ValueError(f"{path}: weights do not match their recorded digest (file modified or corrupt)")
     check_finite_tensors(tensors, str(path))
     return metadata, tensors

@@ -3,7 +3,6 @@ of every process, with a SHA-256 digest of the whole content that is checked bef
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Sequence
@@ -12,25 +11,12 @@ import torch
 from safetensors.torch import save_file
 
 from .._finite import check_finite_tensors
-from .._safetensors import read_safetensors
+from .._safetensors import content_digest, read_safetensors
 
 __all__ = ["save_checkpoint", "load_checkpoint", "sampler_state"]
 
 FORMAT = "pnp-stable-checkpoint/1"
 SAMPLER_PREFIX = "rng.sampler."  # one tensor per process: rng.sampler.0, rng.sampler.1, …
-
-
-def _digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
-    """SHA-256 of everything a checkpoint stores: each tensor's name, dtype, shape and bytes, and each
-    metadata entry but the digest itself (in name order)."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
-        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    for key in sorted(k for k in metadata if k != "sha256"):
-        h.update(f"{key}={metadata[key]}\0".encode())
-    return h.hexdigest()
 
 
 def _split_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -73,7 +59,7 @@ def save_checkpoint(path: str | Path, model, optimizer, scheduler, rng_state: to
         "optimizer": json.dumps(optim_meta),
         "scheduler": json.dumps(scheduler.state_dict()),
     }
-    metadata["sha256"] = _digest(tensors, metadata)
+    metadata["sha256"] = content_digest(tensors, metadata)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -87,7 +73,7 @@ def _verify(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[s
     if "sha256" not in metadata:
         raise ValueError(f"{path}: this training checkpoint has no SHA-256 digest (written before checkpoints were "
                          "checksummed), so its content cannot be verified; start a new run without --resume")
-    if _digest(tensors, metadata) != metadata["sha256"]:
+    if content_digest(tensors, metadata) != metadata["sha256"]:
         raise ValueError(f"{path}: checkpoint content does not match its recorded SHA-256 digest (file modified or "
                          "corrupt); restore an intact copy or start a new run without --resume")
     check_finite_tensors(tensors, str(path))

@@ -1,0 +1,84 @@
+"""Classification data as tensors in memory: Fashion-MNIST from a folder of the gzipped IDX files (read by
+torchvision once extracted), CIFAR-10 through torchvision (it downloads when allowed), and a tiny synthetic
+stand-in for tests. Images are float32 in [0, 1], [N, C, H, W]; labels int64."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+__all__ = ["DATASETS", "FASHION_MNIST_CLASSES", "fashion_mnist", "cifar10", "synthetic", "load_dataset"]
+
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _cache_dir() -> Path:
+    return Path.home() / ".cache" / "pnp-stable"
+
+
+def fashion_mnist(folder: str | Path, train: bool = True, cache: str | Path | None = None) -> TensorDataset:
+    """Fashion-MNIST's training (60,000) or test (10,000) split from ``folder``, which holds the four IDX files,
+    gzipped (as distributed) or not. Gzipped files are extracted once into ``cache``/FashionMNIST/raw
+    (default ~/.cache/pnp-stable), where torchvision's ``FashionMNIST`` reads them."""
+    from torchvision.datasets import FashionMNIST
+
+    folder = Path(folder)
+    root = Path(cache) if cache is not None else _cache_dir()
+    raw = root / "FashionMNIST" / "raw"
+    for name in _FASHION_FILES:
+        target = raw / name
+        if target.is_file():
+            continue
+        if (folder / name).is_file() or (folder / f"{name}.gz").is_file():
+            raw.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(".part")  # renamed when complete: an interrupted copy is never reused
+            opener = open if (folder / name).is_file() else gzip.open
+            with opener(folder / (name if opener is open else f"{name}.gz"), "rb") as source, open(partial, "wb") as out:
+                shutil.copyfileobj(source, out)
+            partial.replace(target)
+        else:
+            raise ValueError(f"Fashion-MNIST file {name}(.gz) not found in {folder}; point to the folder that holds "
+                             f"the four IDX files ({', '.join(_FASHION_FILES)})")
+    dataset = FashionMNIST(str(root), train=train, download=False)
+    return TensorDataset(dataset.data[:, None].float() / 255.0, dataset.targets.long())
+
+
+def cifar10(folder: str | Path, train: bool = True, download: bool = False) -> TensorDataset:
+    """CIFAR-10 through torchvision (``download=True`` fetches it into ``folder``; needs internet access)."""
+    from torchvision.datasets import CIFAR10
+
+    dataset = CIFAR10(str(folder), train=train, download=download)
+    images = torch.from_numpy(np.ascontiguousarray(dataset.data)).permute(0, 3, 1, 2).float() / 255.0
+    return TensorDataset(images, torch.as_tensor(dataset.targets, dtype=torch.long))
+
+
+def synthetic(count: int = 256, channels: int = 1, size: int = 28, classes: int = 10, seed: int = 0) -> TensorDataset:
+    """A separable stand-in: class k is a bright square at one of ``classes`` positions plus uniform noise."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(classes, (count,), generator=generator)
+    images = 0.3 * torch.rand(count, channels, size, size, generator=generator)
+    side = max(size // 4, 2)
+    for k in range(classes):
+        top, left = (k * 7) % (size - side), (k * 11) % (size - side)
+        images[labels == k, :, top : top + side, left : left + side] += 0.6
+    return TensorDataset(images.clamp(0, 1), labels)
+
+
+DATASETS = {"fashion-mnist": (1, 28, FASHION_MNIST_CLASSES), "cifar10": (3, 32, CIFAR10_CLASSES)}
+
+
+def load_dataset(name: str, folder: str | Path, train: bool, download: bool = False) -> TensorDataset:
+    """``name`` ∈ :data:`DATASETS` from ``folder``."""
+    if name == "fashion-mnist":
+        return fashion_mnist(folder, train)
+    if name == "cifar10":
+        return cifar10(folder, train, download)
+    raise ValueError(f"unknown dataset '{name}'; choose one of {sorted(DATASETS)}")

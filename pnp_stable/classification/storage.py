@@ -1,0 +1,138 @@
+"""Classifiers ↔ ``.safetensors`` files: tensors, class, architecture, the certificate (Lipschitz bounds computed
+from guaranteed per-layer bounds at save time) and every layer bound, with a SHA-256 digest of the whole content
+(tensors and metadata), so that any accidental change is refused. A digest inside the file cannot stop a deliberate
+edit of bounds and digest together: files from elsewhere are therefore loaded with every bound recomputed
+(``verify``), and only the shipped files in ``classification/weights/`` are trusted as they are. Loading never
+unpickles."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .._finite import check_finite_model, check_finite_tensors
+from .._safetensors import content_digest, read_safetensors
+from ..denoisers.spectral import conv_norm_upper_bound
+from .baseline import SpectralResNet
+from .network import LipschitzClassifier
+
+__all__ = ["FORMAT", "WEIGHTS_DIR", "save_classifier", "load_classifier", "list_classifiers", "classifier_file"]
+
+FORMAT = "pnp-stable-classifier/1"
+STORABLE = {cls.__name__: cls for cls in (LipschitzClassifier, SpectralResNet)}
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+def _certificate(model) -> dict:
+    return {"feature_lipschitz": model.feature_lipschitz(), "lipschitz": model.lipschitz_bound(),
+            "method": "product of guaranteed per-layer bounds (Szegő-certified convolution norms, exact 1×1 and head "
+                      "singular values); non-expansive blocks are 1-Lipschitz by their sub-step rule"}
+
+
+def save_classifier(model: LipschitzClassifier, path: str | Path, extra: dict[str, str] | None = None) -> Path:
+    """Write weights, architecture, certificate and per-layer bounds (computed now, in eval mode) and ``extra``."""
+    if type(model).__name__ not in STORABLE:
+        raise ValueError(f"save_classifier writes {' or '.join(STORABLE)} models, got {type(model).__name__}")
+    check_finite_model(model, f"save_classifier({path})")
+    was_training = model.training
+    model.eval()
+    certificate = _certificate(model)
+    bounds = [conv.weight_norm_bound() for conv in model.bounded_convs()]
+    model.train(was_training)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": FORMAT, "class": type(model).__name__, "config": json.dumps(model.config, sort_keys=True),
+                "certificate": json.dumps(certificate, sort_keys=True), "weight_norm_bounds": json.dumps(bounds)}
+    for key, value in (extra or {}).items():
+        if key in metadata or key == "sha256":
+            raise ValueError(f"metadata key '{key}' is reserved")
+        metadata[key] = str(value)
+    metadata["sha256"] = content_digest(tensors, metadata)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)
+    return path
+
+
+def _json(metadata: dict[str, str], key: str, path) -> object:
+    if key not in metadata:
+        raise ValueError(f"{path}: metadata key '{key}' is missing; write the file with save_classifier")
+    try:
+        return json.loads(metadata[key])
+    except ValueError as err:
+        raise ValueError(f"{path}: metadata '{key}' is not valid JSON ({err})") from err
+
+
+def load_classifier(path: str | Path, verify: bool | None = None) -> LipschitzClassifier:
+    """The classifier stored in ``path`` (a file, or a shipped name: :func:`list_classifiers`), in eval mode, with its
+    norm bounds installed. ``verify`` (default: True except for the shipped files) recomputes every bound and installs
+    the larger of stored and recomputed, a few seconds; otherwise the stored bounds are used. Refused with a
+    ``ValueError``: another kind of file, a missing or wrong digest, NaN/Inf tensors, malformed metadata, a stored
+    bound below its recomputation, or a certificate that the installed bounds do not reproduce."""
+    path = classifier_file(path)
+    if verify is None:
+        verify = path.resolve().parent != WEIGHTS_DIR.resolve()
+    metadata, tensors = read_safetensors(path, "classifier file", FORMAT)
+    if "sha256" not in metadata:
+        raise ValueError(f"{path}: metadata key 'sha256' is missing, so the content cannot be checked; write the file "
+                         "with save_classifier")
+    if metadata["sha256"] != content_digest(tensors, metadata):
+        raise ValueError(f"{path}: content does not match its recorded digest (file modified or corrupt)")
+    check_finite_tensors(tensors, str(path))
+    name = metadata.get("class")
+    if name not in STORABLE:
+        raise ValueError(f"{path}: metadata 'class' is {name!r}; expected one of {', '.join(STORABLE)}")
+    config = _json(metadata, "config", path)
+    try:
+        model = STORABLE[name](**config)
+        model.load_state_dict(tensors, strict=True)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{path}: weights and metadata 'config' do not describe a valid {name} ({err})") from err
+    model.eval()
+    convs = model.bounded_convs()
+    bounds = _json(metadata, "weight_norm_bounds", path)
+    if (not isinstance(bounds, list) or len(bounds) != len(convs)
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) and b >= 0 for b in bounds)):
+        raise ValueError(f"{path}: metadata 'weight_norm_bounds' must list {len(convs)} finite bounds ≥ 0")
+    for index, (conv, bound) in enumerate(zip(convs, bounds)):
+        if verify:
+            verified = conv_norm_upper_bound(conv.weight, rel_tol=1e-6)
+            if bound < verified * (1 - 1e-6):  # within 1e-6 of the supremum, so a true bound is never refused
+                raise ValueError(f"{path}: stored norm bound {bound:.6g} of layer {index} is below the verified {verified:.6g}")
+            bound = max(bound, verified)
+        conv.set_weight_norm_bound(float(bound))
+    stored = _json(metadata, "certificate", path)
+    recomputed = model.lipschitz_bound()
+    if not isinstance(stored, dict) or not isinstance(stored.get("lipschitz"), (int, float)) \
+            or abs(stored["lipschitz"] - recomputed) > 1e-6 * max(1.0, recomputed):
+        raise ValueError(f"{path}: stored certificate {stored!r} disagrees with the weights (Lipschitz {recomputed:.6g})")
+    return model
+
+
+def _shipped() -> dict[str, Path]:
+    return {p.name.removesuffix(".safetensors"): p for p in sorted(WEIGHTS_DIR.glob("*.safetensors"))}
+
+
+def classifier_file(name_or_path: str | Path) -> Path:
+    """A shipped classifier's file by name, or ``name_or_path`` itself when it is an existing file."""
+    shipped = _shipped()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    path = Path(name_or_path)
+    if path.is_file() or path.suffix == ".safetensors":
+        return path
+    raise ValueError(f"unknown classifier '{name_or_path}'; shipped: {', '.join(shipped) or 'none'} (or give a .safetensors path)")
+
+
+def list_classifiers() -> list[dict[str, str]]:
+    """Every shipped classifier: name, file and metadata (read without loading tensors)."""
+    rows = []
+    for name, path in _shipped().items():
+        metadata = read_safetensors(path, "classifier file", FORMAT, tensors=False)[0]
+        rows.append({"name": name, "file": str(path), **{k: v for k, v in metadata.items() if k != "sha256"}})
+    return rows

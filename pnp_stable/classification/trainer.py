@@ -1,0 +1,196 @@
+"""Training of certified classifiers with the conventions of the denoiser trainer: Adam with a one-cycle schedule,
+the margin loss at a training radius ε, calibration of the blocks' norms to their guaranteed bounds every
+``calibrate_every`` steps, checkpoints every few minutes (safetensors with a digest; exact resume: batches are drawn
+from one saved generator), a clean stop on SIGINT/SIGTERM, a stop on a non-finite loss or weights that keeps the
+last finite checkpoint, and the certificate written into the exported weights."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .._finite import first_nonfinite
+from ..training.checkpoint import load_checkpoint, model_tensors, save_checkpoint
+from ..training.trainer import TrainingDiverged
+from .baseline import SpectralResNet
+from .data import DATASETS, load_dataset
+from .network import LipschitzClassifier
+from .robustness import certified_accuracy, margin_loss
+from .storage import save_classifier
+
+__all__ = ["CLASSIFIERS", "ClassifierConfig", "ClassifierTrainer"]
+
+CLASSIFIERS = {"lipschitz": LipschitzClassifier, "spectral-resnet": SpectralResNet}
+#: Options that may change between a run and its resume: where files are, and how often it logs or saves.
+RESUMABLE_CHANGES = ("data", "out", "checkpoint", "checkpoint_minutes", "log_every", "download")
+
+
+@dataclass
+class ClassifierConfig:
+    data: str
+    out: str
+    dataset: str = "fashion-mnist"
+    model: str = "lipschitz"
+    architecture: dict = field(default_factory=lambda: dict(widths=[32, 64], depths=[3, 3]))
+    steps: int = 5000
+    batch: int = 128
+    lr: float = 2e-3
+    eps: float = 0.5
+    temperature: float = 8.0
+    seed: int = 0
+    calibrate_every: int = 200
+    checkpoint: str | None = None
+    checkpoint_minutes: float = 5.0
+    log_every: int = 100
+    precision: str = "fp32"
+    download: bool = False
+
+    def __post_init__(self):
+        if self.model not in CLASSIFIERS:
+            raise ValueError(f"model must be one of {sorted(CLASSIFIERS)}, got '{self.model}'")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got '{self.dataset}'")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got '{self.precision}'")
+        for name in ("steps", "batch", "calibrate_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if not (self.eps >= 0 and self.temperature > 0 and self.lr > 0):
+            raise ValueError(f"eps must be ≥ 0 and temperature, lr > 0; got {self.eps}, {self.temperature}, {self.lr}")
+
+
+class ClassifierTrainer:
+    """Trains ``config.model`` on the training split of ``config.dataset`` (``dataset`` may also be passed in, a
+    TensorDataset of images in [0, 1] and labels, e.g. a synthetic stand-in)."""
+
+    def __init__(self, config: ClassifierConfig, resume: bool = False, progress: bool = True, dataset=None):
+        self.config = config
+        channels, size, names = DATASETS[config.dataset]
+        torch.manual_seed(config.seed)
+        if dataset is None:
+            dataset = load_dataset(config.dataset, config.data, train=True, download=config.download)
+        self.images, self.labels = dataset.tensors
+        if tuple(self.images.shape[1:]) != (channels, size, size):
+            raise ValueError(f"{config.dataset} images must be [N, {channels}, {size}, {size}], got {tuple(self.images.shape)}")
+        self.model = CLASSIFIERS[config.model](in_channels=channels, classes=len(names), image_size=size, **config.architecture)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=config.lr, total_steps=config.steps)
+        self.generator = torch.Generator().manual_seed(config.seed + 1)
+        self.step = 0
+        self.saved_step: int | None = None
+        self.progress = progress
+        self.log: list[dict] = []
+        self._stop_requested = False
+        self.elapsed = 0.0  # training seconds, kept across resumes
+        if resume:
+            self.resume()
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return Path(self.config.checkpoint or str(self.config.out) + ".ckpt")
+
+    def save_checkpoint(self) -> None:
+        config = {**asdict(self.config), "elapsed_s": self.elapsed}
+        save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.scheduler, self.generator.get_state(),
+                        self.step, config)
+        self.saved_step = self.step
+
+    def resume(self) -> None:
+        tensors, meta = load_checkpoint(self.checkpoint_path)
+        stored = dict(meta["config"])
+        self.elapsed = float(stored.pop("elapsed_s", 0.0))
+        defaults = asdict(ClassifierConfig(data=self.config.data, out=self.config.out))
+        current = json.loads(json.dumps(asdict(self.config)))
+        changed = sorted(key for key in current if key not in RESUMABLE_CHANGES
+                         and stored.get(key, defaults[key]) != current[key])  # fields added since: their defaults
+        if changed:
+            raise ValueError(f"checkpoint {self.checkpoint_path} was written with other {', '.join(changed)}; resume "
+                             "with the same options or start a new run")
+        self.model.load_state_dict(model_tensors(tensors))
+        self.optimizer.load_state_dict(meta["optimizer_state"])
+        self.scheduler.load_state_dict(meta["scheduler"])
+        self.generator.set_state(tensors["rng.sampler.0"])
+        self.step = self.saved_step = meta["step"]
+
+    def request_stop(self, signum=None, frame=None) -> None:
+        """Make :meth:`run` write a checkpoint and return 'interrupted' after the current step."""
+        self._stop_requested = True
+
+    def train_step(self) -> torch.Tensor:
+        """One Adam step on a batch drawn with replacement: margin loss at radius ``eps`` with the training-time K."""
+        if self.step % self.config.calibrate_every == 0:
+            self.model.calibrate()
+        index = torch.randint(len(self.images), (self.config.batch,), generator=self.generator)
+        images, labels = self.images[index], self.labels[index]
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=self.config.precision == "bf16"):
+            logits = self.model(images)
+        loss = margin_loss(logits.float(), labels, self.model.training_pairwise_lipschitz(), self.config.eps,
+                           self.config.temperature)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return loss
+
+    def _divergence(self, loss: torch.Tensor) -> str | None:
+        if not bool(torch.isfinite(loss.detach())):
+            return f"the loss is {float(loss.detach()):g}"
+        found = first_nonfinite(self.model.state_dict())
+        return None if found is None else f"'{found[0]}' has {found[1]} NaN/Inf values"
+
+    def run(self) -> str:
+        """Train until ``steps`` or a stop signal; 'finished' or 'interrupted' (a checkpoint is written either way).
+        Raises :class:`~pnp_stable.training.trainer.TrainingDiverged` on NaN/Inf, keeping the last finite checkpoint."""
+        config = self.config
+        previous = {s: signal.signal(s, self.request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        last_save = started = time.monotonic()
+        base = self.elapsed
+        self.model.train()
+        try:
+            with tqdm(total=config.steps, initial=self.step, disable=not self.progress, desc="training") as bar:
+                while self.step < config.steps:
+                    loss = self.train_step()
+                    self.elapsed = base + time.monotonic() - started
+                    problem = self._divergence(loss)
+                    if problem is not None:
+                        where = (f"the last finite checkpoint {self.checkpoint_path} (step {self.saved_step}) is kept"
+                                 if self.saved_step is not None else "no checkpoint was written")
+                        raise TrainingDiverged(f"training diverged at step {self.step}: {problem}; {where}; "
+                                               f"start again with a lower --lr (now {config.lr:g})")
+                    record = {"step": self.step, "loss": float(loss.detach())}
+                    self.log.append(record)
+                    bar.update(1)
+                    if not self.progress and config.log_every and self.step % config.log_every == 0:
+                        print(json.dumps({**record, "elapsed_s": round(self.elapsed, 1)}), file=sys.stderr, flush=True)
+                    if self._stop_requested and self.step < config.steps:
+                        self.save_checkpoint()
+                        return "interrupted"
+                    if time.monotonic() - last_save > 60 * config.checkpoint_minutes:
+                        self.save_checkpoint()
+                        last_save = time.monotonic()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        self.model.calibrate()
+        self.save_checkpoint()
+        return "finished"
+
+    def export(self, test=None, eps_list=(0.1, 0.25, 0.5, 1.0)) -> Path:
+        """Write the eval-mode weights with the certificate, the training configuration, the step count and wall
+        time, and (given a test TensorDataset) clean and certified test accuracy in the metadata."""
+        self.model.eval()
+        info = {"training": json.dumps(asdict(self.config), sort_keys=True), "steps": str(self.step),
+                "train_seconds": f"{self.elapsed:.0f}"}
+        if test is not None:
+            images, labels = test.tensors
+            loader = [(images[i : i + 1000], labels[i : i + 1000]) for i in range(0, len(labels), 1000)]
+            info["test_accuracy"] = json.dumps(certified_accuracy(self.model, loader, eps_list))
+        return save_classifier(self.model, self.config.out, extra=info)

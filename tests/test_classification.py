@@ -1,0 +1,197 @@
+"""Certified classification (issue #25): radii that no attack breaks, Lipschitz bounds above every search,
+weights files that round-trip and refuse tampering, and a trainer that resumes exactly. Tiny models on a
+synthetic stand-in; Fashion-MNIST only where the shared data folder exists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from pnp_stable.classification import (LipschitzClassifier, SpectralResNet, certified_accuracy, certified_radius,
+                                       fashion_mnist, lipschitz_search, load_classifier, pgd_l2, robust_accuracy,
+                                       save_classifier, synthetic)
+from pnp_stable.classification.trainer import ClassifierConfig, ClassifierTrainer
+
+FASHION = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"
+TINY = dict(widths=[8, 16], depths=[1, 1])
+
+
+def _trained(tmp_path, model="lipschitz", steps=60, dataset="fashion-mnist", data=None, architecture=TINY):
+    data = synthetic(512, 1, 28) if data is None else data
+    config = ClassifierConfig(data="-", out=str(tmp_path / f"{model}.safetensors"), dataset=dataset, model=model,
+                              architecture=dict(architecture), steps=steps, batch=32, eps=0.3)
+    trainer = ClassifierTrainer(config, progress=False, dataset=data)
+    assert trainer.run() == "finished"
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return _trained(tmp_path_factory.mktemp("classifier")).model.eval()
+
+
+def test_the_tiny_model_learns_the_stand_in(trained):
+    images, labels = synthetic(256, 1, 28, seed=1).tensors
+    result = certified_accuracy(trained, [(images, labels)], [0.1])
+    assert result["clean"] > 0.9 and result["certified"][0.1] > 0.5
+
+
+def test_no_attack_breaks_a_certified_radius(trained):
+    images, _ = synthetic(64, 1, 28, seed=2).tensors
+    prediction, radius = certified_radius(trained, images)
+    assert float(radius.min()) > 0.05  # the test has radii to attack
+    adversarial = pgd_l2(trained, images, prediction, radius * 0.999, steps=30, restarts=2)
+    assert float((adversarial - images).flatten(1).norm(dim=1).div(radius).max()) <= 0.999 + 1e-5
+    with torch.no_grad():
+        assert torch.equal(trained(adversarial).argmax(1), prediction)
+    # the same attack at twice the radius does succeed somewhere: it is strong enough to mean something
+    beyond = pgd_l2(trained, images, prediction, radius * 2 + 0.2, steps=30, restarts=2)
+    with torch.no_grad():
+        assert not torch.equal(trained(beyond).argmax(1), prediction)
+
+
+def test_empirical_robust_accuracy_is_at_least_the_certified_one(trained):
+    images, labels = synthetic(128, 1, 28, seed=3).tensors
+    certified = certified_accuracy(trained, [(images, labels)], [0.25, 0.5])["certified"]
+    for eps, value in certified.items():
+        assert robust_accuracy(trained, images, labels, eps, steps=20) >= value
+
+
+@pytest.mark.parametrize("kind", [LipschitzClassifier, SpectralResNet])
+def test_the_lipschitz_bound_exceeds_an_adversarial_search(kind):
+    torch.manual_seed(0)
+    model = kind(**TINY).eval()
+    images = synthetic(8, 1, 28, seed=4).tensors[0]
+    found = lipschitz_search(model, images, steps=60)
+    bound = model.lipschitz_bound()
+    assert found <= bound * (1 + 1e-5)
+    assert found > 0.05 * bound  # the search is not vacuous
+
+
+def test_the_baseline_pays_for_depth_in_its_bound():
+    """Residual blocks are bounded by 1 + ‖C₂‖‖C₁‖ ≈ 2 each: the product grows with depth, ours stays ≈ 1."""
+    torch.manual_seed(0)
+    ours = LipschitzClassifier(widths=[8, 16], depths=[2, 2]).eval()
+    baseline = SpectralResNet(widths=[8, 16], depths=[1, 1]).eval()
+    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+    assert count(ours) == pytest.approx(count(baseline), abs=4)  # ours learns one time span T per block
+    assert ours.feature_lipschitz() < 1.01
+    assert baseline.feature_lipschitz() > 3.5
+
+
+def test_weights_round_trip_and_refuse_tampering(trained, tmp_path):
+    path = save_classifier(trained, tmp_path / "c.safetensors", extra={"note": "test"})
+    loaded = load_classifier(path, verify=True)
+    images = synthetic(16, 1, 28, seed=5).tensors[0]
+    with torch.no_grad():
+        assert torch.equal(loaded(images), trained(images))
+    assert loaded.lipschitz_bound() == pytest.approx(trained.lipschitz_bound(), rel=1e-12)
+    tensors = load_file(str(path))
+    tensors["head.weight"] = tensors["head.weight"] * 2
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=metadata)
+    with pytest.raises(ValueError, match="digest"):
+        load_classifier(tmp_path / "bad.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a file")
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        load_classifier(tmp_path / "junk.safetensors")
+
+
+def test_bad_inputs_are_refused(trained):
+    with pytest.raises(ValueError, match=r"\[B, 1, 28, 28\]"):
+        trained(torch.zeros(2, 3, 28, 28))
+    with pytest.raises(ValueError, match="NaN"):
+        trained(torch.full((1, 1, 28, 28), float("nan")))
+    with pytest.raises(ValueError, match="eval"):
+        certified_radius(trained.train(), torch.zeros(1, 1, 28, 28))
+    trained.eval()
+
+
+def test_training_resumes_exactly(tmp_path):
+    data = synthetic(256, 1, 28)
+    straight = _trained(tmp_path / "a", steps=12, data=data).model
+    config = ClassifierConfig(data="-", out=str(tmp_path / "b" / "m.safetensors"), architecture=dict(TINY), steps=12,
+                              batch=32, eps=0.3)
+    first = ClassifierTrainer(config, progress=False, dataset=data)
+    original = first.train_step
+    first.train_step = lambda: (first.request_stop() if first.step == 5 else None, original())[1]
+    assert first.run() == "interrupted" and first.step == 6
+    second = ClassifierTrainer(config, resume=True, progress=False, dataset=data)
+    assert second.step == 6 and second.run() == "finished"
+    for (name, a), b in zip(straight.state_dict().items(), second.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_cifar_shaped_inputs_train_on_a_stand_in(tmp_path):
+    trainer = _trained(tmp_path, steps=3, dataset="cifar10", data=synthetic(64, 3, 32), architecture=dict(widths=[12, 16], depths=[1, 1]))
+    model = trainer.model.eval()
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    assert model.lipschitz_bound() < 1.01
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="shared Fashion-MNIST folder absent")
+def test_fashion_mnist_loads_from_the_gzipped_files(tmp_path):
+    from pnp_stable.classification.data import fashion_mnist as load
+
+    test = load(FASHION, train=False, cache=tmp_path)
+    images, labels = test.tensors
+    assert images.shape == (10000, 1, 28, 28) and labels.unique().tolist() == list(range(10))
+    assert 0 <= float(images.min()) and float(images.max()) <= 1
+    assert fashion_mnist is load
+
+
+def test_classify_command_prints_class_and_radius(trained, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from pnp_stable import cli
+
+    path = save_classifier(trained, tmp_path / "c.safetensors")
+    image = synthetic(1, 1, 28, seed=6).tensors[0][0, 0].numpy()
+    Image.fromarray((image * 255).round().astype(np.uint8)).save(tmp_path / "item.png")
+    Image.fromarray((image * 255).round().astype(np.uint8)).resize((56, 56)).save(tmp_path / "large.png")
+    assert cli.main(["classify", str(tmp_path / "item.png"), "--model", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "certified ℓ2 radius" in out and "Lipschitz ≤ 1.0" in out
+    assert cli.main(["classify", str(tmp_path / "large.png"), "--model", str(path)]) == 2
+    assert "--resize" in capsys.readouterr().err
+    assert cli.main(["classify", str(tmp_path / "large.png"), "--model", str(path), "--resize"]) == 0
+    assert cli.main(["classify", str(tmp_path / "item.png"), "--model", "no-such-model"]) == 2
+
+
+def test_edited_bounds_are_refused_even_with_a_recomputed_digest(trained, tmp_path):
+    """The digest covers the metadata; a deliberate edit that recomputes it is caught by recomputing the bounds,
+    which is the default for every file that is not shipped."""
+    import json
+
+    from safetensors import safe_open
+
+    from pnp_stable._safetensors import content_digest
+
+    path = save_classifier(trained, tmp_path / "c.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(path))
+    bounds = [b / 10 for b in json.loads(metadata["weight_norm_bounds"])]
+    edited = {**metadata, "weight_norm_bounds": json.dumps(bounds)}
+    save_file(tensors, str(tmp_path / "stale.safetensors"), metadata=edited)
+    with pytest.raises(ValueError, match="digest"):
+        load_classifier(tmp_path / "stale.safetensors")
+    edited["sha256"] = content_digest(tensors, edited)
+    save_file(tensors, str(tmp_path / "forged.safetensors"), metadata=edited)
+    with pytest.raises(ValueError, match="below the verified"):
+        load_classifier(tmp_path / "forged.safetensors")
+
+
+def test_attacks_and_inputs_are_checked(trained):
+    with pytest.raises(ValueError, match="floating point"):
+        trained(torch.zeros(1, 1, 28, 28, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        pgd_l2(trained, torch.full((1, 1, 28, 28), 2.0), torch.zeros(1, dtype=torch.long), 0.5)
+    assert trained(torch.zeros(1, 1, 28, 28, dtype=torch.float64)).dtype == torch.float32
