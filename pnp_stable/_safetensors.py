@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 
 def read_safetensors(path: str | Path, what: str, expected_format: str, tensors: bool = True
@@ -48,3 +48,15 @@ def content_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -
     for key in sorted(k for k in metadata if k != "sha256"):
         h.update(f"{key}={metadata[key]}\0".encode())
     return h.hexdigest()
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write ``tensors`` with ``metadata`` plus its :func:`content_digest` (key 'sha256') atomically: a temporary file,
+    then a rename, so an interrupted write never leaves a truncated file under ``path``."""
+    metadata = {**metadata, "sha256": content_digest(tensors, metadata)}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)
+    return path

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pnp_stable.classification import (LipschitzClassifier, SpectralResNet, certified_accuracy, certified_radius,
+from pnp_stable.classification import (LipschitzClassifier, SpectralResNetClassifier, certified_accuracy, certified_radius,
                                        fashion_mnist, lipschitz_search, load_classifier, pgd_l2, robust_accuracy,
                                        save_classifier, synthetic)
 from pnp_stable.classification.trainer import ClassifierConfig, ClassifierTrainer
@@ -60,7 +60,7 @@ def test_empirical_robust_accuracy_is_at_least_the_certified_one(trained):
         assert robust_accuracy(trained, images, labels, eps, steps=20) >= value
 
 
-@pytest.mark.parametrize("kind", [LipschitzClassifier, SpectralResNet])
+@pytest.mark.parametrize("kind", [LipschitzClassifier, SpectralResNetClassifier])
 def test_the_lipschitz_bound_exceeds_an_adversarial_search(kind):
     torch.manual_seed(0)
     model = kind(**TINY).eval()
@@ -75,7 +75,7 @@ def test_the_baseline_pays_for_depth_in_its_bound():
     """Residual blocks are bounded by 1 + ‖C₂‖‖C₁‖ ≈ 2 each: the product grows with depth, ours stays ≈ 1."""
     torch.manual_seed(0)
     ours = LipschitzClassifier(widths=[8, 16], depths=[2, 2]).eval()
-    baseline = SpectralResNet(widths=[8, 16], depths=[1, 1]).eval()
+    baseline = SpectralResNetClassifier(widths=[8, 16], depths=[1, 1]).eval()
     count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
     assert count(ours) == pytest.approx(count(baseline), abs=4)  # ours learns one time span T per block
     assert ours.feature_lipschitz() < 1.01

@@ -6,14 +6,14 @@ convolution norm bounds of :mod:`pnp_stable.denoisers.spectral`) and reuses the 
 so one install and one certificate machinery serve both.
 """
 
-from .baseline import SpectralResNet
+from .baseline import SpectralResNetClassifier
 from .data import FASHION_MNIST_CLASSES, cifar10, fashion_mnist, load_dataset, synthetic
 from .network import LipschitzClassifier
 from .robustness import certified_accuracy, certified_radius, lipschitz_search, margin_loss, pgd_l2, robust_accuracy
 from .storage import classifier_file, list_classifiers, load_classifier, save_classifier
 
 __all__ = [
-    "FASHION_MNIST_CLASSES", "LipschitzClassifier", "SpectralResNet", "certified_accuracy", "certified_radius",
+    "FASHION_MNIST_CLASSES", "LipschitzClassifier", "SpectralResNetClassifier", "certified_accuracy", "certified_radius",
     "cifar10", "classifier_file", "fashion_mnist", "lipschitz_search", "list_classifiers", "load_classifier",
     "load_dataset", "margin_loss", "pgd_l2", "robust_accuracy", "save_classifier", "synthetic",
 ]

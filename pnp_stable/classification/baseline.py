@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..denoisers.layers import CertifiedConv
 from .network import ROUNDING_MARGIN, LipschitzClassifier
 
-__all__ = ["SpectralResNet"]
+__all__ = ["SpectralResNetClassifier"]
 
 
 class SpectralResidualBlock(nn.Module):
@@ -38,7 +38,7 @@ class SpectralResidualBlock(nn.Module):
         return 1 + self.first.norm_upper_bound() * self.second.norm_upper_bound() * margin
 
 
-class SpectralResNet(LipschitzClassifier):
+class SpectralResNetClassifier(LipschitzClassifier):
     """:class:`LipschitzClassifier`'s stem, down-sampling and head around spectrally normalised residual blocks.
 
     A residual block holds two convolutions where a non-expansive block holds one, so ``depths`` counts

@@ -11,19 +11,16 @@ import json
 import math
 from pathlib import Path
 
-import torch
-from safetensors.torch import save_file
-
 from .._finite import check_finite_model, check_finite_tensors
-from .._safetensors import content_digest, read_safetensors
+from .._safetensors import content_digest, read_safetensors, write_safetensors
 from ..denoisers.spectral import conv_norm_upper_bound
-from .baseline import SpectralResNet
+from .baseline import SpectralResNetClassifier
 from .network import LipschitzClassifier
 
 __all__ = ["FORMAT", "WEIGHTS_DIR", "save_classifier", "load_classifier", "list_classifiers", "classifier_file"]
 
 FORMAT = "pnp-stable-classifier/1"
-STORABLE = {cls.__name__: cls for cls in (LipschitzClassifier, SpectralResNet)}
+STORABLE = {cls.__name__: cls for cls in (LipschitzClassifier, SpectralResNetClassifier)}
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
@@ -50,13 +47,7 @@ def save_classifier(model: LipschitzClassifier, path: str | Path, extra: dict[st
         if key in metadata or key == "sha256":
             raise ValueError(f"metadata key '{key}' is reserved")
         metadata[key] = str(value)
-    metadata["sha256"] = content_digest(tensors, metadata)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
-    return path
+    return write_safetensors(path, tensors, metadata)
 
 
 def _json(metadata: dict[str, str], key: str, path) -> object:

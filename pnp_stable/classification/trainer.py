@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .._finite import first_nonfinite
 from ..training.checkpoint import load_checkpoint, model_tensors, save_checkpoint
 from ..training.trainer import TrainingDiverged
-from .baseline import SpectralResNet
+from .baseline import SpectralResNetClassifier
 from .data import DATASETS, load_dataset
 from .network import LipschitzClassifier
 from .robustness import certified_accuracy, margin_loss
@@ -27,7 +27,7 @@ from .storage import save_classifier
 
 __all__ = ["CLASSIFIERS", "ClassifierConfig", "ClassifierTrainer"]
 
-CLASSIFIERS = {"lipschitz": LipschitzClassifier, "spectral-resnet": SpectralResNet}
+CLASSIFIERS = {"lipschitz": LipschitzClassifier, "spectral-resnet": SpectralResNetClassifier}
 #: Options that may change between a run and its resume: where files are, and how often it logs or saves.
 RESUMABLE_CHANGES = ("data", "out", "checkpoint", "checkpoint_minutes", "log_every", "download")
 

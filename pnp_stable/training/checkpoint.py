@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors.torch import save_file
 
 from .._finite import check_finite_tensors
-from .._safetensors import content_digest, read_safetensors
+from .._safetensors import content_digest, read_safetensors, write_safetensors
 
 __all__ = ["save_checkpoint", "load_checkpoint", "sampler_state"]
 
@@ -59,13 +58,7 @@ def save_checkpoint(path: str | Path, model, optimizer, scheduler, rng_state: to
         "optimizer": json.dumps(optim_meta),
         "scheduler": json.dumps(scheduler.state_dict()),
     }
-    metadata["sha256"] = content_digest(tensors, metadata)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
-    return path
+    return write_safetensors(path, tensors, metadata)
 
 
 def _verify(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
