@@ -31,7 +31,8 @@ def test_readme_python_blocks_run_verbatim(capsys):
 def test_readme_sections_come_in_the_front_door_order():
     headings = re.findall(r"^## (.+)$", (ROOT / "README.md").read_text(), flags=re.M)
     assert headings == ["Set up", "Command line", "Python", "Your own operator and denoiser",
-                        "What the certificate and the verdict mean", "Benchmarks", "Train your own", "Citation"]
+                        "What the certificate and the verdict mean", "Benchmarks", "Train your own",
+                        "Certified robust classification", "Citation"]
     setup = (ROOT / "README.md").read_text().split("## Set up")[1].split("##")[0]
     assert "make demo" in setup and "make test" in setup
 
