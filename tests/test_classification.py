@@ -195,3 +195,13 @@ def test_attacks_and_inputs_are_checked(trained):
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         pgd_l2(trained, torch.full((1, 1, 28, 28), 2.0), torch.zeros(1, dtype=torch.long), 0.5)
     assert trained(torch.zeros(1, 1, 28, 28, dtype=torch.float64)).dtype == torch.float32
+
+
+def test_the_shipped_classifier_loads_and_its_certificate_reproduces():
+    from pnp_stable.classification import list_classifiers
+
+    assert [row["name"] for row in list_classifiers()] == ["fashion-mnist-lipschitz"]
+    model = load_classifier("fashion-mnist-lipschitz")
+    assert model.lipschitz_bound() < 1.01
+    images = synthetic(4, 1, 28, seed=7).tensors[0]
+    assert lipschitz_search(model, images, steps=20) <= model.lipschitz_bound()
