@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/training_speed.py
 	$(BIN)/python benchmarks/architectures.py
 	$(BIN)/python benchmarks/robust_classification.py
+	$(BIN)/python benchmarks/tiling.py
 
 bench-full: $(STAMP)
 	$(BIN)/python benchmarks/denoise.py --out benchmarks/results/denoise-full.md
