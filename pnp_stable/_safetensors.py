@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import torch
@@ -60,3 +61,14 @@ def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metada
     save_file(tensors, str(tmp), metadata=metadata)
     tmp.replace(path)
     return path
+
+
+def metadata_json(metadata: dict[str, str], key: str, path: str | Path, writer: str):
+    """The JSON value of metadata ``key``; ``ValueError`` naming the file and the key when it is missing (write the
+    file with ``writer``) or not JSON."""
+    if key not in metadata:
+        raise ValueError(f"{path}: metadata key '{key}' is missing; write the file with {writer}")
+    try:
+        return json.loads(metadata[key])
+    except ValueError as err:
+        raise ValueError(f"{path}: metadata '{key}' is not valid JSON ({err})") from err

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 from .._finite import check_finite_model, check_finite_tensors
-from .._safetensors import content_digest, read_safetensors, write_safetensors
+from .._safetensors import content_digest, metadata_json, read_safetensors, write_safetensors
 from ..denoisers.spectral import conv_norm_upper_bound
 from .baseline import SpectralResNetClassifier
 from .network import LipschitzClassifier
@@ -51,12 +51,7 @@ def save_classifier(model: LipschitzClassifier, path: str | Path, extra: dict[st
 
 
 def _json(metadata: dict[str, str], key: str, path) -> object:
-    if key not in metadata:
-        raise ValueError(f"{path}: metadata key '{key}' is missing; write the file with save_classifier")
-    try:
-        return json.loads(metadata[key])
-    except ValueError as err:
-        raise ValueError(f"{path}: metadata '{key}' is not valid JSON ({err})") from err
+    return metadata_json(metadata, key, path, "save_classifier")
 
 
 def load_classifier(path: str | Path, verify: bool | None = None) -> LipschitzClassifier:

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from .._finite import check_finite_model, check_finite_tensors
-from .._safetensors import read_safetensors, tensor_digest
+from .._safetensors import metadata_json, read_safetensors, tensor_digest
 from ..theory import Certificate
 from .averaged import AveragedDenoiser
 from .baselines import DnCNNBaseline
@@ -77,13 +77,7 @@ def read_denoiser_tensors(path: str | Path) -> tuple[dict[str, str], dict[str, t
 
 
 def _json_entry(metadata: dict[str, str], key: str, path: str | Path):
-    """The JSON value of metadata ``key``; ``ValueError`` naming the file and the key when missing or not JSON."""
-    if key not in metadata:
-        raise ValueError(f"{path}: metadata key '{key}' is missing; write the file with save_denoiser")
-    try:
-        return json.loads(metadata[key])
-    except ValueError as err:
-        raise ValueError(f"{path}: metadata '{key}' is not valid JSON ({err})") from err
+    return metadata_json(metadata, key, path, "save_denoiser")
 
 
 def _build_model(metadata: dict[str, str], path: str | Path) -> AveragedDenoiser | DnCNNBaseline:
