@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol", type=nonnegative_float, default=1e-5, metavar="T", help="stop when ‖z_{k+1} − z_k‖/‖z_{k+1}‖ < T")
     p.add_argument("--accelerate", action=argparse.BooleanOptionalAction, default=None,
                    help="safeguarded Anderson acceleration: fewer denoiser calls, the same limit and guarantee "
-                        "(the monitor checks the safeguard); not for fista. Default: on with --denoiser guided, else off")
+                        "(the monitor checks the safeguard); not for fista. Default: on with a certified denoiser, except for fista")
     p.add_argument("--boundary", choices=["valid", "circular", "reflect", "replicate", "zeros"], default=None,
                    help="how the blur treats the image's edges. valid (the default for a photo): the blur mixed in "
                         "scene pixels beyond the frame, nothing is assumed about them (best on real photos, "

@@ -22,6 +22,7 @@ from .io import to_tensor
 from .operators.kernels import kernel_from_spec, validate_kernel
 from .operators.physics import blur
 from .solvers.guided import guided_solve
+from .solvers.defaults import tuned
 from .solvers.loop import PnPResult, solve
 from .theory import Certificate
 
@@ -150,7 +151,8 @@ def deblur(
 
     ``accelerate``: True (or an :class:`~pnp_stable.solvers.Anderson`) for safeguarded Anderson acceleration,
     which keeps the convergence guarantee and the monitor's checks (:mod:`pnp_stable.solvers.anderson`); None:
-    on for the guided route, off otherwise.
+    on for every averaged iteration (FB, HQS, DRS, ADMM; ``Tuned.accelerate``) with a certified denoiser, off for
+    FISTA and for denoisers without a certificate. ``max_iter`` then counts denoiser calls.
     """
     device = check_device(device)
     y = _as_batch(y, "blurred image y", device)
@@ -174,11 +176,14 @@ def deblur(
             progress=progress, x0=x0, reference_frame=frame, accelerate=accelerate,
         )
     else:
+        model = resolve_denoiser(denoiser, y.shape[1], device)
+        if accelerate is None:  # the theorem of solvers/anderson.py needs an averaged T, so a certified denoiser
+            accelerate = tuned(solver or "fb").accelerate and certificate_of(model).alpha is not None
         result = solve(
-            physics, y, resolve_denoiser(denoiser, y.shape[1], device), noise_sigma, solver=solver or "fb",
+            physics, y, model, noise_sigma, solver=solver or "fb",
             denoiser_sigma=denoiser_sigma, step=step, denoiser_weight=denoiser_weight, relaxation=relaxation,
             max_iter=max_iter, tol=tol, x0=x0, reference=reference, allow_unsafe_step=allow_unsafe_step,
-            progress=progress, reference_frame=frame, accelerate=False if accelerate is None else accelerate,
+            progress=progress, reference_frame=frame, accelerate=accelerate,
         )
     return result if frame is None else _framed(result, frame)
 

@@ -83,8 +83,8 @@ class NonexpansiveBlock(nn.Module):
         act = self.activation
         size = x.shape[-2:]
 
-        def velocity(z: Tensor) -> Tensor:
-            return -self.conv.A_T(act(self.conv.A(z, weight)), size, weight)
+        def velocity(z: Tensor) -> Tensor:  # −Aᵀσ(Az + b), the negation folded into the small kernel: (−A)ᵀ = −Aᵀ
+            return self.conv.A_T(act(self.conv.A(z, weight)), size, -weight)
 
         for _ in range(n):
             x = self.integrator.step(velocity, x, h)

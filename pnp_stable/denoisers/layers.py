@@ -63,7 +63,7 @@ class Integrator:
 
 
 def _euler(f, x, h):
-    return x + h * f(x)
+    return torch.addcmul(x, f(x), torch.as_tensor(h))  # x + h·f(x) in one pass over memory (h may be learned)
 
 
 def _heun(f, x, h):
@@ -153,8 +153,8 @@ class CertifiedConv(nn.Module):
     def effective_weight(self) -> Tensor:
         return self.weight / self.power_estimate() if self.normalise else self.weight
 
-    def _conv(self, x: Tensor, weight: Tensor) -> Tensor:
-        return F.conv2d(x, weight, stride=self.stride, padding=self.padding)
+    def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        return F.conv2d(x, weight, bias, stride=self.stride, padding=self.padding)
 
     def _conv_T(self, y: Tensor, weight: Tensor, out_hw) -> Tensor:
         k = weight.shape[-1]
@@ -164,8 +164,7 @@ class CertifiedConv(nn.Module):
     def A(self, x: Tensor, weight: Tensor | None = None) -> Tensor:
         """Ax + b (affine)."""
         weight = self.effective_weight() if weight is None else weight
-        out = self._conv(x, weight)
-        return out if self.bias is None else out + self.bias[None, :, None, None]
+        return self._conv(x, weight, self.bias)
 
     def A_T(self, y: Tensor, out_hw, weight: Tensor | None = None) -> Tensor:
         """Aᵀy of the linear part: conv_transpose2d with the same weight, stride and padding."""
