@@ -56,6 +56,7 @@ from _report import RESULTS, header  # noqa: E402
 
 import pnp_stable as ps  # noqa: E402
 from pnp_stable import cli  # noqa: E402
+from pnp_stable._safetensors import content_digest  # noqa: E402
 
 CATEGORIES = {
     1: "Output paths",
@@ -200,15 +201,6 @@ def _is_colour(shape: tuple[int, ...], torch_layout: bool) -> bool:
     return len(shape) == 3 and shape[2] == 3
 
 
-def _digest_tensors(tensors: dict[str, torch.Tensor]) -> str:
-    """The weights digest of ``pnp_stable.denoisers.serialization`` (SHA-256 of every name and tensor, by name)."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        h.update(name.encode())
-        h.update(tensors[name].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def _write_weights(path: Path, source: Path, tensors_edit=None, metadata_edit=None) -> None:
     """A copy of the weights file ``source`` with edited tensors and/or metadata and a valid digest."""
     from safetensors import safe_open
@@ -219,9 +211,11 @@ def _write_weights(path: Path, source: Path, tensors_edit=None, metadata_edit=No
     tensors = load_file(str(source))
     if tensors_edit:
         tensors_edit(tensors)
-    metadata["sha256"] = _digest_tensors(tensors)
+    metadata["sha256"] = before = content_digest(tensors, metadata)
     if metadata_edit:
         metadata_edit(metadata)
+        if metadata.get("sha256") == before:  # an edit elsewhere: the digest follows it (edits of the digest stay)
+            metadata["sha256"] = content_digest(tensors, metadata)
     save_file(tensors, str(path), metadata=metadata)
 
 

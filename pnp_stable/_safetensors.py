@@ -30,7 +30,8 @@ def read_safetensors(path: str | Path, what: str, expected_format: str, tensors:
 
 
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 of every tensor's name and bytes, in name order: the digest weights files carry."""
+    """SHA-256 of every tensor's name and bytes, in name order: the digest of denoiser files written before
+    :func:`content_digest` (it leaves the metadata unprotected, so such files are loaded with their bounds verified)."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         h.update(name.encode())

@@ -329,7 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "one at --sigma) and search adversarially for a violation of the certificate at "
                                         "--sigma (exit 1 when one is found).")
     p.add_argument("model", metavar="NAME|PATH", help="shipped model name or .safetensors file")
-    p.add_argument("--verify", action="store_true", help="recompute every stored norm bound (slow: seconds per layer)")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
+                   help="recompute every stored norm bound (about a second per model); default: on for files "
+                        "outside the package, whose digest could have been recomputed after an edit")
     p.add_argument("--size", type=positive_int, default=32, help="side of the test images")
     p.add_argument("--sigma", type=level, default=25 / 255, help="noise level given to the denoiser; its certificate there is tested")
     p.add_argument("--restarts", type=positive_int, default=4, help="adversarial search restarts")

@@ -258,17 +258,14 @@ def test_negative_noise_level_is_refused():
 
 def _rewritten(path, target, tensors=None, **metadata):
     """The denoiser file ``path`` copied to ``target`` with some tensors and metadata entries replaced (None
-    deletes an entry) and the digest recomputed: only the replaced content itself can be refused."""
-    from safetensors.torch import save_file
-
-    from pnp_stable._safetensors import tensor_digest
+    deletes an entry) and the content digest recomputed: only the replaced content itself can be refused."""
+    from pnp_stable._safetensors import write_safetensors
     from pnp_stable.denoisers.serialization import read_denoiser_tensors
 
     stored, original = read_denoiser_tensors(path)
     tensors = {**original, **(tensors or {})}
-    entries = {**stored, "sha256": tensor_digest(tensors), **metadata}
-    save_file(tensors, str(target), metadata={k: v for k, v in entries.items() if v is not None})
-    return target
+    entries = {**stored, **metadata}
+    return write_safetensors(target, tensors, {k: v for k, v in entries.items() if v is not None and k != "sha256"})
 
 
 def test_non_finite_weights_with_a_valid_digest_are_refused(tmp_path):
@@ -280,6 +277,40 @@ def test_non_finite_weights_with_a_valid_digest_are_refused(tmp_path):
     message = rf"^{re.escape(str(bad))}: tensor 'blocks\.0\.conv\.bias' has 3 NaN/Inf values; the file is corrupt or came from"
     with pytest.raises(ValueError, match=message):
         ps.load_denoiser_file(bad)  # it used to load, output NaN and claim a guaranteed certificate
+
+
+def test_the_digest_covers_the_metadata_and_edited_bounds_are_caught(tmp_path, monkeypatch):
+    """An edit that keeps the old digest is refused; a consistent file with an understated bound (its certificate and
+    digest recomputed from it) is caught by the default verification of every file outside the package; an older
+    file (digest of the tensors only) is always verified."""
+    from safetensors.torch import save_file
+
+    from pnp_stable._safetensors import tensor_digest
+    from pnp_stable.denoisers import serialization
+    from pnp_stable.denoisers.serialization import read_denoiser_tensors
+
+    torch.manual_seed(0)
+    model = AveragedDenoiser(channels=1, width=4, depth=1).eval()
+    path = ps.save_denoiser(model, tmp_path / "m.safetensors")
+    bound = model.blocks[0].conv.weight_norm_bound()
+    metadata, tensors = read_denoiser_tensors(path)
+    save_file(tensors, str(tmp_path / "stale.safetensors"), metadata={**metadata, "config": metadata["config"] + " "})
+    with pytest.raises(ValueError, match="content does not match its recorded digest"):
+        ps.load_denoiser_file(tmp_path / "stale.safetensors")
+    model.blocks[0].conv.set_weight_norm_bound(bound / 2)
+    understated = ps.save_denoiser(model, tmp_path / "understated.safetensors")  # bounds, α and digest all agree
+    with pytest.raises(ValueError, match="is below the verified bound"):
+        ps.load_denoiser_file(understated)  # verify=None: a file outside the package is verified
+    trusted = ps.load_denoiser_file(understated, verify=False)  # the caller explicitly trusts it
+    assert trusted.blocks[0].conv.weight_norm_bound() == pytest.approx(bound / 2)
+    monkeypatch.setattr(serialization, "WEIGHTS_DIR", tmp_path)  # a file in the package's folder is trusted as it is
+    assert ps.load_denoiser_file(understated).blocks[0].conv.weight_norm_bound() == pytest.approx(bound / 2)
+    for name, source in (("older", path), ("older-understated", understated)):
+        stored, weights = read_denoiser_tensors(source)
+        save_file(weights, str(tmp_path / f"{name}.safetensors"), metadata={**stored, "sha256": tensor_digest(weights)})
+    assert ps.load_denoiser_file(tmp_path / "older.safetensors", verify=False).blocks[0].conv.weight_norm_bound() == bound
+    with pytest.raises(ValueError, match="is below the verified bound"):
+        ps.load_denoiser_file(tmp_path / "older-understated.safetensors", verify=False)
 
 
 @pytest.mark.parametrize("key, value, expected", [

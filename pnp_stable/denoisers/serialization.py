@@ -1,7 +1,10 @@
 """Denoisers ↔ ``.safetensors`` files: tensors plus class, architecture, certificate and (for the
-certified networks) per-layer norm bounds in the metadata. Loading never unpickles; the stored bounds
-are trusted only for the exact weights they were computed from (a SHA-256 digest of every tensor).
-Two classes are stored: :class:`AveragedDenoiser` and the unconstrained :class:`DnCNNBaseline`."""
+certified networks) per-layer norm bounds in the metadata. Loading never unpickles. A SHA-256 digest of the
+whole content (every tensor and every metadata entry) catches any accidental change; since anyone can recompute
+it, the stored bounds are trusted as they are only in the package's own ``weights/`` folder, and every other file
+has them recomputed on loading (``verify``). Files written before the digest covered the metadata (digest of the
+tensors only) still load, always verified. Two classes are stored: :class:`AveragedDenoiser` and the
+unconstrained :class:`DnCNNBaseline`."""
 
 from __future__ import annotations
 
@@ -10,10 +13,8 @@ import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
-
 from .._finite import check_finite_model, check_finite_tensors
-from .._safetensors import metadata_json, read_safetensors, tensor_digest
+from .._safetensors import content_digest, metadata_json, read_safetensors, tensor_digest, write_safetensors
 from ..theory import Certificate
 from .averaged import AveragedDenoiser
 from .baselines import DnCNNBaseline
@@ -22,6 +23,7 @@ from .spectral import conv_norm_upper_bound
 __all__ = ["save_denoiser", "load_denoiser_file", "read_denoiser_tensors"]
 
 FORMAT = "pnp-stable-denoiser/1"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
 STORABLE = {cls.__name__: cls for cls in (AveragedDenoiser, DnCNNBaseline)}
 
 
@@ -30,7 +32,8 @@ def _norm_bounds(model) -> list[float]:
 
 
 def save_denoiser(model: AveragedDenoiser | DnCNNBaseline, path: str | Path, extra: dict[str, str] | None = None) -> Path:
-    """Write weights, config, certificate (computed now from guaranteed bounds) and ``extra`` metadata."""
+    """Write weights, config, certificate (computed now from guaranteed bounds), ``extra`` metadata and the content
+    digest, atomically (an interrupted write leaves no truncated file)."""
     if type(model).__name__ not in STORABLE:
         raise ValueError(f"save_denoiser writes {' or '.join(STORABLE)} models, got {type(model).__name__}")
     check_finite_model(model, f"save_denoiser({path})")
@@ -46,16 +49,12 @@ def save_denoiser(model: AveragedDenoiser | DnCNNBaseline, path: str | Path, ext
         "config": json.dumps(model.config, sort_keys=True),
         "certificate": certificate.to_json(),
         "weight_norm_bounds": json.dumps(bounds),
-        "sha256": tensor_digest(tensors),
     }
     for key, value in (extra or {}).items():
-        if key in metadata:
+        if key in metadata or key == "sha256":
             raise ValueError(f"metadata key '{key}' is reserved")
         metadata[key] = str(value)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=metadata)
-    return path
+    return write_safetensors(path, tensors, metadata)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -64,16 +63,25 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def read_denoiser_tensors(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """Metadata and tensors of a denoiser file, refused unless the tensors match their recorded SHA-256 and
-    are all finite (a NaN weight saved with its own digest still makes the network output NaN)."""
+    """Metadata and tensors of a denoiser file, refused unless the content matches its recorded SHA-256 and the
+    tensors are all finite (a NaN weight saved with its own digest still makes the network output NaN)."""
     metadata, tensors = read_safetensors(path, "denoiser file", FORMAT)
+    _metadata_digested(path, metadata, tensors)
+    check_finite_tensors(tensors, str(path))
+    return metadata, tensors
+
+
+def _metadata_digested(path: str | Path, metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> bool:
+    """True when the recorded digest covers tensors and metadata, False for an older file whose digest covers only
+    the tensors; ``ValueError`` when the digest is missing or matches neither."""
     if "sha256" not in metadata:
         raise ValueError(f"{path}: metadata key 'sha256' is missing, so the weights cannot be verified; "
                          "write the file with save_denoiser")
-    if tensor_digest(tensors) != metadata["sha256"]:
-        raise ValueError(f"{path}: weights do not match their recorded digest (file modified or corrupt)")
-    check_finite_tensors(tensors, str(path))
-    return metadata, tensors
+    if metadata["sha256"] == content_digest(tensors, metadata):
+        return True
+    if metadata["sha256"] == tensor_digest(tensors):
+        return False
+    raise ValueError(f"{path}: content does not match its recorded digest (file modified or corrupt)")
 
 
 def _json_entry(metadata: dict[str, str], key: str, path: str | Path):
@@ -119,15 +127,21 @@ def _stored_certificate(metadata: dict[str, str], path: str | Path) -> Certifica
         raise ValueError(f"{path}: metadata 'certificate' is invalid ({err})") from err
 
 
-def load_denoiser_file(path: str | Path, verify: bool = False) -> AveragedDenoiser | DnCNNBaseline:
+def load_denoiser_file(path: str | Path, verify: bool | None = None) -> AveragedDenoiser | DnCNNBaseline:
     """Build the denoiser stored in ``path`` (eval mode) and restore its certified norm bounds.
 
-    The stored per-layer bounds are trusted only for the exact tensors they came with (SHA-256 digest);
-    ``verify=True`` also recomputes every bound and refuses a stored bound below the recomputed one (to within 1e-6
-    of the supremum, so only a true bound closer than that can be refused; slower).
-    Non-finite tensors and malformed metadata (each key is checked) are refused with a ``ValueError``.
+    ``verify`` recomputes every per-layer bound and refuses a stored bound below the recomputed one (to within 1e-6
+    of the supremum, so only a true bound closer than that can be refused; about a second for a shipped model).
+    None (the default): verify every file outside the package's ``weights/`` folder, whose digest anyone could
+    have recomputed after editing a bound; an older file whose digest covers only the tensors is always verified.
+    A changed file, non-finite tensors and malformed metadata (each key is checked) are refused with a ``ValueError``.
     """
-    metadata, tensors = read_denoiser_tensors(path)
+    metadata, tensors = read_safetensors(path, "denoiser file", FORMAT)
+    covered = _metadata_digested(path, metadata, tensors)
+    check_finite_tensors(tensors, str(path))
+    if verify is None:
+        verify = Path(path).resolve().parent != WEIGHTS_DIR.resolve()
+    verify = verify or not covered
     model = _build_model(metadata, path)
     stored = _stored_certificate(metadata, path)
     try:

@@ -6,11 +6,9 @@ from pathlib import Path
 
 from .averaged import AveragedDenoiser
 from .baselines import DnCNNBaseline
-from .serialization import load_denoiser_file, read_metadata
+from .serialization import WEIGHTS_DIR, load_denoiser_file, read_metadata
 
 __all__ = ["WEIGHTS_DIR", "denoiser_file", "list_denoisers", "load_denoiser"]
-
-WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
 def _shipped() -> dict[str, Path]:
@@ -42,7 +40,8 @@ def denoiser_file(name_or_path: str | Path) -> Path:
     raise ValueError(f"unknown denoiser '{name_or_path}'; available: {available} (or give a .safetensors path)")
 
 
-def load_denoiser(name_or_path: str | Path, verify: bool = False) -> AveragedDenoiser | DnCNNBaseline:
+def load_denoiser(name_or_path: str | Path, verify: bool | None = None) -> AveragedDenoiser | DnCNNBaseline:
     """A shipped model by name (see :func:`list_denoisers`) or any denoiser file by path; offline, no pickle.
-    ``verify=True`` recomputes every stored norm bound (see :func:`load_denoiser_file`)."""
+    ``verify`` recomputes every stored norm bound; by default only for files outside the package (see
+    :func:`load_denoiser_file`)."""
     return load_denoiser_file(denoiser_file(name_or_path), verify=verify)
