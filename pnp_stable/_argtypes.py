@@ -59,6 +59,16 @@ def nonnegative_int(text: str) -> int:
     return _whole(text, 0)
 
 
+def tile_size(text: str) -> int | str:
+    """'auto', 0 (the whole image) or a tile size of at least 2 pixels."""
+    if text == "auto":
+        return text
+    value = _whole(text, 0)
+    if value == 1:
+        raise argparse.ArgumentTypeError("a tile needs at least 2 pixels (0: the whole image, auto: tile large images)")
+    return value
+
+
 def positive_float(text: str) -> float:
     """A finite number > 0."""
     try:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from ._argtypes import EXIT_USAGE, OneLineParser, level, nonnegative_float, positive_int, seed
+from ._argtypes import EXIT_USAGE, OneLineParser, level, nonnegative_float, nonnegative_int, positive_int, seed, tile_size
 
 class CommandError(ValueError):
     """A user error reported as one line with exit code 2."""
@@ -100,6 +100,7 @@ def cmd_deblur(args) -> int:
         denoiser_sigma=args.denoiser_sigma, step=args.step, denoiser_weight=args.denoiser_weight,
         max_iter=args.iters, tol=args.tol, guide=args.guide, guided_rounds=args.guided_rounds,
         reference=reference, device=device, progress=_progress_mode(args), accelerate=args.accelerate,
+        tile=args.tile, overlap=args.overlap,
     )
     lines = [f"boundary model: {boundary}", result.summary()]
     if reference is not None:
@@ -147,7 +148,8 @@ def cmd_denoise(args) -> int:
     check_outputs(inputs, [("--out", target, IMAGE_SUFFIXES) for target in targets])
     lines = []
     for source, target in tqdm(list(zip(inputs, targets)), desc="denoising", unit="image", disable=not _progress(args)):
-        result = denoise(load_image(source), args.sigma, denoiser=args.denoiser, device=device)
+        result = denoise(load_image(source), args.sigma, denoiser=args.denoiser, device=device, tile=args.tile,
+                         overlap=args.overlap)
         lines.append(_write_image(result.estimate.cpu(), target))
     lines.append(f"denoiser {result.denoiser}: {result.certificate}")
     print("\n".join(lines))
@@ -256,6 +258,14 @@ def cmd_demo(args) -> int:
 
 
 # --- parser -------------------------------------------------------------------------------------
+def _add_tiling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tile", type=tile_size, default="auto", metavar="SIZE",
+                   help="run the denoiser on SIZE-pixel tiles whose windows keep its certificate (peak memory: one "
+                        "tile); 0: the whole image; auto: tile only when the whole image would need more than 2 GiB")
+    p.add_argument("--overlap", type=nonnegative_int, default=32, metavar="N",
+                   help="pixels shared by neighbouring tiles (at least the denoiser's receptive field; ≤ (SIZE − 2)/3)")
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true",
@@ -312,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--simulate", action="store_true", help="IN is clean: blur it and add noise first (also writes OUT_degraded.png)")
     p.add_argument("--seed", type=seed, default=0, help="noise seed for --simulate")
     p.add_argument("--reference", default=None, metavar="CLEAN.png", help="clean image: report PSNR per iteration")
+    _add_tiling(p)
     _add_common(p)
     p.set_defaults(run=cmd_deblur)
 
@@ -321,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma", required=True, type=level, metavar="S", help="noise level on the [0, 1] scale, e.g. 25/255 (required)")
     p.add_argument("--out", required=True, metavar="OUT", help="output file, or a directory for several inputs (required)")
     p.add_argument("--denoiser", default="auto", metavar="NAME|PATH", help="shipped model or .safetensors file; auto picks by channels")
+    _add_tiling(p)
     _add_common(p)
     p.set_defaults(run=cmd_denoise)
 

@@ -17,6 +17,7 @@ from torch import Tensor
 from ._modules import evaluation_mode, on_device
 from ._validation import check_device, check_noise_level
 from .denoisers.averaged import certificate_of
+from .denoisers.tiling import DEFAULT_OVERLAP, tiled
 from .denoisers.zoo import load_denoiser
 from .io import to_tensor
 from .operators.kernels import kernel_from_spec, validate_kernel
@@ -124,6 +125,8 @@ def deblur(
     guide="bm3d",
     guided_rounds: int | None = None,
     accelerate=None,
+    tile: int | str | None = "auto",
+    overlap: int = DEFAULT_OVERLAP,
 ) -> PnPResult:
     """Restore ``y = k * x + n`` (n ~ N(0, noise_sigma²), values on the [0, 1] scale) by monitored PnP.
 
@@ -153,6 +156,11 @@ def deblur(
     which keeps the convergence guarantee and the monitor's checks (:mod:`pnp_stable.solvers.anderson`); None:
     on for every averaged iteration (FB, HQS, DRS, ADMM; ``Tuned.accelerate``) with a certified denoiser, off for
     FISTA and for denoisers without a certificate. ``max_iter`` then counts denoiser calls.
+
+    ``tile``, ``overlap``: run the denoiser on ``tile``-pixel tiles overlapping by ``overlap`` pixels, with windows
+    that keep its certificate (:func:`pnp_stable.denoisers.tiled`): peak memory that of one tile. 'auto' (the
+    default) tiles only images whose whole-image call would need more than 2 GiB (about 4 megapixels for the
+    shipped networks); 0 or None never tiles. The blur stays whole (one FFT per iteration).
     """
     device = check_device(device)
     y = _as_batch(y, "blurred image y", device)
@@ -167,6 +175,8 @@ def deblur(
         if x0 is None or x0.shape == y.shape:
             x0 = _extend(y if x0 is None else x0, frame, x_shape)
     if isinstance(denoiser, str) and denoiser == "guided":
+        if tile not in ("auto", None, 0):
+            raise ValueError("tile= applies to the network denoiser; the guided route filters the whole image")
         if step is not None or denoiser_weight is not None or relaxation != 1.0 or given_x0:
             raise ValueError("denoiser='guided' sets its own start (the guide), step and weight; "
                              "drop step=, denoiser_weight=, relaxation= and x0=")
@@ -176,7 +186,7 @@ def deblur(
             progress=progress, x0=x0, reference_frame=frame, accelerate=accelerate,
         )
     else:
-        model = resolve_denoiser(denoiser, y.shape[1], device)
+        model = tiled(resolve_denoiser(denoiser, y.shape[1], device), y.shape if x0 is None else x0.shape, tile, overlap)
         if accelerate is None:  # the theorem of solvers/anderson.py needs an averaged T, so a certified denoiser
             accelerate = tuned(solver or "fb").accelerate and certificate_of(model).alpha is not None
         result = solve(
@@ -223,16 +233,17 @@ def _noise_levels(sigma, batch: int) -> float | Tensor:
     return values.to(torch.float32)
 
 
-def denoise(x, sigma, denoiser="auto", device: str | torch.device = "cpu") -> DenoiseResult:
+def denoise(x, sigma, denoiser="auto", device: str | torch.device = "cpu", tile: int | str | None = "auto",
+            overlap: int = DEFAULT_OVERLAP) -> DenoiseResult:
     """Remove Gaussian noise of standard deviation ``sigma`` ([0, 1] scale; one value, or one per image of a
-    batch) with a (certified) denoiser."""
+    batch) with a (certified) denoiser; ``tile`` and ``overlap`` as in :func:`deblur` (the same certificate)."""
     device = check_device(device)
     x = _as_batch(x, "noisy image", device)
     sigma = _noise_levels(sigma, x.shape[0])
     if isinstance(sigma, Tensor):
         sigma = sigma.to(device)
     chosen = _choose(denoiser, x.shape[1])
-    model = resolve_denoiser(chosen, x.shape[1], device)
+    model = tiled(resolve_denoiser(chosen, x.shape[1], device), x.shape, tile, overlap)
     with torch.no_grad(), evaluation_mode(model):
         estimate = model(x, sigma)
     if not torch.isfinite(estimate).all():

@@ -46,3 +46,47 @@ def test_the_tiled_operator_keeps_the_certificate(model):
     assert search.ratio <= 1 + 1e-4
     x, y = natural_starts(8, (1, 20, 20)), natural_starts(8, (1, 20, 20), seed=1)
     assert float(averagedness_defects(tiled, x, y, alpha).max()) <= 1e-5
+
+
+def test_auto_tiles_only_images_too_large_for_memory(model):
+    from pnp_stable.denoisers.tiling import AUTO_TILE_BYTES, whole_image_bytes
+
+    small, huge = (1, 1, 64, 64), (1, 3, 4000, 3000)  # 12 MP: shapes only, nothing is run
+    assert whole_image_bytes(model, small) < AUTO_TILE_BYTES < whole_image_bytes(ps.load_denoiser("averaged-color"), huge)
+    assert ps.denoisers.tiled(model, small) is model
+    wrapped = ps.denoisers.tiled(ps.load_denoiser("averaged-color"), huge)
+    assert isinstance(wrapped, TiledDenoiser) and (wrapped.tile, wrapped.overlap) == (512, 32)
+    assert ps.denoisers.tiled(model, huge, tile=0) is model and ps.denoisers.tiled(lambda x, s: x, huge) is not None
+    for bad in (-1, 2.5, True, "big"):
+        with pytest.raises(ValueError, match="tile must be"):
+            ps.denoisers.tiled(model, small, tile=bad)
+
+
+def test_deblur_and_denoise_with_tiles_keep_beta_and_pass_the_monitor(model):
+    clean = natural_starts(1, (1, 40, 40))
+    kernel = torch.ones(3, 3) / 9
+    y = ps.blur(kernel, img_size=(1, 40, 40), noise_sigma=0.02, rng=torch.Generator().manual_seed(0))(clean)
+    whole = ps.deblur(y, kernel, 0.02, denoiser=model, boundary="circular", max_iter=20, tile=0)
+    tiles = ps.deblur(y, kernel, 0.02, denoiser=model, boundary="circular", max_iter=20, tile=16, overlap=4)
+    assert tiles.beta == whole.beta is not None and not tiles.violations
+    assert (tiles.estimate - whole.estimate).norm() < 0.05 * whole.estimate.norm()
+    denoised = ps.denoise(y, 0.05, denoiser=model, tile=16, overlap=4)
+    assert denoised.certificate.alpha == model.certificate.alpha and "tiled" in denoised.certificate.method
+    with pytest.raises(ValueError, match="guided route"):
+        ps.deblur(y, kernel, 0.02, denoiser="guided", guide=model, tile=16)
+
+
+def test_cli_tiles_on_request_and_refuses_a_one_pixel_tile(tmp_path, capsys):
+    from skimage.io import imsave
+
+    from pnp_stable import cli
+
+    path = tmp_path / "noisy.png"
+    imsave(path, (natural_starts(1, (1, 40, 40))[0, 0].numpy() * 255).astype("uint8"))
+    weights = ps.save_denoiser(ps.AveragedDenoiser(channels=1, width=4, depth=1).eval(), tmp_path / "tiny.safetensors")
+    assert cli.main(["denoise", str(path), "--sigma", "0.1", "--denoiser", str(weights), "--tile", "16", "--overlap",
+                     "4", "--out", str(tmp_path / "out.png"), "--quiet"]) == 0
+    assert "tiled with square-root partition-of-unity windows (16 px tiles, 4 px overlap)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["denoise", str(path), "--sigma", "0.1", "--tile", "1", "--out", str(tmp_path / "o.png")])
+    assert "a tile needs at least 2 pixels" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from .certify import adversarial_lipschitz, averagedness_defects, lipschitz_vs_d
 from .layers import ACTIVATIONS, INTEGRATORS, CertifiedConv, get_activation, get_integrator
 from .serialization import load_denoiser_file, read_metadata, save_denoiser
 from .spectral import circular_conv_norm, conv_norm_upper_bound
-from .tiling import TiledDenoiser
+from .tiling import TiledDenoiser, tiled
 from .zoo import list_denoisers, load_denoiser
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "SymmetricKernelFilter",
     "TVDenoiser",
     "TiledDenoiser",
+    "tiled",
     "adversarial_lipschitz",
     "averagedness_defects",
     "certificate_of",
