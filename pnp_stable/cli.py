@@ -65,10 +65,62 @@ def _kernel_files(spec: str) -> list[Path]:
     return [Path(rest)] + ([Path(rest.rsplit(":", 1)[0])] if ":" in rest else [])
 
 
+def _deblur_jobs(args) -> list[tuple[Path, Path]]:
+    """(input, output) pairs: IN and --out (default IN_deblurred.png), or every image in the folder IN, each written to
+    the folder --out (default IN_deblurred/) as NAME_deblurred.png."""
+    from ._outputs import IMAGE_SUFFIXES
+
+    source = Path(args.input)
+    if not source.is_dir():
+        return [(source, Path(args.out) if args.out else source.with_name(source.stem + "_deblurred.png"))]
+    if args.reference or args.plot:
+        raise CommandError("--reference and --plot describe one image; deblur the image alone to use them")
+    images = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + (".npy",))
+    if not images:
+        raise CommandError(f"no image files in the folder {source} (looked for {', '.join(IMAGE_SUFFIXES)}, .npy)")
+    folder = Path(args.out) if args.out else source.with_name(source.name + "_deblurred")
+    if folder.suffix:
+        raise CommandError(f"a folder of inputs needs --out to be a folder, got the file name {folder}")
+    folder.mkdir(parents=True, exist_ok=True)
+    return [(image, folder / (image.stem + "_deblurred.png")) for image in images]
+
+
+def _degraded_path(out: Path) -> Path:
+    return out.with_name(out.stem + "_degraded" + out.suffix)
+
+
 def cmd_deblur(args) -> int:
-    import torch
+    from tqdm.auto import tqdm
 
     from ._outputs import IMAGE_SUFFIXES, check_outputs, plot_suffixes
+
+    jobs = _deblur_jobs(args)
+    outputs = [("--out", out, IMAGE_SUFFIXES) for _, out in jobs]
+    outputs += [("the degraded image (from --out)", _degraded_path(out), IMAGE_SUFFIXES) for _, out in jobs] if args.simulate else []
+    outputs += [("--plot", Path(args.plot), plot_suffixes())] if args.plot else []
+    check_outputs([source for source, _ in jobs] + [Path(p) for p in (args.reference,) if p] + _kernel_files(args.kernel),
+                  outputs)
+    if len(jobs) == 1:
+        print("\n".join(_deblur_one(args, *jobs[0], progress=_progress_mode(args))))
+        return 0
+    failed = []
+    for source, out in tqdm(jobs, desc="deblurring", unit="image", disable=not _progress(args)):
+        try:
+            lines = _deblur_one(args, source, out, progress=False)
+        except ValueError as err:  # one unreadable or unsuitable image does not stop the others
+            failed.append(f"{source}: {' '.join(str(err).split())}")
+            continue
+        print("\n".join([f"== {source}", *lines]), flush=True)
+    for message in failed:
+        print(f"pnp-stable deblur: skipped {message}", file=sys.stderr)
+    print(f"deblurred {len(jobs) - len(failed)} of {len(jobs)} images into {jobs[0][1].parent}")
+    return 1 if failed else 0
+
+
+def _deblur_one(args, source: Path, out: Path, progress) -> list[str]:
+    """Deblur one image as the options say; the report's lines."""
+    import torch
+
     from .io import load_image
     from .metrics import psnr
     from .operators.kernels import kernel_from_spec
@@ -77,13 +129,7 @@ def cmd_deblur(args) -> int:
 
     device = _device(args.device)
     boundary = _boundary(args)
-    out = Path(args.out) if args.out else Path(args.input).with_name(Path(args.input).stem + "_deblurred.png")
-    degraded = out.with_name(out.stem + "_degraded" + out.suffix)
-    outputs = [("--out", out, IMAGE_SUFFIXES)]
-    outputs += [("the degraded image (from --out)", degraded, IMAGE_SUFFIXES)] if args.simulate else []
-    outputs += [("--plot", Path(args.plot), plot_suffixes())] if args.plot else []
-    check_outputs([Path(p) for p in (args.input, args.reference) if p] + _kernel_files(args.kernel), outputs)
-    image = load_image(args.input)
+    image = load_image(source)
     kernel = kernel_from_spec(args.kernel)
     reference = load_image(args.reference) if args.reference else None
     if args.simulate:
@@ -99,7 +145,7 @@ def cmd_deblur(args) -> int:
         y, kernel, args.noise, solver=args.solver, denoiser=args.denoiser, boundary=boundary,
         denoiser_sigma=args.denoiser_sigma, step=args.step, denoiser_weight=args.denoiser_weight,
         max_iter=args.iters, tol=args.tol, guide=args.guide, guided_rounds=args.guided_rounds,
-        reference=reference, device=device, progress=_progress_mode(args), accelerate=args.accelerate,
+        reference=reference, device=device, progress=progress, accelerate=args.accelerate,
         tile=args.tile, overlap=args.overlap,
     )
     lines = [f"boundary model: {boundary}", result.summary()]
@@ -107,12 +153,11 @@ def cmd_deblur(args) -> int:
         lines.append(f"PSNR: degraded {float(psnr(y, reference)[0]):.2f} dB → restored "
                      f"{float(psnr(result.estimate.cpu(), reference)[0]):.2f} dB")
     if args.simulate:
-        lines.append(_write_image(y, degraded))
+        lines.append(_write_image(y, _degraded_path(out)))
     lines.append(_write_image(result.estimate.cpu(), out))
     if args.plot:
         lines.append(f"wrote {result.history.plot(args.plot)}")
-    print("\n".join(lines))
-    return 0
+    return lines
 
 
 def _denoise_targets(inputs: list[Path], out: Path) -> list[Path]:
@@ -286,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Deblur IN (blurred with a known kernel and Gaussian noise) by a certified PnP "
                                         "iteration, or with --simulate blur a clean IN first. Prints the certified β, the "
                                         "monitor's verdict and, with a reference, the PSNR.")
-    p.add_argument("input", metavar="IN", help="image file (PNG, JPEG, TIFF or .npy [H, W(, C)] in [0, 1])")
+    p.add_argument("input", metavar="IN", help="image file (PNG, JPEG, TIFF or .npy [H, W(, C)] in [0, 1]), or a folder "
+                                               "of them (with a progress bar over files; --out is then a folder)")
     p.add_argument("--kernel", required=True, metavar="SPEC", help=f"blur kernel: {KERNEL_SPECS} (required)")
     p.add_argument("--noise", required=True, type=level, metavar="SIGMA",
                    help="noise standard deviation on the [0, 1] scale, e.g. 0.01 or 7.65/255 (required)")
@@ -317,7 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "scene pixels beyond the frame, nothing is assumed about them (best on real photos, "
                         "benchmarks/results/boundary.md); circular (the default with --simulate): the image wraps "
                         "around; reflect, replicate, zeros: that padding")
-    p.add_argument("--out", default=None, metavar="OUT.png", help="restored image; None writes IN_deblurred.png next to IN")
+    p.add_argument("--out", default=None, metavar="OUT.png",
+                   help="restored image; None writes IN_deblurred.png next to IN (for a folder IN: a folder, default "
+                        "IN_deblurred/, holding NAME_deblurred.png per image)")
     p.add_argument("--plot", default=None, metavar="PLOT.png", help="write the residual-vs-bound plot here")
     p.add_argument("--simulate", action="store_true", help="IN is clean: blur it and add noise first (also writes OUT_degraded.png)")
     p.add_argument("--seed", type=seed, default=0, help="noise seed for --simulate")

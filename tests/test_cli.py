@@ -298,3 +298,28 @@ def test_progress_lines_when_stderr_is_not_a_terminal_unless_quiet(small_png, tm
     assert len(lines) == 3 and lines[-1].startswith("PnP-fb: iteration 3/3, relative residual "), lines
     assert main([*args, "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_deblur_a_folder_writes_one_result_per_image_and_skips_what_it_cannot_read(tmp_path, capsys):
+    """``pnp-stable deblur DIR --out OUTDIR``: every image of DIR deblurred into OUTDIR; an unreadable file is
+    reported and skipped (exit 1) without losing the others."""
+    from skimage.io import imsave
+
+    from pnp_stable import cli
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        imsave(folder / f"{name}.png", (rng.random((24, 24)) * 255).astype("uint8"))
+    (folder / "broken.png").write_text("not an image")
+    (folder / "notes.txt").write_text("ignored")
+    weights = ps.save_denoiser(ps.AveragedDenoiser(channels=1, width=4, depth=1).eval(), tmp_path / "tiny.safetensors")
+    argv = ["deblur", str(folder), "--kernel", "gaussian:1", "--noise", "0.02", "--iters", "3", "--denoiser",
+            str(weights), "--out", str(tmp_path / "restored"), "--quiet"]
+    assert cli.main(argv) == 1
+    captured = capsys.readouterr()
+    assert sorted(p.name for p in (tmp_path / "restored").iterdir()) == ["a_deblurred.png", "b_deblurred.png"]
+    assert "deblurred 2 of 3 images" in captured.out and "skipped" in captured.err and "broken.png" in captured.err
+    assert cli.main([*argv[:-3], "--out", str(tmp_path / "one.png")]) == 2
+    assert "needs --out to be a folder" in capsys.readouterr().err
