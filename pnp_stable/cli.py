@@ -8,8 +8,11 @@ too); progress goes to stderr: a bar on a terminal, otherwise a plain line every
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -48,6 +51,43 @@ def _write_image(x, path: Path) -> str:
     outside = int(((x < 0) | (x > 1)).sum())
     save_image(x, path, clip=True)
     return f"wrote {path}" + (f" ({outside} values outside [0, 1] clipped for the 8-bit file)" if outside else "")
+
+
+@contextlib.contextmanager
+def _processes(args):
+    """The deepinv ``DistributedContext`` of a ``torchrun`` launch (``--workers``), whose processes share the
+    denoiser's tiles; None in a plain run."""
+    if "WORLD_SIZE" not in os.environ:
+        yield None
+        return
+    from deepinv.distributed import DistributedContext
+
+    with DistributedContext(device_mode="cpu" if args.device == "cpu" else "gpu") as context:
+        yield context
+
+
+def _leads(context) -> bool:
+    """Whether this process reports and writes files: the only one, or rank 0 of a launch."""
+    return context is None or context.rank == 0
+
+
+def _launch_workers(args, argv: list[str]) -> int | None:
+    """With ``--workers N`` (N > 1) outside a launch: this command again in N processes (``torch.distributed.run
+    --standalone``), which share the denoiser's tiles; their exit status. None: run here."""
+    workers = getattr(args, "workers", 1)
+    if workers <= 1 or "WORLD_SIZE" in os.environ:
+        return None
+    rest, skip = [], False
+    for token in argv:
+        if skip or token.startswith("--workers="):
+            skip = False
+            continue
+        skip = token == "--workers"
+        if not skip:
+            rest.append(token)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={workers}",
+               "-m", "pnp_stable.cli", *rest]
+    return subprocess.run(command).returncode
 
 
 def _boundary(args) -> str:
@@ -100,25 +140,31 @@ def cmd_deblur(args) -> int:
     outputs += [("--plot", Path(args.plot), plot_suffixes())] if args.plot else []
     check_outputs([source for source, _ in jobs] + [Path(p) for p in (args.reference,) if p] + _kernel_files(args.kernel),
                   outputs)
-    if len(jobs) == 1:
-        print("\n".join(_deblur_one(args, *jobs[0], progress=_progress_mode(args))))
-        return 0
-    failed = []
-    for source, out in tqdm(jobs, desc="deblurring", unit="image", disable=not _progress(args)):
-        try:
-            lines = _deblur_one(args, source, out, progress=False)
-        except ValueError as err:  # one unreadable or unsuitable image does not stop the others
-            failed.append(f"{source}: {' '.join(str(err).split())}")
-            continue
-        print("\n".join([f"== {source}", *lines]), flush=True)
-    for message in failed:
-        print(f"pnp-stable deblur: skipped {message}", file=sys.stderr)
-    print(f"deblurred {len(jobs) - len(failed)} of {len(jobs)} images into {jobs[0][1].parent}")
+    with _processes(args) as context:
+        leads = _leads(context)
+        if len(jobs) == 1:
+            lines = _deblur_one(args, *jobs[0], progress=_progress_mode(args) if leads else False, context=context)
+            if leads:
+                print("\n".join(lines))
+            return 0
+        failed = []
+        for source, out in tqdm(jobs, desc="deblurring", unit="image", disable=not (leads and _progress(args))):
+            try:
+                lines = _deblur_one(args, source, out, progress=False, context=context)
+            except ValueError as err:  # one unreadable or unsuitable image does not stop the others
+                failed.append(f"{source}: {' '.join(str(err).split())}")
+                continue
+            if leads:
+                print("\n".join([f"== {source}", *lines]), flush=True)
+    if leads:
+        for message in failed:
+            print(f"pnp-stable deblur: skipped {message}", file=sys.stderr)
+        print(f"deblurred {len(jobs) - len(failed)} of {len(jobs)} images into {jobs[0][1].parent}")
     return 1 if failed else 0
 
 
-def _deblur_one(args, source: Path, out: Path, progress) -> list[str]:
-    """Deblur one image as the options say; the report's lines."""
+def _deblur_one(args, source: Path, out: Path, progress, context=None) -> list[str]:
+    """Deblur one image as the options say (files written by the leading process only); the report's lines."""
     import torch
 
     from .io import load_image
@@ -146,12 +192,14 @@ def _deblur_one(args, source: Path, out: Path, progress) -> list[str]:
         denoiser_sigma=args.denoiser_sigma, step=args.step, denoiser_weight=args.denoiser_weight,
         max_iter=args.iters, tol=args.tol, guide=args.guide, guided_rounds=args.guided_rounds,
         reference=reference, device=device, progress=progress, accelerate=args.accelerate,
-        tile=args.tile, overlap=args.overlap,
+        tile=args.tile, overlap=args.overlap, context=context,
     )
     lines = [f"boundary model: {boundary}", result.summary()]
     if reference is not None:
         lines.append(f"PSNR: degraded {float(psnr(y, reference)[0]):.2f} dB → restored "
                      f"{float(psnr(result.estimate.cpu(), reference)[0]):.2f} dB")
+    if not _leads(context):
+        return lines
     if args.simulate:
         lines.append(_write_image(y, _degraded_path(out)))
     lines.append(_write_image(result.estimate.cpu(), out))
@@ -192,12 +240,17 @@ def cmd_denoise(args) -> int:
     targets = _denoise_targets(inputs, Path(args.out))
     check_outputs(inputs, [("--out", target, IMAGE_SUFFIXES) for target in targets])
     lines = []
-    for source, target in tqdm(list(zip(inputs, targets)), desc="denoising", unit="image", disable=not _progress(args)):
-        result = denoise(load_image(source), args.sigma, denoiser=args.denoiser, device=device, tile=args.tile,
-                         overlap=args.overlap)
-        lines.append(_write_image(result.estimate.cpu(), target))
-    lines.append(f"denoiser {result.denoiser}: {result.certificate}")
-    print("\n".join(lines))
+    with _processes(args) as context:
+        leads = _leads(context)
+        for source, target in tqdm(list(zip(inputs, targets)), desc="denoising", unit="image",
+                                   disable=not (leads and _progress(args))):
+            result = denoise(load_image(source), args.sigma, denoiser=args.denoiser, device=device, tile=args.tile,
+                             overlap=args.overlap, context=context)
+            if leads:
+                lines.append(_write_image(result.estimate.cpu(), target))
+    if leads:
+        lines.append(f"denoiser {result.denoiser}: {result.certificate}")
+        print("\n".join(lines))
     return 0
 
 
@@ -309,6 +362,9 @@ def _add_tiling(p: argparse.ArgumentParser) -> None:
                         "tile); 0: the whole image; auto: tile only when the whole image would need more than 2 GiB")
     p.add_argument("--overlap", type=nonnegative_int, default=32, metavar="N",
                    help="pixels shared by neighbouring tiles (at least the denoiser's receptive field; ≤ (SIZE − 2)/3)")
+    p.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                   help="share the denoiser's tiles among N processes (a torchrun launch; every process runs the "
+                        "iteration, so use it for large images or a GPU each); same result and certificate")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -496,6 +552,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    launched = _launch_workers(args, sys.argv[1:] if argv is None else argv)
+    if launched is not None:
+        return launched
     try:
         return args.run(args)
     except (ValueError, ImportError, OSError) as err:

@@ -127,6 +127,7 @@ def deblur(
     accelerate=None,
     tile: int | str | None = "auto",
     overlap: int = DEFAULT_OVERLAP,
+    context=None,
 ) -> PnPResult:
     """Restore ``y = k * x + n`` (n ~ N(0, noise_sigma²), values on the [0, 1] scale) by monitored PnP.
 
@@ -160,7 +161,9 @@ def deblur(
     ``tile``, ``overlap``: run the denoiser on ``tile``-pixel tiles overlapping by ``overlap`` pixels, with windows
     that keep its certificate (:func:`pnp_stable.denoisers.tiled`): peak memory that of one tile. 'auto' (the
     default) tiles only images whose whole-image call would need more than 2 GiB (about 4 megapixels for the
-    shipped networks); 0 or None never tiles. The blur stays whole (one FFT per iteration).
+    shipped networks); 0 or None never tiles. The blur stays whole (one FFT per iteration). ``context``: a deepinv
+    ``DistributedContext`` of a ``torchrun`` launch, whose processes then share the tiles (every process runs the
+    same iteration and gets every denoised image; :mod:`pnp_stable.denoisers.distributed`).
     """
     device = check_device(device)
     y = _as_batch(y, "blurred image y", device)
@@ -175,8 +178,8 @@ def deblur(
         if x0 is None or x0.shape == y.shape:
             x0 = _extend(y if x0 is None else x0, frame, x_shape)
     if isinstance(denoiser, str) and denoiser == "guided":
-        if tile not in ("auto", None, 0):
-            raise ValueError("tile= applies to the network denoiser; the guided route filters the whole image")
+        if tile not in ("auto", None, 0) or context is not None:
+            raise ValueError("tile= and context= apply to the network denoiser; the guided route filters the whole image")
         if step is not None or denoiser_weight is not None or relaxation != 1.0 or given_x0:
             raise ValueError("denoiser='guided' sets its own start (the guide), step and weight; "
                              "drop step=, denoiser_weight=, relaxation= and x0=")
@@ -186,7 +189,8 @@ def deblur(
             progress=progress, x0=x0, reference_frame=frame, accelerate=accelerate,
         )
     else:
-        model = tiled(resolve_denoiser(denoiser, y.shape[1], device), y.shape if x0 is None else x0.shape, tile, overlap)
+        model = tiled(resolve_denoiser(denoiser, y.shape[1], device), y.shape if x0 is None else x0.shape, tile, overlap,
+                      context)
         if accelerate is None:  # the theorem of solvers/anderson.py needs an averaged T, so a certified denoiser
             accelerate = tuned(solver or "fb").accelerate and certificate_of(model).alpha is not None
         result = solve(
@@ -234,16 +238,17 @@ def _noise_levels(sigma, batch: int) -> float | Tensor:
 
 
 def denoise(x, sigma, denoiser="auto", device: str | torch.device = "cpu", tile: int | str | None = "auto",
-            overlap: int = DEFAULT_OVERLAP) -> DenoiseResult:
+            overlap: int = DEFAULT_OVERLAP, context=None) -> DenoiseResult:
     """Remove Gaussian noise of standard deviation ``sigma`` ([0, 1] scale; one value, or one per image of a
-    batch) with a (certified) denoiser; ``tile`` and ``overlap`` as in :func:`deblur` (the same certificate)."""
+    batch) with a (certified) denoiser; ``tile``, ``overlap`` and ``context`` as in :func:`deblur` (the same
+    certificate)."""
     device = check_device(device)
     x = _as_batch(x, "noisy image", device)
     sigma = _noise_levels(sigma, x.shape[0])
     if isinstance(sigma, Tensor):
         sigma = sigma.to(device)
     chosen = _choose(denoiser, x.shape[1])
-    model = tiled(resolve_denoiser(chosen, x.shape[1], device), x.shape, tile, overlap)
+    model = tiled(resolve_denoiser(chosen, x.shape[1], device), x.shape, tile, overlap, context)
     with torch.no_grad(), evaluation_mode(model):
         estimate = model(x, sigma)
     if not torch.isfinite(estimate).all():

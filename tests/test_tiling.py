@@ -90,3 +90,42 @@ def test_cli_tiles_on_request_and_refuses_a_one_pixel_tile(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["denoise", str(path), "--sigma", "0.1", "--tile", "1", "--out", str(tmp_path / "o.png")])
     assert "a tile needs at least 2 pixels" in capsys.readouterr().err
+
+
+def test_deepinv_distributed_strategy_gives_the_tiled_operator(model):
+    """The tiles on deepinv's engine (one process here) are the same operator as TiledDenoiser, also with one noise
+    level per image."""
+    from deepinv.distributed import DistributedContext
+
+    from pnp_stable.denoisers.distributed import DistributedTiledDenoiser
+
+    x = natural_starts(2, (1, 50, 70))
+    sigmas = torch.tensor([0.05, 0.2])
+    with DistributedContext(device_mode="cpu") as context, torch.no_grad():
+        spread = DistributedTiledDenoiser(model, context, tile=20, overlap=4)
+        for sigma in (0.1, sigmas):
+            assert torch.allclose(spread(x, sigma), TiledDenoiser(model, tile=20, overlap=4)(x, sigma), atol=1e-6)
+    assert spread.certificate.alpha == model.certificate.alpha
+
+
+def test_cli_workers_share_the_tiles_and_write_the_same_image(tmp_path):
+    """``--workers 2`` relaunches the command under torch.distributed.run (gloo): one report, the same output file."""
+    import os
+    import subprocess
+    import sys
+
+    from skimage.io import imread, imsave
+
+    imsave(tmp_path / "noisy.png", (natural_starts(1, (1, 60, 50))[0, 0].numpy() * 255).astype("uint8"))
+    weights = ps.save_denoiser(ps.AveragedDenoiser(channels=1, width=4, depth=1).eval(), tmp_path / "tiny.safetensors")
+    outputs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}.png"
+        done = subprocess.run([sys.executable, "-m", "pnp_stable.cli", "denoise", str(tmp_path / "noisy.png"),
+                               "--sigma", "0.1", "--denoiser", str(weights), "--tile", "20", "--overlap", "4",
+                               "--workers", str(workers), "--out", str(out), "--quiet"],
+                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.count("wrote") == 1  # only the leading process reports
+        outputs[workers] = imread(out)
+    assert (outputs[1] == outputs[2]).all()

@@ -26,7 +26,7 @@ from .._validation import check_image
 from ..theory import Certificate
 from .averaged import certificate_of
 
-__all__ = ["AUTO_TILE_BYTES", "TiledDenoiser", "tile_windows", "tiled", "whole_image_bytes"]
+__all__ = ["AUTO_TILE_BYTES", "TiledDenoiser", "image_tiles", "tile_windows", "tiled", "whole_image_bytes"]
 
 #: the estimated peak memory of one whole-image call above which ``tile='auto'`` tiles (deblur, denoise, the CLI)
 AUTO_TILE_BYTES = 2 * 1024**3
@@ -64,6 +64,17 @@ def tile_windows(length: int, tile: int, overlap: int) -> list[tuple[int, int, T
     return [(start, start + tile, weight.sqrt()) for start, weight in zip(starts, weights)]
 
 
+
+def image_tiles(shape, tile: int, overlap: int) -> list[tuple[tuple, Tensor]]:
+    """The tiles of an image of ``shape`` [..., H, W]: (index of the tile, the 2-D window √w_t = √u_a ⊗ √v_b) in row
+    order; every tile has the same size (min(tile, H) × min(tile, W)) and Σ_t w_t = 1."""
+    tiles = []
+    for top, bottom, row_root in tile_windows(shape[-2], tile, overlap):
+        for left, right, column_root in tile_windows(shape[-1], tile, overlap):
+            tiles.append(((..., slice(top, bottom), slice(left, right)), row_root[:, None] * column_root[None, :]))
+    return tiles
+
+
 class TiledDenoiser(dinv.models.Denoiser):
     """T(x, σ) = Σ_t P_tᵀ S_t D(S_t P_t x, σ) for ``tile``×``tile`` tiles overlapping by ``overlap`` pixels (module
     docstring): D's certificate carries over unchanged. Choose ``overlap`` at least D's receptive field so that the
@@ -79,13 +90,9 @@ class TiledDenoiser(dinv.models.Denoiser):
     def forward(self, x: Tensor, sigma=None, **kwargs) -> Tensor:
         check_image(x, "denoiser input")
         out = torch.zeros_like(x)
-        rows = tile_windows(x.shape[-2], self.tile, self.overlap)
-        columns = tile_windows(x.shape[-1], self.tile, self.overlap)
-        for top, bottom, row_root in rows:
-            for left, right, column_root in columns:
-                root = (row_root[:, None] * column_root[None, :]).to(x)
-                tile = x[..., top:bottom, left:right] * root
-                out[..., top:bottom, left:right] += root * self.denoiser(tile, sigma, **kwargs)
+        for where, root in image_tiles(x.shape, self.tile, self.overlap):
+            root = root.to(x)
+            out[where] += root * self.denoiser(x[where] * root, sigma, **kwargs)
         return out
 
     @property
@@ -114,14 +121,17 @@ def whole_image_bytes(denoiser, shape) -> int | None:
     return 4 * 4 * width * batch * height * columns
 
 
-def tiled(denoiser, shape, tile: int | str | None = "auto", overlap: int = DEFAULT_OVERLAP):
+def tiled(denoiser, shape, tile: int | str | None = "auto", overlap: int = DEFAULT_OVERLAP, context=None):
     """``denoiser`` as it is, or wrapped in a :class:`TiledDenoiser` for images of ``shape`` ``[B, C, H, W]``:
     ``tile`` an integer: tiles of that size (unless the image fits in one); 0 or None: the whole image; 'auto':
-    tiles of 512 px when the whole image would need more than :data:`AUTO_TILE_BYTES` (:func:`whole_image_bytes`).
-    The certificate is the same either way (module docstring)."""
+    tiles of 512 px when the whole image would need more than :data:`AUTO_TILE_BYTES` (:func:`whole_image_bytes`),
+    or, with a ``context`` of several processes, whenever the image is larger than one such tile. ``context``: a
+    deepinv ``DistributedContext``; with more than one process the tiles are spread over them
+    (:class:`~.distributed.DistributedTiledDenoiser`). The certificate is the same either way (module docstring)."""
+    several = context is not None and context.world_size > 1
     if tile == "auto":
         needed = whole_image_bytes(denoiser, shape)
-        tile = AUTO_TILE if needed is not None and needed > AUTO_TILE_BYTES else None
+        tile = AUTO_TILE if several or (needed is not None and needed > AUTO_TILE_BYTES) else None
     elif tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 0):
         raise ValueError(f"tile must be 'auto', 0 or None (the whole image) or a tile size in pixels, got {tile!r}")
     if not tile:
@@ -129,4 +139,8 @@ def tiled(denoiser, shape, tile: int | str | None = "auto", overlap: int = DEFAU
     _check_tiling(tile, overlap)
     if max(shape[-2:]) <= tile:
         return denoiser
+    if several:
+        from .distributed import DistributedTiledDenoiser
+
+        return DistributedTiledDenoiser(denoiser, context, tile, overlap)
     return TiledDenoiser(denoiser, tile, overlap)
