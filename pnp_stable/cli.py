@@ -72,11 +72,18 @@ def _leads(context) -> bool:
 
 
 def _launch_workers(args, argv: list[str]) -> int | None:
-    """With ``--workers N`` (N > 1) outside a launch: this command again in N processes (``torch.distributed.run
-    --standalone``), which share the denoiser's tiles; their exit status. None: run here."""
+    """With ``--workers N`` (N > 1) outside a launch: this command again in N processes (torch's elastic launcher,
+    standalone rendezvous on this machine, each with cores/N threads unless OMP_NUM_THREADS is set), which share the
+    denoiser's tiles; the leading process's exit status. None: run here."""
     workers = getattr(args, "workers", 1)
     if workers <= 1 or "WORLD_SIZE" in os.environ:
         return None
+    import logging
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
     rest, skip = [], False
     for token in argv:
         if skip or token.startswith("--workers="):
@@ -85,9 +92,17 @@ def _launch_workers(args, argv: list[str]) -> int | None:
         skip = token == "--workers"
         if not skip:
             rest.append(token)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={workers}",
-               "-m", "pnp_stable.cli", *rest]
-    return subprocess.run(command).returncode
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # failures are reported below
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=workers, run_id=str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)
+    try:
+        elastic_launch(config, sys.executable)("-m", "pnp_stable.cli", *rest)
+    except ChildFailedError as failed:  # the processes already said why (the leading one, on stderr)
+        codes = {rank: failure.exitcode for rank, failure in failed.failures.items()}
+        exited = [code for _, code in sorted(codes.items()) if code > 0]  # < 0: stopped by a signal after another failed
+        return exited[0] if exited else 1
+    return 0
 
 
 def _boundary(args) -> str:
@@ -107,7 +122,7 @@ def _kernel_files(spec: str) -> list[Path]:
 
 def _deblur_jobs(args) -> list[tuple[Path, Path]]:
     """(input, output) pairs: IN and --out (default IN_deblurred.png), or every image in the folder IN, each written to
-    the folder --out (default IN_deblurred/) as NAME_deblurred.png."""
+    the folder --out (default IN_deblurred/ beside IN) as NAME_deblurred.png."""
     from ._outputs import IMAGE_SUFFIXES
 
     source = Path(args.input)
@@ -118,10 +133,12 @@ def _deblur_jobs(args) -> list[tuple[Path, Path]]:
     images = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + (".npy",))
     if not images:
         raise CommandError(f"no image files in the folder {source} (looked for {', '.join(IMAGE_SUFFIXES)}, .npy)")
-    folder = Path(args.out) if args.out else source.with_name(source.name + "_deblurred")
+    folder = Path(args.out) if args.out else source.resolve().with_name(source.resolve().name + "_deblurred")
     if folder.suffix:
         raise CommandError(f"a folder of inputs needs --out to be a folder, got the file name {folder}")
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.resolve() == source.resolve():
+        raise CommandError(f"--out {folder} is the input folder: the results would be read as inputs next time; "
+                           "choose another folder")
     return [(image, folder / (image.stem + "_deblurred.png")) for image in images]
 
 
@@ -129,28 +146,56 @@ def _degraded_path(out: Path) -> Path:
     return out.with_name(out.stem + "_degraded" + out.suffix)
 
 
+def _denoiser_for(args):
+    """channels → what ``deblur`` takes as its denoiser: 'guided' as it is; a named model or file loaded once (so a
+    folder of images loads and verifies it once, and a bad name or file is refused before any work); 'auto' the
+    shipped model for those channels, loaded once per channel count."""
+    from .restore import resolve_denoiser
+
+    if args.denoiser == "guided":
+        return lambda channels: "guided"
+    if args.denoiser != "auto":
+        from .denoisers.zoo import load_denoiser
+
+        model = load_denoiser(args.denoiser)
+        return lambda channels: model
+    loaded: dict[int, object] = {}
+
+    def for_channels(channels: int):
+        if channels not in loaded:
+            loaded[channels] = resolve_denoiser("auto", channels)
+        return loaded[channels]
+
+    return for_channels
+
+
 def cmd_deblur(args) -> int:
     from tqdm.auto import tqdm
 
     from ._outputs import IMAGE_SUFFIXES, check_outputs, plot_suffixes
+    from .operators.kernels import kernel_from_spec
 
+    folder = Path(args.input).is_dir()
     jobs = _deblur_jobs(args)
-    outputs = [("--out", out, IMAGE_SUFFIXES) for _, out in jobs]
-    outputs += [("the degraded image (from --out)", _degraded_path(out), IMAGE_SUFFIXES) for _, out in jobs] if args.simulate else []
+    named = [(f"the result of {source.name}" if folder else "--out", out) for source, out in jobs]
+    outputs = [(option, out, IMAGE_SUFFIXES) for option, out in named]
+    outputs += [(f"the degraded image of {option}", _degraded_path(out), IMAGE_SUFFIXES) for option, out in named] if args.simulate else []
     outputs += [("--plot", Path(args.plot), plot_suffixes())] if args.plot else []
     check_outputs([source for source, _ in jobs] + [Path(p) for p in (args.reference,) if p] + _kernel_files(args.kernel),
                   outputs)
+    kernel, denoiser_for = kernel_from_spec(args.kernel), _denoiser_for(args)  # refused here, not once per image
     with _processes(args) as context:
         leads = _leads(context)
-        if len(jobs) == 1:
-            lines = _deblur_one(args, *jobs[0], progress=_progress_mode(args) if leads else False, context=context)
+        if not folder:
+            lines = _deblur_one(args, *jobs[0], kernel, denoiser_for, progress=_progress_mode(args) if leads else False,
+                                context=context)
             if leads:
                 print("\n".join(lines))
             return 0
         failed = []
         for source, out in tqdm(jobs, desc="deblurring", unit="image", disable=not (leads and _progress(args))):
             try:
-                lines = _deblur_one(args, source, out, progress=False, context=context)
+                lines = _deblur_one(args, source, out, kernel, denoiser_for, progress=False, context=context)
             except ValueError as err:  # one unreadable or unsuitable image does not stop the others
                 failed.append(f"{source}: {' '.join(str(err).split())}")
                 continue
@@ -163,20 +208,18 @@ def cmd_deblur(args) -> int:
     return 1 if failed else 0
 
 
-def _deblur_one(args, source: Path, out: Path, progress, context=None) -> list[str]:
+def _deblur_one(args, source: Path, out: Path, kernel, denoiser_for, progress, context=None) -> list[str]:
     """Deblur one image as the options say (files written by the leading process only); the report's lines."""
     import torch
 
     from .io import load_image
     from .metrics import psnr
-    from .operators.kernels import kernel_from_spec
     from .operators.physics import blur
     from .restore import deblur, valid_frame
 
     device = _device(args.device)
     boundary = _boundary(args)
     image = load_image(source)
-    kernel = kernel_from_spec(args.kernel)
     reference = load_image(args.reference) if args.reference else None
     if args.simulate:
         op = blur(kernel, boundary=boundary, img_size=tuple(image.shape[1:]), noise_sigma=args.noise,
@@ -188,7 +231,7 @@ def _deblur_one(args, source: Path, out: Path, progress, context=None) -> list[s
     else:
         y = image
     result = deblur(
-        y, kernel, args.noise, solver=args.solver, denoiser=args.denoiser, boundary=boundary,
+        y, kernel, args.noise, solver=args.solver, denoiser=denoiser_for(y.shape[1]), boundary=boundary,
         denoiser_sigma=args.denoiser_sigma, step=args.step, denoiser_weight=args.denoiser_weight,
         max_iter=args.iters, tol=args.tol, guide=args.guide, guided_rounds=args.guided_rounds,
         reference=reference, device=device, progress=progress, accelerate=args.accelerate,
@@ -230,7 +273,7 @@ def cmd_denoise(args) -> int:
 
     from ._outputs import IMAGE_SUFFIXES, check_outputs
     from .io import load_image
-    from .restore import denoise
+    from .restore import DEFAULT_DENOISERS, denoise
 
     device = _device(args.device)
     inputs = [Path(p) for p in args.inputs]
@@ -239,17 +282,19 @@ def cmd_denoise(args) -> int:
             raise CommandError(f"image file not found: {path}")
     targets = _denoise_targets(inputs, Path(args.out))
     check_outputs(inputs, [("--out", target, IMAGE_SUFFIXES) for target in targets])
-    lines = []
+    lines, denoiser_for = [], _denoiser_for(args)  # loaded (and verified) once for all the images
     with _processes(args) as context:
         leads = _leads(context)
         for source, target in tqdm(list(zip(inputs, targets)), desc="denoising", unit="image",
                                    disable=not (leads and _progress(args))):
-            result = denoise(load_image(source), args.sigma, denoiser=args.denoiser, device=device, tile=args.tile,
+            image = load_image(source)
+            result = denoise(image, args.sigma, denoiser=denoiser_for(image.shape[1]), device=device, tile=args.tile,
                              overlap=args.overlap, context=context)
             if leads:
                 lines.append(_write_image(result.estimate.cpu(), target))
     if leads:
-        lines.append(f"denoiser {result.denoiser}: {result.certificate}")
+        name = DEFAULT_DENOISERS.get(image.shape[1], "auto") if args.denoiser == "auto" else args.denoiser
+        lines.append(f"denoiser {name}: {result.certificate}")
         print("\n".join(lines))
     return 0
 
@@ -360,11 +405,13 @@ def _add_tiling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=tile_size, default="auto", metavar="SIZE",
                    help="run the denoiser on SIZE-pixel tiles whose windows keep its certificate (peak memory: one "
                         "tile); 0: the whole image; auto: tile only when the whole image would need more than 2 GiB")
-    p.add_argument("--overlap", type=nonnegative_int, default=32, metavar="N",
-                   help="pixels shared by neighbouring tiles (at least the denoiser's receptive field; ≤ (SIZE − 2)/3)")
+    p.add_argument("--overlap", type=nonnegative_int, default=None, metavar="N",
+                   help="pixels over which neighbouring tiles blend, at most (SIZE − 2)/3; default 32, or that maximum "
+                        "for smaller tiles")
     p.add_argument("--workers", type=positive_int, default=1, metavar="N",
-                   help="share the denoiser's tiles among N processes (a torchrun launch; every process runs the "
-                        "iteration, so use it for large images or a GPU each); same result and certificate")
+                   help="share the denoiser's tiles among N processes (relaunched under torch.distributed.run, each "
+                        "with cores/N threads): the same result and certificate; only tiled images are shared, so "
+                        "give --tile for images below the automatic size")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -409,7 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=float, default=None, help="step τ; None uses the tuned step (FB refuses τ ≥ 2/L)")
     p.add_argument("--denoiser-weight", type=float, default=None, metavar="W",
                    help="weight ω of the denoising step x + ω(D(x) − x), in (0, 1/α_D); None uses the tuned weight")
-    p.add_argument("--iters", type=positive_int, default=None, metavar="N", help="maximum iterations; None uses the tuned budget")
+    p.add_argument("--iters", type=positive_int, default=None, metavar="N",
+                   help="maximum iterations (with acceleration: denoiser calls, a rejected extrapolation costing one); "
+                        "None uses the tuned budget")
     p.add_argument("--tol", type=nonnegative_float, default=1e-5, metavar="T", help="stop when ‖z_{k+1} − z_k‖/‖z_{k+1}‖ < T")
     p.add_argument("--accelerate", action=argparse.BooleanOptionalAction, default=None,
                    help="safeguarded Anderson acceleration: fewer denoiser calls, the same limit and guarantee "
@@ -559,7 +608,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except (ValueError, ImportError, OSError) as err:
         message = " ".join(str(err).split())
-        print(f"pnp-stable {args.command}: error: {message}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # in a --workers launch, the leading process speaks for all
+            print(f"pnp-stable {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except (MemoryError, RuntimeError) as err:
         if not _out_of_memory(err):

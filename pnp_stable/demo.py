@@ -78,7 +78,7 @@ def run_demo(out: str | Path = "demo_out", iterations: int | None = None, progre
         cases.append(case)
         plot = result.history.plot(out / f"residuals_{name}.png", title=f"{name}: PnP-FB, β = {result.beta:.4f}; {result.verdict}")
         echo(f"{name}: PSNR {case.psnr_degraded:.2f} dB (blurred, noise {DEMO_NOISE}) → {case.psnr_restored:.2f} dB "
-             f"(restored, {result.status[0]} after {result.iterations[0]} iterations)")
+             f"(restored, {result.status[0]} after {result.iterations[0]} denoiser calls)")
         echo(f"  certified β = {result.beta:.4f} ({result.beta_basis})")
         echo(f"  monitor: {result.verdict}; wrote {plot}")
     echo(f"wrote {_save_grid(cases, out / 'grid.png')}")

@@ -17,7 +17,7 @@ from torch import Tensor
 from ._modules import evaluation_mode, on_device
 from ._validation import check_device, check_noise_level
 from .denoisers.averaged import certificate_of
-from .denoisers.tiling import DEFAULT_OVERLAP, tiled
+from .denoisers.tiling import tiled
 from .denoisers.zoo import load_denoiser
 from .io import to_tensor
 from .operators.kernels import kernel_from_spec, validate_kernel
@@ -126,7 +126,7 @@ def deblur(
     guided_rounds: int | None = None,
     accelerate=None,
     tile: int | str | None = "auto",
-    overlap: int = DEFAULT_OVERLAP,
+    overlap: int | None = None,
     context=None,
 ) -> PnPResult:
     """Restore ``y = k * x + n`` (n ~ N(0, noise_sigma²), values on the [0, 1] scale) by monitored PnP.
@@ -155,15 +155,17 @@ def deblur(
 
     ``accelerate``: True (or an :class:`~pnp_stable.solvers.Anderson`) for safeguarded Anderson acceleration,
     which keeps the convergence guarantee and the monitor's checks (:mod:`pnp_stable.solvers.anderson`); None:
-    on for every averaged iteration (FB, HQS, DRS, ADMM; ``Tuned.accelerate``) with a certified denoiser, off for
-    FISTA and for denoisers without a certificate. ``max_iter`` then counts denoiser calls.
+    on for FB, HQS, DRS and ADMM (``Tuned.accelerate``) whenever the iteration has a β (a certified denoiser, and
+    step, weight and relaxation within the theory: ``accelerate='auto'`` of :func:`solve`), off for FISTA and
+    otherwise. ``max_iter`` then counts denoiser calls.
 
     ``tile``, ``overlap``: run the denoiser on ``tile``-pixel tiles overlapping by ``overlap`` pixels, with windows
     that keep its certificate (:func:`pnp_stable.denoisers.tiled`): peak memory that of one tile. 'auto' (the
     default) tiles only images whose whole-image call would need more than 2 GiB (about 4 megapixels for the
-    shipped networks); 0 or None never tiles. The blur stays whole (one FFT per iteration). ``context``: a deepinv
-    ``DistributedContext`` of a ``torchrun`` launch, whose processes then share the tiles (every process runs the
-    same iteration and gets every denoised image; :mod:`pnp_stable.denoisers.distributed`).
+    shipped networks); 0 or None never tiles. ``overlap`` None: 32 pixels, or (tile − 2)/3 for tiles too small for
+    that. The blur stays whole (one FFT per iteration). ``context``: a deepinv ``DistributedContext`` of a
+    ``torchrun`` launch, whose processes then share the tiles (every process runs the same iteration and gets every
+    denoised image; :mod:`pnp_stable.denoisers.distributed`); an image that is not tiled is denoised whole by each.
     """
     device = check_device(device)
     y = _as_batch(y, "blurred image y", device)
@@ -179,7 +181,8 @@ def deblur(
             x0 = _extend(y if x0 is None else x0, frame, x_shape)
     if isinstance(denoiser, str) and denoiser == "guided":
         if tile not in ("auto", None, 0) or context is not None:
-            raise ValueError("tile= and context= apply to the network denoiser; the guided route filters the whole image")
+            raise ValueError("tiling (tile=, context=; on the command line --tile, --workers) applies to a network "
+                             "denoiser; the guided route filters the whole image")
         if step is not None or denoiser_weight is not None or relaxation != 1.0 or given_x0:
             raise ValueError("denoiser='guided' sets its own start (the guide), step and weight; "
                              "drop step=, denoiser_weight=, relaxation= and x0=")
@@ -191,8 +194,8 @@ def deblur(
     else:
         model = tiled(resolve_denoiser(denoiser, y.shape[1], device), y.shape if x0 is None else x0.shape, tile, overlap,
                       context)
-        if accelerate is None:  # the theorem of solvers/anderson.py needs an averaged T, so a certified denoiser
-            accelerate = tuned(solver or "fb").accelerate and certificate_of(model).alpha is not None
+        if accelerate is None:  # the theorem of solvers/anderson.py needs an averaged T: 'auto' checks for a β
+            accelerate = "auto" if tuned(solver or "fb").accelerate else False
         result = solve(
             physics, y, model, noise_sigma, solver=solver or "fb",
             denoiser_sigma=denoiser_sigma, step=step, denoiser_weight=denoiser_weight, relaxation=relaxation,
@@ -238,7 +241,7 @@ def _noise_levels(sigma, batch: int) -> float | Tensor:
 
 
 def denoise(x, sigma, denoiser="auto", device: str | torch.device = "cpu", tile: int | str | None = "auto",
-            overlap: int = DEFAULT_OVERLAP, context=None) -> DenoiseResult:
+            overlap: int | None = None, context=None) -> DenoiseResult:
     """Remove Gaussian noise of standard deviation ``sigma`` ([0, 1] scale; one value, or one per image of a
     batch) with a (certified) denoiser; ``tile``, ``overlap`` and ``context`` as in :func:`deblur` (the same
     certificate)."""

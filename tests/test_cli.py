@@ -323,3 +323,27 @@ def test_deblur_a_folder_writes_one_result_per_image_and_skips_what_it_cannot_re
     assert "deblurred 2 of 3 images" in captured.out and "skipped" in captured.err and "broken.png" in captured.err
     assert cli.main([*argv[:-3], "--out", str(tmp_path / "one.png")]) == 2
     assert "needs --out to be a folder" in capsys.readouterr().err
+
+
+def test_deblur_a_folder_with_simulate_and_refusals_before_any_work(tmp_path, capsys):
+    """A folder with one image still reports per file; --simulate writes each degraded image beside its result;
+    two inputs that would share a result, --out naming the input folder and a missing denoiser are refused first."""
+    from skimage.io import imsave
+
+    from pnp_stable import cli
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    imsave(folder / "a.png", (np.random.default_rng(1).random((20, 20)) * 255).astype("uint8"))
+    weights = ps.save_denoiser(ps.AveragedDenoiser(channels=1, width=4, depth=1).eval(), tmp_path / "tiny.safetensors")
+    base = ["deblur", str(folder), "--kernel", "gaussian:1", "--noise", "0.02", "--iters", "2", "--quiet"]
+    assert cli.main([*base, "--simulate", "--denoiser", str(weights), "--out", str(tmp_path / "r")]) == 0
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["a_deblurred.png", "a_deblurred_degraded.png"]
+    assert "deblurred 1 of 1 images" in capsys.readouterr().out
+    assert cli.main([*base, "--denoiser", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "m")]) == 2
+    assert "not found" in capsys.readouterr().err and not (tmp_path / "m").exists()
+    assert cli.main([*base, "--denoiser", str(weights), "--out", str(folder)]) == 2
+    assert "is the input folder" in capsys.readouterr().err
+    imsave(folder / "a.jpg", (np.random.default_rng(2).random((20, 20)) * 255).astype("uint8"))
+    assert cli.main([*base, "--denoiser", str(weights), "--out", str(tmp_path / "c")]) == 2
+    assert "the result of a.png and the result of a.jpg both name" in capsys.readouterr().err

@@ -82,9 +82,10 @@ class NonexpansiveBlock(nn.Module):
         h = self.time_span() / n
         act = self.activation
         size = x.shape[-2:]
+        negated = -weight  # −Aᵀσ(Az + b) with the negation folded into the small kernel: (−A)ᵀ = −Aᵀ
 
-        def velocity(z: Tensor) -> Tensor:  # −Aᵀσ(Az + b), the negation folded into the small kernel: (−A)ᵀ = −Aᵀ
-            return self.conv.A_T(act(self.conv.A(z, weight)), size, -weight)
+        def velocity(z: Tensor) -> Tensor:
+            return self.conv.A_T(act(self.conv.A(z, weight)), size, negated)
 
         for _ in range(n):
             x = self.integrator.step(velocity, x, h)

@@ -54,7 +54,7 @@ class DistributedTiledDenoiser(TiledDenoiser):
 
     def forward(self, x: Tensor, sigma=None, **kwargs) -> Tensor:
         check_image(x, "denoiser input")
-        per_image = isinstance(sigma, Tensor) and sigma.numel() > 1  # stacked tiles would not match a [B] σ
+        per_image = isinstance(sigma, Tensor) and sigma.ndim > 0  # stacked tiles would not match a [B] σ
         key = (tuple(x.shape), per_image)
         if key not in self._engines:  # deepinv keeps a strategy for one shape: one engine per shape
             self._engines[key] = distribute(

@@ -63,7 +63,7 @@ class Integrator:
 
 
 def _euler(f, x, h):
-    return torch.addcmul(x, f(x), torch.as_tensor(h))  # x + h·f(x) in one pass over memory (h may be learned)
+    return torch.addcmul(x, f(x), torch.as_tensor(h, device=x.device))  # x + h·f(x) in one pass (h may be learned)
 
 
 def _heun(f, x, h):

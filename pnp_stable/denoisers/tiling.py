@@ -31,13 +31,20 @@ __all__ = ["AUTO_TILE_BYTES", "TiledDenoiser", "image_tiles", "tile_windows", "t
 #: the estimated peak memory of one whole-image call above which ``tile='auto'`` tiles (deblur, denoise, the CLI)
 AUTO_TILE_BYTES = 2 * 1024**3
 AUTO_TILE = 512
-DEFAULT_OVERLAP = 32  # ≥ the receptive field of the shipped networks (8 blocks of 3×3 convolutions: 17 px)
+DEFAULT_OVERLAP = 32  # twice the receptive-field radius of the shipped networks: 8 blocks × (a 3×3 conv and its transpose)
 
 
 def _check_tiling(tile: int, overlap: int) -> None:
-    if tile < 2 or overlap < 0 or 3 * overlap + 2 > tile:
-        raise ValueError(f"need tile ≥ 2 and 0 ≤ overlap ≤ (tile − 2)/3, so that a tile's two ramps never meet; got "
-                         f"tile {tile}, overlap {overlap}")
+    if tile < 2:
+        raise ValueError(f"a tile needs at least 2 pixels, got tile {tile}")
+    if overlap < 0 or 3 * overlap + 2 > tile:
+        raise ValueError(f"tile {tile} needs an overlap between 0 and {(tile - 2) // 3} (at most (tile − 2)/3, so that a "
+                         f"tile's two ramps never meet), got overlap {overlap}")
+
+
+def default_overlap(tile: int) -> int:
+    """:data:`DEFAULT_OVERLAP`, or less where ``tile`` is too small for it: at most (tile − 2)/3."""
+    return max(0, min(DEFAULT_OVERLAP, (tile - 2) // 3))
 
 
 def tile_windows(length: int, tile: int, overlap: int) -> list[tuple[int, int, Tensor]]:
@@ -111,36 +118,36 @@ class TiledDenoiser(dinv.models.Denoiser):
 
 
 def whole_image_bytes(denoiser, shape) -> int | None:
-    """Estimated peak memory of one call of ``denoiser`` on a whole ``[B, C, H, W]`` image: four float32 feature maps
-    of its ``width`` channels (measured: 498 MiB for ``averaged-color``, width 32, on 1024×1024; 512 estimated);
-    None for a denoiser that records no ``width``."""
+    """Estimated peak memory of one call of ``denoiser`` on one whole image of ``shape`` [..., H, W]: four float32
+    feature maps of its ``width`` channels (measured: 498 MiB for ``averaged-color``, width 32, on 1024×1024; 512
+    estimated); None for a denoiser that records no ``width``. Per image, so that whether an image is tiled never
+    depends on what it is batched with."""
     width = getattr(denoiser, "width", None)
     if not isinstance(width, int):
         return None
-    batch, _, height, columns = shape
-    return 4 * 4 * width * batch * height * columns
+    return 4 * 4 * width * shape[-2] * shape[-1]
 
 
-def tiled(denoiser, shape, tile: int | str | None = "auto", overlap: int = DEFAULT_OVERLAP, context=None):
+def tiled(denoiser, shape, tile: int | str | None = "auto", overlap: int | None = None, context=None):
     """``denoiser`` as it is, or wrapped in a :class:`TiledDenoiser` for images of ``shape`` ``[B, C, H, W]``:
     ``tile`` an integer: tiles of that size (unless the image fits in one); 0 or None: the whole image; 'auto':
-    tiles of 512 px when the whole image would need more than :data:`AUTO_TILE_BYTES` (:func:`whole_image_bytes`),
-    or, with a ``context`` of several processes, whenever the image is larger than one such tile. ``context``: a
-    deepinv ``DistributedContext``; with more than one process the tiles are spread over them
-    (:class:`~.distributed.DistributedTiledDenoiser`). The certificate is the same either way (module docstring)."""
-    several = context is not None and context.world_size > 1
+    tiles of 512 px when one whole image would need more than :data:`AUTO_TILE_BYTES` (:func:`whole_image_bytes`).
+    ``overlap`` None: :func:`default_overlap`. ``context``: a deepinv ``DistributedContext``; with more than one
+    process the tiles are spread over them, one tile per network call (:class:`~.distributed.DistributedTiledDenoiser`:
+    the same operator). The certificate is the same either way (module docstring)."""
     if tile == "auto":
         needed = whole_image_bytes(denoiser, shape)
-        tile = AUTO_TILE if several or (needed is not None and needed > AUTO_TILE_BYTES) else None
+        tile = AUTO_TILE if needed is not None and needed > AUTO_TILE_BYTES else None
     elif tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 0):
         raise ValueError(f"tile must be 'auto', 0 or None (the whole image) or a tile size in pixels, got {tile!r}")
     if not tile:
         return denoiser
+    overlap = default_overlap(tile) if overlap is None else overlap
     _check_tiling(tile, overlap)
     if max(shape[-2:]) <= tile:
         return denoiser
-    if several:
+    if context is not None and context.world_size > 1:
         from .distributed import DistributedTiledDenoiser
 
-        return DistributedTiledDenoiser(denoiser, context, tile, overlap)
+        return DistributedTiledDenoiser(denoiser, context, tile, overlap, max_batch_size=1)
     return TiledDenoiser(denoiser, tile, overlap)

@@ -294,10 +294,12 @@ def solve(
     ``accelerate``: True, 'anderson' or an :class:`~pnp_stable.solvers.Anderson` for safeguarded Anderson
     acceleration of FB/HQS/DRS/ADMM: when T is averaged (a certified or estimated β), convergence to a fixed point
     of the same T is kept (:mod:`pnp_stable.solvers.anderson`); the monitor checks the safeguard; ``max_iter``
-    then counts evaluations of T, i.e. denoiser calls, and a rejected candidate costs one.
+    then counts evaluations of T, i.e. denoiser calls, and a rejected candidate costs one. 'auto': accelerate
+    exactly when this iteration has a β (denoiser certificate, step, weight and relaxation within the theory).
     """
     _progress_kind(progress)
-    acceleration = anderson_options(accelerate)
+    automatic = isinstance(accelerate, str) and accelerate == "auto"
+    acceleration = None if automatic else anderson_options(accelerate)
     if solver not in SCHEMES:
         raise ValueError(f"unknown solver '{solver}'; choose one of {sorted(SCHEMES)}")
     noise_sigma = check_noise_level(noise_sigma, positive=True)
@@ -328,6 +330,8 @@ def solve(
     check_step(scheme, allow_unsafe_step)
     if relaxation != 1.0:
         scheme = KrasnoselskiiMann(scheme, relaxation)
+    if automatic and scheme.guaranteed and scheme.beta()[0] is not None:
+        acceleration = Anderson()  # 'auto': only where T is averaged, which the theorem needs
     if x0 is None:
         x0 = fidelity.op.A_adjoint(y)
     check_image(x0, "initialisation x0")
