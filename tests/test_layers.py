@@ -121,3 +121,28 @@ def test_training_forward_adapts_substeps_from_the_power_estimate():
     for _ in range(5):  # the warm-started power vector follows the new weight
         block(x)
     assert block.substeps() > n
+
+
+@pytest.mark.parametrize("learn_time", [True, False])
+def test_block_forward_is_the_euler_step_of_the_gradient_flow(learn_time):
+    """The fused forward (bias inside the convolution, −Aᵀ folded into the kernel, x + h·v in one pass, channels-last
+    input) is x ↦ x − h·Aᵀσ(Ax + b) written out with conv_transpose2d, per sub-step; also under bf16 autocast."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    block = NonexpansiveBlock(6, time=5.0, learn_time=learn_time).eval()  # T > 2·budget: several sub-steps
+    with torch.no_grad():
+        block.conv.bias.normal_()
+    x = torch.randn(2, 6, 11, 9)
+    with torch.no_grad():
+        weight, n = block.conv.effective_weight(), block.substeps()
+        h, expected = float(block.time_span()) / n, x
+        for _ in range(n):
+            hidden = F.leaky_relu(F.conv2d(expected, weight, padding=1) + block.conv.bias[:, None, None], 0.01)
+            expected = expected - h * F.conv_transpose2d(hidden, weight, padding=1)
+        assert n > 1
+        assert torch.allclose(block(x), expected, atol=1e-5)
+        assert torch.allclose(block(x.contiguous(memory_format=torch.channels_last)), expected, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = block(x)
+        assert (low.float() - expected).norm() < 0.05 * expected.norm()
