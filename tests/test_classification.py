@@ -205,3 +205,27 @@ def test_the_shipped_classifier_loads_and_its_certificate_reproduces():
     assert model.lipschitz_bound() < 1.01
     images = synthetic(4, 1, 28, seed=7).tensors[0]
     assert lipschitz_search(model, images, steps=20) <= model.lipschitz_bound()
+
+
+def test_augmentation_flips_and_shifts_reproducibly_and_resumes_exactly(tmp_path):
+    from pnp_stable.classification.data import augmented
+
+    images = torch.rand(64, 1, 28, 28)
+    a = augmented(images, torch.Generator().manual_seed(3))
+    assert a.shape == images.shape and torch.equal(a, augmented(images, torch.Generator().manual_seed(3)))
+    assert not torch.equal(a, images) and a.abs().sum() <= images.abs().sum() + 1e-3  # shifts only drop pixels
+    data = synthetic(128, 1, 28)
+    runs = []
+    for name, stop_at in (("straight", None), ("resumed", 3)):
+        config = ClassifierConfig(data="-", out=str(tmp_path / name / "m.safetensors"), architecture=dict(TINY), steps=8,
+                                  batch=16, eps=0.3, augment=True)
+        trainer = ClassifierTrainer(config, progress=False, dataset=data)
+        if stop_at is not None:
+            original = trainer.train_step
+            trainer.train_step = lambda: (trainer.request_stop() if trainer.step == stop_at else None, original())[1]
+            assert trainer.run() == "interrupted"
+            trainer = ClassifierTrainer(config, resume=True, progress=False, dataset=data)
+        assert trainer.run() == "finished"
+        runs.append(trainer.model.state_dict())
+    for name in runs[0]:
+        assert torch.equal(runs[0][name], runs[1][name]), name

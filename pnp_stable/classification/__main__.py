@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eps", type=nonnegative_float, default=0.5, help="training radius of the margin loss (ℓ2, pixels in [0, 1])")
     p.add_argument("--temperature", type=positive_float, default=8.0, help="scale of the shifted logits in the loss")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="arithmetic of the training forward")
+    p.add_argument("--augment", action="store_true", help="random horizontal flips and shifts by up to 2 pixels")
     p.add_argument("--seed", type=seed, default=0, help="random seed")
     p.add_argument("--calibrate-every", type=positive_int, default=200, help="steps between norm calibrations")
     p.add_argument("--checkpoint-minutes", type=positive_float, default=5.0, help="minutes between checkpoints")
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             architecture=dict(widths=args.widths, depths=args.depths), steps=args.steps, batch=args.batch, lr=args.lr,
             eps=args.eps, temperature=args.temperature, seed=args.seed, calibrate_every=args.calibrate_every,
             checkpoint_minutes=args.checkpoint_minutes, log_every=args.log_every, precision=args.precision,
-            download=args.download)
+            download=args.download, augment=args.augment)
         trainer = ClassifierTrainer(config, resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
         outcome = trainer.run()
         if outcome != "finished":

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-__all__ = ["DATASETS", "FASHION_MNIST_CLASSES", "fashion_mnist", "cifar10", "synthetic", "load_dataset"]
+__all__ = ["DATASETS", "FASHION_MNIST_CLASSES", "augmented", "fashion_mnist", "cifar10", "synthetic", "load_dataset"]
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                          "Ankle boot")
@@ -82,3 +82,15 @@ def load_dataset(name: str, folder: str | Path, train: bool, download: bool = Fa
     if name == "cifar10":
         return cifar10(folder, train, download)
     raise ValueError(f"unknown dataset '{name}'; choose one of {sorted(DATASETS)}")
+
+
+def augmented(images: torch.Tensor, generator: torch.Generator, shift: int = 2) -> torch.Tensor:
+    """A random horizontal flip (probability ½) and translation by up to ``shift`` pixels in each direction (zero
+    fill) of every image of a ``[B, C, H, W]`` batch, drawn from ``generator`` (so that a resumed run draws the same)."""
+    batch, _, height, width = images.shape
+    flip = torch.rand(batch, generator=generator) < 0.5
+    images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+    padded = torch.nn.functional.pad(images, (shift, shift, shift, shift))
+    rows = torch.randint(0, 2 * shift + 1, (batch,), generator=generator).tolist()
+    columns = torch.randint(0, 2 * shift + 1, (batch,), generator=generator).tolist()
+    return torch.stack([padded[i, :, r : r + height, c : c + width] for i, (r, c) in enumerate(zip(rows, columns))])

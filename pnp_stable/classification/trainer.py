@@ -20,7 +20,7 @@ from .._finite import first_nonfinite
 from ..training.checkpoint import load_checkpoint, model_tensors, save_checkpoint
 from ..training.trainer import TrainingDiverged
 from .baseline import SpectralResNetClassifier
-from .data import DATASETS, load_dataset
+from .data import DATASETS, augmented, load_dataset
 from .network import LipschitzClassifier
 from .robustness import certified_accuracy, margin_loss
 from .storage import save_classifier
@@ -51,6 +51,7 @@ class ClassifierConfig:
     log_every: int = 100
     precision: str = "fp32"
     download: bool = False
+    augment: bool = False
 
     def __post_init__(self):
         if self.model not in CLASSIFIERS:
@@ -129,6 +130,8 @@ class ClassifierTrainer:
             self.model.calibrate()
         index = torch.randint(len(self.images), (self.config.batch,), generator=self.generator)
         images, labels = self.images[index], self.labels[index]
+        if self.config.augment:
+            images = augmented(images, self.generator)
         with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=self.config.precision == "bf16"):
             logits = self.model(images)
         loss = margin_loss(logits.float(), labels, self.model.training_pairwise_lipschitz(), self.config.eps,
