@@ -18,7 +18,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/pnp-stable demo --out demo_out
 
-# bench: the exact commands behind benchmarks/results/*.md, sized for 2 CPU cores (about 14 h in all, of which
+# bench: the exact commands behind benchmarks/results/*.md, sized for 2 CPU cores (about 15 h in all, of which
 # architectures.py trains 5 networks for 40 min each and resumes where an interrupted run stopped;
 # tests/test_packaging.py keeps this list and the results files in step). Data: ../shared/data, or
 # PNP_STABLE_DATA=/path/to/data make bench. bench-full: the full protocols (Set3C + CBSD10, two noise
@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/architectures.py
 	$(BIN)/python benchmarks/robust_classification.py
 	$(BIN)/python benchmarks/tiling.py
+	$(BIN)/python benchmarks/time_to_solution.py
 
 bench-full: $(STAMP)
 	$(BIN)/python benchmarks/denoise.py --out benchmarks/results/denoise-full.md
