@@ -46,7 +46,7 @@ class Anderson:
     acceptance when the residual falls by the factor ``decrease`` ρ < 1, candidates at most ``max_jump``
     C times the anchor's residual away from it, Tikhonov ``regularisation`` relative to the Gram's trace."""
 
-    memory: int = 5
+    memory: int = 10
     decrease: float = 0.9
     max_jump: float = 1e3
     regularisation: float = 1e-8
