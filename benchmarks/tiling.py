@@ -38,7 +38,7 @@ from _report import RESULTS, ROOT, header  # noqa: E402
 
 import pnp_stable as ps  # noqa: E402
 from pnp_stable.denoisers import TiledDenoiser, adversarial_lipschitz  # noqa: E402
-from pnp_stable.denoisers.tiling import tile_windows  # noqa: E402
+from pnp_stable.denoisers.tiling import image_tiles  # noqa: E402
 from pnp_stable.training import list_images  # noqa: E402
 
 
@@ -52,10 +52,8 @@ class OverlapAverage(torch.nn.Module):
 
     def forward(self, x, sigma=None):
         out = torch.zeros_like(x)
-        for top, bottom, rows in tile_windows(x.shape[-2], self.tile, self.overlap):
-            for left, right, columns in tile_windows(x.shape[-1], self.tile, self.overlap):
-                weight = ((rows[:, None] * columns[None, :]) ** 2).to(x)
-                out[..., top:bottom, left:right] += weight * self.denoiser(x[..., top:bottom, left:right], sigma)
+        for where, root in image_tiles(x.shape, self.tile, self.overlap):
+            out[where] += (root**2).to(x) * self.denoiser(x[where], sigma)
         return out
 
 

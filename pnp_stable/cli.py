@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -409,7 +408,7 @@ def _add_tiling(p: argparse.ArgumentParser) -> None:
                    help="pixels over which neighbouring tiles blend, at most (SIZE − 2)/3; default 32, or that maximum "
                         "for smaller tiles")
     p.add_argument("--workers", type=positive_int, default=1, metavar="N",
-                   help="share the denoiser's tiles among N processes (relaunched under torch.distributed.run, each "
+                   help="share the denoiser's tiles among N processes (relaunched by torch's elastic launcher, each "
                         "with cores/N threads): the same result and certificate; only tiled images are shared, so "
                         "give --tile for images below the automatic size")
 

@@ -65,10 +65,15 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 def read_denoiser_tensors(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """Metadata and tensors of a denoiser file, refused unless the content matches its recorded SHA-256 and the
     tensors are all finite (a NaN weight saved with its own digest still makes the network output NaN)."""
+    return _read(path)[:2]
+
+
+def _read(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor], bool]:
+    """:func:`read_denoiser_tensors`, and whether the digest covers the metadata too (:func:`_metadata_digested`)."""
     metadata, tensors = read_safetensors(path, "denoiser file", FORMAT)
-    _metadata_digested(path, metadata, tensors)
+    covered = _metadata_digested(path, metadata, tensors)
     check_finite_tensors(tensors, str(path))
-    return metadata, tensors
+    return metadata, tensors, covered
 
 
 def _metadata_digested(path: str | Path, metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> bool:
@@ -136,9 +141,7 @@ def load_denoiser_file(path: str | Path, verify: bool | None = None) -> Averaged
     have recomputed after editing a bound; an older file whose digest covers only the tensors is always verified.
     A changed file, non-finite tensors and malformed metadata (each key is checked) are refused with a ``ValueError``.
     """
-    metadata, tensors = read_safetensors(path, "denoiser file", FORMAT)
-    covered = _metadata_digested(path, metadata, tensors)
-    check_finite_tensors(tensors, str(path))
+    metadata, tensors, covered = _read(path)
     if verify is None:
         verify = Path(path).resolve().parent != WEIGHTS_DIR.resolve()
     verify = verify or not covered

@@ -71,7 +71,6 @@ def tile_windows(length: int, tile: int, overlap: int) -> list[tuple[int, int, T
     return [(start, start + tile, weight.sqrt()) for start, weight in zip(starts, weights)]
 
 
-
 def image_tiles(shape, tile: int, overlap: int) -> list[tuple[tuple, Tensor]]:
     """The tiles of an image of ``shape`` [..., H, W]: (index of the tile, the 2-D window √w_t = √u_a ⊗ √v_b) in row
     order; every tile has the same size (min(tile, H) × min(tile, W)) and Σ_t w_t = 1."""
