@@ -30,6 +30,8 @@ from .theory import Certificate
 __all__ = ["DEFAULT_DENOISERS", "DenoiseResult", "deblur", "denoise", "resolve_denoiser", "resolve_guide", "valid_frame"]
 
 DEFAULT_DENOISERS = {1: "averaged-gray", 3: "averaged-color"}
+#: 1/(band power) of natural images in the Wiener anchor of deblur's tiles (:func:`tile_anchor`)
+TILE_ANCHOR_SNR = 30.0
 
 
 def _choose(denoiser, channels: int):
@@ -160,12 +162,13 @@ def deblur(
     otherwise. ``max_iter`` then counts denoiser calls.
 
     ``tile``, ``overlap``: run the denoiser on ``tile``-pixel tiles overlapping by ``overlap`` pixels, with windows
-    that keep its certificate (:func:`pnp_stable.denoisers.tiled`): peak memory that of one tile. 'auto' (the
-    default) tiles only images whose whole-image call would need more than 2 GiB (about 4 megapixels for the
-    shipped networks); 0 or None never tiles. ``overlap`` None: 32 pixels, or (tile − 2)/3 for tiles too small for
-    that. The blur stays whole (one FFT per iteration). ``context``: a deepinv ``DistributedContext`` of a
-    ``torchrun`` launch, whose processes then share the tiles (every process runs the same iteration and gets every
-    denoised image; :mod:`pnp_stable.denoisers.distributed`); an image that is not tiled is denoised whole by each.
+    that keep its certificate (:func:`pnp_stable.denoisers.tiled`, anchored at a Wiener estimate from the start y
+    or ``x0``: :func:`tile_anchor`): peak memory that of one tile. 'auto' (the default) tiles only images whose whole-image call would need more than 2 GiB
+    (about 4 megapixels for the shipped networks); 0 or None never tiles. ``overlap`` None: 33 pixels (the shipped
+    networks' receptive field), or (tile − 2)/3 for tiles too small for that. The blur stays whole (one FFT per
+    iteration). ``context``: a deepinv ``DistributedContext`` of a ``torchrun`` launch, whose processes then share
+    the tiles (every process runs the same iteration and gets every denoised image;
+    :mod:`pnp_stable.denoisers.distributed`); an image that is not tiled is denoised whole by each.
     """
     device = check_device(device)
     y = _as_batch(y, "blurred image y", device)
@@ -192,8 +195,9 @@ def deblur(
             progress=progress, x0=x0, reference_frame=frame, accelerate=accelerate,
         )
     else:
-        model = tiled(resolve_denoiser(denoiser, y.shape[1], device), y.shape if x0 is None else x0.shape, tile, overlap,
-                      context)
+        start = y if x0 is None else x0
+        model = tiled(resolve_denoiser(denoiser, y.shape[1], device), start.shape, tile, overlap, context,
+                      anchor=lambda: tile_anchor(physics, start, y, noise_sigma))
         if accelerate is None:  # the theorem of solvers/anderson.py needs an averaged T: 'auto' checks for a β
             accelerate = "auto" if tuned(solver or "fb").accelerate else False
         result = solve(
@@ -203,6 +207,16 @@ def deblur(
             progress=progress, reference_frame=frame, accelerate=accelerate,
         )
     return result if frame is None else _framed(result, frame)
+
+
+def tile_anchor(physics, start: Tensor, y: Tensor, noise_sigma: float) -> Tensor:
+    """The fixed anchor of deblur's tiles (:mod:`pnp_stable.denoisers.tiling`), an image near the denoiser's input
+    at the solution: the Tikhonov (Wiener) estimate argmin_x ½‖Ax − y‖² + (λ/2)‖x − start‖² with
+    λ = :data:`TILE_ANCHOR_SNR`·max(σ, 1/255)², σ² over the band power of natural images (≈ 1/30). Any fixed image
+    keeps the certificate; this one keeps tiled PnP-FB closest to the whole-image run (benchmarks/results/tiling.md)."""
+    weight = TILE_ANCHOR_SNR * max(check_noise_level(noise_sigma, positive=True), 1 / 255) ** 2
+    with torch.no_grad():
+        return physics.prox_l2(start, y, 1 / weight)
 
 
 def _framed(result: PnPResult, frame: tuple[slice, slice]) -> PnPResult:
@@ -251,7 +265,7 @@ def denoise(x, sigma, denoiser="auto", device: str | torch.device = "cpu", tile:
     if isinstance(sigma, Tensor):
         sigma = sigma.to(device)
     chosen = _choose(denoiser, x.shape[1])
-    model = tiled(resolve_denoiser(chosen, x.shape[1], device), x.shape, tile, overlap, context)
+    model = tiled(resolve_denoiser(chosen, x.shape[1], device), x.shape, tile, overlap, context, anchor=x)
     with torch.no_grad(), evaluation_mode(model):
         estimate = model(x, sigma)
     if not torch.isfinite(estimate).all():

@@ -38,14 +38,42 @@ def test_one_tile_is_the_whole_image_operator(model):
         assert torch.allclose(TiledDenoiser(model, tile=16, overlap=4)(x, 0.1), model(x, 0.1), atol=1e-6)
 
 
-def test_the_tiled_operator_keeps_the_certificate(model):
-    tiled = TiledDenoiser(model, tile=8, overlap=2)
+@pytest.mark.parametrize("anchored", [False, True])
+def test_the_tiled_operator_keeps_the_certificate(model, anchored):
+    anchor = natural_starts(4, (1, 20, 20), seed=7) if anchored else None
+    tiled = TiledDenoiser(model, tile=8, overlap=2, anchor=anchor)
     alpha = model.certificate.alpha
     assert tiled.certificate.alpha == alpha and "tiled" in tiled.certificate.method
     search = adversarial_lipschitz(tiled, (1, 20, 20), 0.1, alpha=alpha, restarts=4, steps=40)
     assert search.ratio <= 1 + 1e-4
-    x, y = natural_starts(8, (1, 20, 20)), natural_starts(8, (1, 20, 20), seed=1)
+    x, y = natural_starts(4, (1, 20, 20)), natural_starts(4, (1, 20, 20), seed=1)
     assert float(averagedness_defects(tiled, x, y, alpha).max()) <= 1e-5
+    if anchored:  # the anchor itself is one of the points compared
+        assert float(averagedness_defects(tiled, anchor, y, alpha).max()) <= 1e-5
+
+
+def test_anchored_tiles_are_overlap_and_average_at_the_anchor_and_fade_toward_it(model):
+    """T_g g = Σ_t P_tᵀ S_t² D(P_t g) (the one-pass shortcut agrees with the two-pass formula); near g the tiles
+    see the image, so T_g stays closer to the whole-image D than the tiles that fade to zero; a new noise level
+    gets its own offset."""
+    from pnp_stable.denoisers.tiling import image_tiles
+
+    anchor = natural_starts(2, (1, 30, 26), seed=3)
+    tiled = TiledDenoiser(model, tile=12, overlap=3, anchor=anchor)
+    with torch.no_grad():
+        blended = torch.zeros_like(anchor)
+        for where, root in image_tiles(anchor.shape, 12, 3):
+            blended[where] += root.to(anchor) ** 2 * model(anchor[where], 0.1)
+        assert torch.allclose(tiled(anchor, 0.1), blended, atol=1e-6)
+        two_pass = tiled._windowed(anchor, 0.1, anchor) - tiled._anchor_terms(anchor, 0.1, "offset")
+        assert torch.allclose(two_pass, blended, atol=1e-6)
+        near = anchor + 0.01 * torch.randn(anchor.shape, generator=torch.Generator().manual_seed(0))
+        whole, faded = model(near, 0.1), TiledDenoiser(model, tile=12, overlap=3)(near, 0.1)
+        assert (tiled(near, 0.1) - whole).norm() < 0.8 * (faded - whole).norm()
+        fresh = TiledDenoiser(model, tile=12, overlap=3, anchor=anchor)
+        assert torch.allclose(tiled(near, 0.3), fresh(near, 0.3), atol=1e-6)
+    with pytest.raises(ValueError, match="anchor has shape"):
+        tiled(natural_starts(1, (1, 30, 26)), 0.1)
 
 
 def test_auto_tiles_only_images_too_large_for_memory(model):
@@ -55,7 +83,7 @@ def test_auto_tiles_only_images_too_large_for_memory(model):
     assert whole_image_bytes(model, small) < AUTO_TILE_BYTES < whole_image_bytes(ps.load_denoiser("averaged-color"), huge)
     assert ps.denoisers.tiled(model, small) is model
     wrapped = ps.denoisers.tiled(ps.load_denoiser("averaged-color"), huge)
-    assert isinstance(wrapped, TiledDenoiser) and (wrapped.tile, wrapped.overlap) == (512, 32)
+    assert isinstance(wrapped, TiledDenoiser) and (wrapped.tile, wrapped.overlap) == (512, 33)
     assert ps.denoisers.tiled(model, huge, tile=0) is model and ps.denoisers.tiled(lambda x, s: x, huge) is not None
     for bad in (-1, 2.5, True, "big"):
         with pytest.raises(ValueError, match="tile must be"):
@@ -76,6 +104,35 @@ def test_deblur_and_denoise_with_tiles_keep_beta_and_pass_the_monitor(model):
         ps.deblur(y, kernel, 0.02, denoiser="guided", guide=model, tile=16)
 
 
+def test_deblur_anchors_its_tiles_at_the_wiener_estimate(model, monkeypatch):
+    """tile_anchor is argmin ½‖k * x − y‖² + (λ/2)‖x − y‖², λ = 30·max(σ, 1/255)² (closed form in Fourier for a
+    circular blur), and deblur's tiles are anchored at it."""
+    from pnp_stable import restore
+    from pnp_stable.denoisers import tiling
+
+    y = natural_starts(1, (1, 40, 36))
+    kernel = torch.zeros(5, 5)
+    kernel[1:4, 2] = torch.tensor([0.2, 0.5, 0.3])
+    physics = ps.blur(kernel, img_size=(1, 40, 36))
+    weight = 30 * 0.02**2
+    impulse = torch.zeros_like(y)
+    impulse[..., 0, 0] = 1
+    spectrum = torch.fft.fft2(physics.A(impulse))
+    wiener = torch.fft.ifft2((spectrum.conj() * torch.fft.fft2(y) + weight * torch.fft.fft2(y))
+                             / (spectrum.abs() ** 2 + weight)).real
+    assert torch.allclose(restore.tile_anchor(physics, y, y, 0.02), wiener, atol=1e-5)
+    built = []
+
+    class Recorded(TiledDenoiser):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(tiling, "TiledDenoiser", Recorded)
+    ps.deblur(y, kernel, 0.02, denoiser=model, boundary="circular", max_iter=2, tile=16, overlap=4)
+    assert len(built) == 1 and torch.allclose(built[0].anchor, wiener, atol=1e-5)
+
+
 def test_cli_tiles_on_request_and_refuses_a_one_pixel_tile(tmp_path, capsys):
     from skimage.io import imsave
 
@@ -86,7 +143,7 @@ def test_cli_tiles_on_request_and_refuses_a_one_pixel_tile(tmp_path, capsys):
     weights = ps.save_denoiser(ps.AveragedDenoiser(channels=1, width=4, depth=1).eval(), tmp_path / "tiny.safetensors")
     assert cli.main(["denoise", str(path), "--sigma", "0.1", "--denoiser", str(weights), "--tile", "16", "--overlap",
                      "4", "--out", str(tmp_path / "out.png"), "--quiet"]) == 0
-    assert "tiled with square-root partition-of-unity windows (16 px tiles, 4 px overlap)" in capsys.readouterr().out
+    assert "tiled with square-root partition-of-unity windows (16 px tiles, 4 px overlap, anchored)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli.main(["denoise", str(path), "--sigma", "0.1", "--tile", "1", "--out", str(tmp_path / "o.png")])
     assert "a tile needs at least 2 pixels" in capsys.readouterr().err
@@ -101,10 +158,14 @@ def test_deepinv_distributed_strategy_gives_the_tiled_operator(model):
 
     x = natural_starts(2, (1, 50, 70))
     sigmas = torch.tensor([0.05, 0.2])
+    anchor = natural_starts(2, (1, 50, 70), seed=5)
     with DistributedContext(device_mode="cpu") as context, torch.no_grad():
-        spread = DistributedTiledDenoiser(model, context, tile=20, overlap=4)
-        for sigma in (0.1, sigmas):
-            assert torch.allclose(spread(x, sigma), TiledDenoiser(model, tile=20, overlap=4)(x, sigma), atol=1e-6)
+        for fixed in (None, anchor):
+            spread = DistributedTiledDenoiser(model, context, tile=20, overlap=4, anchor=fixed)
+            single = TiledDenoiser(model, tile=20, overlap=4, anchor=fixed)
+            for sigma in (0.1, sigmas):
+                for point in (x, anchor):
+                    assert torch.allclose(spread(point, sigma), single(point, sigma), atol=1e-6)
     assert spread.certificate.alpha == model.certificate.alpha
 
 

@@ -6,39 +6,64 @@ T x = Σ_t P_tᵀ S_t D(S_t P_t x): it hands out the windowed tiles S_t P_t x an
 image. deepinv's all-reduce sums the processes' partial images, and a sum does not depend on which process added
 which tile, so every process obtains T x itself: the same operator, with the same certificate, as
 :class:`~.tiling.TiledDenoiser` (whose proof is in :mod:`.tiling`). deepinv's own default strategy instead crops each
-tile's core and places it, with no windows.
+tile's core and places it, with no windows. With an anchor g, the tiles handed out are the blends
+√w_t·P_t x + (1 − √w_t)·P_t g, and :class:`AnchorTiling` sums the anchor's fixed terms on the same engine.
 """
 
 from __future__ import annotations
 
+import torch
 from deepinv.distributed import distribute
 from deepinv.distributed.strategies import DistributedSignalStrategy
 from torch import Tensor
 
-from .._validation import check_image
-from .tiling import DEFAULT_OVERLAP, TiledDenoiser, image_tiles
+from .tiling import DEFAULT_OVERLAP, TiledDenoiser, anchor_weight, image_tiles
 
-__all__ = ["CertifiedTiling", "DistributedTiledDenoiser"]
+__all__ = ["AnchorTiling", "CertifiedTiling", "DistributedTiledDenoiser"]
 
 
 class CertifiedTiling(DistributedSignalStrategy):
-    """Tile t of an image of ``img_size``: the patch √w_t·P_t x out, √w_t·(its denoised patch) added back
-    (:func:`~.tiling.image_tiles`; every patch has the same shape, as deepinv's batching requires)."""
+    """Tile t of an image of ``img_size``: the patch √w_t·P_t x (anchored: √w_t·P_t x + (1 − √w_t)·P_t g) out,
+    √w_t·(its denoised patch) added back (:func:`~.tiling.image_tiles`; every patch has the same shape, as deepinv's
+    batching requires)."""
 
-    def __init__(self, img_size, tile: int, overlap: int = DEFAULT_OVERLAP):
+    def __init__(self, img_size, tile: int, overlap: int = DEFAULT_OVERLAP, anchor: Tensor | None = None):
         super().__init__(img_size)
-        self.tiles = image_tiles(self.img_size, tile, overlap)
+        self.tiles, self.anchor = image_tiles(self.img_size, tile, overlap), anchor
 
     def get_num_patches(self) -> int:
         return len(self.tiles)
 
     def get_local_patches(self, x: Tensor, local_indices: list[int]) -> list[tuple[int, Tensor]]:
-        return [(index, x[self.tiles[index][0]] * self.tiles[index][1].to(x)) for index in local_indices]
+        patches = []
+        for index in local_indices:
+            where, root = self.tiles[index]
+            root = root.to(x)
+            patch = x[where] * root if self.anchor is None else torch.lerp(self.anchor[where].to(x), x[where], root)
+            patches.append((index, patch))
+        return patches
 
     def reduce_patches(self, out_tensor: Tensor, local_pairs: list[tuple[int, Tensor]]) -> None:
         for index, patch in local_pairs:
             where, root = self.tiles[index]
             out_tensor[where] += root.to(patch) * patch
+
+
+class AnchorTiling(CertifiedTiling):
+    """The anchor's own terms Σ_t P_tᵀ ω_t D(P_t g): the plain patch P_t g out, ω_t·(its denoised patch) added back,
+    with ω_t = S_t(I − S_t) ('offset') or S_t² ('value'; :func:`~.tiling.anchor_weight`)."""
+
+    def __init__(self, img_size, tile: int, overlap: int, kind: str):
+        super().__init__(img_size, tile, overlap)
+        self.kind = kind
+
+    def get_local_patches(self, x: Tensor, local_indices: list[int]) -> list[tuple[int, Tensor]]:
+        return [(index, x[self.tiles[index][0]]) for index in local_indices]
+
+    def reduce_patches(self, out_tensor: Tensor, local_pairs: list[tuple[int, Tensor]]) -> None:
+        for index, patch in local_pairs:
+            where, root = self.tiles[index]
+            out_tensor[where] += anchor_weight(root.to(patch), self.kind) * patch
 
 
 class DistributedTiledDenoiser(TiledDenoiser):
@@ -47,18 +72,27 @@ class DistributedTiledDenoiser(TiledDenoiser):
     process returns the whole output; the certificate is D's. ``max_batch_size`` tiles go through D per call
     (None: all of a process's tiles at once); with one noise level per image, one tile per call."""
 
-    def __init__(self, denoiser, context, tile: int = 256, overlap: int = DEFAULT_OVERLAP, max_batch_size: int | None = None):
-        super().__init__(denoiser, tile, overlap)
+    def __init__(self, denoiser, context, tile: int = 256, overlap: int = DEFAULT_OVERLAP,
+                 max_batch_size: int | None = None, anchor: Tensor | None = None):
+        super().__init__(denoiser, tile, overlap, anchor)
         self.context, self.max_batch_size = context, max_batch_size
         self._engines: dict[tuple, object] = {}
 
-    def forward(self, x: Tensor, sigma=None, **kwargs) -> Tensor:
-        check_image(x, "denoiser input")
+    def _windowed(self, x: Tensor, sigma, anchor: Tensor | None = None, **kwargs) -> Tensor:
+        return self._run("windowed", x, sigma, **kwargs)
+
+    def _anchor_terms(self, anchor: Tensor, sigma, kind: str, **kwargs) -> Tensor:
+        return self._run(kind, anchor, sigma, **kwargs)
+
+    def _run(self, kind: str, x: Tensor, sigma, **kwargs) -> Tensor:
+        """One pass of the ``kind`` of tiling on deepinv's engine, which keeps a strategy for one shape: one engine
+        per kind, shape and noise-level layout."""
         per_image = isinstance(sigma, Tensor) and sigma.ndim > 0  # stacked tiles would not match a [B] σ
-        key = (tuple(x.shape), per_image)
-        if key not in self._engines:  # deepinv keeps a strategy for one shape: one engine per shape
-            self._engines[key] = distribute(
-                self.denoiser, self.context, tiling_strategy=CertifiedTiling(x.shape, self.tile, self.overlap),
-                max_batch_size=1 if per_image else self.max_batch_size,
-            )
+        key = (kind, tuple(x.shape), per_image)
+        if key not in self._engines:
+            anchor = None if self.anchor is None else self.anchor.to(self.context.device)
+            strategy = (CertifiedTiling(x.shape, self.tile, self.overlap, anchor) if kind == "windowed"
+                        else AnchorTiling(x.shape, self.tile, self.overlap, kind))
+            self._engines[key] = distribute(self.denoiser, self.context, tiling_strategy=strategy,
+                                            max_batch_size=1 if per_image else self.max_batch_size)
         return self._engines[key](x.to(self.context.device), sigma, **kwargs).to(x.device)

@@ -12,11 +12,23 @@ need not be averaged.
 Windows are separable, w_t(i, j) = u_a(i)·v_b(j), each factor a 1-D partition of unity that is 1 away from the
 tile's neighbours (flat top) and ramps as cos²/sin² across the ``overlap`` pixels shared with a neighbour, so
 most pixels are denoised unwindowed. The noise level passed to D is unchanged.
+
+Anchored tiles. Fading a tile's input to zero across its ramps shows D a darkened border, which costs quality at
+the seams. Averagedness survives translation by fixed vectors: if D = (1 − α)I + αN then
+z ↦ D(z + c) − e = (1 − α)I + α(N(· + c) + ((1 − α)c − e)/α), and N(· + c) + const is non-expansive. So for any
+fixed anchor image g,
+T_g x = Σ_t P_tᵀ S_t [D(S_t P_t x + (I − S_t)P_t g) − (I − S_t)D(P_t g)] = (1 − α)I + αΦᵀÑΦ
+with Ñ non-expansive: T_g is α-averaged (and L-Lipschitz) exactly like T. Near g each tile sees the image itself,
+blended toward g rather than toward zero, and at x = g it is the overlap-and-average output:
+T_g g = Σ_t P_tᵀ S_t² D(P_t g). The closer g is to the denoiser's input at the solution, the closer T_g is to
+D there. The anchor must stay fixed while an iteration runs (deblur uses a Wiener estimate made before it starts;
+denoise the noisy image itself); the offset Σ_t P_tᵀ S_t(I − S_t)D(P_t g, σ) is computed once per noise level.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import deepinv as dinv
 import torch
@@ -31,7 +43,7 @@ __all__ = ["AUTO_TILE_BYTES", "TiledDenoiser", "image_tiles", "tile_windows", "t
 #: the estimated peak memory of one whole-image call above which ``tile='auto'`` tiles (deblur, denoise, the CLI)
 AUTO_TILE_BYTES = 2 * 1024**3
 AUTO_TILE = 512
-DEFAULT_OVERLAP = 32  # twice the receptive-field radius of the shipped networks: 8 blocks × (a 3×3 conv and its transpose)
+DEFAULT_OVERLAP = 33  # the receptive field of the shipped networks: 8 blocks × (a 3×3 conv and its transpose) reach 16 px
 
 
 def _check_tiling(tile: int, overlap: int) -> None:
@@ -82,30 +94,61 @@ def image_tiles(shape, tile: int, overlap: int) -> list[tuple[tuple, Tensor]]:
 
 
 class TiledDenoiser(dinv.models.Denoiser):
-    """T(x, σ) = Σ_t P_tᵀ S_t D(S_t P_t x, σ) for ``tile``×``tile`` tiles overlapping by ``overlap`` pixels (module
-    docstring): D's certificate carries over unchanged. Choose ``overlap`` at least D's receptive field so that the
-    ramps fall where each tile has context. Peak memory is that of D on one tile (plus the image and the output)."""
+    """T(x, σ) = Σ_t P_tᵀ S_t D(S_t P_t x, σ) for ``tile``×``tile`` tiles overlapping by ``overlap`` pixels, or with
+    an ``anchor`` image g (shape of the inputs) the anchored T_g of the module docstring: D's certificate carries
+    over unchanged either way. Choose ``overlap`` at least D's receptive field so that the ramps fall where each
+    tile has context. Peak memory is that of D on one tile (plus the image, the output and, anchored, one offset)."""
 
-    def __init__(self, denoiser, tile: int = 256, overlap: int = DEFAULT_OVERLAP):
+    def __init__(self, denoiser, tile: int = 256, overlap: int = DEFAULT_OVERLAP, anchor: Tensor | None = None):
         super().__init__()
         _check_tiling(tile, overlap)
         self.denoiser, self.tile, self.overlap = denoiser, int(tile), int(overlap)
+        self.anchor = None if anchor is None else check_image(anchor.detach(), "tiling anchor")
+        self._offset: tuple | None = None  # (noise-level key, Σ_t P_tᵀ S_t(I − S_t)D(P_t g, σ))
         self.channels = getattr(denoiser, "channels", None)  # so that the solvers still check the image's channels
         self.train(getattr(denoiser, "training", False))  # the wrapper is in the mode of the denoiser it wraps
 
     def forward(self, x: Tensor, sigma=None, **kwargs) -> Tensor:
         check_image(x, "denoiser input")
+        if self.anchor is None:
+            return self._windowed(x, sigma, **kwargs)
+        anchor = self._anchor_like(x)
+        if torch.equal(x, anchor):  # T_g g = Σ_t P_tᵀ S_t² D(P_t g): one pass instead of two
+            return self._anchor_terms(anchor, sigma, "value", **kwargs)
+        key = _noise_key(sigma)
+        if self._offset is None or self._offset[0] != key:
+            self._offset = (key, self._anchor_terms(anchor, sigma, "offset", **kwargs))
+        return self._windowed(x, sigma, anchor, **kwargs) - self._offset[1]
+
+    def _anchor_like(self, x: Tensor) -> Tensor:
+        if tuple(self.anchor.shape) != tuple(x.shape):
+            raise ValueError(f"the tiling anchor has shape {tuple(self.anchor.shape)} but the denoiser input has shape "
+                             f"{tuple(x.shape)}; build the tiled denoiser for these images "
+                             "(pnp_stable.denoisers.tiled(denoiser, shape, anchor=...))")
+        return self.anchor.to(x)
+
+    def _windowed(self, x: Tensor, sigma, anchor: Tensor | None = None, **kwargs) -> Tensor:
+        """Σ_t P_tᵀ S_t D(S_t P_t x + (I − S_t)P_t g, σ), with g = 0 when there is no anchor."""
         out = torch.zeros_like(x)
         for where, root in image_tiles(x.shape, self.tile, self.overlap):
             root = root.to(x)
-            out[where] += root * self.denoiser(x[where] * root, sigma, **kwargs)
+            tile = x[where] * root if anchor is None else torch.lerp(anchor[where], x[where], root)
+            out[where] += root * self.denoiser(tile, sigma, **kwargs)
+        return out
+
+    def _anchor_terms(self, anchor: Tensor, sigma, kind: str, **kwargs) -> Tensor:
+        """Σ_t P_tᵀ ω_t D(P_t g, σ) with ω_t = S_t(I − S_t) ('offset') or S_t² ('value')."""
+        out = torch.zeros_like(anchor)
+        for where, root in image_tiles(anchor.shape, self.tile, self.overlap):
+            out[where] += anchor_weight(root.to(anchor), kind) * self.denoiser(anchor[where], sigma, **kwargs)
         return out
 
     @property
     def certificate(self) -> Certificate:
         base = certificate_of(self.denoiser)
         return Certificate(base.lipschitz, base.alpha, f"{base.method}; tiled with square-root partition-of-unity "
-                           f"windows ({self.tile} px tiles, {self.overlap} px overlap), which keep it",
+                           f"windows ({self.tile} px tiles, {self.overlap} px overlap"
+                           f"{', anchored' if self.anchor is not None else ''}), which keep it",
                            base.guaranteed, base.tolerance)
 
     def certificate_at(self, sigma) -> Certificate:
@@ -114,6 +157,18 @@ class TiledDenoiser(dinv.models.Denoiser):
             return Certificate(base.lipschitz, base.alpha, f"{base.method}; tiled (certificate kept)", base.guaranteed,
                                base.tolerance)
         return self.certificate
+
+
+def anchor_weight(root: Tensor, kind: str) -> Tensor:
+    """The output weight of D(P_t g) in the anchored tiling: S_t(I − S_t) for the offset, S_t² for T_g g."""
+    return root * (1 - root) if kind == "offset" else root * root
+
+
+def _noise_key(sigma) -> tuple | None:
+    """A hashable copy of a noise level (a number, or one per image), to recognise the one an offset was made for."""
+    if sigma is None:
+        return None
+    return tuple(torch.as_tensor(sigma, dtype=torch.float64).flatten().tolist())
 
 
 def whole_image_bytes(denoiser, shape) -> int | None:
@@ -127,13 +182,16 @@ def whole_image_bytes(denoiser, shape) -> int | None:
     return 4 * 4 * width * shape[-2] * shape[-1]
 
 
-def tiled(denoiser, shape, tile: int | str | None = "auto", overlap: int | None = None, context=None):
+def tiled(denoiser, shape, tile: int | str | None = "auto", overlap: int | None = None, context=None,
+          anchor: Tensor | Callable[[], Tensor] | None = None):
     """``denoiser`` as it is, or wrapped in a :class:`TiledDenoiser` for images of ``shape`` ``[B, C, H, W]``:
     ``tile`` an integer: tiles of that size (unless the image fits in one); 0 or None: the whole image; 'auto':
     tiles of 512 px when one whole image would need more than :data:`AUTO_TILE_BYTES` (:func:`whole_image_bytes`).
     ``overlap`` None: :func:`default_overlap`. ``context``: a deepinv ``DistributedContext``; with more than one
     process the tiles are spread over them, one tile per network call (:class:`~.distributed.DistributedTiledDenoiser`:
-    the same operator). The certificate is the same either way (module docstring)."""
+    the same operator). ``anchor``: a fixed image of ``shape`` the tiles blend toward instead of zero (the anchored
+    T_g of the module docstring), or a function that makes it, called only if the image is tiled (deblur: a Wiener
+    estimate; denoise: the noisy image). The certificate is the same either way (module docstring)."""
     if tile == "auto":
         needed = whole_image_bytes(denoiser, shape)
         tile = AUTO_TILE if needed is not None and needed > AUTO_TILE_BYTES else None
@@ -145,8 +203,10 @@ def tiled(denoiser, shape, tile: int | str | None = "auto", overlap: int | None 
     _check_tiling(tile, overlap)
     if max(shape[-2:]) <= tile:
         return denoiser
+    if callable(anchor):
+        anchor = anchor()
     if context is not None and context.world_size > 1:
         from .distributed import DistributedTiledDenoiser
 
-        return DistributedTiledDenoiser(denoiser, context, tile, overlap, max_batch_size=1)
-    return TiledDenoiser(denoiser, tile, overlap)
+        return DistributedTiledDenoiser(denoiser, context, tile, overlap, max_batch_size=1, anchor=anchor)
+    return TiledDenoiser(denoiser, tile, overlap, anchor)
