@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -73,3 +74,39 @@ def metadata_json(metadata: dict[str, str], key: str, path: str | Path, writer: 
         return json.loads(metadata[key])
     except ValueError as err:
         raise ValueError(f"{path}: metadata '{key}' is not valid JSON ({err})") from err
+
+
+class ShippedFolder:
+    """The ``.safetensors`` files a package ships in ``folder``, each named by its stem: looked up by name, listed,
+    and trusted as they are. Any other file is verified by default: its digest proves nothing, as anyone who edits
+    a bound can recompute it."""
+
+    def __init__(self, folder: Path, kind: str):
+        self.folder, self.kind = folder, kind
+
+    def files(self) -> dict[str, Path]:
+        return {path.name.removesuffix(".safetensors"): path for path in sorted(self.folder.glob("*.safetensors"))}
+
+    def file(self, name_or_path: str | Path) -> Path:
+        """The file of a shipped name, or ``name_or_path`` itself when it is a ``.safetensors`` path or an existing
+        file; ``ValueError`` listing the shipped names otherwise."""
+        shipped = self.files()
+        if not isinstance(name_or_path, (str, Path)):
+            raise ValueError(f"a {self.kind} is named by a string or a path, got {type(name_or_path).__name__}; "
+                             f"shipped: {', '.join(shipped) or 'none'}")
+        if str(name_or_path) in shipped:
+            return shipped[str(name_or_path)]
+        path = Path(name_or_path)
+        if path.suffix == ".safetensors" or path.exists():
+            return path
+        raise ValueError(f"unknown {self.kind} '{name_or_path}'; shipped: {', '.join(shipped) or 'none'} "
+                         "(or give a .safetensors path)")
+
+    def verify_by_default(self, path: str | Path) -> bool:
+        """True for every file outside the shipped folder."""
+        return Path(path).resolve().parent != self.folder.resolve()
+
+    def listing(self, read_metadata: Callable[[Path], dict[str, str]]) -> list[dict[str, str]]:
+        """Name, file and metadata (less the digest) of every shipped file, read without loading tensors."""
+        return [{"name": name, "file": str(path), **{k: v for k, v in read_metadata(path).items() if k != "sha256"}}
+                for name, path in self.files().items()]

@@ -197,7 +197,7 @@ def test_certify_verify_accepts_a_shipped_model_name(monkeypatch, tmp_path, caps
     path = ps.save_denoiser(model, tmp_path / "tiny.safetensors")
     bound = model.blocks[0].conv.weight_norm_bound()
     _rewritten(path, tmp_path / "understated.safetensors", weight_norm_bounds=f"[{bound / 2}]")
-    monkeypatch.setattr(zoo, "WEIGHTS_DIR", tmp_path)  # both files are now shipped models
+    monkeypatch.setattr(zoo.SHIPPED, "folder", tmp_path)  # both files are now shipped models
     assert cli.main(["certify", "tiny", "--verify", *fast]) == 0
     assert "within the certificate" in capsys.readouterr().out
     assert cli.main(["certify", "understated", "--verify", *fast]) == 2  # its halved bound: loaded with verify=True

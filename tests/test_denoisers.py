@@ -303,7 +303,7 @@ def test_the_digest_covers_the_metadata_and_edited_bounds_are_caught(tmp_path, m
         ps.load_denoiser_file(understated)  # verify=None: a file outside the package is verified
     trusted = ps.load_denoiser_file(understated, verify=False)  # the caller explicitly trusts it
     assert trusted.blocks[0].conv.weight_norm_bound() == pytest.approx(bound / 2)
-    monkeypatch.setattr(serialization, "WEIGHTS_DIR", tmp_path)  # a file in the package's folder is trusted as it is
+    monkeypatch.setattr(serialization.SHIPPED, "folder", tmp_path)  # a file in the package's folder is trusted as it is
     assert ps.load_denoiser_file(understated).blocks[0].conv.weight_norm_bound() == pytest.approx(bound / 2)
     for name, source in (("older", path), ("older-understated", understated)):
         stored, weights = read_denoiser_tensors(source)

@@ -12,16 +12,16 @@ import math
 from pathlib import Path
 
 from .._finite import check_finite_model, check_finite_tensors
-from .._safetensors import content_digest, metadata_json, read_safetensors, write_safetensors
+from .._safetensors import ShippedFolder, content_digest, metadata_json, read_safetensors, write_safetensors
 from ..denoisers.spectral import conv_norm_upper_bound
 from .baseline import SpectralResNetClassifier
 from .network import LipschitzClassifier
 
-__all__ = ["FORMAT", "WEIGHTS_DIR", "save_classifier", "load_classifier", "list_classifiers", "classifier_file"]
+__all__ = ["FORMAT", "SHIPPED", "save_classifier", "load_classifier", "list_classifiers", "classifier_file"]
 
 FORMAT = "pnp-stable-classifier/1"
 STORABLE = {cls.__name__: cls for cls in (LipschitzClassifier, SpectralResNetClassifier)}
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+SHIPPED = ShippedFolder(Path(__file__).parent / "weights", "classifier")
 
 
 def _certificate(model) -> dict:
@@ -62,7 +62,7 @@ def load_classifier(path: str | Path, verify: bool | None = None) -> LipschitzCl
     bound below its recomputation, or a certificate that the installed bounds do not reproduce."""
     path = classifier_file(path)
     if verify is None:
-        verify = path.resolve().parent != WEIGHTS_DIR.resolve()
+        verify = SHIPPED.verify_by_default(path)
     metadata, tensors = read_safetensors(path, "classifier file", FORMAT)
     if "sha256" not in metadata:
         raise ValueError(f"{path}: metadata key 'sha256' is missing, so the content cannot be checked; write the file "
@@ -100,25 +100,12 @@ def load_classifier(path: str | Path, verify: bool | None = None) -> LipschitzCl
     return model
 
 
-def _shipped() -> dict[str, Path]:
-    return {p.name.removesuffix(".safetensors"): p for p in sorted(WEIGHTS_DIR.glob("*.safetensors"))}
-
-
 def classifier_file(name_or_path: str | Path) -> Path:
-    """A shipped classifier's file by name, or ``name_or_path`` itself when it is an existing file."""
-    shipped = _shipped()
-    if str(name_or_path) in shipped:
-        return shipped[str(name_or_path)]
-    path = Path(name_or_path)
-    if path.is_file() or path.suffix == ".safetensors":
-        return path
-    raise ValueError(f"unknown classifier '{name_or_path}'; shipped: {', '.join(shipped) or 'none'} (or give a .safetensors path)")
+    """A shipped classifier's file by name, or ``name_or_path`` itself when it is a ``.safetensors`` path or an
+    existing file."""
+    return SHIPPED.file(name_or_path)
 
 
 def list_classifiers() -> list[dict[str, str]]:
     """Every shipped classifier: name, file and metadata (read without loading tensors)."""
-    rows = []
-    for name, path in _shipped().items():
-        metadata = read_safetensors(path, "classifier file", FORMAT, tensors=False)[0]
-        rows.append({"name": name, "file": str(path), **{k: v for k, v in metadata.items() if k != "sha256"}})
-    return rows
+    return SHIPPED.listing(lambda path: read_safetensors(path, "classifier file", FORMAT, tensors=False)[0])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from .._finite import check_finite_model, check_finite_tensors
-from .._safetensors import content_digest, metadata_json, read_safetensors, tensor_digest, write_safetensors
+from .._safetensors import ShippedFolder, content_digest, metadata_json, read_safetensors, tensor_digest, write_safetensors
 from ..theory import Certificate
 from .averaged import AveragedDenoiser
 from .baselines import DnCNNBaseline
@@ -23,7 +23,7 @@ from .spectral import conv_norm_upper_bound
 __all__ = ["save_denoiser", "load_denoiser_file", "read_denoiser_tensors"]
 
 FORMAT = "pnp-stable-denoiser/1"
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+SHIPPED = ShippedFolder(Path(__file__).parent / "weights", "denoiser")
 STORABLE = {cls.__name__: cls for cls in (AveragedDenoiser, DnCNNBaseline)}
 
 
@@ -143,7 +143,7 @@ def load_denoiser_file(path: str | Path, verify: bool | None = None) -> Averaged
     """
     metadata, tensors, covered = _read(path)
     if verify is None:
-        verify = Path(path).resolve().parent != WEIGHTS_DIR.resolve()
+        verify = SHIPPED.verify_by_default(path)
     verify = verify or not covered
     model = _build_model(metadata, path)
     stored = _stored_certificate(metadata, path)
