@@ -186,7 +186,7 @@ def memory_and_time(args) -> list[str]:
         for tile in (0, 512):
             code = MEMORY_PROBE.format(threads=args.threads, tile=tile, height=height, width=width)
             done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-            name = "whole image" if tile == 0 else "certified tiles 512 px, overlap 33 (anchored: one pass)"
+            name = "whole image" if tile == 0 else "certified tiles 512 px, overlap 33"
             if done.returncode:
                 lines.append(f"| {height}×{width} ({megapixels:g} MP) | {name} | failed: {done.stderr.strip()[-200:]} | | |")
             else:

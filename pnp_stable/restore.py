@@ -27,7 +27,8 @@ from .solvers.defaults import tuned
 from .solvers.loop import PnPResult, solve
 from .theory import Certificate
 
-__all__ = ["DEFAULT_DENOISERS", "DenoiseResult", "deblur", "denoise", "resolve_denoiser", "resolve_guide", "valid_frame"]
+__all__ = ["DEFAULT_DENOISERS", "DenoiseResult", "deblur", "denoise", "resolve_denoiser", "resolve_guide", "tile_anchor",
+           "valid_frame"]
 
 DEFAULT_DENOISERS = {1: "averaged-gray", 3: "averaged-color"}
 #: 1/(band power) of natural images in the Wiener anchor of deblur's tiles (:func:`tile_anchor`)
@@ -196,6 +197,9 @@ def deblur(
         )
     else:
         start = y if x0 is None else x0
+        expected = tuple(y.shape) if frame is None else x_shape
+        if tuple(start.shape) != expected:  # checked before the tiles' anchor is made from it
+            raise ValueError(f"x0 has shape {tuple(start.shape)} but the problem's images have shape {expected}")
         model = tiled(resolve_denoiser(denoiser, y.shape[1], device), start.shape, tile, overlap, context,
                       anchor=lambda: tile_anchor(physics, start, y, noise_sigma))
         if accelerate is None:  # the theorem of solvers/anderson.py needs an averaged T: 'auto' checks for a β
@@ -213,7 +217,8 @@ def tile_anchor(physics, start: Tensor, y: Tensor, noise_sigma: float) -> Tensor
     """The fixed anchor of deblur's tiles (:mod:`pnp_stable.denoisers.tiling`), an image near the denoiser's input
     at the solution: the Tikhonov (Wiener) estimate argmin_x ½‖Ax − y‖² + (λ/2)‖x − start‖² with
     λ = :data:`TILE_ANCHOR_SNR`·max(σ, 1/255)², σ² over the band power of natural images (≈ 1/30). Any fixed image
-    keeps the certificate; this one keeps tiled PnP-FB closest to the whole-image run (benchmarks/results/tiling.md)."""
+    keeps the certificate, so the accuracy of deepinv's prox (conjugate gradients for a boundary without an FFT)
+    only affects how close tiled PnP stays to the whole-image run (benchmarks/results/tiling.md)."""
     weight = TILE_ANCHOR_SNR * max(check_noise_level(noise_sigma, positive=True), 1 / 255) ** 2
     with torch.no_grad():
         return physics.prox_l2(start, y, 1 / weight)
@@ -265,7 +270,7 @@ def denoise(x, sigma, denoiser="auto", device: str | torch.device = "cpu", tile:
     if isinstance(sigma, Tensor):
         sigma = sigma.to(device)
     chosen = _choose(denoiser, x.shape[1])
-    model = tiled(resolve_denoiser(chosen, x.shape[1], device), x.shape, tile, overlap, context, anchor=x)
+    model = tiled(resolve_denoiser(chosen, x.shape[1], device), x.shape, tile, overlap, context)
     with torch.no_grad(), evaluation_mode(model):
         estimate = model(x, sigma)
     if not torch.isfinite(estimate).all():

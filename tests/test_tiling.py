@@ -53,9 +53,9 @@ def test_the_tiled_operator_keeps_the_certificate(model, anchored):
 
 
 def test_anchored_tiles_are_overlap_and_average_at_the_anchor_and_fade_toward_it(model):
-    """T_g g = Σ_t P_tᵀ S_t² D(P_t g) (the one-pass shortcut agrees with the two-pass formula); near g the tiles
-    see the image, so T_g stays closer to the whole-image D than the tiles that fade to zero; a new noise level
-    gets its own offset."""
+    """T_g g = Σ_t P_tᵀ S_t² D(P_t g); near g the tiles see the image, so T_g stays closer to the whole-image D
+    than the tiles that fade to zero; a new noise level gets its own offset; a subset of the samples is the
+    operator of those samples."""
     from pnp_stable.denoisers.tiling import image_tiles
 
     anchor = natural_starts(2, (1, 30, 26), seed=3)
@@ -65,13 +65,17 @@ def test_anchored_tiles_are_overlap_and_average_at_the_anchor_and_fade_toward_it
         for where, root in image_tiles(anchor.shape, 12, 3):
             blended[where] += root.to(anchor) ** 2 * model(anchor[where], 0.1)
         assert torch.allclose(tiled(anchor, 0.1), blended, atol=1e-6)
-        two_pass = tiled._windowed(anchor, 0.1, anchor) - tiled._anchor_terms(anchor, 0.1, "offset")
-        assert torch.allclose(two_pass, blended, atol=1e-6)
         near = anchor + 0.01 * torch.randn(anchor.shape, generator=torch.Generator().manual_seed(0))
         whole, faded = model(near, 0.1), TiledDenoiser(model, tile=12, overlap=3)(near, 0.1)
         assert (tiled(near, 0.1) - whole).norm() < 0.8 * (faded - whole).norm()
         fresh = TiledDenoiser(model, tile=12, overlap=3, anchor=anchor)
         assert torch.allclose(tiled(near, 0.3), fresh(near, 0.3), atol=1e-6)
+        second = torch.tensor([1])
+        alone = TiledDenoiser(model, tile=12, overlap=3, anchor=anchor[1:])
+        assert torch.allclose(tiled.subset(second)(near[1:], 0.3), alone(near[1:], 0.3), atol=1e-6)
+        per_image = torch.tensor([0.1, 0.3])
+        tiled(near, per_image)  # cached for both samples, then narrowed with them
+        assert torch.allclose(tiled.subset(second)(near[1:], per_image[1:]), alone(near[1:], 0.3), atol=1e-6)
     with pytest.raises(ValueError, match="anchor has shape"):
         tiled(natural_starts(1, (1, 30, 26)), 0.1)
 
@@ -102,6 +106,22 @@ def test_deblur_and_denoise_with_tiles_keep_beta_and_pass_the_monitor(model):
     assert denoised.certificate.alpha == model.certificate.alpha and "tiled" in denoised.certificate.method
     with pytest.raises(ValueError, match="guided route"):
         ps.deblur(y, kernel, 0.02, denoiser="guided", guide=model, tile=16)
+
+
+def test_batched_tiled_deblur_keeps_each_sample_its_own_anchor_when_one_stops_early(model):
+    """Once a sample stops the solver narrows the denoiser to the others (``subset``): each image of a batch
+    restores as it does alone."""
+    clean = torch.cat([natural_starts(1, (1, 40, 36)), 0.5 + 0.1 * natural_starts(1, (1, 40, 36), seed=4)])
+    kernel = torch.ones(3, 3) / 9
+    y = ps.blur(kernel, img_size=(1, 40, 36), noise_sigma=0.02, rng=torch.Generator().manual_seed(0))(clean)
+    plain = dict(boundary="circular", max_iter=300, tol=1e-3, tile=16, overlap=4, accelerate=False)  # per sample
+    batch = ps.deblur(y, kernel, 0.02, denoiser=model, **plain)
+    assert len(set(batch.iterations)) == 2, batch.iterations  # one sample stopped before the other
+    for i in range(2):
+        alone = ps.deblur(y[i:i + 1], kernel, 0.02, denoiser=model, **plain)
+        assert torch.allclose(batch.estimate[i:i + 1], alone.estimate, atol=1e-5)
+    with pytest.raises(ValueError, match="x0 has shape"):
+        ps.deblur(y, kernel, 0.02, denoiser=model, boundary="circular", x0=y[:1], tile=16, overlap=4)
 
 
 def test_deblur_anchors_its_tiles_at_the_wiener_estimate(model, monkeypatch):
@@ -143,7 +163,7 @@ def test_cli_tiles_on_request_and_refuses_a_one_pixel_tile(tmp_path, capsys):
     weights = ps.save_denoiser(ps.AveragedDenoiser(channels=1, width=4, depth=1).eval(), tmp_path / "tiny.safetensors")
     assert cli.main(["denoise", str(path), "--sigma", "0.1", "--denoiser", str(weights), "--tile", "16", "--overlap",
                      "4", "--out", str(tmp_path / "out.png"), "--quiet"]) == 0
-    assert "tiled with square-root partition-of-unity windows (16 px tiles, 4 px overlap, anchored)" in capsys.readouterr().out
+    assert "tiled with square-root partition-of-unity windows (16 px tiles, 4 px overlap)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli.main(["denoise", str(path), "--sigma", "0.1", "--tile", "1", "--out", str(tmp_path / "o.png")])
     assert "a tile needs at least 2 pixels" in capsys.readouterr().err
@@ -166,6 +186,8 @@ def test_deepinv_distributed_strategy_gives_the_tiled_operator(model):
             for sigma in (0.1, sigmas):
                 for point in (x, anchor):
                     assert torch.allclose(spread(point, sigma), single(point, sigma), atol=1e-6)
+            second = torch.tensor([1])
+            assert torch.allclose(spread.subset(second)(x[1:], 0.1), single.subset(second)(x[1:], 0.1), atol=1e-6)
     assert spread.certificate.alpha == model.certificate.alpha
 
 

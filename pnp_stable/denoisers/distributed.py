@@ -17,7 +17,7 @@ from deepinv.distributed import distribute
 from deepinv.distributed.strategies import DistributedSignalStrategy
 from torch import Tensor
 
-from .tiling import DEFAULT_OVERLAP, TiledDenoiser, anchor_weight, image_tiles
+from .tiling import DEFAULT_OVERLAP, TiledDenoiser, image_tiles
 
 __all__ = ["AnchorTiling", "CertifiedTiling", "DistributedTiledDenoiser"]
 
@@ -50,12 +50,8 @@ class CertifiedTiling(DistributedSignalStrategy):
 
 
 class AnchorTiling(CertifiedTiling):
-    """The anchor's own terms Σ_t P_tᵀ ω_t D(P_t g): the plain patch P_t g out, ω_t·(its denoised patch) added back,
-    with ω_t = S_t(I − S_t) ('offset') or S_t² ('value'; :func:`~.tiling.anchor_weight`)."""
-
-    def __init__(self, img_size, tile: int, overlap: int, kind: str):
-        super().__init__(img_size, tile, overlap)
-        self.kind = kind
+    """The anchor's fixed term Σ_t P_tᵀ S_t(I − S_t) D(P_t g): the plain patch P_t g out, S_t(I − S_t)·(its
+    denoised patch) added back."""
 
     def get_local_patches(self, x: Tensor, local_indices: list[int]) -> list[tuple[int, Tensor]]:
         return [(index, x[self.tiles[index][0]]) for index in local_indices]
@@ -63,7 +59,8 @@ class AnchorTiling(CertifiedTiling):
     def reduce_patches(self, out_tensor: Tensor, local_pairs: list[tuple[int, Tensor]]) -> None:
         for index, patch in local_pairs:
             where, root = self.tiles[index]
-            out_tensor[where] += anchor_weight(root.to(patch), self.kind) * patch
+            root = root.to(patch)
+            out_tensor[where] += root * (1 - root) * patch
 
 
 class DistributedTiledDenoiser(TiledDenoiser):
@@ -78,21 +75,23 @@ class DistributedTiledDenoiser(TiledDenoiser):
         self.context, self.max_batch_size = context, max_batch_size
         self._engines: dict[tuple, object] = {}
 
-    def _windowed(self, x: Tensor, sigma, anchor: Tensor | None = None, **kwargs) -> Tensor:
-        return self._run("windowed", x, sigma, **kwargs)
+    def _windowed(self, x: Tensor, sigma, anchor: Tensor | None, **kwargs) -> Tensor:
+        return self._run("windowed", x, sigma, anchor, **kwargs)
 
-    def _anchor_terms(self, anchor: Tensor, sigma, kind: str, **kwargs) -> Tensor:
-        return self._run(kind, anchor, sigma, **kwargs)
+    def _offset_pass(self, anchor: Tensor, sigma, **kwargs) -> Tensor:
+        return self._run("offset", anchor, sigma, None, **kwargs)
 
-    def _run(self, kind: str, x: Tensor, sigma, **kwargs) -> Tensor:
+    def _run(self, kind: str, x: Tensor, sigma, anchor: Tensor | None, **kwargs) -> Tensor:
         """One pass of the ``kind`` of tiling on deepinv's engine, which keeps a strategy for one shape: one engine
-        per kind, shape and noise-level layout."""
+        per kind, shape, noise-level layout and set of samples (a :meth:`subset` has its own anchor)."""
         per_image = isinstance(sigma, Tensor) and sigma.ndim > 0  # stacked tiles would not match a [B] σ
-        key = (kind, tuple(x.shape), per_image)
+        key = (kind, tuple(x.shape), per_image, self._samples)
         if key not in self._engines:
-            anchor = None if self.anchor is None else self.anchor.to(self.context.device)
-            strategy = (CertifiedTiling(x.shape, self.tile, self.overlap, anchor) if kind == "windowed"
-                        else AnchorTiling(x.shape, self.tile, self.overlap, kind))
+            if kind == "windowed":
+                anchor = None if anchor is None else anchor.to(self.context.device)
+                strategy = CertifiedTiling(x.shape, self.tile, self.overlap, anchor)
+            else:
+                strategy = AnchorTiling(x.shape, self.tile, self.overlap)
             self._engines[key] = distribute(self.denoiser, self.context, tiling_strategy=strategy,
                                             max_batch_size=1 if per_image else self.max_batch_size)
         return self._engines[key](x.to(self.context.device), sigma, **kwargs).to(x.device)

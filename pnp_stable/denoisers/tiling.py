@@ -21,12 +21,15 @@ T_g x = Σ_t P_tᵀ S_t [D(S_t P_t x + (I − S_t)P_t g) − (I − S_t)D(P_t g)
 with Ñ non-expansive: T_g is α-averaged (and L-Lipschitz) exactly like T. Near g each tile sees the image itself,
 blended toward g rather than toward zero, and at x = g it is the overlap-and-average output:
 T_g g = Σ_t P_tᵀ S_t² D(P_t g). The closer g is to the denoiser's input at the solution, the closer T_g is to
-D there. The anchor must stay fixed while an iteration runs (deblur uses a Wiener estimate made before it starts;
-denoise the noisy image itself); the offset Σ_t P_tᵀ S_t(I − S_t)D(P_t g, σ) is computed once per noise level.
+D there. The certificate is for x ↦ T_g x with g fixed: an anchor that followed the input (g = x) would give
+x ↦ Σ_t P_tᵀ S_t² D(P_t x), the uncertified overlap-and-average map. So the anchor must stay fixed while an
+iteration runs: deblur makes a Wiener estimate before it starts; denoise, whose input is the image itself, does
+not anchor. The offset Σ_t P_tᵀ S_t(I − S_t)D(P_t g, σ) is computed once for consecutive calls at one σ.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 
@@ -104,21 +107,31 @@ class TiledDenoiser(dinv.models.Denoiser):
         _check_tiling(tile, overlap)
         self.denoiser, self.tile, self.overlap = denoiser, int(tile), int(overlap)
         self.anchor = None if anchor is None else check_image(anchor.detach(), "tiling anchor")
-        self._offset: tuple | None = None  # (noise-level key, Σ_t P_tᵀ S_t(I − S_t)D(P_t g, σ))
+        self._offset: tuple | None = None  # ((noise levels, dtype, device), Σ_t P_tᵀ S_t(I − S_t)D(P_t g, σ))
+        self._samples: tuple | None = None  # the samples of the batch a subset() view keeps
         self.channels = getattr(denoiser, "channels", None)  # so that the solvers still check the image's channels
         self.train(getattr(denoiser, "training", False))  # the wrapper is in the mode of the denoiser it wraps
 
     def forward(self, x: Tensor, sigma=None, **kwargs) -> Tensor:
         check_image(x, "denoiser input")
         if self.anchor is None:
-            return self._windowed(x, sigma, **kwargs)
+            return self._windowed(x, sigma, None, **kwargs)
         anchor = self._anchor_like(x)
-        if torch.equal(x, anchor):  # T_g g = Σ_t P_tᵀ S_t² D(P_t g): one pass instead of two
-            return self._anchor_terms(anchor, sigma, "value", **kwargs)
-        key = _noise_key(sigma)
-        if self._offset is None or self._offset[0] != key:
-            self._offset = (key, self._anchor_terms(anchor, sigma, "offset", **kwargs))
-        return self._windowed(x, sigma, anchor, **kwargs) - self._offset[1]
+        return self._windowed(x, sigma, anchor, **kwargs) - self._anchor_offset(anchor, sigma, **kwargs)
+
+    def subset(self, index: Tensor) -> "TiledDenoiser":
+        """The operator of samples ``index`` only, anchor and offset narrowed to them (the solvers use it once some
+        samples have stopped)."""
+        view = copy.copy(self)
+        view._samples = tuple(index.tolist())
+        if self.anchor is not None:
+            view.anchor = self.anchor[index]
+        if self._offset is not None:
+            (sigmas, dtype, device), offset = self._offset
+            if sigmas is not None and len(sigmas) > 1:  # one noise level per sample: narrowed like the samples
+                sigmas = tuple(sigmas[i] for i in view._samples)
+            view._offset = ((sigmas, dtype, device), offset[index])
+        return view
 
     def _anchor_like(self, x: Tensor) -> Tensor:
         if tuple(self.anchor.shape) != tuple(x.shape):
@@ -127,7 +140,16 @@ class TiledDenoiser(dinv.models.Denoiser):
                              "(pnp_stable.denoisers.tiled(denoiser, shape, anchor=...))")
         return self.anchor.to(x)
 
-    def _windowed(self, x: Tensor, sigma, anchor: Tensor | None = None, **kwargs) -> Tensor:
+    def _anchor_offset(self, anchor: Tensor, sigma, **kwargs) -> Tensor:
+        """Σ_t P_tᵀ S_t(I − S_t)D(P_t g, σ), fixed: kept while the calls keep one noise level (a schedule that changes
+        σ at every call pays this second pass each time)."""
+        key = (_noise_key(sigma), anchor.dtype, anchor.device)
+        if kwargs or self._offset is None or self._offset[0] != key:
+            with torch.no_grad():
+                self._offset = (key, self._offset_pass(anchor, sigma, **kwargs))
+        return self._offset[1]
+
+    def _windowed(self, x: Tensor, sigma, anchor: Tensor | None, **kwargs) -> Tensor:
         """Σ_t P_tᵀ S_t D(S_t P_t x + (I − S_t)P_t g, σ), with g = 0 when there is no anchor."""
         out = torch.zeros_like(x)
         for where, root in image_tiles(x.shape, self.tile, self.overlap):
@@ -136,11 +158,11 @@ class TiledDenoiser(dinv.models.Denoiser):
             out[where] += root * self.denoiser(tile, sigma, **kwargs)
         return out
 
-    def _anchor_terms(self, anchor: Tensor, sigma, kind: str, **kwargs) -> Tensor:
-        """Σ_t P_tᵀ ω_t D(P_t g, σ) with ω_t = S_t(I − S_t) ('offset') or S_t² ('value')."""
+    def _offset_pass(self, anchor: Tensor, sigma, **kwargs) -> Tensor:
         out = torch.zeros_like(anchor)
         for where, root in image_tiles(anchor.shape, self.tile, self.overlap):
-            out[where] += anchor_weight(root.to(anchor), kind) * self.denoiser(anchor[where], sigma, **kwargs)
+            root = root.to(anchor)
+            out[where] += root * (1 - root) * self.denoiser(anchor[where], sigma, **kwargs)
         return out
 
     @property
@@ -159,16 +181,13 @@ class TiledDenoiser(dinv.models.Denoiser):
         return self.certificate
 
 
-def anchor_weight(root: Tensor, kind: str) -> Tensor:
-    """The output weight of D(P_t g) in the anchored tiling: S_t(I − S_t) for the offset, S_t² for T_g g."""
-    return root * (1 - root) if kind == "offset" else root * root
-
-
 def _noise_key(sigma) -> tuple | None:
     """A hashable copy of a noise level (a number, or one per image), to recognise the one an offset was made for."""
     if sigma is None:
         return None
-    return tuple(torch.as_tensor(sigma, dtype=torch.float64).flatten().tolist())
+    if isinstance(sigma, Tensor):
+        return tuple(sigma.detach().cpu().double().flatten().tolist())
+    return (float(sigma),)
 
 
 def whole_image_bytes(denoiser, shape) -> int | None:
@@ -191,7 +210,7 @@ def tiled(denoiser, shape, tile: int | str | None = "auto", overlap: int | None 
     process the tiles are spread over them, one tile per network call (:class:`~.distributed.DistributedTiledDenoiser`:
     the same operator). ``anchor``: a fixed image of ``shape`` the tiles blend toward instead of zero (the anchored
     T_g of the module docstring), or a function that makes it, called only if the image is tiled (deblur: a Wiener
-    estimate; denoise: the noisy image). The certificate is the same either way (module docstring)."""
+    estimate). The certificate is the same either way (module docstring)."""
     if tile == "auto":
         needed = whole_image_bytes(denoiser, shape)
         tile = AUTO_TILE if needed is not None and needed > AUTO_TILE_BYTES else None
