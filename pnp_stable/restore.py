@@ -164,8 +164,9 @@ def deblur(
 
     ``tile``, ``overlap``: run the denoiser on ``tile``-pixel tiles overlapping by ``overlap`` pixels, with windows
     that keep its certificate (:func:`pnp_stable.denoisers.tiled`, anchored at a Wiener estimate from the start y
-    or ``x0``: :func:`tile_anchor`): peak memory that of one tile. 'auto' (the default) tiles only images whose whole-image call would need more than 2 GiB
-    (about 4 megapixels for the shipped networks); 0 or None never tiles. ``overlap`` None: 33 pixels (the shipped
+    or ``x0``: :func:`tile_anchor`): peak memory that of one tile. 'auto' (the default) tiles only images whose
+    whole-image call would need more than 2 GiB (about 4 megapixels for the shipped networks); 0 or None never
+    tiles. ``overlap`` None: 33 pixels (the shipped
     networks' receptive field), or (tile − 2)/3 for tiles too small for that. The blur stays whole (one FFT per
     iteration). ``context``: a deepinv ``DistributedContext`` of a ``torchrun`` launch, whose processes then share
     the tiles (every process runs the same iteration and gets every denoised image;

@@ -12,12 +12,11 @@ tile's core and places it, with no windows. With an anchor g, the tiles handed o
 
 from __future__ import annotations
 
-import torch
 from deepinv.distributed import distribute
 from deepinv.distributed.strategies import DistributedSignalStrategy
 from torch import Tensor
 
-from .tiling import DEFAULT_OVERLAP, TiledDenoiser, image_tiles
+from .tiling import DEFAULT_OVERLAP, TiledDenoiser, image_tiles, offset_weight, tile_input
 
 __all__ = ["AnchorTiling", "CertifiedTiling", "DistributedTiledDenoiser"]
 
@@ -35,13 +34,8 @@ class CertifiedTiling(DistributedSignalStrategy):
         return len(self.tiles)
 
     def get_local_patches(self, x: Tensor, local_indices: list[int]) -> list[tuple[int, Tensor]]:
-        patches = []
-        for index in local_indices:
-            where, root = self.tiles[index]
-            root = root.to(x)
-            patch = x[where] * root if self.anchor is None else torch.lerp(self.anchor[where].to(x), x[where], root)
-            patches.append((index, patch))
-        return patches
+        return [(index, tile_input(x, self.tiles[index][0], self.tiles[index][1].to(x), self.anchor))
+                for index in local_indices]
 
     def reduce_patches(self, out_tensor: Tensor, local_pairs: list[tuple[int, Tensor]]) -> None:
         for index, patch in local_pairs:
@@ -59,8 +53,7 @@ class AnchorTiling(CertifiedTiling):
     def reduce_patches(self, out_tensor: Tensor, local_pairs: list[tuple[int, Tensor]]) -> None:
         for index, patch in local_pairs:
             where, root = self.tiles[index]
-            root = root.to(patch)
-            out_tensor[where] += root * (1 - root) * patch
+            out_tensor[where] += offset_weight(root.to(patch)) * patch
 
 
 class DistributedTiledDenoiser(TiledDenoiser):

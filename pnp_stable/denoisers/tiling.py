@@ -154,15 +154,13 @@ class TiledDenoiser(dinv.models.Denoiser):
         out = torch.zeros_like(x)
         for where, root in image_tiles(x.shape, self.tile, self.overlap):
             root = root.to(x)
-            tile = x[where] * root if anchor is None else torch.lerp(anchor[where], x[where], root)
-            out[where] += root * self.denoiser(tile, sigma, **kwargs)
+            out[where] += root * self.denoiser(tile_input(x, where, root, anchor), sigma, **kwargs)
         return out
 
     def _offset_pass(self, anchor: Tensor, sigma, **kwargs) -> Tensor:
         out = torch.zeros_like(anchor)
         for where, root in image_tiles(anchor.shape, self.tile, self.overlap):
-            root = root.to(anchor)
-            out[where] += root * (1 - root) * self.denoiser(anchor[where], sigma, **kwargs)
+            out[where] += offset_weight(root.to(anchor)) * self.denoiser(anchor[where], sigma, **kwargs)
         return out
 
     @property
@@ -179,6 +177,16 @@ class TiledDenoiser(dinv.models.Denoiser):
             return Certificate(base.lipschitz, base.alpha, f"{base.method}; tiled (certificate kept)", base.guaranteed,
                                base.tolerance)
         return self.certificate
+
+
+def tile_input(x: Tensor, where: tuple, root: Tensor, anchor: Tensor | None) -> Tensor:
+    """What D sees of tile t: S_t P_t x, or anchored S_t P_t x + (I − S_t)P_t g (``root`` = √w_t on x's device)."""
+    return x[where] * root if anchor is None else torch.lerp(anchor[where].to(x), x[where], root)
+
+
+def offset_weight(root: Tensor) -> Tensor:
+    """S_t(I − S_t): the weight of D(P_t g) in the anchored tiling's fixed offset."""
+    return root * (1 - root)
 
 
 def _noise_key(sigma) -> tuple | None:
