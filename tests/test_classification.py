@@ -103,6 +103,17 @@ def test_weights_round_trip_and_refuse_tampering(trained, tmp_path):
         load_classifier(tmp_path / "junk.safetensors")
 
 
+@pytest.mark.parametrize("cls", [LipschitzClassifier, SpectralResNetClassifier])
+def test_power_vectors_live_on_the_feature_grids_and_round_trip(cls, tmp_path):
+    model = cls(widths=[8, 16], depths=[1, 1])
+    sides = {name: tuple(buffer.shape[-2:]) for name, buffer in model.named_buffers() if name.endswith("power_vector")}
+    assert {side for name, side in sides.items() if name.startswith("stages.0")} == {(14, 14)}
+    assert {side for name, side in sides.items() if not name.startswith("stages.0")} == {(7, 7)}
+    path = save_classifier(model.eval(), tmp_path / "grid.safetensors")
+    assert load_classifier(path).power_grids == [14, 7]
+    assert cls(widths=[8, 16], depths=[1, 1], power_size=32).power_grids == [32, 32]
+
+
 def test_bad_inputs_are_refused(trained):
     with pytest.raises(ValueError, match=r"\[B, 1, 28, 28\]"):
         trained(torch.zeros(2, 3, 28, 28))

@@ -22,10 +22,10 @@ __all__ = ["SpectralResNetClassifier"]
 class SpectralResidualBlock(nn.Module):
     """x ↦ x + C₂ρ(C₁x + b₁) + b₂, both convolutions spectrally normalised; Lip ≤ 1 + ‖C₂‖‖C₁‖."""
 
-    def __init__(self, channels: int, kernel_size: int = 3):
+    def __init__(self, channels: int, kernel_size: int = 3, power_size: int = 32):
         super().__init__()
-        self.first = CertifiedConv(channels, channels, kernel_size)
-        self.second = CertifiedConv(channels, channels, kernel_size)
+        self.first = CertifiedConv(channels, channels, kernel_size, power_size=power_size)
+        self.second = CertifiedConv(channels, channels, kernel_size, power_size=power_size)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
@@ -46,12 +46,13 @@ class SpectralResNetClassifier(LipschitzClassifier):
     """
 
     def __init__(self, in_channels: int = 1, classes: int = 10, image_size: int = 28, widths=(32, 64), depths=(2, 2),
-                 kernel_size: int = 3):
-        super().__init__(in_channels, classes, image_size, widths, [0] * len(depths), kernel_size)
+                 kernel_size: int = 3, power_size: int | None = None):
+        super().__init__(in_channels, classes, image_size, widths, [0] * len(depths), kernel_size, power_size=power_size)
         self.config = dict(in_channels=in_channels, classes=classes, image_size=image_size, widths=list(widths),
-                           depths=list(depths), kernel_size=kernel_size)
-        self.stages = nn.ModuleList(nn.Sequential(*[SpectralResidualBlock(width, kernel_size) for _ in range(depth)])
-                                    for width, depth in zip(widths, depths))
+                           depths=list(depths), kernel_size=kernel_size, power_size=power_size)
+        self.stages = nn.ModuleList(
+            nn.Sequential(*[SpectralResidualBlock(width, kernel_size, grid) for _ in range(depth)])
+            for width, depth, grid in zip(widths, depths, self.power_grids))
 
     def bounded_convs(self) -> list[CertifiedConv]:
         return [conv for stage in self.stages for block in stage for conv in (block.first, block.second)] + list(self.downs)

@@ -80,11 +80,13 @@ class LipschitzClassifier(nn.Module):
     ``widths[s]`` channels and ``depths[s]`` non-expansive blocks at stage s; stage 0 works at half the input
     resolution (the input is pixel-unshuffled once, so ``image_size`` must be divisible by 2^len(widths)), each
     later stage at half the previous one. ``kernel_size``, ``activation`` and ``time`` configure the blocks
-    (T ≤ ``time``, learned).
+    (T ≤ ``time``, learned). ``power_size``: side of the power-iteration vectors that normalise each convolution
+    while training; None (the default) takes each layer's own feature grid, a stored buffer per layer that is
+    a quarter of the 32×32 of files written before the option (which record 32).
     """
 
     def __init__(self, in_channels: int = 1, classes: int = 10, image_size: int = 28, widths=(32, 64), depths=(3, 3),
-                 kernel_size: int = 3, activation: str = "relu", time: float = 1.0):
+                 kernel_size: int = 3, activation: str = "relu", time: float = 1.0, power_size: int | None = None):
         super().__init__()
         widths, depths = [int(w) for w in widths], [int(d) for d in depths]
         if len(widths) != len(depths) or not widths:
@@ -94,12 +96,15 @@ class LipschitzClassifier(nn.Module):
         if widths[0] < 4 * in_channels:
             raise ValueError(f"widths[0] = {widths[0]} must be ≥ 4·in_channels = {4 * in_channels}: the lift is a zero-padding")
         self.config = dict(in_channels=in_channels, classes=classes, image_size=image_size, widths=widths,
-                           depths=depths, kernel_size=kernel_size, activation=activation, time=time)
+                           depths=depths, kernel_size=kernel_size, activation=activation, time=time, power_size=power_size)
+        #: side of each stage's power vectors (the down-sampling into stage s uses stage s's)
+        self.power_grids = grids = [power_size or image_size // 2 ** (stage + 1) for stage in range(len(widths))]
         self.stages = nn.ModuleList(
-            nn.Sequential(*[NonexpansiveBlock(width, kernel_size, activation, "euler", time, budget=BLOCK_BUDGET)
-                            for _ in range(depth)])
-            for width, depth in zip(widths, depths))
-        self.downs = nn.ModuleList(CertifiedConv(4 * a, b, kernel_size=1) for a, b in zip(widths[:-1], widths[1:]))
+            nn.Sequential(*[NonexpansiveBlock(width, kernel_size, activation, "euler", time, budget=BLOCK_BUDGET,
+                                              power_size=grid) for _ in range(depth)])
+            for width, depth, grid in zip(widths, depths, grids))
+        self.downs = nn.ModuleList(CertifiedConv(4 * a, b, kernel_size=1, power_size=grid)
+                                   for a, b, grid in zip(widths[:-1], widths[1:], grids[1:]))
         side = image_size // 2 ** len(widths)
         self.head = NormalisedHead(widths[-1] * side * side, classes)
 

@@ -75,7 +75,7 @@ def load_classifier(path: str | Path, verify: bool | None = None) -> LipschitzCl
         raise ValueError(f"{path}: metadata 'class' is {name!r}; expected one of {', '.join(STORABLE)}")
     config = _json(metadata, "config", path)
     try:
-        model = STORABLE[name](**config)
+        model = STORABLE[name](**{"power_size": 32, **config})  # files written before the option used 32×32
         model.load_state_dict(tensors, strict=True)
     except (TypeError, ValueError, RuntimeError) as err:
         raise ValueError(f"{path}: weights and metadata 'config' do not describe a valid {name} ({err})") from err
