@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/robust_classification.py
 	$(BIN)/python benchmarks/tiling.py
 	$(BIN)/python benchmarks/time_to_solution.py
+	$(BIN)/python benchmarks/anderson_memory.py
 
 bench-full: $(STAMP)
 	$(BIN)/python benchmarks/denoise.py --out benchmarks/results/denoise-full.md

@@ -188,3 +188,37 @@ def test_rate_bound_is_not_checked_on_samples_with_only_rejected_extrapolations(
         q = half(q)
     history = monitor.finish(p, q, [True])
     assert history.violations == [] and history.accelerated_unchecked == 1
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 7])
+def test_candidate_solves_the_regularised_least_squares_fit(monkeypatch, chunk):
+    """c = T_new + Σ γ_j (T_j − T_new), γ = argmin ‖g_new + Σ γ_j (g_j − g_new)‖² + λ‖ΔG‖_F²‖γ‖², per sample of a
+    batch whose samples stored different numbers of evaluations (the ring wraps for sample 0), chunked or not."""
+    from pnp_stable.solvers import anderson
+
+    monkeypatch.setattr(anderson, "GRAM_CHUNK", chunk)
+    options = Anderson(memory=3)
+    memory = anderson.AndersonMemory(options, 2, torch.zeros(2, 1, 5, 4, dtype=torch.float64))
+    history = {0: [], 1: []}
+    g = torch.Generator().manual_seed(3)
+    for step in range(6):
+        index = torch.tensor([0, 1] if step % 2 else [0])
+        points = torch.randn(len(index), 1, 5, 4, generator=g, dtype=torch.float64)
+        images = 0.7 * points + 0.1 * torch.randn(points.shape, generator=g, dtype=torch.float64)
+        memory.add(index, points, images)
+        for row, sample in enumerate(index.tolist()):
+            history[sample] = (history[sample] + [(images[row], images[row] - points[row])])[-4:]
+    candidates, usable = memory.candidate(torch.tensor([1, 0]))
+    assert usable.tolist() == [True, True]
+    for row, sample in enumerate([1, 0]):
+        (t_new, g_new), older = history[sample][-1], history[sample][:-1]
+        delta_g = torch.stack([r - g_new for _, r in older]).flatten(1)  # [k, N]
+        gram = delta_g @ delta_g.T
+        gamma = -torch.linalg.solve(gram + options.regularisation * gram.trace() * torch.eye(len(older), dtype=gram.dtype),
+                                    delta_g @ g_new.flatten())
+        expected = t_new + sum(w * (t - t_new) for w, (t, _) in zip(gamma, older))
+        torch.testing.assert_close(candidates[row], expected, rtol=1e-10, atol=1e-12)
+    fresh = anderson.AndersonMemory(options, 1, torch.zeros(1, 1, 5, 4))
+    fresh.add(torch.tensor([0]), torch.ones(1, 1, 5, 4), torch.zeros(1, 1, 5, 4))
+    candidate, usable = fresh.candidate(torch.tensor([0]))
+    assert not usable.item() and torch.equal(candidate, torch.zeros(1, 1, 5, 4))
