@@ -32,6 +32,13 @@ def check_image(x: Tensor, name: str = "image", channels: int | None = None) -> 
     return x
 
 
+def check_start(x0: Tensor, expected) -> Tensor:
+    """Require the start ``x0`` to have the problem's image shape (for a 'valid' blur, larger than y)."""
+    if tuple(x0.shape) != tuple(expected):
+        raise ValueError(f"x0 has shape {tuple(x0.shape)} but the problem's images have shape {tuple(expected)}")
+    return x0
+
+
 #: device types the solvers can compute on (a 'meta' tensor holds no values)
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._modules import evaluation_mode, on_device
-from ._validation import check_device, check_noise_level
+from ._validation import check_device, check_noise_level, check_start
 from .denoisers.averaged import certificate_of
 from .denoisers.tiling import tiled
 from .denoisers.zoo import load_denoiser
@@ -197,10 +197,7 @@ def deblur(
             progress=progress, x0=x0, reference_frame=frame, accelerate=accelerate,
         )
     else:
-        start = y if x0 is None else x0
-        expected = tuple(y.shape) if frame is None else x_shape
-        if tuple(start.shape) != expected:  # checked before the tiles' anchor is made from it
-            raise ValueError(f"x0 has shape {tuple(start.shape)} but the problem's images have shape {expected}")
+        start = check_start(y if x0 is None else x0, y.shape if frame is None else x_shape)  # before the tiles' anchor
         model = tiled(resolve_denoiser(denoiser, y.shape[1], device), start.shape, tile, overlap, context,
                       anchor=lambda: tile_anchor(physics, start, y, noise_sigma))
         if accelerate is None:  # the theorem of solvers/anderson.py needs an averaged T: 'auto' checks for a β

@@ -13,7 +13,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .._modules import evaluation_mode
-from .._validation import check_image, check_noise_level
+from .._validation import check_image, check_noise_level, check_start
 from ..operators.fidelity import L2Fidelity
 from .anderson import Anderson, AndersonSteps, anderson_options
 from .monitor import REJECTED, ConvergenceMonitor, History
@@ -335,8 +335,7 @@ def solve(
     if x0 is None:
         x0 = fidelity.op.A_adjoint(y)
     check_image(x0, "initialisation x0")
-    if tuple(x0.shape) != fidelity.x_shape:
-        raise ValueError(f"x0 has shape {tuple(x0.shape)} but the problem's images have shape {fidelity.x_shape}")
+    check_start(x0, fidelity.x_shape)
     if reference is not None:
         check_image(reference, "reference")
         framed = x0 if reference_frame is None else x0[..., reference_frame[0], reference_frame[1]]
