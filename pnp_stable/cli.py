@@ -17,6 +17,8 @@ from pathlib import Path
 
 from . import __version__
 from ._argtypes import EXIT_USAGE, OneLineParser, level, nonnegative_float, nonnegative_int, positive_int, seed, tile_size
+from .theory import format_bound
+
 
 class CommandError(ValueError):
     """A user error reported as one line with exit code 2."""
@@ -343,7 +345,8 @@ def cmd_models(args) -> int:
         certificate = Certificate.from_json(row["certificate"])
         training = json.loads(row.get("training", "{}"))
         summary = "no guarantee" if certificate.alpha is None and certificate.lipschitz is None else (
-            f"Lipschitz ≤ {certificate.lipschitz:g}" + (f", α = {certificate.alpha:.4f}-averaged" if certificate.alpha else ""))
+            f"Lipschitz ≤ {format_bound(certificate.lipschitz)}"
+            + (f", α = {format_bound(certificate.alpha, 4)}-averaged" if certificate.alpha else ""))
         sigma = training.get("sigma")
         run_steps = row.get("steps", "?")
         total_steps = row.get("total_steps", run_steps)
@@ -355,7 +358,7 @@ def cmd_models(args) -> int:
         accuracy = json.loads(row.get("test_accuracy", "{}"))
         certified = ", ".join(f"{float(eps):g}: {value:.1%}" for eps, value in accuracy.get("certified", {}).items())
         tested = f"test clean {accuracy['clean']:.1%}, certified at ε {certified}" if accuracy else "not tested"
-        print(f"{row['name']:<16} classifier  Lipschitz ≤ {certificate['lipschitz']:.4g}  "
+        print(f"{row['name']:<16} classifier  Lipschitz ≤ {format_bound(certificate['lipschitz'], 4)}  "
               f"{json.loads(row.get('training', '{}')).get('dataset', '?')}; {row.get('steps', '?')} steps; {tested}")
     return 0
 
@@ -386,9 +389,9 @@ def cmd_classify(args) -> int:
         label = int(prediction[0])
         name = f"'{names[label]}' ({label})" if names else str(label)
         which = f"the {size}×{size} resized image" if resized else "the image"
-        print(f"{source}: class {name}, certified ℓ2 radius {float(radius[0]):.4f} "
+        print(f"{source}: class {name}, certified ℓ2 radius {format_bound(float(radius[0]), 4, up=False)} "
               f"(no perturbation of {which} of smaller norm, pixels in [0, 1], changes the class)")
-    print(f"classifier {path.name}: Lipschitz ≤ {model.lipschitz_bound():.6g} (guaranteed per-layer bounds)")
+    print(f"classifier {path.name}: Lipschitz ≤ {format_bound(model.lipschitz_bound())} (guaranteed per-layer bounds)")
     return 0
 
 

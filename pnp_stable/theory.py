@@ -22,7 +22,18 @@ __all__ = [
     "relaxation_for_target",
     "averagedness_defect",
     "ceil_steps",
+    "format_bound",
 ]
+
+
+def format_bound(value: float, digits: int = 6, up: bool = True) -> str:
+    """``value`` to ``digits`` significant digits rounded outward, so that a printed bound is still a bound:
+    up for upper bounds (a Lipschitz constant or an α: 1.0000004 prints as 1.00001, never as 1), down for lower
+    bounds (``up=False``: a certified radius)."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    scale = 10.0 ** (math.floor(math.log10(abs(value))) - digits + 1)
+    return f"{(math.ceil if up else math.floor)(value / scale) * scale:.{digits}g}"
 
 
 def _check_alpha(alpha: float, name: str = "alpha") -> float:
@@ -132,8 +143,8 @@ class Certificate:
         if self.lipschitz is None and self.alpha is None:
             return f"no certificate ({self.method})"
         kind = "guaranteed" if self.guaranteed else "NOT guaranteed"
-        lip = "Lipschitz unknown" if self.lipschitz is None else f"Lipschitz ≤ {self.lipschitz:.6g}"
-        alpha = "not averaged" if self.alpha is None else f"averaged with α = {self.alpha:.6g}"
+        lip = "Lipschitz unknown" if self.lipschitz is None else f"Lipschitz ≤ {format_bound(self.lipschitz)}"
+        alpha = "not averaged" if self.alpha is None else f"averaged with α = {format_bound(self.alpha)}"
         return f"{lip}, {alpha} ({kind}; {self.method})"
 
 

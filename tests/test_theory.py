@@ -106,3 +106,12 @@ def test_certificate_json_roundtrip_and_relaxation():
     none = Certificate.none("no guarantee")
     assert none.alpha is None and not none.guaranteed and not none.nonexpansive
     assert "Lipschitz" in str(c) and math.isfinite(c.lipschitz)
+
+
+def test_printed_bounds_are_rounded_outward():
+    from pnp_stable.theory import Certificate, format_bound
+
+    assert format_bound(1.0000004) == "1.00001" and format_bound(0.95118, 4) == "0.9512"
+    assert format_bound(0.123456789, 4, up=False) == "0.1234" and format_bound(2.0) in ("2", "2.00001")
+    assert float(format_bound(1 + 1e-12)) >= 1 + 1e-12
+    assert "Lipschitz ≤ 1.00001" in str(Certificate(lipschitz=1.0000004, alpha=None, guaranteed=True, method="test"))

@@ -22,6 +22,7 @@ from .relaxed import KrasnoselskiiMann
 from .defaults import tuned
 from .stepsize import check_step, default_step
 from .tracker import STATUSES, SampleTracker
+from ..theory import format_bound
 
 __all__ = ["ADJOINT_TOLERANCE", "PlainSteps", "PnPResult", "solve", "run_scheme", "STATUSES"]
 
@@ -96,7 +97,7 @@ class PnPResult:
 
     def summary(self) -> str:
         if self.beta is not None:
-            beta = f"certified β = {self.beta:.4g}"
+            beta = f"certified β = {format_bound(self.beta, 4)}"
         elif self.estimated_beta is not None:
             beta = f"estimated β = {self.estimated_beta:.4g}, NOT certified"
         else:

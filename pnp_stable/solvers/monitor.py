@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..theory import format_bound
+
 __all__ = ["FLOAT_SLACK", "PLAIN", "ACCEPTED", "REJECTED", "ConvergenceMonitor", "History", "Violation"]
 
 #: absolute slack of every check, relative to ‖z_k‖ (100 × float32 machine epsilon)
@@ -128,7 +130,7 @@ class History:
             twin.set_ylabel("PSNR (dB)")
             twin.legend(loc="center right", fontsize=7)
         ax.legend(loc="upper right", fontsize=7)
-        ax.set_title(title or f"β = {self.beta if self.beta is None else round(self.beta, 4)}; {self.verdict}", fontsize=8)
+        ax.set_title(title or f"β = {self.beta if self.beta is None else format_bound(self.beta, 4)}; {self.verdict}", fontsize=8)
         fig.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
