@@ -38,22 +38,25 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def command_line() -> str:
-    """The command that ran this script, as typed from the project root."""
-    script = Path(sys.argv[0]).resolve()
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that ran this script (or ``argv``), as typed from the project root."""
+    argv = sys.argv if argv is None else argv
+    script = Path(argv[0]).resolve()
     try:
         script = script.relative_to(ROOT)
     except ValueError:
         pass
-    return shlex.join([".venv/bin/python", str(script), *sys.argv[1:]])
+    return shlex.join([".venv/bin/python", str(script), *argv[1:]])
 
 
-def header(title: str) -> list[str]:
+def header(title: str, command: str | None = None) -> list[str]:
+    """The results file's provenance lines; ``command`` overrides the command line where the report does not depend
+    on the options that selected the work (a report rebuilt from every state file)."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return [
         f"# {title}",
         "",
-        f"- command: `{command_line()}`",
+        f"- command: `{command or command_line()}`",
         f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- commit: {git_commit()}",
         f"- machine: {cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "

@@ -34,7 +34,7 @@ import torch
 from matplotlib.figure import Figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import RESULTS, ROOT, header  # noqa: E402
+from _report import RESULTS, ROOT, command_line, header  # noqa: E402
 
 from pnp_stable.denoisers import SelfEnsemble, adversarial_lipschitz, parameter_count  # noqa: E402
 from pnp_stable.training import TrainConfig, Trainer, validation_psnr  # noqa: E402
@@ -138,6 +138,21 @@ def train(key: str, data: Path, minutes: float, folder: Path, stop: StopRequest)
     return outcome == "finished"
 
 
+def finish(trainer: Trainer) -> dict:
+    """The finished network's measurements (fp32 eval network): validation PSNR at :data:`SIGMAS` on the held-out
+    images, the 8-fold certified self-ensemble at σ = 25/255, the certificate, an adversarial search against its α
+    (max ‖Nx − Ny‖/‖x − y‖ for N = (D − (1 − α)I)/α, ≤ 1 when certified), parameters and stored size."""
+    model = trainer.model.float().eval()
+    images = trainer.val_images
+    certificate = model.certificate
+    search = adversarial_lipschitz(model, (1, 40, 40), 25 / 255, alpha=certificate.alpha)
+    return {"val_psnr": {str(s): validation_psnr(model, images, s / 255) for s in SIGMAS},
+            "ensemble_psnr_25": validation_psnr(SelfEnsemble(model), images, 25 / 255),
+            "alpha": certificate.alpha, "guaranteed": certificate.guaranteed, "adversarial_ratio": search.ratio,
+            "parameters": parameter_count(model),
+            "weights_mib": sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20}
+
+
 def bm3d_reference(data: Path, folder: Path) -> dict:
     """BM3D's PSNR on the held-out images (computed once, kept in the state folder's bm3d.json)."""
     path = folder / "bm3d.json"
@@ -177,12 +192,12 @@ def plot_curves(states: dict, reference: dict, path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
-def report(out: Path, reference: dict, folder: Path) -> None:
+def report(out: Path, reference: dict, folder: Path, command: str) -> None:
     states = {key: json.loads((folder / f"{key}.json").read_text()) for key in CANDIDATES if (folder / f"{key}.json").exists()}
     png = out.with_suffix(".png")
     plot_curves(states, reference, png)
     pending = [CANDIDATES[key][0] for key in CANDIDATES if key not in states]
-    lines = header("Certified denoiser architectures at equal training time") + [
+    lines = header("Certified denoiser architectures at equal training time", command) + [
         f"Protocol (issue #22 §2): gray Train400 minus its last {HOLDOUT} images, which are the validation set; 40×40 "
         "patches, batch 32, σ ∈ [0, 50/255], Adam one-cycle (peak 2e-3), bf16 autocast, 2 threads, a calibration of the "
         f"norm bounds every {CALIBRATE_EVERY} steps; each candidate's step count fills its training budget (steps and "
@@ -210,14 +225,20 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=40.0, help="wall-time budget per candidate")
     parser.add_argument("--out", type=Path, default=RESULTS / "architectures.md")
     parser.add_argument("--state", type=Path, default=DEFAULT_STATE, help="folder of the candidates' state")
+    parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES),
+                        help="run only these (in the table's order); the report covers every candidate's state")
     args = parser.parse_args()
     torch.set_num_threads(2)
     args.state.mkdir(parents=True, exist_ok=True)
     stop = StopRequest()
-    for key in CANDIDATES:
+    for key in [key for key in CANDIDATES if key in args.candidates]:
         if stop.requested or not train(key, args.data, args.minutes, args.state, stop):
             break  # interrupted: the next run resumes this candidate
-    report(args.out, bm3d_reference(args.data, args.state), args.state)
+    # the report covers every candidate's state, so it records the command without the selection
+    selection = sys.argv.index("--candidates") if "--candidates" in sys.argv else len(sys.argv)
+    end = next((i for i in range(selection + 1, len(sys.argv)) if sys.argv[i].startswith("--")), len(sys.argv))
+    command = command_line(sys.argv[:selection] + sys.argv[end:])
+    report(args.out, bm3d_reference(args.data, args.state), args.state, command)
 
 
 if __name__ == "__main__":
