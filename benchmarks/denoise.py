@@ -6,8 +6,9 @@ adversarial check: ‖N x − N y‖/‖x − y‖ ≤ 1 for N = (D − (1 − �
 empirical Lipschitz constant ‖D x − D y‖/‖x − y‖ for unconstrained ones. Noise is seeded per image (seed = index), so
 every method sees the same noisy images. ``--guides`` adds frozen-guide rows W(g)·y: the guide g is the named
 denoiser's output on y (``bm3d``, or the shipped ``dncnn``/``averaged`` model for the image's channels), and
-W(g) the certified linear filter of :mod:`pnp_stable.denoisers.guided` (``--constructions``); the time includes
-the guide. Writes ``benchmarks/results/denoise.md``.
+W(g) the certified linear filter of :mod:`pnp_stable.denoisers.guided` (``--constructions``: ``bm3d`` with its
+defaults, ``bm3d-4+6`` the average of its 4×4- and 6×6-patch filters over 8 partitions each, ``nlm``); the time
+includes the guide. Writes ``benchmarks/results/denoise.md``.
 
     .venv/bin/python benchmarks/denoise.py --images 10          # first 10 images of each set
     PNP_STABLE_DATA=/path/to/data .venv/bin/python benchmarks/denoise.py
@@ -34,6 +35,7 @@ from pnp_stable.denoisers import (  # noqa: E402
 from pnp_stable.training import list_images  # noqa: E402
 
 SETS = {"BSD68": 1, "Set12": 1, "CBSD68": 3}
+CONSTRUCTIONS = {"bm3d": ("bm3d", {}), "bm3d-4+6": ("bm3d", dict(patch=(4, 6), shifts=8)), "nlm": ("nlm", {})}
 GUIDE_MODELS = {"dncnn": {1: "dncnn-gray", 3: "dncnn-color"}, "averaged": {1: "averaged-gray", 3: "averaged-color"}}
 
 
@@ -42,11 +44,11 @@ class GuidedWiener:
     frozen guide; the map y ↦ W(g(y))y as a whole is non-linear and carries no certificate."""
 
     def __init__(self, guide, construction: str):
-        self.guide, self.construction = guide, construction
+        self.guide, (self.construction, self.options) = guide, CONSTRUCTIONS[construction]
         self.certificate = ps.Certificate.none("W(g(y))y: the guide depends on y; W(g) alone is firmly non-expansive")
 
     def __call__(self, y, sigma):
-        return GuidedDenoiser(self.guide(y, sigma), self.construction)(y, sigma)
+        return GuidedDenoiser(self.guide(y, sigma), self.construction, **self.options)(y, sigma)
 
 
 def guide_denoiser(name: str, channels: int):
@@ -56,8 +58,9 @@ def guide_denoiser(name: str, channels: int):
 def frozen_filter_check(construction: str, channels: int) -> float:
     """Adversarial search on W(g) with guides from natural crops: max ‖Nx − Ny‖/‖x − y‖, N = 2W − I (≤ 1)."""
     shape = (channels, 40, 40)
-    options = {"tile": 16} if construction == "bm3d" else {}
-    frozen = GuidedDenoiser(natural_starts(4, shape, noise=0.0, seed=7), construction, **options)
+    name, options = CONSTRUCTIONS[construction]
+    options = options | ({"tile": 16} if name == "bm3d" else {})
+    frozen = GuidedDenoiser(natural_starts(4, shape, noise=0.0, seed=7), name, **options)
     return adversarial_lipschitz(frozen, shape, 25 / 255, alpha=0.5, restarts=4, steps=60).ratio
 
 
@@ -83,7 +86,7 @@ def main() -> None:
     parser.add_argument("--no-models", action="store_true", help="skip the shipped models and TV")
     parser.add_argument("--guides", nargs="*", default=[], choices=["bm3d", *GUIDE_MODELS],
                         help="add W(g)·y rows with the guide g from these denoisers")
-    parser.add_argument("--constructions", nargs="+", default=["bm3d"], choices=["bm3d", "nlm"])
+    parser.add_argument("--constructions", nargs="+", default=["bm3d"], choices=list(CONSTRUCTIONS))
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--out", default=str(RESULTS / "denoise.md"), help="results file")
     args = parser.parse_args()

@@ -9,13 +9,14 @@ from pnp_stable.denoisers import GuidedDenoiser, adversarial_lipschitz, natural_
 from pnp_stable.denoisers.guided import partition_patches
 
 SMALL = {"bm3d": dict(patch=4, tile=8, group=4, shifts=2), "nlm": dict(search=3, radius=1, strength=2.0),
-         "bm3d-stride": dict(patch=4, tile=8, group=4, shifts=3, stride=2)}
+         "bm3d-stride": dict(patch=4, tile=8, group=4, shifts=3, stride=2),
+         "bm3d-sizes": dict(patch=(2, 4), tile=8, group=4, shifts=2)}
 SIGMA = 0.1
 
 
 def _denoiser(construction, channels=1, size=20, batch=1, seed=4):
     guide = natural_starts(batch, (channels, size, size), noise=0.05, seed=seed).double()
-    return GuidedDenoiser(guide, construction.removesuffix("-stride"), **SMALL[construction])
+    return GuidedDenoiser(guide, construction.split("-")[0], **SMALL[construction])
 
 
 def _power(apply, x, iterations=300):
@@ -26,7 +27,7 @@ def _power(apply, x, iterations=300):
     return float((x * apply(x)).sum())
 
 
-@pytest.mark.parametrize("construction", ["bm3d", "bm3d-stride", "nlm"])
+@pytest.mark.parametrize("construction", ["bm3d", "bm3d-stride", "bm3d-sizes", "nlm"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_filter_is_symmetric_with_spectrum_in_zero_one(construction, channels):
     D = _denoiser(construction, channels)
@@ -42,13 +43,22 @@ def test_filter_is_symmetric_with_spectrum_in_zero_one(construction, channels):
     assert D.certificate.alpha == 0.5 and D.certificate.guaranteed
 
 
-@pytest.mark.parametrize("construction", ["bm3d", "nlm"])
+@pytest.mark.parametrize("construction", ["bm3d", "bm3d-sizes", "nlm"])
 def test_adversarial_search_never_beats_firm_nonexpansiveness(construction):
     restarts = 4
     guide = natural_starts(restarts, (3, 16, 16), noise=0.05, seed=4)
-    D = GuidedDenoiser(guide, construction, **SMALL[construction])
+    D = GuidedDenoiser(guide, construction.split("-")[0], **SMALL[construction])
     found = adversarial_lipschitz(D, (3, 16, 16), SIGMA, alpha=0.5, restarts=restarts, steps=40)
     assert found.ratio <= 1 + 1e-4  # N = 2W − I is non-expansive
+
+
+def test_several_patch_sizes_average_the_single_size_filters():
+    guide = natural_starts(1, (3, 16, 16), noise=0.05, seed=2).double()
+    options = dict(tile=8, group=4, shifts=2)
+    x = torch.rand(guide.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    both = GuidedDenoiser(guide, "bm3d", patch=(2, 4), **options)(x, SIGMA)
+    single = [GuidedDenoiser(guide, "bm3d", patch=size, **options)(x, SIGMA) for size in (2, 4)]
+    assert torch.allclose(both, (single[0] + single[1]) / 2, atol=1e-12)
 
 
 def test_partition_puts_every_patch_position_in_exactly_one_group():

@@ -99,7 +99,9 @@ def guided_solve(
         raise ValueError(f"rounds must be ≥ 1, got {rounds}")
     pilot = dpir(physics, y, guide_denoiser, noise_sigma, iterations=pilot_iterations, weight=defaults.pilot_weight, x0=x0)
     if construction == "bm3d" and "stride" not in options:
-        even = all(size % defaults.stride == 0 for size in (*pilot.estimate.shape[2:], options.get("patch", DEFAULT_PATCH)))
+        patch = options.get("patch", DEFAULT_PATCH)
+        sizes = (*pilot.estimate.shape[2:], *((patch,) if isinstance(patch, int) else patch))
+        even = all(size % defaults.stride == 0 for size in sizes)
         options["stride"] = defaults.stride if even else 1
     guide = pilot.estimate
     notes = [f"pilot: {pilot_iterations} DPIR-schedule iterations of {type(guide_denoiser).__name__} (no guarantee)"]
