@@ -34,12 +34,13 @@ import torch
 from matplotlib.figure import Figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import RESULTS, ROOT, command_line, header  # noqa: E402
+from _report import RESULTS, ROOT, command_line, cpu_name, header  # noqa: E402
 
 from pnp_stable.denoisers import SelfEnsemble, adversarial_lipschitz, parameter_count  # noqa: E402
 from pnp_stable.training import TrainConfig, Trainer, validation_psnr  # noqa: E402
 
 DEFAULT_STATE = ROOT / "training" / "screening"
+BASELINE = "a-w32-d8"  # its recorded speed defines the budget's clock for every candidate
 SIGMAS = (15, 25, 50)
 HOLDOUT = 40
 CALIBRATE_EVERY = 2000  # a calibration of a 64-channel layer takes ~40 s: every 1000 steps would eat the budget
@@ -87,6 +88,22 @@ def measure_speed(key: str, data: Path, state: Path) -> dict[str, float]:
     return dict(seconds_per_step=step, calibration_seconds=max(0.0, first - step))
 
 
+def on_baseline_clock(key: str, data: Path, folder: Path) -> dict[str, float]:
+    """The candidate's timing on the baseline's clock: the baseline is timed again beside the candidate and the
+    candidate's times are scaled by the baseline's recorded/measured ratio, so that every candidate gets the same
+    budget of the same machine's time although sessions run on different processors."""
+    timing = measure_speed(key, data, folder)
+    baseline = folder / f"{BASELINE}.json"
+    if key == BASELINE or not baseline.exists():
+        return timing
+    recorded = json.loads(baseline.read_text())
+    here = measure_speed(BASELINE, data, folder)
+    scale = recorded["seconds_per_step"] / here["seconds_per_step"]
+    return dict(seconds_per_step=scale * timing["seconds_per_step"],
+                calibration_seconds=scale * timing["calibration_seconds"], clock_scale=scale,
+                measured_seconds_per_step=timing["seconds_per_step"])
+
+
 def steps_within(minutes: float, timing: dict[str, float]) -> int:
     """Steps that fit the training budget together with their calibrations (one every CALIBRATE_EVERY steps, one
     at the start and one at the end). Validations are monitoring, outside the budget."""
@@ -114,11 +131,13 @@ def train(key: str, data: Path, minutes: float, folder: Path, stop: StopRequest)
     if state.get("status") == "finished":
         return True
     if not state:
-        timing = measure_speed(key, data, folder)
+        timing = on_baseline_clock(key, data, folder)
         state = dict(candidate=CANDIDATES[key][0], architecture=CANDIDATES[key][1], **timing,
                      steps=steps_within(minutes, timing), validate_every=VALIDATE_EVERY, budget_minutes=minutes,
-                     wall_seconds=0.0, curve=[], status="running")
+                     wall_seconds=0.0, curve=[], status="running", machines=[])
         path.write_text(json.dumps(state, indent=1))
+    if cpu_name() not in state["machines"]:
+        state["machines"].append(cpu_name())
     if stop.requested:
         return False
     trainer = Trainer(config_for(key, data, state["steps"], folder, state["validate_every"]),
@@ -201,7 +220,8 @@ def report(out: Path, reference: dict, folder: Path, command: str) -> None:
         f"Protocol (issue #22 §2): gray Train400 minus its last {HOLDOUT} images, which are the validation set; 40×40 "
         "patches, batch 32, σ ∈ [0, 50/255], Adam one-cycle (peak 2e-3), bf16 autocast, 2 threads, a calibration of the "
         f"norm bounds every {CALIBRATE_EVERY} steps; each candidate's step count fills its training budget (steps and "
-        "calibrations) at its own measured speed; wall (min) is the whole time, with the validations of the curve (every "
+        "calibrations) at its own speed, measured beside the baseline (a) and scaled to the baseline's recorded speed, "
+        "so that every budget is the same machine's time (ms/step and s/calibration are on that clock); wall (min) is the whole time on the machines listed below, with the validations of the curve (every "
         "`validate_every` steps of its state file), each of which recomputes the certified network's norm bounds. PSNR (dB) of the certified fp32 eval network on the "
         f"{HOLDOUT} held-out images; ensemble: the 8-fold certified self-ensemble (same α). State: `training/screening/`.",
         "",
@@ -211,6 +231,8 @@ def report(out: Path, reference: dict, folder: Path, command: str) -> None:
         *[table_row(state) for state in states.values()],
         f"| BM3D (reference, no certificate) | | | | | | | | {reference['15']:.2f} | {reference['25']:.2f} "
         f"| {reference['50']:.2f} | | | | |",
+        "",
+        "Machines: " + "; ".join(f"{key}: {', '.join(state['machines'])}" for key, state in states.items()) + ".",
         "",
         *([f"Not run yet: {'; '.join(pending)}.", ""] if pending else []),
         f"![validation curves]({png.name})",
