@@ -17,6 +17,7 @@ from torch import Tensor
 from ._modules import evaluation_mode, on_device
 from ._validation import check_device, check_noise_level, check_start
 from .denoisers.averaged import certificate_of
+from .denoisers.ensemble import self_ensemble
 from .denoisers.tiling import tiled
 from .denoisers.zoo import load_denoiser
 from .io import to_tensor
@@ -48,10 +49,12 @@ def _label(denoiser) -> str:
     return str(denoiser) if isinstance(denoiser, (str, Path)) else type(denoiser).__name__
 
 
-def resolve_denoiser(denoiser, channels: int, device: str | torch.device = "cpu"):
+def resolve_denoiser(denoiser, channels: int, device: str | torch.device = "cpu", ensemble: int = 1):
     """``'auto'`` → the shipped certified model for ``channels``; a name or ``.safetensors`` path → that
     model; any other callable is used as given (a module on another device: a copy moved to ``device``; the
-    solvers run it in eval mode and restore its mode). Refuses a model built for another number of channels."""
+    solvers run it in eval mode and restore its mode). Refuses a model built for another number of channels.
+    ``ensemble`` 2, 4 or 8: the result averaged over that many grid symmetries (:class:`~pnp_stable.denoisers.SelfEnsemble`:
+    the same certificate)."""
     denoiser = _choose(denoiser, channels)
     label = _label(denoiser)
     model = load_denoiser(denoiser) if isinstance(denoiser, (str, Path)) else denoiser
@@ -68,7 +71,7 @@ def resolve_denoiser(denoiser, channels: int, device: str | torch.device = "cpu"
         )
     if isinstance(model, torch.nn.Module):
         model = on_device(model, device)  # the caller's own model is not moved: a copy is, when needed
-    return model
+    return self_ensemble(model, ensemble)
 
 
 def resolve_guide(guide, channels: int, device: str | torch.device = "cpu"):
@@ -131,6 +134,7 @@ def deblur(
     tile: int | str | None = "auto",
     overlap: int | None = None,
     context=None,
+    ensemble: int = 1,
 ) -> PnPResult:
     """Restore ``y = k * x + n`` (n ~ N(0, noise_sigma²), values on the [0, 1] scale) by monitored PnP.
 
@@ -171,6 +175,10 @@ def deblur(
     iteration). ``context``: a deepinv ``DistributedContext`` of a ``torchrun`` launch, whose processes then share
     the tiles (every process runs the same iteration and gets every denoised image;
     :mod:`pnp_stable.denoisers.distributed`); an image that is not tiled is denoised whole by each.
+
+    ``ensemble``: 2, 4 or 8 averages the network denoiser over that many flips and rotations
+    (:class:`~pnp_stable.denoisers.SelfEnsemble`): the same certificate and β, that many times the cost per call
+    (``benchmarks/results/architectures.md``: +0.01–0.02 dB for the 8-fold ensemble of the screened networks).
     """
     device = check_device(device)
     y = _as_batch(y, "blurred image y", device)
@@ -188,6 +196,9 @@ def deblur(
         if tile not in ("auto", None, 0) or context is not None:
             raise ValueError("tiling (tile=, context=; on the command line --tile, --workers) applies to a network "
                              "denoiser; the guided route filters the whole image")
+        if ensemble != 1:
+            raise ValueError("ensemble= averages a network denoiser over flips and rotations; the guided route's "
+                             "filter W(g) is built from its guide: pass guide=SelfEnsemble(...) to ensemble the guide")
         if step is not None or denoiser_weight is not None or relaxation != 1.0 or given_x0:
             raise ValueError("denoiser='guided' sets its own start (the guide), step and weight; "
                              "drop step=, denoiser_weight=, relaxation= and x0=")
@@ -198,7 +209,7 @@ def deblur(
         )
     else:
         start = check_start(y if x0 is None else x0, y.shape if frame is None else x_shape)  # before the tiles' anchor
-        model = tiled(resolve_denoiser(denoiser, y.shape[1], device), start.shape, tile, overlap, context,
+        model = tiled(resolve_denoiser(denoiser, y.shape[1], device, ensemble), start.shape, tile, overlap, context,
                       anchor=lambda: tile_anchor(physics, start, y, noise_sigma))
         if accelerate is None:  # the theorem of solvers/anderson.py needs an averaged T: 'auto' checks for a β
             accelerate = "auto" if tuned(solver or "fb").accelerate else False
@@ -258,17 +269,17 @@ def _noise_levels(sigma, batch: int) -> float | Tensor:
 
 
 def denoise(x, sigma, denoiser="auto", device: str | torch.device = "cpu", tile: int | str | None = "auto",
-            overlap: int | None = None, context=None) -> DenoiseResult:
+            overlap: int | None = None, context=None, ensemble: int = 1) -> DenoiseResult:
     """Remove Gaussian noise of standard deviation ``sigma`` ([0, 1] scale; one value, or one per image of a
-    batch) with a (certified) denoiser; ``tile``, ``overlap`` and ``context`` as in :func:`deblur` (the same
-    certificate)."""
+    batch) with a (certified) denoiser; ``tile``, ``overlap``, ``context`` and ``ensemble`` as in :func:`deblur`
+    (the same certificate)."""
     device = check_device(device)
     x = _as_batch(x, "noisy image", device)
     sigma = _noise_levels(sigma, x.shape[0])
     if isinstance(sigma, Tensor):
         sigma = sigma.to(device)
     chosen = _choose(denoiser, x.shape[1])
-    model = tiled(resolve_denoiser(chosen, x.shape[1], device), x.shape, tile, overlap, context)
+    model = tiled(resolve_denoiser(chosen, x.shape[1], device, ensemble), x.shape, tile, overlap, context)
     with torch.no_grad(), evaluation_mode(model):
         estimate = model(x, sigma)
     if not torch.isfinite(estimate).all():

@@ -65,6 +65,10 @@ ERROR_CASES = [
                                   "--denoiser-weight", "5", "--denoiser", "{root}/gray-net.safetensors"], "1/α_D"),
     *[(f"device {device}", ["denoise", "{root}/gray.png", "--sigma", "0.1", "--out", "{root}/o.png", "--device", device],
        f"unsupported device '{device}'") for device in ("foo", "mps", "meta")],
+    ("ensemble of 3", ["denoise", "{root}/gray.png", "--sigma", "0.1", "--out", "{root}/o.png", "--ensemble", "3"],
+     "invalid choice"),
+    ("guided ensemble", ["deblur", "{root}/gray.png", "--kernel", "gaussian:1", "--noise", "0.01", "--denoiser", "guided",
+                         "--ensemble", "2"], "guide=SelfEnsemble"),
     ("even kernel size", ["deblur", "{root}/gray.png", "--kernel", "motion:1:4", "--noise", "0.01"], "odd"),
     ("value '--'", ["deblur", "{root}/gray.png", "--kernel", "gaussian:1", "--noise=--"], "expected a value"),
     ("huge seed", ["deblur", "{root}/gray.png", "--kernel", "gaussian:1", "--noise", "0.01", "--simulate", "--seed", "1e23"],
@@ -100,6 +104,13 @@ def test_deblur_simulate_writes_images_plot_and_reports(files, tmp_path):
     assert out.is_file() and (tmp_path / "restored_degraded.png").is_file() and (tmp_path / "r.png").is_file()
     assert "certified β" in done.stdout and "PSNR: degraded" in done.stdout and "monitor: no violations" in done.stdout
     assert done.stderr == ""  # not a terminal: no progress bar
+
+
+def test_denoise_ensemble_reports_the_unchanged_certificate(files, tmp_path):
+    done = run_cli("denoise", files / "gray.png", "--sigma", "0.1", "--denoiser", files / "gray-net.safetensors",
+                   "--ensemble", "8", "--out", tmp_path / "e.png")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "e.png").is_file() and "mean of 8 grid-symmetry conjugates" in done.stdout
 
 
 def test_deblur_accelerate_reports_the_safeguard_and_no_violations(files, tmp_path):

@@ -60,6 +60,29 @@ def test_channel_mismatch_and_bad_inputs_are_explained(tiny_models):
         ps.denoise(np.zeros((8, 8, 2)), 0.1)
 
 
+def test_ensemble_option_averages_grid_symmetries_and_keeps_the_certificate(tiny_models, tmp_path):
+    model = tiny_models[1]
+    noisy = torch.rand(1, 1, 10, 14)
+    plain = ps.denoise(noisy, 0.1, denoiser=model)
+    result = ps.denoise(noisy, 0.1, denoiser=model, ensemble=8)
+    with torch.no_grad():
+        assert torch.allclose(result.estimate, ps.SelfEnsemble(model, 8)(noisy, 0.1), atol=1e-6)
+    assert not torch.allclose(result.estimate, plain.estimate, atol=1e-4)  # the option is not ignored
+    assert result.certificate.alpha == plain.certificate.alpha and "grid-symmetry" in result.certificate.method
+    y = torch.rand(1, 1, 16, 16)
+    solved = ps.deblur(y, "uniform:3", 0.05, denoiser=model, max_iter=3, tol=0, ensemble=2)
+    assert solved.beta == ps.deblur(y, "uniform:3", 0.05, denoiser=model, max_iter=3, tol=0).beta
+    path = ps.save_denoiser(model, tmp_path / "m.safetensors")
+    loaded = ps.load_denoiser(path, ensemble=4)
+    assert isinstance(loaded, ps.SelfEnsemble) and loaded.transforms == 4
+    assert loaded.certificate.alpha == ps.load_denoiser(path).certificate.alpha
+    for bad in (3, 0, True):
+        with pytest.raises(ValueError, match="ensemble must be 1, 2, 4 or 8"):
+            ps.denoise(noisy, 0.1, denoiser=model, ensemble=bad)
+    with pytest.raises(ValueError, match="guide=SelfEnsemble"):
+        ps.deblur(y, "uniform:3", 0.05, denoiser="guided", ensemble=2)
+
+
 def test_denoise_refuses_to_return_nan_from_a_broken_denoiser():
     with pytest.raises(ValueError, match="returned NaN or Inf"):
         ps.denoise(np.full((8, 8), 0.5), 0.1, denoiser=lambda x, sigma: x * float("nan"))

@@ -24,7 +24,7 @@ from torch import Tensor
 from ..theory import Certificate
 from .averaged import certificate_of
 
-__all__ = ["SYMMETRIES", "SelfEnsemble"]
+__all__ = ["SYMMETRIES", "SelfEnsemble", "self_ensemble"]
 
 #: The dihedral group of the square grid as (quarter turns k, transpose first); g(x) = rot90(xᵀ?, k). Ordered so
 #: that the first 2 and the first 4 keep the image's shape (useful for batches of non-square images).
@@ -59,6 +59,7 @@ class SelfEnsemble(dinv.models.Denoiser):
         self.base = denoiser
         self.transforms = int(transforms)
         self.channels = getattr(denoiser, "channels", None)
+        self.width = getattr(denoiser, "width", None)  # one call of the base at a time: its memory (tiling's 'auto')
         if isinstance(denoiser, torch.nn.Module):
             self.train(denoiser.training)  # the wrapper starts in the mode of the model it wraps
 
@@ -84,3 +85,11 @@ class SelfEnsemble(dinv.models.Denoiser):
 
     def extra_repr(self) -> str:
         return f"transforms={self.transforms}"
+
+
+def self_ensemble(denoiser: Callable, transforms: int = 1):
+    """``denoiser`` itself for ``transforms`` = 1, else :class:`SelfEnsemble` over that many grid symmetries (2, 4
+    or 8): the same certificate at ``transforms`` times the cost."""
+    if isinstance(transforms, bool) or transforms not in (1, 2, 4, 8):
+        raise ValueError(f"ensemble must be 1, 2, 4 or 8 (grid symmetries averaged), got {transforms!r}")
+    return denoiser if transforms == 1 else SelfEnsemble(denoiser, transforms)

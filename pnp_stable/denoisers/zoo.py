@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .averaged import AveragedDenoiser
 from .baselines import DnCNNBaseline
+from .ensemble import SelfEnsemble, self_ensemble
 from .serialization import SHIPPED, load_denoiser_file, read_metadata
 
 __all__ = ["denoiser_file", "list_denoisers", "load_denoiser"]
@@ -22,8 +23,10 @@ def denoiser_file(name_or_path: str | Path) -> Path:
     return SHIPPED.file(name_or_path)
 
 
-def load_denoiser(name_or_path: str | Path, verify: bool | None = None) -> AveragedDenoiser | DnCNNBaseline:
+def load_denoiser(name_or_path: str | Path, verify: bool | None = None,
+                  ensemble: int = 1) -> AveragedDenoiser | DnCNNBaseline | SelfEnsemble:
     """A shipped model by name (see :func:`list_denoisers`) or any denoiser file by path; offline, no pickle.
     ``verify`` recomputes every stored norm bound; by default only for files outside the package (see
-    :func:`load_denoiser_file`)."""
-    return load_denoiser_file(denoiser_file(name_or_path), verify=verify)
+    :func:`load_denoiser_file`). ``ensemble`` 2, 4 or 8: the model wrapped in a :class:`SelfEnsemble` over that
+    many flips and rotations (the same certificate, that many times the cost)."""
+    return self_ensemble(load_denoiser_file(denoiser_file(name_or_path), verify=verify), ensemble)
