@@ -54,7 +54,8 @@ CANDIDATES = {  # run in this order: the baseline, then the cheaper new designs
                    "(blocks 2–9)", dict(width=16, depth=10, scales=[1, 2, 2, 2, 2, 2, 2, 2, 2, 1], noise_adaptive=True)),
     "cd-sll-ms16-d10": ("c + d. multi-scale SLL: as c with SLL layers",
                         dict(width=16, depth=10, scales=[1, 2, 2, 2, 2, 2, 2, 2, 2, 1], block="sll", noise_adaptive=True)),
-    "b-w48-d8": ("b. wider: width 48, depth 8", dict(width=48, depth=8, noise_adaptive=True)),
+    # b (wider) with d's layers: d beat a at equal time, so the width question is asked of the SLL network
+    "bd-sll-w48-d8": ("b + d. wider SLL: width 48, depth 8, SLL layers", dict(width=48, depth=8, block="sll", noise_adaptive=True)),
 }
 
 
