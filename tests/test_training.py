@@ -1,3 +1,4 @@
+import json
 import os
 import re
 import signal
@@ -76,6 +77,27 @@ def test_interrupt_and_resume_gives_the_uninterrupted_result(folders, tmp_path):
     assert resumed.run() == "finished"
     for (name, p), q in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+def test_the_validation_curve_and_training_time_survive_an_interruption(folders, tmp_path):
+    def config(folder):
+        c = _config(folders, tmp_path / folder)
+        c.validate_every = 2
+        return c
+
+    straight = Trainer(config("a"), progress=False)
+    straight.run()
+    interrupted = Trainer(config("b"), progress=False)
+    interrupted.sampler = SignalAtStep(interrupted.sampler, interrupted, step=2)
+    assert interrupted.run() == "interrupted" and [step for step, _ in interrupted.curve] == [2]
+    first = interrupted.train_seconds
+    resumed = Trainer(config("b"), resume=True, progress=False)
+    assert resumed.curve == interrupted.curve and resumed.train_seconds == pytest.approx(first, abs=0.1) and first > 0
+    assert resumed.run() == "finished"
+    assert resumed.curve == straight.curve and [step for step, _ in resumed.curve] == [2, 4, 6]
+    assert resumed.train_seconds > first
+    metadata = ps.denoisers.read_metadata(resumed.export())
+    assert json.loads(metadata["val_curve"]) == resumed.curve and float(metadata["train_seconds"]) >= 0
 
 
 def test_export_writes_certificate_and_training_metadata(folders, tmp_path):

@@ -42,10 +42,11 @@ def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 def save_checkpoint(path: str | Path, model, optimizer, scheduler, rng_state: torch.Tensor | Sequence[torch.Tensor],
-                    step: int, config: dict) -> Path:
+                    step: int, config: dict, history: dict | None = None) -> Path:
     """Write everything needed to resume at ``step`` exactly; atomic (temporary file, then rename).
     ``rng_state``: the patch sampler's generator state of every process, in rank order (one tensor for a
-    single process). A SHA-256 digest of the content goes into the metadata."""
+    single process). ``history``: the run's record across resumes (validation curve, training seconds), JSON.
+    A SHA-256 digest of the content goes into the metadata."""
     states = [rng_state] if isinstance(rng_state, torch.Tensor) else list(rng_state)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     optim_tensors, optim_meta = _split_optimizer(optimizer.state_dict())
@@ -57,6 +58,7 @@ def save_checkpoint(path: str | Path, model, optimizer, scheduler, rng_state: to
         "config": json.dumps(config, sort_keys=True),
         "optimizer": json.dumps(optim_meta),
         "scheduler": json.dumps(scheduler.state_dict()),
+        "history": json.dumps(history or {}),
     }
     return write_safetensors(path, tensors, metadata)
 
@@ -83,6 +85,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             "config": json.loads(metadata["config"]),
             "optimizer": json.loads(metadata["optimizer"]),
             "scheduler": json.loads(metadata["scheduler"]),
+            "history": json.loads(metadata.get("history", "{}")),  # absent from checkpoints written before it
         }
         meta["optimizer_state"] = _join_optimizer(tensors, meta["optimizer"])
     except (KeyError, TypeError, ValueError, AttributeError) as err:

@@ -146,6 +146,8 @@ class Trainer:
         self.saved_step: int | None = None  # step of the checkpoint on disk that this run wrote or resumed from
         self.progress = progress and self.rank == 0
         self.log: list[dict] = []
+        self.curve: list[list[float]] = []  # [step, validation PSNR] of the whole run, kept across resumes
+        self.train_seconds = 0.0  # wall time of the whole run's training loops, kept across resumes
         self._stop_requested = False
         if resume:
             self.resume()
@@ -170,7 +172,7 @@ class Trainer:
         states = self._sampler_states()
         if self.rank == 0:
             save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.scheduler, states,
-                            self.step, asdict(self.config))
+                            self.step, asdict(self.config), self.history())
         self.saved_step = self.step
 
     def resume(self) -> None:
@@ -186,6 +188,12 @@ class Trainer:
         self.scheduler.load_state_dict(meta["scheduler"])
         self.sampler.restore(sampler_state(tensors, self.checkpoint_path, self.rank, self.world))
         self.step = self.saved_step = meta["step"]
+        self.curve = meta["history"].get("curve", [])
+        self.train_seconds = float(meta["history"].get("train_seconds", 0.0))
+
+    def history(self) -> dict:
+        """What the checkpoint keeps of the run besides its state: the validation curve and the training time."""
+        return {"curve": self.curve, "train_seconds": round(self.train_seconds, 1)}
 
     def _initialise_from(self, path: str) -> None:
         """Fine-tuning: start from the tensors of a weights file; parameters it lacks keep their initialisation.
@@ -260,7 +268,7 @@ class Trainer:
         that step are never saved, so the checkpoint on disk stays the last finite one."""
         config = self.config
         previous = {s: signal.signal(s, self.request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-        last_save = started = time.monotonic()
+        last_save = started = clock = time.monotonic()
         self.model.train()
         try:
             with tqdm(total=config.steps, initial=self.step, disable=not self.progress, desc="training") as bar:
@@ -274,21 +282,23 @@ class Trainer:
                     record = {"step": self.step, "loss": float(loss.detach())}
                     if config.validate_every and self.step % config.validate_every == 0:
                         record["val_psnr"] = self.validate()
+                        self.curve.append([self.step, round(record["val_psnr"], 4)])
                         bar.set_postfix(val_psnr=f"{record['val_psnr']:.2f}")
                     self.log.append(record)
                     bar.update(1)
                     if not self.progress and self.rank == 0 and config.log_every and self.step % config.log_every == 0:
                         print(json.dumps({**record, "elapsed_s": round(time.monotonic() - started, 1)}), file=sys.stderr, flush=True)
-                    if stop and self.step < config.steps:
-                        self.save_checkpoint()
-                        return "interrupted"
-                    if save_due:
+                    if (stop and self.step < config.steps) or save_due:
+                        self.train_seconds, clock = self.train_seconds + time.monotonic() - clock, time.monotonic()
                         self.save_checkpoint()
                         last_save = time.monotonic()
+                        if stop and self.step < config.steps:
+                            return "interrupted"
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
         self._calibrate()
+        self.train_seconds += time.monotonic() - clock
         self.save_checkpoint()
         return "finished"
 
@@ -324,7 +334,8 @@ class Trainer:
     def export(self, extra: dict[str, str] | None = None) -> Path:
         """Write the certified weights with the training configuration and data in the metadata."""
         info = {"training": json.dumps(asdict(self.config), sort_keys=True), "steps": str(self.step),
-                "total_steps": str(self.init_steps + self.step)}
+                "total_steps": str(self.init_steps + self.step), "train_seconds": f"{self.train_seconds:.0f}",
+                "val_curve": json.dumps(self.curve)}
         if self.val_images:
             info["val_psnr"] = f"{self.validate():.4f}"
         info.update(extra or {})
