@@ -100,6 +100,21 @@ def test_the_validation_curve_and_training_time_survive_an_interruption(folders,
     assert json.loads(metadata["val_curve"]) == resumed.curve and float(metadata["train_seconds"]) >= 0
 
 
+def test_compiled_training_forward_matches_the_checked_network_and_may_be_dropped_on_resume(folders, tmp_path):
+    config = _config(folders, tmp_path, steps=4)
+    config.architecture, config.compile = dict(width=4, depth=2, block="sll", noise_adaptive=True), True
+    trainer = Trainer(config, progress=False)
+    noisy, _, sigma = next(PatchSampler(trainer.sampler.images, 16, 3, (0.0, 0.2), seed=5))
+    with torch.no_grad():
+        assert torch.allclose(trainer.net(noisy, sigma), trainer.model(noisy, sigma), atol=1e-5)
+    trainer.sampler = SignalAtStep(trainer.sampler, trainer, step=1)
+    assert trainer.run() == "interrupted"
+    config.compile = False  # how the run executes, not what it computes: the resume accepts it
+    resumed = Trainer(config, resume=True, progress=False)
+    assert resumed.net is resumed.model and resumed.run() == "finished"
+    assert resumed.model.eval().certificate.guaranteed
+
+
 def test_export_writes_certificate_and_training_metadata(folders, tmp_path):
     trainer = Trainer(_config(folders, tmp_path, steps=3), progress=False)
     trainer.run()

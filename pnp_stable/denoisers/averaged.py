@@ -39,14 +39,14 @@ def _check_nonnegative(sigma: Tensor) -> Tensor:
     return sigma
 
 
-def _sigma_map(sigma, x: Tensor) -> Tensor:
+def _noise_levels(sigma, x: Tensor) -> Tensor:
+    """σ as one level per image of the batch x (a [B] tensor in x's dtype), checked to be ≥ 0."""
     sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
     if sigma.ndim == 0:
         sigma = sigma.expand(x.shape[0])
     if sigma.shape != (x.shape[0],):
         raise ValueError(f"sigma must be a float or a tensor of shape [B] = [{x.shape[0]}], got {tuple(sigma.shape)}")
-    _check_nonnegative(sigma)
-    return sigma[:, None, None, None].expand(x.shape[0], 1, *x.shape[-2:])
+    return _check_nonnegative(sigma)
 
 
 def _rescale(z: Tensor, current: int, target: int) -> Tensor:
@@ -155,11 +155,19 @@ class AveragedDenoiser(dinv.models.Denoiser):
 
     def forward(self, x: Tensor, sigma=None, **kwargs) -> Tensor:
         check_image(x, "denoiser input", channels=self.channels)
-        parts = [x]
         if self.noise_level_input:
             if sigma is None:
                 raise ValueError("this denoiser is conditioned on the noise level: call it as D(x, sigma)")
-            sigma_map = _sigma_map(sigma, x)
+            sigma = _noise_levels(sigma, x)
+        return self.forward_unchecked(x, sigma)
+
+    def forward_unchecked(self, x: Tensor, sigma: Tensor | None = None) -> Tensor:
+        """The network on a batch already checked as :meth:`forward` checks it (finite, ``channels`` channels; σ a
+        [B] tensor ≥ 0 when conditioned on it): the trainer compiles this, since torch.compile cannot branch on the
+        data as the checks do."""
+        parts = [x]
+        if self.noise_level_input:
+            sigma_map = sigma.to(x.dtype)[:, None, None, None].expand(x.shape[0], 1, *x.shape[-2:])
             parts.append(sigma_map)
         pad = self.width - sum(p.shape[1] for p in parts)
         parts.append(x.new_zeros(x.shape[0], pad, *x.shape[-2:]))

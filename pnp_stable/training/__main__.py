@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="arithmetic of the training forward: 'bf16' runs the convolutions under torch.autocast in bfloat16 "
                    "(about 1.8× faster on CPUs with AVX-512 BF16); weights, optimiser, loss, norms and certificate stay fp32")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the training forward (single process): ~1.5× faster steps on CPU after about a "
+                        "minute of compilation; validation, norms and certificates stay eager fp32; a resume may change it")
     p.add_argument("--seed", type=seed, default=0, help="random seed")
     p.add_argument("--calibrate-every", type=positive_int, default=100, help="steps between norm calibrations")
     p.add_argument("--validate-every", type=nonnegative_int, default=500, help="steps between validations (0: none)")
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             calibrate_every=args.calibrate_every, validate_every=args.validate_every,
             checkpoint_minutes=args.checkpoint_minutes, log_every=args.log_every,
             architecture=architecture, model=args.model, init=args.init, loss=args.loss, loss_floor=args.loss_floor,
-            precision=args.precision, holdout=args.holdout, val_images=args.val_images,
+            precision=args.precision, holdout=args.holdout, val_images=args.val_images, compile=args.compile,
         )
         trainer = Trainer(config, resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
         outcome = trainer.run()

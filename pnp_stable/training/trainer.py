@@ -67,6 +67,10 @@ def denoising_loss(output: torch.Tensor, clean: torch.Tensor, sigma: torch.Tenso
     return per_patch.mean()
 
 
+#: Options that change how a run is executed or reported, not what it computes: a resume may change them.
+EXECUTION_ONLY = ("compile", "checkpoint_minutes", "log_every")
+
+
 @dataclass
 class TrainConfig:
     data: list[str]
@@ -94,6 +98,7 @@ class TrainConfig:
     loss_floor: float = 1 / 255
     precision: str = "fp32"
     holdout: int = 0
+    compile: bool = False
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -125,7 +130,11 @@ class Trainer:
             self._initialise_from(config.init)
         self.net = self.model
         if self.world > 1:
+            if config.compile:
+                raise ValueError("compile applies to single-process training; drop --compile under torchrun")
             self.net = torch.nn.parallel.DistributedDataParallel(self.model)
+        elif config.compile:  # the training forward only: validation, calibration and certificates stay eager fp32
+            self.net = torch.compile(self.model.forward_unchecked if isinstance(self.model, AveragedDenoiser) else self.model)
         if config.optimizer == "adam":
             self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         else:
@@ -180,6 +189,8 @@ class Trainer:
         defaults = asdict(TrainConfig(data=self.config.data, out=self.config.out))
         current = json.loads(json.dumps(asdict(self.config)))
         stored = {key: meta["config"].get(key, defaults[key]) for key in current}  # fields added since: defaults
+        for key in EXECUTION_ONLY:
+            stored.pop(key), current.pop(key)
         if stored != current:
             raise ValueError(f"checkpoint {self.checkpoint_path} was written with another configuration; "
                              "resume with the same options or start a new run")
