@@ -406,6 +406,26 @@ def test_command_line_trains_a_multiscale_network_in_bf16_with_a_holdout(folders
     assert "scales" in capsys.readouterr().err
 
 
+def test_an_interrupted_command_line_run_exports_its_current_network_and_resumes(folders, tmp_path, monkeypatch, capsys):
+    from pnp_stable.training import __main__ as cli
+
+    class StoppedAtOnce(Trainer):  # as if SIGTERM came during the first step
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.request_stop()
+
+    out = tmp_path / "c.safetensors"
+    argv = ["--data", str(folders / "train"), "--out", str(out), "--steps", "4", "--batch", "2", "--patch", "16",
+            "--width", "4", "--depth", "2", "--block", "sll", "--validate-every", "0", "--quiet"]
+    monkeypatch.setattr(cli, "Trainer", StoppedAtOnce)
+    assert cli.main(argv) == 130
+    assert ps.denoisers.read_metadata(out)["stopped"] == "interrupted at step 1 of 4"
+    assert ps.load_denoiser_file(out).certificate.guaranteed and "resume with --resume" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "Trainer", Trainer)
+    assert cli.main(argv + ["--resume"]) == 0
+    assert ps.denoisers.read_metadata(out)["stopped"] == "finished at step 4 of 4"
+
+
 def test_init_keeps_the_block_layout_it_was_trained_with(folders, tmp_path):
     config = _config(folders, tmp_path, steps=1)
     config.architecture = dict(width=4, depth=3, block="sll")

@@ -94,11 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(config, resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
         outcome = trainer.run()
         if trainer.rank == 0:
-            if outcome == "finished":
-                path = trainer.export({"wall_time_s": f"{time.monotonic() - start:.0f}", "world_size": str(trainer.world)})
-                print(json.dumps({"weights": str(path), "steps": trainer.step, "certificate": str(trainer.model.certificate)}))
-            else:
-                print(f"interrupted at step {trainer.step}; resume with --resume", file=sys.stderr)
+            # an interrupted run also exports its current network (a campaign is evaluated between sessions); the
+            # metadata says where in the schedule it stopped
+            path = trainer.export({"wall_time_s": f"{time.monotonic() - start:.0f}", "world_size": str(trainer.world),
+                                   "stopped": f"{outcome} at step {trainer.step} of {config.steps}"})
+            print(json.dumps({"weights": str(path), "steps": trainer.step, "certificate": str(trainer.model.certificate)}))
+            if outcome != "finished":
+                print(f"interrupted at step {trainer.step} of {config.steps} (the weights above are that step's network); "
+                      "resume with --resume", file=sys.stderr)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
