@@ -419,7 +419,7 @@ def _add_tiling(p: argparse.ArgumentParser) -> None:
 def _add_ensemble(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ensemble", type=int, choices=[1, 2, 4, 8], default=1, metavar="{1,2,4,8}",
                    help="average the network denoiser over this many flips and rotations of the image: the same "
-                        "certificate, this many times the denoiser's cost (architectures.md: +0.01–0.02 dB at 8)")
+                        "certificate, this many times the denoiser's cost (architectures.md: +0.00–0.03 dB at 8)")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

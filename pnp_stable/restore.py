@@ -178,7 +178,7 @@ def deblur(
 
     ``ensemble``: 2, 4 or 8 averages the network denoiser over that many flips and rotations
     (:class:`~pnp_stable.denoisers.SelfEnsemble`): the same certificate and β, that many times the cost per call
-    (``benchmarks/results/architectures.md``: +0.01–0.02 dB for the 8-fold ensemble of the screened networks).
+    (``benchmarks/results/architectures.md``: +0.00–0.03 dB for the 8-fold ensemble of the screened networks).
     """
     device = check_device(device)
     y = _as_batch(y, "blurred image y", device)
