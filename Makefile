@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/boundary.py
 	$(BIN)/python benchmarks/fuzz_inputs.py
 	$(BIN)/python benchmarks/training_speed.py
+	$(BIN)/python benchmarks/compile_speed.py
 	$(BIN)/python benchmarks/architectures.py
 	$(BIN)/python benchmarks/robust_classification.py
 	$(BIN)/python benchmarks/tiling.py

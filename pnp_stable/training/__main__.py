@@ -56,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="arithmetic of the training forward: 'bf16' runs the convolutions under torch.autocast in bfloat16 "
                    "(about 1.8× faster on CPUs with AVX-512 BF16); weights, optimiser, loss, norms and certificate stay fp32")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the training forward (single process): ~1.5× faster steps on CPU after about a "
-                        "minute of compilation; validation, norms and certificates stay eager fp32; a resume may change it")
+                   help="torch.compile the training forward (single process): 1.3–1.55× faster steps for SLL networks on CPU "
+                        "(compile_speed.md), none for gradient-flow ones; validation, norms and certificates stay eager "
+                        "fp32; a resume may change it")
     p.add_argument("--seed", type=seed, default=0, help="random seed")
     p.add_argument("--calibrate-every", type=positive_int, default=100, help="steps between norm calibrations")
     p.add_argument("--validate-every", type=nonnegative_int, default=500, help="steps between validations (0: none)")
