@@ -39,7 +39,7 @@ def _check_nonnegative(sigma: Tensor) -> Tensor:
     return sigma
 
 
-def _noise_levels(sigma, x: Tensor) -> Tensor:
+def _sigma_per_image(sigma, x: Tensor) -> Tensor:
     """σ as one level per image of the batch x (a [B] tensor in x's dtype), checked to be ≥ 0."""
     sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
     if sigma.ndim == 0:
@@ -158,7 +158,7 @@ class AveragedDenoiser(dinv.models.Denoiser):
         if self.noise_level_input:
             if sigma is None:
                 raise ValueError("this denoiser is conditioned on the noise level: call it as D(x, sigma)")
-            sigma = _noise_levels(sigma, x)
+            sigma = _sigma_per_image(sigma, x)
         return self.forward_unchecked(x, sigma)
 
     def forward_unchecked(self, x: Tensor, sigma: Tensor | None = None) -> Tensor:

@@ -32,6 +32,11 @@ SYMMETRIES: tuple[tuple[int, bool], ...] = ((0, False), (2, False), (1, True), (
                                             (1, False), (3, False), (0, True), (2, True))
 
 
+def _check_transforms(value, name: str) -> None:
+    if isinstance(value, bool) or value not in (1, 2, 4, 8):
+        raise ValueError(f"{name} must be 1, 2, 4 or 8 (a subset of the 8 grid symmetries), got {value!r}")
+
+
 def _apply(x: Tensor, turns: int, transpose: bool) -> Tensor:
     if transpose:
         x = x.transpose(-2, -1)
@@ -52,8 +57,7 @@ class SelfEnsemble(dinv.models.Denoiser):
 
     def __init__(self, denoiser: Callable, transforms: int = 8):
         super().__init__()
-        if isinstance(transforms, bool) or transforms not in (1, 2, 4, 8):
-            raise ValueError(f"transforms must be 1, 2, 4 or 8 (a subset of the 8 grid symmetries), got {transforms!r}")
+        _check_transforms(transforms, "transforms")
         if not callable(denoiser):
             raise ValueError(f"SelfEnsemble wraps a callable denoiser(x, sigma), got {type(denoiser).__name__}")
         self.base = denoiser
@@ -90,6 +94,5 @@ class SelfEnsemble(dinv.models.Denoiser):
 def self_ensemble(denoiser: Callable, transforms: int = 1):
     """``denoiser`` itself for ``transforms`` = 1, else :class:`SelfEnsemble` over that many grid symmetries (2, 4
     or 8): the same certificate at ``transforms`` times the cost."""
-    if isinstance(transforms, bool) or transforms not in (1, 2, 4, 8):
-        raise ValueError(f"ensemble must be 1, 2, 4 or 8 (grid symmetries averaged), got {transforms!r}")
+    _check_transforms(transforms, "ensemble")
     return denoiser if transforms == 1 else SelfEnsemble(denoiser, transforms)

@@ -300,7 +300,8 @@ class Trainer:
                     if not self.progress and self.rank == 0 and config.log_every and self.step % config.log_every == 0:
                         print(json.dumps({**record, "elapsed_s": round(time.monotonic() - started, 1)}), file=sys.stderr, flush=True)
                     if (stop and self.step < config.steps) or save_due:
-                        self.train_seconds, clock = self.train_seconds + time.monotonic() - clock, time.monotonic()
+                        now = time.monotonic()
+                        self.train_seconds, clock = self.train_seconds + now - clock, now
                         self.save_checkpoint()
                         last_save = time.monotonic()
                         if stop and self.step < config.steps:
