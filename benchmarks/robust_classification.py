@@ -6,9 +6,9 @@ or Ctrl-C stops it cleanly and a rerun continues), then over the full 10,000-ima
 and certified accuracy at each ε, and on the first ``--pgd-images`` test images the PGD ℓ2 robust accuracy beside the
 certified accuracy of the same images (every PGD cell must be ≥ its certified cell), plus an adversarial search for
 each model's Lipschitz constant against its guaranteed bound. Writes ``benchmarks/results/robust_classification.md``
-and ``.png`` (certified accuracy against ε). Usage (about 2 h per model on 2 cores)::
+and ``.png`` (certified accuracy against ε). Usage (both models at once, one core each: about 1.5 h)::
 
-    .venv/bin/python benchmarks/robust_classification.py
+    .venv/bin/python benchmarks/robust_classification.py --jobs 2 --threads 1
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,9 +33,9 @@ from pnp_stable.classification.trainer import ClassifierConfig, ClassifierTraine
 
 EPS = (0.1, 0.25, 0.5, 1.0)
 MODELS = {  # equal parameters: a residual block holds two convolutions, a non-expansive block one
-    "lipschitz": ("ours: non-expansive gradient-flow blocks, widths 32/64, 4 + 4 blocks", dict(widths=[32, 64], depths=[4, 4])),
-    "spectral-resnet": ("baseline: spectral-normalised ResNet, widths 32/64, 2 + 2 residual blocks",
-                        dict(widths=[32, 64], depths=[2, 2])),
+    "lipschitz": ("ours: non-expansive gradient-flow blocks, widths 48/96, 4 + 4 blocks", dict(widths=[48, 96], depths=[4, 4])),
+    "spectral-resnet": ("baseline: spectral-normalised ResNet, widths 48/96, 2 + 2 residual blocks",
+                        dict(widths=[48, 96], depths=[2, 2])),
 }
 ANCHORS = [
     "The paper's setting (Sherry et al. 2024, from its public experiment description): CIFAR-10, a 1×1 lift to 16 channels, "
@@ -51,7 +53,7 @@ ANCHORS = [
 def config_for(key: str, data: Path, state: Path, steps: int) -> ClassifierConfig:
     return ClassifierConfig(data=str(data), out=str(state / f"{key}.safetensors"), checkpoint=str(state / f"{key}.ckpt"),
                             model=key, architecture=MODELS[key][1], steps=steps, batch=128, lr=2e-3, eps=0.3,
-                            temperature=8.0, seed=0, checkpoint_minutes=3, log_every=500)
+                            temperature=8.0, seed=0, checkpoint_minutes=3, log_every=500, precision="bf16")
 
 
 def train(key: str, data: Path, state: Path, steps: int) -> bool:
@@ -67,10 +69,30 @@ def train(key: str, data: Path, state: Path, steps: int) -> bool:
     return True
 
 
+def train_in_processes(keys: list[str], args) -> bool:
+    """Train each model in its own process with ``--threads`` torch threads, ``--jobs`` at a time; a SIGTERM to this
+    process is passed on (a Ctrl-C reaches them from the terminal), so each writes its checkpoint and a rerun
+    continues. True when every model finished."""
+    command = [sys.executable, __file__, "--data", str(args.data), "--state", str(args.state), "--steps", str(args.steps),
+               "--threads", str(args.threads), "--train-only", "--models"]
+    for start in range(0, len(keys), args.jobs):
+        children = [subprocess.Popen(command + [key]) for key in keys[start : start + args.jobs]]
+        previous = signal.signal(signal.SIGTERM, lambda *_: [child.send_signal(signal.SIGTERM) for child in children])
+        try:
+            codes = [child.wait() for child in children]
+        except KeyboardInterrupt:
+            codes = [child.wait() or 130 for child in children]
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        if any(codes):
+            return False
+    return True
+
+
 def evaluate(key: str, data: Path, state: Path, pgd_images: int, pgd_steps: int) -> dict:
     path = state / f"{key}.safetensors"
     model = load_classifier(path)
-    metadata_steps, seconds = _training_record(path)
+    record = _training_record(path)
     images, labels = fashion_mnist(data, train=False).tensors
     batches = [(images[i : i + 1000], labels[i : i + 1000]) for i in range(0, len(labels), 1000)]
     grid = [i / 40 for i in range(61)]
@@ -81,23 +103,37 @@ def evaluate(key: str, data: Path, state: Path, pgd_images: int, pgd_steps: int)
     search = lipschitz_search(model, images[:32], steps=200)
     return {"key": key, "clean": full["clean"], "certified": full["certified"], "subset": subset, "pgd": attacked,
             "bound": model.lipschitz_bound(), "feature_bound": model.feature_lipschitz(), "search": search,
-            "parameters": sum(p.numel() for p in model.parameters()), "steps": metadata_steps, "seconds": seconds}
+            "parameters": sum(p.numel() for p in model.parameters()), **record}
 
 
-def _training_record(path: Path) -> tuple[int, float]:
+def _training_record(path: Path) -> dict:
+    """Steps, training seconds, threads and the training configuration recorded in the exported weights."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata()
-    return int(metadata["steps"]), float(metadata["train_seconds"])
+    return {"steps": int(metadata["steps"]), "seconds": float(metadata["train_seconds"]),
+            "threads": metadata.get("threads", "?"), "config": json.loads(metadata["training"])}
+
+
+def _training_line(rows: list[dict], state: Path) -> str:
+    """One line for the training options the models share, read from their weights (the options they really ran)."""
+    configs = [row["config"] for row in rows]
+    shared = {key: configs[0][key] for key in ("lr", "batch", "steps", "eps", "temperature", "precision", "augment")}
+    if any({key: config[key] for key in shared} != shared for config in configs):
+        raise ValueError("the models were trained with different options; retrain them with the same ones")
+    threads = ", ".join(f"{row['key']} {row['threads']}" for row in rows)
+    return (f"- training: Adam, one-cycle lr {shared['lr']:g}, batch {shared['batch']}, {shared['steps']} steps, margin "
+            f"loss at ε = {shared['eps']:g} (temperature {shared['temperature']:g}), {shared['precision']}, "
+            f"{'with' if shared['augment'] else 'no'} augmentation; torch threads while training: {threads}; state and "
+            f"weights in `{state.relative_to(ROOT) if state.is_relative_to(ROOT) else state}`")
 
 
 def report(rows: list[dict], args) -> None:
     lines = header("Certified robust classification on Fashion-MNIST")
     lines += [
         "", f"- data: Fashion-MNIST, 60,000 training images, the full 10,000-image test set; pixels in [0, 1], ℓ2 radii",
-        f"- training: Adam, one-cycle lr 2e-3, batch 128, {args.steps} steps, margin loss at ε = 0.3 (temperature 8), "
-        f"fp32; state and weights in `{args.state.relative_to(ROOT) if args.state.is_relative_to(ROOT) else args.state}`",
+        _training_line(rows, args.state),
         f"- PGD: {args.pgd_steps} steps, 2 starts (zero and random), margin objective, on the first {args.pgd_images} "
         "test images; the certified column beside it is for the same images",
         "- certified radius: min over j ≠ ŷ of (z_ŷ − z_j)/(L_F‖w_ŷ − w_j‖), L_F the guaranteed bound of the feature map",
@@ -146,13 +182,22 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--pgd-images", type=int, default=500)
     parser.add_argument("--pgd-steps", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (of each training process with --jobs)")
+    parser.add_argument("--jobs", type=int, default=1, help="models trained at once, one process each")
+    parser.add_argument("--train-only", action="store_true",
+                        help="train the models and stop (e.g. one process per model with --threads 1); a rerun reports")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.state.mkdir(parents=True, exist_ok=True)
-    for key in args.models:
+    untrained = [key for key in args.models if not (args.state / f"{key}.safetensors").is_file()]
+    if args.jobs > 1 and len(untrained) > 1:
+        if not train_in_processes(untrained, args):
+            return 130
+    for key in untrained:
         if not train(key, args.data, args.state, args.steps):
             return 130
+    if args.train_only:
+        return 0
     rows = [evaluate(key, args.data, args.state, args.pgd_images, args.pgd_steps) for key in args.models]
     print(json.dumps(rows, default=str, indent=1))
     report(rows, args)

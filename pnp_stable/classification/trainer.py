@@ -191,7 +191,7 @@ class ClassifierTrainer:
         time, and (given a test TensorDataset) clean and certified test accuracy in the metadata."""
         self.model.eval()
         info = {"training": json.dumps(asdict(self.config), sort_keys=True), "steps": str(self.step),
-                "train_seconds": f"{self.elapsed:.0f}"}
+                "train_seconds": f"{self.elapsed:.0f}", "threads": str(torch.get_num_threads())}
         if test is not None:
             images, labels = test.tensors
             loader = [(images[i : i + 1000], labels[i : i + 1000]) for i in range(0, len(labels), 1000)]
