@@ -50,17 +50,20 @@ ANCHORS = [
 ]
 
 
+def weights_path(state: Path, key: str) -> Path:
+    """Where model ``key``'s exported weights live; their presence means it is trained."""
+    return state / f"{key}.safetensors"
+
+
 def config_for(key: str, data: Path, state: Path, steps: int) -> ClassifierConfig:
-    return ClassifierConfig(data=str(data), out=str(state / f"{key}.safetensors"), checkpoint=str(state / f"{key}.ckpt"),
+    return ClassifierConfig(data=str(data), out=str(weights_path(state, key)), checkpoint=str(state / f"{key}.ckpt"),
                             model=key, architecture=MODELS[key][1], steps=steps, batch=128, lr=2e-3, eps=0.3,
                             temperature=8.0, seed=0, checkpoint_minutes=3, log_every=500, precision="bf16")
 
 
 def train(key: str, data: Path, state: Path, steps: int) -> bool:
-    """Train (or resume) ``key``; True when its weights exist at the end, False when it was interrupted."""
+    """Train (or resume) ``key`` and export its weights; False when it was interrupted."""
     config = config_for(key, data, state, steps)
-    if Path(config.out).is_file():
-        return True
     trainer = ClassifierTrainer(config, resume=Path(config.checkpoint).is_file(), progress=False)
     if trainer.run() != "finished":
         print(f"{key}: interrupted at step {trainer.step}; rerun to continue", file=sys.stderr)
@@ -90,7 +93,7 @@ def train_in_processes(keys: list[str], args) -> bool:
 
 
 def evaluate(key: str, data: Path, state: Path, pgd_images: int, pgd_steps: int) -> dict:
-    path = state / f"{key}.safetensors"
+    path = weights_path(state, key)
     model = load_classifier(path)
     record = _training_record(path)
     images, labels = fashion_mnist(data, train=False).tensors
@@ -189,13 +192,13 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.state.mkdir(parents=True, exist_ok=True)
-    untrained = [key for key in args.models if not (args.state / f"{key}.safetensors").is_file()]
+    untrained = [key for key in args.models if not weights_path(args.state, key).is_file()]
     if args.jobs > 1 and len(untrained) > 1:
-        if not train_in_processes(untrained, args):
-            return 130
-    for key in untrained:
-        if not train(key, args.data, args.state, args.steps):
-            return 130
+        finished = train_in_processes(untrained, args)
+    else:
+        finished = all(train(key, args.data, args.state, args.steps) for key in untrained)  # stops at an interruption
+    if not finished:
+        return 130
     if args.train_only:
         return 0
     rows = [evaluate(key, args.data, args.state, args.pgd_images, args.pgd_steps) for key in args.models]
