@@ -27,9 +27,11 @@ from matplotlib.figure import Figure
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import RESULTS, ROOT, header  # noqa: E402
 
+from pnp_stable._safetensors import metadata_json  # noqa: E402
 from pnp_stable.classification import (certified_accuracy, fashion_mnist, lipschitz_search, load_classifier,  # noqa: E402
                                        robust_accuracy)
 from pnp_stable.classification.trainer import ClassifierConfig, ClassifierTrainer  # noqa: E402
+from pnp_stable.classification.storage import read_classifier_metadata  # noqa: E402
 
 EPS = (0.1, 0.25, 0.5, 1.0)
 MODELS = {  # equal parameters: a residual block holds two convolutions, a non-expansive block one
@@ -111,12 +113,10 @@ def evaluate(key: str, data: Path, state: Path, pgd_images: int, pgd_steps: int)
 
 def _training_record(path: Path) -> dict:
     """Steps, training seconds, threads and the training configuration recorded in the exported weights."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata()
+    metadata = read_classifier_metadata(path)
     return {"steps": int(metadata["steps"]), "seconds": float(metadata["train_seconds"]),
-            "threads": metadata.get("threads", "?"), "config": json.loads(metadata["training"])}
+            "threads": metadata.get("threads", "?"),
+            "config": metadata_json(metadata, "training", path, "ClassifierTrainer.export")}
 
 
 def _training_line(rows: list[dict], state: Path) -> str:

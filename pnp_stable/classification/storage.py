@@ -17,7 +17,8 @@ from ..denoisers.spectral import conv_norm_upper_bound
 from .baseline import SpectralResNetClassifier
 from .network import LipschitzClassifier
 
-__all__ = ["FORMAT", "SHIPPED", "save_classifier", "load_classifier", "list_classifiers", "classifier_file"]
+__all__ = ["FORMAT", "SHIPPED", "save_classifier", "load_classifier", "read_classifier_metadata", "list_classifiers",
+           "classifier_file"]
 
 FORMAT = "pnp-stable-classifier/1"
 STORABLE = {cls.__name__: cls for cls in (LipschitzClassifier, SpectralResNetClassifier)}
@@ -106,6 +107,11 @@ def classifier_file(name_or_path: str | Path) -> Path:
     return SHIPPED.file(name_or_path)
 
 
+def read_classifier_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a classifier file, validated (no tensors are loaded)."""
+    return read_safetensors(path, "classifier file", FORMAT, tensors=False)[0]
+
+
 def list_classifiers() -> list[dict[str, str]]:
     """Every shipped classifier: name, file and metadata (read without loading tensors)."""
-    return SHIPPED.listing(lambda path: read_safetensors(path, "classifier file", FORMAT, tensors=False)[0])
+    return SHIPPED.listing(read_classifier_metadata)
