@@ -71,6 +71,21 @@ def test_the_lipschitz_bound_exceeds_an_adversarial_search(kind):
     assert found > 0.05 * bound  # the search is not vacuous
 
 
+def test_blocks_may_take_one_full_non_expansive_step():
+    """time = 1.9: one Euler step with h·‖A‖² up to 2·0.999 (non-expansive, no longer averaged); the bound holds."""
+    torch.manual_seed(0)
+    model = LipschitzClassifier(**TINY, time=1.9)
+    for stage in model.stages:
+        for block in stage:
+            block.time_logit.data.fill_(8.0)  # T ≈ 1.9, beyond the firmly non-expansive h ≤ 1 of the default time = 1
+    model.eval()
+    steps = [block.step_averagedness() for stage in model.stages for block in stage]
+    assert all(q <= 0.999 for n, q in steps)  # every sub-step has q = h·‖A‖²/2 ≤ 0.999 (guaranteed ‖A‖)
+    assert max(q for n, q in steps if n == 1) > 0.9  # a single step well past the averaged q ≤ 1/2
+    images = synthetic(8, 1, 28, seed=4).tensors[0]
+    assert lipschitz_search(model, images, steps=60) <= model.lipschitz_bound() * (1 + 1e-5)
+
+
 def test_the_baseline_pays_for_depth_in_its_bound():
     """Residual blocks are bounded by 1 + ‖C₂‖‖C₁‖ ≈ 2 each: the product grows with depth, ours stays ≈ 1."""
     torch.manual_seed(0)
@@ -240,3 +255,11 @@ def test_augmentation_flips_and_shifts_reproducibly_and_resumes_exactly(tmp_path
         runs.append(trainer.model.state_dict())
     for name in runs[0]:
         assert torch.equal(runs[0][name], runs[1][name]), name
+
+
+def test_train_classifier_refuses_a_time_span_for_the_baseline(tmp_path, capsys):
+    from pnp_stable.classification.__main__ import main
+
+    argv = ["--data", str(tmp_path), "--out", str(tmp_path / "m.safetensors"), "--model", "spectral-resnet", "--time", "1.9"]
+    assert main(argv) == 2
+    assert "has none" in capsys.readouterr().err

@@ -26,6 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depths", type=positive_int, nargs="+", default=[3, 3],
                    help="blocks of each stage (the baseline's residual blocks hold two convolutions: halve them for "
                    "equal parameters)")
+    p.add_argument("--time", type=positive_float, default=None,
+                   help="certified classifier only: cap T of each block's learned time span (default 1: one Euler step of "
+                   "size ≤ 1, firmly non-expansive; up to 2·0.999/‖A‖² one step stays non-expansive, longer spans take "
+                   "more sub-steps)")
     p.add_argument("--steps", type=positive_int, default=5000, help="training steps")
     p.add_argument("--batch", type=positive_int, default=128, help="images per step")
     p.add_argument("--lr", type=positive_float, default=2e-3, help="peak learning rate of the one-cycle schedule")
@@ -49,9 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         check_outputs([], [("--out", Path(args.out), (".safetensors",))])
+        architecture = dict(widths=args.widths, depths=args.depths)
+        if args.time is not None:
+            if args.model != "lipschitz":
+                raise ValueError(f"--time sets the non-expansive blocks' time span; the {args.model} model has none")
+            architecture["time"] = args.time
         config = ClassifierConfig(
             data=args.data, out=args.out, dataset=args.dataset, model=args.model,
-            architecture=dict(widths=args.widths, depths=args.depths), steps=args.steps, batch=args.batch, lr=args.lr,
+            architecture=architecture, steps=args.steps, batch=args.batch, lr=args.lr,
             eps=args.eps, temperature=args.temperature, seed=args.seed, calibrate_every=args.calibrate_every,
             checkpoint_minutes=args.checkpoint_minutes, log_every=args.log_every, precision=args.precision,
             download=args.download, augment=args.augment)
