@@ -80,7 +80,9 @@ class LipschitzClassifier(nn.Module):
     ``widths[s]`` channels and ``depths[s]`` non-expansive blocks at stage s; stage 0 works at half the input
     resolution (the input is pixel-unshuffled once, so ``image_size`` must be divisible by 2^len(widths)), each
     later stage at half the previous one. ``kernel_size``, ``activation`` and ``time`` configure the blocks
-    (T ≤ ``time``, learned). ``power_size``: side of the power-iteration vectors that normalise each convolution
+    (T ≤ ``time``, learned; up to T·‖A‖² ≤ 2·0.999 a block is one Euler step, beyond that more sub-steps, so the
+    default 1 keeps every step firmly non-expansive and larger caps buy longer steps, see
+    ``training/classifiers/README.md``). ``power_size``: side of the power-iteration vectors that normalise each convolution
     while training; None (the default) takes each layer's own feature grid (14×14, 7×7 for 28-pixel images),
     whose stored buffers are 5–20× smaller than the 32×32 of files written before the option (which record 32),
     so that wider networks fit a 3-MiB file.
