@@ -263,3 +263,5 @@ def test_train_classifier_refuses_a_time_span_for_the_baseline(tmp_path, capsys)
     argv = ["--data", str(tmp_path), "--out", str(tmp_path / "m.safetensors"), "--model", "spectral-resnet", "--time", "1.9"]
     assert main(argv) == 2
     assert "has none" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="has none"):  # the same check guards the Python API
+        ClassifierConfig(data="-", out="m.safetensors", model="spectral-resnet", architecture=dict(TINY, time=1.9))

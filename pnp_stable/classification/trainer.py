@@ -6,6 +6,7 @@ last finite checkpoint, and the certificate written into the exported weights.""
 
 from __future__ import annotations
 
+import inspect
 import json
 import signal
 import sys
@@ -28,6 +29,8 @@ from .storage import save_classifier
 __all__ = ["CLASSIFIERS", "ClassifierConfig", "ClassifierTrainer"]
 
 CLASSIFIERS = {"lipschitz": LipschitzClassifier, "spectral-resnet": SpectralResNetClassifier}
+#: Model arguments that the dataset sets, never the architecture.
+FIXED_BY_DATASET = ("in_channels", "classes", "image_size")
 #: Options that may change between a run and its resume: where files are, and how often it logs or saves.
 RESUMABLE_CHANGES = ("data", "out", "checkpoint", "checkpoint_minutes", "log_every", "download")
 
@@ -56,6 +59,11 @@ class ClassifierConfig:
     def __post_init__(self):
         if self.model not in CLASSIFIERS:
             raise ValueError(f"model must be one of {sorted(CLASSIFIERS)}, got '{self.model}'")
+        accepted = inspect.signature(CLASSIFIERS[self.model]).parameters
+        foreign = sorted(key for key in self.architecture if key not in accepted or key in FIXED_BY_DATASET)
+        if foreign:
+            raise ValueError(f"architecture options {', '.join(foreign)} do not apply: the {self.model} model has none "
+                             f"(it takes {', '.join(k for k in accepted if k not in FIXED_BY_DATASET)})")
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got '{self.dataset}'")
         if self.precision not in ("fp32", "bf16"):
