@@ -450,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solver", choices=sorted(SCHEMES), default=None,
                    help="PnP scheme (fista carries no guarantee); default fb, or drs with --denoiser guided")
     p.add_argument("--denoiser", default="auto", metavar="NAME|PATH|guided",
-                   help="shipped model (see `pnp-stable models`) or a .safetensors file; auto picks averaged-gray or "
+                   help="shipped model (see `pnp-stable models`) or a .safetensors file; auto picks averaged-sll-gray or "
                         "averaged-color; guided: a linear filter W(g) built from a frozen guide g (see --guide)")
     p.add_argument("--guide", default="bm3d", metavar="bm3d|bm3d-lc|NAME|PATH",
                    help="with --denoiser guided: the denoiser whose short DPIR-schedule pilot gives the guide g "

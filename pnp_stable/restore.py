@@ -31,7 +31,7 @@ from .theory import Certificate
 __all__ = ["DEFAULT_DENOISERS", "DenoiseResult", "deblur", "denoise", "resolve_denoiser", "resolve_guide", "tile_anchor",
            "valid_frame"]
 
-DEFAULT_DENOISERS = {1: "averaged-gray", 3: "averaged-color"}
+DEFAULT_DENOISERS = {1: "averaged-sll-gray", 3: "averaged-color"}
 #: 1/(band power) of natural images in the Wiener anchor of deblur's tiles (:func:`tile_anchor`)
 TILE_ANCHOR_SNR = 30.0
 
@@ -140,7 +140,7 @@ def deblur(
 
     ``solver``: ``'fb'`` (the default), ``'hqs'``, ``'drs'``, ``'admm'`` or ``'fista'`` (no guarantee).
     ``kernel``: an array/tensor or a spec such as ``'gaussian:1.6'``, ``'motion:0:19'``, ``'file:k.npz:2'``.
-    ``denoiser``: ``'auto'`` (``averaged-gray``/``averaged-color`` by channels), a model name or path,
+    ``denoiser``: ``'auto'`` (``averaged-sll-gray``/``averaged-color`` by channels), a model name or path,
     or any ``denoiser(x, sigma)``. ``denoiser_sigma``, ``step``, ``denoiser_weight`` (ω: the denoising
     step is x + ω(D(x, σ_d) − x)) and ``max_iter`` default to the tuned values (:func:`pnp_stable.solvers.defaults.tuned`). Returns the :class:`PnPResult` (``estimate``,
     ``status``, ``history``, certified ``beta``; ``pnp_stable.to_numpy(result.estimate)`` for an array).

@@ -53,7 +53,7 @@ ERROR_CASES = [
     ("kernel larger than image", ["deblur", "{root}/tiny.png", "--kernel", "uniform:9", "--noise", "0.01",
                                   "--denoiser", "{root}/gray-net.safetensors"], "larger than the image"),
     ("gray image, colour denoiser", ["deblur", "{root}/gray.png", "--kernel", "gaussian:1", "--noise", "0.01",
-                                     "--denoiser", "{root}/colour-net.safetensors"], "use the 'averaged-gray' denoiser"),
+                                     "--denoiser", "{root}/colour-net.safetensors"], "use the 'averaged-sll-gray' denoiser"),
     ("unknown model", ["denoise", "{root}/gray.png", "--sigma", "0.1", "--out", "{root}/o.png", "--denoiser", "nosuch"],
      "unknown denoiser 'nosuch'"),
     ("NaN in input", ["denoise", "{root}/nan.npy", "--sigma", "0.1", "--out", "{root}/o.png"], "NaN"),

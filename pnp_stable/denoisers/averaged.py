@@ -189,6 +189,16 @@ class AveragedDenoiser(dinv.models.Denoiser):
             return out
         return (1 - self.relaxation) * x + self.relaxation * out
 
+    @property
+    def peak_feature_maps(self) -> int:
+        """Float32 maps of ``width`` channels per pixel that one eval call holds at its peak (tiling's memory
+        estimate), rounded up from 1024×1024 measurements: 4 for gradient-flow blocks at full resolution (508 MiB at
+        width 32), 6 with SLL layers (652 MiB at width 32), 8 with a change of resolution (458 MiB gradient-flow and
+        408 MiB SLL at width 16)."""
+        if max(self.scales) > 1:
+            return 8
+        return 6 if isinstance(self.blocks[0], SLLBlock) else 4
+
     def adaptive_relaxation(self, sigma) -> Tensor:
         """θ(σ) = sigmoid(r·(p₀ + p₁·σ/unit)) ∈ (0, 1) (r = ADAPTIVE_RATE); 1 without ``noise_adaptive``."""
         sigma = torch.as_tensor(sigma)

@@ -199,14 +199,15 @@ def _noise_key(sigma) -> tuple | None:
 
 
 def whole_image_bytes(denoiser, shape) -> int | None:
-    """Estimated peak memory of one call of ``denoiser`` on one whole image of ``shape`` [..., H, W]: four float32
-    feature maps of its ``width`` channels (measured: 498 MiB for ``averaged-color``, width 32, on 1024×1024; 512
-    estimated); None for a denoiser that records no ``width``. Per image, so that whether an image is tiled never
-    depends on what it is batched with."""
+    """Estimated peak memory of one call of ``denoiser`` on one whole image of ``shape`` [..., H, W]: its
+    ``peak_feature_maps`` (4 when it records none) float32 maps of its ``width`` channels per pixel (measured on
+    1024×1024: 498 MiB for ``averaged-color``, width 32, 4 maps, 512 estimated; 414 MiB for the multi-scale
+    ``averaged-sll-gray``, width 16, 8 maps, 512 estimated); None for a denoiser that records no ``width``. Per
+    image, so that whether an image is tiled never depends on what it is batched with."""
     width = getattr(denoiser, "width", None)
     if not isinstance(width, int):
         return None
-    return 4 * 4 * width * shape[-2] * shape[-1]
+    return 4 * getattr(denoiser, "peak_feature_maps", 4) * width * shape[-2] * shape[-1]
 
 
 def tiled(denoiser, shape, tile: int | str | None = "auto", overlap: int | None = None, context=None,

@@ -240,7 +240,7 @@ def _check_denoiser_channels(denoiser, channels: int) -> None:
     expected = getattr(denoiser, "channels", None)
     if not isinstance(expected, int) or expected == channels:
         return
-    which = "D" if expected == 1 else "a 1-channel denoiser D (e.g. pnp_stable.load_denoiser('averaged-gray'))"
+    which = "D" if expected == 1 else "a 1-channel denoiser D (e.g. pnp_stable.load_denoiser('averaged-sll-gray'))"
     raise ValueError(
         f"the denoiser takes {expected}-channel images but this problem's images (Aᵀy) have {channels} channel(s), "
         f"e.g. an MRI's real and imaginary parts; apply {which} to each channel by wrapping it: denoiser=lambda x, s: "
