@@ -2,7 +2,8 @@
 
 Protocol, the same for every candidate: gray Train400 without its last 40 images (``--holdout``), which are the
 validation set (180×180, outside every test set and every candidate's training data); 40×40 patches, batch 32,
-σ uniform in [0, 50/255], Adam with a one-cycle schedule (peak lr 2e-3), bf16 autocast, 2 threads, the norm
+σ uniform in [0, 50/255], Adam with a one-cycle schedule (peak lr 2e-3), bf16 autocast, 2 threads (``--threads``:
+one each for two candidates run side by side), the norm
 bounds calibrated every 2,000 steps. Each candidate first times 15 steps and one calibration, then gets the
 number of steps that fills ``--minutes`` of training with its calibrations, so that its one-cycle schedule ends
 within the budget; validations (which recompute the norm bounds of the certified network) come on top, and the
@@ -56,7 +57,20 @@ CANDIDATES = {  # run in this order: the baseline, then the cheaper new designs
                         dict(width=16, depth=10, scales=[1, 2, 2, 2, 2, 2, 2, 2, 2, 1], block="sll", noise_adaptive=True)),
     # b (wider) with d's layers: d beat a at equal time, so the width question is asked of the SLL network
     "bd-sll-w48-d8": ("b + d. wider SLL: width 48, depth 8, SLL layers", dict(width=48, depth=8, block="sll", noise_adaptive=True)),
+    # c + d saturated in its 100,000-step campaign (held-out σ = 25: 27.44 after 20k steps, 27.52 after 100k), so
+    # capacity is the lever: more channels at half resolution, or a quarter-resolution stage (far larger receptive field)
+    "cd-sll-ms24-d10": ("c + d wide: multi-scale SLL, width 24 at full resolution (blocks 1 and 10), 96 channels at "
+                        "half resolution (blocks 2–9)",
+                        dict(width=24, depth=10, scales=[1, 2, 2, 2, 2, 2, 2, 2, 2, 1], block="sll", noise_adaptive=True)),
+    "cd-sll-ms8q-d10": ("c + d quarter: multi-scale SLL, width 8 at full resolution (blocks 1 and 10), 32 channels at "
+                        "half (blocks 2, 3, 9) and 128 at quarter resolution (blocks 4–8)",
+                        dict(width=8, depth=10, scales=[1, 2, 2, 4, 4, 4, 4, 4, 2, 1], block="sll", noise_adaptive=True)),
 }
+
+# A candidate timed beside a finished design of its own family: its layers speed up from 1 to 2 threads and across
+# processors as the reference's do, which the gradient-flow baseline's do not (a-w32-d8 ran 1.3× slower at one
+# thread beside another job than at two threads on the Xeon, the multi-scale SLL network 2.7×)
+CLOCK_REFERENCES = {"cd-sll-ms24-d10": "cd-sll-ms16-d10", "cd-sll-ms8q-d10": "cd-sll-ms16-d10"}
 
 
 def config_for(key: str, data: Path, steps: int, state: Path, validate_every: int = VALIDATE_EVERY) -> TrainConfig:
@@ -90,18 +104,20 @@ def measure_speed(key: str, data: Path, state: Path) -> dict[str, float]:
 
 
 def on_baseline_clock(key: str, data: Path, folder: Path) -> dict[str, float]:
-    """The candidate's timing on the baseline's clock: the baseline is timed again beside the candidate and the
-    candidate's times are scaled by the baseline's recorded/measured ratio, so that every candidate gets the same
-    budget of the same machine's time although sessions run on different processors."""
+    """The candidate's timing on the baseline's clock: a finished reference (the baseline, or the candidate's
+    :data:`CLOCK_REFERENCES` entry) is timed again beside the candidate and the candidate's times are scaled by the
+    reference's recorded/measured ratio, so that every candidate gets the same budget of the same machine's time
+    although sessions run on different processors and thread counts."""
     timing = measure_speed(key, data, folder)
-    baseline = folder / f"{BASELINE}.json"
-    if key == BASELINE or not baseline.exists():
+    reference = CLOCK_REFERENCES.get(key, BASELINE)
+    recorded_path = folder / f"{reference}.json"
+    if key == BASELINE or not recorded_path.exists():
         return timing
-    recorded = json.loads(baseline.read_text())
-    here = measure_speed(BASELINE, data, folder)
+    recorded = json.loads(recorded_path.read_text())
+    here = measure_speed(reference, data, folder)
     scale = recorded["seconds_per_step"] / here["seconds_per_step"]
     return dict(seconds_per_step=scale * timing["seconds_per_step"],
-                calibration_seconds=scale * timing["calibration_seconds"], clock_scale=scale,
+                calibration_seconds=scale * timing["calibration_seconds"], clock_scale=scale, clock_reference=reference,
                 measured_seconds_per_step=timing["seconds_per_step"])
 
 
@@ -125,7 +141,7 @@ class StopRequest:
         self.requested = True
 
 
-def train(key: str, data: Path, minutes: float, folder: Path, stop: StopRequest) -> bool:
+def train(key: str, data: Path, minutes: float, folder: Path, stop: StopRequest, threads: int) -> bool:
     """Train candidate ``key`` within its budget, resuming its checkpoint; True when it is finished."""
     path = folder / f"{key}.json"
     state = json.loads(path.read_text()) if path.exists() else {}
@@ -137,8 +153,9 @@ def train(key: str, data: Path, minutes: float, folder: Path, stop: StopRequest)
                      steps=steps_within(minutes, timing), validate_every=VALIDATE_EVERY, budget_minutes=minutes,
                      wall_seconds=0.0, curve=[], status="running", machines=[])
         path.write_text(json.dumps(state, indent=1))
-    if cpu_name() not in state["machines"]:
-        state["machines"].append(cpu_name())
+    machine = cpu_name() if threads == 2 else f"{cpu_name()} ({threads} thread{'s' if threads > 1 else ''})"
+    if machine not in state["machines"]:
+        state["machines"].append(machine)
     if stop.requested:
         return False
     trainer = Trainer(config_for(key, data, state["steps"], folder, state["validate_every"]),
@@ -219,7 +236,7 @@ def report(out: Path, reference: dict, folder: Path, command: str) -> None:
     pending = [CANDIDATES[key][0] for key in CANDIDATES if key not in states]
     lines = header("Certified denoiser architectures at equal training time", command) + [
         f"Protocol (issue #22 §2): gray Train400 minus its last {HOLDOUT} images, which are the validation set; 40×40 "
-        "patches, batch 32, σ ∈ [0, 50/255], Adam one-cycle (peak 2e-3), bf16 autocast, 2 threads, a calibration of the "
+        "patches, batch 32, σ ∈ [0, 50/255], Adam one-cycle (peak 2e-3), bf16 autocast, 2 threads (unless the machines line says otherwise), a calibration of the "
         f"norm bounds every {CALIBRATE_EVERY} steps; each candidate's step count fills its training budget (steps and "
         "calibrations) at its own speed, measured beside the baseline (a) and scaled to the baseline's recorded speed, "
         "so that every budget is the same machine's time (ms/step and s/calibration are on that clock); wall (min) is the whole time on the machines listed below, with the validations of the curve (every "
@@ -242,25 +259,36 @@ def report(out: Path, reference: dict, folder: Path, command: str) -> None:
     print("\n".join(lines))
 
 
+def without_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """``argv`` less each option in ``names`` and its values (the words up to the next option)."""
+    kept, skipping = [], False
+    for word in argv:
+        if word.startswith("--"):
+            skipping = word.split("=")[0] in names
+        if not skipping:
+            kept.append(word)
+    return kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("PNP_STABLE_DATA", ROOT.parent / "shared" / "data")))
     parser.add_argument("--minutes", type=float, default=40.0, help="wall-time budget per candidate")
     parser.add_argument("--out", type=Path, default=RESULTS / "architectures.md")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads; 1 to run two candidates side by side (each "
+                        "is timed beside the baseline under the same load, so budgets stay on the baseline's clock)")
     parser.add_argument("--state", type=Path, default=DEFAULT_STATE, help="folder of the candidates' state")
     parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES),
                         help="run only these (in the table's order); the report covers every candidate's state")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     args.state.mkdir(parents=True, exist_ok=True)
     stop = StopRequest()
     for key in [key for key in CANDIDATES if key in args.candidates]:
-        if stop.requested or not train(key, args.data, args.minutes, args.state, stop):
+        if stop.requested or not train(key, args.data, args.minutes, args.state, stop, args.threads):
             break  # interrupted: the next run resumes this candidate
-    # the report covers every candidate's state, so it records the command without the selection
-    selection = sys.argv.index("--candidates") if "--candidates" in sys.argv else len(sys.argv)
-    end = next((i for i in range(selection + 1, len(sys.argv)) if sys.argv[i].startswith("--")), len(sys.argv))
-    command = command_line(sys.argv[:selection] + sys.argv[end:])
+    # the report covers every candidate's state, so it records the command without the options that select the work
+    command = command_line(without_options(sys.argv, ("--candidates", "--threads")))
     report(args.out, bm3d_reference(args.data, args.state), args.state, command)
 
 

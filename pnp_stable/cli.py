@@ -591,8 +591,9 @@ def _memory_advice(args) -> str:
     if len(sized) > 1:
         described = f"{len(sized)} images" + (f", the largest {described}" if size else "")
     also = "; or use the CPU's memory: --device cpu" if str(device).startswith("cuda") else ""
-    return (f"{args.command} ran out of memory on {described} (device {device}); use a smaller image or crop it; "
-            f"tiled processing (--tile) is planned{also}")
+    tiles = "; or denoise it in tiles: --tile 512 (smaller tiles need less memory)" if hasattr(args, "tile") else ""
+    return (f"{args.command} ran out of memory on {described} (device {device}); use a smaller image or crop it"
+            f"{tiles}{also}")
 
 
 def main(argv: list[str] | None = None) -> int:
