@@ -65,12 +65,17 @@ CANDIDATES = {  # run in this order: the baseline, then the cheaper new designs
     "cd-sll-ms8q-d10": ("c + d quarter: multi-scale SLL, width 8 at full resolution (blocks 1 and 10), 32 channels at "
                         "half (blocks 2, 3, 9) and 128 at quarter resolution (blocks 4–8)",
                         dict(width=8, depth=10, scales=[1, 2, 2, 4, 4, 4, 4, 4, 2, 1], block="sll", noise_adaptive=True)),
+    # or more expressive layers at the same size: a learned three-piece monotone spline per channel in place of the
+    # leaky ReLU (soft thresholds and clips, as transform-domain denoisers use; the certificate is unchanged)
+    "cd-sll-ms16-d10-spline": ("c + d spline: as c + d with a learned monotone spline activation per channel",
+                               dict(width=16, depth=10, scales=[1, 2, 2, 2, 2, 2, 2, 2, 2, 1], block="sll",
+                                    activation="spline", noise_adaptive=True)),
 }
 
 # A candidate timed beside a finished design of its own family: its layers speed up from 1 to 2 threads and across
 # processors as the reference's do, which the gradient-flow baseline's do not (a-w32-d8 ran 1.3× slower at one
 # thread beside another job than at two threads on the Xeon, the multi-scale SLL network 2.7×)
-CLOCK_REFERENCES = {"cd-sll-ms24-d10": "cd-sll-ms16-d10", "cd-sll-ms8q-d10": "cd-sll-ms16-d10"}
+CLOCK_REFERENCES = {key: "cd-sll-ms16-d10" for key in ("cd-sll-ms24-d10", "cd-sll-ms8q-d10", "cd-sll-ms16-d10-spline")}
 
 
 def config_for(key: str, data: Path, steps: int, state: Path, validate_every: int = VALIDATE_EVERY) -> TrainConfig:

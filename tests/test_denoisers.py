@@ -31,6 +31,8 @@ CONFIGS = [
     dict(width=4, depth=3, integrator="euler", scales=[1, 2, 4], noise_adaptive=True),  # 20 px: padded to 4·6
     dict(width=6, depth=3, integrator="euler", block="sll", noise_adaptive=True),
     dict(width=4, depth=3, integrator="euler", block="sll", scales=[1, 2, 1], relaxation=0.9),
+    dict(width=6, depth=2, integrator="euler", activation="spline"),
+    dict(width=4, depth=3, integrator="euler", block="sll", scales=[1, 2, 1], activation="spline", noise_adaptive=True),
 ]
 
 
@@ -434,3 +436,28 @@ def test_scales_must_be_whole_factors():
     for scales in ([1.9, 2, 1], "121", [True, 2, 1]):
         with pytest.raises(ValueError, match="scales"):
             AveragedDenoiser(channels=1, width=4, depth=3, scales=scales)
+
+
+@pytest.mark.parametrize("block", ["gradient-flow", "sll"])
+def test_learned_spline_activations_keep_the_certificate_at_any_shape_and_round_trip(block, tmp_path):
+    """Slopes pushed to the ends of (0, 1) and knots spread out: the certificate needs nothing from the spline's
+    shape, so the adversarial search and inequality (A) must hold as for a fixed activation; the weights file
+    restores the learned functions."""
+    torch.manual_seed(3)
+    model = AveragedDenoiser(channels=1, width=6, depth=2, block=block, activation="spline")
+    with torch.no_grad():
+        for spline in (b.activation for b in model.blocks):
+            spline.slope_logits.copy_(8 * torch.randn_like(spline.slope_logits))
+            spline.log_gap.copy_(torch.randn_like(spline.log_gap))
+    model.calibrate()
+    model.eval()
+    certificate = model.certificate
+    assert certificate.guaranteed and certificate.alpha is not None
+    result = adversarial_lipschitz(model, SHAPE, 0.1, alpha=certificate.alpha, restarts=4, steps=60)
+    assert result.ratio <= 1 + TOL
+    x, y = natural_starts(300, SHAPE, seed=11), natural_starts(300, SHAPE, seed=12)
+    assert averagedness_defects(model, x, y, certificate.alpha).max().item() <= TOL
+    path = ps.save_denoiser(model, tmp_path / "spline.safetensors")
+    loaded = ps.load_denoiser(path).eval()
+    assert loaded.config["activation"] == "spline" and loaded.certificate.alpha == pytest.approx(certificate.alpha)
+    torch.testing.assert_close(loaded(x[:4], 0.1), model(x[:4], 0.1))

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pnp_stable.denoisers import CertifiedConv, NonexpansiveBlock, circular_conv_norm, conv_norm_upper_bound
+from pnp_stable.denoisers import CertifiedConv, NonexpansiveBlock, circular_conv_norm, conv_norm_upper_bound, get_activation
 from pnp_stable.operators import power_iteration
 
 
@@ -146,3 +146,36 @@ def test_block_forward_is_the_euler_step_of_the_gradient_flow(learn_time):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = block(x)
         assert (low.float() - expected).norm() < 0.05 * expected.norm()
+
+
+def test_monotone_spline_has_difference_quotients_in_unit_interval_and_keeps_dtype_and_layout():
+    """σ_i is continuous piecewise linear with slopes in (0, 1) at 0 and g_i: every difference quotient in [0, 1]
+    (the blocks' condition on σ), equal to the interpolation of its knots, one function per channel."""
+    import numpy as np
+
+    from pnp_stable.denoisers.layers import MonotoneSpline
+
+    torch.manual_seed(0)
+    spline = MonotoneSpline(4)
+    with torch.no_grad():
+        spline.slope_logits.copy_(10 * torch.randn(3, 4))
+        spline.log_gap.copy_(torch.randn(4))
+    t = 3 * torch.randn(2, 4, 9, 9, dtype=torch.float64)
+    s = 3 * torch.randn(2, 4, 9, 9, dtype=torch.float64)
+    with torch.no_grad():
+        spline.double()
+        quotient = (spline(t) - spline(s)) / (t - s)
+        assert quotient.min() >= 0 and quotient.max() <= 1
+        slopes, gaps = spline.slopes(), torch.exp(spline.log_gap)
+        for i in range(4):  # the same function as the interpolation through its knots −10, 0, g, g + 10
+            knots = np.array([-10.0, 0.0, float(gaps[i]), float(gaps[i]) + 10])
+            values = np.cumsum([0.0, 10 * float(slopes[0, i]), float(gaps[i] * slopes[1, i]), 10 * float(slopes[2, i])])
+            expected = np.interp(t[:, i].numpy(), knots, values - values[1])
+            np.testing.assert_allclose(spline(t)[:, i].numpy(), expected, atol=1e-9)
+        spline.float()
+        layout = torch.randn(2, 4, 6, 6).contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(spline(layout), spline(layout.contiguous()))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert spline(layout.bfloat16()).dtype == torch.bfloat16
+    with pytest.raises(TypeError, match="instantiate"):
+        get_activation("spline")(t)

@@ -394,16 +394,20 @@ def test_command_line_trains_a_multiscale_network_in_bf16_with_a_holdout(folders
     out = tmp_path / "ms.safetensors"
     argv = ["--data", str(folders / "train"), "--out", str(out), "--steps", "2", "--batch", "2", "--patch", "16",
             "--width", "4", "--depth", "3", "--scales", "1", "2", "1", "--precision", "bf16", "--holdout", "1",
-            "--validate-every", "0", "--quiet"]
+            "--activation", "spline", "--validate-every", "0", "--quiet"]
     assert main(argv) == 0
     model = ps.load_denoiser_file(out)
-    assert model.config["scales"] == [1, 2, 1] and model.certificate.guaranteed
+    assert model.config["scales"] == [1, 2, 1] and model.config["activation"] == "spline" and model.certificate.guaranteed
     training = ps.denoisers.read_metadata(out)["training"]
     assert '"precision": "bf16"' in training and '"holdout": 1' in training
     too_few = ["--data", str(folders / "train"), "--out", str(tmp_path / "x.safetensors"), "--depth", "3",
                "--scales", "1", "2", "--quiet"]
     assert main(too_few) == 2  # one factor per block
     assert "scales" in capsys.readouterr().err
+    dncnn = ["--data", str(folders / "train"), "--out", str(tmp_path / "d.safetensors"), "--model", "dncnn",
+             "--activation", "spline", "--quiet"]
+    assert main(dncnn) == 2
+    assert "--activation apply to the averaged model only" in capsys.readouterr().err
 
 
 def test_an_interrupted_command_line_run_exports_its_current_network_and_resumes(folders, tmp_path, monkeypatch, capsys):

@@ -68,7 +68,8 @@ class AveragedDenoiser(dinv.models.Denoiser):
     ``integrator``, ``time``, ``normalise`` and ``learn_time`` configure it) or an :class:`SLLBlock`
     (``block="sll"``: θ-averaged by a closed-form scaling, no norm bound to compute). With α_N the composed
     averagedness of the blocks (1 when they are only non-expansive, e.g. Heun/RK4), D is
-    θ·α_N-averaged; θ = ``relaxation`` (default 1, no relaxation).
+    θ·α_N-averaged; θ = ``relaxation`` (default 1, no relaxation). ``activation`` names σ (:data:`ACTIVATIONS`:
+    monotone, slopes in [0, 1]); ``"spline"`` learns one three-piece linear spline per channel (:class:`MonotoneSpline`).
     ``scales`` (one factor f ∈ {1, 2, 4} per block; default all 1) runs block k at 1/f_k resolution with
     width·f_k² channels: the image is zero-padded to a multiple of max f (an isometry, cropped back by Pᵀ) and
     moved between resolutions by pixel (un)shuffles Q (permutations). For an isometry E (EᵀE = I) and an

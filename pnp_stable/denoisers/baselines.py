@@ -45,7 +45,7 @@ class _ResidualBlock(nn.Module):
         super().__init__()
         self.inner = CertifiedConv(width, width, normalise=True)
         self.outer = CertifiedConv(width, width, normalise=True)
-        self.activation = get_activation(activation)
+        self.activation = get_activation(activation).instantiate(width)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training:

@@ -43,7 +43,7 @@ class NonexpansiveBlock(nn.Module):
         if not time > 0:
             raise ValueError(f"time span T must be > 0, got {time}")
         self.conv = CertifiedConv(channels, channels, kernel_size, normalise=normalise, power_size=power_size)
-        self.activation = get_activation(activation)
+        self.activation = get_activation(activation).instantiate(channels)
         self.integrator = get_integrator(integrator)
         self.budget = float(budget)
         self.time_max = float(time)
@@ -140,7 +140,7 @@ class SLLBlock(nn.Module):
             raise ValueError(f"SLL relaxation budget must lie in (0, 1) for an averaged layer, got {budget}")
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd (centred 'same' padding), got {kernel_size}")
-        self.activation = get_activation(activation)
+        self.activation = get_activation(activation).instantiate(channels)
         if self.activation.lipschitz > 1:
             raise ValueError(f"SLL layers need σ with slopes in [0, 1]; '{self.activation.name}' is {self.activation.lipschitz}-Lipschitz")
         self.budget = float(budget)

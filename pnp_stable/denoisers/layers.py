@@ -14,20 +14,61 @@ from torch import Tensor, nn
 from ._cache import TensorKeyedCache
 from .spectral import circular_conv_norm, conv_norm_upper_bound
 
-__all__ = ["Activation", "ACTIVATIONS", "get_activation", "Integrator", "INTEGRATORS", "get_integrator", "CertifiedConv"]
+__all__ = ["Activation", "MonotoneSpline", "ACTIVATIONS", "get_activation", "Integrator", "INTEGRATORS", "get_integrator", "CertifiedConv"]
 
 
 @dataclass(frozen=True)
 class Activation:
-    """σ = γ' for a convex γ: monotone, with Lipschitz constant ``lipschitz`` (L_σ)."""
+    """σ = γ' for a convex γ: monotone, with Lipschitz constant ``lipschitz`` (L_σ). A fixed function (``fn``), or
+    a learned one per channel (``learned``, a module class built by :meth:`instantiate` with the channel count)."""
 
     name: str
-    fn: Callable[[Tensor], Tensor]
+    fn: Callable[[Tensor], Tensor] | None
     lipschitz: float
     monotone: bool = True
+    learned: type[nn.Module] | None = None
 
     def __call__(self, x: Tensor) -> Tensor:
+        if self.fn is None:
+            raise TypeError(f"activation '{self.name}' is learned per channel: call instantiate(channels) first")
         return self.fn(x)
+
+    def instantiate(self, channels: int) -> Activation | nn.Module:
+        """The callable a layer of ``channels`` channels applies: this fixed function, or a new learned module."""
+        return self if self.learned is None else self.learned(channels)
+
+
+class MonotoneSpline(nn.Module):
+    """σ_i(t) = s_i1·t + (s_i2 − s_i1)·relu(t) + (s_i3 − s_i2)·relu(t − g_i), learned per channel i.
+
+    Continuous and piecewise linear, with slopes s_i1, s_i2, s_i3 = sigmoid(·) ∈ (0, 1) on (−∞, 0), [0, g_i) and
+    [g_i, ∞) (g_i = exp(·) > 0): each of its difference quotients lies between two of its slopes, so in [0, 1], the
+    condition the gradient-flow block (σ = γ' with γ convex, L_σ = 1) and the SLL layer (0 ≤ D ≤ I) put on σ. Three
+    pieces take the shapes a ReLU cannot (soft thresholds, clips): among component-wise 1-Lipschitz activations,
+    linear splines with three pieces are the most expressive (Neumayer et al. 2023; Ducotterd et al., JMLR 2024).
+    The first knot sits at 0 without loss: the layer's bias shifts it. Starts close to a leaky ReLU.
+    """
+
+    name = "spline"
+    lipschitz = 1.0
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.slope_logits = nn.Parameter(torch.tensor([[-3.0], [3.0], [3.0]]).repeat(1, channels))  # s ≈ 0.05, 0.95, 0.95
+        self.log_gap = nn.Parameter(torch.full((channels,), math.log(0.25)))
+
+    def slopes(self) -> Tensor:
+        """[3, C]: the slopes of the three pieces, each in (0, 1)."""
+        return torch.sigmoid(self.slope_logits)
+
+    def forward(self, t: Tensor) -> Tensor:
+        shape = (1, -1) + (1,) * (t.dim() - 2)  # channels on dimension 1, whatever the memory format
+        first, middle, last = (s.to(t.dtype).view(shape) for s in self.slopes())  # under autocast: stay in bf16
+        gap = torch.exp(self.log_gap).to(t.dtype).view(shape)
+        return first * t + (middle - first) * F.relu(t) + (last - middle) * F.relu(t - gap)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.log_gap.numel()}"
 
 
 ACTIVATIONS = {
@@ -35,6 +76,7 @@ ACTIVATIONS = {
     "leaky_relu": Activation("leaky_relu", lambda x: F.leaky_relu(x, 0.01), 1.0),
     "tanh": Activation("tanh", torch.tanh, 1.0),
     "elu": Activation("elu", F.elu, 1.0),  # derivative 1 for x > 0 and e^x ≤ 1 for x ≤ 0
+    "spline": Activation("spline", None, 1.0, learned=MonotoneSpline),
 }
 
 

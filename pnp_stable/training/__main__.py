@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from .._argtypes import OneLineParser, level, nonnegative_int, positive_float, positive_int, seed
 from .._outputs import check_outputs
+from ..denoisers import ACTIVATIONS
 from .trainer import LOSSES, MODELS, PRECISIONS, TrainConfig, Trainer
 
 
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="averaged only: the paper's gradient-flow block (norms from a power estimate, calibrated to "
                    "guaranteed bounds) or an SLL layer (θ-averaged by a closed-form per-channel scaling, nothing to calibrate)")
     p.add_argument("--integrator", choices=["euler", "heun", "rk4"], default="euler", help="block integrator (averaged only)")
+    p.add_argument("--activation", choices=sorted(ACTIVATIONS), default="leaky_relu",
+                   help="averaged only: σ of every block, monotone with slopes in [0, 1]; 'spline' learns one three-piece "
+                   "linear spline per channel (soft thresholds, clips), which keeps the certificate")
     p.add_argument("--noise-adaptive", action="store_true",
                    help="learn a noise-level-dependent relaxation toward the identity (averaged only; keeps the certificate)")
     p.add_argument("--init", default=None, help="start from these weights (fine-tuning) instead of a random initialisation")
@@ -78,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.model == "averaged":
         architecture |= dict(integrator=args.integrator) | ({"noise_adaptive": True} if args.noise_adaptive else {})
         architecture |= ({"scales": args.scales} if args.scales else {}) | ({"block": "sll"} if args.block == "sll" else {})
-    elif args.noise_adaptive or args.scales or args.block != "gradient-flow":
-        print("error: --noise-adaptive, --scales and --block apply to the averaged model only", file=sys.stderr)
+        architecture |= {"activation": args.activation} if args.activation != "leaky_relu" else {}
+    elif args.noise_adaptive or args.scales or args.block != "gradient-flow" or args.activation != "leaky_relu":
+        print("error: --noise-adaptive, --scales, --block and --activation apply to the averaged model only", file=sys.stderr)
         return 2
     start = time.monotonic()
     try:
