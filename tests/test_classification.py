@@ -265,3 +265,27 @@ def test_train_classifier_refuses_a_time_span_for_the_baseline(tmp_path, capsys)
     assert "has none" in capsys.readouterr().err
     with pytest.raises(ValueError, match="has none"):  # the same check guards the Python API
         ClassifierConfig(data="-", out="m.safetensors", model="spectral-resnet", architecture=dict(TINY, time=1.9))
+
+
+def test_learned_spline_activations_keep_the_bound_and_round_trip(tmp_path, capsys):
+    """Blocks with a learned monotone spline per channel (slopes in (0, 1)) keep the certified Lipschitz bound; the
+    file restores the learned functions; the baseline, which has no such blocks, refuses the option."""
+    from pnp_stable.classification.__main__ import main
+
+    torch.manual_seed(0)
+    model = LipschitzClassifier(**TINY, activation="spline")
+    with torch.no_grad():
+        for block in (block for stage in model.stages for block in stage):
+            block.activation.slope_logits.copy_(8 * torch.randn_like(block.activation.slope_logits))
+    model.calibrate()
+    model.eval()
+    images = synthetic(8, 1, 28, seed=4).tensors[0]
+    assert lipschitz_search(model, images, steps=60) <= model.lipschitz_bound() * (1 + 1e-5)
+    path = save_classifier(model, tmp_path / "spline.safetensors")
+    loaded = load_classifier(path)
+    assert loaded.config["activation"] == "spline"
+    torch.testing.assert_close(loaded(images), model(images))
+    argv = ["--data", str(tmp_path), "--out", str(tmp_path / "m.safetensors"), "--model", "spectral-resnet",
+            "--activation", "spline"]
+    assert main(argv) == 2
+    assert "activation" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .._argtypes import OneLineParser, nonnegative_float, positive_float, positive_int, seed
 from .._outputs import check_outputs
+from ..denoisers import ACTIVATIONS
 from .data import DATASETS, load_dataset
 from .trainer import CLASSIFIERS, ClassifierConfig, ClassifierTrainer
 
@@ -30,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="certified classifier only: cap T of each block's learned time span (default 1: one Euler step of "
                    "size ≤ 1, firmly non-expansive; up to 2·0.999/‖A‖² one step stays non-expansive, longer spans take "
                    "more sub-steps)")
+    p.add_argument("--activation", choices=sorted(ACTIVATIONS), default=None,
+                   help="σ of the non-expansive blocks (lipschitz model; default relu): monotone with slopes in [0, 1]; "
+                   "'spline' learns one three-piece linear spline per channel")
     p.add_argument("--steps", type=positive_int, default=5000, help="training steps")
     p.add_argument("--batch", type=positive_int, default=128, help="images per step")
     p.add_argument("--lr", type=positive_float, default=2e-3, help="peak learning rate of the one-cycle schedule")
@@ -56,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         architecture = dict(widths=args.widths, depths=args.depths)
         if args.time is not None:
             architecture["time"] = args.time  # ClassifierConfig refuses it for a model without time spans
+        if args.activation is not None:
+            architecture["activation"] = args.activation  # likewise for a model without these blocks
         config = ClassifierConfig(
             data=args.data, out=args.out, dataset=args.dataset, model=args.model,
             architecture=architecture, steps=args.steps, batch=args.batch, lr=args.lr,
