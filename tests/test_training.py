@@ -440,6 +440,9 @@ def test_init_keeps_the_block_layout_it_was_trained_with(folders, tmp_path):
     tuned.init, tuned.architecture = str(path), dict(width=4, depth=3, block="sll", scales=[1, 2, 1])
     with pytest.raises(ValueError, match="block layout"):
         Trainer(tuned, progress=False)
+    tuned.architecture = dict(width=4, depth=3, block="sll", activation="spline")
+    with pytest.raises(ValueError, match="activation: file leaky_relu, here spline"):
+        Trainer(tuned, progress=False)
     tuned.architecture = dict(width=6, depth=3, block="sll")
     assert Trainer(tuned, progress=False).run() == "finished"  # only the width may grow
 
