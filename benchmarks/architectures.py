@@ -37,6 +37,7 @@ from matplotlib.figure import Figure
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import RESULTS, ROOT, command_line, cpu_name, header  # noqa: E402
 
+from pnp_stable._argtypes import positive_int  # noqa: E402
 from pnp_stable.denoisers import SelfEnsemble, adversarial_lipschitz, parameter_count  # noqa: E402
 from pnp_stable.training import TrainConfig, Trainer, validation_psnr  # noqa: E402
 
@@ -115,6 +116,8 @@ def on_baseline_clock(key: str, data: Path, folder: Path) -> dict[str, float]:
     although sessions run on different processors and thread counts."""
     timing = measure_speed(key, data, folder)
     reference = CLOCK_REFERENCES.get(key, BASELINE)
+    if not (folder / f"{reference}.json").exists():  # a fresh state folder: the baseline is the clock
+        reference = BASELINE
     recorded_path = folder / f"{reference}.json"
     if key == BASELINE or not recorded_path.exists():
         return timing
@@ -243,7 +246,8 @@ def report(out: Path, reference: dict, folder: Path, command: str) -> None:
         f"Protocol (issue #22 §2): gray Train400 minus its last {HOLDOUT} images, which are the validation set; 40×40 "
         "patches, batch 32, σ ∈ [0, 50/255], Adam one-cycle (peak 2e-3), bf16 autocast, 2 threads (unless the machines line says otherwise), a calibration of the "
         f"norm bounds every {CALIBRATE_EVERY} steps; each candidate's step count fills its training budget (steps and "
-        "calibrations) at its own speed, measured beside the baseline (a) and scaled to the baseline's recorded speed, "
+        "calibrations) at its own speed, measured beside a finished reference (the baseline a, or c + d for the later "
+        "variants of c + d: `clock_reference` in the state) and scaled to the reference's recorded speed, "
         "so that every budget is the same machine's time (ms/step and s/calibration are on that clock); wall (min) is the whole time on the machines listed below, with the validations of the curve (every "
         "`validate_every` steps of its state file), each of which recomputes the certified network's norm bounds. PSNR (dB) of the certified fp32 eval network on the "
         f"{HOLDOUT} held-out images; ensemble: the 8-fold certified self-ensemble (same α). State: `training/screening/`.",
@@ -276,12 +280,13 @@ def without_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)  # the report's command drops --threads and --candidates by name
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("PNP_STABLE_DATA", ROOT.parent / "shared" / "data")))
     parser.add_argument("--minutes", type=float, default=40.0, help="wall-time budget per candidate")
     parser.add_argument("--out", type=Path, default=RESULTS / "architectures.md")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads; 1 to run two candidates side by side (each "
-                        "is timed beside the baseline under the same load, so budgets stay on the baseline's clock)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch threads; 1 to run two candidates side by side (each "
+                        "is timed beside its reference under the same load, so budgets stay on the baseline's clock)")
     parser.add_argument("--state", type=Path, default=DEFAULT_STATE, help="folder of the candidates' state")
     parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES),
                         help="run only these (in the table's order); the report covers every candidate's state")

@@ -591,7 +591,13 @@ def _memory_advice(args) -> str:
     if len(sized) > 1:
         described = f"{len(sized)} images" + (f", the largest {described}" if size else "")
     also = "; or use the CPU's memory: --device cpu" if str(device).startswith("cuda") else ""
-    tiles = "; or denoise it in tiles: --tile 512 (smaller tiles need less memory)" if hasattr(args, "tile") else ""
+    tile = getattr(args, "tile", None)
+    if tile is None:
+        tiles = ""
+    elif isinstance(tile, int) and tile > 0:
+        tiles = f"; or smaller denoiser tiles: --tile {max(2, tile // 2)}"
+    else:
+        tiles = "; or run the denoiser in tiles: --tile 512 (smaller tiles need less memory)"
     return (f"{args.command} ran out of memory on {described} (device {device}); use a smaller image or crop it"
             f"{tiles}{also}")
 

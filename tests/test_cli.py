@@ -280,7 +280,10 @@ def test_out_of_memory_is_one_line_naming_command_image_and_what_to_do(error, sm
     monkeypatch.setattr(cli, "cmd_denoise", exhausted)
     err = _one_line_error(capsys, cli.main(["deblur", str(small_png), "--kernel", "gaussian:1", "--noise", "0.01"]))
     assert "deblur ran out of memory on" in err and "small.png (20×16 pixels, 1 channel(s))" in err
-    assert "use a smaller image or crop it; or denoise it in tiles: --tile 512" in err
+    assert "use a smaller image or crop it; or run the denoiser in tiles: --tile 512" in err
+    err = _one_line_error(capsys, cli.main(["deblur", str(small_png), "--kernel", "gaussian:1", "--noise", "0.01",
+                                            "--tile", "256"]))
+    assert "or smaller denoiser tiles: --tile 128" in err
     err = _one_line_error(capsys, cli.main(["denoise", str(small_png), str(small_png), "--sigma", "0.1", "--out",
                                             str(small_png.parent)]))
     assert "denoise ran out of memory on 2 images, the largest" in err

@@ -221,15 +221,17 @@ def test_noise_relative_loss_weighs_each_patch_by_its_noise_level(folders, tmp_p
     assert main(argv) == 2
 
 
-@pytest.mark.parametrize("model", ["averaged", "dncnn"])
+@pytest.mark.parametrize("model", ["averaged", "averaged-spline", "dncnn"])
 def test_a_wider_network_fine_tuned_from_weights_starts_from_their_function(folders, tmp_path, model):
+    model, _, activation = model.partition("-")
+    arch = dict(ARCH, activation=activation) if activation else ARCH
     base_config = _config(folders, tmp_path, steps=3)
-    base_config.model = model
+    base_config.model, base_config.architecture = model, arch
     base = Trainer(base_config, progress=False)
     base.run()
     path = base.export()
     wider_config = _config(folders, tmp_path / "wider", steps=3)
-    wider_config.model, wider_config.init, wider_config.architecture = model, str(path), dict(ARCH, width=10)
+    wider_config.model, wider_config.init, wider_config.architecture = model, str(path), dict(arch, width=10)
     wider = Trainer(wider_config, progress=False)
     x = torch.rand(2, 1, 16, 16)
     with torch.no_grad():
@@ -238,6 +240,8 @@ def test_a_wider_network_fine_tuned_from_weights_starts_from_their_function(fold
     assert change < 1e-3  # new entries of size 1% move the output by O(1e-4)
     new_weight = wider.model.state_dict()[[k for k in wider.model.state_dict() if k.endswith("weight")][1]][:, 6:]
     assert new_weight.abs().max() > 0  # new channels are not dead
+    if activation:  # a new channel's learned activation starts as a fresh one's (≈ leaky ReLU), not as a line
+        torch.testing.assert_close(wider.model.blocks[0].activation.slope_logits[:, 6:], torch.tensor([[-3.0], [3.0], [3.0]]).expand(3, 4))
     assert wider.run() == "finished"
     grown = ps.load_denoiser_file(wider.export())
     assert grown.config["width"] == 10

@@ -39,14 +39,16 @@ class Activation:
 
 
 class MonotoneSpline(nn.Module):
-    """σ_i(t) = s_i1·t + (s_i2 − s_i1)·relu(t) + (s_i3 − s_i2)·relu(t − g_i), learned per channel i.
+    """σ_i(t) = s_i1·min(t, 0) + s_i2·clamp(t, 0, g_i) + s_i3·max(t − g_i, 0), learned per channel i.
 
-    Continuous and piecewise linear, with slopes s_i1, s_i2, s_i3 = sigmoid(·) ∈ (0, 1) on (−∞, 0), [0, g_i) and
-    [g_i, ∞) (g_i = exp(·) > 0): each of its difference quotients lies between two of its slopes, so in [0, 1], the
-    condition the gradient-flow block (σ = γ' with γ convex, L_σ = 1) and the SLL layer (0 ≤ D ≤ I) put on σ. Three
-    pieces take the shapes a ReLU cannot (soft thresholds, clips): among component-wise 1-Lipschitz activations,
-    linear splines with three pieces are the most expressive (Neumayer et al. 2023; Ducotterd et al., JMLR 2024).
-    The first knot sits at 0 without loss: the layer's bias shifts it. Starts close to a leaky ReLU.
+    Continuous and piecewise linear, with slopes s_i1, s_i2, s_i3 = sigmoid(·) ∈ [0, 1] (in floating point) on
+    (−∞, 0), [0, g_i) and [g_i, ∞), g_i = exp(·) > 0: each difference quotient is a convex combination of the slopes,
+    so it lies in [0, 1], the condition the gradient-flow block (σ = γ' with γ convex, L_σ = 1) and the SLL layer
+    (0 ≤ D ≤ I) put on σ. Each piece's slope is a stored s_ij itself, and every operation is monotone under
+    rounding, so the computed σ_i is monotone too. Three pieces take shapes a ReLU cannot (soft thresholds,
+    clips); learned linear splines are what makes 1-Lipschitz networks expressive (Neumayer et al. 2023;
+    Ducotterd et al., JMLR 2024), here restricted to slopes in [0, 1]. σ_i(0) = 0, as for the fixed
+    activations; the layer's bias places the first knot anywhere. Starts close to a leaky ReLU.
     """
 
     name = "spline"
@@ -58,14 +60,14 @@ class MonotoneSpline(nn.Module):
         self.log_gap = nn.Parameter(torch.full((channels,), math.log(0.25)))
 
     def slopes(self) -> Tensor:
-        """[3, C]: the slopes of the three pieces, each in (0, 1)."""
+        """[3, C]: the slopes of the three pieces, each in [0, 1]."""
         return torch.sigmoid(self.slope_logits)
 
     def forward(self, t: Tensor) -> Tensor:
         shape = (1, -1) + (1,) * (t.dim() - 2)  # channels on dimension 1, whatever the memory format
         first, middle, last = (s.to(t.dtype).view(shape) for s in self.slopes())  # under autocast: stay in bf16
         gap = torch.exp(self.log_gap).to(t.dtype).view(shape)
-        return first * t + (middle - first) * F.relu(t) + (last - middle) * F.relu(t - gap)
+        return first * t.clamp(max=0) + middle * torch.minimum(t.clamp(min=0), gap) + last * (t - gap).clamp(min=0)
 
     def extra_repr(self) -> str:
         return f"channels={self.log_gap.numel()}"
