@@ -53,6 +53,8 @@ class MonotoneSpline(nn.Module):
 
     name = "spline"
     lipschitz = 1.0
+    #: its per-channel parameters: a widened network's new channels start from a fresh spline (training.growth)
+    PER_CHANNEL = ("slope_logits", "log_gap")
 
     def __init__(self, channels: int):
         super().__init__()

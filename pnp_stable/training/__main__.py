@@ -46,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="averaged only: the paper's gradient-flow block (norms from a power estimate, calibrated to "
                    "guaranteed bounds) or an SLL layer (θ-averaged by a closed-form per-channel scaling, nothing to calibrate)")
     p.add_argument("--integrator", choices=["euler", "heun", "rk4"], default="euler", help="block integrator (averaged only)")
-    p.add_argument("--activation", choices=sorted(ACTIVATIONS), default="leaky_relu",
-                   help="averaged only: σ of every block, monotone with slopes in [0, 1]; 'spline' learns one three-piece "
+    p.add_argument("--activation", choices=sorted(ACTIVATIONS), default=None,
+                   help="averaged only (default leaky_relu): σ of every block, monotone with slopes in [0, 1]; 'spline' learns one three-piece "
                    "linear spline per channel (soft thresholds, clips), which keeps the certificate")
     p.add_argument("--noise-adaptive", action="store_true",
                    help="learn a noise-level-dependent relaxation toward the identity (averaged only; keeps the certificate)")
@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.model == "averaged":
         architecture |= dict(integrator=args.integrator) | ({"noise_adaptive": True} if args.noise_adaptive else {})
         architecture |= ({"scales": args.scales} if args.scales else {}) | ({"block": "sll"} if args.block == "sll" else {})
-        architecture |= {"activation": args.activation} if args.activation != "leaky_relu" else {}
-    elif args.noise_adaptive or args.scales or args.block != "gradient-flow" or args.activation != "leaky_relu":
+        architecture |= {"activation": args.activation} if args.activation else {}
+    elif args.noise_adaptive or args.scales or args.block != "gradient-flow" or args.activation:
         print("error: --noise-adaptive, --scales, --block and --activation apply to the averaged model only", file=sys.stderr)
         return 2
     start = time.monotonic()

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..denoisers.layers import MonotoneSpline
+
 __all__ = ["GROWTH_SCALE", "embed", "fits", "grow_state"]
 
 GROWTH_SCALE = 0.01
@@ -22,10 +24,6 @@ GROWTH_SCALE = 0.01
 def fits(trained: torch.Size, shape: torch.Size) -> bool:
     """Whether a tensor of shape ``trained`` fits into one of ``shape`` (same dimensions, none larger)."""
     return len(trained) == len(shape) and all(t <= s for t, s in zip(trained, shape))
-
-
-#: per-channel parameters of a learned activation: new channels start from the model's own initial function
-FRESH_INITIALISATION = ("slope_logits", "log_gap")
 
 
 def embed(trained: Tensor, shape: torch.Size, noise: bool, generator: torch.Generator, scale: float = GROWTH_SCALE,
@@ -45,9 +43,9 @@ def embed(trained: Tensor, shape: torch.Size, noise: bool, generator: torch.Gene
 def grow_state(trained: dict[str, Tensor], own: dict[str, Tensor], seed: int = 0) -> dict[str, Tensor]:
     """The trained tensors, each embedded into the model's (possibly larger) tensor of the same name;
     convolution weights (names ending in ``weight`` with 4 dimensions) get small random new entries, learned
-    activations (:data:`FRESH_INITIALISATION`) the model's own."""
+    activations (``MonotoneSpline.PER_CHANNEL``) the model's own."""
     generator = torch.Generator().manual_seed(seed)
     return {name: tensor if tensor.shape == own[name].shape
             else embed(tensor, own[name].shape, name.endswith("weight") and tensor.ndim == 4, generator,
-                       base=own[name] if name.rsplit(".", 1)[-1] in FRESH_INITIALISATION else None)
+                       base=own[name] if name.rsplit(".", 1)[-1] in MonotoneSpline.PER_CHANNEL else None)
             for name, tensor in trained.items()}
