@@ -172,6 +172,45 @@ def test_fashion_mnist_loads_from_the_gzipped_files(tmp_path):
     assert fashion_mnist is load
 
 
+def test_concurrent_extractions_do_not_collide(tmp_path, monkeypatch):
+    """Two trainings started together both extract the IDX files into the same cache: each writes its own
+    temporary file, so neither truncates nor renames away the other's (the race that once killed one of them)."""
+    import gzip
+    import shutil
+    import threading
+
+    from pnp_stable.classification import data
+
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in data._FASHION_FILES:
+        with gzip.open(source / f"{name}.gz", "wb") as out:
+            out.write(name.encode() * 1000)
+    both_copying, copy = threading.Barrier(2, timeout=30), shutil.copyfileobj
+
+    def copy_when_both_copy(source_file, out):
+        both_copying.wait()
+        copy(source_file, out)
+
+    monkeypatch.setattr(data.shutil, "copyfileobj", copy_when_both_copy)
+    raw, errors = tmp_path / "cache", []
+
+    def extract():
+        try:
+            data._extract_idx_files(source, raw)
+        except Exception as error:  # collected and asserted empty below
+            errors.append(error)
+
+    threads = [threading.Thread(target=extract) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(path.name for path in raw.iterdir()) == sorted(data._FASHION_FILES)
+    assert all((raw / name).read_bytes() == name.encode() * 1000 for name in data._FASHION_FILES)
+
+
 def test_classify_command_prints_class_and_radius(trained, tmp_path, capsys):
     import numpy as np
     from PIL import Image

@@ -5,7 +5,9 @@ stand-in for tests. Images are float32 in [0, 1], [N, C, H, W]; labels int64."""
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,29 +26,38 @@ def _cache_dir() -> Path:
     return Path.home() / ".cache" / "pnp-stable"
 
 
+def _extract_idx_files(folder: Path, raw: Path) -> None:
+    """Copy (or gunzip) each missing IDX file from ``folder`` into ``raw``. Each copy goes to a temporary file of
+    its own, renamed when complete, so an interrupted copy is never reused and processes that extract at once (two
+    trainings started together) never write into, or rename, each other's file."""
+    for name in _FASHION_FILES:
+        target = raw / name
+        if target.is_file():
+            continue
+        plain, gzipped = folder / name, folder / f"{name}.gz"
+        if not (plain.is_file() or gzipped.is_file()):
+            raise ValueError(f"Fashion-MNIST file {name}(.gz) not found in {folder}; point to the folder that holds "
+                             f"the four IDX files ({', '.join(_FASHION_FILES)})")
+        raw.mkdir(parents=True, exist_ok=True)
+        descriptor, partial = tempfile.mkstemp(prefix=f"{name}.", suffix=".part", dir=raw)
+        try:
+            with (open(plain, "rb") if plain.is_file() else gzip.open(gzipped, "rb")) as source, \
+                    os.fdopen(descriptor, "wb") as out:
+                shutil.copyfileobj(source, out)
+            os.replace(partial, target)
+        except BaseException:
+            Path(partial).unlink(missing_ok=True)
+            raise
+
+
 def fashion_mnist(folder: str | Path, train: bool = True, cache: str | Path | None = None) -> TensorDataset:
     """Fashion-MNIST's training (60,000) or test (10,000) split from ``folder``, which holds the four IDX files,
     gzipped (as distributed) or not. Gzipped files are extracted once into ``cache``/FashionMNIST/raw
     (default ~/.cache/pnp-stable), where torchvision's ``FashionMNIST`` reads them."""
     from torchvision.datasets import FashionMNIST
 
-    folder = Path(folder)
     root = Path(cache) if cache is not None else _cache_dir()
-    raw = root / "FashionMNIST" / "raw"
-    for name in _FASHION_FILES:
-        target = raw / name
-        if target.is_file():
-            continue
-        if (folder / name).is_file() or (folder / f"{name}.gz").is_file():
-            raw.mkdir(parents=True, exist_ok=True)
-            partial = target.with_suffix(".part")  # renamed when complete: an interrupted copy is never reused
-            opener = open if (folder / name).is_file() else gzip.open
-            with opener(folder / (name if opener is open else f"{name}.gz"), "rb") as source, open(partial, "wb") as out:
-                shutil.copyfileobj(source, out)
-            partial.replace(target)
-        else:
-            raise ValueError(f"Fashion-MNIST file {name}(.gz) not found in {folder}; point to the folder that holds "
-                             f"the four IDX files ({', '.join(_FASHION_FILES)})")
+    _extract_idx_files(Path(folder), root / "FashionMNIST" / "raw")
     dataset = FashionMNIST(str(root), train=train, download=False)
     return TensorDataset(dataset.data[:, None].float() / 255.0, dataset.targets.long())
 
