@@ -11,6 +11,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from ._atomic import atomic_path
+
 
 def read_safetensors(path: str | Path, what: str, expected_format: str, tensors: bool = True
                      ) -> tuple[dict[str, str], dict[str, torch.Tensor] | None]:
@@ -54,14 +56,13 @@ def content_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -
 
 
 def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    """Write ``tensors`` with ``metadata`` plus its :func:`content_digest` (key 'sha256') atomically: a temporary file,
-    then a rename, so an interrupted write never leaves a truncated file under ``path``."""
+    """Write ``tensors`` with ``metadata`` plus its :func:`content_digest` (key 'sha256') through
+    :func:`~pnp_stable._atomic.atomic_path`, so an interrupted write never leaves a truncated file under ``path``."""
     metadata = {**metadata, "sha256": content_digest(tensors, metadata)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    with atomic_path(path) as partial:
+        save_file(tensors, str(partial), metadata=metadata)
     return path
 
 

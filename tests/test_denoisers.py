@@ -187,6 +187,25 @@ def test_baselines_certificates_are_honest():
     assert tv(torch.rand(1, 1, 16, 16), 0.1).shape == (1, 1, 16, 16)
 
 
+def test_an_interrupted_write_leaves_the_previous_file_and_no_partial_one(tmp_path, monkeypatch):
+    """Weights, checkpoints and extracted data share one write-then-rename (atomic_path): a write that fails midway
+    leaves the old file whole and removes its own temporary file."""
+    from pnp_stable import _safetensors
+
+    target = tmp_path / "w.safetensors"
+    _safetensors.write_safetensors(target, {"x": torch.ones(3)}, {"format": "test"})
+    before = target.read_bytes()
+
+    def fail_midway(tensors, filename, metadata):
+        Path(filename).write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(_safetensors, "save_file", fail_midway)
+    with pytest.raises(OSError, match="disk full"):
+        _safetensors.write_safetensors(target, {"x": torch.zeros(3)}, {"format": "test"})
+    assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+
+
 def test_safetensors_roundtrip(tmp_path):
     model = _briefly_trained(dict(width=6, depth=2), steps=3).eval()
     path = ps.save_denoiser(model, tmp_path / "m.safetensors", extra={"data": "tiny test set"})

@@ -5,14 +5,14 @@ stand-in for tests. Images are float32 in [0, 1], [N, C, H, W]; labels int64."""
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
+
+from .._atomic import atomic_path
 
 __all__ = ["DATASETS", "FASHION_MNIST_CLASSES", "augmented", "fashion_mnist", "cifar10", "synthetic", "load_dataset"]
 
@@ -27,9 +27,9 @@ def _cache_dir() -> Path:
 
 
 def _extract_idx_files(folder: Path, raw: Path) -> None:
-    """Copy (or gunzip) each missing IDX file from ``folder`` into ``raw``. Each copy goes to a temporary file of
-    its own, renamed when complete, so an interrupted copy is never reused and processes that extract at once (two
-    trainings started together) never write into, or rename, each other's file."""
+    """Copy (or gunzip) each missing IDX file from ``folder`` into ``raw``, each through :func:`atomic_path`: an
+    interrupted copy is never reused, and processes that extract at once (two trainings started together) never
+    write into, or rename, each other's file."""
     for name in _FASHION_FILES:
         target = raw / name
         if target.is_file():
@@ -39,15 +39,9 @@ def _extract_idx_files(folder: Path, raw: Path) -> None:
             raise ValueError(f"Fashion-MNIST file {name}(.gz) not found in {folder}; point to the folder that holds "
                              f"the four IDX files ({', '.join(_FASHION_FILES)})")
         raw.mkdir(parents=True, exist_ok=True)
-        descriptor, partial = tempfile.mkstemp(prefix=f"{name}.", suffix=".part", dir=raw)
-        try:
-            with (open(plain, "rb") if plain.is_file() else gzip.open(gzipped, "rb")) as source, \
-                    os.fdopen(descriptor, "wb") as out:
-                shutil.copyfileobj(source, out)
-            os.replace(partial, target)
-        except BaseException:
-            Path(partial).unlink(missing_ok=True)
-            raise
+        with atomic_path(target) as partial, open(partial, "wb") as out, \
+                (open(plain, "rb") if plain.is_file() else gzip.open(gzipped, "rb")) as source:
+            shutil.copyfileobj(source, out)
 
 
 def fashion_mnist(folder: str | Path, train: bool = True, cache: str | Path | None = None) -> TensorDataset:
