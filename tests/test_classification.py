@@ -328,3 +328,30 @@ def test_learned_spline_activations_keep_the_bound_and_round_trip(tmp_path, caps
             "--activation", "spline"]
     assert main(argv) == 2
     assert "activation" in capsys.readouterr().err
+
+
+def test_the_training_radius_ramps_from_zero_and_the_loss_uses_it(tmp_path, capsys):
+    from pnp_stable.classification.__main__ import main
+
+    data = synthetic(64, 1, 28)
+    config = ClassifierConfig(data="-", out=str(tmp_path / "r.safetensors"), architecture=dict(TINY), steps=8,
+                              batch=16, eps=0.4, eps_ramp=0.5)
+    ramped = ClassifierTrainer(config, progress=False, dataset=data)
+    radii = []
+    for step in range(8):
+        ramped.step = step
+        radii.append(ramped.training_radius())
+    assert radii == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.4, 0.4, 0.4])
+    ramped.step = 0
+    ramped.train_step()  # radius 0 at step 0: the same update as training at ε = 0
+    plain = ClassifierTrainer(ClassifierConfig(data="-", out=str(tmp_path / "p.safetensors"), architecture=dict(TINY),
+                                               steps=8, batch=16, eps=0.0), progress=False, dataset=data)
+    plain.train_step()
+    for name, tensor in plain.model.state_dict().items():
+        assert torch.equal(tensor, ramped.model.state_dict()[name]), name
+    ramped.train_step()  # radius 0.1 at step 1: no longer the ε = 0 update
+    plain.train_step()
+    assert not torch.equal(plain.model.head.weight, ramped.model.head.weight)
+    argv = ["--data", str(tmp_path), "--out", str(tmp_path / "m.safetensors"), "--eps-ramp", "1.5"]
+    assert main(argv) == 2
+    assert "eps_ramp" in capsys.readouterr().err

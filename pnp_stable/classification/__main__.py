@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=positive_int, default=128, help="images per step")
     p.add_argument("--lr", type=positive_float, default=2e-3, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--eps", type=nonnegative_float, default=0.5, help="training radius of the margin loss (ℓ2, pixels in [0, 1])")
+    p.add_argument("--eps-ramp", type=float, default=0.0, metavar="FRACTION",
+                   help="grow the training radius linearly from 0 to --eps over this fraction of the steps (0 to 1; "
+                   "default 0: --eps from the first step)")
     p.add_argument("--temperature", type=positive_float, default=8.0, help="scale of the shifted logits in the loss")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="arithmetic of the training forward")
     p.add_argument("--augment", action="store_true", help="random horizontal flips and shifts by up to 2 pixels")
@@ -65,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         config = ClassifierConfig(
             data=args.data, out=args.out, dataset=args.dataset, model=args.model,
             architecture=architecture, steps=args.steps, batch=args.batch, lr=args.lr,
-            eps=args.eps, temperature=args.temperature, seed=args.seed, calibrate_every=args.calibrate_every,
-            checkpoint_minutes=args.checkpoint_minutes, log_every=args.log_every, precision=args.precision,
-            download=args.download, augment=args.augment)
+            eps=args.eps, eps_ramp=args.eps_ramp, temperature=args.temperature, seed=args.seed,
+            calibrate_every=args.calibrate_every, checkpoint_minutes=args.checkpoint_minutes, log_every=args.log_every,
+            precision=args.precision, download=args.download, augment=args.augment)
         trainer = ClassifierTrainer(config, resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
         outcome = trainer.run()
         if outcome != "finished":

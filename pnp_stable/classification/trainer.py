@@ -46,6 +46,7 @@ class ClassifierConfig:
     batch: int = 128
     lr: float = 2e-3
     eps: float = 0.5
+    eps_ramp: float = 0.0
     temperature: float = 8.0
     seed: int = 0
     calibrate_every: int = 200
@@ -71,6 +72,9 @@ class ClassifierConfig:
         for name in ("steps", "batch", "calibrate_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if not 0 <= self.eps_ramp <= 1:
+            raise ValueError(f"eps_ramp is the fraction of the steps over which the training radius grows from 0 to eps: "
+                             f"it must lie in [0, 1], got {self.eps_ramp}")
         if not (self.eps >= 0 and self.temperature > 0 and self.lr > 0):
             raise ValueError(f"eps must be ≥ 0 and temperature, lr > 0; got {self.eps}, {self.temperature}, {self.lr}")
 
@@ -132,8 +136,15 @@ class ClassifierTrainer:
         """Make :meth:`run` write a checkpoint and return 'interrupted' after the current step."""
         self._stop_requested = True
 
+    def training_radius(self) -> float:
+        """ε of the margin loss at the current step: ``eps``·step/(``eps_ramp``·steps) during the first ``eps_ramp``
+        of the steps (a linear ramp from 0), ``eps`` after it."""
+        ramp = self.config.eps_ramp * self.config.steps
+        return self.config.eps * min(1.0, self.step / ramp) if ramp else self.config.eps
+
     def train_step(self) -> torch.Tensor:
-        """One Adam step on a batch drawn with replacement: margin loss at radius ``eps`` with the training-time K."""
+        """One Adam step on a batch drawn with replacement: margin loss at :meth:`training_radius` with the
+        training-time K."""
         if self.step % self.config.calibrate_every == 0:
             self.model.calibrate()
         index = torch.randint(len(self.images), (self.config.batch,), generator=self.generator)
@@ -142,7 +153,7 @@ class ClassifierTrainer:
             images = augmented(images, self.generator)
         with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=self.config.precision == "bf16"):
             logits = self.model(images)
-        loss = margin_loss(logits.float(), labels, self.model.training_pairwise_lipschitz(), self.config.eps,
+        loss = margin_loss(logits.float(), labels, self.model.training_pairwise_lipschitz(), self.training_radius(),
                            self.config.temperature)
         self.optimizer.zero_grad()
         loss.backward()
