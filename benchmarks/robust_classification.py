@@ -183,7 +183,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("PNP_STABLE_DATA", ROOT.parent / "shared" / "data")) / "fashion-mnist")
     parser.add_argument("--state", type=Path, default=ROOT / "training" / "classifiers", help="weights and checkpoints")
-    parser.add_argument("--steps", type=int, default=24000, help="training steps of each model")
+    parser.add_argument("--steps", type=int, default=35000, help="training steps of each model")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--pgd-images", type=int, default=500)
     parser.add_argument("--pgd-steps", type=int, default=10)
