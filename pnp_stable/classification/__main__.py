@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=positive_int, default=128, help="images per step")
     p.add_argument("--lr", type=positive_float, default=2e-3, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--eps", type=nonnegative_float, default=0.5, help="training radius of the margin loss (ℓ2, pixels in [0, 1])")
-    p.add_argument("--eps-ramp", type=float, default=0.0, metavar="FRACTION",
+    p.add_argument("--eps-ramp", type=nonnegative_float, default=0.0, metavar="FRACTION",
                    help="grow the training radius linearly from 0 to --eps over this fraction of the steps (0 to 1; "
                    "default 0: --eps from the first step)")
     p.add_argument("--temperature", type=positive_float, default=8.0, help="scale of the shifted logits in the loss")
