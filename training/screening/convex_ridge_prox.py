@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from pnp_stable.training.checkpoint import load_checkpoint, model_tensors, save_checkpoint  # noqa: E402
+from pnp_stable.training.checkpoint import load_checkpoint, model_tensors, sampler_state, save_checkpoint  # noqa: E402
 from pnp_stable.training.data import PatchSampler, load_folder  # noqa: E402
 from pnp_stable.training.trainer import validation_psnr  # noqa: E402
 
@@ -107,9 +107,9 @@ class ConvexRidgeProx(torch.nn.Module):
             x_next = z - (z - y + self.grad_r(z, w, s)) / lipschitz
             z = x_next + momentum * (x_next - x)
             x = x_next
-            if iteration % 10 == 0 and self.error_bound(x, y, w, s) <= self.tolerance:
+            if (iteration % 10 == 0 or iteration == max_iter) and (bound := self.error_bound(x, y, w, s)) <= self.tolerance:
                 break
-        return x, self.error_bound(x, y, w, s), iteration
+        return x, bound, iteration
 
     def error_bound(self, x, y, w, s) -> float:
         gradient = x - y + self.grad_r(x, w, s)
@@ -157,7 +157,6 @@ def main(argv=None) -> None:
     parser.add_argument("--sigma", type=float, default=25)
     parser.add_argument("--state", default=str(Path(__file__).resolve().parent / "convex-ridge-prox.ckpt"))
     args = parser.parse_args(argv)
-    torch.manual_seed(0)
     images = load_folder(args.data, 1)
     train, held_out = images[: -args.holdout], images[-args.holdout :][: args.val_images]
     sampler = PatchSampler(train, args.patch, args.batch, args.sigma / 255, seed=0)
@@ -173,7 +172,7 @@ def main(argv=None) -> None:
             raise ValueError(f"{args.state} was written with other options {stored}; use them or another --state")
         model.load_state_dict(model_tensors(tensors))
         optimizer.load_state_dict(meta["optimizer_state"])
-        sampler.generator.set_state(tensors["rng.sampler.0"])
+        sampler.generator.set_state(sampler_state(tensors, args.state, rank=0, world=1))
         step, history = meta["step"], meta["history"]
 
     def checkpoint(seconds: float) -> None:
