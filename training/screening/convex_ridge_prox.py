@@ -7,7 +7,8 @@ with w_c zero-mean k×k filters acting by circular convolution and ψ_c even and
 D is the proximal map of a convex function, hence firmly non-expansive (½-averaged) for every value of the weights:
 no norm bound enters its certificate. F is 1-strongly convex, so every iterate x of the inner solver satisfies
 ‖x − D(y)‖ ≤ ‖∇F(x)‖: the inner accuracy is certified by one gradient evaluation. The solver is Nesterov's method
-for a 1-strongly convex, (1 + L_R)-smooth F, L_R = ‖W‖²·max_c Σ_j s_cj with ‖W‖² computed exactly in Fourier.
+for a 1-strongly convex, (1 + L_R)-smooth F: ∇²R = Σ_c W_cᵀ diag(σ_c') W_c ⪯ Σ_c S_c W_cᵀW_c with S_c = Σ_j s_cj, whose
+norm is computed exactly in Fourier, L_R = max_ω Σ_c S_c |ŵ_c(ω)|².
 
 Training differentiates the exact minimiser implicitly: ∇F(x*) = 0 gives dx*/dθ = −(I + ∇²R(x*))⁻¹ ∂_θ∇R(x*), solved
 by conjugate gradients (∇²R(x*) = Wᵀ diag(σ'(Wx*)) W ⪰ 0). One thread, Train400 with its last ``--holdout`` images
@@ -92,8 +93,8 @@ class ConvexRidgeProx(torch.nn.Module):
         return self.apply_wt(d * self.apply_w(v, spec), spec)
 
     def smoothness(self, w: torch.Tensor, s: torch.Tensor, shape) -> float:
-        """L_R = ‖W‖²·max σ' on this grid: ‖W‖² exactly, the largest Σ_c |ŵ_c(ω)|² over frequencies ω."""
-        return float(self.spectrum(w, shape).abs().pow(2).sum(0).max()) * float(s.sum(1).max())
+        """L_R = ‖Σ_c S_c W_cᵀW_c‖ ≥ ‖∇²R‖ on this grid (S_c = sup σ_c' = Σ_j s_cj): max_ω Σ_c S_c |ŵ_c(ω)|²."""
+        return float((self.spectrum(w, shape).abs().pow(2) * s.sum(1)[:, None, None]).sum(0).max())
 
     @torch.no_grad()
     def solve(self, y: torch.Tensor, max_iter: int = 5000) -> tuple[torch.Tensor, float, int]:
@@ -155,6 +156,8 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--patch", type=int, default=40)
     parser.add_argument("--sigma", type=float, default=25)
+    parser.add_argument("--init", help="start from the weights of another state, its filters zero-padded to --kernel "
+                        "(the same map at step 0); fresh optimiser")
     parser.add_argument("--state", default=str(Path(__file__).resolve().parent / "convex-ridge-prox.ckpt"))
     args = parser.parse_args(argv)
     images = load_folder(args.data, 1)
@@ -167,13 +170,24 @@ def main(argv=None) -> None:
     step, history = 0, {"curve": [], "train_seconds": 0.0}
     if Path(args.state).is_file():
         tensors, meta = load_checkpoint(args.state)
-        stored = {key: value for key, value in meta["config"].items() if key not in EXECUTION_ONLY}
+        # states written before --init existed lack it
+        stored = {"init": None} | {key: value for key, value in meta["config"].items() if key not in EXECUTION_ONLY}
         if stored != config:
             raise ValueError(f"{args.state} was written with other options {stored}; use them or another --state")
         model.load_state_dict(model_tensors(tensors))
         optimizer.load_state_dict(meta["optimizer_state"])
         sampler.generator.set_state(sampler_state(tensors, args.state, rank=0, world=1))
         step, history = meta["step"], meta["history"]
+    elif args.init:
+        tensors, meta = load_checkpoint(args.init)
+        weight, theta = model_tensors(tensors)["weight"], model_tensors(tensors)["theta"]
+        pad = (args.kernel - weight.shape[-1]) // 2
+        if pad < 0 or weight.shape[-1] + 2 * pad != args.kernel or theta.shape != model.theta.shape:
+            raise ValueError(f"{args.init} holds {tuple(weight.shape)} filters; --kernel must exceed "
+                             f"{weight.shape[-1]} by an even number and --channels be {weight.shape[0]}")
+        centred = weight - weight.mean(dim=(2, 3), keepdim=True)  # what filters() made of it: padding keeps it
+        model.load_state_dict({"weight": F.pad(centred, (pad,) * 4), "theta": theta})
+        history["init"] = {"state": args.init, "step": meta["step"], "train_seconds": meta["history"]["train_seconds"]}
 
     def checkpoint(seconds: float) -> None:
         val = validation_psnr(model, held_out, args.sigma / 255)
