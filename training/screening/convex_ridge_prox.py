@@ -37,8 +37,9 @@ from pnp_stable.training.data import PatchSampler, load_folder  # noqa: E402
 from pnp_stable.training.trainer import validation_psnr  # noqa: E402
 
 HUBER_KNOTS = [0.005 * 2**j for j in range(6)] + [math.inf]
-#: Options that change how a run is executed or validated, not what it trains: a resume may change them.
-EXECUTION_ONLY = ("minutes", "validate_minutes", "state", "data", "val_images")
+#: Options that change how a run is executed or validated, not what it trains: a resume may change them (``init``
+#: only acts on a fresh state, and the history records it).
+EXECUTION_ONLY = ("minutes", "validate_minutes", "state", "data", "val_images", "init")
 
 
 class ConvexRidgeProx(torch.nn.Module):
@@ -170,8 +171,7 @@ def main(argv=None) -> None:
     step, history = 0, {"curve": [], "train_seconds": 0.0}
     if Path(args.state).is_file():
         tensors, meta = load_checkpoint(args.state)
-        # states written before --init existed lack it
-        stored = {"init": None} | {key: value for key, value in meta["config"].items() if key not in EXECUTION_ONLY}
+        stored = {key: value for key, value in meta["config"].items() if key not in EXECUTION_ONLY}
         if stored != config:
             raise ValueError(f"{args.state} was written with other options {stored}; use them or another --state")
         model.load_state_dict(model_tensors(tensors))
