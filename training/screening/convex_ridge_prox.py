@@ -180,11 +180,11 @@ def main(argv=None) -> None:
         step, history = meta["step"], meta["history"]
     elif args.init:
         tensors, meta = load_checkpoint(args.init)
-        weight, theta = model_tensors(tensors)["weight"], model_tensors(tensors)["theta"]
+        weight, theta = (model_tensors(tensors)[name] for name in ("weight", "theta"))
         pad = (args.kernel - weight.shape[-1]) // 2
         if pad < 0 or weight.shape[-1] + 2 * pad != args.kernel or theta.shape != model.theta.shape:
-            raise ValueError(f"{args.init} holds {tuple(weight.shape)} filters; --kernel must exceed "
-                             f"{weight.shape[-1]} by an even number and --channels be {weight.shape[0]}")
+            raise ValueError(f"{args.init} holds {tuple(weight.shape)} filters; --kernel must be {weight.shape[-1]} "
+                             f"plus an even number ≥ 0 and --channels {weight.shape[0]}")
         centred = weight - weight.mean(dim=(2, 3), keepdim=True)  # what filters() made of it: padding keeps it
         model.load_state_dict({"weight": F.pad(centred, (pad,) * 4), "theta": theta})
         history["init"] = {"state": args.init, "step": meta["step"], "train_seconds": meta["history"]["train_seconds"]}
