@@ -40,6 +40,15 @@ def load_folder(folder: str | Path, channels: int) -> list[Tensor]:
     return images
 
 
+def split_holdout(images: list[Tensor], holdout: int) -> tuple[list[Tensor], list[Tensor]]:
+    """(training images, held-out images): the last ``holdout`` images are held out (none for 0)."""
+    if holdout < 0:
+        raise ValueError(f"holdout must be ≥ 0, got {holdout}")
+    if holdout and holdout >= len(images):
+        raise ValueError(f"holdout {holdout} leaves no training image (the data has {len(images)})")
+    return (images[:-holdout], images[-holdout:]) if holdout else (images, [])
+
+
 class PatchSampler:
     """Batches of (noisy, clean, sigma): random ``patch``×``patch`` crops, random flips and 90° rotations,
     noise σ fixed or uniform in [σ_min, σ_max]. All randomness comes from one seeded generator; under torchrun

@@ -24,7 +24,7 @@ from ..denoisers.baselines import DnCNNBaseline
 from ..denoisers.serialization import read_denoiser_tensors, save_denoiser
 from ..metrics import psnr
 from .checkpoint import load_checkpoint, model_tensors, sampler_state, save_checkpoint
-from .data import PatchSampler, load_folder
+from .data import PatchSampler, load_folder, split_holdout
 from .growth import fits, grow_state
 
 __all__ = ["LOSSES", "MODELS", "PRECISIONS", "TrainConfig", "Trainer", "TrainingDiverged", "denoising_loss", "validation_psnr"]
@@ -141,11 +141,7 @@ class Trainer:
             self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=0.9)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=config.lr, total_steps=config.steps)
         images = [im for folder in config.data for im in load_folder(folder, config.channels)]
-        held_out = []
-        if config.holdout:
-            if config.holdout >= len(images):
-                raise ValueError(f"holdout {config.holdout} leaves no training image (the data has {len(images)})")
-            images, held_out = images[: -config.holdout], images[-config.holdout :]
+        images, held_out = split_holdout(images, config.holdout)
         sigma = tuple(config.sigma) if isinstance(config.sigma, (list, tuple)) else config.sigma
         self.sampler = PatchSampler(images, config.patch, config.batch, sigma, seed=config.seed + 1000 * self.rank)
         if config.val:

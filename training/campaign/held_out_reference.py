@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pnp_stable import load_denoiser  # noqa: E402
 from pnp_stable.denoisers import BM3DDenoiser  # noqa: E402
-from pnp_stable.training.data import load_folder  # noqa: E402
+from pnp_stable.training.data import load_folder, split_holdout  # noqa: E402
 from pnp_stable.training.trainer import validation_psnr  # noqa: E402
 
 
@@ -34,7 +34,7 @@ def main(argv=None) -> None:
     parser.add_argument("--sigmas", type=float, nargs="+", default=[25.0], help="noise levels ×255")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    images = load_folder(args.data, args.channels)[-args.holdout :][: args.val_images]
+    images = split_holdout(load_folder(args.data, args.channels), args.holdout)[1][: args.val_images]
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     for name in args.models:
         model = BM3DDenoiser() if name == "bm3d" else load_denoiser(name)

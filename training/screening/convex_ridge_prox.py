@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pnp_stable.training.checkpoint import load_checkpoint, model_tensors, sampler_state, save_checkpoint  # noqa: E402
-from pnp_stable.training.data import PatchSampler, load_folder  # noqa: E402
+from pnp_stable.training.data import PatchSampler, load_folder, split_holdout  # noqa: E402
 from pnp_stable.training.trainer import validation_psnr  # noqa: E402
 
 HUBER_KNOTS = [0.005 * 2**j for j in range(6)] + [math.inf]
@@ -78,43 +78,41 @@ class ConvexRidgeProx(torch.nn.Module):
         """σ_c(t) = Σ_j s_cj clamp(t, −τ_j, τ_j)."""
         return sum(s[None, :, j, None, None] * t.clamp(-tau, tau) for j, tau in enumerate(HUBER_KNOTS))
 
-    def grad_r(self, x: torch.Tensor, w: torch.Tensor | None = None, s: torch.Tensor | None = None) -> torch.Tensor:
-        w = self.filters() if w is None else w
-        s = self.slopes() if s is None else s
-        spec = self.spectrum(w, x.shape[-2:])
+    def grad_r(self, x: torch.Tensor, spec: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """∇R(x) = Wᵀσ(Wx), with ``spec`` = :meth:`spectrum` of the filters on x's grid and ``s`` the slopes."""
         return self.apply_wt(self.activation(self.apply_w(x, spec), s), spec)
 
-    def curvature(self, x: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    def curvature(self, x: torch.Tensor, spec: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """σ'(Wx) per channel and pixel, the diagonal of ∇²R(x) = Wᵀ diag(σ') W."""
-        magnitude = self.apply_w(x, self.spectrum(w, x.shape[-2:])).abs()
+        magnitude = self.apply_w(x, spec).abs()
         return sum(s[None, :, j, None, None] * (magnitude < tau).to(magnitude) for j, tau in enumerate(HUBER_KNOTS))
 
-    def hessian_vector(self, d: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        spec = self.spectrum(w, v.shape[-2:])
+    def hessian_vector(self, d: torch.Tensor, v: torch.Tensor, spec: torch.Tensor) -> torch.Tensor:
         return self.apply_wt(d * self.apply_w(v, spec), spec)
 
-    def smoothness(self, w: torch.Tensor, s: torch.Tensor, shape) -> float:
+    @staticmethod
+    def smoothness(spec: torch.Tensor, s: torch.Tensor) -> float:
         """L_R = ‖Σ_c S_c W_cᵀW_c‖ ≥ ‖∇²R‖ on this grid (S_c = sup σ_c' = Σ_j s_cj): max_ω Σ_c S_c |ŵ_c(ω)|²."""
-        return float((self.spectrum(w, shape).abs().pow(2) * s.sum(1)[:, None, None]).sum(0).max())
+        return float((spec.abs().pow(2) * s.sum(1)[:, None, None]).sum(0).max())
 
     @torch.no_grad()
     def solve(self, y: torch.Tensor, max_iter: int = 5000) -> tuple[torch.Tensor, float, int]:
         """Nesterov's method for the 1-strongly convex F; returns x, the certified bound max_b RMS(∇F(x_b)) ≥
         RMS(x_b − D(y_b)), and the iterations used."""
-        w, s = self.filters(), self.slopes()
-        lipschitz = 1 + self.smoothness(w, s, y.shape[-2:])
+        spec, s = self.spectrum(self.filters(), y.shape[-2:]), self.slopes()
+        lipschitz = 1 + self.smoothness(spec, s)
         momentum = (1 - math.sqrt(1 / lipschitz)) / (1 + math.sqrt(1 / lipschitz))
         x, z = y.clone(), y.clone()
         for iteration in range(1, max_iter + 1):
-            x_next = z - (z - y + self.grad_r(z, w, s)) / lipschitz
+            x_next = z - (z - y + self.grad_r(z, spec, s)) / lipschitz
             z = x_next + momentum * (x_next - x)
             x = x_next
-            if (iteration % 10 == 0 or iteration == max_iter) and (bound := self.error_bound(x, y, w, s)) <= self.tolerance:
+            if (iteration % 10 == 0 or iteration == max_iter) and (bound := self.error_bound(x, y, spec, s)) <= self.tolerance:
                 break
         return x, bound, iteration
 
-    def error_bound(self, x, y, w, s) -> float:
-        gradient = x - y + self.grad_r(x, w, s)
+    def error_bound(self, x, y, spec, s) -> float:
+        gradient = x - y + self.grad_r(x, spec, s)
         return float((gradient.flatten(1).norm(dim=1) / math.sqrt(y[0].numel())).max())
 
     def forward(self, y: torch.Tensor, sigma=None) -> torch.Tensor:
@@ -128,19 +126,19 @@ def implicit_step(model: ConvexRidgeProx, noisy: torch.Tensor, clean: torch.Tens
     inner iterations."""
     x, _, iterations = model.solve(noisy)
     loss_grad = 2 * (x - clean) / x.numel()
-    w, s = model.filters().detach(), model.slopes().detach()
-    d = model.curvature(x, w, s)
+    spec = model.spectrum(model.filters().detach(), x.shape[-2:])
+    d = model.curvature(x, spec, model.slopes().detach())
     v, r = torch.zeros_like(loss_grad), loss_grad.clone()
     p, rs = r.clone(), (r * r).sum()
     for _ in range(cg_iters):  # (I + ∇²R(x*)) v = ∂loss/∂x*
-        a_p = p + model.hessian_vector(d, p, w)
+        a_p = p + model.hessian_vector(d, p, spec)
         step = rs / (p * a_p).sum()
         v, r = v + step * p, r - step * a_p
         rs_next = (r * r).sum()
         if rs_next.sqrt() < 1e-2 * loss_grad.norm():
             break
         p, rs = r + rs_next / rs * p, rs_next
-    (-(v * model.grad_r(x)).sum()).backward()
+    (-(v * model.grad_r(x, model.spectrum(model.filters(), x.shape[-2:]), model.slopes())).sum()).backward()
     return float((x - clean).pow(2).mean()), iterations
 
 
@@ -161,8 +159,8 @@ def main(argv=None) -> None:
                         "(the same map at step 0); fresh optimiser")
     parser.add_argument("--state", default=str(Path(__file__).resolve().parent / "convex-ridge-prox.ckpt"))
     args = parser.parse_args(argv)
-    images = load_folder(args.data, 1)
-    train, held_out = images[: -args.holdout], images[-args.holdout :][: args.val_images]
+    train, held_out = split_holdout(load_folder(args.data, 1), args.holdout)
+    held_out = held_out[: args.val_images]
     sampler = PatchSampler(train, args.patch, args.batch, args.sigma / 255, seed=0)
     model = ConvexRidgeProx(args.channels, args.kernel)
     optimizer = torch.optim.Adam([{"params": [model.weight], "lr": args.lr}, {"params": [model.theta], "lr": 5 * args.lr}])
