@@ -256,7 +256,8 @@ def test_bm3d_baseline_denoises_without_certificate():
 
 def test_zoo_lists_and_loads_shipped_models_offline():
     rows = ps.list_denoisers()
-    assert {"averaged-gray", "averaged-sll-gray", "averaged-color", "averaged-lownoise-color", "dncnn-gray", "dncnn-color",
+    assert {"averaged-gray", "averaged-sll-gray", "averaged-color", "averaged-lownoise-color", "averaged-sll-color",
+            "averaged-sll-lownoise-color", "dncnn-gray", "dncnn-color",
             "dncnn-lownoise-color"} <= {row["name"] for row in rows}
     for row in rows:
         assert row["format"] == "pnp-stable-denoiser/1" and "certificate" in row and "training" in row
@@ -346,7 +347,7 @@ def test_the_digest_covers_the_metadata_and_edited_bounds_are_caught(tmp_path, m
     ("config", '[1, 2]', "must be a JSON object"),
     ("config", '{"width": "wide"}', "is not a valid AveragedDenoiser configuration"),
     ("config", None, "is missing"),
-    ("class", "UNet", "expected one of AveragedDenoiser, DnCNNBaseline"),
+    ("class", "UNet", "expected one of AveragedDenoiser, ConvexRidgeDenoiser, DnCNNBaseline"),
     ("certificate", "3.0", "is invalid"),
     ("sha256", None, "is missing"),
 ], ids=lambda v: str(v))

@@ -1,6 +1,7 @@
 """Denoisers: certified averaged networks, their layers and checks, and baselines."""
 
 from .averaged import AveragedDenoiser, RelaxedDenoiser, certificate_of
+from .convex_ridge import ConvexRidgeDenoiser
 from .baselines import BM3DDenoiser, DnCNNBaseline, SpectralResNet, TVDenoiser, parameter_count
 from .blocks import NonexpansiveBlock
 from .guided import GuidedDenoiser, LinearisedBM3D, SymmetricKernelFilter
@@ -17,6 +18,7 @@ __all__ = [
     "AveragedDenoiser",
     "BM3DDenoiser",
     "CertifiedConv",
+    "ConvexRidgeDenoiser",
     "DnCNNBaseline",
     "GuidedDenoiser",
     "LinearisedBM3D",

@@ -3,8 +3,9 @@ certified networks) per-layer norm bounds in the metadata. Loading never unpickl
 whole content (every tensor and every metadata entry) catches any accidental change; since anyone can recompute
 it, the stored bounds are trusted as they are only in the package's own ``weights/`` folder, and every other file
 has them recomputed on loading (``verify``). Files written before the digest covered the metadata (digest of the
-tensors only) still load, always verified. Two classes are stored: :class:`AveragedDenoiser` and the
-unconstrained :class:`DnCNNBaseline`."""
+tensors only) still load, always verified. Three classes are stored: :class:`AveragedDenoiser`,
+:class:`ConvexRidgeDenoiser` (certified without norm bounds: it is a proximal map) and the unconstrained
+:class:`DnCNNBaseline`."""
 
 from __future__ import annotations
 
@@ -13,25 +14,28 @@ import math
 from pathlib import Path
 
 import torch
+from deepinv.models import Denoiser
+
 from .._finite import check_finite_model, check_finite_tensors
 from .._safetensors import ShippedFolder, content_digest, metadata_json, read_safetensors, tensor_digest, write_safetensors
 from ..theory import Certificate
 from .averaged import AveragedDenoiser
 from .baselines import DnCNNBaseline
+from .convex_ridge import ConvexRidgeDenoiser
 from .spectral import conv_norm_upper_bound
 
 __all__ = ["save_denoiser", "load_denoiser_file", "read_denoiser_tensors"]
 
 FORMAT = "pnp-stable-denoiser/1"
 SHIPPED = ShippedFolder(Path(__file__).parent / "weights", "denoiser")
-STORABLE = {cls.__name__: cls for cls in (AveragedDenoiser, DnCNNBaseline)}
+STORABLE = {cls.__name__: cls for cls in (AveragedDenoiser, ConvexRidgeDenoiser, DnCNNBaseline)}
 
 
 def _norm_bounds(model) -> list[float]:
     return [conv.weight_norm_bound() for conv in model.bounded_convs()] if isinstance(model, AveragedDenoiser) else []
 
 
-def save_denoiser(model: AveragedDenoiser | DnCNNBaseline, path: str | Path, extra: dict[str, str] | None = None) -> Path:
+def save_denoiser(model: Denoiser, path: str | Path, extra: dict[str, str] | None = None) -> Path:
     """Write weights, config, certificate (computed now from guaranteed bounds), ``extra`` metadata and the content
     digest, atomically (an interrupted write leaves no truncated file)."""
     if type(model).__name__ not in STORABLE:
@@ -93,7 +97,7 @@ def _json_entry(metadata: dict[str, str], key: str, path: str | Path):
     return metadata_json(metadata, key, path, "save_denoiser")
 
 
-def _build_model(metadata: dict[str, str], path: str | Path) -> AveragedDenoiser | DnCNNBaseline:
+def _build_model(metadata: dict[str, str], path: str | Path) -> Denoiser:
     """An untrained model of the stored class (metadata 'class', one of :data:`STORABLE`) built from the
     stored architecture (metadata 'config', a JSON object of constructor arguments)."""
     name = metadata.get("class", "AveragedDenoiser")
@@ -132,7 +136,7 @@ def _stored_certificate(metadata: dict[str, str], path: str | Path) -> Certifica
         raise ValueError(f"{path}: metadata 'certificate' is invalid ({err})") from err
 
 
-def load_denoiser_file(path: str | Path, verify: bool | None = None) -> AveragedDenoiser | DnCNNBaseline:
+def load_denoiser_file(path: str | Path, verify: bool | None = None) -> Denoiser:
     """Build the denoiser stored in ``path`` (eval mode) and restore its certified norm bounds.
 
     ``verify`` recomputes every per-layer bound and refuses a stored bound below the recomputed one (to within 1e-6

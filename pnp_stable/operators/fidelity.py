@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from deepinv.optim.linear import conjugate_gradient
 
+from .._accuracy import AccuracyRecord
 from .._validation import check_noise_level
 from .norms import OperatorNorm, _check_linear, adjoint_test, operator_norm
 
@@ -162,7 +163,7 @@ def _adjoint_image(op, y: Tensor) -> Tensor:
     return image
 
 
-class ProxAccuracy:
+class ProxAccuracy(AccuracyRecord):
     """Worst relative normal-equation residual ‖rhs − (I + γAᵀA)u‖/‖rhs‖ of the CG proxes so far (shared by
     a fidelity and its subsets). The prox's error is at most that residual times ‖rhs‖; it is ``accurate``
     while every call stayed within ``ACCURACY_FACTOR``·cg_tol (float32 rounding keeps the true residual a
@@ -171,15 +172,4 @@ class ProxAccuracy:
     ACCURACY_FACTOR = 10.0
 
     def __init__(self, cg_tol: float):
-        self.tolerance = self.ACCURACY_FACTOR * cg_tol
-        self.worst = 0.0
-        self.calls = 0
-
-    def record(self, relative_residual: float) -> None:
-        self.calls += 1
-        if not relative_residual <= self.worst:  # NaN counts as worst
-            self.worst = relative_residual
-
-    @property
-    def accurate(self) -> bool:
-        return self.worst <= self.tolerance
+        super().__init__(self.ACCURACY_FACTOR * cg_tol)

@@ -1,0 +1,22 @@
+"""The worst error bound of an iterative solver's calls so far (a CG prox of the data term, an inner prox solver)."""
+
+from __future__ import annotations
+
+
+class AccuracyRecord:
+    """Keeps the largest error bound recorded and the number of calls; ``accurate`` while every call met
+    ``tolerance`` (a NaN bound counts as the worst)."""
+
+    def __init__(self, tolerance: float):
+        self.tolerance = float(tolerance)
+        self.worst = 0.0
+        self.calls = 0
+
+    def record(self, bound: float) -> None:
+        self.calls += 1
+        if not bound <= self.worst:
+            self.worst = bound
+
+    @property
+    def accurate(self) -> bool:
+        return self.worst <= self.tolerance

@@ -1,0 +1,274 @@
+"""The exact proximal map of a learned convex ridge regulariser: a denoiser certified firmly non-expansive for every
+value of its weights, with no norm bound in its certificate.
+
+    R(x) = Σ_c Σ_p ψ_c((w_c ⊛ Ex)_p),    D_σ(y) = argmin_x F(x),  F(x) = ½‖x − y‖² + (λ/μ) R(μx),
+
+with w_c zero-mean k×k filters (convolution, 'valid' on the boundary extension Ex: reflect or circular), ψ_c even and
+convex with ψ_c' = σ_c, σ_c(t) = Σ_j s_cj clamp(t, −τ_j, τ_j), s_cj ≥ 0 (a sum of Huber penalties, the last knot ∞:
+a quadratic term), and λ = λ(σ) ≥ 0, μ = μ(σ) > 0 interpolated from learned values at the knots ``sigma_knots``
+(λ(0) = 0: D_0 = I). (λ/μ)R(μ·) is convex for every such λ, μ (Goujon et al. 2023's CRR-NN family), so D_σ is the
+proximal map of a convex function: firmly non-expansive (½-averaged) at every σ.
+
+The computed output is certified too: F is 1-strongly convex, so every x satisfies ‖x − D_σ(y)‖ ≤ ‖∇F(x)‖. The
+solver (Nesterov's method for the 1-strongly convex, (1 + λμL_R)-smooth F, warm-started from the previous call)
+stops once that bound, evaluated in float64, is ≤ ``tolerance`` RMS per image; :attr:`accuracy` keeps the worst
+bound of all calls, and :attr:`certificate` is guaranteed only while every call met the tolerance. The smoothness
+bound: ∇²R(x) = Eᵀ Σ_c W_cᵀ diag(σ_c') W_c E ⪯ Σ_c S_c EᵀW_cᵀW_cE with S_c = sup σ_c' = Σ_j s_cj; circular: W_cE is
+circular convolution, exact norm max_ω Σ_c S_c |ŵ_c(ω)|² on the image's grid; reflect: W_c is a restriction of the
+circular convolution on the padded grid (norm ≤ the same max there) and ‖E‖² ≤ 4 (a pixel appears at most twice
+per axis); it only sets the step (:meth:`smoothness`), the certificate never uses it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import deepinv as dinv
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._accuracy import AccuracyRecord
+from .._validation import check_image
+from ..theory import Certificate
+from ._cache import TensorKeyedCache
+
+__all__ = ["BOUNDARIES", "HUBER_KNOTS", "ConvexRidgeDenoiser", "RidgeFilters"]
+
+HUBER_KNOTS = tuple(0.005 * 2**j for j in range(6)) + (math.inf,)  # τ_j of σ_c = Σ_j s_cj clamp(t, −τ_j, τ_j)
+BOUNDARIES = ("reflect", "circular")
+
+
+class RidgeFilters:
+    """The linear map W E for images of one shape [..., H, W]: E the boundary extension (reflect: by the filters'
+    reach r = k // 2, through an index map; circular: none), W the convolutions w_c ⊛ · as circular convolutions
+    on E's grid by FFT, cropped to the image's grid (with reflect, no window wraps: 'valid' convolution).
+    :meth:`adjoint` is its exact transpose: zero-embedding (crop's adjoint), the conjugate spectrum summed over
+    the filters, and Eᵀ (each extended pixel's value added back to the pixel it copies)."""
+
+    def __init__(self, filters: Tensor, shape, boundary: str):
+        kernel = filters.shape[-1]
+        self.height, self.width = shape[-2:]
+        self.reach = kernel // 2 if boundary == "reflect" else 0
+        self.grid = (self.height + 2 * self.reach, self.width + 2 * self.reach)
+        padded = F.pad(filters[:, 0], (0, self.grid[1] - kernel, 0, self.grid[0] - kernel))
+        self.spectrum = torch.fft.rfft2(torch.roll(padded, (-(kernel // 2), -(kernel // 2)), (-2, -1)))  # centred
+        self.index = None
+        if self.reach:
+            pixels = torch.arange(self.height * self.width, dtype=torch.float64).view(1, 1, self.height, self.width)
+            self.index = F.pad(pixels, (self.reach,) * 4, mode="reflect").long().flatten().to(filters.device)
+
+    def _extend(self, x: Tensor) -> Tensor:
+        return x if self.index is None else x.flatten(-2)[..., self.index].unflatten(-1, self.grid)
+
+    def _extend_adjoint(self, p: Tensor) -> Tensor:
+        if self.index is None:
+            return p
+        flat = p.new_zeros(*p.shape[:-2], self.height * self.width).index_add(-1, self.index, p.flatten(-2))
+        return flat.unflatten(-1, (self.height, self.width))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """[N, 1, H, W] → [N, c, H, W]."""
+        full = torch.fft.irfft2(torch.fft.rfft2(self._extend(x)) * self.spectrum, s=self.grid)
+        return full[..., self.reach : self.reach + self.height, self.reach : self.reach + self.width]
+
+    def adjoint(self, t: Tensor) -> Tensor:
+        """[N, c, H, W] → [N, 1, H, W]."""
+        spectrum = torch.fft.rfft2(F.pad(t, (self.reach,) * 4)) * self.spectrum.conj()
+        return self._extend_adjoint(torch.fft.irfft2(spectrum.sum(1, keepdim=True), s=self.grid))
+
+
+class _ProxJacobian(torch.autograd.Function):
+    """Passes x = D(y) through, and back-propagates with the Jacobian (I + ∇²((λ/μ)R(μ·))(x))⁻¹ (symmetric)."""
+
+    @staticmethod
+    def forward(ctx, y, x, model, strength, scale):
+        ctx.save_for_backward(x, strength, scale)
+        ctx.model = model
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, strength, scale = ctx.saved_tensors
+        return ctx.model.inverse_hessian(x, grad, strength, scale), None, None, None, None
+
+
+class ConvexRidgeDenoiser(dinv.models.Denoiser):
+    """D_σ(y) = prox of (λ(σ)/μ(σ))·R(μ(σ)·) (module docstring), applied to each colour channel separately.
+
+    ``filters`` ridge directions of ``kernel``×``kernel``; ``sigma_knots`` the noise levels (> 0, increasing) at which
+    λ and μ are learned (linear in σ between knots, λ → 0 at σ = 0; σ above the last knot is refused);
+    ``boundary`` 'reflect' or 'circular'; ``tolerance`` the certified RMS error of every call; ``max_iter`` the
+    solver's cap (a call that reaches it without meeting the tolerance voids :attr:`certificate`).
+    """
+
+    def __init__(self, channels: int = 1, filters: int = 64, kernel: int = 9, sigma_knots=(25 / 255,),
+                 boundary: str = "reflect", tolerance: float = 1e-5, max_iter: int = 3000, seed: int = 0):
+        super().__init__()
+        if boundary not in BOUNDARIES:
+            raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
+        knots = torch.as_tensor(sigma_knots, dtype=torch.float32).flatten()
+        if knots.numel() == 0 or not bool((knots > 0).all()) or not bool((knots.diff() > 0).all()):
+            raise ValueError(f"sigma_knots must be positive and increasing, got {knots.tolist()}")
+        if kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd (a centred filter), got {kernel}")
+        self.channels, self.boundary, self.max_iter = channels, boundary, int(max_iter)
+        self.config = dict(channels=channels, filters=filters, kernel=kernel, sigma_knots=knots.tolist(),
+                           boundary=boundary, tolerance=float(tolerance), max_iter=int(max_iter))
+        w = torch.randn(filters, 1, kernel, kernel, generator=torch.Generator().manual_seed(seed))
+        self.weight = nn.Parameter(w / w.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * 0.3)
+        self.theta = nn.Parameter(torch.full((filters, len(HUBER_KNOTS)), -3.0))
+        self.register_buffer("sigma_knots", knots)
+        self.log_strength = nn.Parameter(torch.zeros(knots.numel()))  # log λ at the knots
+        self.log_scale = nn.Parameter(torch.zeros(knots.numel()))  # log μ at the knots
+        self.accuracy = AccuracyRecord(tolerance)  # the certified RMS error bounds of the calls
+        self._smoothness = TensorKeyedCache()
+        self._warm: Tensor | None = None  # the last output: the next call of that shape starts from it
+
+    # --- the regulariser -------------------------------------------------------------------------------------------
+    def filters(self) -> Tensor:
+        """The zero-mean filters w_c (constants are not penalised)."""
+        return self.weight - self.weight.mean(dim=(2, 3), keepdim=True)
+
+    def slopes(self) -> Tensor:
+        """s_cj ≥ 0."""
+        return F.softplus(self.theta)
+
+    def strength_and_scale(self, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """λ(σ), μ(σ) per image ([B] each): linear interpolation of the knot values, λ linear from 0 at σ = 0."""
+        top = float(self.sigma_knots[-1])
+        if not bool((sigma <= top * (1 + 1e-6)).all()):
+            raise ValueError(f"noise level {float(sigma.max()):.6g} is above this denoiser's calibrated range "
+                             f"(σ ≤ {top:.6g}); use a model calibrated for it")
+        knots = torch.cat([self.sigma_knots.new_zeros(1), self.sigma_knots])
+        strength = torch.cat([self.log_strength.new_zeros(1), self.log_strength.exp()])
+        scale_exp = self.log_scale.exp()
+        scale = torch.cat([scale_exp[:1], scale_exp])
+        index = torch.searchsorted(knots, sigma.clamp(max=top).contiguous(), right=True).clamp(1, knots.numel() - 1)
+        low, high = knots[index - 1], knots[index]
+        weight = (sigma - low) / (high - low)
+        return (torch.lerp(strength[index - 1], strength[index], weight),
+                torch.lerp(scale[index - 1], scale[index], weight))
+
+    def activation(self, t: Tensor, slopes: Tensor) -> Tensor:
+        """σ_c(t) = Σ_j s_cj clamp(t, −τ_j, τ_j) on [N, c, H, W]."""
+        return sum(slopes[None, :, j, None, None] * t.clamp(-tau, tau) for j, tau in enumerate(HUBER_KNOTS))
+
+    def operator(self, shape, filters: Tensor | None = None) -> RidgeFilters:
+        """W E on images of ``shape`` with ``filters`` (default :meth:`filters`, differentiable)."""
+        return RidgeFilters(self.filters() if filters is None else filters, shape, self.boundary)
+
+    def gradient(self, x: Tensor, operator: RidgeFilters, slopes: Tensor, strength: Tensor, scale: Tensor) -> Tensor:
+        """∇ of (λ/μ)R(μx) = λ (WE)ᵀ σ(μ WEx); λ, μ broadcast as [N, 1, 1, 1]."""
+        return strength * operator.adjoint(self.activation(scale * operator(x), slopes))
+
+    def smoothness(self, shape) -> float:
+        """The step's smoothness constant L_R of R on images of ``shape``, cached while the weights are unchanged.
+        Circular: ‖∇²R‖ ≤ max_ω Σ_c S_c |ŵ_c(ω)|², exact on the image's grid. Reflect: the guaranteed 4·max_ω(…) on
+        the padded grid is about 3× too large, so L_R is 1.1 × a 30-step power estimate of ‖Σ_c S_c EᵀW_cᵀW_cE‖,
+        capped by it; a step from an estimate only risks a slower solve, caught by ``max_iter``, never an output
+        outside the certified error bound."""
+        key = (self.weight, self.theta, torch.tensor(list(shape[-2:])))
+        cached = self._smoothness.get(*key)
+        if cached is not None:
+            return cached
+        height, width = shape[-2:]
+        with torch.no_grad():
+            operator, peaks = self.operator(shape, self.filters().double()), self.slopes().double().sum(1)
+            bound = float((operator.spectrum.abs().pow(2) * peaks[:, None, None]).sum(0).max())
+            if self.boundary == "reflect":
+                v = torch.randn(1, 1, height, width, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+                for _ in range(30):
+                    v = v / v.norm()
+                    image = operator.adjoint(peaks[None, :, None, None] * operator(v))
+                    estimate, v = float((image * v).sum()), image
+                bound = min(4 * bound, 1.1 * estimate)
+        return self._smoothness.put(bound, *key)
+
+    # --- the prox ---------------------------------------------------------------------------------------------------
+    def error_bound(self, x: Tensor, y: Tensor, strength: Tensor, scale: Tensor) -> Tensor:
+        """‖∇F(x)‖/√n per image ≥ RMS(x − D(y)), evaluated in float64."""
+        x64, y64 = x.double(), y.double()
+        gradient = x64 - y64 + self.gradient(x64, self.operator(y.shape, self.filters().double()),
+                                             self.slopes().double(), strength.double(), scale.double())
+        return gradient.flatten(1).norm(dim=1) / math.sqrt(y[0].numel())
+
+    @torch.no_grad()
+    def solve(self, y: Tensor, strength: Tensor, scale: Tensor, start: Tensor | None = None) -> tuple[Tensor, Tensor, int]:
+        """Nesterov's method on F for the [N, 1, H, W] batch y from ``start`` (default y), checked every 10 steps in
+        y's dtype and confirmed in float64; returns x, the certified bounds (:meth:`error_bound`) and the iterations."""
+        operator, slopes = self.operator(y.shape, self.filters().to(y.dtype)), self.slopes().to(y.dtype)
+        strength, scale = strength.to(y.dtype), scale.to(y.dtype)
+        lipschitz = 1 + (strength * scale).max().item() * self.smoothness(y.shape)
+        momentum = (1 - math.sqrt(1 / lipschitz)) / (1 + math.sqrt(1 / lipschitz))
+        x = y.clone() if start is None else start.clone()
+        z, iteration, tolerance = x.clone(), 0, self.accuracy.tolerance
+        while True:
+            gradient = x - y + self.gradient(x, operator, slopes, strength, scale)
+            if bool((gradient.flatten(1).norm(dim=1) <= tolerance * math.sqrt(y[0].numel())).all()) or iteration >= self.max_iter:
+                bound = self.error_bound(x, y, strength, scale)
+                if bool((bound <= tolerance).all()) or iteration >= self.max_iter:
+                    return x, bound, iteration
+            for _ in range(10):
+                x_next = z - (z - y + self.gradient(z, operator, slopes, strength, scale)) / lipschitz
+                z = x_next + momentum * (x_next - x)
+                x = x_next
+            iteration += 10
+
+    def curvature(self, x: Tensor, operator: RidgeFilters, slopes: Tensor, scale: Tensor) -> Tensor:
+        """σ'(μWEx) per filter and pixel (σ_c' = Σ_j s_cj 1[|t| < τ_j]): ∇²((λ/μ)R(μ·))(x) = λμ (WE)ᵀ diag(σ') WE."""
+        magnitude = (scale * operator(x)).abs()
+        return sum(slopes[None, :, j, None, None] * (magnitude < tau).to(x) for j, tau in enumerate(HUBER_KNOTS))
+
+    @torch.no_grad()
+    def inverse_hessian(self, x: Tensor, rhs: Tensor, strength: Tensor, scale: Tensor, iterations: int = 100,
+                        tolerance: float = 1e-6) -> Tensor:
+        """v = (I + ∇²((λ/μ)R(μ·))(x))⁻¹ rhs by conjugate gradients (the matrix is symmetric, ⪰ I), to a relative
+        residual ``tolerance``. At x = D(y) this is the Jacobian of D at y applied to rhs (implicit function theorem
+        on ∇F(x) = 0; D is piecewise smooth, so this holds wherever no μWEx sits on a knot of σ)."""
+        operator, slopes = self.operator(x.shape, self.filters().to(x.dtype)), self.slopes().to(x.dtype)
+        weight = strength * scale * self.curvature(x, operator, slopes, scale)
+        v, residual = torch.zeros_like(rhs), rhs.clone()
+        direction, norm2, target = residual.clone(), (residual * residual).sum(), tolerance * rhs.norm()
+        for _ in range(iterations):
+            product = direction + operator.adjoint(weight * operator(direction))
+            step = norm2 / (direction * product).sum()
+            v, residual = v + step * direction, residual - step * product
+            next_norm2 = (residual * residual).sum()
+            if next_norm2.sqrt() <= target:
+                break
+            direction, norm2 = residual + next_norm2 / norm2 * direction, next_norm2
+        return v
+
+    def forward(self, x: Tensor, sigma=25 / 255, **kwargs) -> Tensor:
+        """D_σ(x); differentiable in x (its Jacobian by :meth:`inverse_hessian`), not in the weights (train those with
+        :func:`pnp_stable.training.convex_ridge.implicit_backward`)."""
+        check_image(x, "denoiser input", channels=self.channels)
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+        sigma = sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
+        if sigma.shape != (x.shape[0],) or not bool((sigma >= 0).all()):
+            raise ValueError(f"sigma must be ≥ 0, a float or a [B] = [{x.shape[0]}] tensor, got {sigma}")
+        reach = self.weight.shape[-1] // 2
+        if self.boundary == "reflect" and min(x.shape[-2:]) <= reach:
+            raise ValueError(f"image {tuple(x.shape[-2:])} is too small for {self.weight.shape[-1]}×"
+                             f"{self.weight.shape[-1]} filters with reflect boundary (needs > {reach} pixels per "
+                             "axis); use boundary='circular'")
+        strength, scale = (v.repeat_interleave(x.shape[1])[:, None, None, None] for v in self.strength_and_scale(sigma))
+        y = x.reshape(-1, 1, *x.shape[-2:])
+        start = self._warm if self._warm is not None and self._warm.shape == y.shape else None
+        out, bound, _ = self.solve(y.detach(), strength.detach(), scale.detach(), start)
+        self.accuracy.record(float(bound.max()))
+        self._warm = out
+        if torch.is_grad_enabled() and y.requires_grad:
+            out = _ProxJacobian.apply(y, out, self, strength.detach(), scale.detach())
+        return out.reshape(x.shape)
+
+    @property
+    def certificate(self) -> Certificate:
+        accuracy = self.accuracy
+        method = (f"exact prox of a convex ridge regulariser (firmly non-expansive for any weights and σ); each call "
+                  f"solved to a certified RMS error ≤ {accuracy.tolerance:g} (strong convexity: ‖x − D(y)‖ ≤ ‖∇F(x)‖)")
+        if not accuracy.accurate:
+            method += f"; a call missed it ({accuracy.worst:.3g} after max_iter = {self.max_iter}): estimated"
+        return Certificate(lipschitz=1.0, alpha=0.5, method=method, guaranteed=accuracy.accurate,
+                           tolerance=accuracy.tolerance)

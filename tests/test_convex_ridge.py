@@ -1,0 +1,150 @@
+"""The convex-ridge prox: firmly non-expansive at every σ, outputs within their certified error, exact gradients."""
+
+import math
+
+import pytest
+import torch
+
+import pnp_stable as ps
+from pnp_stable.denoisers import ConvexRidgeDenoiser, adversarial_lipschitz, averagedness_defects, natural_starts
+from pnp_stable.training.convex_ridge import implicit_backward
+
+KNOTS = (10 / 255, 25 / 255)
+
+
+def _model(boundary="reflect", tolerance=1e-9, seed=0, **options):
+    model = ConvexRidgeDenoiser(filters=4, kernel=5, sigma_knots=KNOTS, boundary=boundary, tolerance=tolerance,
+                                seed=seed, **options).double()
+    with torch.no_grad():  # slopes large enough that the prox is far from the identity
+        model.theta.add_(torch.linspace(0, 4, model.theta.numel()).view_as(model.theta))
+        model.log_strength.copy_(torch.tensor([-0.5, 0.3]))
+        model.log_scale.copy_(torch.tensor([0.2, -0.1]))
+    return model
+
+
+def _exact_prox(model, y, sigma):
+    """D_σ(y) by plain gradient descent with step 1/(1 + λμL) to float64 precision (independent of the solver)."""
+    strength, scale = (v[:, None, None, None] for v in model.strength_and_scale(torch.full((y.shape[0],), sigma, dtype=y.dtype)))
+    operator, slopes = model.operator(y.shape), model.slopes()
+    step = 1 / (1 + float((strength * scale).max().detach()) * model.smoothness(y.shape) * 1.5)
+    x = y.clone()
+    with torch.no_grad():
+        for _ in range(5000):
+            x = x - step * (x - y + model.gradient(x, operator, slopes, strength, scale))
+    return x
+
+
+@pytest.mark.parametrize("boundary", ["reflect", "circular"])
+def test_adjoint_is_exact(boundary):
+    model = _model(boundary)
+    gen = torch.Generator().manual_seed(1)
+    x, t = torch.randn(2, 1, 9, 11, generator=gen, dtype=torch.float64), torch.randn(2, 4, 9, 11, generator=gen, dtype=torch.float64)
+    operator = model.operator(x.shape, model.filters().detach())
+    assert abs(float((operator(x) * t).sum() - (x * operator.adjoint(t)).sum())) < 1e-10
+
+
+@pytest.mark.parametrize("boundary", ["reflect", "circular"])
+def test_output_is_the_prox_within_its_certified_error(boundary):
+    model = _model(boundary, tolerance=1e-6)
+    y = natural_starts(2, (1, 12, 12), noise=0.1, seed=3).double()
+    with torch.no_grad():
+        out = model(y, 0.07)
+    exact = _exact_prox(model, y, 0.07)
+    rms = (out - exact).flatten(1).norm(dim=1) / math.sqrt(144)
+    assert float(rms.max()) <= 1e-6 and float((out - y).abs().max()) > 1e-3  # certified and far from the identity
+    assert model.certificate.guaranteed and model.certificate.alpha == 0.5
+
+
+@pytest.mark.parametrize("sigma", [0.02, 0.07, 25 / 255])
+def test_firmly_nonexpansive_at_every_sigma(sigma):
+    model = _model()
+    x, y = natural_starts(4, (1, 12, 12), noise=0.1, seed=5).double(), natural_starts(4, (1, 12, 12), noise=0.1, seed=6).double()
+    with torch.no_grad():
+        defects = averagedness_defects(model, x, y, alpha=0.5, sigma=sigma)
+    assert float(defects.max()) <= 1e-8
+
+
+def test_jacobian_in_the_input_and_the_adversarial_search():
+    model = _model(tolerance=1e-11)
+    y = natural_starts(1, (1, 10, 10), noise=0.1, seed=2).double().requires_grad_(True)
+    direction = torch.randn(y.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    (model(y, 0.07) * direction).sum().backward()
+    with torch.no_grad():
+        numeric = ((model(y + 1e-6 * direction, 0.07) - model(y - 1e-6 * direction, 0.07)) / 2e-6 * direction).sum()
+    assert abs(float((y.grad * direction).sum()) - float(numeric)) <= 1e-3 * abs(float(numeric))
+    search = adversarial_lipschitz(_model(tolerance=1e-5).float().eval(), (1, 12, 12), sigma=0.07, alpha=0.5, restarts=2, steps=30)
+    assert search.ratio <= 1 + 1e-3, search.ratios  # 2D − I is non-expansive for a firmly non-expansive D
+
+
+def test_sigma_family():
+    model = _model()
+    y = natural_starts(1, (1, 10, 10), noise=0.1, seed=2).double()
+    with torch.no_grad():
+        assert torch.equal(model(y, 0.0), y)  # λ(0) = 0: the identity
+        strength, scale = model.strength_and_scale(torch.tensor([KNOTS[0] / 2, KNOTS[0], KNOTS[1]], dtype=torch.float64))
+    assert torch.allclose(strength, torch.tensor([math.exp(-0.5) / 2, math.exp(-0.5), math.exp(0.3)], dtype=torch.float64))
+    assert torch.allclose(scale, torch.tensor([math.exp(0.2), math.exp(0.2), math.exp(-0.1)], dtype=torch.float64))
+    with pytest.raises(ValueError, match="above this denoiser's calibrated range"):
+        model(y, 30 / 255)
+
+
+def test_certificate_is_voided_when_a_call_misses_its_tolerance():
+    model = _model(tolerance=1e-12, max_iter=10)
+    with torch.no_grad():
+        model(natural_starts(1, (1, 12, 12), noise=0.1, seed=2).double(), 0.09)
+    assert not model.certificate.guaranteed and "estimated" in model.certificate.method
+
+
+def test_implicit_gradient_matches_finite_differences():
+    model = _model("circular", tolerance=1e-11)
+    clean = natural_starts(2, (1, 10, 10), noise=0.0, seed=7).double()
+    noisy = clean + 0.08 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    model.zero_grad()
+    implicit_backward(model, noisy, clean, 0.08, cg_iters=200, cg_tol=1e-12)
+    for name in ("weight", "theta", "log_strength", "log_scale"):
+        parameter = getattr(model, name)
+        direction = torch.randn(parameter.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+        losses = []
+        for sign in (1, -1):
+            with torch.no_grad():
+                parameter.add_(sign * 1e-5 * direction)
+                losses.append(float((model(noisy, 0.08) - clean).pow(2).mean()))
+                parameter.sub_(sign * 1e-5 * direction)
+        numeric = (losses[0] - losses[1]) / 2e-5
+        assert abs(float((parameter.grad * direction).sum()) - numeric) <= 1e-3 * abs(numeric), name  # kinks of σ: ~1e-4
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = _model().float()
+    path = ps.save_denoiser(model, tmp_path / "ridge.safetensors")
+    loaded = ps.load_denoiser_file(path)
+    assert isinstance(loaded, ConvexRidgeDenoiser) and loaded.config == model.config
+    assert loaded.certificate.alpha == 0.5 and loaded.certificate.guaranteed
+    y = natural_starts(1, (1, 12, 12), noise=0.1, seed=2)
+    with torch.no_grad():
+        assert torch.allclose(loaded(y, 0.05), model(y, 0.05), atol=1e-5)
+
+
+def test_bad_input_is_refused():
+    model = _model()
+    with pytest.raises(ValueError, match="too small"):
+        model(torch.rand(1, 1, 2, 8, dtype=torch.float64), 0.05)
+    with pytest.raises(ValueError, match="channel"):
+        model(torch.rand(1, 3, 12, 12, dtype=torch.float64), 0.05)
+    with pytest.raises(ValueError, match="sigma"):
+        model(torch.rand(1, 1, 12, 12, dtype=torch.float64), -0.1)
+    with pytest.raises(ValueError, match="sigma_knots"):
+        ConvexRidgeDenoiser(sigma_knots=(0.1, 0.05))
+
+
+@pytest.mark.parametrize("solver", ["fb", "drs"])
+def test_pnp_with_the_prox_is_certified_without_violations(solver):
+    x = natural_starts(1, (1, 16, 16), noise=0.0, seed=4)
+    physics = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, 16, 16))
+    y = physics(x) + 0.01 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    model = _model(tolerance=1e-6).float()
+    result = ps.solve(physics, y, model, 0.01, solver=solver, denoiser_sigma=0.02, max_iter=40)
+    assert result.beta is not None and not result.violations, result.summary()
+    model.accuracy.record(1.0)  # a call that missed the tolerance: the next run's β is only estimated
+    result = ps.solve(physics, y, model, 0.01, solver=solver, denoiser_sigma=0.02, max_iter=5)
+    assert result.beta is None and result.estimated_beta is not None
