@@ -135,6 +135,10 @@ def test_bad_input_is_refused():
         model(torch.rand(1, 1, 12, 12, dtype=torch.float64), -0.1)
     with pytest.raises(ValueError, match="sigma_knots"):
         ConvexRidgeDenoiser(sigma_knots=(0.1, 0.05))
+    with pytest.raises(ValueError, match="tolerance"):
+        ConvexRidgeDenoiser(tolerance=-1e-5)
+    with pytest.raises(ValueError, match="kernel must be odd"):
+        ConvexRidgeDenoiser(kernel=4)
 
 
 @pytest.mark.parametrize("solver", ["fb", "drs"])

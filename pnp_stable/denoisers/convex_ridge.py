@@ -110,8 +110,10 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
         knots = torch.as_tensor(sigma_knots, dtype=torch.float32).flatten()
         if knots.numel() == 0 or not bool((knots > 0).all()) or not bool((knots.diff() > 0).all()):
             raise ValueError(f"sigma_knots must be positive and increasing, got {knots.tolist()}")
-        if kernel % 2 == 0:
-            raise ValueError(f"kernel must be odd (a centred filter), got {kernel}")
+        if kernel % 2 == 0 or kernel < 1 or filters < 1:
+            raise ValueError(f"kernel must be odd (a centred filter) and filters ≥ 1, got kernel {kernel}, filters {filters}")
+        if not 0 < tolerance < math.inf or max_iter < 1:
+            raise ValueError(f"tolerance must be > 0 and finite and max_iter ≥ 1, got {tolerance}, {max_iter}")
         self.channels, self.boundary, self.max_iter = channels, boundary, int(max_iter)
         self.config = dict(channels=channels, filters=filters, kernel=kernel, sigma_knots=knots.tolist(),
                            boundary=boundary, tolerance=float(tolerance), max_iter=int(max_iter))
