@@ -72,6 +72,9 @@ def test_jacobian_in_the_input_and_the_adversarial_search():
     with torch.no_grad():
         numeric = ((model(y + 1e-6 * direction, 0.07) - model(y - 1e-6 * direction, 0.07)) / 2e-6 * direction).sum()
     assert abs(float((y.grad * direction).sum()) - float(numeric)) <= 1e-3 * abs(float(numeric))
+    y.grad = None
+    model(y, 0.07).mul(0).sum().backward()  # a zero upstream gradient: a zero right-hand side for the CG
+    assert torch.equal(y.grad, torch.zeros_like(y))
     search = adversarial_lipschitz(_model(tolerance=1e-5).float().eval(), (1, 12, 12), sigma=0.07, alpha=0.5, restarts=2, steps=30)
     assert search.ratio <= 1 + 1e-3, search.ratios  # 2D − I is non-expansive for a firmly non-expansive D
 

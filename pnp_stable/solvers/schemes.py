@@ -132,10 +132,10 @@ class Scheme:
         """Ingredients of :meth:`beta` that are not guaranteed (empty: β is certified). Ask after the run: the
         accuracy of an iterative prox is known only once it has been used (a scheme that never calls it, such
         as FB, leaves it untouched and accurate)."""
-        certificate = certificate_of(self.denoiser, self.denoiser_sigma)  # asked again: an iterative prox's accuracy
-        gaps = []                                                          # is known only after its calls
-        if self.denoiser_certificate.alpha is not None and not (self.denoiser_certificate.guaranteed and certificate.guaranteed):
-            gaps.append(f"the denoiser's certificate is not guaranteed ({certificate.method})")
+        now = certificate_of(self.denoiser, self.denoiser_sigma)  # an iterative prox knows its accuracy only after use
+        gaps = []
+        if self.denoiser_certificate.alpha is not None and not (self.denoiser_certificate.guaranteed and now.guaranteed):
+            gaps.append(f"the denoiser's certificate is not guaranteed ({now.method})")
         return gaps + _prox_gaps(self.fidelity)
 
 
