@@ -44,6 +44,35 @@ def test_adjoint_is_exact(boundary):
 
 
 @pytest.mark.parametrize("boundary", ["reflect", "circular"])
+def test_filters_are_the_valid_convolution_of_the_extended_image(boundary):
+    """W E x = w ⊛ Ex, 'valid' (reflect: the FFT grid 24 × 27 is zero-padded past the 21 × 27 extension) or circular."""
+    model = _model(boundary)
+    x = torch.randn(2, 1, 17, 23, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    operator = model.operator(x.shape, model.filters().detach())
+    flipped = model.filters().detach().flip(-2, -1)  # conv2d correlates; ⊛ convolves
+    expected = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (2,) * 4, mode=boundary), flipped)
+    assert operator.grid == ((24, 27) if boundary == "reflect" else (17, 23))
+    assert torch.allclose(operator(x), expected, atol=1e-12)
+
+
+def test_the_compiled_activation_and_its_eager_stand_in(monkeypatch):
+    from pnp_stable.denoisers import convex_ridge
+
+    fused = convex_ridge._Fused(convex_ridge._huber_sum)
+    t, slopes = torch.randn(1, 3, 5, 5), torch.rand(3, len(convex_ridge.HUBER_KNOTS))
+    with torch.no_grad():
+        assert torch.allclose(fused(t, slopes), convex_ridge._huber_sum(t, slopes), atol=1e-6)
+
+    def broken(*args):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(fused, "compiled", broken)
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="runs eagerly"):
+        assert torch.equal(fused(t, slopes), convex_ridge._huber_sum(t, slopes))
+    assert fused.compiled is None
+
+
+@pytest.mark.parametrize("boundary", ["reflect", "circular"])
 def test_output_is_the_prox_within_its_certified_error(boundary):
     model = _model(boundary, tolerance=1e-6)
     y = natural_starts(2, (1, 12, 12), noise=0.1, seed=3).double()
