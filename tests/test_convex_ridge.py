@@ -59,9 +59,12 @@ def test_the_compiled_activation_and_its_eager_stand_in(monkeypatch):
     from pnp_stable.denoisers import convex_ridge
 
     fused = convex_ridge._Fused(convex_ridge._huber_sum)
-    t, slopes = torch.randn(1, 3, 5, 5), torch.rand(3, len(convex_ridge.HUBER_KNOTS))
+    t, slopes = 0.02 * torch.randn(1, 64, 64, 64), torch.rand(64, len(convex_ridge.HUBER_KNOTS))  # 2^18: compiled
+    calls, compiled = [], fused.compiled
+    monkeypatch.setattr(fused, "compiled", lambda *args: calls.append(1) or compiled(*args))
     with torch.no_grad():
         assert torch.allclose(fused(t, slopes), convex_ridge._huber_sum(t, slopes), atol=1e-6)
+    assert calls  # the compiled function ran
 
     def broken(*args):
         raise RuntimeError("no C++ compiler")
@@ -82,6 +85,20 @@ def test_output_is_the_prox_within_its_certified_error(boundary):
     rms = (out - exact).flatten(1).norm(dim=1) / math.sqrt(144)
     assert float(rms.max()) <= 1e-6 and float((out - y).abs().max()) > 1e-3  # certified and far from the identity
     assert model.certificate.guaranteed and model.certificate.alpha == 0.5
+
+
+def test_float32_input_below_its_rounding_floor_is_finished_in_float64():
+    """tolerance 1e-7 is under float32's floor L·eps·RMS(y) at L ≈ 90 (float32 iterations alone stall at 1.3e-6 after
+    3,000 steps): the float32 phase stops at the floor, float64 finishes the solve."""
+    model = _model(tolerance=1e-7).float()
+    with torch.no_grad():
+        model.log_strength[1] = 3.0
+    y = natural_starts(2, (1, 12, 12), noise=0.1, seed=3)
+    with torch.no_grad():
+        out = model(y, 25 / 255)
+    exact = _exact_prox(model.double(), y.double(), 25 / 255)
+    assert out.dtype == torch.float32 and model.certificate.guaranteed and model.accuracy.worst <= 1e-7
+    assert float(((out.double() - exact).flatten(1).norm(dim=1) / 12).max()) <= 1e-7
 
 
 @pytest.mark.parametrize("sigma", [0.02, 0.07, 25 / 255])
@@ -144,6 +161,17 @@ def test_implicit_gradient_matches_finite_differences():
                 parameter.sub_(sign * 1e-5 * direction)
         numeric = (losses[0] - losses[1]) / 2e-5
         assert abs(float((parameter.grad * direction).sum()) - numeric) <= 1e-3 * abs(numeric), name  # kinks of σ: ~1e-4
+
+
+def test_a_gray_model_regularises_colour_channel_by_channel():
+    gray = _model(tolerance=1e-8)
+    color = gray.for_channels(3)
+    y = natural_starts(1, (3, 12, 12), noise=0.1, seed=4).double()
+    with torch.no_grad():
+        out = color(y, 0.07)
+        for channel in range(3):
+            assert torch.allclose(out[:, channel : channel + 1], gray(y[:, channel : channel + 1], 0.07), atol=1e-7)
+    assert color.channels == 3 and color.config["channels"] == 3 and color.certificate.alpha == 0.5
 
 
 def test_save_and_load_round_trip(tmp_path):

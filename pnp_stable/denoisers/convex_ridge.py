@@ -54,29 +54,38 @@ def _huber_sum_derivative(t: Tensor, slopes: Tensor) -> Tensor:
     return sum(slopes[None, :, j, None, None] * (magnitude < tau).to(t) for j, tau in enumerate(HUBER_KNOTS))
 
 
+COMPILE_FROM = 2**18  # values (e.g. 64 filters × 64 × 64 pixels) from which the activation is compiled
+
+
+def _ridge_response(t: Tensor, slopes: Tensor, scale: Tensor, window: Tensor) -> Tensor:
+    """window·σ(μt): the activation at the scaled filter responses, zeroed outside the image's window of the grid."""
+    return window * _huber_sum(scale * t, slopes)
+
+
 class _Fused:
     """A pointwise function compiled by torch.compile into one loop (the seven clamps of σ_c cost 14× less: 15 vs
-    214 ms on 64 × 321 × 481 values, 2 threads), used on float32 outside autograd (the solver's iterations; its
-    few float64 confirmations run eagerly rather than pay a second compilation); where compilation fails (no C++
-    compiler) it warns once and runs the eager function, which gives the same values."""
+    214 ms on 64 × 321 × 481 values, 2 threads), used outside autograd on tensors of at least ``COMPILE_FROM``
+    values (below that, the eager call costs less than a compilation); where compilation fails (no C++ compiler)
+    it warns once and runs the eager function, which gives the same values."""
 
     def __init__(self, function):
         self.function, self.compiled = function, torch.compile(function, dynamic=True)
 
-    def __call__(self, t: Tensor, slopes: Tensor) -> Tensor:
-        if torch.is_grad_enabled() or self.compiled is None or t.dtype != torch.float32:
-            return self.function(t, slopes)
+    def __call__(self, t: Tensor, *args: Tensor) -> Tensor:
+        if torch.is_grad_enabled() or self.compiled is None or t.numel() < COMPILE_FROM:
+            return self.function(t, *args)
         try:
-            return self.compiled(t, slopes)
+            return self.compiled(t, *args)
         except Exception as error:  # torch._dynamo / inductor raise many types; any of them means: run eagerly
             warnings.warn(f"torch.compile of {self.function.__name__} failed ({type(error).__name__}: {error}); "
                           "the convex-ridge prox runs eagerly, about 2× slower", RuntimeWarning, stacklevel=2)
             self.compiled = None
-            return self.function(t, slopes)
+            return self.function(t, *args)
 
 
 _activation = _Fused(_huber_sum)
 _activation_derivative = _Fused(_huber_sum_derivative)
+_response = _Fused(_ridge_response)
 
 
 class RidgeFilters:
@@ -97,6 +106,8 @@ class RidgeFilters:
                      else self.extended)
         padded = F.pad(filters[:, 0], (0, self.grid[1] - kernel, 0, self.grid[0] - kernel))
         self.spectrum = torch.fft.rfft2(torch.roll(padded, (-(kernel // 2), -(kernel // 2)), (-2, -1)))  # centred
+        self.window = torch.zeros(self.grid, dtype=filters.dtype, device=filters.device)
+        self.window[self.reach : self.reach + self.height, self.reach : self.reach + self.width] = 1
         self.index = None
         if self.reach:
             pixels = torch.arange(self.height * self.width, dtype=torch.float64).view(1, 1, self.height, self.width)
@@ -112,16 +123,29 @@ class RidgeFilters:
         flat = p.new_zeros(*p.shape[:-2], self.height * self.width).index_add(-1, self.index, window)
         return flat.unflatten(-1, (self.height, self.width))
 
+    def _on_grid(self, x: Tensor) -> Tensor:
+        """[N, 1, H, W] → the circular convolutions of Ex on the whole grid, [N, c, *grid]."""
+        return torch.fft.irfft2(torch.fft.rfft2(self._extend(x), s=self.grid) * self.spectrum, s=self.grid)
+
+    def _from_grid(self, t: Tensor) -> Tensor:
+        """[N, c, *grid] → [N, 1, H, W]: the circular convolutions' transpose, summed over the filters, then Eᵀ."""
+        spectrum = (torch.fft.rfft2(t) * self.spectrum.conj()).sum(1, keepdim=True)
+        return self._extend_adjoint(torch.fft.irfft2(spectrum, s=self.grid))
+
     def __call__(self, x: Tensor) -> Tensor:
         """[N, 1, H, W] → [N, c, H, W]."""
-        full = torch.fft.irfft2(torch.fft.rfft2(self._extend(x), s=self.grid) * self.spectrum, s=self.grid)
-        return full[..., self.reach : self.reach + self.height, self.reach : self.reach + self.width]
+        return self._on_grid(x)[..., self.reach : self.reach + self.height, self.reach : self.reach + self.width]
 
     def adjoint(self, t: Tensor) -> Tensor:
         """[N, c, H, W] → [N, 1, H, W]."""
         right, bottom = self.grid[1] - self.width - self.reach, self.grid[0] - self.height - self.reach
-        spectrum = torch.fft.rfft2(F.pad(t, (self.reach, right, self.reach, bottom)))
-        return self._extend_adjoint(torch.fft.irfft2((spectrum * self.spectrum.conj()).sum(1, keepdim=True), s=self.grid))
+        return self._from_grid(F.pad(t, (self.reach, right, self.reach, bottom)))
+
+    def normal(self, x: Tensor, pointwise) -> Tensor:
+        """(WE)ᵀ f(WEx) for a pointwise f, evaluated as ``pointwise(WEx on the grid, window)`` with window 1 on the
+        image's positions and 0 elsewhere: the crop and its adjoint (a zero-embedding) folded into f, two copies of
+        the c filter responses fewer than ``adjoint(f(self(x)))``, which it equals."""
+        return self._from_grid(pointwise(self._on_grid(x), self.window))
 
 
 class _ProxJacobian(torch.autograd.Function):
@@ -174,6 +198,15 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
         self._operators = TensorKeyedCache()  # {(shape, dtype, device): RidgeFilters} for the current weights
         self._warm: Tensor | None = None  # the last output: the next call of that shape starts from it
 
+    def for_channels(self, channels: int) -> "ConvexRidgeDenoiser":
+        """The same regulariser on images of ``channels`` channels, each channel regularised separately: the prox of
+        Σ_k R(x_k) is the channelwise prox, so it stays firmly non-expansive (a gray model for colour deblurring)."""
+        if channels < 1:
+            raise ValueError(f"channels must be ≥ 1, got {channels}")
+        twin = type(self)(**{**self.config, "channels": channels})
+        twin.load_state_dict(self.state_dict())
+        return twin.to(self.weight)
+
     # --- the regulariser -------------------------------------------------------------------------------------------
     def filters(self) -> Tensor:
         """The zero-mean filters w_c (constants are not penalised)."""
@@ -222,7 +255,7 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
 
     def gradient(self, x: Tensor, operator: RidgeFilters, slopes: Tensor, strength: Tensor, scale: Tensor) -> Tensor:
         """∇ of (λ/μ)R(μx) = λ (WE)ᵀ σ(μ WEx); λ, μ broadcast as [N, 1, 1, 1]."""
-        return strength * operator.adjoint(self.activation(scale * operator(x), slopes))
+        return strength * operator.normal(x, lambda t, window: _response(t, slopes, scale, window))
 
     def smoothness(self, shape) -> float:
         """The step's smoothness constant L_R of R on images of ``shape``, cached while the weights are unchanged.
@@ -258,25 +291,45 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
 
     @torch.no_grad()
     def solve(self, y: Tensor, strength: Tensor, scale: Tensor, start: Tensor | None = None) -> tuple[Tensor, Tensor, int]:
-        """Nesterov's method on F for the [N, 1, H, W] batch y from ``start`` (default y), checked every 10 steps in
-        y's dtype and confirmed in float64; returns x, the certified bounds (:meth:`error_bound`) and the iterations."""
+        """D(y) for the [N, 1, H, W] batch y from ``start`` (default y): Nesterov's method in y's dtype down to
+        max(tolerance, L·eps·RMS(y)), then, if the float64 bound is still above ``tolerance``, in float64 until it is
+        not (a float32 iterate's rounding moves ∇F by up to L·ulp(x): at σ = 50/255, L ≈ 700, that floor is near
+        1e-5 RMS, which float32 iterations then cross only by chance). Returns x in y's dtype, its certified bounds
+        (:meth:`error_bound` at the float64 iterate plus the RMS of its rounding to y's dtype: the triangle
+        inequality) and the iterations."""
+        lipschitz = 1 + (strength * scale).max().item() * self.smoothness(y.shape)
+        tolerance, rms = self.accuracy.tolerance, math.sqrt(y[0].numel())
+        floor = lipschitz * torch.finfo(y.dtype).eps * float(y.pow(2).mean().sqrt())
+        x, iterations = self._nesterov(y, strength, scale, y if start is None else start, lipschitz,
+                                       max(tolerance, floor), self.max_iter)
+        x = x.double()
+        bound = self.error_bound(x, y, strength, scale)
+        if not bool((bound <= tolerance).all()) and iterations < self.max_iter:
+            x, more = self._nesterov(y.double(), strength, scale, x, lipschitz, tolerance, self.max_iter - iterations)
+            iterations += more
+            bound = self.error_bound(x, y, strength, scale)
+        rounded = x.to(y.dtype)
+        return rounded, bound + (rounded.double() - x).flatten(1).norm(dim=1) / rms, iterations
+
+    def _nesterov(self, y: Tensor, strength: Tensor, scale: Tensor, start: Tensor, lipschitz: float, target: float,
+                  budget: int) -> tuple[Tensor, int]:
+        """Nesterov's method for the 1-strongly convex, L-smooth F in y's dtype from ``start``, checked every 10 steps,
+        until every image's ‖∇F(x)‖ (in y's dtype) is ≤ ``target`` RMS or ``budget`` steps are spent."""
         operator, slopes = self.frozen_operator(y), self.slopes().to(y.dtype)
         strength, scale = strength.to(y.dtype), scale.to(y.dtype)
-        lipschitz = 1 + (strength * scale).max().item() * self.smoothness(y.shape)
         momentum = (1 - math.sqrt(1 / lipschitz)) / (1 + math.sqrt(1 / lipschitz))
-        x = y.clone() if start is None else start.clone()
-        z, iteration, tolerance = x.clone(), 0, self.accuracy.tolerance
-        while True:
+        x = start.to(y.dtype, copy=True)
+        z, iteration, threshold = x.clone(), 0, target * math.sqrt(y[0].numel())
+        while iteration < budget:
             gradient = x - y + self.gradient(x, operator, slopes, strength, scale)
-            if bool((gradient.flatten(1).norm(dim=1) <= tolerance * math.sqrt(y[0].numel())).all()) or iteration >= self.max_iter:
-                bound = self.error_bound(x, y, strength, scale)
-                if bool((bound <= tolerance).all()) or iteration >= self.max_iter:
-                    return x, bound, iteration
+            if bool((gradient.flatten(1).norm(dim=1) <= threshold).all()):
+                break
             for _ in range(10):
                 x_next = z - (z - y + self.gradient(z, operator, slopes, strength, scale)) / lipschitz
                 z = x_next + momentum * (x_next - x)
                 x = x_next
             iteration += 10
+        return x, iteration
 
     def curvature(self, x: Tensor, operator: RidgeFilters, slopes: Tensor, scale: Tensor) -> Tensor:
         """σ'(μWEx) per filter and pixel (σ_c' = Σ_j s_cj 1[|t| < τ_j]): ∇²((λ/μ)R(μ·))(x) = λμ (WE)ᵀ diag(σ') WE."""
