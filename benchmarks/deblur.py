@@ -7,6 +7,8 @@ boundary, noise seeded per (image, kernel). Methods:
   ``averaged-lownoise-color`` (monitor verdicts reported);
 - ``dncnn-<solver>``: the same solvers with ``dncnn-color`` or ``dncnn-lownoise-color`` (unconstrained, each
   trained with the same data and budget as its certified counterpart);
+- ``ridge-<solver>``: the same solvers with the exact prox of the learned convex ridge regulariser
+  (``training/screening/convex-ridge.safetensors``, shipped as ``convex-ridge-gray``) on each colour channel;
 - ``bm3d-hqs``: PnP-HQS with BM3D (``bm3d`` package; slow: ``--bm3d-iters`` iterations);
 - ``bm3d-dpir``: PnP with BM3D in the DPIR schedule (``--bm3d-iters`` HQS iterations, σ_d geometric from 49/255
   down to σ_n, data weight λ tuned; no guarantee): the strongest peer that needs no download;

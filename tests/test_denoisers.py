@@ -257,12 +257,12 @@ def test_bm3d_baseline_denoises_without_certificate():
 def test_zoo_lists_and_loads_shipped_models_offline():
     rows = ps.list_denoisers()
     assert {"averaged-gray", "averaged-sll-gray", "averaged-color", "averaged-lownoise-color", "averaged-sll-color",
-            "averaged-sll-lownoise-color", "dncnn-gray", "dncnn-color",
+            "averaged-sll-lownoise-color", "convex-ridge-gray", "dncnn-gray", "dncnn-color",
             "dncnn-lownoise-color"} <= {row["name"] for row in rows}
     for row in rows:
         assert row["format"] == "pnp-stable-denoiser/1" and "certificate" in row and "training" in row
         model = ps.load_denoiser(row["name"])
-        if row["name"].startswith("averaged-"):  # the certified models
+        if row["name"].startswith(("averaged-", "convex-ridge-")):  # the certified models
             assert model.certificate.alpha is not None and model.certificate.guaranteed
         else:  # the unconstrained baselines say so
             assert model.certificate.alpha is None and not model.certificate.guaranteed

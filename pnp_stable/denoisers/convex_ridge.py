@@ -69,17 +69,20 @@ class _Fused:
     it warns once and runs the eager function, which gives the same values."""
 
     def __init__(self, function):
-        self.function, self.compiled = function, torch.compile(function, dynamic=True)
+        self.function, self.compiled, self.failed = function, None, False  # compiled on first use (torch.compile's
+        # import alone costs ~1.5 s)
 
     def __call__(self, t: Tensor, *args: Tensor) -> Tensor:
-        if torch.is_grad_enabled() or self.compiled is None or t.numel() < COMPILE_FROM:
+        if torch.is_grad_enabled() or self.failed or t.numel() < COMPILE_FROM:
             return self.function(t, *args)
         try:
+            if self.compiled is None:
+                self.compiled = torch.compile(self.function, dynamic=True)
             return self.compiled(t, *args)
         except Exception as error:  # torch._dynamo / inductor raise many types; any of them means: run eagerly
             warnings.warn(f"torch.compile of {self.function.__name__} failed ({type(error).__name__}: {error}); "
                           "the convex-ridge prox runs eagerly, about 2× slower", RuntimeWarning, stacklevel=2)
-            self.compiled = None
+            self.failed = True
             return self.function(t, *args)
 
 
