@@ -86,7 +86,6 @@ class _Fused:
             return self.function(t, *args)
 
 
-_activation = _Fused(_huber_sum)
 _activation_derivative = _Fused(_huber_sum_derivative)
 _response = _Fused(_ridge_response)
 
@@ -198,7 +197,7 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
         self.log_scale = nn.Parameter(torch.zeros(knots.numel()))  # log μ at the knots
         self.accuracy = AccuracyRecord(tolerance)  # the certified RMS error bounds of the calls
         self._smoothness = TensorKeyedCache()
-        self._operators = TensorKeyedCache()  # {(shape, dtype, device): RidgeFilters} for the current weights
+        self._operators = TensorKeyedCache()  # {(shape, dtype): RidgeFilters} for the current weights (their device)
         self._warm: Tensor | None = None  # the last output: the next call of that shape starts from it
 
     def for_channels(self, channels: int) -> "ConvexRidgeDenoiser":
@@ -235,25 +234,21 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
         return (torch.lerp(strength[index - 1], strength[index], weight),
                 torch.lerp(scale[index - 1], scale[index], weight))
 
-    def activation(self, t: Tensor, slopes: Tensor) -> Tensor:
-        """σ_c(t) = Σ_j s_cj clamp(t, −τ_j, τ_j) on [N, c, H, W]."""
-        return _activation(t, slopes)
-
     def operator(self, shape, filters: Tensor | None = None) -> RidgeFilters:
         """W E on images of ``shape`` with ``filters`` (default :meth:`filters`, differentiable)."""
         return RidgeFilters(self.filters() if filters is None else filters, shape, self.boundary)
 
-    def frozen_operator(self, like: Tensor) -> RidgeFilters:
-        """W E for images shaped like ``like``, in its dtype, from the current weights without autograd; kept (a few
-        shapes) while the weights are unchanged, so the solver's calls, its float64 confirmation and the Jacobian's
-        CG share one spectrum and index map."""
+    def frozen_operator(self, shape, dtype: torch.dtype) -> RidgeFilters:
+        """W E for images of ``shape`` in ``dtype``, from the current weights without autograd; kept (a few shapes)
+        while the weights are unchanged, so the solver's calls, its float64 confirmation and the Jacobian's CG
+        share one spectrum and index map."""
         operators = self._operators.get(self.weight)
         if operators is None or len(operators) >= 8:
             operators = self._operators.put({}, self.weight)
-        key = (tuple(like.shape[-2:]), like.dtype, like.device)
+        key = (tuple(shape[-2:]), dtype)
         if key not in operators:
             with torch.no_grad():
-                operators[key] = self.operator(like.shape, self.filters().to(like))
+                operators[key] = self.operator(shape, self.filters().to(dtype))
         return operators[key]
 
     def gradient(self, x: Tensor, operator: RidgeFilters, slopes: Tensor, strength: Tensor, scale: Tensor) -> Tensor:
@@ -272,7 +267,7 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
             return cached
         height, width = shape[-2:]
         with torch.no_grad():
-            operator = self.frozen_operator(self.weight.new_empty(shape[-2:], dtype=torch.float64))
+            operator = self.frozen_operator(shape, torch.float64)
             peaks = self.slopes().double().sum(1)
             bound = float((operator.spectrum.abs().pow(2) * peaks[:, None, None]).sum(0).max())
             if self.boundary == "reflect":
@@ -288,7 +283,7 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
     def error_bound(self, x: Tensor, y: Tensor, strength: Tensor, scale: Tensor) -> Tensor:
         """‖∇F(x)‖/√n per image ≥ RMS(x − D(y)), evaluated in float64."""
         x64, y64 = x.double(), y.double()
-        gradient = x64 - y64 + self.gradient(x64, self.frozen_operator(x64),
+        gradient = x64 - y64 + self.gradient(x64, self.frozen_operator(x64.shape, x64.dtype),
                                              self.slopes().double(), strength.double(), scale.double())
         return gradient.flatten(1).norm(dim=1) / math.sqrt(y[0].numel())
 
@@ -318,7 +313,7 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
                   budget: int) -> tuple[Tensor, int]:
         """Nesterov's method for the 1-strongly convex, L-smooth F in y's dtype from ``start``, checked every 10 steps,
         until every image's ‖∇F(x)‖ (in y's dtype) is ≤ ``target`` RMS or ``budget`` steps are spent."""
-        operator, slopes = self.frozen_operator(y), self.slopes().to(y.dtype)
+        operator, slopes = self.frozen_operator(y.shape, y.dtype), self.slopes().to(y.dtype)
         strength, scale = strength.to(y.dtype), scale.to(y.dtype)
         momentum = (1 - math.sqrt(1 / lipschitz)) / (1 + math.sqrt(1 / lipschitz))
         x = start.to(y.dtype, copy=True)
@@ -344,7 +339,7 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
         """v = (I + ∇²((λ/μ)R(μ·))(x))⁻¹ rhs by deepinv's conjugate gradients (the matrix is symmetric, ⪰ I), to a
         relative residual ``tolerance`` over the whole batch. At x = D(y) this is the Jacobian of D at y applied to rhs (implicit function theorem
         on ∇F(x) = 0; D is piecewise smooth, so this holds wherever no μWEx sits on a knot of σ)."""
-        operator, slopes = self.frozen_operator(x), self.slopes().to(x.dtype)
+        operator, slopes = self.frozen_operator(x.shape, x.dtype), self.slopes().to(x.dtype)
         weight = strength * scale * self.curvature(x, operator, slopes, scale)
         # eps: the smallest normal float only guards 0/0 (a zero rhs); deepinv's 1e-8 would distort the small
         # loss gradients this solves for
