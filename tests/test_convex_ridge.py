@@ -24,7 +24,7 @@ def _model(boundary="reflect", tolerance=1e-9, seed=0, **options):
 
 def _exact_prox(model, y, sigma):
     """D_σ(y) by plain gradient descent with step 1/(1 + λμL) to float64 precision (independent of the solver)."""
-    strength, scale = (v[:, None, None, None] for v in model.strength_and_scale(torch.full((y.shape[0],), sigma, dtype=y.dtype)))
+    strength, scale = model.component_parameters(torch.full((y.shape[0],), sigma, dtype=y.dtype), 1)
     operator, slopes = model.operator(y.shape), model.slopes()
     step = 1 / (1 + float((strength * scale).max().detach()) * model.smoothness(y.shape) * 1.5)
     x = y.clone()
@@ -128,7 +128,7 @@ def test_sigma_family():
     y = natural_starts(1, (1, 10, 10), noise=0.1, seed=2).double()
     with torch.no_grad():
         assert torch.equal(model(y, 0.0), y)  # λ(0) = 0: the identity
-        strength, scale = model.strength_and_scale(torch.tensor([KNOTS[0] / 2, KNOTS[0], KNOTS[1]], dtype=torch.float64))
+        strength, scale = (v.squeeze(1) for v in model.strength_and_scale(torch.tensor([KNOTS[0] / 2, KNOTS[0], KNOTS[1]], dtype=torch.float64)))
     assert torch.allclose(strength, torch.tensor([math.exp(-0.5) / 2, math.exp(-0.5), math.exp(0.3)], dtype=torch.float64))
     assert torch.allclose(scale, torch.tensor([math.exp(0.2), math.exp(0.2), math.exp(-0.1)], dtype=torch.float64))
     with pytest.raises(ValueError, match="above this denoiser's calibrated range"):
@@ -148,7 +148,12 @@ def test_implicit_gradient_matches_finite_differences():
     noisy = clean + 0.08 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
     model.zero_grad()
     implicit_backward(model, noisy, clean, 0.08, cg_iters=200, cg_tol=1e-12)
-    for name in ("weight", "theta", "log_strength", "log_scale"):
+    _assert_matches_finite_differences(model, noisy, clean, ("weight", "theta", "log_strength", "log_scale"))
+
+
+def _assert_matches_finite_differences(model, noisy, clean, names):
+    """Each parameter's accumulated gradient along a random direction equals the central difference of the MSE."""
+    for name in names:
         parameter = getattr(model, name)
         direction = torch.randn(parameter.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
         losses = []
@@ -210,3 +215,65 @@ def test_pnp_with_the_prox_is_certified_without_violations(solver):
     model.accuracy.record(1.0)  # a call that missed the tolerance: the next run's β is only estimated
     result = ps.solve(physics, y, model, 0.01, solver=solver, denoiser_sigma=0.02, max_iter=5)
     assert result.beta is None and result.estimated_beta is not None
+
+
+def _opponent(tolerance=1e-8):
+    """A colour model on the opponent components, each with its own λ(σ), μ(σ)."""
+    model = _model(tolerance=tolerance).for_channels(3, colour="opponent")
+    with torch.no_grad():
+        model.log_strength.copy_(torch.tensor([[-0.5, 0.3], [0.4, 1.2], [0.1, 0.9]]))
+        model.log_scale.copy_(torch.tensor([[0.2, -0.1], [0.0, 0.3], [-0.2, 0.1]]))
+    return model
+
+
+def test_opponent_colour_is_the_prox_of_each_component_with_its_own_strength():
+    """D(y) = Qᵀ [D_k((Qy)_k)]_k with Q orthonormal, each D_k the gray prox with component k's λ, μ; float32 output
+    within its certified error (the transform's rounding included) of the float64 composition of exact proxes."""
+    from pnp_stable.denoisers.convex_ridge import OPPONENT
+
+    assert torch.allclose(OPPONENT @ OPPONENT.T, torch.eye(3, dtype=torch.float64), atol=1e-15)
+    model = _opponent(tolerance=1e-6)
+    y = natural_starts(2, (3, 12, 12), noise=0.1, seed=3).double()
+    with torch.no_grad():
+        out = model.float()(y.float(), 0.07)
+    model = model.double()
+    components = torch.einsum("ij,bjhw->bihw", OPPONENT, y)
+    exact = []
+    for k in range(3):
+        gray = _model()
+        with torch.no_grad():
+            gray.log_strength.copy_(model.log_strength[k])
+            gray.log_scale.copy_(model.log_scale[k])
+        exact.append(_exact_prox(gray, components[:, k : k + 1], 0.07))
+    exact = torch.einsum("ji,bjhw->bihw", OPPONENT, torch.cat(exact, 1))
+    rms = (out.double() - exact).flatten(1).norm(dim=1) / math.sqrt(3 * 144)
+    assert float(rms.max()) <= model.accuracy.worst <= 1e-6 and model.certificate.guaranteed
+    per_channel = model.for_channels(3)  # the same R on each channel with the luminance's λ: another map
+    with torch.no_grad():
+        assert float((per_channel(y, 0.07) - exact).abs().max()) > 1e-3
+
+
+def test_opponent_colour_is_firmly_nonexpansive_and_trains_per_component():
+    model = _opponent(tolerance=1e-11)
+    x, y = natural_starts(3, (3, 12, 12), noise=0.1, seed=5).double(), natural_starts(3, (3, 12, 12), noise=0.1, seed=6).double()
+    with torch.no_grad():
+        assert float(averagedness_defects(model, x, y, alpha=0.5, sigma=0.07).max()) <= 1e-8
+    clean = natural_starts(2, (3, 10, 10), noise=0.0, seed=7).double()
+    noisy = clean + 0.08 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    model.zero_grad()
+    implicit_backward(model, noisy, clean, 0.08, cg_iters=200, cg_tol=1e-12)
+    assert model.log_strength.grad.shape == (3, 2) and bool((model.log_strength.grad[:, 1] != 0).all())
+    _assert_matches_finite_differences(model, noisy, clean, ("log_strength", "weight"))
+
+
+def test_opponent_colour_round_trip_and_bad_options(tmp_path):
+    model = _opponent().float()
+    loaded = ps.load_denoiser_file(ps.save_denoiser(model, tmp_path / "ridge-colour.safetensors"))
+    assert loaded.config["colour"] == "opponent" and loaded.log_strength.shape == (3, 2)
+    y = natural_starts(1, (3, 12, 12), noise=0.1, seed=2)
+    with torch.no_grad():
+        assert torch.allclose(loaded(y, 0.05), model(y, 0.05), atol=1e-5)
+    with pytest.raises(ValueError, match="'opponent' needs channels = 3"):
+        ConvexRidgeDenoiser(channels=1, colour="opponent")
+    with pytest.raises(ValueError, match="colour must be one of"):
+        ConvexRidgeDenoiser(channels=3, colour="lab")

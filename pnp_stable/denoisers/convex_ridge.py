@@ -9,6 +9,12 @@ a quadratic term), and λ = λ(σ) ≥ 0, μ = μ(σ) > 0 interpolated from lear
 (λ(0) = 0: D_0 = I). (λ/μ)R(μ·) is convex for every such λ, μ (Goujon et al. 2023's CRR-NN family), so D_σ is the
 proximal map of a convex function: firmly non-expansive (½-averaged) at every σ.
 
+Colour: ``colour='rgb'`` regularises each channel by R (the prox of a separable sum is the channelwise prox);
+``colour='opponent'`` regularises the components of Qx, Q the orthonormal opponent basis (luminance (1, 1, 1)/√3,
+chrominances (1, 0, −1)/√2 and (1, −2, 1)/√6), each with its own λ_k(σ), μ_k(σ): D(y) = Qᵀ [D_k((Qy)_k)]_k, the prox
+of Σ_k (λ_k/μ_k) R(μ_k (Qx)_k) (prox of f∘Q is Qᵀ prox_f Q for orthogonal Q), so firmly non-expansive too. White
+noise stays white of the same σ under Q; the chrominances, smoother than the channels, take a stronger penalty.
+
 The computed output is certified too: F is 1-strongly convex, so every x satisfies ‖x − D_σ(y)‖ ≤ ‖∇F(x)‖. The
 solver (Nesterov's method for the 1-strongly convex, (1 + λμL_R)-smooth F, warm-started from the previous call)
 stops once that bound, evaluated in float64, is ≤ ``tolerance`` RMS per image; :attr:`accuracy` keeps the worst
@@ -37,10 +43,18 @@ from .._validation import check_image
 from ..theory import Certificate
 from ._cache import TensorKeyedCache
 
-__all__ = ["BOUNDARIES", "HUBER_KNOTS", "ConvexRidgeDenoiser", "RidgeFilters"]
+__all__ = ["BOUNDARIES", "COLOURS", "HUBER_KNOTS", "OPPONENT", "ConvexRidgeDenoiser", "RidgeFilters"]
 
 HUBER_KNOTS = tuple(0.005 * 2**j for j in range(6)) + (math.inf,)  # τ_j of σ_c = Σ_j s_cj clamp(t, −τ_j, τ_j)
 BOUNDARIES = ("reflect", "circular")
+COLOURS = ("rgb", "opponent")
+#: The orthonormal opponent colour basis (rows), in float64: the luminance and two chrominances.
+OPPONENT = torch.tensor([[1, 1, 1], [1, 0, -1], [1, -2, 1]], dtype=torch.float64) / torch.tensor(
+    [[3.0], [2.0], [6.0]], dtype=torch.float64).sqrt()
+#: A bound on the float64 arithmetic of y ↦ Qy or x ↦ Qᵀx relative to the RMS of its input, Q's rounded entries
+#: included: each output entry Σ_j q_ij v_j (3 terms, rows of unit norm) is off by at most (γ_3 + 2u)‖v_pixel‖
+#: (Cauchy–Schwarz), u = 2⁻⁵³, so the RMS error is ≤ √3 (γ_3 + 2u) RMS(v) < 16u RMS(v).
+TRANSFORM_ROUNDING = 16 * 2.0**-53
 
 
 def _huber_sum(t: Tensor, slopes: Tensor) -> Tensor:
@@ -150,6 +164,11 @@ class RidgeFilters:
         return self._from_grid(pointwise(self._on_grid(x), self.window))
 
 
+def _rms(batch: Tensor) -> Tensor:
+    """The RMS of each image of a batch ([B])."""
+    return batch.flatten(1).pow(2).mean(1).sqrt()
+
+
 class _ProxJacobian(torch.autograd.Function):
     """Passes x = D(y) through, and back-propagates with the Jacobian (I + ∇²((λ/μ)R(μ·))(x))⁻¹ (symmetric)."""
 
@@ -170,15 +189,21 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
 
     ``filters`` ridge directions of ``kernel``×``kernel``; ``sigma_knots`` the noise levels (> 0, increasing) at which
     λ and μ are learned (linear in σ between knots, λ → 0 at σ = 0; σ above the last knot is refused);
-    ``boundary`` 'reflect' or 'circular'; ``tolerance`` the certified RMS error of every call; ``max_iter`` the
-    solver's cap (a call that reaches it without meeting the tolerance voids :attr:`certificate`).
+    ``boundary`` 'reflect' or 'circular'; ``colour`` 'rgb' (one λ, μ for every channel) or 'opponent' (3 channels:
+    the opponent components, each with its own λ, μ: ``log_strength`` and ``log_scale`` are then [3, knots]);
+    ``tolerance`` the certified RMS error of every call (per image, over all its channels); ``max_iter`` the solver's
+    cap (a call that reaches it without meeting the tolerance voids :attr:`certificate`).
     """
 
     def __init__(self, channels: int = 1, filters: int = 64, kernel: int = 9, sigma_knots=(25 / 255,),
-                 boundary: str = "reflect", tolerance: float = 1e-5, max_iter: int = 3000, seed: int = 0):
+                 boundary: str = "reflect", tolerance: float = 1e-5, max_iter: int = 3000, seed: int = 0,
+                 colour: str = "rgb"):
         super().__init__()
         if boundary not in BOUNDARIES:
             raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
+        if colour not in COLOURS or (colour == "opponent" and channels != 3):
+            raise ValueError(f"colour must be one of {COLOURS} ('opponent' needs channels = 3), got {colour!r} with "
+                             f"{channels} channels")
         knots = torch.as_tensor(sigma_knots, dtype=torch.float32).flatten()
         if knots.numel() == 0 or not bool((knots > 0).all()) or not bool((knots.diff() > 0).all()):
             raise ValueError(f"sigma_knots must be positive and increasing, got {knots.tolist()}")
@@ -186,27 +211,36 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
             raise ValueError(f"kernel must be odd (a centred filter) and filters ≥ 1, got kernel {kernel}, filters {filters}")
         if not 0 < tolerance < math.inf or max_iter < 1:
             raise ValueError(f"tolerance must be > 0 and finite and max_iter ≥ 1, got {tolerance}, {max_iter}")
-        self.channels, self.boundary, self.max_iter = channels, boundary, int(max_iter)
+        self.channels, self.boundary, self.colour, self.max_iter = channels, boundary, colour, int(max_iter)
         self.config = dict(channels=channels, filters=filters, kernel=kernel, sigma_knots=knots.tolist(),
                            boundary=boundary, tolerance=float(tolerance), max_iter=int(max_iter))
+        if colour != "rgb":  # files written before the option keep their config
+            self.config["colour"] = colour
         w = torch.randn(filters, 1, kernel, kernel, generator=torch.Generator().manual_seed(seed))
         self.weight = nn.Parameter(w / w.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * 0.3)
         self.theta = nn.Parameter(torch.full((filters, len(HUBER_KNOTS)), -3.0))
         self.register_buffer("sigma_knots", knots)
-        self.log_strength = nn.Parameter(torch.zeros(knots.numel()))  # log λ at the knots
-        self.log_scale = nn.Parameter(torch.zeros(knots.numel()))  # log μ at the knots
+        components = (3,) if colour == "opponent" else ()
+        self.log_strength = nn.Parameter(torch.zeros(*components, knots.numel()))  # log λ at the knots
+        self.log_scale = nn.Parameter(torch.zeros(*components, knots.numel()))  # log μ at the knots
         self.accuracy = AccuracyRecord(tolerance)  # the certified RMS error bounds of the calls
         self._smoothness = TensorKeyedCache()
         self._operators = TensorKeyedCache()  # {(shape, dtype): RidgeFilters} for the current weights (their device)
         self._warm: Tensor | None = None  # the last output: the next call of that shape starts from it
 
-    def for_channels(self, channels: int) -> "ConvexRidgeDenoiser":
-        """The same regulariser on images of ``channels`` channels, each channel regularised separately: the prox of
-        Σ_k R(x_k) is the channelwise prox, so it stays firmly non-expansive (a gray model for colour deblurring)."""
+    def for_channels(self, channels: int, colour: str = "rgb") -> "ConvexRidgeDenoiser":
+        """The same regulariser R on images of ``channels`` channels: 'rgb' regularises each channel separately (the
+        prox of Σ_k R(x_k) is the channelwise prox); 'opponent' (3 channels) each opponent component, every one
+        starting from this model's λ(σ), μ(σ) (to be calibrated per component; from an 'opponent' model to 'rgb':
+        the luminance's). Both stay firmly non-expansive."""
         if channels < 1:
             raise ValueError(f"channels must be ≥ 1, got {channels}")
-        twin = type(self)(**{**self.config, "channels": channels})
-        twin.load_state_dict(self.state_dict())
+        twin = type(self)(**{**self.config, "channels": channels, "colour": colour})
+        state = self.state_dict()
+        for name in ("log_strength", "log_scale"):
+            value, target = state[name], getattr(twin, name)
+            state[name] = (value[0] if value.dim() > target.dim() else value).expand_as(target).clone()
+        twin.load_state_dict(state)
         return twin.to(self.weight)
 
     # --- the regulariser -------------------------------------------------------------------------------------------
@@ -219,20 +253,39 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
         return F.softplus(self.theta)
 
     def strength_and_scale(self, sigma: Tensor) -> tuple[Tensor, Tensor]:
-        """λ(σ), μ(σ) per image ([B] each): linear interpolation of the knot values, λ linear from 0 at σ = 0."""
+        """λ(σ), μ(σ) per image and component ([B, m] each, m = 3 for 'opponent', else 1): linear interpolation of
+        the knot values, λ linear from 0 at σ = 0."""
         top = float(self.sigma_knots[-1])
         if not bool((sigma <= top * (1 + 1e-6)).all()):
             raise ValueError(f"noise level {float(sigma.max()):.6g} is above this denoiser's calibrated range "
                              f"(σ ≤ {top:.6g}); use a model calibrated for it")
         knots = torch.cat([self.sigma_knots.new_zeros(1), self.sigma_knots])
-        strength = torch.cat([self.log_strength.new_zeros(1), self.log_strength.exp()])
-        scale_exp = self.log_scale.exp()
-        scale = torch.cat([scale_exp[:1], scale_exp])
+        log_strength, log_scale = (v.view(-1, knots.numel() - 1) for v in (self.log_strength, self.log_scale))
+        strength = torch.cat([log_strength.new_zeros(log_strength.shape[0], 1), log_strength.exp()], 1)
+        scale = torch.cat([log_scale[:, :1], log_scale], 1).exp()
         index = torch.searchsorted(knots, sigma.clamp(max=top).contiguous(), right=True).clamp(1, knots.numel() - 1)
         low, high = knots[index - 1], knots[index]
-        weight = (sigma - low) / (high - low)
-        return (torch.lerp(strength[index - 1], strength[index], weight),
-                torch.lerp(scale[index - 1], scale[index], weight))
+        weight = ((sigma - low) / (high - low))[:, None]
+        return (torch.lerp(strength[:, index - 1].T, strength[:, index].T, weight),
+                torch.lerp(scale[:, index - 1].T, scale[:, index].T, weight))
+
+    def component_parameters(self, sigma: Tensor, channels: int) -> tuple[Tensor, Tensor]:
+        """λ, μ for the [B·channels, 1, H, W] component images of :meth:`to_components` ([B·channels, 1, 1, 1] each)."""
+        return tuple(v.expand(-1, channels).reshape(-1, 1, 1, 1) for v in self.strength_and_scale(sigma))
+
+    def to_components(self, x: Tensor) -> Tensor:
+        """[B, C, H, W] → the [B·C, 1, H, W] images the prox acts on separately: the channels, or ('opponent') the
+        components of Qx, computed in float64 and rounded to x's dtype."""
+        if self.colour == "opponent":
+            x = torch.einsum("ij,bjhw->bihw", OPPONENT.to(x.device), x.double()).to(x.dtype)
+        return x.reshape(-1, 1, *x.shape[-2:])
+
+    def from_components(self, z: Tensor, channels: int) -> Tensor:
+        """:meth:`to_components`' inverse (Qᵀ in float64 for 'opponent'), as [B, channels, H, W] in z's dtype."""
+        z = z.reshape(-1, channels, *z.shape[-2:])
+        if self.colour == "opponent":
+            z = torch.einsum("ji,bjhw->bihw", OPPONENT.to(z.device), z.double()).to(z.dtype)
+        return z
 
     def operator(self, shape, filters: Tensor | None = None) -> RidgeFilters:
         """W E on images of ``shape`` with ``filters`` (default :meth:`filters`, differentiable)."""
@@ -288,22 +341,28 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
         return gradient.flatten(1).norm(dim=1) / math.sqrt(y[0].numel())
 
     @torch.no_grad()
-    def solve(self, y: Tensor, strength: Tensor, scale: Tensor, start: Tensor | None = None) -> tuple[Tensor, Tensor, int]:
-        """D(y) for the [N, 1, H, W] batch y from ``start`` (default y): Nesterov's method in y's dtype down to
-        max(tolerance, L·eps·RMS(y)), then, if the float64 bound is still above ``tolerance``, in float64 until it is
-        not (a float32 iterate's rounding moves ∇F by up to L·ulp(x): at σ = 50/255, L ≈ 700, that floor is near
-        1e-5 RMS, which float32 iterations then cross only by chance). Returns x in y's dtype, its certified bounds
-        (:meth:`error_bound` at the float64 iterate plus the RMS of its rounding to y's dtype: the triangle
-        inequality) and the iterations."""
+    def solve(self, y: Tensor, strength: Tensor, scale: Tensor, start: Tensor | None = None,
+              tolerance: float | None = None) -> tuple[Tensor, Tensor, int]:
+        """D(y) for the [N, 1, H, W] batch y from ``start`` (default y) to ``tolerance`` (default the model's):
+        Nesterov's method in y's dtype down to max(tolerance, L·eps·RMS(y)), then, if the float64 bound is still
+        above ``tolerance``, in float64 until it is below ``tolerance`` less the rounding to come (a float32 iterate's
+        rounding moves ∇F by up to L·ulp(x): at σ = 50/255, L ≈ 700, that floor is near 1e-5 RMS, which float32
+        iterations then cross only by chance). Returns x in y's dtype, its certified bounds (:meth:`error_bound` at the
+        float64 iterate plus the RMS of its rounding to y's dtype: the triangle inequality) and the iterations."""
         lipschitz = 1 + (strength * scale).max().item() * self.smoothness(y.shape)
-        tolerance, rms = self.accuracy.tolerance, math.sqrt(y[0].numel())
-        floor = lipschitz * torch.finfo(y.dtype).eps * float(y.pow(2).mean().sqrt())
+        tolerance = self.accuracy.tolerance if tolerance is None else tolerance
+        rms, eps = math.sqrt(y[0].numel()), torch.finfo(y.dtype).eps
+        floor = lipschitz * eps * float(y.pow(2).mean().sqrt())
         x, iterations = self._nesterov(y, strength, scale, y if start is None else start, lipschitz,
                                        max(tolerance, floor), self.max_iter)
         x = x.double()
         bound = self.error_bound(x, y, strength, scale)
         if not bool((bound <= tolerance).all()) and iterations < self.max_iter:
-            x, more = self._nesterov(y.double(), strength, scale, x, lipschitz, tolerance, self.max_iter - iterations)
+            # rounding to y's dtype moves each entry by ≤ eps/2 of it, and RMS(x) ≤ RMS(y) + tolerance (D(0) = 0, as
+            # R is even, so ‖D(y)‖ ≤ ‖y‖)
+            rounding = 0.5 * eps * (float(y.double().pow(2).flatten(1).mean(1).sqrt().max()) + tolerance)
+            x, more = self._nesterov(y.double(), strength, scale, x, lipschitz, max(tolerance - rounding, tolerance / 2),
+                                     self.max_iter - iterations)
             iterations += more
             bound = self.error_bound(x, y, strength, scale)
         rounded = x.to(y.dtype)
@@ -359,15 +418,36 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
             raise ValueError(f"image {tuple(x.shape[-2:])} is too small for {self.weight.shape[-1]}×"
                              f"{self.weight.shape[-1]} filters with reflect boundary (needs > {reach} pixels per "
                              "axis); use boundary='circular'")
-        strength, scale = (v.repeat_interleave(x.shape[1])[:, None, None, None] for v in self.strength_and_scale(sigma))
-        y = x.reshape(-1, 1, *x.shape[-2:])
+        strength, scale = self.component_parameters(sigma, x.shape[1])
+        y = self.to_components(x)
+        transform_error, allowance = self._transform_rounding(x, y)
         start = self._warm if self._warm is not None and self._warm.shape == y.shape else None
-        out, bound, _ = self.solve(y.detach(), strength.detach(), scale.detach(), start)
-        self.accuracy.record(float(bound.max()))
+        out, bound, _ = self.solve(y.detach(), strength.detach(), scale.detach(), start,
+                                   self.accuracy.tolerance - allowance)
         self._warm = out
         if torch.is_grad_enabled() and y.requires_grad:
             out = _ProxJacobian.apply(y, out, self, strength.detach(), scale.detach())
-        return out.reshape(x.shape)
+        image = self.from_components(out, x.shape[1])
+        bound = bound.view(x.shape[0], -1).pow(2).mean(1).sqrt() + transform_error  # RMS over the image's channels
+        if self.colour == "opponent":
+            with torch.no_grad():
+                exact = self.from_components(out.detach().double(), x.shape[1])
+                bound = bound + _rms(image.detach().double() - exact) + TRANSFORM_ROUNDING * _rms(out.detach().view_as(x))
+        self.accuracy.record(float(bound.max()))
+        return image
+
+    @torch.no_grad()
+    def _transform_rounding(self, x: Tensor, y: Tensor) -> tuple[Tensor, float]:
+        """For y = :meth:`to_components` of x: a per-image RMS bound on y's distance to the exact Qx (its rounding and
+        the float64 arithmetic; D is non-expansive, so it bounds the output's shift too), and an allowance for the
+        output's transform back (rounding ≤ eps/2 of each entry plus the arithmetic, RMS(D(y)) ≤ RMS(y) + tolerance
+        as D(0) = 0): the solve aims at the tolerance less both. Zero for 'rgb' (no arithmetic)."""
+        if self.colour == "rgb":
+            return x.new_zeros(x.shape[0], dtype=torch.float64), 0.0
+        x64 = x.detach().double()
+        error = _rms(y.detach().double().view_as(x) - self.to_components(x64).view_as(x)) + TRANSFORM_ROUNDING * _rms(x64)
+        output = (0.5 * torch.finfo(x.dtype).eps + TRANSFORM_ROUNDING) * (_rms(x64) + error + self.accuracy.tolerance)
+        return error, float((error + output).max())
 
     @property
     def certificate(self) -> Certificate:

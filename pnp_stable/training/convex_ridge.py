@@ -18,10 +18,12 @@ __all__ = ["implicit_backward"]
 
 def implicit_backward(model: ConvexRidgeDenoiser, noisy: Tensor, clean: Tensor, sigma, cg_iters: int = 30,
                       cg_tol: float = 1e-2) -> tuple[float, int]:
-    """Accumulate in the parameters' ``.grad`` the gradient of MSE(D_σ(noisy), clean) ([N, 1, H, W] batches; σ a float
-    or [N]), exact up to CG's relative residual ``cg_tol``; returns the MSE and the solver's iterations."""
+    """Accumulate in the parameters' ``.grad`` the gradient of MSE(D_σ(noisy), clean) ([N, C, H, W] batches; σ a float
+    or [N]), exact up to CG's relative residual ``cg_tol``; returns the MSE and the solver's iterations. The MSE is
+    taken between the components the prox acts on (channels, or opponent components: Q is orthogonal, same MSE)."""
     sigma = torch.as_tensor(sigma, dtype=noisy.dtype).expand(noisy.shape[0])
-    strength, scale = (v[:, None, None, None] for v in model.strength_and_scale(sigma))
+    strength, scale = model.component_parameters(sigma, noisy.shape[1])
+    noisy, clean = model.to_components(noisy), model.to_components(clean)
     x, _, iterations = model.solve(noisy, strength.detach(), scale.detach())
     loss_grad = 2 * (x - clean) / x.numel()
     v = model.inverse_hessian(x, loss_grad, strength.detach(), scale.detach(), iterations=cg_iters, tolerance=cg_tol)
