@@ -338,7 +338,7 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
         x64, y64 = x.double(), y.double()
         gradient = x64 - y64 + self.gradient(x64, self.frozen_operator(x64.shape, x64.dtype),
                                              self.slopes().double(), strength.double(), scale.double())
-        return gradient.flatten(1).norm(dim=1) / math.sqrt(y[0].numel())
+        return _rms(gradient)
 
     @torch.no_grad()
     def solve(self, y: Tensor, strength: Tensor, scale: Tensor, start: Tensor | None = None,
@@ -351,7 +351,7 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
         float64 iterate plus the RMS of its rounding to y's dtype: the triangle inequality) and the iterations."""
         lipschitz = 1 + (strength * scale).max().item() * self.smoothness(y.shape)
         tolerance = self.accuracy.tolerance if tolerance is None else tolerance
-        rms, eps = math.sqrt(y[0].numel()), torch.finfo(y.dtype).eps
+        eps = torch.finfo(y.dtype).eps
         floor = lipschitz * eps * float(y.pow(2).mean().sqrt())
         x, iterations = self._nesterov(y, strength, scale, y if start is None else start, lipschitz,
                                        max(tolerance, floor), self.max_iter)
@@ -360,13 +360,13 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
         if not bool((bound <= tolerance).all()) and iterations < self.max_iter:
             # rounding to y's dtype moves each entry by ≤ eps/2 of it, and RMS(x) ≤ RMS(y) + tolerance (D(0) = 0, as
             # R is even, so ‖D(y)‖ ≤ ‖y‖)
-            rounding = 0.5 * eps * (float(y.double().pow(2).flatten(1).mean(1).sqrt().max()) + tolerance)
+            rounding = 0.5 * eps * (float(_rms(y.double()).max()) + tolerance)
             x, more = self._nesterov(y.double(), strength, scale, x, lipschitz, max(tolerance - rounding, tolerance / 2),
                                      self.max_iter - iterations)
             iterations += more
             bound = self.error_bound(x, y, strength, scale)
         rounded = x.to(y.dtype)
-        return rounded, bound + (rounded.double() - x).flatten(1).norm(dim=1) / rms, iterations
+        return rounded, bound + _rms(rounded.double() - x), iterations
 
     def _nesterov(self, y: Tensor, strength: Tensor, scale: Tensor, start: Tensor, lipschitz: float, target: float,
                   budget: int) -> tuple[Tensor, int]:
@@ -428,7 +428,7 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
         if torch.is_grad_enabled() and y.requires_grad:
             out = _ProxJacobian.apply(y, out, self, strength.detach(), scale.detach())
         image = self.from_components(out, x.shape[1])
-        bound = bound.view(x.shape[0], -1).pow(2).mean(1).sqrt() + transform_error  # RMS over the image's channels
+        bound = _rms(bound.view(x.shape[0], -1)) + transform_error  # RMS over the image's channels
         if self.colour == "opponent":
             with torch.no_grad():
                 exact = self.from_components(out.detach().double(), x.shape[1])
