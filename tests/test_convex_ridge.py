@@ -99,6 +99,28 @@ def test_float32_input_below_its_rounding_floor_is_finished_in_float64():
     assert float(((out.double() - exact).flatten(1).norm(dim=1) / 12).max()) <= 1e-7
 
 
+def test_each_image_iterates_with_its_own_step_until_it_converges():
+    """A batch of a weak and a strong prox (λμ 100× apart): each reaches the tolerance with its own step 1/L_i, the
+    weak one stops first (while the strong one goes on), and an image that already meets it takes no step."""
+    model = _model(tolerance=1e-8)
+    y = natural_starts(3, (1, 12, 12), noise=0.1, seed=4).double()
+    strength = torch.tensor([0.05, 5.0, 1.0], dtype=torch.float64).view(-1, 1, 1, 1)
+    scale = torch.ones_like(strength)
+    start = y.clone()
+    with torch.no_grad():
+        start[2:] = model.solve(y[2:], strength[2:], scale[2:])[0]
+        lipschitz = 1 + (strength * scale).view(-1) * model.smoothness(y.shape)
+        x, steps = model._nesterov(y, strength, scale, start, lipschitz, torch.full((3,), 1e-8, dtype=y.dtype), 3000)
+        bound = model.error_bound(x, y, strength, scale)
+    assert bool((bound <= 1e-8).all())
+    assert 0 < steps[0] < steps[1] and steps[2] == 0
+    for i in range(3):  # the same iterates as a solve of that image alone
+        with torch.no_grad():
+            alone, alone_steps = model._nesterov(y[i:i + 1], strength[i:i + 1], scale[i:i + 1], start[i:i + 1],
+                                                 lipschitz[i:i + 1], torch.full((1,), 1e-8, dtype=y.dtype), 3000)
+        assert torch.allclose(alone, x[i:i + 1], atol=1e-14) and alone_steps[0] == steps[i]
+
+
 @pytest.mark.parametrize("sigma", [0.02, 0.07, 25 / 255])
 def test_firmly_nonexpansive_at_every_sigma(sigma):
     model = _model()

@@ -343,50 +343,66 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
     @torch.no_grad()
     def solve(self, y: Tensor, strength: Tensor, scale: Tensor, start: Tensor | None = None,
               tolerance: float | None = None) -> tuple[Tensor, Tensor, int]:
-        """D(y) for the [N, 1, H, W] batch y from ``start`` (default y) to ``tolerance`` (default the model's):
-        Nesterov's method in y's dtype down to max(tolerance, L·eps·RMS(y)), then, if the float64 bound is still
-        above ``tolerance``, in float64 until it is below ``tolerance`` less the rounding to come (a float32 iterate's
-        rounding moves ∇F by up to L·ulp(x): at σ = 50/255, L ≈ 700, that floor is near 1e-5 RMS, which float32
-        iterations then cross only by chance). Returns x in y's dtype, its certified bounds (:meth:`error_bound` at the
-        float64 iterate plus the RMS of its rounding to y's dtype: the triangle inequality) and the iterations."""
-        lipschitz = 1 + (strength * scale).max().item() * self.smoothness(y.shape)
+        """D(y) for the [N, 1, H, W] batch y from ``start`` (default y) to ``tolerance`` (default the model's), each
+        image with its own step 1/L_i, L_i = 1 + λ_iμ_i L_R (the opponent chrominances' L is 3–6× the luminance's):
+        Nesterov's method in y's dtype down to max(tolerance, L_i·eps·RMS(y_i)), then, for the images whose float64
+        bound is still above ``tolerance``, in float64 until it is below ``tolerance`` less the rounding to come (a
+        float32 iterate's rounding moves ∇F by up to L·ulp(x): at σ = 50/255, L ≈ 700, that floor is near 1e-5 RMS,
+        which float32 iterations then cross only by chance). Returns x in y's dtype, its certified bounds
+        (:meth:`error_bound` at the float64 iterate plus the RMS of its rounding to y's dtype: the triangle
+        inequality) and the most iterations any image took."""
+        lipschitz = 1 + (strength * scale).double().view(-1) * self.smoothness(y.shape)
         tolerance = self.accuracy.tolerance if tolerance is None else tolerance
         eps = torch.finfo(y.dtype).eps
-        floor = lipschitz * eps * float(y.pow(2).mean().sqrt())
+        y_rms = _rms(y.double())
         x, iterations = self._nesterov(y, strength, scale, y if start is None else start, lipschitz,
-                                       max(tolerance, floor), self.max_iter)
+                                       (lipschitz * eps * y_rms).clamp(min=tolerance), self.max_iter)
         x = x.double()
         bound = self.error_bound(x, y, strength, scale)
-        if not bool((bound <= tolerance).all()) and iterations < self.max_iter:
+        late = (bound > tolerance).nonzero().view(-1)
+        budget = self.max_iter - int(iterations[late].max()) if late.numel() else 0
+        if budget > 0:
             # rounding to y's dtype moves each entry by ≤ eps/2 of it, and RMS(x) ≤ RMS(y) + tolerance (D(0) = 0, as
             # R is even, so ‖D(y)‖ ≤ ‖y‖)
-            rounding = 0.5 * eps * (float(_rms(y.double()).max()) + tolerance)
-            x, more = self._nesterov(y.double(), strength, scale, x, lipschitz, max(tolerance - rounding, tolerance / 2),
-                                     self.max_iter - iterations)
-            iterations += more
-            bound = self.error_bound(x, y, strength, scale)
+            target = (tolerance - 0.5 * eps * (y_rms[late] + tolerance)).clamp(min=tolerance / 2)
+            x[late], more = self._nesterov(y[late].double(), strength[late], scale[late], x[late], lipschitz[late],
+                                           target, budget)
+            iterations[late] += more
+            bound[late] = self.error_bound(x[late], y[late], strength[late], scale[late])
         rounded = x.to(y.dtype)
-        return rounded, bound + _rms(rounded.double() - x), iterations
+        return rounded, bound + _rms(rounded.double() - x), int(iterations.max())
 
-    def _nesterov(self, y: Tensor, strength: Tensor, scale: Tensor, start: Tensor, lipschitz: float, target: float,
-                  budget: int) -> tuple[Tensor, int]:
-        """Nesterov's method for the 1-strongly convex, L-smooth F in y's dtype from ``start``, checked every 10 steps,
-        until every image's ‖∇F(x)‖ (in y's dtype) is ≤ ``target`` RMS or ``budget`` steps are spent."""
+    def _nesterov(self, y: Tensor, strength: Tensor, scale: Tensor, start: Tensor, lipschitz: Tensor, target: Tensor,
+                  budget: int) -> tuple[Tensor, Tensor]:
+        """Nesterov's method for the 1-strongly convex F, L_i-smooth on image i (``lipschitz`` [N]), in y's dtype
+        from ``start``: step 1/L_i, momentum (1 − 1/√L_i)/(1 + 1/√L_i). Every 10 steps the images whose ‖∇F(x)‖ (in
+        y's dtype) is ≤ ``target`` RMS ([N]) stop, the others go on, until ``budget`` steps. Returns x and the
+        steps each image took ([N])."""
         operator, slopes = self.frozen_operator(y.shape, y.dtype), self.slopes().to(y.dtype)
         strength, scale = strength.to(y.dtype), scale.to(y.dtype)
-        momentum = (1 - math.sqrt(1 / lipschitz)) / (1 + math.sqrt(1 / lipschitz))
+        step = lipschitz.to(y.dtype).reciprocal().view(-1, 1, 1, 1)
+        momentum = (1 - step.sqrt()) / (1 + step.sqrt())
+        threshold = target.to(y.dtype) * math.sqrt(y[0].numel())
         x = start.to(y.dtype, copy=True)
-        z, iteration, threshold = x.clone(), 0, target * math.sqrt(y[0].numel())
-        while iteration < budget:
-            gradient = x - y + self.gradient(x, operator, slopes, strength, scale)
-            if bool((gradient.flatten(1).norm(dim=1) <= threshold).all()):
+        z, steps = x.clone(), torch.zeros(y.shape[0], dtype=torch.long)
+        active = torch.arange(y.shape[0])
+        for _ in range(0, budget, 10):
+            y_a, x_a, z_a, strength_a, scale_a = y[active], x[active], z[active], strength[active], scale[active]
+            gradient = x_a - y_a + self.gradient(x_a, operator, slopes, strength_a, scale_a)
+            going = gradient.flatten(1).norm(dim=1) > threshold[active]
+            if not bool(going.any()):
                 break
+            if not bool(going.all()):
+                active = active[going]
+                y_a, x_a, z_a, strength_a, scale_a = y_a[going], x_a[going], z_a[going], strength_a[going], scale_a[going]
+            step_a, momentum_a = step[active], momentum[active]
             for _ in range(10):
-                x_next = z - (z - y + self.gradient(z, operator, slopes, strength, scale)) / lipschitz
-                z = x_next + momentum * (x_next - x)
-                x = x_next
-            iteration += 10
-        return x, iteration
+                x_next = z_a - step_a * (z_a - y_a + self.gradient(z_a, operator, slopes, strength_a, scale_a))
+                z_a = x_next + momentum_a * (x_next - x_a)
+                x_a = x_next
+            x[active], z[active] = x_a, z_a
+            steps[active] += 10
+        return x, steps
 
     def curvature(self, x: Tensor, operator: RidgeFilters, slopes: Tensor, scale: Tensor) -> Tensor:
         """σ'(μWEx) per filter and pixel (σ_c' = Σ_j s_cj 1[|t| < τ_j]): ∇²((λ/μ)R(μ·))(x) = λμ (WE)ᵀ diag(σ') WE."""
