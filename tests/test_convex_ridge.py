@@ -121,6 +121,17 @@ def test_each_image_iterates_with_its_own_step_until_it_converges():
         assert torch.allclose(alone, x[i:i + 1], atol=1e-14) and alone_steps[0] == steps[i]
 
 
+def test_each_image_starts_from_the_output_of_the_nearest_recent_input():
+    """Alternating calls (the adversarial search's x, y): each image warm-starts from the call two back, the one
+    whose input is nearest; an input of a new shape starts from itself."""
+    model = _model(tolerance=1e-6)
+    a, b = natural_starts(2, (1, 12, 12), noise=0.1, seed=5).double(), natural_starts(2, (1, 12, 12), noise=0.1, seed=6).double()
+    with torch.no_grad():
+        out_a, out_b = model(a, 0.07), model(b, 0.07)
+    mixed = torch.stack([a[0], b[1]]) + 1e-4
+    assert torch.equal(model._warm_start(mixed), torch.stack([out_a[0], out_b[1]]))
+    assert model._warm_start(a[:1]) is None
+
 @pytest.mark.parametrize("sigma", [0.02, 0.07, 25 / 255])
 def test_firmly_nonexpansive_at_every_sigma(sigma):
     model = _model()

@@ -16,9 +16,9 @@ of Σ_k (λ_k/μ_k) R(μ_k (Qx)_k) (prox of f∘Q is Qᵀ prox_f Q for orthogona
 noise stays white of the same σ under Q; the chrominances, smoother than the channels, take a stronger penalty.
 
 The computed output is certified too: F is 1-strongly convex, so every x satisfies ‖x − D_σ(y)‖ ≤ ‖∇F(x)‖. The
-solver (Nesterov's method for the 1-strongly convex, (1 + λμL_R)-smooth F, warm-started from the previous call)
-stops once that bound, evaluated in float64, is ≤ ``tolerance`` RMS per image; :attr:`accuracy` keeps the worst
-bound of all calls, and :attr:`certificate` is guaranteed only while every call met the tolerance. The smoothness
+solver (Nesterov's method for the 1-strongly convex, (1 + λμL_R)-smooth F, each image with its own step,
+warm-started from the output of the nearer of the last two calls) stops once that bound, evaluated in float64, is
+≤ ``tolerance`` RMS per image; :attr:`accuracy` keeps the worst bound of all calls, and :attr:`certificate` is guaranteed only while every call met the tolerance. The smoothness
 bound: ∇²R(x) = Eᵀ Σ_c W_cᵀ diag(σ_c') W_c E ⪯ Σ_c S_c EᵀW_cᵀW_cE with S_c = sup σ_c' = Σ_j s_cj; circular: W_cE is
 circular convolution, exact norm max_ω Σ_c S_c |ŵ_c(ω)|² on the image's grid; reflect: W_c is a restriction of the
 circular convolution on the padded grid (norm ≤ the same max there) and ‖E‖² ≤ 4 (a pixel appears at most twice
@@ -226,7 +226,7 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
         self.accuracy = AccuracyRecord(tolerance)  # the certified RMS error bounds of the calls
         self._smoothness = TensorKeyedCache()
         self._operators = TensorKeyedCache()  # {(shape, dtype): RidgeFilters} for the current weights (their device)
-        self._warm: Tensor | None = None  # the last output: the next call of that shape starts from it
+        self._recent: list[tuple[Tensor, Tensor]] = []  # the last two calls' (components in, out): warm starts
 
     def for_channels(self, channels: int, colour: str = "rgb") -> "ConvexRidgeDenoiser":
         """The same regulariser R on images of ``channels`` channels: 'rgb' regularises each channel separately (the
@@ -437,10 +437,9 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
         strength, scale = self.component_parameters(sigma, x.shape[1])
         y = self.to_components(x)
         transform_error, allowance = self._transform_rounding(x, y)
-        start = self._warm if self._warm is not None and self._warm.shape == y.shape else None
-        out, bound, _ = self.solve(y.detach(), strength.detach(), scale.detach(), start,
+        out, bound, _ = self.solve(y.detach(), strength.detach(), scale.detach(), self._warm_start(y.detach()),
                                    self.accuracy.tolerance - allowance)
-        self._warm = out
+        self._recent = [(y.detach(), out), *self._recent[:1]]
         if torch.is_grad_enabled() and y.requires_grad:
             out = _ProxJacobian.apply(y, out, self, strength.detach(), scale.detach())
         image = self.from_components(out, x.shape[1])
@@ -451,6 +450,16 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
                 bound = bound + _rms(image.detach().double() - exact) + TRANSFORM_ROUNDING * _rms(out.detach().view_as(x))
         self.accuracy.record(float(bound.max()))
         return image
+
+    def _warm_start(self, y: Tensor) -> Tensor | None:
+        """Per image, the output of whichever of the last two calls had the nearest input (D is non-expansive, so
+        ‖D(y) − D(y')‖ ≤ ‖y − y'‖), None (start at y) when neither had y's shape: PnP iterations move their input a
+        little per call (the last call is nearest), the adversarial search alternates two points (the call before)."""
+        candidates = [(previous, out) for previous, out in self._recent if previous.shape == y.shape]
+        if not candidates:
+            return None
+        nearest = torch.stack([_rms(y - previous) for previous, _ in candidates]).argmin(0)
+        return torch.stack([out for _, out in candidates])[nearest, torch.arange(y.shape[0])]
 
     @torch.no_grad()
     def _transform_rounding(self, x: Tensor, y: Tensor) -> tuple[Tensor, float]:
