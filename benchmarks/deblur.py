@@ -7,8 +7,8 @@ boundary, noise seeded per (image, kernel). Methods:
   ``averaged-lownoise-color`` (monitor verdicts reported);
 - ``dncnn-<solver>``: the same solvers with ``dncnn-color`` or ``dncnn-lownoise-color`` (unconstrained, each
   trained with the same data and budget as its certified counterpart);
-- ``ridge-<solver>``: the same solvers with the exact prox of the learned convex ridge regulariser
-  (``training/screening/convex-ridge.safetensors``, shipped as ``convex-ridge-gray``) on each colour channel;
+- ``ridge-<solver>``: the same solvers with ``convex-ridge-color``, the exact prox of the learned convex ridge
+  regulariser on the opponent colour components (firmly non-expansive for any weights);
 - ``bm3d-hqs``: PnP-HQS with BM3D (``bm3d`` package; slow: ``--bm3d-iters`` iterations);
 - ``bm3d-dpir``: PnP with BM3D in the DPIR schedule (``--bm3d-iters`` HQS iterations, σ_d geometric from 49/255
   down to σ_n, data weight λ tuned; no guarantee): the strongest peer that needs no download;
@@ -53,7 +53,7 @@ from _images import held_out_color_images, load_crops  # noqa: E402
 from _report import RESULTS, ROOT, header  # noqa: E402
 
 import pnp_stable as ps  # noqa: E402
-from pnp_stable.denoisers import BM3DDenoiser, ConvexRidgeDenoiser  # noqa: E402
+from pnp_stable.denoisers import BM3DDenoiser  # noqa: E402
 from pnp_stable.training import list_images  # noqa: E402
 
 GRIDS = {"tv": [0.25, 0.5, 1.0, 2.0, 4.0], "wiener": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]}
@@ -61,7 +61,7 @@ PNP_FACTORS = [0.5, 1.0, 2.0]  # PnP strengths tried: these × the solver's tune
 FB_WEIGHTS = [1.0, 0.3, 0.1]  # FB's denoiser weights ω tried, each with strengths around ω·s² = the default's s²
 #: the shipped models each PnP family chooses from on validation: the general one and the one trained last on σ ≤ 12.75/255
 FAMILIES = {"ours": ("averaged-color", "averaged-lownoise-color"), "dncnn": ("dncnn-color", "dncnn-lownoise-color"),
-            "bm3d": ("bm3d",), "ridge": ("training/screening/convex-ridge.safetensors",)}
+            "bm3d": ("bm3d",), "ridge": ("convex-ridge-color",)}
 GUIDES = {"bm3d": "bm3d", "bm3dlc": "bm3d-lc", "dncnn": "dncnn-color", "averaged": "averaged-color"}  # guided-<guide>-<solver>: the guide's model
 DPIR_WEIGHTS = [0.1, 0.23, 0.5]  # bm3d-dpir's data weight λ tried (DPIR's own value: 0.23)
 
@@ -83,10 +83,8 @@ class Methods:
 
     def model(self, name):
         if name not in self.models:
-            model = BM3DDenoiser("lc" if name == "bm3d-lc" else "np") if name.startswith("bm3d") else ps.load_denoiser(
-                ROOT / name if name.endswith(".safetensors") else name)
-            # a gray convex-ridge prox regularises each colour channel (the test sets are colour)
-            self.models[name] = model.for_channels(3) if isinstance(model, ConvexRidgeDenoiser) else model
+            self.models[name] = (BM3DDenoiser("lc" if name == "bm3d-lc" else "np") if name.startswith("bm3d")
+                                 else ps.load_denoiser(name))
         return self.models[name]
 
     @staticmethod
