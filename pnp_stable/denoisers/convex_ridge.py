@@ -15,14 +15,15 @@ chrominances (1, 0, −1)/√2 and (1, −2, 1)/√6), each with its own λ_k(σ
 of Σ_k (λ_k/μ_k) R(μ_k (Qx)_k) (prox of f∘Q is Qᵀ prox_f Q for orthogonal Q), so firmly non-expansive too. White
 noise stays white of the same σ under Q; the chrominances, smoother than the channels, take a stronger penalty.
 
-The computed output is certified too: F is 1-strongly convex, so every x satisfies ‖x − D_σ(y)‖ ≤ ‖∇F(x)‖. The
-solver (Nesterov's method for the 1-strongly convex, (1 + λμL_R)-smooth F, each image with its own step,
-warm-started from the output of the nearer of the last two calls) stops once that bound, evaluated in float64, is
-≤ ``tolerance`` RMS per image; :attr:`accuracy` keeps the worst bound of all calls, and :attr:`certificate` is guaranteed only while every call met the tolerance. The smoothness
-bound: ∇²R(x) = Eᵀ Σ_c W_cᵀ diag(σ_c') W_c E ⪯ Σ_c S_c EᵀW_cᵀW_cE with S_c = sup σ_c' = Σ_j s_cj; circular: W_cE is
-circular convolution, exact norm max_ω Σ_c S_c |ŵ_c(ω)|² on the image's grid; reflect: W_c is a restriction of the
-circular convolution on the padded grid (norm ≤ the same max there) and ‖E‖² ≤ 4 (a pixel appears at most twice
-per axis); it only sets the step (:meth:`smoothness`), the certificate never uses it.
+The computed output is certified too: F is 1-strongly convex, so every x satisfies ‖x − D_σ(y)‖ ≤ ‖∇F(x)‖. The solver
+(Nesterov's method for the 1-strongly convex, (1 + λμL_R)-smooth F, each image with its own step, warm-started from
+the output of the nearer of the last two calls) stops once that bound, evaluated in float64, is ≤ ``tolerance`` RMS
+per image; :attr:`accuracy` keeps the worst bound of all calls, and :attr:`certificate` is guaranteed only while
+every call met the tolerance. The smoothness bound: ∇²R(x) = Eᵀ Σ_c W_cᵀ diag(σ_c') W_c E ⪯ Σ_c S_c EᵀW_cᵀW_cE with
+S_c = sup σ_c' = Σ_j s_cj; circular: W_cE is circular convolution, exact norm max_ω Σ_c S_c |ŵ_c(ω)|² on the image's
+grid; reflect: W_c is a restriction of the circular convolution on the padded grid (norm ≤ the same max there) and
+‖E‖² ≤ 4 (a pixel appears at most twice per axis); it only sets the step (:meth:`smoothness`), the certificate never
+uses it.
 """
 
 from __future__ import annotations
@@ -344,7 +345,7 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
     def solve(self, y: Tensor, strength: Tensor, scale: Tensor, start: Tensor | None = None,
               tolerance: float | None = None) -> tuple[Tensor, Tensor, int]:
         """D(y) for the [N, 1, H, W] batch y from ``start`` (default y) to ``tolerance`` (default the model's), each
-        image with its own step 1/L_i, L_i = 1 + λ_iμ_i L_R (the opponent chrominances' L is 3–6× the luminance's):
+        image with its own step 1/L_i, L_i = 1 + λ_iμ_i L_R (the opponent chrominances' L is 2–3× the luminance's):
         Nesterov's method in y's dtype down to max(tolerance, L_i·eps·RMS(y_i)), then, for the images whose float64
         bound is still above ``tolerance``, in float64 until it is below ``tolerance`` less the rounding to come (a
         float32 iterate's rounding moves ∇F by up to L·ulp(x): at σ = 50/255, L ≈ 700, that floor is near 1e-5 RMS,
@@ -387,15 +388,12 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
         z, steps = x.clone(), torch.zeros(y.shape[0], dtype=torch.long)
         active = torch.arange(y.shape[0])
         for _ in range(0, budget, 10):
-            y_a, x_a, z_a, strength_a, scale_a = y[active], x[active], z[active], strength[active], scale[active]
-            gradient = x_a - y_a + self.gradient(x_a, operator, slopes, strength_a, scale_a)
-            going = gradient.flatten(1).norm(dim=1) > threshold[active]
-            if not bool(going.any()):
+            gradient = x[active] - y[active] + self.gradient(x[active], operator, slopes, strength[active], scale[active])
+            active = active[gradient.flatten(1).norm(dim=1) > threshold[active]]
+            if active.numel() == 0:
                 break
-            if not bool(going.all()):
-                active = active[going]
-                y_a, x_a, z_a, strength_a, scale_a = y_a[going], x_a[going], z_a[going], strength_a[going], scale_a[going]
-            step_a, momentum_a = step[active], momentum[active]
+            y_a, x_a, z_a, strength_a, scale_a, step_a, momentum_a = (
+                v[active] for v in (y, x, z, strength, scale, step, momentum))
             for _ in range(10):
                 x_next = z_a - step_a * (z_a - y_a + self.gradient(z_a, operator, slopes, strength_a, scale_a))
                 z_a = x_next + momentum_a * (x_next - x_a)
