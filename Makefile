@@ -18,7 +18,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/pnp-stable demo --out demo_out
 
-# bench: the exact commands behind benchmarks/results/*.md, sized for 2 CPU cores (about 16 h in all, of which
+# bench: the exact commands behind benchmarks/results/*.md, sized for 2 CPU cores (about 17 h in all, of which
 # architectures.py trains 5 networks for 40 min each and resumes where an interrupted run stopped;
 # tests/test_packaging.py keeps this list and the results files in step). Data: ../shared/data, or
 # PNP_STABLE_DATA=/path/to/data make bench. bench-full: the full protocols (Set3C + CBSD10, two noise
