@@ -132,6 +132,7 @@ def test_each_image_starts_from_the_output_of_the_nearest_recent_input():
     assert torch.equal(model._warm_start(mixed), torch.stack([out_a[0], out_b[1]]))
     assert model._warm_start(a[:1]) is None
 
+
 @pytest.mark.parametrize("sigma", [0.02, 0.07, 25 / 255])
 def test_firmly_nonexpansive_at_every_sigma(sigma):
     model = _model()
