@@ -241,7 +241,7 @@ def evaluate(args, validation_paths: list[Path], method: str, noise255: float) -
                     showcase = {"estimate": outcome.estimate, "psnr": psnrs[-1], "y": y, "clean": clean}
         count = len(psnrs)
         rows.append(f"| {set_name} | {noise255:g} | {method} | {chosen} ({val_psnr:.2f}) | "
-                    f"{statistics.mean(psnrs):.2f} | {statistics.mean(ssims):.4f} | {statistics.mean(iterations):.0f} | "
+                    f"{statistics.mean(psnrs):.3f} | {statistics.mean(ssims):.4f} | {statistics.mean(iterations):.0f} | "
                     f"{seconds / count:.1f} | {violations} | {', '.join(sorted(statuses)) or '—'} |")
     return rows, showcase
 
@@ -252,8 +252,8 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=["Set3C", "CBSD10"])
     parser.add_argument("--noises", type=float, nargs="+", default=[2.55, 7.65], help="σ on the 0–255 scale")
     parser.add_argument("--kernels", type=int, nargs="+", default=list(range(8)), help="Levin kernel indices")
-    parser.add_argument("--methods", nargs="+", default=[f"{f}-{s}" for f in ("ours", "dncnn") for s in ("fb", "hqs", "drs", "admm")]
-                        + ["bm3d-hqs", "tv", "wiener"])
+    parser.add_argument("--methods", nargs="+", default=[f"ours-{s}" for s in ("fb", "hqs", "drs", "admm")] + ["ridge-drs"]
+                        + [f"dncnn-{s}" for s in ("fb", "hqs", "drs", "admm")] + ["bm3d-hqs", "tv", "wiener"])
     parser.add_argument("--images", type=int, default=None, help="first N images of each set")
     parser.add_argument("--size", type=int, default=None, help="centre crops of this side instead of whole test images")
     parser.add_argument("--max-iter", type=int, default=None, help="iterations of every PnP run and TV; None: each solver's tuned budget")
