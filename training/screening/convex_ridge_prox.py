@@ -53,7 +53,8 @@ def main(argv=None) -> None:
     parser.add_argument("--patch", type=int, default=40)
     parser.add_argument("--sigma", type=float, default=25)
     parser.add_argument("--init", help="start from the weights of another state, its filters zero-padded to --kernel "
-                        "(the same map at step 0); fresh optimiser")
+                        "and, where --channels is larger, joined by new random filters whose slopes start at "
+                        "softplus(-8) ≈ 3e-4 (nearly the same map at step 0); fresh optimiser")
     parser.add_argument("--state", default=str(Path(__file__).resolve().parent / "convex-ridge-prox.ckpt"))
     args = parser.parse_args(argv)
     train, held_out = split_holdout(load_folder(args.data, 1), args.holdout)
@@ -78,12 +79,15 @@ def main(argv=None) -> None:
     elif args.init:
         tensors, meta = load_checkpoint(args.init)
         weight, theta = (model_tensors(tensors)[name] for name in ("weight", "theta"))
-        pad = (args.kernel - weight.shape[-1]) // 2
-        if pad < 0 or weight.shape[-1] + 2 * pad != args.kernel or theta.shape != model.theta.shape:
+        pad, old = (args.kernel - weight.shape[-1]) // 2, weight.shape[0]
+        if pad < 0 or weight.shape[-1] + 2 * pad != args.kernel or old > args.channels:
             raise ValueError(f"{args.init} holds {tuple(weight.shape)} filters; --kernel must be {weight.shape[-1]} "
-                             f"plus an even number ≥ 0 and --channels {weight.shape[0]}")
+                             f"plus an even number ≥ 0 and --channels at least {old}")
         centred = weight - weight.mean(dim=(2, 3), keepdim=True)  # what filters() made of it: padding keeps it
-        model.load_state_dict({"weight": F.pad(centred, (pad,) * 4), "theta": theta}, strict=False)
+        with torch.no_grad():
+            model.weight[:old] = F.pad(centred, (pad,) * 4)
+            model.theta[:old] = theta
+            model.theta[old:] = -8.0
         history["init"] = {"state": args.init, "step": meta["step"], "train_seconds": meta["history"]["train_seconds"]}
 
     def checkpoint(seconds: float) -> None:
