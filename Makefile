@@ -18,7 +18,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/pnp-stable demo --out demo_out
 
-# bench: the exact commands behind benchmarks/results/*.md, sized for 2 CPU cores (about 17 h in all, of which
+# bench: the exact commands behind benchmarks/results/*.md, sized for 2 CPU cores (about 16 h in all, of which
 # architectures.py trains 5 networks for 40 min each and resumes where an interrupted run stopped;
 # tests/test_packaging.py keeps this list and the results files in step). Data: ../shared/data, or
 # PNP_STABLE_DATA=/path/to/data make bench. bench-full: the full protocols (Set3C + CBSD10, two noise
@@ -39,7 +39,6 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/denoise.py --images 10 --sets BSD68 CBSD68 --sigmas 25 --no-models --guides bm3d dncnn averaged --constructions bm3d bm3d-4+6 nlm --threads 2 --out benchmarks/results/denoise-guided.md
 	$(BIN)/python benchmarks/denoise.py --model training/screening/convex-ridge.safetensors --no-bm3d --no-models --sets BSD68 --images 10 --threads 1 --out benchmarks/results/denoise-convex-ridge.md
 	$(BIN)/python benchmarks/denoise.py --model pnp_stable/denoisers/weights/convex-ridge-color.safetensors --no-bm3d --no-models --sets CBSD68 --images 10 --sigmas 25 15 --threads 2 --out benchmarks/results/denoise-convex-ridge-color.md
-	$(BIN)/python benchmarks/deblur.py --sets Set3C --noises 2.55 --size 96 --validation 4 --jobs 2 --threads 1 --methods ridge-drs --out benchmarks/results/deblur-convex-ridge
 	$(BIN)/python benchmarks/guided_speed.py
 	$(BIN)/python benchmarks/boundary.py
 	$(BIN)/python benchmarks/fuzz_inputs.py
