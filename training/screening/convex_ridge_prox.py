@@ -80,9 +80,11 @@ def main(argv=None) -> None:
         tensors, meta = load_checkpoint(args.init)
         weight, theta = (model_tensors(tensors)[name] for name in ("weight", "theta"))
         pad, old = (args.kernel - weight.shape[-1]) // 2, weight.shape[0]
-        if pad < 0 or weight.shape[-1] + 2 * pad != args.kernel or old > args.channels:
-            raise ValueError(f"{args.init} holds {tuple(weight.shape)} filters; --kernel must be {weight.shape[-1]} "
-                             f"plus an even number ≥ 0 and --channels at least {old}")
+        if (pad < 0 or weight.shape[-1] + 2 * pad != args.kernel or old > args.channels
+                or theta.shape[1:] != model.theta.shape[1:]):
+            raise ValueError(f"{args.init} holds {tuple(weight.shape)} filters with {tuple(theta.shape)} activation "
+                             f"slopes; --kernel must be {weight.shape[-1]} plus an even number ≥ 0, --channels at "
+                             f"least {old}, and this model has {model.theta.shape[1]} slopes per filter")
         centred = weight - weight.mean(dim=(2, 3), keepdim=True)  # what filters() made of it: padding keeps it
         with torch.no_grad():
             model.weight[:old] = F.pad(centred, (pad,) * 4)
