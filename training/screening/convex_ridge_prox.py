@@ -39,6 +39,27 @@ EXECUTION_ONLY = ("minutes", "validate_minutes", "state", "data", "val_images", 
 TRAINED = ("weight", "theta")
 
 
+def init_from(model: ConvexRidgeDenoiser, path: str) -> dict:
+    """Load the filters and slopes of the state at ``path`` into ``model``: its filters zero-padded to the model's
+    kernel and, where the model has more, joined by its own random ones whose slopes start at softplus(-8) ≈ 3e-4
+    (nearly the same map); returns the state's metadata."""
+    tensors, meta = load_checkpoint(path)
+    weight, theta = (model_tensors(tensors)[name] for name in ("weight", "theta"))
+    kernel, channels = model.weight.shape[-1], model.weight.shape[0]
+    pad, old = (kernel - weight.shape[-1]) // 2, weight.shape[0]
+    if (pad < 0 or weight.shape[-1] + 2 * pad != kernel or old > channels
+            or theta.shape[1:] != model.theta.shape[1:]):
+        raise ValueError(f"{path} holds {tuple(weight.shape)} filters with {tuple(theta.shape)} activation "
+                         f"slopes; the kernel must be {weight.shape[-1]} plus an even number ≥ 0, the filters at "
+                         f"least {old}, and this model has {model.theta.shape[1]} slopes per filter")
+    centred = weight - weight.mean(dim=(2, 3), keepdim=True)  # what filters() made of it: padding keeps it
+    with torch.no_grad():
+        model.weight[:old] = F.pad(centred, (pad,) * 4)
+        model.theta[:old] = theta
+        model.theta[old:] = -8.0
+    return meta
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[3] / "shared/data/train/gray/Train400"))
@@ -77,19 +98,7 @@ def main(argv=None) -> None:
         sampler.generator.set_state(sampler_state(tensors, args.state, rank=0, world=1))
         step, history = meta["step"], meta["history"]
     elif args.init:
-        tensors, meta = load_checkpoint(args.init)
-        weight, theta = (model_tensors(tensors)[name] for name in ("weight", "theta"))
-        pad, old = (args.kernel - weight.shape[-1]) // 2, weight.shape[0]
-        if (pad < 0 or weight.shape[-1] + 2 * pad != args.kernel or old > args.channels
-                or theta.shape[1:] != model.theta.shape[1:]):
-            raise ValueError(f"{args.init} holds {tuple(weight.shape)} filters with {tuple(theta.shape)} activation "
-                             f"slopes; --kernel must be {weight.shape[-1]} plus an even number ≥ 0, --channels at "
-                             f"least {old}, and this model has {model.theta.shape[1]} slopes per filter")
-        centred = weight - weight.mean(dim=(2, 3), keepdim=True)  # what filters() made of it: padding keeps it
-        with torch.no_grad():
-            model.weight[:old] = F.pad(centred, (pad,) * 4)
-            model.theta[:old] = theta
-            model.theta[old:] = -8.0
+        meta = init_from(model, args.init)
         history["init"] = {"state": args.init, "step": meta["step"], "train_seconds": meta["history"]["train_seconds"]}
 
     def checkpoint(seconds: float) -> None:

@@ -1,0 +1,154 @@
+"""Screen for issue #22: two exact convex-ridge proxes in a row, D = D₂∘D₁, trained jointly through both minimisers.
+
+Each D_k is the prox of a convex ridge regulariser R_k (:class:`pnp_stable.denoisers.ConvexRidgeDenoiser`), firmly
+non-expansive (½-averaged) for any weights, so D₂∘D₁ is ⅔-averaged (Combettes–Yamada: κ = 1 + 1, α = κ/(1 + κ)) and
+its computed output is within ε₁ + ε₂ of the exact one (‖D₂(x̃₁) − D₂(D₁y)‖ ≤ ‖x̃₁ − D₁y‖ by non-expansiveness). The
+composition is not a prox: R₂ sees D₁'s output, not the noisy image, and can learn what D₁ leaves behind, at twice
+the solves. Gradients by implicit differentiation through both: with H_k = I + ∇²R_k at x_k = D_k(x_{k−1}),
+∂loss/∂θ_k = −⟨v_k, ∂_θ ∇R_k(x_k)⟩ and ∂loss/∂x_{k−1} = v_k, v_k = H_k⁻¹ ∂loss/∂x_k (H_k symmetric).
+
+Same protocol as ``convex_ridge_prox.py`` (one thread, Train400 less its last ``--holdout``, σ = ``--sigma``,
+validation PSNR on the first ``--val-images`` held-out images, resumable ``--state``). ``--init`` starts D₁ from a
+state of that screen; D₂ starts near the identity (random filters, slopes softplus(``--stage2-theta``)).
+
+    OMP_NUM_THREADS=1 .venv/bin/python training/screening/convex_ridge_cascade.py --minutes 40 --kernel 13 \\
+        --init training/screening/convex-ridge-prox-k13.ckpt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from convex_ridge_prox import EXECUTION_ONLY, init_from  # noqa: E402
+from pnp_stable.denoisers import ConvexRidgeDenoiser  # noqa: E402
+from pnp_stable.theory import compose_averagedness  # noqa: E402
+from pnp_stable.training.checkpoint import load_checkpoint, model_tensors, sampler_state, save_checkpoint  # noqa: E402
+from pnp_stable.training.data import PatchSampler, load_folder, split_holdout  # noqa: E402
+from pnp_stable.training.trainer import validation_psnr  # noqa: E402
+
+
+class ProxCascade(nn.Module):
+    """D(y) = D_m(…D_1(y)): each stage the exact prox of its own convex ridge regulariser at its single σ."""
+
+    def __init__(self, stages: list[ConvexRidgeDenoiser]):
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x: Tensor, sigma=25 / 255) -> Tensor:
+        for stage in self.stages:
+            x = stage(x, sigma)
+        return x
+
+    @property
+    def alpha(self) -> float:
+        return compose_averagedness(stage.certificate.alpha for stage in self.stages)
+
+
+def cascade_backward(cascade: ProxCascade, noisy: Tensor, clean: Tensor, sigma: float, cg_iters: int = 30,
+                     cg_tol: float = 1e-2) -> tuple[float, list[int]]:
+    """Accumulate the gradient of MSE(D(noisy), clean) in every stage's parameters (module docstring); returns the
+    MSE and each stage's solver iterations."""
+    sigma = torch.full((noisy.shape[0],), sigma, dtype=noisy.dtype)
+    inputs, outputs, parameters, iterations = [], [], [], []
+    x = noisy
+    for stage in cascade.stages:
+        strength, scale = stage.component_parameters(sigma, 1)
+        inputs.append(x)
+        x, _, used = stage.solve(x, strength.detach(), scale.detach())
+        outputs.append(x)
+        parameters.append((strength, scale))
+        iterations.append(used)
+    grad = 2 * (x - clean) / x.numel()
+    for stage, x, (strength, scale) in reversed(list(zip(cascade.stages, outputs, parameters))):
+        v = stage.inverse_hessian(x, grad, strength.detach(), scale.detach(), iterations=cg_iters, tolerance=cg_tol)
+        (-(v * stage.gradient(x, stage.operator(x.shape), stage.slopes(), strength, scale)).sum()).backward()
+        grad = v
+    return float((outputs[-1] - clean).pow(2).mean()), iterations
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[3] / "shared/data/train/gray/Train400"))
+    parser.add_argument("--holdout", type=int, default=40)
+    parser.add_argument("--val-images", type=int, default=40)
+    parser.add_argument("--minutes", type=float, default=40, help="training minutes of this run")
+    parser.add_argument("--validate-minutes", type=float, default=20)
+    parser.add_argument("--channels", type=int, default=64, help="filters of D₁")
+    parser.add_argument("--kernel", type=int, default=13, help="filter size of D₁")
+    parser.add_argument("--stage2-channels", type=int, default=64)
+    parser.add_argument("--stage2-kernel", type=int, default=13)
+    parser.add_argument("--stage2-theta", type=float, default=-5.0, help="D₂'s initial slopes, softplus of this")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam lr of the filters; the activations' is 5×")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--patch", type=int, default=40)
+    parser.add_argument("--sigma", type=float, default=25)
+    parser.add_argument("--init", help="a convex_ridge_prox.py state to start D₁ from (fresh optimiser)")
+    parser.add_argument("--state", default=str(Path(__file__).resolve().parent / "convex-ridge-cascade.ckpt"))
+    args = parser.parse_args(argv)
+    train, held_out = split_holdout(load_folder(args.data, 1), args.holdout)
+    held_out = held_out[: args.val_images]
+    sampler = PatchSampler(train, args.patch, args.batch, args.sigma / 255, seed=0)
+    stages = [ConvexRidgeDenoiser(filters=channels, kernel=kernel, sigma_knots=(args.sigma / 255,),
+                                  boundary="circular", tolerance=1e-4, max_iter=5000, seed=seed)
+              for seed, (channels, kernel) in enumerate([(args.channels, args.kernel),
+                                                         (args.stage2_channels, args.stage2_kernel)])]
+    with torch.no_grad():
+        stages[1].theta.fill_(args.stage2_theta)
+    cascade = ProxCascade(stages)
+    optimizer = torch.optim.Adam([group for stage in stages for group in (
+        {"params": [stage.weight], "lr": args.lr}, {"params": [stage.theta], "lr": 5 * args.lr})])
+    schedule = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    config = {key: value for key, value in vars(args).items() if key not in EXECUTION_ONLY}
+    step, history = 0, {"curve": [], "train_seconds": 0.0}
+    if Path(args.state).is_file():
+        tensors, meta = load_checkpoint(args.state)
+        stored = {key: value for key, value in meta["config"].items() if key not in EXECUTION_ONLY}
+        if stored != config:
+            raise ValueError(f"{args.state} was written with other options {stored}; use them or another --state")
+        cascade.load_state_dict(model_tensors(tensors))
+        optimizer.load_state_dict(meta["optimizer_state"])
+        sampler.generator.set_state(sampler_state(tensors, args.state, rank=0, world=1))
+        step, history = meta["step"], meta["history"]
+    elif args.init:
+        meta = init_from(stages[0], args.init)
+        history["init"] = {"state": args.init, "step": meta["step"], "train_seconds": meta["history"]["train_seconds"]}
+
+    def checkpoint(seconds: float) -> None:
+        val = validation_psnr(cascade, held_out, args.sigma / 255)
+        history["curve"].append([step, val, len(held_out)])  # [step, dB, validation images]
+        history["train_seconds"] += seconds
+        print(json.dumps({"step": step, "val_psnr": round(val, 3), "alpha": cascade.alpha,
+                          "certified_inner_errors": [stage.accuracy.worst for stage in stages],
+                          "train_seconds": round(history["train_seconds"])}), flush=True)
+        save_checkpoint(args.state, cascade, optimizer, schedule, sampler.generator.get_state(), step, config, history)
+
+    if step == 0:
+        checkpoint(0.0)
+    start = last = time.time()
+    while time.time() - start < args.minutes * 60:
+        noisy, clean, _ = next(sampler)
+        optimizer.zero_grad()
+        loss, iterations = cascade_backward(cascade, noisy, clean, args.sigma / 255)
+        optimizer.step()
+        step += 1
+        if step % 50 == 0:
+            print(json.dumps({"step": step, "train_psnr": round(-10 * math.log10(loss), 3),
+                              "inner_iterations": iterations}), flush=True)
+        if time.time() - last > args.validate_minutes * 60:
+            checkpoint(time.time() - last)
+            last = time.time()
+    checkpoint(time.time() - last)
+
+
+if __name__ == "__main__":
+    main()
