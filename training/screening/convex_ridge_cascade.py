@@ -18,10 +18,7 @@ state of that screen; D₂ starts near the identity (random filters, slopes soft
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,12 +26,9 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convex_ridge_prox import EXECUTION_ONLY, init_from  # noqa: E402
+from convex_ridge_prox import add_arguments, init_from, run_screen  # noqa: E402
 from pnp_stable.denoisers import ConvexRidgeDenoiser  # noqa: E402
 from pnp_stable.theory import compose_averagedness  # noqa: E402
-from pnp_stable.training.checkpoint import load_checkpoint, model_tensors, sampler_state, save_checkpoint  # noqa: E402
-from pnp_stable.training.data import PatchSampler, load_folder, split_holdout  # noqa: E402
-from pnp_stable.training.trainer import validation_psnr  # noqa: E402
 
 
 class ProxCascade(nn.Module):
@@ -78,76 +72,21 @@ def cascade_backward(cascade: ProxCascade, noisy: Tensor, clean: Tensor, sigma: 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[3] / "shared/data/train/gray/Train400"))
-    parser.add_argument("--holdout", type=int, default=40)
-    parser.add_argument("--val-images", type=int, default=40)
-    parser.add_argument("--minutes", type=float, default=40, help="training minutes of this run")
-    parser.add_argument("--validate-minutes", type=float, default=20)
+    add_arguments(parser, state="convex-ridge-cascade.ckpt", val_images=40, minutes=40, validate_minutes=20, lr=1e-3)
     parser.add_argument("--channels", type=int, default=64, help="filters of D₁")
     parser.add_argument("--kernel", type=int, default=13, help="filter size of D₁")
     parser.add_argument("--stage2-channels", type=int, default=64)
     parser.add_argument("--stage2-kernel", type=int, default=13)
     parser.add_argument("--stage2-theta", type=float, default=-5.0, help="D₂'s initial slopes, softplus of this")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam lr of the filters; the activations' is 5×")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--patch", type=int, default=40)
-    parser.add_argument("--sigma", type=float, default=25)
     parser.add_argument("--init", help="a convex_ridge_prox.py state to start D₁ from (fresh optimiser)")
-    parser.add_argument("--state", default=str(Path(__file__).resolve().parent / "convex-ridge-cascade.ckpt"))
     args = parser.parse_args(argv)
-    train, held_out = split_holdout(load_folder(args.data, 1), args.holdout)
-    held_out = held_out[: args.val_images]
-    sampler = PatchSampler(train, args.patch, args.batch, args.sigma / 255, seed=0)
     stages = [ConvexRidgeDenoiser(filters=channels, kernel=kernel, sigma_knots=(args.sigma / 255,),
                                   boundary="circular", tolerance=1e-4, max_iter=5000, seed=seed)
               for seed, (channels, kernel) in enumerate([(args.channels, args.kernel),
                                                          (args.stage2_channels, args.stage2_kernel)])]
     with torch.no_grad():
         stages[1].theta.fill_(args.stage2_theta)
-    cascade = ProxCascade(stages)
-    optimizer = torch.optim.Adam([group for stage in stages for group in (
-        {"params": [stage.weight], "lr": args.lr}, {"params": [stage.theta], "lr": 5 * args.lr})])
-    schedule = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    config = {key: value for key, value in vars(args).items() if key not in EXECUTION_ONLY}
-    step, history = 0, {"curve": [], "train_seconds": 0.0}
-    if Path(args.state).is_file():
-        tensors, meta = load_checkpoint(args.state)
-        stored = {key: value for key, value in meta["config"].items() if key not in EXECUTION_ONLY}
-        if stored != config:
-            raise ValueError(f"{args.state} was written with other options {stored}; use them or another --state")
-        cascade.load_state_dict(model_tensors(tensors))
-        optimizer.load_state_dict(meta["optimizer_state"])
-        sampler.generator.set_state(sampler_state(tensors, args.state, rank=0, world=1))
-        step, history = meta["step"], meta["history"]
-    elif args.init:
-        meta = init_from(stages[0], args.init)
-        history["init"] = {"state": args.init, "step": meta["step"], "train_seconds": meta["history"]["train_seconds"]}
-
-    def checkpoint(seconds: float) -> None:
-        val = validation_psnr(cascade, held_out, args.sigma / 255)
-        history["curve"].append([step, val, len(held_out)])  # [step, dB, validation images]
-        history["train_seconds"] += seconds
-        print(json.dumps({"step": step, "val_psnr": round(val, 3), "alpha": cascade.alpha,
-                          "certified_inner_errors": [stage.accuracy.worst for stage in stages],
-                          "train_seconds": round(history["train_seconds"])}), flush=True)
-        save_checkpoint(args.state, cascade, optimizer, schedule, sampler.generator.get_state(), step, config, history)
-
-    if step == 0:
-        checkpoint(0.0)
-    start = last = time.time()
-    while time.time() - start < args.minutes * 60:
-        noisy, clean, _ = next(sampler)
-        optimizer.zero_grad()
-        loss, iterations = cascade_backward(cascade, noisy, clean, args.sigma / 255)
-        optimizer.step()
-        step += 1
-        if step % 50 == 0:
-            print(json.dumps({"step": step, "train_psnr": round(-10 * math.log10(loss), 3),
-                              "inner_iterations": iterations}), flush=True)
-        if time.time() - last > args.validate_minutes * 60:
-            checkpoint(time.time() - last)
-            last = time.time()
-    checkpoint(time.time() - last)
+    run_screen(args, ProxCascade(stages), cascade_backward, lambda cascade, path: init_from(cascade.stages[0], path))
 
 
 if __name__ == "__main__":

@@ -23,9 +23,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pnp_stable.denoisers import ConvexRidgeDenoiser  # noqa: E402
+from pnp_stable.theory import compose_averagedness  # noqa: E402
 from pnp_stable.training.checkpoint import load_checkpoint, model_tensors, sampler_state, save_checkpoint  # noqa: E402
 from pnp_stable.training.data import PatchSampler, load_folder, split_holdout  # noqa: E402
 from pnp_stable.training.convex_ridge import implicit_backward  # noqa: E402
@@ -34,9 +36,10 @@ from pnp_stable.training.trainer import validation_psnr  # noqa: E402
 #: Options that change how a run is executed or validated, not what it trains: a resume may change them (``init``
 #: only acts on a fresh state, and the history records it).
 EXECUTION_ONLY = ("minutes", "validate_minutes", "state", "data", "val_images", "init")
-#: The parameters this screen trains: R's filters and slopes. λ = μ = 1 at its single σ (states written before the
-#: package class existed hold only these).
+#: The parameters the screens train (by their last name): each R's filters and slopes. λ = μ = 1 at the single σ
+#: (states written before the package class existed hold only these).
 TRAINED = ("weight", "theta")
+TRAINING_DATA = Path(__file__).resolve().parents[3] / "shared/data/train/gray/Train400"
 
 
 def init_from(model: ConvexRidgeDenoiser, path: str) -> dict:
@@ -60,31 +63,36 @@ def init_from(model: ConvexRidgeDenoiser, path: str) -> dict:
     return meta
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[3] / "shared/data/train/gray/Train400"))
+
+def add_arguments(parser: argparse.ArgumentParser, *, state: str, val_images: int, minutes: float,
+                  validate_minutes: float, lr: float) -> None:
+    """The options every convex-ridge screen shares (its defaults given)."""
+    parser.add_argument("--data", default=str(TRAINING_DATA))
     parser.add_argument("--holdout", type=int, default=40)
-    parser.add_argument("--val-images", type=int, default=10)
-    parser.add_argument("--minutes", type=float, default=55, help="training minutes of this run")
-    parser.add_argument("--validate-minutes", type=float, default=10)
-    parser.add_argument("--channels", type=int, default=64)
-    parser.add_argument("--kernel", type=int, default=9)
-    parser.add_argument("--lr", type=float, default=2e-3, help="Adam lr of the filters; the activations' is 5×")
+    parser.add_argument("--val-images", type=int, default=val_images)
+    parser.add_argument("--minutes", type=float, default=minutes, help="training minutes of this run")
+    parser.add_argument("--validate-minutes", type=float, default=validate_minutes)
+    parser.add_argument("--lr", type=float, default=lr, help="Adam lr of the filters; the activations' is 5×")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--patch", type=int, default=40)
     parser.add_argument("--sigma", type=float, default=25)
-    parser.add_argument("--init", help="start from the weights of another state, its filters zero-padded to --kernel "
-                        "and, where --channels is larger, joined by new random filters whose slopes start at "
-                        "softplus(-8) ≈ 3e-4 (nearly the same map at step 0); fresh optimiser")
-    parser.add_argument("--state", default=str(Path(__file__).resolve().parent / "convex-ridge-prox.ckpt"))
-    args = parser.parse_args(argv)
+    parser.add_argument("--state", default=str(Path(__file__).resolve().parent / state))
+
+
+def run_screen(args: argparse.Namespace, model: nn.Module, backward, initialise) -> None:
+    """Train ``model``'s filters and slopes (Adam, the slopes at 5× ``--lr``) for ``--minutes`` on Train400 less its
+    last ``--holdout`` images, validating on the first ``--val-images`` of those at step 0 (fresh runs), every
+    ``--validate-minutes`` and at the end, each time writing the resumable ``--state``; a state on disk is resumed
+    (with the options it was written with). ``backward(model, noisy, clean, σ)`` accumulates the gradients and
+    returns the MSE and the solver's iterations; ``initialise(model, path)`` applies ``--init`` to a fresh model and
+    returns that state's metadata."""
     train, held_out = split_holdout(load_folder(args.data, 1), args.holdout)
     held_out = held_out[: args.val_images]
     sampler = PatchSampler(train, args.patch, args.batch, args.sigma / 255, seed=0)
-    model = ConvexRidgeDenoiser(filters=args.channels, kernel=args.kernel, sigma_knots=(args.sigma / 255,),
-                                boundary="circular", tolerance=1e-4, max_iter=5000)
-    optimizer = torch.optim.Adam([{"params": [model.weight], "lr": args.lr}, {"params": [model.theta], "lr": 5 * args.lr}])
+    optimizer = torch.optim.Adam([{"params": [value], "lr": args.lr * (5 if name.endswith("theta") else 1)}
+                                  for name, value in model.named_parameters() if name.split(".")[-1] in TRAINED])
     schedule = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    proxes = [module for module in model.modules() if isinstance(module, ConvexRidgeDenoiser)]
     config = {key: value for key, value in vars(args).items() if key not in EXECUTION_ONLY}
     step, history = 0, {"curve": [], "train_seconds": 0.0}
     if Path(args.state).is_file():
@@ -92,37 +100,55 @@ def main(argv=None) -> None:
         stored = {key: value for key, value in meta["config"].items() if key not in EXECUTION_ONLY}
         if stored != config:
             raise ValueError(f"{args.state} was written with other options {stored}; use them or another --state")
-        model.load_state_dict({name: value for name, value in model_tensors(tensors).items() if name in TRAINED},
-                              strict=False)
+        model.load_state_dict({name: value for name, value in model_tensors(tensors).items()
+                               if name.split(".")[-1] in TRAINED}, strict=False)
         optimizer.load_state_dict(meta["optimizer_state"])
         sampler.generator.set_state(sampler_state(tensors, args.state, rank=0, world=1))
         step, history = meta["step"], meta["history"]
     elif args.init:
-        meta = init_from(model, args.init)
+        meta = initialise(model, args.init)
         history["init"] = {"state": args.init, "step": meta["step"], "train_seconds": meta["history"]["train_seconds"]}
 
     def checkpoint(seconds: float) -> None:
         val = validation_psnr(model, held_out, args.sigma / 255)
         history["curve"].append([step, val, len(held_out)])  # [step, dB, validation images]
         history["train_seconds"] += seconds
-        print(json.dumps({"step": step, "val_psnr": round(val, 3), "certified_inner_error": model.accuracy.worst,
+        print(json.dumps({"step": step, "val_psnr": round(val, 3),
+                          "alpha": compose_averagedness(prox.certificate.alpha for prox in proxes),
+                          "certified_inner_errors": [prox.accuracy.worst for prox in proxes],
                           "train_seconds": round(history["train_seconds"])}), flush=True)
         save_checkpoint(args.state, model, optimizer, schedule, sampler.generator.get_state(), step, config, history)
 
+    if step == 0:
+        checkpoint(0.0)
     start = last = time.time()
     while time.time() - start < args.minutes * 60:
         noisy, clean, _ = next(sampler)
         optimizer.zero_grad()
-        loss, iterations = implicit_backward(model, noisy, clean, args.sigma / 255)
+        loss, iterations = backward(model, noisy, clean, args.sigma / 255)
         optimizer.step()
         step += 1
         if step % 50 == 0:
-            print(json.dumps({"step": step, "train_psnr": round(-10 * math.log10(loss), 3), "inner_iterations": iterations}),
-                  flush=True)
+            print(json.dumps({"step": step, "train_psnr": round(-10 * math.log10(loss), 3),
+                              "inner_iterations": iterations}), flush=True)
         if time.time() - last > args.validate_minutes * 60:
             checkpoint(time.time() - last)
             last = time.time()
     checkpoint(time.time() - last)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(parser, state="convex-ridge-prox.ckpt", val_images=10, minutes=55, validate_minutes=10, lr=2e-3)
+    parser.add_argument("--channels", type=int, default=64)
+    parser.add_argument("--kernel", type=int, default=9)
+    parser.add_argument("--init", help="start from the weights of another state, its filters zero-padded to --kernel "
+                        "and, where --channels is larger, joined by new random filters whose slopes start at "
+                        "softplus(-8) ≈ 3e-4 (nearly the same map at step 0); fresh optimiser")
+    args = parser.parse_args(argv)
+    model = ConvexRidgeDenoiser(filters=args.channels, kernel=args.kernel, sigma_knots=(args.sigma / 255,),
+                                boundary="circular", tolerance=1e-4, max_iter=5000)
+    run_screen(args, model, implicit_backward, init_from)
 
 
 if __name__ == "__main__":
