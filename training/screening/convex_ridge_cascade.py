@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from convex_ridge_prox import add_arguments, init_from, run_screen  # noqa: E402
 from pnp_stable.denoisers import ConvexRidgeDenoiser  # noqa: E402
-from pnp_stable.theory import compose_averagedness  # noqa: E402
 
 
 class ProxCascade(nn.Module):
@@ -43,21 +42,16 @@ class ProxCascade(nn.Module):
             x = stage(x, sigma)
         return x
 
-    @property
-    def alpha(self) -> float:
-        return compose_averagedness(stage.certificate.alpha for stage in self.stages)
-
 
 def cascade_backward(cascade: ProxCascade, noisy: Tensor, clean: Tensor, sigma: float, cg_iters: int = 30,
                      cg_tol: float = 1e-2) -> tuple[float, list[int]]:
     """Accumulate the gradient of MSE(D(noisy), clean) in every stage's parameters (module docstring); returns the
     MSE and each stage's solver iterations."""
     sigma = torch.full((noisy.shape[0],), sigma, dtype=noisy.dtype)
-    inputs, outputs, parameters, iterations = [], [], [], []
+    outputs, parameters, iterations = [], [], []
     x = noisy
     for stage in cascade.stages:
         strength, scale = stage.component_parameters(sigma, 1)
-        inputs.append(x)
         x, _, used = stage.solve(x, strength.detach(), scale.detach())
         outputs.append(x)
         parameters.append((strength, scale))

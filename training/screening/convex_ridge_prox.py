@@ -63,7 +63,6 @@ def init_from(model: ConvexRidgeDenoiser, path: str) -> dict:
     return meta
 
 
-
 def add_arguments(parser: argparse.ArgumentParser, *, state: str, val_images: int, minutes: float,
                   validate_minutes: float, lr: float) -> None:
     """The options every convex-ridge screen shares (its defaults given)."""
