@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..denoisers.convex_ridge import ConvexRidgeDenoiser
 
-__all__ = ["implicit_backward"]
+__all__ = ["backward_through_prox", "implicit_backward"]
 
 
 def implicit_backward(model: ConvexRidgeDenoiser, noisy: Tensor, clean: Tensor, sigma, cg_iters: int = 30,
@@ -25,7 +25,15 @@ def implicit_backward(model: ConvexRidgeDenoiser, noisy: Tensor, clean: Tensor, 
     strength, scale = model.component_parameters(sigma, noisy.shape[1])
     noisy, clean = model.to_components(noisy), model.to_components(clean)
     x, _, iterations = model.solve(noisy, strength.detach(), scale.detach())
-    loss_grad = 2 * (x - clean) / x.numel()
-    v = model.inverse_hessian(x, loss_grad, strength.detach(), scale.detach(), iterations=cg_iters, tolerance=cg_tol)
-    (-(v * model.gradient(x, model.operator(x.shape), model.slopes(), strength, scale)).sum()).backward()
+    backward_through_prox(model, x, 2 * (x - clean) / x.numel(), strength, scale, cg_iters, cg_tol)
     return float((x - clean).pow(2).mean()), iterations
+
+
+def backward_through_prox(model: ConvexRidgeDenoiser, x: Tensor, grad: Tensor, strength: Tensor, scale: Tensor,
+                          cg_iters: int = 30, cg_tol: float = 1e-2) -> Tensor:
+    """For x = D(y) (the [N, 1, H, W] components) and grad = ∂loss/∂x: accumulate −⟨v, ∂_θ g_θ(x)⟩ in the parameters'
+    ``.grad`` and return v = (I + ∇g_θ(x))⁻¹ grad, which is ∂loss/∂y (the Jacobian is symmetric), so that a chain of
+    proxes back-propagates stage by stage."""
+    v = model.inverse_hessian(x, grad, strength.detach(), scale.detach(), iterations=cg_iters, tolerance=cg_tol)
+    (-(v * model.gradient(x, model.operator(x.shape), model.slopes(), strength, scale)).sum()).backward()
+    return v

@@ -26,8 +26,9 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convex_ridge_prox import add_arguments, init_from, run_screen  # noqa: E402
+from convex_ridge_prox import add_arguments, init_from, run_screen, screen_denoiser  # noqa: E402
 from pnp_stable.denoisers import ConvexRidgeDenoiser  # noqa: E402
+from pnp_stable.training.convex_ridge import backward_through_prox  # noqa: E402
 
 
 class ProxCascade(nn.Module):
@@ -58,9 +59,7 @@ def cascade_backward(cascade: ProxCascade, noisy: Tensor, clean: Tensor, sigma: 
         iterations.append(used)
     grad = 2 * (x - clean) / x.numel()
     for stage, x, (strength, scale) in reversed(list(zip(cascade.stages, outputs, parameters))):
-        v = stage.inverse_hessian(x, grad, strength.detach(), scale.detach(), iterations=cg_iters, tolerance=cg_tol)
-        (-(v * stage.gradient(x, stage.operator(x.shape), stage.slopes(), strength, scale)).sum()).backward()
-        grad = v
+        grad = backward_through_prox(stage, x, grad, strength, scale, cg_iters, cg_tol)
     return float((outputs[-1] - clean).pow(2).mean()), iterations
 
 
@@ -74,8 +73,7 @@ def main(argv=None) -> None:
     parser.add_argument("--stage2-theta", type=float, default=-5.0, help="D₂'s initial slopes, softplus of this")
     parser.add_argument("--init", help="a convex_ridge_prox.py state to start D₁ from (fresh optimiser)")
     args = parser.parse_args(argv)
-    stages = [ConvexRidgeDenoiser(filters=channels, kernel=kernel, sigma_knots=(args.sigma / 255,),
-                                  boundary="circular", tolerance=1e-4, max_iter=5000, seed=seed)
+    stages = [screen_denoiser(args, filters=channels, kernel=kernel, seed=seed)
               for seed, (channels, kernel) in enumerate([(args.channels, args.kernel),
                                                          (args.stage2_channels, args.stage2_kernel)])]
     with torch.no_grad():

@@ -28,9 +28,9 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convex_ridge_prox import add_arguments, run_screen  # noqa: E402
+from convex_ridge_prox import add_arguments, run_screen, screen_denoiser  # noqa: E402
 from pnp_stable.denoisers import ConvexRidgeDenoiser  # noqa: E402
-from pnp_stable.denoisers.convex_ridge import HUBER_KNOTS, RidgeFilters, _Fused  # noqa: E402
+from pnp_stable.denoisers.convex_ridge import HUBER_KNOTS, RidgeFilters, _Fused, _huber_sum_derivative  # noqa: E402
 from pnp_stable.training.checkpoint import load_checkpoint, model_tensors  # noqa: E402
 from pnp_stable.training.convex_ridge import implicit_backward  # noqa: E402
 
@@ -83,8 +83,7 @@ class GroupRidgeDenoiser(ConvexRidgeDenoiser):
         r, group_slopes = u.norm(dim=2, keepdim=True), self.slopes().to(x.dtype)[:: self.group]
         direction = u / r.clamp(min=torch.finfo(x.dtype).tiny)
         ratio = _ratio(r, group_slopes)
-        shape = (1, -1) + (1,) * (r.dim() - 2)
-        derivative = sum(group_slopes[:, j].view(shape) * (r < tau).to(x) for j, tau in enumerate(HUBER_KNOTS))
+        derivative = _huber_sum_derivative(r.squeeze(2), group_slopes).unsqueeze(2)  # σ_g'(r)
         weight = (strength * scale).view(-1, 1, 1, 1, 1)
 
         def hessian(v: Tensor) -> Tensor:
@@ -122,10 +121,8 @@ def main(argv=None) -> None:
     parser.add_argument("--partner-norm", type=float, default=0.1, help="see --init")
     parser.add_argument("--init", help="a convex_ridge_prox.py state with --channels / --group filters (module docstring)")
     args = parser.parse_args(argv)
-    model = GroupRidgeDenoiser(group=args.group, filters=args.channels, kernel=args.kernel,
-                               sigma_knots=(args.sigma / 255,), boundary="circular", tolerance=1e-4, max_iter=5000)
-    run_screen(args, model, implicit_backward,
-               lambda model, path: init_groups(model, path, args.partner_norm))
+    model = screen_denoiser(args, GroupRidgeDenoiser, group=args.group, filters=args.channels, kernel=args.kernel)
+    run_screen(args, model, implicit_backward, lambda model, path: init_groups(model, path, args.partner_norm))
 
 
 if __name__ == "__main__":

@@ -78,6 +78,12 @@ def add_arguments(parser: argparse.ArgumentParser, *, state: str, val_images: in
     parser.add_argument("--state", default=str(Path(__file__).resolve().parent / state))
 
 
+def screen_denoiser(args: argparse.Namespace, denoiser=ConvexRidgeDenoiser, **options) -> ConvexRidgeDenoiser:
+    """A prox model as the screens train it: at the single σ = ``--sigma`` (λ = μ = 1 there), circular boundary on
+    the patches, solved to 1e-4 RMS; ``options`` (filters, kernel, …) go to ``denoiser``."""
+    return denoiser(sigma_knots=(args.sigma / 255,), boundary="circular", tolerance=1e-4, max_iter=5000, **options)
+
+
 def run_screen(args: argparse.Namespace, model: nn.Module, backward, initialise) -> None:
     """Train ``model``'s filters and slopes (Adam, the slopes at 5× ``--lr``) for ``--minutes`` on Train400 less its
     last ``--holdout`` images, validating on the first ``--val-images`` of those at step 0 (fresh runs), every
@@ -145,9 +151,7 @@ def main(argv=None) -> None:
                         "and, where --channels is larger, joined by new random filters whose slopes start at "
                         "softplus(-8) ≈ 3e-4 (nearly the same map at step 0); fresh optimiser")
     args = parser.parse_args(argv)
-    model = ConvexRidgeDenoiser(filters=args.channels, kernel=args.kernel, sigma_knots=(args.sigma / 255,),
-                                boundary="circular", tolerance=1e-4, max_iter=5000)
-    run_screen(args, model, implicit_backward, init_from)
+    run_screen(args, screen_denoiser(args, filters=args.channels, kernel=args.kernel), implicit_backward, init_from)
 
 
 if __name__ == "__main__":
