@@ -106,6 +106,8 @@ class Certificate:
     def __post_init__(self):
         if self.alpha is not None:
             _check_alpha(self.alpha)
+            if self.lipschitz is None:  # an α-averaged map is non-expansive: (A) gives ‖Dx − Dy‖ ≤ ‖x − y‖
+                object.__setattr__(self, "lipschitz", 1.0)
         if self.lipschitz is not None and not self.lipschitz >= 0:
             raise ValueError(f"lipschitz bound must be >= 0, got {self.lipschitz}")
 

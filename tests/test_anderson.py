@@ -222,3 +222,13 @@ def test_candidate_solves_the_regularised_least_squares_fit(monkeypatch, chunk):
     fresh.add(torch.tensor([0]), torch.ones(1, 1, 5, 4), torch.zeros(1, 1, 5, 4))
     candidate, usable = fresh.candidate(torch.tensor([0]))
     assert not usable.item() and torch.equal(candidate, torch.zeros(1, 1, 5, 4))
+
+
+def test_auto_acceleration_only_where_the_iteration_keeps_its_beta(certified):
+    """'auto' accelerates a certified iteration, but not one whose β the adjoint test withdraws."""
+    op, _, y = _blur_problem()
+    assert ps.solve(op, y, certified, 0.02, solver="hqs", max_iter=5, accelerate="auto").history.safeguard is not None
+    wrong = ps.custom_operator(op.A, A_adjoint=lambda v: 0.5 * op.A_adjoint(v))
+    with pytest.warns(UserWarning, match="adjoint test"):
+        result = ps.solve(wrong, y, certified, 0.02, solver="hqs", max_iter=5, accelerate="auto")
+    assert result.beta is None and result.history.safeguard is None

@@ -70,3 +70,15 @@ def test_cg_prox_at_the_exact_solution_is_finite():
     f = ps.L2Fidelity(op, op.A(x), noise_sigma=0.1)
     u = f.prox(x, 0.5)  # x minimises both terms: the initial CG residual is exactly zero
     assert torch.isfinite(u).all() and torch.allclose(u, x, atol=1e-6)
+
+
+def test_an_operator_with_a_parameter_per_sample_is_refused_with_what_to_do():
+    """Samples stop at different iterations and the adjoint test probes single images: one operator must act alike on
+    every image (it crashed once the first sample stopped)."""
+    import deepinv as dinv
+
+    mask = (torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0)) > 0.3).float()
+    op = dinv.physics.Inpainting(img_size=(1, 16, 16), mask=mask)
+    y = op.A(torch.rand(2, 1, 16, 16))
+    with pytest.raises(ValueError, match="one operator per image"):
+        ps.solve(op, y, lambda v, s: v, 0.02, max_iter=2)

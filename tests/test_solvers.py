@@ -106,6 +106,8 @@ def test_non_finite_denoiser_output_stops_that_sample_only():
     result = ps.solve(op, y, poisoned, 0.02, solver="fb", max_iter=20)
     assert result.status[1] == "non-finite" and result.status[0] != "non-finite"
     assert torch.isfinite(result.estimate).all()
+    first = result.history.residuals[0]  # the poisoned evaluation is no residual 0 (exact convergence) in the record
+    assert math.isnan(first[1]) and math.isnan(result.history.relative_residuals[0][1]) and first[0] > 0
 
 
 def test_fista_carries_no_guarantee(certified):

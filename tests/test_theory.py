@@ -115,3 +115,11 @@ def test_printed_bounds_are_rounded_outward():
     assert format_bound(0.123456789, 4, up=False) == "0.1234" and format_bound(2.0) in ("2", "2.00001")
     assert float(format_bound(1 + 1e-12)) >= 1 + 1e-12
     assert "Lipschitz ≤ 1.00001" in str(Certificate(lipschitz=1.0000004, alpha=None, guaranteed=True, method="test"))
+
+
+def test_an_averaged_certificate_without_a_lipschitz_bound_is_non_expansive():
+    """(A) implies ‖Dx − Dy‖ ≤ ‖x − y‖, so α alone gives the bound 1 (relaxing it used to compute θ·None)."""
+    certificate = Certificate(lipschitz=None, alpha=0.9, method="averaged, no separate bound")
+    assert certificate.lipschitz == 1.0 and certificate.nonexpansive
+    relaxed = certificate.relaxed(0.5)
+    assert relaxed.alpha == pytest.approx(0.45) and relaxed.lipschitz == 1.0

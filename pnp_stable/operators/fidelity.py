@@ -53,6 +53,11 @@ class L2Fidelity:
         self.cg_max_iter = int(cg_max_iter)
         self._norm_seed = norm_seed
         self._Aty = _adjoint_image(op, y)
+        with torch.no_grad():
+            one = op.A(self._Aty[:1]).shape[0]
+        if one != 1:  # its samples stop at different iterations, and the certificate's checks probe single images
+            raise ValueError(f"the operator maps one image to a batch of {one}: it carries a parameter per sample (e.g. "
+                             "one mask or kernel per image); build one operator per image and solve each separately")
 
     def subset(self, index: Tensor) -> "L2Fidelity":
         """The same term restricted to the samples ``index`` of the batch (operator, ‖A‖ once computed, and the

@@ -59,6 +59,7 @@ def validate_kernel(kernel, name: str = "kernel") -> Tensor:
         raise ValueError(
             f"{name} has negative entries (min {k.min().item():.3g}); a blur kernel must be non-negative"
         )
+    k = k / k.max() if k.max() > 0 else k  # the same kernel after normalisation; its sum cannot overflow then
     total = k.sum()
     if total <= 0:
         raise ValueError(f"{name} sums to {total.item():.3g}; it needs a positive sum")

@@ -113,6 +113,8 @@ def downsampling(
 ) -> dinv.physics.LinearPhysics:
     """Anti-aliased decimation by an integer ``factor`` (deepinv ``Downsampling``)."""
     img_size = _check_img_size(img_size)
+    if isinstance(factor, bool) or not float(factor).is_integer():
+        raise ValueError(f"factor must be a whole number (the decimation step), got {factor!r}")
     if int(factor) < 1 or img_size[1] % int(factor) or img_size[2] % int(factor):
         raise ValueError(f"factor must be a positive integer dividing H and W of {img_size}, got {factor}")
     if isinstance(filter, Tensor) or not isinstance(filter, (str, type(None))):
@@ -143,6 +145,14 @@ def inpainting(
     if isinstance(mask, Tensor):
         if not torch.isfinite(mask).all() or ((mask != 0) & (mask != 1)).any():
             raise ValueError("inpainting mask must contain only 0 and 1")
+        frame = (1, *img_size)
+        try:
+            fits = torch.broadcast_shapes(mask.shape, frame) == frame
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(f"inpainting mask of shape {tuple(mask.shape)} does not broadcast to one image {img_size} "
+                             "(one mask for every sample; for a mask per sample, solve each sample separately)")
         mask = mask.to(torch.float32)
     elif not 0 < float(mask) <= 1:
         raise ValueError(f"inpainting mask fraction must lie in (0, 1], got {mask}")

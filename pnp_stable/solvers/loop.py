@@ -331,12 +331,16 @@ def solve(
     check_step(scheme, allow_unsafe_step)
     if relaxation != 1.0:
         scheme = KrasnoselskiiMann(scheme, relaxation)
-    if automatic and scheme.guaranteed and scheme.beta()[0] is not None:
-        acceleration = Anderson()  # 'auto': only where T is averaged, which the theorem needs
+    if (automatic and scheme.guaranteed and scheme.beta()[0] is not None
+            and fidelity.adjoint_error <= ADJOINT_TOLERANCE):
+        acceleration = Anderson()  # 'auto': only where T is averaged (a wrong adjoint withdraws β), as the theorem needs
     if x0 is None:
         x0 = fidelity.op.A_adjoint(y)
     check_image(x0, "initialisation x0")
     check_start(x0, fidelity.x_shape)
+    if x0.dtype != y.dtype or x0.device != y.device:
+        raise ValueError(f"initialisation x0 is {x0.dtype} on {x0.device} but y is {y.dtype} on {y.device}; "
+                         "pass x0.to(y) so that the iteration runs in one precision on one device")
     if reference is not None:
         check_image(reference, "reference")
         framed = x0 if reference_frame is None else x0[..., reference_frame[0], reference_frame[1]]

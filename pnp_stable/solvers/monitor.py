@@ -204,6 +204,8 @@ class ConvergenceMonitor:
                 jump = sample_norms(z - self._anchor[index]).cpu()
                 excess = torch.maximum(r - self.safeguard.decrease * r_anchor, jump - self.safeguard.max_jump * r_anchor)
                 self._record("safeguard", index, accepted & (excess > slack), excess / r_anchor.clamp_min(1e-30), iteration)
+        returned = relative[index]
+        residual[index[~finite]] = relative[index[~finite]] = float("nan")  # not a residual of 0: T(z) was not finite
         self.history.residuals.append(residual)
         self.history.relative_residuals.append(relative)
         if accelerated:
@@ -212,7 +214,7 @@ class ConvergenceMonitor:
             self.history.kinds.append(recorded)
         kept = torch.nonzero(finite).flatten()
         self._update(index[kept], z[kept], step[kept], r[kept], plain[kept], accepted[kept], accelerated)
-        return r, relative[index]
+        return r, returned
 
     def _check_pair(self, index, z, step, r, r_prev, have_previous, slack, iteration, accelerated) -> None:
         """Inequality (A) for the previous evaluation q and this one p: ‖Tp − Tq‖² ≤ ‖p − q‖² − (1−β)/β‖g(p) − g(q)‖²

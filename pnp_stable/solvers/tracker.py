@@ -18,6 +18,9 @@ class SampleTracker:
     rejected extrapolation, even a non-finite one, is dropped by the iteration and stops nothing."""
 
     def __init__(self, z0: Tensor, max_iter: int, tol: float, divergence_factor: float):
+        if isinstance(divergence_factor, bool) or not float(divergence_factor) >= 1:
+            raise ValueError(f"divergence_factor must be ≥ 1 (a sample whose residual exceeds it times its first "
+                             f"residual is stopped as diverged; inf never stops one), got {divergence_factor!r}")
         batch = z0.shape[0]
         self.batch = batch
         self.tol, self.divergence_factor = tol, divergence_factor
