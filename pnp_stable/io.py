@@ -15,7 +15,7 @@ from ._validation import check_image
 
 __all__ = ["FLOAT_RANGE_TOLERANCE", "check_float_range", "load_image", "save_image", "to_tensor", "to_numpy"]
 
-_MAX_BY_MODE = {"1": 1.0, "L": 255.0, "I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I": 65535.0}
+_MAX_BY_MODE = {"1": 1.0, "L": 255.0, "I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0}
 
 
 #: how far a float image may stray outside [0, 1]: noise pushes noisy data past it (5σ = 2 at σ = 100/255),
@@ -128,7 +128,10 @@ def load_image(path: str | Path, gray: bool | None = None) -> Tensor:
             im.load()
             mode = im.mode
             if gray or (gray is None and mode in ("L", "1", "I;16", "I;16B", "I;16L", "I", "F", "LA")):
-                if mode in _MAX_BY_MODE or mode == "F":
+                if mode == "I":  # 32-bit signed: the bit depth of its values, as for an int32 array (to_tensor's rule)
+                    raw = np.asarray(im)
+                    arr = raw.astype(np.float32) / _integer_scale(raw)
+                elif mode in _MAX_BY_MODE or mode == "F":
                     arr = np.asarray(im, dtype=np.float32) / _MAX_BY_MODE.get(mode, 1.0)
                 else:
                     arr = np.asarray(im.convert("L"), dtype=np.float32) / 255.0

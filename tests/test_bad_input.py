@@ -178,3 +178,74 @@ def test_wide_integer_images_say_which_bit_depth_was_assumed():
         assert float(ps.to_tensor(np.array([[0, 255]])).max()) == 1
     with pytest.warns(UserWarning, match="16-bit"):
         ps.to_tensor(np.array([[0, 300]], dtype=np.int32))
+
+
+def test_denoisers_take_float64_input_or_say_which_precision_they_need():
+    """A float64 image (numpy's default) runs networks in their weights' precision and returns float64; the convex
+    ridge prox, whose error bound is certified for its own precision, says what to pass instead of a conv error."""
+    x = torch.rand(2, 1, 16, 12, dtype=torch.float64)
+    torch.manual_seed(0)
+    for model in (ps.AveragedDenoiser(channels=1, width=4, depth=1).eval(),
+                  ps.denoisers.DnCNNBaseline(channels=1, depth=2, width=4).eval()):
+        with torch.no_grad():
+            out = model(x, 0.1)
+            assert out.dtype == torch.float64 and torch.equal(out, model(x.float(), 0.1).double())
+    ridge = ps.denoisers.ConvexRidgeDenoiser(filters=2, kernel=3, sigma_knots=[0.1]).eval()
+    with pytest.raises(ValueError, match="pass x.to"):
+        ridge(x, 0.1)
+
+
+@pytest.mark.parametrize("sigma", [float("inf"), float("nan")])
+def test_non_finite_noise_levels_are_refused(sigma):
+    x = torch.rand(1, 1, 16, 16)
+    adaptive = ps.AveragedDenoiser(channels=1, width=4, depth=1, noise_level_input=True).eval()
+    ridge = ps.denoisers.ConvexRidgeDenoiser(filters=2, kernel=3, sigma_knots=[0.1]).eval()
+    for model in (adaptive, ridge):
+        with pytest.raises(ValueError, match="finite"):
+            model(x, sigma)
+
+
+def test_the_dncnn_baseline_checks_its_input():
+    model = ps.denoisers.DnCNNBaseline(channels=1, depth=2, width=4).eval()
+    for bad, message in ((torch.full((1, 1, 8, 8), float("nan")), "NaN"), (torch.rand(1, 3, 8, 8), "channel"),
+                         (torch.zeros(1, 1, 8, 8, dtype=torch.uint8), "floating-point")):
+        with pytest.raises(ValueError, match=message):
+            model(bad, 0.1)
+
+
+def test_an_initialisation_in_another_precision_than_y_is_refused():
+    x = torch.rand(1, 1, 16, 16)
+    physics = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, 16, 16))
+    y = physics(x)
+    with pytest.raises(ValueError, match="pass x0.to"):
+        ps.solve(physics, y, lambda v, s: v, 0.01, x0=x.double(), max_iter=2)
+
+
+def test_operator_and_solver_parameters_outside_their_meaning_are_refused():
+    with pytest.raises(ValueError, match="whole number"):
+        ps.downsampling((1, 16, 16), factor=2.5)
+    for mask in (torch.ones(3, 16, 16), torch.ones(8, 8), torch.ones(2, 1, 16, 16)):  # channels, size, one per sample
+        with pytest.raises(ValueError, match="does not broadcast"):
+            ps.inpainting((1, 16, 16), mask)
+    assert ps.inpainting((1, 16, 16), torch.ones(1, 1, 16, 16)) is not None
+    physics = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, 16, 16))
+    y = physics(torch.rand(1, 1, 16, 16))
+    for factor in (0.5, -1, float("nan")):
+        with pytest.raises(ValueError, match="divergence_factor"):
+            ps.solve(physics, y, lambda v, s: v, 0.01, divergence_factor=factor, max_iter=2)
+
+
+def test_a_finite_kernel_whose_sum_overflows_is_normalised_not_refused():
+    kernel = ps.operators.validate_kernel(torch.full((3, 3), 1e308, dtype=torch.float64))
+    assert torch.allclose(kernel, torch.full((3, 3), 1 / 9))
+
+
+def test_a_32_bit_integer_image_file_follows_the_arrays_rule(tmp_path):
+    """PIL's mode 'I' (int32 TIFF) gets the bit depth of its values, as an int32 array does in to_tensor."""
+    small, large = tmp_path / "small.tif", tmp_path / "large.tif"
+    Image.fromarray(np.arange(256, dtype=np.int32).reshape(16, 16), mode="I").save(small)
+    Image.fromarray(np.full((4, 4), 250000, dtype=np.int32), mode="I").save(large)
+    with pytest.warns(UserWarning, match="8-bit"):
+        assert float(ps.load_image(small).max()) == 1
+    with pytest.raises(ValueError, match="beyond 16 bits"):
+        ps.load_image(large)

@@ -361,3 +361,31 @@ def test_deblur_a_folder_with_simulate_and_refusals_before_any_work(tmp_path, ca
     imsave(folder / "a.jpg", (np.random.default_rng(2).random((20, 20)) * 255).astype("uint8"))
     assert cli.main([*base, "--denoiser", str(weights), "--out", str(tmp_path / "c")]) == 2
     assert "the result of a.png and the result of a.jpg both name" in capsys.readouterr().err
+
+
+def test_certify_fails_when_the_search_exceeds_a_lipschitz_only_certificate(monkeypatch, capsys):
+    """A model certified only 'Lipschitz ≤ 1' (no α) whose map triples distances must fail ``certify``."""
+    from pnp_stable import cli
+    from pnp_stable.denoisers import zoo
+    from pnp_stable.theory import Certificate
+
+    class Expanding(torch.nn.Module):
+        channels = 1
+        certificate = Certificate(lipschitz=1.0, alpha=None, method="a false claim")
+
+        def forward(self, x, sigma=None):
+            return 3 * x
+
+    fast = ["--size", "8", "--steps", "2", "--pairs", "4", "--restarts", "1"]
+    monkeypatch.setattr(zoo, "load_denoiser", lambda name, verify=False: Expanding().eval())
+    assert cli.main(["certify", "expanding", *fast]) == 1
+    assert "CERTIFICATE VIOLATED" in capsys.readouterr().out
+
+
+def test_certify_says_how_large_its_start_images_can_be(monkeypatch, capsys):
+    from pnp_stable import cli
+    from pnp_stable.denoisers import zoo
+
+    monkeypatch.setattr(zoo, "load_denoiser", lambda name, verify=False: ps.AveragedDenoiser(1, width=4, depth=1).eval())
+    assert cli.main(["certify", "tiny", "--size", "1000", "--steps", "1", "--restarts", "1"]) == 2
+    assert "--size at most 300" in capsys.readouterr().err

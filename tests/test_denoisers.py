@@ -481,3 +481,21 @@ def test_learned_spline_activations_keep_the_certificate_at_any_shape_and_round_
     loaded = ps.load_denoiser(path).eval()
     assert loaded.config["activation"] == "spline" and loaded.certificate.alpha == pytest.approx(certificate.alpha)
     torch.testing.assert_close(loaded(x[:4], 0.1), model(x[:4], 0.1))
+
+
+def test_a_file_whose_certificate_cannot_be_evaluated_is_refused_with_a_value_error(tmp_path):
+    """Contents that pass the digest and the per-key checks but break the arithmetic (a zero power-iteration vector,
+    an infinite time span) are refused as corrupt, not with a ZeroDivisionError or OverflowError traceback."""
+    import json
+
+    model = AveragedDenoiser(channels=1, width=4, depth=1).eval()
+    path = ps.save_denoiser(model, tmp_path / "m.safetensors")
+    zero = {"blocks.0.conv.power_vector": torch.zeros_like(model.blocks[0].conv.power_vector)}
+    with pytest.raises(ValueError, match="corrupt"):
+        ps.load_denoiser(_rewritten(path, tmp_path / "zero.safetensors", tensors=zero))
+    from pnp_stable.denoisers.serialization import read_denoiser_tensors
+
+    config = json.loads(read_denoiser_tensors(path)[0]["config"])
+    infinite = _rewritten(path, tmp_path / "time.safetensors", config=json.dumps({**config, "time": float("inf")}))
+    with pytest.raises(ValueError, match="safetensors"):
+        ps.load_denoiser(infinite)

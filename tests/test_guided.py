@@ -178,3 +178,10 @@ def test_guided_deblur_uses_the_default_lattice_stride_only_where_it_divides_the
     physics = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, size, size))
     result = ps.solvers.guided_solve(physics, physics(x), _Smoother(), 0.01, max_iter=20, tol=1e-4, patch=4, tile=8, group=4)
     assert set(built) == {stride} and result.violations == []
+
+
+def test_linearised_bm3d_refuses_guides_and_options_it_cannot_build_from():
+    for guide, options, message in ((torch.rand(1, 2, 16, 16), {}, "3-channel"), (torch.rand(1, 1, 16, 16),
+                                                                                   {"shifts": 0}, "shifts")):
+        with pytest.raises(ValueError, match=message):
+            ps.denoisers.GuidedDenoiser(guide, **options)

@@ -246,3 +246,14 @@ print(peak_bytes() - before, whole_image_bytes(model, x.shape))
     used, estimate = map(int, subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                                              check=True).stdout.split()[-2:])
     assert 0.5 * estimate < used <= 1.1 * estimate, (used, estimate)
+
+
+def test_a_self_ensemble_keeps_its_base_models_memory_estimate():
+    """Auto-tiling sizes tiles by the model's peak feature maps: wrapping a multi-scale SLL network in an ensemble
+    must not halve the estimate (it did: the wrapper fell back to 4 maps)."""
+    from pnp_stable.denoisers.tiling import whole_image_bytes
+
+    base = ps.AveragedDenoiser(channels=1, width=4, depth=2, scales=(1, 2), block="sll").eval()
+    ensemble = ps.SelfEnsemble(base, transforms=8)
+    assert ensemble.peak_feature_maps == base.peak_feature_maps
+    assert whole_image_bytes(ensemble, (1, 1, 64, 64)) == whole_image_bytes(base, (1, 1, 64, 64))

@@ -34,8 +34,8 @@ def certificate_of(denoiser, sigma=None) -> Certificate:
 
 def _check_nonnegative(sigma: Tensor) -> Tensor:
     """Noise levels must be ≥ 0: the certificates hold for σ ≥ 0 (sup θ is taken there)."""
-    if not bool((sigma >= 0).all()):
-        raise ValueError(f"noise level sigma must be ≥ 0, got {sigma.min().item():g}")
+    if not bool((torch.isfinite(sigma) & (sigma >= 0)).all()):
+        raise ValueError(f"noise level sigma must be ≥ 0 and finite, got {sigma.flatten().tolist()}")
     return sigma
 
 
@@ -156,6 +156,9 @@ class AveragedDenoiser(dinv.models.Denoiser):
 
     def forward(self, x: Tensor, sigma=None, **kwargs) -> Tensor:
         check_image(x, "denoiser input", channels=self.channels)
+        dtype = next(self.parameters()).dtype
+        if x.dtype != dtype:  # e.g. float64 from numpy: the network runs in its weights' precision
+            return self.forward(x.to(dtype), sigma, **kwargs).to(x.dtype)
         if self.noise_level_input:
             if sigma is None:
                 raise ValueError("this denoiser is conditioned on the noise level: call it as D(x, sigma)")

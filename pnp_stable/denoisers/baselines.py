@@ -33,7 +33,9 @@ class DnCNNBaseline(dinv.models.Denoiser):
         self.net = dinv.models.DnCNN(in_channels=channels, out_channels=channels, depth=depth, nf=width, pretrained=None)
 
     def forward(self, x: Tensor, sigma=None, **kwargs) -> Tensor:
-        return self.net(x, sigma)
+        check_image(x, "denoiser input", channels=self.channels)
+        dtype = next(self.net.parameters()).dtype
+        return self.net(x.to(dtype), sigma).to(x.dtype)
 
     @property
     def certificate(self) -> Certificate:

@@ -21,6 +21,10 @@ def natural_starts(count: int, shape: Sequence[int], noise: float = 0.1, seed: i
     channels, height, width = shape
     gen = np.random.default_rng(seed)
     sources = [skdata.astronaut(), skdata.coffee(), skdata.chelsea()]
+    largest = (min(s.shape[0] for s in sources), min(s.shape[1] for s in sources))
+    if height > largest[0] or width > largest[1] or height < 1 or width < 1:
+        raise ValueError(f"start images of {height}×{width} do not fit the built-in photos: crops must be 1 to "
+                         f"{largest[0]}×{largest[1]} pixels (--size at most {min(largest)})")
     crops = []
     for i in range(count):
         image = sources[i % len(sources)].astype(np.float32) / 255.0

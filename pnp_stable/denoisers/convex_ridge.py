@@ -423,10 +423,13 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
         """D_σ(x); differentiable in x (its Jacobian by :meth:`inverse_hessian`), not in the weights (train those with
         :func:`pnp_stable.training.convex_ridge.implicit_backward`)."""
         check_image(x, "denoiser input", channels=self.channels)
+        if x.dtype != self.weight.dtype:
+            raise ValueError(f"denoiser input is {x.dtype}, but this prox is solved, and its error certified, in "
+                             f"{self.weight.dtype}: pass x.to({self.weight.dtype})")
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
         sigma = sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
-        if sigma.shape != (x.shape[0],) or not bool((sigma >= 0).all()):
-            raise ValueError(f"sigma must be ≥ 0, a float or a [B] = [{x.shape[0]}] tensor, got {sigma}")
+        if sigma.shape != (x.shape[0],) or not bool((torch.isfinite(sigma) & (sigma >= 0)).all()):
+            raise ValueError(f"sigma must be ≥ 0 and finite, a float or a [B] = [{x.shape[0]}] tensor, got {sigma}")
         reach = self.weight.shape[-1] // 2
         if self.boundary == "reflect" and min(x.shape[-2:]) <= reach:
             raise ValueError(f"image {tuple(x.shape[-2:])} is too small for {self.weight.shape[-1]}×"

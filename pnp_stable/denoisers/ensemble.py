@@ -64,6 +64,7 @@ class SelfEnsemble(dinv.models.Denoiser):
         self.transforms = int(transforms)
         self.channels = getattr(denoiser, "channels", None)
         self.width = getattr(denoiser, "width", None)  # one call of the base at a time: its memory (tiling's 'auto')
+        self.peak_feature_maps = getattr(denoiser, "peak_feature_maps", 4)
         if isinstance(denoiser, torch.nn.Module):
             self.train(denoiser.training)  # the wrapper starts in the mode of the model it wraps
 

@@ -208,6 +208,11 @@ class LinearisedBM3D:
         if not self.patches:
             raise ValueError("patch must be a size or a non-empty tuple of sizes")
         group = group or (16 if self.channels == 3 else 8)
+        if self.channels not in (1, 3):
+            raise ValueError(f"a guided filter needs a gray (1-channel) or colour (3-channel) guide, got "
+                             f"{self.channels} channels")
+        if isinstance(shifts, bool) or not isinstance(shifts, int) or shifts < 1:
+            raise ValueError(f"shifts must be a whole number ≥ 1 (how many partitions are averaged), got {shifts!r}")
         for size in self.patches:
             if isinstance(size, bool) or not isinstance(size, int) or size < 1:
                 raise ValueError(f"patch sizes must be positive integers, got {patch!r}")
