@@ -57,7 +57,7 @@ def test_empirical_search_stays_within_certificate(config, trained):
     model = _briefly_trained(config) if trained else AveragedDenoiser(channels=1, **config)
     model.eval()
     certificate = model.certificate
-    assert certificate.guaranteed and certificate.lipschitz <= 1
+    assert certificate.guaranteed is (config["integrator"] != "rk4") and certificate.lipschitz <= 1  # RK4: estimated
     if config["integrator"] != "euler" and "relaxation" in config:
         assert certificate.alpha == pytest.approx(config["relaxation"])  # Heun/RK4: averaged only by relaxation
     lipschitz = adversarial_lipschitz(model, SHAPE, 0.1, restarts=4, steps=60).ratio

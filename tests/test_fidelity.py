@@ -82,3 +82,19 @@ def test_an_operator_with_a_parameter_per_sample_is_refused_with_what_to_do():
     y = op.A(torch.rand(2, 1, 16, 16))
     with pytest.raises(ValueError, match="one operator per image"):
         ps.solve(op, y, lambda v, s: v, 0.02, max_iter=2)
+
+
+def test_the_adjoint_test_and_the_norm_estimate_probe_in_the_problems_precision():
+    """Probes take y's dtype (and device): an operator that works only in float64 (or only on a GPU) is checked in
+    float64 (on that device) instead of failing on the probes' float32 CPU default."""
+    weights = torch.rand(1, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def only_float64(x):
+        assert x.dtype == torch.float64, x.dtype
+        return weights * x
+
+    op = ps.custom_operator(only_float64, A_adjoint=only_float64)
+    y = op.A(torch.rand(1, 1, 8, 8, dtype=torch.float64))
+    fidelity = ps.operators.L2Fidelity(op, y, 0.01)
+    assert fidelity.adjoint_error < 1e-12
+    assert fidelity.operator_norm.kind == "estimate" and fidelity.operator_norm.value <= float(weights.max()) + 1e-9

@@ -179,3 +179,16 @@ def test_monotone_spline_has_difference_quotients_in_unit_interval_and_keeps_dty
             assert spline(layout.bfloat16()).dtype == torch.bfloat16
     with pytest.raises(TypeError, match="instantiate"):
         get_activation("spline")(t)
+
+
+def test_only_integrators_with_a_proof_give_a_guaranteed_certificate():
+    """Euler (a gradient step) and Heun (½x + ½E_h(E_h(x))) are proved non-expansive on convex gradient flows;
+    classical RK4 has circle-contractivity radius 0 (a₃₁ = 0, a₃₂a₂₁ > 0), so its network is only estimated."""
+    import pnp_stable as ps
+
+    for integrator, guaranteed in (("euler", True), ("heun", True), ("rk4", False)):
+        model = ps.AveragedDenoiser(channels=1, width=4, depth=2, integrator=integrator).eval()
+        certificate = model.certificate
+        assert certificate.guaranteed is guaranteed and certificate.lipschitz == 1.0, integrator
+        assert ("estimated" in certificate.method) is not guaranteed
+        assert model.relaxed(0.5).certificate.guaranteed is guaranteed

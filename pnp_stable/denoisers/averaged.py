@@ -277,9 +277,13 @@ class AveragedDenoiser(dinv.models.Denoiser):
             ingredients = (f"per-layer ‖A‖ from the guaranteed conv-symbol bound (Szegő branch and bound, rel. tol "
                            f"1e-2), sub-steps h·L‖A‖² ≤ 2ar with a = {self.config['budget']:g}")
         method = f"{how}; {ingredients}; relaxation θ = {self.relaxation:g}{adaptive}"
-        if alpha >= 1:
-            return Certificate(lipschitz=1.0, alpha=None, method=method, tolerance=1e-12)
-        return Certificate(lipschitz=1.0, alpha=alpha, method=method, tolerance=1e-12)
+        unproved = {block.integrator.name for block in self.blocks
+                    if isinstance(block, NonexpansiveBlock) and block.integrator.proof is None}
+        if unproved:
+            method += (f"; estimated: no proof that a {'/'.join(sorted(unproved))} step is non-expansive on these flows "
+                       "(its circle-contractivity radius is 0; see pnp_stable.denoisers.layers.Integrator)")
+        alpha = None if alpha >= 1 else alpha
+        return Certificate(lipschitz=1.0, alpha=alpha, method=method, guaranteed=not unproved, tolerance=1e-12)
 
     def relaxed(self, alpha: float) -> "RelaxedDenoiser":
         """(1 − θ)I + θD with θ = alpha/α_D, which is ``alpha``-averaged."""

@@ -98,14 +98,23 @@ def get_activation(name: str | Activation) -> Activation:
 
 @dataclass(frozen=True)
 class Integrator:
-    """An explicit Runge–Kutta method for ẋ = f(x) with radius of circle contractivity ``radius``:
-    it is non-expansive on gradient flows of convex V with L-Lipschitz ∇V when h·L ≤ 2·radius."""
+    """An explicit Runge–Kutta method for ẋ = f(x), stepped with h·L ≤ 2·``radius`` on gradient flows of convex V
+    with L-Lipschitz ∇V; ``proof`` says why such a step is non-expansive, None when nothing proves it.
+
+    For f = −∇V, ∇V is (1/L)-cocoercive (Baillon–Haddad), so the Euler step E_h = I − h∇V is non-expansive for
+    h·L ≤ 2 (and (hL/2)-averaged). A method whose step is a convex combination of compositions of such E_h
+    (a Shu–Osher form with non-negative coefficients: radius 1, its SSP coefficient) is non-expansive too.
+    Classical RK4 has no such form: a₃₁ = 0 while a₃₂a₂₁ > 0, so its threshold factor, which is its radius of
+    circle contractivity for non-linear problems (Kraaijevanger, BIT 1991), is 0. Its step rule h·L ≤ 2 is the
+    linear-stability one (|R(−hλ)| ≤ 1 on [0, 2.78]); numerical searches over symmetric stage Jacobians
+    0 ⪯ M_k ⪯ L·I find no expansion, but nothing here proves it, so an RK4 network is only *estimated*."""
 
     name: str
     step: Callable[[Callable[[Tensor], Tensor], Tensor, float], Tensor]
     radius: float
     #: True when one step is certified (h L / 2)-averaged (explicit Euler: a gradient step)
     averaged_step: bool
+    proof: str | None
 
 
 def _euler(f, x, h):
@@ -127,9 +136,11 @@ def _rk4(f, x, h):
 
 
 INTEGRATORS = {
-    "euler": Integrator("euler", _euler, radius=1.0, averaged_step=True),
-    "heun": Integrator("heun", _heun, radius=1.0, averaged_step=False),
-    "rk4": Integrator("rk4", _rk4, radius=1.0, averaged_step=False),
+    "euler": Integrator("euler", _euler, radius=1.0, averaged_step=True,
+                        proof="a gradient step of a convex V, h·L ≤ 2 (Baillon–Haddad)"),
+    "heun": Integrator("heun", _heun, radius=1.0, averaged_step=False,
+                       proof="Heun's step is ½x + ½E_h(E_h(x)), a convex combination of Euler steps"),
+    "rk4": Integrator("rk4", _rk4, radius=1.0, averaged_step=False, proof=None),
 }
 
 

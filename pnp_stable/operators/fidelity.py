@@ -90,12 +90,12 @@ class L2Fidelity:
     @cached_property
     def adjoint_error(self) -> float:
         """Relative adjoint error of the operator on this problem's images (:func:`adjoint_test`, 4 samples)."""
-        return adjoint_test(self.op, self.x_shape[1:], seed=self._norm_seed, num_samples=4)
+        return adjoint_test(self.op, self.x_shape[1:], seed=self._norm_seed, num_samples=4, like=self._Aty)
 
     @cached_property
     def operator_norm(self) -> OperatorNorm:
         """‖A‖ on images of this problem's size (see :func:`operator_norm`)."""
-        return operator_norm(self.op, self.x_shape[1:], seed=self._norm_seed)
+        return operator_norm(self.op, self.x_shape[1:], seed=self._norm_seed, like=self._Aty)
 
     @property
     def lipschitz(self) -> float:

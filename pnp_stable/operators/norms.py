@@ -8,6 +8,7 @@ from typing import Sequence
 
 import deepinv as dinv
 import torch
+from torch import Tensor
 
 __all__ = ["NORM_KINDS", "OperatorNorm", "adjoint_test", "operator_norm", "power_iteration"]
 
@@ -29,8 +30,9 @@ def _check_linear(op) -> None:
         )
 
 
-def adjoint_test(op, x_shape: Sequence[int], seed: int = 0, num_samples: int = 8) -> float:
-    """Relative adjoint error ‖A − Bᵀ‖_F / ‖A‖_F of ``B = op.A_adjoint``, estimated by Monte Carlo.
+def adjoint_test(op, x_shape: Sequence[int], seed: int = 0, num_samples: int = 8, like: Tensor | None = None) -> float:
+    """Relative adjoint error ‖A − Bᵀ‖_F / ‖A‖_F of ``B = op.A_adjoint``, estimated by Monte Carlo, with probes in
+    the dtype and on the device of ``like`` (the problem's data: an operator on a GPU or in float64 takes its own).
 
     Uses E|vᵀMu|² = ‖M‖_F² for standard Gaussian u, v; the inner products are summed in
     float64 so that the result measures the operator, not the summation (≈1e-7 for an
@@ -39,9 +41,9 @@ def adjoint_test(op, x_shape: Sequence[int], seed: int = 0, num_samples: int = 8
     _check_linear(op)
     shape = _batched_shape(x_shape)
     rng = torch.Generator().manual_seed(int(seed))
-    u = torch.randn((num_samples, *shape[1:]), generator=rng)
+    u = _probe(torch.randn((num_samples, *shape[1:]), generator=rng), like)
     Au = op.A(u)
-    v = torch.randn(Au.shape, generator=rng)
+    v = _probe(torch.randn(Au.shape, generator=rng), like)
     Btv = op.A_adjoint(v)
     if Btv.shape != u.shape:
         raise ValueError(f"A_adjoint returns shape {tuple(Btv.shape)} but A takes {tuple(u.shape)}")
@@ -144,8 +146,13 @@ def _blur_norm_bound(op: dinv.physics.Blur, shape: tuple[int, ...], max_iter: in
                                f"{math.sqrt(lower):.6g})")
 
 
+def _probe(x: Tensor, like: Tensor | None) -> Tensor:
+    """A probe drawn on the CPU (reproducible for a seed on any machine), moved to ``like``'s dtype and device."""
+    return x if like is None else x.to(device=like.device, dtype=like.dtype)
+
+
 def operator_norm(op, x_shape: Sequence[int], seed: int = 0, tol: float = 1e-4, max_iter: int = 1000,
-                  starts: int = 3) -> OperatorNorm:
+                  starts: int = 3, like: Tensor | None = None) -> OperatorNorm:
     """Spectral norm ‖A‖ of a linear operator acting on images of shape ``x_shape``, and how it is known.
 
     * ``DecomposablePhysics`` (circular ``BlurFFT``, inpainting, denoising): exact, max |singular value|.
@@ -154,7 +161,8 @@ def operator_norm(op, x_shape: Sequence[int], seed: int = 0, tol: float = 1e-4, 
       a little more where the bound stalls first (≤ 2% in the tests).
     * Anything else: an *estimate* — the largest of ``starts`` power iterations on AᵀA (from the constant
       image, then random images seeded by ``seed``), each run until its eigen-residual settles
-      (:func:`power_iteration`). Not guaranteed: a certificate built on it is called estimated.
+      (:func:`power_iteration`). Not guaranteed: a certificate built on it is called estimated. The starts take
+      ``like``'s dtype and device, as in :func:`adjoint_test`.
     """
     _check_linear(op)
     shape = _batched_shape(x_shape)
@@ -169,6 +177,7 @@ def operator_norm(op, x_shape: Sequence[int], seed: int = 0, tol: float = 1e-4, 
         return _blur_norm_bound(op, shape)
     rng = torch.Generator().manual_seed(int(seed))
     candidates = [torch.ones((1, *shape[1:]))] + [torch.randn((1, *shape[1:]), generator=rng) for _ in range(starts - 1)]
+    candidates = [_probe(x0, like) for x0 in candidates]
     runs = [power_iteration(op.A_adjoint_A, x0, tol=tol, max_iter=max_iter) for x0 in candidates]
     value = max(run[0] for run in runs)
     return OperatorNorm(
