@@ -257,3 +257,19 @@ def test_a_self_ensemble_keeps_its_base_models_memory_estimate():
     ensemble = ps.SelfEnsemble(base, transforms=8)
     assert ensemble.peak_feature_maps == base.peak_feature_maps
     assert whole_image_bytes(ensemble, (1, 1, 64, 64)) == whole_image_bytes(base, (1, 1, 64, 64))
+
+
+def test_a_tiled_prox_reports_the_error_bound_of_the_whole_image():
+    """Each tile's call is within ε RMS; through Φᵀ the image's error is ≤ ε·√(Σ_t N_t/N) ≤ 2ε, as a pixel lies in at
+    most 2 × 2 tiles (4ε anchored: the offset's calls add as much). The coverage claim is checked here too."""
+    from pnp_stable.denoisers.tiling import TiledDenoiser, image_tiles
+
+    for height, width, tile, overlap in ((37, 50, 16, 4), (64, 64, 20, 6), (33, 17, 11, 3)):
+        coverage = torch.zeros(height, width)
+        for where, _ in image_tiles((1, 1, height, width), tile, overlap):
+            coverage[where[-2:]] += 1
+        assert coverage.max() <= 4 and coverage.min() >= 1
+    ridge = ps.denoisers.ConvexRidgeDenoiser(filters=2, kernel=3, sigma_knots=[0.1], tolerance=1e-5).eval()
+    assert TiledDenoiser(ridge, 16, 4).certificate.tolerance == pytest.approx(2e-5)
+    anchored = TiledDenoiser(ridge, 16, 4, anchor=torch.zeros(1, 1, 32, 32))
+    assert anchored.certificate.tolerance == pytest.approx(4e-5) and anchored.certificate_at(0.1).tolerance > 3e-5

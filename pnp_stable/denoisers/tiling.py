@@ -169,14 +169,20 @@ class TiledDenoiser(dinv.models.Denoiser):
         return Certificate(base.lipschitz, base.alpha, f"{base.method}; tiled with square-root partition-of-unity "
                            f"windows ({self.tile} px tiles, {self.overlap} px overlap"
                            f"{', anchored' if self.anchor is not None else ''}), which keep it",
-                           base.guaranteed, base.tolerance)
+                           base.guaranteed, self._tolerance(base))
 
     def certificate_at(self, sigma) -> Certificate:
         if hasattr(self.denoiser, "certificate_at"):
             base = self.denoiser.certificate_at(sigma)
             return Certificate(base.lipschitz, base.alpha, f"{base.method}; tiled (certificate kept)", base.guaranteed,
-                               base.tolerance)
+                               self._tolerance(base))
         return self.certificate
+
+    def _tolerance(self, base: Certificate) -> float:
+        """The image's RMS error bound from the tiles' RMS bound ε: the errors e_t of the tiles reach the output
+        through Φᵀ (‖Φᵀ‖ = 1), so ‖Φᵀ(⊕e_t)‖² ≤ Σ_t ‖e_t‖² ≤ ε²Σ_t N_t ≤ 4ε²N (a pixel lies in at most 2 × 2 tiles):
+        2ε; anchored, the offset's D(P_t g) calls add as much again: 4ε."""
+        return base.tolerance * (4 if self.anchor is not None else 2)
 
 
 def tile_input(x: Tensor, where: tuple, root: Tensor, anchor: Tensor | None) -> Tensor:
