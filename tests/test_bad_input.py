@@ -249,3 +249,12 @@ def test_a_32_bit_integer_image_file_follows_the_arrays_rule(tmp_path):
         assert float(ps.load_image(small).max()) == 1
     with pytest.raises(ValueError, match="beyond 16 bits"):
         ps.load_image(large)
+
+
+def test_per_sample_denoiser_sigmas_must_match_the_batch():
+    physics = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, 16, 16))
+    y = physics(torch.rand(2, 1, 16, 16))
+    assert ps.solve(physics, y, lambda v, s: v, 0.01, denoiser_sigma=[0.05, 0.1], max_iter=2).iterations == [2, 2]
+    for wrong in (torch.tensor([0.05, 0.1, 0.2]), torch.tensor([[0.05], [0.1]])):
+        with pytest.raises(ValueError, match="one per sample"):
+            ps.solve(physics, y, lambda v, s: v, 0.01, denoiser_sigma=wrong, max_iter=2)

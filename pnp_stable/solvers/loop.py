@@ -312,6 +312,9 @@ def solve(
     sigmas = torch.as_tensor(denoiser_sigma, dtype=torch.float64)
     if not (torch.isfinite(sigmas).all() and (sigmas > 0).all()):
         raise ValueError(f"denoiser_sigma must be finite and > 0 (on the [0, 1] scale, e.g. 2·noise_sigma), got {denoiser_sigma}")
+    if sigmas.ndim > 1 or (sigmas.ndim == 1 and sigmas.numel() not in (1, fidelity.x_shape[0])):
+        raise ValueError(f"denoiser_sigma must be one value or one per sample ([{fidelity.x_shape[0]}]), got shape "
+                         f"{tuple(sigmas.shape)}")
     if max_iter is None:
         max_iter = defaults.max_iter
     if isinstance(max_iter, bool) or not float(max_iter).is_integer() or max_iter < 1:
