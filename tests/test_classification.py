@@ -355,3 +355,19 @@ def test_the_training_radius_ramps_from_zero_and_the_loss_uses_it(tmp_path, caps
     argv = ["--data", str(tmp_path), "--out", str(tmp_path / "m.safetensors"), "--eps-ramp", "1.5"]
     assert main(argv) == 2
     assert "eps_ramp" in capsys.readouterr().err
+
+
+def test_a_signal_during_the_final_calibration_still_saves_the_last_step(tmp_path, monkeypatch):
+    """As for the denoiser trainer: the final calibration and save run under the stop handler."""
+    import os
+    import signal
+
+    data = synthetic(64, 1, 28)
+    config = ClassifierConfig(data="-", out=str(tmp_path / "m.safetensors"), architecture=dict(TINY), steps=3,
+                              batch=16, eps=0.3)
+    trainer = ClassifierTrainer(config, progress=False, dataset=data)
+    calibrate = trainer.model.calibrate
+    monkeypatch.setattr(trainer.model, "calibrate",
+                        lambda: (os.kill(os.getpid(), signal.SIGTERM) if trainer.step == 3 else None, calibrate())[1])
+    assert trainer.run() == "finished"
+    assert ClassifierTrainer(config, resume=True, progress=False, dataset=data).step == 3

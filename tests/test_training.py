@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import re
@@ -475,3 +476,35 @@ def test_an_overflowed_adam_moment_counts_as_divergence_before_the_weights_turn_
     state["exp_avg_sq"].view(-1)[0] = float("inf")
     problem = trainer._divergence(torch.tensor(0.1))
     assert problem is not None and "optimizer exp_avg_sq of " in problem and "1 NaN/Inf" in problem
+
+
+def test_a_signal_during_the_final_calibration_still_saves_the_last_step(folders, tmp_path, monkeypatch):
+    """The final calibration and checkpoint run under the stop handler: a SIGTERM there (a scheduler ending the job
+    just as it finishes) sets the flag instead of killing the process before the last save."""
+    trainer = Trainer(_config(folders, tmp_path, steps=4), progress=False)
+    calibrate = trainer._calibrate
+
+    def signalled():
+        if trainer.step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return calibrate()
+
+    monkeypatch.setattr(trainer, "_calibrate", signalled)
+    assert trainer.run() == "finished"
+    assert Trainer(_config(folders, tmp_path, steps=4), resume=True, progress=False).step == 4
+
+
+def test_training_data_options_that_would_be_misread_are_fixed_or_refused(folders, tmp_path):
+    """A folder given as one string is one folder (not one per character); without validation images nothing is
+    appended to the curve (it held NaN, which JSON readers refuse); a 16-bit training image is refused, not clipped."""
+    config = dataclasses.replace(_config(folders, tmp_path, steps=2), data=str(folders / "train"), val=None,
+                                 validate_every=1)
+    trainer = Trainer(config, progress=False)
+    assert trainer.config.data == [str(folders / "train")]
+    trainer.run()
+    assert trainer.curve == []
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    Image.fromarray(np.full((32, 32), 40000, dtype=np.uint16)).save(wide / "a.png")
+    with pytest.raises(ValueError, match="not 8-bit"):
+        load_folder(wide, 1)

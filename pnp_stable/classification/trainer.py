@@ -198,11 +198,11 @@ class ClassifierTrainer:
                     if time.monotonic() - last_save > 60 * config.checkpoint_minutes:
                         self.save_checkpoint()
                         last_save = time.monotonic()
+            self.model.calibrate()  # still under the stop handler: a signal now only sets the flag, the save follows
+            self.save_checkpoint()
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        self.model.calibrate()
-        self.save_checkpoint()
         return "finished"
 
     def export(self, test=None, eps_list=(0.1, 0.25, 0.5, 1.0)) -> Path:

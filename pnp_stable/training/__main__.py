@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from .._argtypes import OneLineParser, level, nonnegative_int, positive_float, positive_int, seed
 from .._outputs import check_outputs
+from .._signals import signals_deferred
 from ..denoisers import ACTIVATIONS
 from .trainer import LOSSES, MODELS, PRECISIONS, TrainConfig, Trainer
 
@@ -102,8 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         if trainer.rank == 0:
             # an interrupted run also exports its current network (a campaign is evaluated between sessions); the
             # metadata says where in the schedule it stopped
-            path = trainer.export({"wall_time_s": f"{time.monotonic() - start:.0f}", "world_size": str(trainer.world),
-                                   "stopped": f"{outcome} at step {trainer.step} of {config.steps}"})
+            with signals_deferred() as deferred:  # a SIGTERM during the export must not lose it
+                path = trainer.export({"wall_time_s": f"{time.monotonic() - start:.0f}", "world_size": str(trainer.world),
+                                       "stopped": f"{outcome} at step {trainer.step} of {config.steps}"})
+            if deferred:
+                outcome = "interrupted"
             print(json.dumps({"weights": str(path), "steps": trainer.step, "certificate": str(trainer.model.certificate)}))
             if outcome != "finished":
                 print(f"interrupted at step {trainer.step} of {config.steps} (the weights above are that step's network); "

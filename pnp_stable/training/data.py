@@ -26,6 +26,10 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
+#: PIL modes whose values are 8-bit (gray, colour, palette, with or without alpha), which convert('L'/'RGB') keeps
+EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
+
+
 def load_folder(folder: str | Path, channels: int) -> list[Tensor]:
     """Every image of ``folder`` as a uint8 tensor [C, H, W] (gray: luminance, colour: RGB)."""
     mode = "L" if channels == 1 else "RGB"
@@ -33,6 +37,9 @@ def load_folder(folder: str | Path, channels: int) -> list[Tensor]:
     for path in list_images(folder):
         try:
             with Image.open(path) as im:
+                if im.mode not in EIGHT_BIT_MODES:  # PIL's convert would clip 16-bit or float values, not scale them
+                    raise ValueError(f"training image {path} is not 8-bit (PIL mode {im.mode}); convert the training "
+                                     "set to 8-bit PNG")
                 arr = np.asarray(im.convert(mode), dtype=np.uint8)
         except (UnidentifiedImageError, OSError) as err:
             raise ValueError(f"cannot read training image {path}: {err}") from err

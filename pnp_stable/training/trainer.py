@@ -7,6 +7,7 @@ weights that keeps the last finite checkpoint, and the final certificate written
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -101,6 +102,8 @@ class TrainConfig:
     compile: bool = False
 
     def __post_init__(self):
+        if isinstance(self.data, (str, os.PathLike)):  # one folder, not a sequence of one-character folder names
+            self.data = [str(self.data)]
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {sorted(MODELS)}, got '{self.model}'")
         if self.loss not in LOSSES:
@@ -287,7 +290,7 @@ class Trainer:
                     if diverged:  # checked before any save: a checkpoint never holds NaN weights
                         raise self._diverged(problem)
                     record = {"step": self.step, "loss": float(loss.detach())}
-                    if config.validate_every and self.step % config.validate_every == 0:
+                    if config.validate_every and self.val_images and self.step % config.validate_every == 0:
                         record["val_psnr"] = self.validate()
                         self.curve.append([self.step, round(record["val_psnr"], 4)])
                         bar.set_postfix(val_psnr=f"{record['val_psnr']:.2f}")
@@ -302,12 +305,12 @@ class Trainer:
                         last_save = time.monotonic()
                         if stop and self.step < config.steps:
                             return "interrupted"
+            self._calibrate()  # still under the stop handler: a signal now only sets the flag, the save follows
+            self.train_seconds += time.monotonic() - clock
+            self.save_checkpoint()
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        self._calibrate()
-        self.train_seconds += time.monotonic() - clock
-        self.save_checkpoint()
         return "finished"
 
     def train_step(self) -> torch.Tensor:
