@@ -127,7 +127,8 @@ def load_image(path: str | Path, gray: bool | None = None) -> Tensor:
         with Image.open(path) as im:
             im.load()
             mode = im.mode
-            if gray or (gray is None and mode in ("L", "1", "I;16", "I;16B", "I;16L", "I", "F", "LA")):
+            single = mode in ("L", "1", "I;16", "I;16B", "I;16L", "I", "F", "LA")
+            if gray or single:  # a one-channel file read as RGB repeats its scaled channel (convert would clip)
                 if mode == "I":  # 32-bit signed: the bit depth of its values, as for an int32 array (to_tensor's rule)
                     raw = np.asarray(im)
                     arr = raw.astype(np.float32) / _integer_scale(raw)
@@ -135,6 +136,8 @@ def load_image(path: str | Path, gray: bool | None = None) -> Tensor:
                     arr = np.asarray(im, dtype=np.float32) / _MAX_BY_MODE.get(mode, 1.0)
                 else:
                     arr = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+                if gray is False:
+                    arr = np.repeat(arr[..., None], 3, axis=-1)
             else:
                 arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, SyntaxError) as err:

@@ -258,3 +258,10 @@ def test_per_sample_denoiser_sigmas_must_match_the_batch():
     for wrong in (torch.tensor([0.05, 0.1, 0.2]), torch.tensor([[0.05], [0.1]])):
         with pytest.raises(ValueError, match="one per sample"):
             ps.solve(physics, y, lambda v, s: v, 0.01, denoiser_sigma=wrong, max_iter=2)
+
+
+def test_a_16_bit_gray_file_read_as_colour_keeps_its_values(tmp_path):
+    path = tmp_path / "wide.png"
+    Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(path)
+    colour = ps.load_image(path, gray=False)
+    assert colour.shape == (1, 3, 8, 8) and torch.allclose(colour, torch.full_like(colour, 32768 / 65535))
