@@ -371,3 +371,55 @@ def test_a_signal_during_the_final_calibration_still_saves_the_last_step(tmp_pat
                         lambda: (os.kill(os.getpid(), signal.SIGTERM) if trainer.step == 3 else None, calibrate())[1])
     assert trainer.run() == "finished"
     assert ClassifierTrainer(config, resume=True, progress=False, dataset=data).step == 3
+
+
+def test_the_cache_follows_the_source_folder(tmp_path):
+    """Another folder of IDX files is extracted anew, not read from the cache of the first one."""
+    import gzip
+
+    from pnp_stable.classification import data
+
+    def write_set(folder, label):
+        folder.mkdir()
+        for name, count in (("train", 3), ("t10k", 2)):
+            images = bytes([0, 0, 8, 3, 0, 0, 0, count, 0, 0, 0, 28, 0, 0, 0, 28]) + bytes(count * 28 * 28)
+            labels = bytes([0, 0, 8, 1, 0, 0, 0, count]) + bytes([label] * count)
+            (folder / f"{name}-images-idx3-ubyte.gz").write_bytes(gzip.compress(images))
+            (folder / f"{name}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels))
+
+    write_set(tmp_path / "zeros", 0)
+    write_set(tmp_path / "sevens", 7)
+    cache = tmp_path / "cache"
+    assert data.fashion_mnist(tmp_path / "zeros", cache=cache).tensors[1].tolist() == [0, 0, 0]
+    assert data.fashion_mnist(tmp_path / "sevens", cache=cache).tensors[1].tolist() == [7, 7, 7]
+    with pytest.raises(ValueError, match="not found"):
+        data.fashion_mnist(tmp_path, cache=cache)
+
+
+def test_certified_radii_need_unit_scale_pixels_and_ignore_an_enclosing_autocast(tmp_path):
+    trained = _trained(tmp_path, steps=3).model.eval()
+    images = synthetic(8, 1, 28).tensors[0]
+    with pytest.raises(ValueError, match="divide 8-bit images by 255"):
+        certified_radius(trained, 255 * images)
+    plain = certified_radius(trained, images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = certified_radius(trained, images)
+    assert torch.equal(plain[0], under_autocast[0]) and torch.equal(plain[1], under_autocast[1])
+
+
+def test_a_corrupt_power_vector_is_refused_when_the_classifier_loads(tmp_path):
+    from pnp_stable._safetensors import content_digest
+    from pnp_stable.classification.storage import load_classifier, save_classifier
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = save_classifier(_trained(tmp_path, steps=2).model.eval(), tmp_path / "c.safetensors")
+    tensors = load_file(str(path))
+    with safe_open(str(path), "pt") as handle:
+        metadata = dict(handle.metadata())
+    key = next(k for k in tensors if k.startswith("downs.") and k.endswith("power_vector"))
+    tensors[key] = torch.zeros_like(tensors[key])
+    metadata["sha256"] = content_digest(tensors, {k: v for k, v in metadata.items() if k != "sha256"})
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=metadata)
+    with pytest.raises(ValueError, match="corrupt"):
+        load_classifier(tmp_path / "bad.safetensors")

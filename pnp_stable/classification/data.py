@@ -5,6 +5,7 @@ stand-in for tests. Images are float32 in [0, 1], [N, C, H, W]; labels int64."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -26,6 +27,20 @@ def _cache_dir() -> Path:
     return Path.home() / ".cache" / "pnp-stable"
 
 
+def _source_key(folder: Path) -> str:
+    """A name for the cache of ``folder``'s four IDX files: their resolved paths, sizes and modification times, so a
+    different folder (or a file replaced in it) is extracted anew instead of silently reading an earlier cache."""
+    parts = []
+    for name in _FASHION_FILES:
+        source = next((p for p in (folder / name, folder / f"{name}.gz") if p.is_file()), None)
+        if source is None:
+            raise ValueError(f"Fashion-MNIST file {name}(.gz) not found in {folder}; point to the folder that holds "
+                             f"the four IDX files ({', '.join(_FASHION_FILES)})")
+        stat = source.stat()
+        parts.append(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
 def _extract_idx_files(folder: Path, raw: Path) -> None:
     """Copy (or gunzip) each missing IDX file from ``folder`` into ``raw``, each through :func:`atomic_path`: an
     interrupted copy is never reused, and processes that extract at once (two trainings started together) never
@@ -34,10 +49,7 @@ def _extract_idx_files(folder: Path, raw: Path) -> None:
         target = raw / name
         if target.is_file():
             continue
-        plain, gzipped = folder / name, folder / f"{name}.gz"
-        if not (plain.is_file() or gzipped.is_file()):
-            raise ValueError(f"Fashion-MNIST file {name}(.gz) not found in {folder}; point to the folder that holds "
-                             f"the four IDX files ({', '.join(_FASHION_FILES)})")
+        plain, gzipped = folder / name, folder / f"{name}.gz"  # one of them exists: _source_key checked
         raw.mkdir(parents=True, exist_ok=True)
         with atomic_path(target) as partial, open(partial, "wb") as out, \
                 (open(plain, "rb") if plain.is_file() else gzip.open(gzipped, "rb")) as source:
@@ -46,11 +58,12 @@ def _extract_idx_files(folder: Path, raw: Path) -> None:
 
 def fashion_mnist(folder: str | Path, train: bool = True, cache: str | Path | None = None) -> TensorDataset:
     """Fashion-MNIST's training (60,000) or test (10,000) split from ``folder``, which holds the four IDX files,
-    gzipped (as distributed) or not. Gzipped files are extracted once into ``cache``/FashionMNIST/raw
-    (default ~/.cache/pnp-stable), where torchvision's ``FashionMNIST`` reads them."""
+    gzipped (as distributed) or not. They are extracted once into ``cache``/KEY/FashionMNIST/raw (default
+    ~/.cache/pnp-stable; KEY names the source files: :func:`_source_key`), where torchvision's ``FashionMNIST`` reads
+    them."""
     from torchvision.datasets import FashionMNIST
 
-    root = Path(cache) if cache is not None else _cache_dir()
+    root = (Path(cache) if cache is not None else _cache_dir()) / _source_key(Path(folder))
     _extract_idx_files(Path(folder), root / "FashionMNIST" / "raw")
     dataset = FashionMNIST(str(root), train=train, download=False)
     return TensorDataset(dataset.data[:, None].float() / 255.0, dataset.targets.long())
@@ -60,7 +73,11 @@ def cifar10(folder: str | Path, train: bool = True, download: bool = False) -> T
     """CIFAR-10 through torchvision (``download=True`` fetches it into ``folder``; needs internet access)."""
     from torchvision.datasets import CIFAR10
 
-    dataset = CIFAR10(str(folder), train=train, download=download)
+    try:
+        dataset = CIFAR10(str(folder), train=train, download=download)
+    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
+        raise ValueError(f"CIFAR-10 not found in {folder} ({err}); pass --download (needs internet access) or point "
+                         "--data to the folder that holds cifar-10-batches-py") from err
     images = torch.from_numpy(np.ascontiguousarray(dataset.data)).permute(0, 3, 1, 2).float() / 255.0
     return TensorDataset(images, torch.as_tensor(dataset.targets, dtype=torch.long))
 

@@ -44,11 +44,21 @@ def _radius(logits: Tensor, bounds: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
+def _certified_logits(model, x: Tensor) -> Tensor:
+    """The logits the certificate describes: pixels in [0, 1] (the radii are in those units) and the network in full
+    precision even under an enclosing autocast (its bounds are for the fp32 network, not a bf16 evaluation)."""
+    if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
+        raise ValueError(f"pixels must lie in [0, 1] (the certified radius is measured in those units), got values in "
+                         f"[{float(x.min()):.4g}, {float(x.max()):.4g}]; divide 8-bit images by 255")
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return model(x.float()).double()
+
+
 def certified_radius(model, x: Tensor) -> tuple[Tensor, Tensor]:
     """(predicted class, certified ℓ2 radius) for each image of x ([B, C, H, W]): no perturbation of norm below the
     radius changes the prediction (module docstring)."""
     bounds = pairwise_bounds(model)
-    return _radius(model(x).double(), bounds.to(x.device))
+    return _radius(_certified_logits(model, x), bounds.to(x.device))
 
 
 @torch.no_grad()
@@ -58,7 +68,7 @@ def certified_accuracy(model, loader: Iterable[tuple[Tensor, Tensor]], eps_list:
     bounds = pairwise_bounds(model)
     correct, certified, count = 0, {float(eps): 0 for eps in eps_list}, 0
     for images, labels in loader:
-        prediction, radius = _radius(model(images).double(), bounds.to(images.device))
+        prediction, radius = _radius(_certified_logits(model, images), bounds.to(images.device))
         right = prediction == labels
         correct += int(right.sum())
         for eps in certified:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 import torch
 import torch.nn.functional as F
@@ -40,8 +42,8 @@ class NonexpansiveBlock(nn.Module):
         super().__init__()
         if not 0 < budget <= 1:
             raise ValueError(f"per-step averagedness budget a must lie in (0, 1], got {budget}")
-        if not time > 0:
-            raise ValueError(f"time span T must be > 0, got {time}")
+        if not 0 < time < math.inf:
+            raise ValueError(f"time span T must be finite and > 0, got {time}")
         self.conv = CertifiedConv(channels, channels, kernel_size, normalise=normalise, power_size=power_size)
         self.activation = get_activation(activation).instantiate(channels)
         self.integrator = get_integrator(integrator)
