@@ -73,7 +73,12 @@ def check_noise_level(sigma: float, name: str = "noise_sigma", positive: bool = 
     quantisation alone is 1/(255·√12) ≈ 1.1e-3) yet admits limits such as a denoiser strength of 1e-9.
     """
     minimum = 1e-12
-    sigma = float(sigma)
+    if isinstance(sigma, (bool, str)):
+        raise ValueError(f"{name} must be a number (on the [0, 1] intensity scale, e.g. 25/255), got {sigma!r}")
+    try:
+        sigma = float(sigma)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{name} must be one number (on the [0, 1] intensity scale, e.g. 25/255), got {sigma!r}") from err
     if not sigma == sigma or sigma in (float("inf"), float("-inf")):
         raise ValueError(f"{name} must be finite, got {sigma}")
     if sigma < 0 or (positive and sigma == 0):
@@ -90,3 +95,14 @@ def check_noise_level(sigma: float, name: str = "noise_sigma", positive: bool = 
             "at least their quantisation noise 1/(255·√12) ≈ 1.1e-3, and for noise-free float data use 1e-4"
         )
     return sigma
+
+
+def check_count(value, name: str) -> int:
+    """Require a whole number ≥ 1 (an iteration or round count): refused, not truncated, when fractional."""
+    try:
+        whole = not isinstance(value, (bool, str)) and float(value).is_integer() and value >= 1
+    except (TypeError, ValueError, RuntimeError):
+        whole = False
+    if not whole:
+        raise ValueError(f"{name} must be a whole number ≥ 1, got {value!r}")
+    return int(value)

@@ -265,3 +265,29 @@ def test_a_16_bit_gray_file_read_as_colour_keeps_its_values(tmp_path):
     Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(path)
     colour = ps.load_image(path, gray=False)
     assert colour.shape == (1, 3, 8, 8) and torch.allclose(colour, torch.full_like(colour, 32768 / 65535))
+
+
+def test_solver_arguments_of_the_wrong_type_get_a_value_error():
+    """Types that float()/range()/torch.as_tensor refuse or misread give a ValueError that names the argument."""
+    y = torch.rand(1, 1, 24, 24)
+    physics = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, 24, 24))
+    for noise in (None, [0.01, 0.02], "0.01", True):
+        with pytest.raises(ValueError, match="noise_sigma must be"):
+            ps.deblur(y, "gaussian:1.0", noise, denoiser=lambda v, s: v, max_iter=2)
+    with pytest.raises(ValueError, match="denoiser_sigma must be"):
+        ps.deblur(y, "gaussian:1.0", 0.01, denoiser=lambda v, s: v, denoiser_sigma="a", max_iter=2)
+    with pytest.raises(ValueError, match="rounds must be a whole number"):
+        ps.deblur(y, "gaussian:1.0", 0.01, denoiser="guided", guide=lambda v, s: v, guided_rounds=1.5, max_iter=2)
+    with pytest.raises(ValueError, match="whole number"):
+        ps.solvers.dpir(physics, y, lambda v, s: v, 0.01, iterations=2.5)
+    with pytest.raises(ValueError, match="x0"):
+        ps.solvers.dpir(physics, y, lambda v, s: v, 0.01, x0=torch.rand(1, 1, 20, 20))
+
+
+def test_the_guided_route_reports_a_failed_pilot_and_takes_fista_without_acceleration():
+    y = torch.rand(1, 1, 24, 24)
+    with pytest.raises(ValueError, match="pilot stopped"):
+        ps.deblur(y, "gaussian:1.0", 0.01, boundary="circular", denoiser="guided", guide=lambda v, s: v * float("nan"))
+    result = ps.deblur(y, "gaussian:1.0", 0.01, boundary="circular", denoiser="guided", guide=lambda v, s: v,
+                       solver="fista", max_iter=2)
+    assert result.beta is None and result.estimate.shape == y.shape

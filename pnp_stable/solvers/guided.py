@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import deepinv as dinv
 from torch import Tensor
 
+from .._validation import check_count, check_noise_level
 from ..denoisers.baselines import BM3DDenoiser
 from ..denoisers.guided import DEFAULT_PATCH, GuidedDenoiser
 from .loop import PnPResult, solve
@@ -90,14 +91,18 @@ def guided_solve(
     (``accelerate`` None: the guide's default, on).
     """
     defaults = guided_defaults(guide_denoiser)
+    noise_sigma = check_noise_level(noise_sigma, positive=True)
     solver = solver or defaults.solver
     denoiser_sigma = defaults.strength * noise_sigma if denoiser_sigma is None else denoiser_sigma
-    rounds = defaults.rounds if rounds is None else rounds
+    rounds = check_count(defaults.rounds if rounds is None else rounds, "rounds")
     pilot_iterations = defaults.pilot_iterations if pilot_iterations is None else pilot_iterations
-    accelerate = defaults.accelerate if accelerate is None else accelerate
-    if rounds < 1:
-        raise ValueError(f"rounds must be ≥ 1, got {rounds}")
+    if accelerate is None:  # the guide's default: Anderson wherever the iteration has a β ('auto'; never for FISTA)
+        accelerate = "auto" if defaults.accelerate else False
     pilot = dpir(physics, y, guide_denoiser, noise_sigma, iterations=pilot_iterations, weight=defaults.pilot_weight, x0=x0)
+    failed = [status for status in pilot.status if status in ("non-finite", "diverged")]
+    if failed:
+        raise ValueError(f"the guide denoiser's pilot stopped ({', '.join(failed)}), so it gives no guide; check the "
+                         f"guide denoiser ({type(guide_denoiser).__name__}) on this image")
     if construction == "bm3d" and "stride" not in options:
         patch = options.get("patch", DEFAULT_PATCH)
         sizes = (*pilot.estimate.shape[2:], *((patch,) if isinstance(patch, int) else patch))

@@ -13,7 +13,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .._modules import evaluation_mode
-from .._validation import check_image, check_noise_level, check_start
+from .._validation import check_count, check_image, check_noise_level, check_start
 from ..operators.fidelity import L2Fidelity
 from .anderson import Anderson, AndersonSteps, anderson_options
 from .monitor import REJECTED, ConvergenceMonitor, History
@@ -309,7 +309,10 @@ def solve(
     defaults = tuned(solver)
     if denoiser_sigma is None:
         denoiser_sigma = defaults.strength * noise_sigma
-    sigmas = torch.as_tensor(denoiser_sigma, dtype=torch.float64)
+    try:
+        sigmas = torch.as_tensor(denoiser_sigma, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"denoiser_sigma must be a number or one per sample, got {denoiser_sigma!r}") from err
     if not (torch.isfinite(sigmas).all() and (sigmas > 0).all()):
         raise ValueError(f"denoiser_sigma must be finite and > 0 (on the [0, 1] scale, e.g. 2·noise_sigma), got {denoiser_sigma}")
     if sigmas.ndim > 1 or (sigmas.ndim == 1 and sigmas.numel() not in (1, fidelity.x_shape[0])):
@@ -317,9 +320,7 @@ def solve(
                          f"{tuple(sigmas.shape)}")
     if max_iter is None:
         max_iter = defaults.max_iter
-    if isinstance(max_iter, bool) or not float(max_iter).is_integer() or max_iter < 1:
-        raise ValueError(f"max_iter must be a whole number ≥ 1, got {max_iter}")
-    max_iter = int(max_iter)
+    max_iter = check_count(max_iter, "max_iter")
     try:
         tol = float(tol) if not isinstance(tol, bool) else None
     except (TypeError, ValueError, RuntimeError):

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .._modules import evaluation_mode
-from .._validation import check_noise_level
+from .._validation import check_count, check_image, check_noise_level, check_start
 from ..operators.fidelity import L2Fidelity
 from .loop import PnPResult, run_scheme
 from .schemes import Scheme
@@ -32,8 +32,7 @@ class DecreasingSchedule(Scheme):
 
     def __init__(self, fidelity: L2Fidelity, denoiser, noise_sigma: float, iterations: int = 8,
                  sigma_start: float = DPIR_SIGMA_START, weight: float = DPIR_WEIGHT):
-        if iterations < 1:
-            raise ValueError(f"the schedule needs at least one iteration, got {iterations}")
+        iterations = check_count(iterations, "iterations of the schedule")
         if not weight > 0:
             raise ValueError(f"DPIR weight λ must be > 0, got {weight}")
         start = max(float(sigma_start), noise_sigma)
@@ -65,6 +64,8 @@ def dpir(physics: dinv.physics.LinearPhysics, y: Tensor, denoiser, noise_sigma: 
         raise ValueError(f"sigma_start must be > 0, got {sigma_start}")
     fidelity = L2Fidelity(physics, y, noise_sigma)
     scheme = DecreasingSchedule(fidelity, denoiser, noise_sigma, iterations, sigma_start, weight)
+    if x0 is not None:
+        check_start(check_image(x0, "initialisation x0"), fidelity.x_shape)
     start = fidelity.op.A_adjoint(y) if x0 is None else x0
     with torch.no_grad(), evaluation_mode(denoiser):
         return run_scheme(scheme, start.clone(), max_iter=iterations, tol=0.0)
