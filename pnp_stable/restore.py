@@ -182,6 +182,7 @@ def deblur(
     """
     device = check_device(device)
     y = _as_batch(y, "blurred image y", device)
+    noise_sigma = unit_scale_level(noise_sigma, "noise_sigma", positive=True)
     kernel = _as_kernel(kernel)
     physics = blur(kernel, boundary=boundary, img_size=tuple(y.shape[1:]), device=device)
     reference = None if reference is None else _as_batch(reference, "reference", device)
@@ -259,13 +260,23 @@ def _noise_levels(sigma, batch: int) -> float | Tensor:
     except (TypeError, ValueError, RuntimeError):
         raise ValueError(f"sigma must be a number on the [0, 1] scale or one per image, got {sigma!r}") from None
     if values is None or values.numel() == 1:
-        return check_noise_level(sigma if values is None else values.item(), "sigma")
+        return unit_scale_level(sigma if values is None else values.item(), "sigma")
     if values.numel() != batch:
         raise ValueError(f"sigma has {values.numel()} values but the batch has {batch} image(s); "
                          "pass one noise level, or one per image")
     for value in values.tolist():
-        check_noise_level(value, "sigma")
+        unit_scale_level(value, "sigma")
     return values.to(torch.float32)
+
+
+def unit_scale_level(value, name: str, positive: bool = False) -> float:
+    """A noise level of an image on the [0, 1] scale: :func:`check_noise_level`, and at most 1 (a level above the
+    whole intensity range is a level given on the 0–255 scale)."""
+    value = check_noise_level(value, name, positive=positive)
+    if value > 1:
+        raise ValueError(f"{name} = {value:g} exceeds the whole [0, 1] intensity range; noise levels are on the [0, 1] "
+                         f"scale: {value:g}/255 = {value / 255:.4g}")
+    return value
 
 
 def denoise(x, sigma, denoiser="auto", device: str | torch.device = "cpu", tile: int | str | None = "auto",

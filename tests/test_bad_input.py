@@ -291,3 +291,11 @@ def test_the_guided_route_reports_a_failed_pilot_and_takes_fista_without_acceler
     result = ps.deblur(y, "gaussian:1.0", 0.01, boundary="circular", denoiser="guided", guide=lambda v, s: v,
                        solver="fista", max_iter=2)
     assert result.beta is None and result.estimate.shape == y.shape
+
+
+def test_a_noise_level_given_on_the_0_255_scale_is_refused_with_its_conversion():
+    image = torch.rand(1, 1, 16, 16)
+    with pytest.raises(ValueError, match="25/255"):
+        ps.denoise(image, 25, denoiser=lambda v, s: v)
+    with pytest.raises(ValueError, match="2.55/255"):
+        ps.deblur(image, "gaussian:1.0", 2.55, denoiser=lambda v, s: v, max_iter=2)
