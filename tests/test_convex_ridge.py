@@ -311,3 +311,11 @@ def test_opponent_colour_round_trip_and_bad_options(tmp_path):
         ConvexRidgeDenoiser(channels=1, colour="opponent")
     with pytest.raises(ValueError, match="colour must be one of"):
         ConvexRidgeDenoiser(channels=3, colour="lab")
+
+
+def test_circular_boundary_refuses_images_smaller_than_the_filters():
+    """The FFT grid of a smaller image would crop the filters instead of wrapping them: not the documented R."""
+    ridge = ps.denoisers.ConvexRidgeDenoiser(filters=2, kernel=7, sigma_knots=[0.1], boundary="circular").eval()
+    with pytest.raises(ValueError, match="smaller than the 7×7 filters"):
+        ridge(torch.rand(1, 1, 6, 12), 0.1)
+    assert ridge(torch.rand(1, 1, 7, 7), 0.1).shape == (1, 1, 7, 7)

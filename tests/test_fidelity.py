@@ -98,3 +98,18 @@ def test_the_adjoint_test_and_the_norm_estimate_probe_in_the_problems_precision(
     fidelity = ps.operators.L2Fidelity(op, y, 0.01)
     assert fidelity.adjoint_error < 1e-12
     assert fidelity.operator_norm.kind == "estimate" and fidelity.operator_norm.value <= float(weights.max()) + 1e-9
+
+
+def test_the_blur_bound_holds_for_a_circular_kernel_larger_than_the_image():
+    """deepinv's circular Blur wraps a kernel larger than the image; the FFT bound cropped it (0.36 for a true 1)."""
+    import deepinv as dinv
+
+    from pnp_stable.operators import operator_norm
+
+    op = dinv.physics.Blur(filter=torch.ones(1, 1, 5, 5) / 25, padding="circular")
+    for size in ((3, 3), (4, 4), (4, 8)):
+        probe = torch.zeros(1, 1, *size)
+        probe[..., 0, 0] = 1
+        columns = torch.stack([op.A(torch.roll(probe, (i, j), (-2, -1))).flatten()
+                               for i in range(size[0]) for j in range(size[1])], 1).double()
+        assert operator_norm(op, (1, *size)).value >= torch.linalg.matrix_norm(columns, 2) * (1 - 1e-6)

@@ -192,3 +192,22 @@ def test_only_integrators_with_a_proof_give_a_guaranteed_certificate():
         assert certificate.guaranteed is guaranteed and certificate.lipschitz == 1.0, integrator
         assert ("estimated" in certificate.method) is not guaranteed
         assert model.relaxed(0.5).certificate.guaranteed is guaranteed
+
+
+
+def test_a_float64_sll_block_computes_in_float64():
+    """The fp32 division under autocast must not round a float64 module's hidden layer (it broke (A) checks in fp64):
+    the block equals x − 2θAᵀT⁻¹σ(Ax + b) evaluated in float64 to float64 precision."""
+    import torch.nn.functional as F
+
+    from pnp_stable.denoisers.blocks import SLLBlock
+
+    torch.manual_seed(0)
+    block = SLLBlock(3).double().eval()
+    x = torch.rand(1, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        hidden = block.activation(F.conv2d(x, block.weight, block.bias, padding=block.padding))
+        formula = x - 2 * block.theta() * F.conv_transpose2d(hidden / block.scaling()[None, :, None, None],
+                                                            block.weight, padding=block.padding)
+        out = block(x)
+    assert out.dtype == torch.float64 and (out - formula).abs().max() < 1e-13

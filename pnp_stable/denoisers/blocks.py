@@ -185,7 +185,8 @@ class SLLBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         t = self.scaling()
         hidden = F.conv2d(x, self.weight, self.bias, padding=self.padding)
-        hidden = self.activation(hidden).float() / t[None, :, None, None]  # fp32 division even under autocast
+        hidden = self.activation(hidden)  # divided in fp32 even under autocast (float64 stays float64)
+        hidden = hidden.to(torch.promote_types(hidden.dtype, torch.float32)) / t[None, :, None, None]
         return x - 2 * self.theta() * F.conv_transpose2d(hidden, self.weight, padding=self.padding)
 
     def averagedness(self) -> float:

@@ -430,11 +430,13 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
         sigma = sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
         if sigma.shape != (x.shape[0],) or not bool((torch.isfinite(sigma) & (sigma >= 0)).all()):
             raise ValueError(f"sigma must be ≥ 0 and finite, a float or a [B] = [{x.shape[0]}] tensor, got {sigma}")
-        reach = self.weight.shape[-1] // 2
-        if self.boundary == "reflect" and min(x.shape[-2:]) <= reach:
-            raise ValueError(f"image {tuple(x.shape[-2:])} is too small for {self.weight.shape[-1]}×"
-                             f"{self.weight.shape[-1]} filters with reflect boundary (needs > {reach} pixels per "
-                             "axis); use boundary='circular'")
+        size, smallest = self.weight.shape[-1], min(x.shape[-2:])
+        if self.boundary == "reflect" and smallest <= size // 2:
+            raise ValueError(f"image {tuple(x.shape[-2:])} is too small for {size}×{size} filters with reflect "
+                             f"boundary (needs > {size // 2} pixels per axis)")
+        if self.boundary == "circular" and smallest < size:  # the FFT grid would crop the filters, not wrap them
+            raise ValueError(f"image {tuple(x.shape[-2:])} is smaller than the {size}×{size} filters, which circular "
+                             f"boundary needs at least (use boundary='reflect', which needs > {size // 2} pixels)")
         strength, scale = self.component_parameters(sigma, x.shape[1])
         y = self.to_components(x)
         transform_error, allowance = self._transform_rounding(x, y)

@@ -126,6 +126,11 @@ def _blur_norm_bound(op: dinv.physics.Blur, shape: tuple[int, ...], max_iter: in
     ‖A‖ ≤ ‖k‖₁ (Young's inequality) caps it from the start.
     """
     kernel = op.filter.detach().abs().double().cpu()
+    if op.padding == "circular" and (kernel.shape[-2] > shape[-2] or kernel.shape[-1] > shape[-1]):
+        # the FFT convolution below would crop the taps that wrap around an image smaller than the kernel; the
+        # circulant A has rows of |taps| summing to ‖k‖₁ at most, so ‖A‖ ≤ ‖k‖₁ (Young's inequality on the torus)
+        return OperatorNorm(float(kernel.sum()) * (1 + 1e-9), kind="upper bound", iterations=0,
+                            method="‖k‖₁ (Young's inequality): the kernel is larger than the circular image")
     conv, adjoint = dinv.physics.functional.conv2d_fft, dinv.physics.functional.conv_transpose2d_fft
     gram = lambda v: adjoint(conv(v, kernel, padding=op.padding), kernel, padding=op.padding)
     w = torch.ones((1, 1, *shape[-2:]), dtype=torch.float64)
