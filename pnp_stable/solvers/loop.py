@@ -338,11 +338,12 @@ def solve(
     if (automatic and scheme.guaranteed and scheme.beta()[0] is not None
             and fidelity.adjoint_error <= ADJOINT_TOLERANCE):
         acceleration = Anderson()  # 'auto': only where T is averaged (a wrong adjoint withdraws β), as the theorem needs
+    given = x0 is not None
     if x0 is None:
         x0 = fidelity.op.A_adjoint(y)
     check_image(x0, "initialisation x0")
     check_start(x0, fidelity.x_shape)
-    if x0.dtype != y.dtype or x0.device != y.device:
+    if given and (x0.dtype != y.dtype or x0.device != y.device):
         raise ValueError(f"initialisation x0 is {x0.dtype} on {x0.device} but y is {y.dtype} on {y.device}; "
                          "pass x0.to(y) so that the iteration runs in one precision on one device")
     if reference is not None:
