@@ -28,6 +28,9 @@ def load_crops(paths: list[Path], size: int, gray: bool) -> list[torch.Tensor]:
     crops = []
     for path in paths:
         image = ps.load_image(path, gray=gray)
+        if min(image.shape[2:]) < size:
+            raise ValueError(f"{path} is {image.shape[2]}×{image.shape[3]} pixels, smaller than the {size}×{size} crop; "
+                             "choose a smaller --size")
         top, left = (image.shape[2] - size) // 2, (image.shape[3] - size) // 2
         crops.append(image[:, :, top : top + size, left : left + size])
     return crops
