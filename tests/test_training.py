@@ -508,3 +508,8 @@ def test_training_data_options_that_would_be_misread_are_fixed_or_refused(folder
     Image.fromarray(np.full((32, 32), 40000, dtype=np.uint16)).save(wide / "a.png")
     with pytest.raises(ValueError, match="not 8-bit"):
         load_folder(wide, 1)
+
+
+def test_a_reversed_noise_range_is_refused(folders, tmp_path):
+    with pytest.raises(ValueError, match="low ≤ high"):
+        dataclasses.replace(_config(folders, tmp_path), sigma=[0.2, 0.1])

@@ -117,8 +117,8 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got '{self.precision}'")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer}")
-        if isinstance(self.sigma, (list, tuple)) and len(self.sigma) != 2:
-            raise ValueError(f"sigma must be a number or a range [low, high], got {self.sigma}")
+        if isinstance(self.sigma, (list, tuple)) and (len(self.sigma) != 2 or not self.sigma[0] <= self.sigma[1]):
+            raise ValueError(f"sigma must be a number or a range [low, high] with low ≤ high, got {self.sigma}")
 
 
 class Trainer:
