@@ -423,3 +423,19 @@ def test_a_corrupt_power_vector_is_refused_when_the_classifier_loads(tmp_path):
     save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=metadata)
     with pytest.raises(ValueError, match="corrupt"):
         load_classifier(tmp_path / "bad.safetensors")
+
+
+def test_resume_accepts_defaults_written_out_and_refuses_a_changed_architecture(tmp_path):
+    data = synthetic(64, 1, 28)
+
+    def config(**architecture):
+        return ClassifierConfig(data="-", out=str(tmp_path / "m.safetensors"), steps=4, batch=16, eps=0.3,
+                                architecture=dict(TINY, **architecture))
+
+    first = ClassifierTrainer(config(time=1.0, activation="relu"), progress=False, dataset=data)
+    first.train_step = lambda original=first.train_step: (first.request_stop() if first.step == 1 else None,
+                                                           original())[1]
+    assert first.run() == "interrupted"
+    assert ClassifierTrainer(config(), resume=True, progress=False, dataset=data).step == 2
+    with pytest.raises(ValueError, match="architecture"):
+        ClassifierTrainer(config(time=3.8), resume=True, progress=False, dataset=data)

@@ -121,6 +121,15 @@ class ClassifierTrainer:
         self.elapsed = float(stored.pop("elapsed_s", 0.0))
         defaults = asdict(ClassifierConfig(data=self.config.data, out=self.config.out))
         current = json.loads(json.dumps(asdict(self.config)))
+        if stored.get("model", defaults["model"]) == current["model"] and "architecture" in stored:
+            # compared as built, so that an option written out at its default equals the option left out
+            fixed = {key: self.model.config[key] for key in FIXED_BY_DATASET}
+            try:
+                earlier = CLASSIFIERS[current["model"]](**fixed, **stored["architecture"]).config
+            except (TypeError, ValueError):
+                earlier = None
+            if earlier == self.model.config:
+                stored["architecture"] = current["architecture"]
         changed = sorted(key for key in current if key not in RESUMABLE_CHANGES
                          and stored.get(key, defaults[key]) != current[key])  # fields added since: their defaults
         if changed:
