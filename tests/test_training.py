@@ -127,9 +127,14 @@ def test_export_writes_certificate_and_training_metadata(folders, tmp_path):
 
 
 def test_resume_with_other_options_is_refused(folders, tmp_path):
+    """A change of what the run computes is refused and named; the same folder spelt 'dir/' and a validation
+    frequency (it reports, the weights do not depend on it) are not changes."""
     Trainer(_config(folders, tmp_path, steps=2), progress=False).run()
-    with pytest.raises(ValueError, match="another configuration"):
+    with pytest.raises(ValueError, match="other steps;"):
         Trainer(_config(folders, tmp_path, steps=5), resume=True, progress=False)
+    same = dataclasses.replace(_config(folders, tmp_path, steps=2), data=[str(folders / "train") + "/"],
+                               validate_every=1)
+    assert Trainer(same, resume=True, progress=False).step == 2
 
 
 def test_torchrun_two_processes(folders, tmp_path):

@@ -69,7 +69,9 @@ def denoising_loss(output: torch.Tensor, clean: torch.Tensor, sigma: torch.Tenso
 
 
 #: Options that change how a run is executed or reported, not what it computes: a resume may change them.
-EXECUTION_ONLY = ("compile", "checkpoint_minutes", "log_every")
+EXECUTION_ONLY = ("compile", "checkpoint_minutes", "log_every", "validate_every")
+#: Options naming files or folders: compared as normalised paths ('dir/' and 'dir' are one folder).
+PATH_OPTIONS = ("data", "val", "out", "init")
 
 
 @dataclass
@@ -190,8 +192,16 @@ class Trainer:
         stored = {key: meta["config"].get(key, defaults[key]) for key in current}  # fields added since: defaults
         for key in EXECUTION_ONLY:
             stored.pop(key), current.pop(key)
-        if stored != current:
-            raise ValueError(f"checkpoint {self.checkpoint_path} was written with another configuration; "
+        for options in (stored, current):
+            for key in PATH_OPTIONS:
+                value = options.get(key)
+                if isinstance(value, str):
+                    options[key] = os.path.normpath(value)
+                elif isinstance(value, list):
+                    options[key] = [os.path.normpath(v) for v in value]
+        changed = sorted(key for key in current if stored[key] != current[key])
+        if changed:
+            raise ValueError(f"checkpoint {self.checkpoint_path} was written with other {', '.join(changed)}; "
                              "resume with the same options or start a new run")
         self.model.load_state_dict(model_tensors(tensors))
         self.optimizer.load_state_dict(meta["optimizer_state"])
