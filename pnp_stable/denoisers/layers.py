@@ -242,6 +242,15 @@ class CertifiedConv(nn.Module):
             bound = self.set_weight_norm_bound(conv_norm_upper_bound(self.weight))
         return bound
 
+    def check_power_vector(self, name: str) -> None:
+        """Refuse a loaded power vector whose estimate s = ‖W u‖ is not finite and > 0: the normalised A = W/s, and
+        every bound divided by s, would be undefined. ``name`` says where the layer came from."""
+        if self.normalise:
+            estimate = float(self.power_estimate().detach())
+            if not 0 < estimate < math.inf:
+                raise ValueError(f"{name}: its stored power-iteration vector gives the norm estimate {estimate:g}; "
+                                 "the file is corrupt")
+
     def set_weight_norm_bound(self, bound: float) -> float:
         """Install a bound of ‖W‖ computed for exactly these weights (used when loading verified files)."""
         return self._bound_cache.put(float(bound), self.weight)

@@ -12,7 +12,7 @@ import deepinv as dinv
 import torch
 from torch import Tensor
 
-from .._validation import check_noise_level
+from .._validation import check_count, check_noise_level
 from .kernels import kernel_from_spec, validate_kernel
 
 __all__ = ["BOUNDARIES", "blur", "downsampling", "inpainting", "denoising", "custom_operator"]
@@ -113,16 +113,15 @@ def downsampling(
 ) -> dinv.physics.LinearPhysics:
     """Anti-aliased decimation by an integer ``factor`` (deepinv ``Downsampling``)."""
     img_size = _check_img_size(img_size)
-    if isinstance(factor, bool) or not float(factor).is_integer():
-        raise ValueError(f"factor must be a whole number (the decimation step), got {factor!r}")
-    if int(factor) < 1 or img_size[1] % int(factor) or img_size[2] % int(factor):
+    factor = check_count(factor, "factor")
+    if img_size[1] % factor or img_size[2] % factor:
         raise ValueError(f"factor must be a positive integer dividing H and W of {img_size}, got {factor}")
     if isinstance(filter, Tensor) or not isinstance(filter, (str, type(None))):
         filter = validate_kernel(filter, name="downsampling filter")[None, None]
     return _guarded(dinv.physics.Downsampling(
         img_size=img_size,
         filter=filter,
-        factor=int(factor),
+        factor=factor,
         padding="constant" if boundary == "zeros" else boundary,
         noise_model=_noise_model(noise_sigma, rng),
         device=device,
