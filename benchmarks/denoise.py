@@ -84,6 +84,8 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--no-bm3d", action="store_true")
     parser.add_argument("--no-models", action="store_true", help="skip the shipped models and TV")
+    parser.add_argument("--exclude", nargs="+", default=[], metavar="NAME",
+                        help="shipped models to skip (e.g. the convex-ridge ones, minutes per image: their own files)")
     parser.add_argument("--guides", nargs="*", default=[], choices=["bm3d", *GUIDE_MODELS],
                         help="add W(g)·y rows with the guide g from these denoisers")
     parser.add_argument("--constructions", nargs="+", default=["bm3d"], choices=list(CONSTRUCTIONS))
@@ -102,6 +104,8 @@ def main() -> None:
         images = [ps.load_image(p, gray=channels == 1) for p in list_images(data / set_name)[: args.images]]
         methods = {}
         for entry in [] if args.no_models else ps.list_denoisers():
+            if entry["name"] in args.exclude:
+                continue
             model = ps.load_denoiser(entry["name"])
             if model.channels == channels:
                 methods[entry["name"]] = model

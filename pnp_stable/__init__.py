@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 
 from . import denoisers, operators, solvers, theory
 from .solvers import ConvergenceMonitor, PnPResult, solve
-from .denoisers import AveragedDenoiser, SelfEnsemble, list_denoisers, load_denoiser, load_denoiser_file, save_denoiser
+from .denoisers import AveragedDenoiser, NoiseLevelSwitch, SelfEnsemble, list_denoisers, load_denoiser, load_denoiser_file, save_denoiser
 from .io import load_image, save_image, to_numpy, to_tensor
 from .metrics import psnr, ssim
 from .restore import deblur, denoise
@@ -36,6 +36,7 @@ __all__ = [
     "solvers",
     "AveragedDenoiser",
     "Certificate",
+    "NoiseLevelSwitch",
     "SelfEnsemble",
     "denoisers",
     "list_denoisers",

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__
@@ -274,7 +275,7 @@ def cmd_denoise(args) -> int:
 
     from ._outputs import IMAGE_SUFFIXES, check_outputs
     from .io import load_image
-    from .restore import DEFAULT_DENOISERS, denoise
+    from .restore import denoise
 
     device = _device(args.device)
     inputs = [Path(p) for p in args.inputs]
@@ -283,7 +284,8 @@ def cmd_denoise(args) -> int:
             raise CommandError(f"image file not found: {path}")
     targets = _denoise_targets(inputs, Path(args.out))
     check_outputs(inputs, [("--out", target, IMAGE_SUFFIXES) for target in targets])
-    lines, denoiser_for = [], _denoiser_for(args)  # loaded (and verified) once for all the images
+    # a named model or file is loaded (and verified) once for all the images; 'auto' is denoise's choice by σ
+    lines, denoiser_for = [], (lambda channels: "auto") if args.denoiser == "auto" else _denoiser_for(args)
     with _processes(args) as context:
         leads = _leads(context)
         for source, target in tqdm(list(zip(inputs, targets)), desc="denoising", unit="image",
@@ -294,7 +296,7 @@ def cmd_denoise(args) -> int:
             if leads:
                 lines.append(_write_image(result.estimate.cpu(), target))
     if leads:
-        name = DEFAULT_DENOISERS.get(image.shape[1], "auto") if args.denoiser == "auto" else args.denoiser
+        name = result.denoiser if args.denoiser == "auto" else args.denoiser
         lines.append(f"denoiser {name}: {result.certificate}")
         print("\n".join(lines))
     return 0
@@ -496,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="IN", help="image file(s)")
     p.add_argument("--sigma", required=True, type=level, metavar="S", help="noise level on the [0, 1] scale, e.g. 25/255 (required)")
     p.add_argument("--out", required=True, metavar="OUT", help="output file, or a directory for several inputs (required)")
-    p.add_argument("--denoiser", default="auto", metavar="NAME|PATH", help="shipped model or .safetensors file; auto picks by channels")
+    p.add_argument("--denoiser", default="auto", metavar="NAME|PATH", help="shipped model or .safetensors file; auto picks by channels and, for colour, by --sigma")
     _add_ensemble(p)
     _add_tiling(p)
     _add_common(p)
@@ -563,8 +565,6 @@ def _out_of_memory(err: BaseException) -> bool:
 def _image_size(path) -> tuple[int, int, int] | None:
     """(width, height, channels) of an image file from its header (no pixels are read), or of a ``.npy`` [H, W(, C)]
     array (memory-mapped); None when the file cannot tell."""
-    import warnings
-
     import numpy as np
     from PIL import Image
 
@@ -605,6 +605,17 @@ def _memory_advice(args) -> str:
             f"{tiles}{also}")
 
 
+def _one_line_warning(command: str):
+    """A ``warnings.showwarning`` that prints a warning as the errors are printed, 'pnp-stable COMMAND: warning:
+    MESSAGE' on one line (in a --workers launch from the leading process only), instead of Python's file:line form."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if os.environ.get("RANK", "0") == "0":
+            print(f"pnp-stable {command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
@@ -625,7 +636,9 @@ def main(argv: list[str] | None = None) -> int:
     if launched is not None:
         return launched
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(args.command)
+            return args.run(args)
     except (ValueError, ImportError, OSError) as err:
         message = " ".join(str(err).split())
         if os.environ.get("RANK", "0") == "0":  # in a --workers launch, the leading process speaks for all

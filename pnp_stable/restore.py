@@ -7,6 +7,7 @@ for the image's channels, and use the tuned defaults of :mod:`pnp_stable.solvers
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from ._modules import evaluation_mode, on_device
 from ._validation import check_device, check_noise_level, check_start
 from .denoisers.averaged import certificate_of
 from .denoisers.ensemble import self_ensemble
+from .denoisers.switch import NoiseLevelSwitch, range_index
 from .denoisers.tiling import tiled
 from .denoisers.zoo import load_denoiser
 from .io import to_tensor
@@ -28,10 +30,14 @@ from .solvers.defaults import tuned
 from .solvers.loop import PnPResult, solve
 from .theory import Certificate
 
-__all__ = ["DEFAULT_DENOISERS", "DenoiseResult", "deblur", "denoise", "resolve_denoiser", "resolve_guide", "tile_anchor",
+__all__ = ["DEFAULT_DENOISERS", "DENOISING_DEFAULTS", "DenoiseResult", "deblur", "denoise", "resolve_denoiser", "resolve_guide", "tile_anchor",
            "valid_frame"]
 
 DEFAULT_DENOISERS = {1: "averaged-sll-gray", 3: "averaged-color"}
+#: ``denoise``'s 'auto' for colour: each shipped colour network on the noise levels where it denoises best on held-out
+#: CBSD432 images (σ·255 ≤ 8, ≤ 15, above; ``training/campaign/README.md``), as levels and names of a NoiseLevelSwitch
+DENOISING_DEFAULTS = {3: ((8 / 255, 15 / 255),
+                          ("averaged-sll-lownoise-color", "averaged-sll-color", "averaged-sll-highnoise-color"))}
 #: 1/(band power) of natural images in the Wiener anchor of deblur's tiles (:func:`tile_anchor`)
 TILE_ANCHOR_SNR = 30.0
 
@@ -46,7 +52,42 @@ def _choose(denoiser, channels: int):
 
 
 def _label(denoiser) -> str:
-    return str(denoiser) if isinstance(denoiser, (str, Path)) else type(denoiser).__name__
+    """A name or path as given; a model by the ``name`` it was loaded by, else its class."""
+    if isinstance(denoiser, (str, Path)):
+        return str(denoiser)
+    return getattr(denoiser, "name", None) or type(denoiser).__name__
+
+
+def _denoising_choice(denoiser, channels: int, sigma) -> tuple:
+    """``denoise``'s (denoiser, label): as :func:`_choose`, except that 'auto' for colour is the
+    :data:`DENOISING_DEFAULTS` network whose range holds σ, or a :class:`NoiseLevelSwitch` over all of them when the
+    levels of a batch fall in several ranges."""
+    if not (denoiser is None or denoiser == "auto") or channels not in DENOISING_DEFAULTS:
+        chosen = _choose(denoiser, channels)
+        return chosen, _label(chosen)
+    levels, names = DENOISING_DEFAULTS[channels]
+    ranges = range_index(sigma, levels).unique().tolist()
+    if len(ranges) == 1:
+        return names[ranges[0]], names[ranges[0]]
+    switch = NoiseLevelSwitch(levels, [load_denoiser(name) for name in names])
+    return switch, f"NoiseLevelSwitch({', '.join(names[k] for k in ranges)})"
+
+
+def _warn_outside_training(model, sigma, label: str, chosen_by_default: bool) -> None:
+    """Warn when σ lies outside the noise levels the model was trained on (its ``noise_range``): a network
+    extrapolates there (``averaged-color``, trained last on σ ≤ 25/255, is below TV at 50/255 in ``denoise.md``).
+    The certificate holds at every σ; only the quality is in question."""
+    trained = getattr(model, "noise_range", None)
+    if trained is None:
+        return
+    low, high = trained
+    levels = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).cpu()
+    outside = levels[(levels > high * (1 + 1e-3) + 1e-9) | (levels < low * (1 - 1e-3) - 1e-9)]
+    if len(outside):
+        hint = "" if chosen_by_default else "; the 'auto' denoiser picks the shipped model best at each level"
+        warnings.warn(f"sigma = {float(outside[0]) * 255:.4g}/255 is outside the noise levels denoiser '{label}' was "
+                      f"last trained on ([{low * 255:.4g}, {high * 255:.4g}]/255): expect a poorer estimate{hint}",
+                      stacklevel=3)
 
 
 def resolve_denoiser(denoiser, channels: int, device: str | torch.device = "cpu", ensemble: int = 1):
@@ -283,18 +324,22 @@ def denoise(x, sigma, denoiser="auto", device: str | torch.device = "cpu", tile:
             overlap: int | None = None, context=None, ensemble: int = 1) -> DenoiseResult:
     """Remove Gaussian noise of standard deviation ``sigma`` ([0, 1] scale; one value, or one per image of a
     batch) with a (certified) denoiser; ``tile``, ``overlap``, ``context`` and ``ensemble`` as in :func:`deblur`
-    (the same certificate)."""
+    (the same certificate). ``denoiser='auto'``: ``averaged-sll-gray`` for gray images; for colour the shipped
+    network best at σ (:data:`DENOISING_DEFAULTS`; deblurring keeps ``averaged-color``, tuned for its low σ_d).
+    Warns when σ lies outside the noise levels the model was trained on (its ``noise_range``)."""
     device = check_device(device)
     x = _as_batch(x, "noisy image", device)
     sigma = _noise_levels(sigma, x.shape[0])
     if isinstance(sigma, Tensor):
         sigma = sigma.to(device)
-    chosen = _choose(denoiser, x.shape[1])
-    model = tiled(resolve_denoiser(chosen, x.shape[1], device, ensemble), x.shape, tile, overlap, context)
+    chosen, label = _denoising_choice(denoiser, x.shape[1], sigma)
+    model = resolve_denoiser(chosen, x.shape[1], device, ensemble)
+    _warn_outside_training(model, sigma, label, chosen_by_default=denoiser is None or denoiser == "auto")
+    model = tiled(model, x.shape, tile, overlap, context)
     with torch.no_grad(), evaluation_mode(model):
         estimate = model(x, sigma)
     if not torch.isfinite(estimate).all():
-        raise ValueError(f"the denoiser {_label(chosen)} returned NaN or Inf for a finite input at sigma = "
+        raise ValueError(f"the denoiser {label} returned NaN or Inf for a finite input at sigma = "
                          f"{sigma if isinstance(sigma, float) else sigma.tolist()}; "
                          "check its weights (pnp-stable certify NAME --verify) or the noise level")
-    return DenoiseResult(estimate=estimate, certificate=certificate_of(model), denoiser=_label(chosen))
+    return DenoiseResult(estimate=estimate, certificate=certificate_of(model), denoiser=label)

@@ -113,6 +113,16 @@ def test_denoise_ensemble_reports_the_unchanged_certificate(files, tmp_path):
     assert (tmp_path / "e.png").is_file() and "mean of 8 grid-symmetry conjugates" in done.stdout
 
 
+def test_denoise_auto_names_the_colour_network_it_chose_for_sigma(files, tmp_path):
+    for level, name in (("5/255", "averaged-sll-lownoise-color"), ("25/255", "averaged-sll-highnoise-color")):
+        done = run_cli("denoise", files / "colour.png", "--sigma", level, "--out", tmp_path / "c.png")
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        assert f"denoiser {name}: Lipschitz ≤ 1, averaged with α" in done.stdout
+    outside = run_cli("denoise", files / "colour.png", "--sigma", "50/255", "--denoiser", "averaged-color", "--out",
+                      tmp_path / "c.png")
+    assert outside.returncode == 0 and "outside the noise levels denoiser 'averaged-color' was last trained on" in outside.stderr
+
+
 def test_deblur_accelerate_reports_the_safeguard_and_no_violations(files, tmp_path):
     done = run_cli("deblur", files / "gray.png", "--simulate", "--kernel", "gaussian:1.0", "--noise", "7.65/255",
                    "--denoiser", files / "gray-net.safetensors", "--iters", "15", "--accelerate", "--out", tmp_path / "a.png")

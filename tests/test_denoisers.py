@@ -257,7 +257,7 @@ def test_bm3d_baseline_denoises_without_certificate():
 def test_zoo_lists_and_loads_shipped_models_offline():
     rows = ps.list_denoisers()
     assert {"averaged-gray", "averaged-sll-gray", "averaged-color", "averaged-lownoise-color", "averaged-sll-color",
-            "averaged-sll-lownoise-color", "convex-ridge-gray", "convex-ridge-color", "dncnn-gray", "dncnn-color",
+            "averaged-sll-lownoise-color", "averaged-sll-highnoise-color", "convex-ridge-gray", "convex-ridge-color", "dncnn-gray", "dncnn-color",
             "dncnn-lownoise-color"} <= {row["name"] for row in rows}
     for row in rows:
         assert row["format"] == "pnp-stable-denoiser/1" and "certificate" in row and "training" in row
@@ -499,3 +499,45 @@ def test_a_file_whose_certificate_cannot_be_evaluated_is_refused_with_a_value_er
     infinite = _rewritten(path, tmp_path / "time.safetensors", config=json.dumps({**config, "time": float("inf")}))
     with pytest.raises(ValueError, match="safetensors"):
         ps.load_denoiser(infinite)
+
+
+def test_noise_level_switch_sends_each_image_to_its_range_and_is_certified_as_its_worst_member():
+    torch.manual_seed(0)
+    low = AveragedDenoiser(channels=1, width=4, depth=1, noise_adaptive=True).eval()
+    high = AveragedDenoiser(channels=1, width=4, depth=3).eval()
+    switch = ps.NoiseLevelSwitch([0.1], [low, high]).eval()
+    x = torch.rand(3, 1, 10, 10)
+    sigma = torch.tensor([0.05, 0.1, 0.2])  # a level on a boundary belongs to the range below it
+    with torch.no_grad():
+        expected = torch.cat([low(x[:1], sigma[:1]), low(x[1:2], sigma[1:2]), high(x[2:], sigma[2:])])
+        assert torch.allclose(switch(x, sigma), expected, atol=1e-6)
+        assert torch.equal(switch(x, 0.2), high(x, 0.2)) and torch.equal(switch(x, 0.01), low(x, 0.01))
+    worst = max(low.certificate.alpha, high.certificate.alpha)
+    assert switch.certificate.alpha == worst and switch.certificate.guaranteed and switch.certificate.lipschitz == 1
+    assert switch.certificate_at(0.05).alpha == pytest.approx(low.certificate_at(0.05).alpha)
+    assert switch.certificate_at(sigma).alpha == max(low.certificate_at(sigma[:2]).alpha, high.certificate.alpha)
+    for level in (0.05, 0.3):  # at each σ the adversarial search stays within the worst member's certificate
+        search = adversarial_lipschitz(switch, (1, 12, 12), level, alpha=worst, restarts=2, steps=25)
+        assert search.ratio <= 1 + 1e-4
+    assert ps.NoiseLevelSwitch([0.1], [low, DnCNNBaseline(channels=1, width=4, depth=2)]).certificate.alpha is None
+    with pytest.raises(ValueError, match="one denoiser more than levels"):
+        ps.NoiseLevelSwitch([0.1, 0.2], [low, high])
+    with pytest.raises(ValueError, match="positive, finite and increasing"):
+        ps.NoiseLevelSwitch([0.2, 0.1, 0.3], [low, high, low, high])
+    with pytest.raises(ValueError, match="same number of channels"):
+        ps.NoiseLevelSwitch([0.1], [low, AveragedDenoiser(channels=3, width=5, depth=1)])
+    with pytest.raises(ValueError, match="call it as D\\(x, sigma\\)"):
+        switch(x)
+
+
+def test_loaded_models_know_the_noise_levels_they_were_trained_on(tmp_path):
+    from pnp_stable.denoisers.serialization import trained_noise_range
+
+    assert ps.load_denoiser("averaged-color").noise_range == pytest.approx((0, 25 / 255))
+    assert ps.load_denoiser("averaged-sll-highnoise-color").noise_range == pytest.approx((0, 50 / 255))
+    assert ps.load_denoiser("averaged-sll-color", ensemble=2).noise_range == pytest.approx((0, 25 / 255))
+    path = ps.save_denoiser(AveragedDenoiser(channels=1, width=4, depth=1).eval(), tmp_path / "m.safetensors")
+    assert ps.load_denoiser(path).noise_range is None  # no training entry: nothing claimed
+    for entry in ("not json", '["sigma"]', '{"sigma": [0, "x"]}', '{"sigma": [0.2, 0.1]}', '{"sigma": [0, NaN]}',
+                  '{"sigma": [0, 0.1, 0.2]}'):
+        assert trained_noise_range({"training": entry}) is None

@@ -83,6 +83,30 @@ def test_ensemble_option_averages_grid_symmetries_and_keeps_the_certificate(tiny
         ps.deblur(y, "uniform:3", 0.05, denoiser="guided", ensemble=2)
 
 
+def test_denoise_auto_takes_the_colour_network_trained_for_sigma_and_warns_outside_a_models_training():
+    import warnings
+
+    x = torch.rand(2, 3, 24, 24)
+    chosen = {level: ps.denoise(x[:1], level / 255).denoiser for level in (5, 8, 10, 15, 25, 50)}
+    assert chosen == {5: "averaged-sll-lownoise-color", 8: "averaged-sll-lownoise-color", 10: "averaged-sll-color",
+                      15: "averaged-sll-color", 25: "averaged-sll-highnoise-color", 50: "averaged-sll-highnoise-color"}
+    mixed = ps.denoise(x, [5 / 255, 25 / 255])
+    assert mixed.denoiser == "NoiseLevelSwitch(averaged-sll-lownoise-color, averaged-sll-highnoise-color)"
+    alone = torch.cat([ps.denoise(x[:1], 5 / 255).estimate, ps.denoise(x[1:], 25 / 255).estimate])
+    assert torch.allclose(mixed.estimate, alone, atol=1e-5) and mixed.certificate.guaranteed
+    assert ps.denoise(x[:1, :1], 25 / 255).denoiser == "averaged-sll-gray"
+    with pytest.warns(UserWarning, match=r"sigma = 50/255 is outside the noise levels denoiser 'averaged-color' was "
+                                         r"last trained on \(\[0, 25\]/255\).*the 'auto' denoiser picks"):
+        ps.denoise(x[:1], 50 / 255, denoiser="averaged-color")
+    with pytest.warns(UserWarning, match="60/255 is outside .* 'averaged-sll-highnoise-color'") as caught:
+        ps.denoise(x[:1], 60 / 255)
+    assert "picks" not in str(caught[0].message)  # nothing better to suggest
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ps.denoise(x[:1], 50 / 255)
+        ps.denoise(x[:1], 25 / 255, denoiser="averaged-color")
+
+
 def test_denoise_refuses_to_return_nan_from_a_broken_denoiser():
     with pytest.raises(ValueError, match="returned NaN or Inf"):
         ps.denoise(np.full((8, 8), 0.5), 0.1, denoiser=lambda x, sigma: x * float("nan"))

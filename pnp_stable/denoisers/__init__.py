@@ -6,6 +6,7 @@ from .baselines import BM3DDenoiser, DnCNNBaseline, SpectralResNet, TVDenoiser, 
 from .blocks import NonexpansiveBlock
 from .guided import GuidedDenoiser, LinearisedBM3D, SymmetricKernelFilter
 from .ensemble import SelfEnsemble
+from .switch import NoiseLevelSwitch
 from .certify import adversarial_lipschitz, averagedness_defects, lipschitz_vs_depth, natural_starts
 from .layers import ACTIVATIONS, INTEGRATORS, CertifiedConv, get_activation, get_integrator
 from .serialization import load_denoiser_file, read_metadata, save_denoiser
@@ -23,6 +24,7 @@ __all__ = [
     "GuidedDenoiser",
     "LinearisedBM3D",
     "INTEGRATORS",
+    "NoiseLevelSwitch",
     "NonexpansiveBlock",
     "RelaxedDenoiser",
     "SelfEnsemble",

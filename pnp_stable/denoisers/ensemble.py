@@ -65,6 +65,8 @@ class SelfEnsemble(dinv.models.Denoiser):
         self.channels = getattr(denoiser, "channels", None)
         self.width = getattr(denoiser, "width", None)  # one call of the base at a time: its memory (tiling's 'auto')
         self.peak_feature_maps = getattr(denoiser, "peak_feature_maps", 4)
+        self.noise_range = getattr(denoiser, "noise_range", None)
+        self.name = getattr(denoiser, "name", None)
         if isinstance(denoiser, torch.nn.Module):
             self.train(denoiser.training)  # the wrapper starts in the mode of the model it wraps
 

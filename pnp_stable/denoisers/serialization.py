@@ -24,7 +24,7 @@ from .baselines import DnCNNBaseline
 from .convex_ridge import ConvexRidgeDenoiser
 from .spectral import conv_norm_upper_bound
 
-__all__ = ["save_denoiser", "load_denoiser_file", "read_denoiser_tensors"]
+__all__ = ["save_denoiser", "load_denoiser_file", "read_denoiser_tensors", "trained_noise_range"]
 
 FORMAT = "pnp-stable-denoiser/1"
 SHIPPED = ShippedFolder(Path(__file__).parent / "weights", "denoiser")
@@ -136,8 +136,20 @@ def _stored_certificate(metadata: dict[str, str], path: str | Path) -> Certifica
         raise ValueError(f"{path}: metadata 'certificate' is invalid ({err})") from err
 
 
+def trained_noise_range(metadata: dict[str, str]) -> tuple[float, float] | None:
+    """(σ_min, σ_max) of the training noise levels recorded in the metadata's ``training`` entry (the trainer's
+    ``sigma``), or None where the file records none (it is information, not part of the certificate)."""
+    try:
+        low, high = json.loads(metadata["training"])["sigma"]
+        low, high = float(low), float(high)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (low, high) if 0 <= low <= high < math.inf else None
+
+
 def load_denoiser_file(path: str | Path, verify: bool | None = None) -> Denoiser:
-    """Build the denoiser stored in ``path`` (eval mode) and restore its certified norm bounds.
+    """Build the denoiser stored in ``path`` (eval mode) and restore its certified norm bounds. The model's
+    ``noise_range`` is the range of noise levels it was trained on (:func:`trained_noise_range`), or None.
 
     ``verify`` recomputes every per-layer bound and refuses a stored bound below the recomputed one (to within 1e-6
     of the supremum, so only a true bound closer than that can be refused; about a second for a shipped model).
@@ -176,4 +188,5 @@ def load_denoiser_file(path: str | Path, verify: bool | None = None) -> Denoiser
         stored.alpha is not None and abs(recomputed.alpha - stored.alpha) > 1e-6
     ):
         raise ValueError(f"{path}: stored certificate ({stored}) disagrees with the weights ({recomputed})")
+    model.noise_range = trained_noise_range(metadata)
     return model

@@ -28,5 +28,8 @@ def load_denoiser(name_or_path: str | Path, verify: bool | None = None,
     """A shipped model by name (see :func:`list_denoisers`) or any denoiser file by path; offline, no pickle.
     ``verify`` recomputes every stored norm bound; by default only for files outside the package (see
     :func:`load_denoiser_file`). ``ensemble`` 2, 4 or 8: the model wrapped in a :class:`SelfEnsemble` over that
-    many flips and rotations (the same certificate, that many times the cost)."""
-    return self_ensemble(load_denoiser_file(denoiser_file(name_or_path), verify=verify), ensemble)
+    many flips and rotations (the same certificate, that many times the cost). The model's ``name`` is
+    ``name_or_path`` as given (results and messages name it)."""
+    model = load_denoiser_file(denoiser_file(name_or_path), verify=verify)
+    model.name = str(name_or_path)
+    return self_ensemble(model, ensemble)
