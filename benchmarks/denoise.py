@@ -94,6 +94,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = Path(args.data) / "test"
+    unknown = set(args.exclude) - {entry["name"] for entry in ps.list_denoisers()}
+    if unknown:
+        parser.error(f"--exclude names no shipped model: {', '.join(sorted(unknown))}")
     rows = header("Gaussian denoising")
     rows += [f"- data: `{data}`, {'all' if args.images is None else f'first {args.images}'} images per set; "
              "noise seed = image index", ""]
