@@ -21,7 +21,7 @@ from .denoisers.averaged import certificate_of
 from .denoisers.ensemble import self_ensemble
 from .denoisers.switch import NoiseLevelSwitch, range_index
 from .denoisers.tiling import tiled
-from .denoisers.zoo import load_denoiser
+from .denoisers.zoo import load_denoiser, outside_training
 from .io import to_tensor
 from .operators.kernels import kernel_from_spec, validate_kernel
 from .operators.physics import blur
@@ -74,20 +74,11 @@ def _denoising_choice(denoiser, channels: int, sigma) -> tuple:
 
 
 def _warn_outside_training(model, sigma, label: str, chosen_by_default: bool) -> None:
-    """Warn when σ lies outside the noise levels the model was trained on (its ``noise_range``): a network
-    extrapolates there (``averaged-color``, trained last on σ ≤ 25/255, is below TV at 50/255 in ``denoise.md``).
-    The certificate holds at every σ; only the quality is in question."""
-    trained = getattr(model, "noise_range", None)
-    if trained is None:
-        return
-    low, high = trained
-    levels = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).cpu()
-    outside = levels[(levels > high * (1 + 1e-3) + 1e-9) | (levels < low * (1 - 1e-3) - 1e-9)]
-    if len(outside):
+    """:func:`~pnp_stable.denoisers.zoo.outside_training` as a warning, with a hint when the caller chose the model."""
+    advice = outside_training(model, sigma, label)
+    if advice:
         hint = "" if chosen_by_default else "; the 'auto' denoiser picks the shipped model best at each level"
-        warnings.warn(f"sigma = {float(outside[0]) * 255:.4g}/255 is outside the noise levels denoiser '{label}' was "
-                      f"last trained on ([{low * 255:.4g}, {high * 255:.4g}]/255): expect a poorer estimate{hint}",
-                      stacklevel=3)
+        warnings.warn(advice + hint, stacklevel=3)
 
 
 def resolve_denoiser(denoiser, channels: int, device: str | torch.device = "cpu", ensemble: int = 1):

@@ -101,10 +101,14 @@ def test_denoise_auto_takes_the_colour_network_trained_for_sigma_and_warns_outsi
     with pytest.warns(UserWarning, match="60/255 is outside .* 'averaged-sll-highnoise-color'") as caught:
         ps.denoise(x[:1], 60 / 255)
     assert "picks" not in str(caught[0].message)  # nothing better to suggest
+    with pytest.warns(UserWarning, match=r"^denoiser_sigma = 36.06/255 is outside the noise levels denoiser "
+                                         r"'averaged-color' was last trained on"):
+        ps.deblur(x[:1], "gaussian:1.0", 0.1, max_iter=2)  # FB's σ_d = 1.414·σ_n
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ps.denoise(x[:1], 50 / 255)
         ps.denoise(x[:1], 25 / 255, denoiser="averaged-color")
+        ps.deblur(x[:1], "gaussian:1.0", 0.05, max_iter=2)
 
 
 def test_denoise_refuses_to_return_nan_from_a_broken_denoiser():

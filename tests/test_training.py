@@ -453,6 +453,9 @@ def test_init_keeps_the_block_layout_it_was_trained_with(folders, tmp_path):
     tuned.architecture = dict(width=4, depth=3, block="sll", activation="spline")
     with pytest.raises(ValueError, match="activation: file leaky_relu, here spline"):
         Trainer(tuned, progress=False)
+    tuned.architecture = dict(width=4, depth=4, block="sll")  # a deeper network's new blocks would start untrained
+    with pytest.raises(ValueError, match="depth: file 3, here 4"):
+        Trainer(tuned, progress=False)
     tuned.architecture = dict(width=6, depth=3, block="sll")
     assert Trainer(tuned, progress=False).run() == "finished"  # only the width may grow
 

@@ -30,7 +30,8 @@ def range_index(sigma, levels: Sequence[float]) -> Tensor:
     """For each noise level, how many of ``levels`` lie below it: its range in the split (−∞, l_1], (l_1, l_2], ….
     Compared in σ's own precision (a Python number: float64), so that σ = 8/255 given in float32 is on the boundary
     8/255 and not above it."""
-    sigma = torch.as_tensor(sigma, dtype=None if isinstance(sigma, Tensor) else torch.float64).detach().reshape(-1).contiguous()
+    sigma = torch.as_tensor(sigma, dtype=None if isinstance(sigma, Tensor) else torch.float64).detach()
+    sigma = sigma.reshape(-1).contiguous()
     if not sigma.is_floating_point():
         sigma = sigma.to(torch.float64)
     return torch.bucketize(sigma, torch.tensor(list(levels), dtype=torch.float64).to(sigma))
@@ -39,9 +40,11 @@ def range_index(sigma, levels: Sequence[float]) -> Tensor:
 class NoiseLevelSwitch(dinv.models.Denoiser):
     """D(x, σ) = ``denoisers[k]``(x, σ) with k the number of ``levels`` below σ (deepinv ``Denoiser``).
 
-    ``levels`` l_1 < … < l_{K−1} split [0, ∞) into (−∞, l_1], (l_1, l_2], …, (l_{K−1}, ∞) (``torch.bucketize``'s
-    convention), one for each of the K ``denoisers``; a batch with one σ per image sends each image to its own
-    member. Certified as its worst member (module docstring); every member must take the same number of channels.
+    ``levels`` l_1 < … < l_{K−1} split the noise levels into [0, l_1], (l_1, l_2], …, (l_{K−1}, ∞)
+    (``torch.bucketize``'s convention), one for each of the K ``denoisers``; a batch with one σ per image sends each
+    image to its own member. Certified as its worst member (module docstring); every member must take the same number
+    of channels. ``noise_range`` (what :func:`~pnp_stable.denoisers.zoo.outside_training` checks): from the first
+    member's lowest to the last member's highest training level, when both are known.
     """
 
     def __init__(self, levels: Sequence[float], denoisers: Sequence[nn.Module]):

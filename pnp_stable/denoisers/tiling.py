@@ -110,6 +110,7 @@ class TiledDenoiser(dinv.models.Denoiser):
         self._offset: tuple | None = None  # ((noise levels, dtype, device), Σ_t P_tᵀ S_t(I − S_t)D(P_t g, σ))
         self._samples: tuple | None = None  # the samples of the batch a subset() view keeps
         self.channels = getattr(denoiser, "channels", None)  # so that the solvers still check the image's channels
+        self.noise_range, self.name = getattr(denoiser, "noise_range", None), getattr(denoiser, "name", None)
         self.train(getattr(denoiser, "training", False))  # the wrapper is in the mode of the denoiser it wraps
 
     def forward(self, x: Tensor, sigma=None, **kwargs) -> Tensor:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from .averaged import AveragedDenoiser
 from .baselines import DnCNNBaseline
 from .ensemble import SelfEnsemble, self_ensemble
 from .serialization import SHIPPED, load_denoiser_file, read_metadata
 
-__all__ = ["denoiser_file", "list_denoisers", "load_denoiser"]
+__all__ = ["denoiser_file", "list_denoisers", "load_denoiser", "outside_training"]
 
 
 def list_denoisers() -> list[dict[str, str]]:
@@ -33,3 +35,22 @@ def load_denoiser(name_or_path: str | Path, verify: bool | None = None,
     model = load_denoiser_file(denoiser_file(name_or_path), verify=verify)
     model.name = str(name_or_path)
     return self_ensemble(model, ensemble)
+
+
+def outside_training(denoiser, sigma, label: str | None = None, level: str = "sigma") -> str | None:
+    """What to tell a user who calls ``denoiser`` at a noise level outside the range it was last trained on (its
+    ``noise_range``, read from the file it was loaded from), or None when every level of ``sigma`` is inside or the
+    range is unknown (``level`` names the level in the message). A network extrapolates there (``averaged-color``,
+    last trained on σ ≤ 25/255, is below TV at 50/255 in ``denoise.md``); its certificate holds at every σ, only the
+    quality is in question."""
+    trained = getattr(denoiser, "noise_range", None)
+    if trained is None:
+        return None
+    low, high = trained
+    levels = torch.as_tensor(sigma, dtype=torch.float64).detach().reshape(-1).cpu()
+    outside = levels[(levels > high * (1 + 1e-3) + 1e-9) | (levels < low * (1 - 1e-3) - 1e-9)]
+    if not len(outside):
+        return None
+    label = label or getattr(denoiser, "name", None) or type(denoiser).__name__
+    return (f"{level} = {float(outside[0]) * 255:.4g}/255 is outside the noise levels denoiser '{label}' was last "
+            f"trained on ([{low * 255:.4g}, {high * 255:.4g}]/255): expect a poorer estimate")

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from .._modules import evaluation_mode
 from .._validation import check_count, check_image, check_noise_level, check_start
+from ..denoisers.zoo import outside_training
 from ..operators.fidelity import L2Fidelity
 from .anderson import Anderson, AndersonSteps, anderson_options
 from .monitor import REJECTED, ConvergenceMonitor, History
@@ -286,6 +287,7 @@ def solve(
     β is certified only on guaranteed ingredients: an adjoint that passes :func:`adjoint_test` (else no β and a
     warning), ‖A‖ exact or a proved upper bound for FB (else pass ``operator_norm``, a known bound on ‖A‖), a
     prox that met its tolerance, a guaranteed denoiser certificate; otherwise ``estimated_beta`` says why.
+    Warns when σ_d lies outside the noise levels a loaded model was last trained on (its ``noise_range``).
     ``reference_frame`` (rows, columns slices): the part of the estimate that ``reference`` shows, e.g. y's frame
     inside the larger x of a ``'valid'`` blur.
     ``y`` may have any shape that ``physics`` produces from images ``[B, C, H, W]`` (compressed sensing's
@@ -318,6 +320,9 @@ def solve(
     if sigmas.ndim > 1 or (sigmas.ndim == 1 and sigmas.numel() not in (1, fidelity.x_shape[0])):
         raise ValueError(f"denoiser_sigma must be one value or one per sample ([{fidelity.x_shape[0]}]), got shape "
                          f"{tuple(sigmas.shape)}")
+    advice = outside_training(denoiser, sigmas, level="denoiser_sigma")
+    if advice:  # the certificate holds; the estimate suffers
+        warnings.warn(advice, stacklevel=2)
     if max_iter is None:
         max_iter = defaults.max_iter
     max_iter = check_count(max_iter, "max_iter")

@@ -225,11 +225,12 @@ class Trainer:
         too_large = sorted(k for k in tensors.keys() & own.keys() if not fits(tensors[k].shape, own[k].shape))
         trained = json.loads(metadata.get("config", "{}"))
         trained_channels = trained.get("channels", self.config.channels)
-        layout = {key: (trained.get(key), self.model.config.get(key)) for key in ("scales", "block", "activation")}
+        layout = {key: (trained.get(key), self.model.config.get(key)) for key in ("depth", "scales", "block", "activation")}
         changed = {key: pair for key, pair in layout.items() if pair[0] != pair[1]}
         if changed:
             raise ValueError(f"--init {path} has another block layout ({', '.join(f'{k}: file {a}, here {b}' for k, (a, b) in changed.items())}); "
-                             "fine-tuning keeps --scales, --block and --activation as trained (only --width may grow)")
+                             "fine-tuning keeps --depth, --scales, --block and --activation as trained (only --width may "
+                             "grow)")
         if foreign or too_large or trained_channels != self.config.channels:
             raise ValueError(f"--init {path} does not fit this architecture (unknown tensors {foreign}, larger "
                              f"tensors {too_large}, channels {trained_channels}); use the depth and channels it was "
