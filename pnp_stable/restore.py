@@ -73,12 +73,17 @@ def _denoising_choice(denoiser, channels: int, sigma) -> tuple:
     return switch, f"NoiseLevelSwitch({', '.join(names[k] for k in ranges)})"
 
 
-def _warn_outside_training(model, sigma, label: str, chosen_by_default: bool) -> None:
-    """:func:`~pnp_stable.denoisers.zoo.outside_training` as a warning, with a hint when the caller chose the model."""
+def _warn_outside_training(model, sigma, label: str, channels: int, chosen_by_default: bool) -> None:
+    """:func:`~pnp_stable.denoisers.zoo.outside_training` as a warning; for a model the caller chose, with a hint
+    when the 'auto' choice was trained for those levels."""
     advice = outside_training(model, sigma, label)
-    if advice:
-        hint = "" if chosen_by_default else "; the 'auto' denoiser picks the shipped model best at each level"
-        warnings.warn(advice + hint, stacklevel=3)
+    if not advice:
+        return
+    if not chosen_by_default and channels in DEFAULT_DENOISERS:
+        choice, name = _denoising_choice("auto", channels, sigma)
+        if outside_training(load_denoiser(choice) if isinstance(choice, str) else choice, sigma) is None:
+            advice += f"; denoiser='auto' takes {name}, trained for it"
+    warnings.warn(advice, stacklevel=3)
 
 
 def resolve_denoiser(denoiser, channels: int, device: str | torch.device = "cpu", ensemble: int = 1):
@@ -325,7 +330,7 @@ def denoise(x, sigma, denoiser="auto", device: str | torch.device = "cpu", tile:
         sigma = sigma.to(device)
     chosen, label = _denoising_choice(denoiser, x.shape[1], sigma)
     model = resolve_denoiser(chosen, x.shape[1], device, ensemble)
-    _warn_outside_training(model, sigma, label, chosen_by_default=denoiser is None or denoiser == "auto")
+    _warn_outside_training(model, sigma, label, x.shape[1], chosen_by_default=denoiser is None or denoiser == "auto")
     model = tiled(model, x.shape, tile, overlap, context)
     with torch.no_grad(), evaluation_mode(model):
         estimate = model(x, sigma)

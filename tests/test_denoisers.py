@@ -516,6 +516,9 @@ def test_noise_level_switch_sends_each_image_to_its_range_and_is_certified_as_it
     assert switch.certificate.alpha == worst and switch.certificate.guaranteed and switch.certificate.lipschitz == 1
     assert switch.certificate_at(0.05).alpha == pytest.approx(low.certificate_at(0.05).alpha)
     assert switch.certificate_at(sigma).alpha == max(low.certificate_at(sigma[:2]).alpha, high.certificate.alpha)
+    for given in (0.1, torch.tensor(0.1, dtype=torch.float64), torch.tensor([0.1])):  # the member that runs at 0.1
+        assert switch.certificate_at(given).alpha == pytest.approx(low.certificate_at(0.1).alpha)
+        assert torch.equal(switch(x[:1].double(), given), low(x[:1].double(), given))
     for level in (0.05, 0.3):  # at each σ the adversarial search stays within the worst member's certificate
         search = adversarial_lipschitz(switch, (1, 12, 12), level, alpha=worst, restarts=2, steps=25)
         assert search.ratio <= 1 + 1e-4
@@ -538,6 +541,7 @@ def test_loaded_models_know_the_noise_levels_they_were_trained_on(tmp_path):
     assert ps.load_denoiser("averaged-sll-color", ensemble=2).noise_range == pytest.approx((0, 25 / 255))
     path = ps.save_denoiser(AveragedDenoiser(channels=1, width=4, depth=1).eval(), tmp_path / "m.safetensors")
     assert ps.load_denoiser(path).noise_range is None  # no training entry: nothing claimed
+    assert trained_noise_range({"training": '{"sigma": 0.1}'}) == (0.1, 0.1)  # trained at one level
     for entry in ("not json", '["sigma"]', '{"sigma": [0, "x"]}', '{"sigma": [0.2, 0.1]}', '{"sigma": [0, NaN]}',
                   '{"sigma": [0, 0.1, 0.2]}'):
         assert trained_noise_range({"training": entry}) is None

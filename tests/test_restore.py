@@ -90,17 +90,24 @@ def test_denoise_auto_takes_the_colour_network_trained_for_sigma_and_warns_outsi
     chosen = {level: ps.denoise(x[:1], level / 255).denoiser for level in (5, 8, 10, 15, 25, 50)}
     assert chosen == {5: "averaged-sll-lownoise-color", 8: "averaged-sll-lownoise-color", 10: "averaged-sll-color",
                       15: "averaged-sll-color", 25: "averaged-sll-highnoise-color", 50: "averaged-sll-highnoise-color"}
+    for level in (8 / 255, 15 / 255):  # a level on a boundary belongs to the range below, however it is given
+        below = ps.denoise(x[:1], level).denoiser
+        for given in (torch.tensor(level), torch.tensor([level]), torch.tensor(level, dtype=torch.float64),
+                      np.float32(level), torch.tensor([level, level])):
+            assert ps.denoise(x if given.ndim and len(given) == 2 else x[:1], given).denoiser == below
     mixed = ps.denoise(x, [5 / 255, 25 / 255])
     assert mixed.denoiser == "NoiseLevelSwitch(averaged-sll-lownoise-color, averaged-sll-highnoise-color)"
     alone = torch.cat([ps.denoise(x[:1], 5 / 255).estimate, ps.denoise(x[1:], 25 / 255).estimate])
     assert torch.allclose(mixed.estimate, alone, atol=1e-5) and mixed.certificate.guaranteed
     assert ps.denoise(x[:1, :1], 25 / 255).denoiser == "averaged-sll-gray"
     with pytest.warns(UserWarning, match=r"sigma = 50/255 is outside the noise levels denoiser 'averaged-color' was "
-                                         r"last trained on \(\[0, 25\]/255\).*the 'auto' denoiser picks"):
+                                         r"last trained on \(\[0, 25\]/255\).*; denoiser='auto' takes "
+                                         r"averaged-sll-highnoise-color, trained for it$"):
         ps.denoise(x[:1], 50 / 255, denoiser="averaged-color")
-    with pytest.warns(UserWarning, match="60/255 is outside .* 'averaged-sll-highnoise-color'") as caught:
-        ps.denoise(x[:1], 60 / 255)
-    assert "picks" not in str(caught[0].message)  # nothing better to suggest
+    for call in (lambda: ps.denoise(x[:1], 60 / 255), lambda: ps.denoise(x[:1, :1], 60 / 255, denoiser="averaged-gray")):
+        with pytest.warns(UserWarning, match="60/255 is outside") as caught:
+            call()
+        assert not any("auto" in str(w.message) for w in caught)  # 'auto' has nothing trained for 60/255 either
     with pytest.warns(UserWarning, match=r"^denoiser_sigma = 36.06/255 is outside the noise levels denoiser "
                                          r"'averaged-color' was last trained on"):
         ps.deblur(x[:1], "gaussian:1.0", 0.1, max_iter=2)  # FB's σ_d = 1.414·σ_n

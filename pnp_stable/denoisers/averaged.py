@@ -306,6 +306,7 @@ class RelaxedDenoiser(dinv.models.Denoiser):
         if base_certificate.alpha is None and not base_certificate.nonexpansive:
             raise ValueError(f"cannot relax {type(base).__name__}: it has no averagedness or non-expansiveness certificate")
         self.base = base
+        self.noise_range, self.name = getattr(base, "noise_range", None), getattr(base, "name", None)
         self.target = float(target)
         base_alpha = base_certificate.alpha if base_certificate.alpha is not None else 1.0
         self.theta = relaxation_for_target(base_alpha, self.target)

@@ -138,9 +138,11 @@ def _stored_certificate(metadata: dict[str, str], path: str | Path) -> Certifica
 
 def trained_noise_range(metadata: dict[str, str]) -> tuple[float, float] | None:
     """(σ_min, σ_max) of the training noise levels recorded in the metadata's ``training`` entry (the trainer's
-    ``sigma``), or None where the file records none (it is information, not part of the certificate)."""
+    ``sigma``: a range, or one level σ for (σ, σ)), or None where the file records none or an unreadable one (it is
+    information, not part of the certificate)."""
     try:
-        low, high = json.loads(metadata["training"])["sigma"]
+        sigma = json.loads(metadata["training"])["sigma"]
+        low, high = (sigma, sigma) if isinstance(sigma, (int, float)) else sigma
         low, high = float(low), float(high)
     except (KeyError, TypeError, ValueError):
         return None

@@ -27,14 +27,12 @@ __all__ = ["NoiseLevelSwitch", "range_index"]
 
 
 def range_index(sigma, levels: Sequence[float]) -> Tensor:
-    """For each noise level, how many of ``levels`` lie below it: its range in the split (−∞, l_1], (l_1, l_2], ….
-    Compared in σ's own precision (a Python number: float64), so that σ = 8/255 given in float32 is on the boundary
-    8/255 and not above it."""
-    sigma = torch.as_tensor(sigma, dtype=None if isinstance(sigma, Tensor) else torch.float64).detach()
-    sigma = sigma.reshape(-1).contiguous()
-    if not sigma.is_floating_point():
-        sigma = sigma.to(torch.float64)
-    return torch.bucketize(sigma, torch.tensor(list(levels), dtype=torch.float64).to(sigma))
+    """For each noise level, how many of ``levels`` lie below it: its range in the split [0, l_1], (l_1, l_2], ….
+    Compared in float32, the precision the networks see σ in, whatever form σ comes in (a Python number, a 0-d or
+    [B] tensor of any dtype or device): σ = 8/255 is on the boundary 8/255 however it is given, and the member that
+    denoises is the one whose certificate :meth:`NoiseLevelSwitch.certificate_at` reports."""
+    sigma = torch.as_tensor(sigma).detach().reshape(-1).to(torch.float32).contiguous()
+    return torch.bucketize(sigma, torch.tensor(list(levels), dtype=torch.float32, device=sigma.device))
 
 
 class NoiseLevelSwitch(dinv.models.Denoiser):

@@ -47,7 +47,7 @@ def outside_training(denoiser, sigma, label: str | None = None, level: str = "si
     if trained is None:
         return None
     low, high = trained
-    levels = torch.as_tensor(sigma, dtype=torch.float64).detach().reshape(-1).cpu()
+    levels = torch.as_tensor(sigma).detach().reshape(-1).cpu().double()  # on the CPU first: MPS has no float64
     outside = levels[(levels > high * (1 + 1e-3) + 1e-9) | (levels < low * (1 - 1e-3) - 1e-9)]
     if not len(outside):
         return None
