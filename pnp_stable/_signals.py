@@ -6,6 +6,12 @@ import signal
 from contextlib import contextmanager
 
 
+def interrupted_exit_status(signum: int | None) -> int:
+    """The exit status of a run stopped by signal ``signum``: 128 + its number, the shell's convention (130 for
+    SIGINT, 143 for SIGTERM); a stop requested without a signal counts as SIGINT."""
+    return 128 + int(signum or signal.SIGINT)
+
+
 @contextmanager
 def signals_deferred():
     """Within the block SIGINT and SIGTERM only record that they came; yields that record (a list, truthy once a

@@ -435,6 +435,15 @@ def test_an_interrupted_command_line_run_exports_its_current_network_and_resumes
     assert cli.main(argv) == 130
     assert ps.denoisers.read_metadata(out)["stopped"] == "interrupted at step 1 of 4"
     assert ps.load_denoiser_file(out).certificate.guaranteed and "resume with --resume" in capsys.readouterr().err
+
+    class TerminatedAtOnce(Trainer):  # SIGTERM (a scheduler's stop): the shell's 128 + 15
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.request_stop(signal.SIGTERM)
+
+    monkeypatch.setattr(cli, "Trainer", TerminatedAtOnce)
+    assert cli.main(argv + ["--resume"]) == 143
+    assert ps.denoisers.read_metadata(out)["stopped"] == "interrupted at step 2 of 4"
     monkeypatch.setattr(cli, "Trainer", Trainer)
     assert cli.main(argv + ["--resume"]) == 0
     assert ps.denoisers.read_metadata(out)["stopped"] == "finished at step 4 of 4"

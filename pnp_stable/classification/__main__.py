@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .._argtypes import OneLineParser, nonnegative_float, positive_float, positive_int, seed
 from .._outputs import check_outputs
+from .._signals import interrupted_exit_status
 from ..denoisers import ACTIVATIONS
 from .data import DATASETS, load_dataset
 from .trainer import CLASSIFIERS, ClassifierConfig, ClassifierTrainer
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         outcome = trainer.run()
         if outcome != "finished":
             print(f"interrupted at step {trainer.step}; resume with --resume", file=sys.stderr)
-            return 130
+            return interrupted_exit_status(trainer.stop_signal)
         test = load_dataset(args.dataset, args.data, train=False, download=args.download)
         path = trainer.export(test)
         print(json.dumps({"weights": str(path), "steps": trainer.step, "train_seconds": round(trainer.elapsed),

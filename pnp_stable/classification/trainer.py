@@ -101,6 +101,7 @@ class ClassifierTrainer:
         self.progress = progress
         self.log: list[dict] = []
         self._stop_requested = False
+        self.stop_signal: int | None = None  # the signal that stopped the run, for the exit status
         self.elapsed = 0.0  # training seconds, kept across resumes
         if resume:
             self.resume()
@@ -144,6 +145,7 @@ class ClassifierTrainer:
     def request_stop(self, signum=None, frame=None) -> None:
         """Make :meth:`run` write a checkpoint and return 'interrupted' after the current step."""
         self._stop_requested = True
+        self.stop_signal = self.stop_signal or signum
 
     def training_radius(self) -> float:
         """ε of the margin loss at the current step: ``eps``·step/(``eps_ramp``·steps) during the first ``eps_ramp``

@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from .._argtypes import OneLineParser, level, nonnegative_int, positive_float, positive_int, seed
 from .._outputs import check_outputs
-from .._signals import signals_deferred
+from .._signals import interrupted_exit_status, signals_deferred
 from ..denoisers import ACTIVATIONS
 from .trainer import LOSSES, MODELS, PRECISIONS, TrainConfig, Trainer
 
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 path = trainer.export({"wall_time_s": f"{time.monotonic() - start:.0f}", "world_size": str(trainer.world),
                                        "stopped": f"{outcome} at step {trainer.step} of {config.steps}"})
             if deferred:
-                outcome = "interrupted"
+                outcome, trainer.stop_signal = "interrupted", trainer.stop_signal or deferred[0]
             print(json.dumps({"weights": str(path), "steps": trainer.step, "certificate": str(trainer.model.certificate)}))
             if outcome != "finished":
                 print(f"interrupted at step {trainer.step} of {config.steps} (the weights above are that step's network); "
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    return 0 if outcome == "finished" else 130
+    return 0 if outcome == "finished" else interrupted_exit_status(trainer.stop_signal)
 
 
 if __name__ == "__main__":

@@ -159,6 +159,7 @@ class Trainer:
         self.curve: list[list[float]] = []  # [step, validation PSNR] of the whole run, kept across resumes
         self.train_seconds = 0.0  # wall time of the whole run's training loops, kept across resumes
         self._stop_requested = False
+        self.stop_signal: int | None = None  # the signal that stopped the run, for the exit status
         if resume:
             self.resume()
 
@@ -242,6 +243,7 @@ class Trainer:
         """Make :meth:`run` write a checkpoint and return 'interrupted' after the current step (also the handler
         of SIGINT/SIGTERM while it runs); a request made before :meth:`run` stops it after its first step."""
         self._stop_requested = True
+        self.stop_signal = self.stop_signal or signum
 
     @staticmethod
     def _collective_device() -> torch.device:
