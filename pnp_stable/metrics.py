@@ -29,7 +29,9 @@ def psnr(x: Tensor, reference: Tensor) -> Tensor:
 
 
 def ssim(x: Tensor, reference: Tensor) -> Tensor:
-    """SSIM (Wang et al. 2004, 7×7 window, data range 1), averaged over channels; shape ``[B]``."""
+    """SSIM with scikit-image's defaults (a uniform 7×7 window, sample covariances; Wang et al. 2004 use an 11×11
+    Gaussian window of σ = 1.5, which gives somewhat different values), data range 1, averaged over channels; shape
+    ``[B]``. Every SSIM in ``benchmarks/results`` is this one."""
     values = [
         structural_similarity(np.moveaxis(r, 0, -1), np.moveaxis(e, 0, -1), data_range=1.0, channel_axis=-1)
         for e, r in _pairs(x, reference)
