@@ -30,12 +30,13 @@ from .solvers.defaults import tuned
 from .solvers.loop import PnPResult, solve
 from .theory import Certificate
 
-__all__ = ["DEFAULT_DENOISERS", "DENOISING_DEFAULTS", "DenoiseResult", "deblur", "denoise", "resolve_denoiser", "resolve_guide", "tile_anchor",
-           "valid_frame"]
+__all__ = ["DEFAULT_DENOISERS", "DENOISING_DEFAULTS", "DenoiseResult", "deblur", "denoise", "resolve_denoiser",
+           "resolve_guide", "tile_anchor", "valid_frame"]
 
 DEFAULT_DENOISERS = {1: "averaged-sll-gray", 3: "averaged-color"}
 #: ``denoise``'s 'auto' for colour: each shipped colour network on the noise levels where it denoises best on held-out
-#: CBSD432 images (σ·255 ≤ 8, ≤ 15, above; ``training/campaign/README.md``), as levels and names of a NoiseLevelSwitch
+#: CBSD432 images (σ·255 ≤ 8, ≤ 15, above; the table is in ``pnp_stable/denoisers/weights/README.md``), as the levels
+#: and names of a NoiseLevelSwitch
 DENOISING_DEFAULTS = {3: ((8 / 255, 15 / 255),
                           ("averaged-sll-lownoise-color", "averaged-sll-color", "averaged-sll-highnoise-color"))}
 #: 1/(band power) of natural images in the Wiener anchor of deblur's tiles (:func:`tile_anchor`)
