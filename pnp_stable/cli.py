@@ -346,6 +346,7 @@ def cmd_models(args) -> int:
     if args.json:
         print(json.dumps(rows + [{"kind": "classifier", **row} for row in classifiers], indent=2))
         return 0
+    column = max((len(row["name"]) for row in rows + classifiers), default=0)  # names aligned, however long
     for row in rows:
         certificate = Certificate.from_json(row["certificate"])
         training = json.loads(row.get("training", "{}"))
@@ -356,14 +357,14 @@ def cmd_models(args) -> int:
         run_steps = row.get("steps", "?")
         total_steps = row.get("total_steps", run_steps)
         steps = f"{total_steps} steps" + (f" (the last {run_steps} fine-tuning)" if total_steps != run_steps else "")
-        print(f"{row['name']:<16} {json.loads(row['config']).get('channels', '?')} ch  {summary:<38} "
+        print(f"{row['name']:<{column}} {json.loads(row['config']).get('channels', '?')} ch  {summary:<38} "
               f"data {', '.join(training.get('data', ['?']))}; σ {sigma}; {steps}")
     for row in classifiers:
         certificate = json.loads(row["certificate"])
         accuracy = json.loads(row.get("test_accuracy", "{}"))
         certified = ", ".join(f"{float(eps):g}: {value:.1%}" for eps, value in accuracy.get("certified", {}).items())
         tested = f"test clean {accuracy['clean']:.1%}, certified at ε {certified}" if accuracy else "not tested"
-        print(f"{row['name']:<16} classifier  Lipschitz ≤ {format_bound(certificate['lipschitz'], 4)}  "
+        print(f"{row['name']:<{column}} classifier  Lipschitz ≤ {format_bound(certificate['lipschitz'], 4)}  "
               f"{json.loads(row.get('training', '{}')).get('dataset', '?')}; {row.get('steps', '?')} steps; {tested}")
     return 0
 
