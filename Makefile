@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/denoise.py --images 10 --sets BSD68 CBSD68 --sigmas 25 --no-models --guides bm3d dncnn averaged --constructions bm3d bm3d-4+6 nlm --threads 2 --out benchmarks/results/denoise-guided.md
 	$(BIN)/python benchmarks/denoise.py --model training/screening/convex-ridge.safetensors --no-bm3d --no-models --sets BSD68 --images 10 --threads 1 --out benchmarks/results/denoise-convex-ridge.md
 	$(BIN)/python benchmarks/denoise.py --model pnp_stable/denoisers/weights/convex-ridge-color.safetensors --no-bm3d --no-models --sets CBSD68 --images 10 --sigmas 25 15 --threads 2 --out benchmarks/results/denoise-convex-ridge-color.md
+	$(BIN)/python benchmarks/denoise.py --model pnp_stable/denoisers/weights/convex-ridge-color.safetensors --no-bm3d --no-models --sets CBSD68 --images 10 --sigmas 50 --threads 2 --out benchmarks/results/denoise-convex-ridge-color-50.md
 	$(BIN)/python benchmarks/guided_speed.py
 	$(BIN)/python benchmarks/boundary.py
 	$(BIN)/python benchmarks/fuzz_inputs.py
