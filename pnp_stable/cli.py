@@ -286,6 +286,7 @@ def cmd_denoise(args) -> int:
     check_outputs(inputs, [("--out", target, IMAGE_SUFFIXES) for target in targets])
     # a named model or file is loaded (and verified) once for all the images; 'auto' is denoise's choice by σ
     lines, denoiser_for = [], (lambda channels: "auto") if args.denoiser == "auto" else _denoiser_for(args)
+    used: dict[str, str] = {}  # each denoiser that ran (gray and colour images take different ones) → certificate
     with _processes(args) as context:
         leads = _leads(context)
         for source, target in tqdm(list(zip(inputs, targets)), desc="denoising", unit="image",
@@ -295,9 +296,9 @@ def cmd_denoise(args) -> int:
                              overlap=args.overlap, context=context, ensemble=args.ensemble)
             if leads:
                 lines.append(_write_image(result.estimate.cpu(), target))
+            used[result.denoiser if args.denoiser == "auto" else args.denoiser] = str(result.certificate)
     if leads:
-        name = result.denoiser if args.denoiser == "auto" else args.denoiser
-        lines.append(f"denoiser {name}: {result.certificate}")
+        lines += [f"denoiser {name}: {certificate}" for name, certificate in used.items()]
         print("\n".join(lines))
     return 0
 

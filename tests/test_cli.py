@@ -118,6 +118,9 @@ def test_denoise_auto_names_the_colour_network_it_chose_for_sigma(files, tmp_pat
         done = run_cli("denoise", files / "colour.png", "--sigma", level, "--out", tmp_path / "c.png")
         assert done.returncode == 0 and done.stderr == "", done.stderr
         assert f"denoiser {name}: Lipschitz ≤ 1, averaged with α" in done.stdout
+    both = run_cli("denoise", files / "gray.png", files / "colour.png", "--sigma", "25/255", "--out", tmp_path / "both")
+    assert both.returncode == 0, both.stderr  # one line per denoiser that ran, not only the last image's
+    assert "denoiser averaged-sll-gray: " in both.stdout and "denoiser averaged-sll-highnoise-color: " in both.stdout
     outside = run_cli("denoise", files / "colour.png", "--sigma", "50/255", "--denoiser", "averaged-color", "--out",
                       tmp_path / "c.png")
     assert outside.returncode == 0 and outside.stderr.startswith(
