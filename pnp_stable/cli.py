@@ -296,7 +296,7 @@ def cmd_denoise(args) -> int:
                              overlap=args.overlap, context=context, ensemble=args.ensemble)
             if leads:
                 lines.append(_write_image(result.estimate.cpu(), target))
-            used[result.denoiser if args.denoiser == "auto" else args.denoiser] = str(result.certificate)
+            used[result.denoiser] = str(result.certificate)  # a named model is labelled by that name
     if leads:
         lines += [f"denoiser {name}: {certificate}" for name, certificate in used.items()]
         print("\n".join(lines))
