@@ -12,12 +12,24 @@ from ..theory import Certificate, compose_averagedness, relaxation_for_target
 from .blocks import NonexpansiveBlock, SLLBlock
 from .layers import MonotoneSpline, get_activation, get_integrator
 
-__all__ = ["AveragedDenoiser", "RelaxedDenoiser", "certificate_of"]
+__all__ = ["AveragedDenoiser", "DESCRIPTION", "RelaxedDenoiser", "certificate_of", "keep_description"]
 
 ADAPTIVE_SIGMA_UNIT = 25 / 255  # θ(σ)'s logit is affine in σ measured in this unit
 ADAPTIVE_RATE = 10.0  # the logit is ADAPTIVE_RATE × (p₀ + p₁σ/unit): Adam moves it ten times faster than the weights
 ADAPTIVE_INIT = (-2.0, 6.0)  # initial logit: θ(0) ≈ 0.12, θ(25/255) ≈ 0.98
 BLOCKS = ("gradient-flow", "sll")  # NonexpansiveBlock (the paper's) or SLLBlock
+
+
+#: What a wrapper that denoises with a model reports as its own (as ``functools.update_wrapper`` keeps a function's
+#: name): the channels it takes (the solvers check them), the noise levels it was last trained on
+#: (:func:`~pnp_stable.denoisers.zoo.outside_training`) and the name it was loaded by (results and messages)
+DESCRIPTION = ("channels", "noise_range", "name")
+
+
+def keep_description(wrapper, denoiser) -> None:
+    """Give ``wrapper`` the :data:`DESCRIPTION` attributes of the ``denoiser`` it wraps (None where it has none)."""
+    for attribute in DESCRIPTION:
+        setattr(wrapper, attribute, getattr(denoiser, attribute, None))
 
 
 def certificate_of(denoiser, sigma=None) -> Certificate:
@@ -306,7 +318,7 @@ class RelaxedDenoiser(dinv.models.Denoiser):
         if base_certificate.alpha is None and not base_certificate.nonexpansive:
             raise ValueError(f"cannot relax {type(base).__name__}: it has no averagedness or non-expansiveness certificate")
         self.base = base
-        self.noise_range, self.name = getattr(base, "noise_range", None), getattr(base, "name", None)
+        keep_description(self, base)
         self.target = float(target)
         base_alpha = base_certificate.alpha if base_certificate.alpha is not None else 1.0
         self.theta = relaxation_for_target(base_alpha, self.target)

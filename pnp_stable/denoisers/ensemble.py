@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..theory import Certificate
-from .averaged import certificate_of
+from .averaged import certificate_of, keep_description
 
 __all__ = ["SYMMETRIES", "SelfEnsemble", "self_ensemble"]
 
@@ -62,11 +62,9 @@ class SelfEnsemble(dinv.models.Denoiser):
             raise ValueError(f"SelfEnsemble wraps a callable denoiser(x, sigma), got {type(denoiser).__name__}")
         self.base = denoiser
         self.transforms = int(transforms)
-        self.channels = getattr(denoiser, "channels", None)
+        keep_description(self, denoiser)
         self.width = getattr(denoiser, "width", None)  # one call of the base at a time: its memory (tiling's 'auto')
         self.peak_feature_maps = getattr(denoiser, "peak_feature_maps", 4)
-        self.noise_range = getattr(denoiser, "noise_range", None)
-        self.name = getattr(denoiser, "name", None)
         if isinstance(denoiser, torch.nn.Module):
             self.train(denoiser.training)  # the wrapper starts in the mode of the model it wraps
 

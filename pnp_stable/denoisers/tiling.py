@@ -39,7 +39,7 @@ from torch import Tensor
 
 from .._validation import check_image
 from ..theory import Certificate
-from .averaged import certificate_of
+from .averaged import certificate_of, keep_description
 
 __all__ = ["AUTO_TILE_BYTES", "TiledDenoiser", "image_tiles", "tile_windows", "tiled", "whole_image_bytes"]
 
@@ -109,8 +109,7 @@ class TiledDenoiser(dinv.models.Denoiser):
         self.anchor = None if anchor is None else check_image(anchor.detach(), "tiling anchor")
         self._offset: tuple | None = None  # ((noise levels, dtype, device), Σ_t P_tᵀ S_t(I − S_t)D(P_t g, σ))
         self._samples: tuple | None = None  # the samples of the batch a subset() view keeps
-        self.channels = getattr(denoiser, "channels", None)  # so that the solvers still check the image's channels
-        self.noise_range, self.name = getattr(denoiser, "noise_range", None), getattr(denoiser, "name", None)
+        keep_description(self, denoiser)  # so that the solvers still check the image's channels
         self.train(getattr(denoiser, "training", False))  # the wrapper is in the mode of the denoiser it wraps
 
     def forward(self, x: Tensor, sigma=None, **kwargs) -> Tensor:
