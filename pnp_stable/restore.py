@@ -21,7 +21,7 @@ from .denoisers.averaged import certificate_of
 from .denoisers.ensemble import self_ensemble
 from .denoisers.switch import NoiseLevelSwitch, range_index
 from .denoisers.tiling import tiled
-from .denoisers.zoo import load_denoiser, outside_training
+from .denoisers.zoo import denoiser_label, load_denoiser, outside_training
 from .io import to_tensor
 from .operators.kernels import kernel_from_spec, validate_kernel
 from .operators.physics import blur
@@ -52,20 +52,13 @@ def _choose(denoiser, channels: int):
     return denoiser
 
 
-def _label(denoiser) -> str:
-    """A name or path as given; a model by the ``name`` it was loaded by, else its class."""
-    if isinstance(denoiser, (str, Path)):
-        return str(denoiser)
-    return getattr(denoiser, "name", None) or type(denoiser).__name__
-
-
 def _denoising_choice(denoiser, channels: int, sigma) -> tuple:
     """``denoise``'s (denoiser, label): as :func:`_choose`, except that 'auto' for colour is the
     :data:`DENOISING_DEFAULTS` network whose range holds σ, or a :class:`NoiseLevelSwitch` over all of them when the
     levels of a batch fall in several ranges."""
     if not (denoiser is None or denoiser == "auto") or channels not in DENOISING_DEFAULTS:
         chosen = _choose(denoiser, channels)
-        return chosen, _label(chosen)
+        return chosen, denoiser_label(chosen)
     levels, names = DENOISING_DEFAULTS[channels]
     ranges = range_index(sigma, levels).unique().tolist()
     if len(ranges) == 1:
@@ -94,7 +87,7 @@ def resolve_denoiser(denoiser, channels: int, device: str | torch.device = "cpu"
     ``ensemble`` 2, 4 or 8: the result averaged over that many grid symmetries (:class:`~pnp_stable.denoisers.SelfEnsemble`:
     the same certificate)."""
     denoiser = _choose(denoiser, channels)
-    label = _label(denoiser)
+    label = denoiser_label(denoiser)
     model = load_denoiser(denoiser) if isinstance(denoiser, (str, Path)) else denoiser
     if not callable(model):
         raise ValueError(f"denoiser must be 'auto', a model name, a .safetensors path or a callable denoiser(x, sigma), "

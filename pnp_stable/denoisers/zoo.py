@@ -11,7 +11,7 @@ from .baselines import DnCNNBaseline
 from .ensemble import SelfEnsemble, self_ensemble
 from .serialization import SHIPPED, load_denoiser_file, read_metadata
 
-__all__ = ["denoiser_file", "list_denoisers", "load_denoiser", "outside_training"]
+__all__ = ["denoiser_file", "denoiser_label", "list_denoisers", "load_denoiser", "outside_training"]
 
 
 def list_denoisers() -> list[dict[str, str]]:
@@ -37,6 +37,14 @@ def load_denoiser(name_or_path: str | Path, verify: bool | None = None,
     return self_ensemble(model, ensemble)
 
 
+def denoiser_label(denoiser) -> str:
+    """How results and messages name a denoiser: a name or path as given, a model by the ``name`` it was loaded by
+    (:func:`load_denoiser`), anything else by its class."""
+    if isinstance(denoiser, (str, Path)):
+        return str(denoiser)
+    return getattr(denoiser, "name", None) or type(denoiser).__name__
+
+
 def outside_training(denoiser, sigma, label: str | None = None, level: str = "sigma") -> str | None:
     """What to tell a user who calls ``denoiser`` at a noise level outside the range it was last trained on (its
     ``noise_range``, read from the file it was loaded from), or None when every level of ``sigma`` is inside or the
@@ -51,6 +59,6 @@ def outside_training(denoiser, sigma, label: str | None = None, level: str = "si
     outside = levels[(levels > high * (1 + 1e-3) + 1e-9) | (levels < low * (1 - 1e-3) - 1e-9)]
     if not len(outside):
         return None
-    label = label or getattr(denoiser, "name", None) or type(denoiser).__name__
+    label = label or denoiser_label(denoiser)
     return (f"{level} = {float(outside[0]) * 255:.4g}/255 is outside the noise levels denoiser '{label}' was last "
             f"trained on ([{low * 255:.4g}, {high * 255:.4g}]/255): expect a poorer estimate")
