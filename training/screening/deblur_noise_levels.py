@@ -1,7 +1,8 @@
 """Which colour network deblurs best at which noise level: ``ps.deblur`` with its tuned defaults on held-out crops.
 
-The crops are the top-left 128×128 of the first ``--images`` of CBSD432's last 40 images (outside every test set and
-every training set of the shipped colour networks), blurred circularly by ``--kernel`` with noise seeded by the
+The crops are the top-left 128×128 of the first ``--images`` of CBSD432's last 40 images (outside every test set,
+and held out by the SLL networks' training, ``--holdout 40``; ``averaged-color`` and its low-noise stage were trained
+on all of CBSD432, which can only favour them), blurred circularly by ``--kernel`` with noise seeded by the
 crop's index; every solver runs with ``ps.deblur``'s tuned defaults (σ_d = strength·σ_n, step, weight, iteration
 budget), only the denoiser changes. Prints the mean PSNR per noise level, solver and model, and writes them to
 ``--out`` (JSON).
