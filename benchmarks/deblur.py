@@ -77,8 +77,8 @@ class Outcome:
 class Methods:
     """name → run(physics, y, noise, parameter) and the parameter grid to tune it on."""
 
-    def __init__(self, max_iter: int | None, bm3d_iters: int, tol: float):
-        self.max_iter, self.bm3d_iters, self.tol = max_iter, bm3d_iters, tol
+    def __init__(self, max_iter: int | None, bm3d_iters: int, tol: float, families: dict = FAMILIES):
+        self.max_iter, self.bm3d_iters, self.tol, self.families = max_iter, bm3d_iters, tol, families
         self.models = {}
 
     def model(self, name):
@@ -87,8 +87,7 @@ class Methods:
                                  else ps.load_denoiser(name))
         return self.models[name]
 
-    @staticmethod
-    def variants(method: str) -> list[tuple[str | None, float | None]]:
+    def variants(self, method: str) -> list[tuple[str | None, float | None]]:
         """(denoiser model, denoiser weight ω) pairs to tune over: a PnP method tries each model of its family;
         FB's prior weight is tied to its strength (τ < 2/L caps the data term), so FB methods also search
         the denoiser weight ω; the other solvers keep their default ω (None); TV and Wiener have neither."""
@@ -99,7 +98,7 @@ class Methods:
         if method.startswith("guided-"):
             return [(GUIDES[method.split("-")[1]], None)]
         weights = FB_WEIGHTS if method.endswith("-fb") else [None]
-        return [(model, weight) for model in FAMILIES[method.split("-")[0]] for weight in weights]
+        return [(model, weight) for model in self.families[method.split("-")[0]] for weight in weights]
 
     def grid(self, method: str, weight: float | None = None) -> list[float]:
         if method in GRIDS:
@@ -150,6 +149,17 @@ class _TV:
 
     def __call__(self, x, sigma):
         return self.tv(x, ths=float(sigma))
+
+
+def families(overrides: list[str], parser: argparse.ArgumentParser) -> dict:
+    """:data:`FAMILIES` with each ``FAMILY=NAME,NAME`` of ``--models`` replacing that family's models."""
+    chosen = dict(FAMILIES)
+    for override in overrides:
+        family, _, names = override.partition("=")
+        if family not in FAMILIES or not names:
+            parser.error(f"--models takes FAMILY=NAME,NAME with FAMILY one of {sorted(FAMILIES)}, got {override!r}")
+        chosen[family] = tuple(names.split(","))
+    return chosen
 
 
 def validation_images(data: Path, count: int, test_sets: list[str]) -> list[Path]:
@@ -216,7 +226,7 @@ def evaluate(args, validation_paths: list[Path], method: str, noise255: float) -
     kernels = [list(levin.values())[i] for i in args.kernels]
     validation = [(c, ps.motion_kernel(20 + i, 19))
                   for i, c in enumerate(load_crops(validation_paths, args.validation_size, gray=False))]
-    methods = Methods(args.max_iter, args.bm3d_iters, args.tol)
+    methods = Methods(args.max_iter, args.bm3d_iters, args.tol, args.families)
     noise = noise255 / 255
     parameter, model, weight, val_psnr = tune(methods, method, validation, noise)
     chosen = ", ".join([f"{parameter:.4g}"] + ([] if model in (None, "bm3d") else [f"`{model}`"])
@@ -263,8 +273,12 @@ def main() -> None:
     parser.add_argument("--validation-size", type=int, default=96)
     parser.add_argument("--jobs", type=int, default=1, help="worker processes, one (method, noise) task each")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per worker")
+    parser.add_argument("--models", nargs="+", default=[], metavar="FAMILY=NAME,NAME",
+                        help="the models a PnP family chooses from on validation, e.g. "
+                             "ours=averaged-color,averaged-sll-highnoise-color (default: FAMILIES)")
     parser.add_argument("--out", default=str(RESULTS / "deblur"), help="output prefix (.md and .png are added)")
     args = parser.parse_args()
+    args.families = families(args.models, parser)
     args.data = str(args.data)
     torch.set_num_threads(args.threads)
     validation_paths = validation_images(Path(args.data), args.validation, args.sets)
@@ -276,7 +290,7 @@ def main() -> None:
         f"- tuning: {args.validation} centre crops of CBSD68 images outside CBSD10 ({args.validation_size} px: {', '.join(p.name for p in validation_paths)}) "
         f"× motion kernels `motion_kernel(20 + i, 19)`; grids {GRIDS}, PnP strengths {PNP_FACTORS} × the solver's default, each extended "
         f"geometrically while the best value sits on an end, then refined by the square root of the grid ratio on both sides of the best; FB also over denoiser weights ω ∈ {FB_WEIGHTS}, with strengths "
-        f"{PNP_FACTORS} × default/√ω (equal prior weight ω·s² at the middle); PnP also over the family's models {FAMILIES}",
+        f"{PNP_FACTORS} × default/√ω (equal prior weight ω·s² at the middle); PnP also over the family's models {args.families}",
         f"- PnP: up to {args.max_iter or 'the solver’s tuned number of'} iterations (BM3D: {args.bm3d_iters}), tol {args.tol:g}, "
         f"tuned strength, the solver's default step, denoiser weight ω (FB: tuned) and iteration budget "
         f"({'; '.join(f'{name}: {t.step_scale:g} × theory, ω = {t.denoiser_weight:g}, {t.max_iter}' for name, t in ps.solvers.TUNED.items())}); "
