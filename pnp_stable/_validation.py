@@ -97,6 +97,21 @@ def check_noise_level(sigma: float, name: str = "noise_sigma", positive: bool = 
     return sigma
 
 
+def check_denoiser_sigma(denoiser_sigma, batch: int) -> Tensor:
+    """The denoiser's noise level σ_d of a PnP iteration as float64: one value or one per sample of a ``batch``,
+    each finite and > 0."""
+    try:
+        sigmas = torch.as_tensor(denoiser_sigma, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"denoiser_sigma must be a number or one per sample, got {denoiser_sigma!r}") from err
+    if not (torch.isfinite(sigmas).all() and (sigmas > 0).all()):
+        raise ValueError(f"denoiser_sigma must be finite and > 0 (on the [0, 1] scale, e.g. 2·noise_sigma), got {denoiser_sigma}")
+    if sigmas.ndim > 1 or (sigmas.ndim == 1 and sigmas.numel() not in (1, batch)):
+        raise ValueError(f"denoiser_sigma must be one value or one per sample ([{batch}]), got shape "
+                         f"{tuple(sigmas.shape)}")
+    return sigmas
+
+
 def check_count(value, name: str) -> int:
     """Require a whole number ≥ 1 (an iteration or round count): refused, not truncated, when fractional."""
     try:

@@ -73,6 +73,18 @@ def test_relaxed_iteration_is_monitored_with_lambda_beta(certified):
     assert relaxed.violations == []
     with pytest.raises(ValueError, match="1/β"):
         ps.solve(op, y, certified, 0.02, solver="fb", step=tau, relaxation=1 / plain.beta + 0.01)
+    unsafe = ps.solve(op, y, certified, 0.02, solver="fb", step=tau, relaxation=1 / plain.beta + 0.01, max_iter=3,
+                      allow_unsafe_step=True)
+    assert unsafe.beta is None and "not averaged" in unsafe.beta_basis
+    uncertified = lambda x, sigma: x  # noqa: E731  (no certificate: the iteration has no β)
+    assert ps.solve(op, y, uncertified, 0.02, solver="fb", step=tau, relaxation=0.8, max_iter=2).beta is None
+    with pytest.raises(ValueError, match="λ = 1.2 > 1 over-relaxes an iteration that has no averagedness β"):
+        ps.solve(op, y, uncertified, 0.02, solver="fb", step=tau, relaxation=1.2)
+    assert ps.solve(op, y, uncertified, 0.02, solver="fb", step=tau, relaxation=1.2, max_iter=2,
+                    allow_unsafe_step=True).beta is None
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="relaxation λ must be finite and > 0"):
+            ps.solve(op, y, certified, 0.02, solver="fb", step=tau, relaxation=bad)
 
 
 def test_expansive_map_is_reported_and_stopped_without_nans():

@@ -13,7 +13,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .._modules import evaluation_mode
-from .._validation import check_count, check_image, check_noise_level, check_start
+from .._validation import check_count, check_denoiser_sigma, check_image, check_noise_level, check_start
 from ..denoisers.zoo import outside_training
 from ..operators.fidelity import L2Fidelity
 from .anderson import Anderson, AndersonSteps, anderson_options
@@ -283,7 +283,8 @@ def solve(
     ``denoiser_weight`` ω makes the denoising step x + ω(D(x, σ_d) − x), ωα_D-averaged for ω ∈ (0, 1/α_D)
     (α_D: the certificate of D(·, σ_d)): the prior's weight, separate from the denoiser strength σ_d.
     DRS/ADMM use min(ω, 1/(2α_D)) with α_D the certificate for every σ (firm non-expansiveness). ``relaxation`` λ gives the
-    Krasnosel'skii–Mann iteration z + λ(Tz − z), λβ-averaged for λ ∈ (0, 1/β).
+    Krasnosel'skii–Mann iteration z + λ(Tz − z), λβ-averaged for λ ∈ (0, 1/β); λ ≥ 1/β, or λ > 1 without a β, is
+    refused unless ``allow_unsafe_step`` (then no β).
     β is certified only on guaranteed ingredients: an adjoint that passes :func:`adjoint_test` (else no β and a
     warning), ‖A‖ exact or a proved upper bound for FB (else pass ``operator_norm``, a known bound on ‖A‖), a
     prox that met its tolerance, a guaranteed denoiser certificate; otherwise ``estimated_beta`` says why.
@@ -311,15 +312,7 @@ def solve(
     defaults = tuned(solver)
     if denoiser_sigma is None:
         denoiser_sigma = defaults.strength * noise_sigma
-    try:
-        sigmas = torch.as_tensor(denoiser_sigma, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise ValueError(f"denoiser_sigma must be a number or one per sample, got {denoiser_sigma!r}") from err
-    if not (torch.isfinite(sigmas).all() and (sigmas > 0).all()):
-        raise ValueError(f"denoiser_sigma must be finite and > 0 (on the [0, 1] scale, e.g. 2·noise_sigma), got {denoiser_sigma}")
-    if sigmas.ndim > 1 or (sigmas.ndim == 1 and sigmas.numel() not in (1, fidelity.x_shape[0])):
-        raise ValueError(f"denoiser_sigma must be one value or one per sample ([{fidelity.x_shape[0]}]), got shape "
-                         f"{tuple(sigmas.shape)}")
+    sigmas = check_denoiser_sigma(denoiser_sigma, fidelity.x_shape[0])
     advice = outside_training(denoiser, sigmas, level="denoiser_sigma")
     if advice:  # the certificate holds; the estimate suffers
         warnings.warn(advice, stacklevel=2)
@@ -339,7 +332,7 @@ def solve(
     scheme = SCHEMES[solver](fidelity, denoiser, denoiser_sigma, step, denoiser_weight)
     check_step(scheme, allow_unsafe_step)
     if relaxation != 1.0:
-        scheme = KrasnoselskiiMann(scheme, relaxation)
+        scheme = KrasnoselskiiMann(scheme, relaxation, allow_unsafe=allow_unsafe_step)
     if (automatic and scheme.guaranteed and scheme.beta()[0] is not None
             and fidelity.adjoint_error <= ADJOINT_TOLERANCE):
         acceleration = Anderson()  # 'auto': only where T is averaged (a wrong adjoint withdraws β), as the theorem needs
