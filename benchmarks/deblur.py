@@ -4,7 +4,10 @@ Test sets: Set3C and CBSD10 (colour) × the 8 Levin kernels × noise σ ∈ ``--
 boundary, noise seeded per (image, kernel). Methods:
 
 - ``ours-<solver>``: our FB / HQS / DRS / ADMM with a certified colour model, ``averaged-color`` or
-  ``averaged-lownoise-color`` (monitor verdicts reported);
+  ``averaged-lownoise-color`` (``--models ours=NAME,NAME`` chooses among others; monitor verdicts reported);
+- ``auto-<solver>``: what ``ps.deblur`` does with every default (its colour model at σ_d, the solver's tuned
+  strength, weight and budget, accelerated), nothing tuned; ``--models auto=auto,NAME`` adds a row per model at the
+  same defaults;
 - ``dncnn-<solver>``: the same solvers with ``dncnn-color`` or ``dncnn-lownoise-color`` (unconstrained, each
   trained with the same data and budget as its certified counterpart);
 - ``ridge-<solver>``: the same solvers with ``convex-ridge-color``, the exact prox of the learned convex ridge
@@ -60,7 +63,7 @@ GRIDS = {"tv": [0.25, 0.5, 1.0, 2.0, 4.0], "wiener": [1e-3, 3e-3, 1e-2, 3e-2, 1e
 PNP_FACTORS = [0.5, 1.0, 2.0]  # PnP strengths tried: these × the solver's tuned default (solvers/defaults.py)
 FB_WEIGHTS = [1.0, 0.3, 0.1]  # FB's denoiser weights ω tried, each with strengths around ω·s² = the default's s²
 #: the shipped models each PnP family chooses from on validation: the general one and the one trained last on σ ≤ 12.75/255
-FAMILIES = {"ours": ("averaged-color", "averaged-lownoise-color"), "dncnn": ("dncnn-color", "dncnn-lownoise-color"),
+FAMILIES = {"auto": ("auto",), "ours": ("averaged-color", "averaged-lownoise-color"), "dncnn": ("dncnn-color", "dncnn-lownoise-color"),
             "bm3d": ("bm3d",), "ridge": ("convex-ridge-color",)}
 GUIDES = {"bm3d": "bm3d", "bm3dlc": "bm3d-lc", "dncnn": "dncnn-color", "averaged": "averaged-color"}  # guided-<guide>-<solver>: the guide's model
 DPIR_WEIGHTS = [0.1, 0.23, 0.5]  # bm3d-dpir's data weight λ tried (DPIR's own value: 0.23)
@@ -129,12 +132,26 @@ class Methods:
             return Outcome(result.estimate, iterations, sum(len(r.violations) for r in rounds),
                            {status for r in rounds for status in r.status})
         family, solver = method.split("-")
+        if family == "auto":  # as ps.deblur runs it: its choice of model at σ_d, accelerated where it has a β
+            return self._pnp(physics, y, noise, self.model(self.resolve(model, parameter * noise)), solver, parameter,
+                             accelerate="auto")
         return self._pnp(physics, y, noise, self.model(model), solver, parameter,
                          max_iter=self.bm3d_iters if family == "bm3d" else self.max_iter, weight=weight)
 
-    def _pnp(self, physics, y, noise, denoiser, solver, strength, max_iter=None, weight=None) -> Outcome:
+    @staticmethod
+    def resolve(model: str, denoiser_sigma: float) -> str:
+        """``'auto'`` → the colour model ``ps.deblur`` takes at σ_d; any other name as given."""
+        return ps.restore.choose_denoiser(model, 3, denoiser_sigma, "deblur")[1]
+
+    def label(self, method: str, model: str | None, denoiser_sigma: float) -> str:
+        """The model column: the name, and for the 'auto' family's 'auto' the model it took."""
+        if model is None or not method.startswith("auto-") or model != "auto":
+            return f"`{model}`"
+        return f"auto → `{self.resolve(model, denoiser_sigma)}`"
+
+    def _pnp(self, physics, y, noise, denoiser, solver, strength, max_iter=None, weight=None, accelerate=False) -> Outcome:
         result = ps.solve(physics, y, denoiser, noise, solver=solver, denoiser_sigma=strength * noise,
-                          denoiser_weight=weight, max_iter=max_iter or self.max_iter, tol=self.tol)
+                          denoiser_weight=weight, max_iter=max_iter or self.max_iter, tol=self.tol, accelerate=accelerate)
         return Outcome(result.estimate, result.iterations, len(result.violations), set(result.status))
 
 
@@ -228,10 +245,26 @@ def evaluate(args, validation_paths: list[Path], method: str, noise255: float) -
                   for i, c in enumerate(load_crops(validation_paths, args.validation_size, gray=False))]
     methods = Methods(args.max_iter, args.bm3d_iters, args.tol, args.families)
     noise = noise255 / 255
-    parameter, model, weight, val_psnr = tune(methods, method, validation, noise)
-    chosen = ", ".join([f"{parameter:.4g}"] + ([] if model in (None, "bm3d") else [f"`{model}`"])
-                       + ([] if weight is None else [f"ω {weight:g}"]))
+    if method.startswith("auto-"):  # ps.deblur's defaults as they are: each model of the family, nothing tuned
+        strength = ps.solvers.tuned(method.split("-")[1]).strength
+        settings = [(strength, model, None, None) for model in args.families["auto"]]
+    else:
+        settings = [tune(methods, method, validation, noise)]
     rows, showcase = [], {}
+    for parameter, model, weight, val_psnr in settings:
+        rows += test_rows(args, data, kernels, methods, method, noise255, parameter, model, weight, val_psnr, showcase)
+    return rows, showcase
+
+
+def test_rows(args, data, kernels, methods, method, noise255, parameter, model, weight, val_psnr, showcase) -> list[str]:
+    """One table row per test set for ``method`` with these settings; the first image's result goes to
+    ``showcase`` if it holds none yet."""
+    noise = noise255 / 255
+    shown = methods.label(method, model, parameter * noise)
+    chosen = ", ".join([f"{parameter:.4g}"] + ([] if model in (None, "bm3d") else [shown])
+                       + ([] if weight is None else [f"ω {weight:g}"]))
+    chosen += " (untuned)" if val_psnr is None else f" ({val_psnr:.2f})"
+    rows = []
     for set_name in args.sets:
         paths = list_images(data / "test" / set_name)[: args.images]
         images = [ps.load_image(path, gray=False) for path in paths] if args.size is None else load_crops(paths, args.size, gray=False)
@@ -247,13 +280,13 @@ def evaluate(args, validation_paths: list[Path], method: str, noise255: float) -
                 iterations += outcome.iterations
                 violations += outcome.violations
                 statuses |= outcome.statuses
-                if i == 0 and j == args.kernels[0] and set_name == args.sets[0]:
-                    showcase = {"estimate": outcome.estimate, "psnr": psnrs[-1], "y": y, "clean": clean}
+                if i == 0 and j == args.kernels[0] and set_name == args.sets[0] and not showcase:
+                    showcase.update(estimate=outcome.estimate, psnr=psnrs[-1], y=y, clean=clean)
         count = len(psnrs)
-        rows.append(f"| {set_name} | {noise255:g} | {method} | {chosen} ({val_psnr:.2f}) | "
+        rows.append(f"| {set_name} | {noise255:g} | {method} | {chosen} | "
                     f"{statistics.mean(psnrs):.3f} | {statistics.mean(ssims):.4f} | {statistics.mean(iterations):.0f} | "
                     f"{seconds / count:.1f} | {violations} | {', '.join(sorted(statuses)) or '—'} |")
-    return rows, showcase
+    return rows
 
 
 def main() -> None:

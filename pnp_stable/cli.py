@@ -149,26 +149,15 @@ def _degraded_path(out: Path) -> Path:
 
 
 def _denoiser_for(args):
-    """channels → what ``deblur`` takes as its denoiser: 'guided' as it is; a named model or file loaded once (so a
-    folder of images loads and verifies it once, and a bad name or file is refused before any work); 'auto' the
-    shipped model for those channels, loaded once per channel count."""
-    from .restore import resolve_denoiser
+    """channels → what ``deblur`` and ``denoise`` take as their denoiser: 'guided' and 'auto' as they are ('auto' is
+    their choice by channels and noise level); a named model or file loaded once (so a folder of images loads and
+    verifies it once, and a bad name or file is refused before any work)."""
+    if args.denoiser in ("guided", "auto"):
+        return lambda channels: args.denoiser
+    from .denoisers.zoo import load_denoiser
 
-    if args.denoiser == "guided":
-        return lambda channels: "guided"
-    if args.denoiser != "auto":
-        from .denoisers.zoo import load_denoiser
-
-        model = load_denoiser(args.denoiser)
-        return lambda channels: model
-    loaded: dict[int, object] = {}
-
-    def for_channels(channels: int):
-        if channels not in loaded:
-            loaded[channels] = resolve_denoiser("auto", channels)
-        return loaded[channels]
-
-    return for_channels
+    model = load_denoiser(args.denoiser)
+    return lambda channels: model
 
 
 def cmd_deblur(args) -> int:
@@ -284,8 +273,7 @@ def cmd_denoise(args) -> int:
             raise CommandError(f"image file not found: {path}")
     targets = _denoise_targets(inputs, Path(args.out))
     check_outputs(inputs, [("--out", target, IMAGE_SUFFIXES) for target in targets])
-    # a named model or file is loaded (and verified) once for all the images; 'auto' is denoise's choice by σ
-    lines, denoiser_for = [], (lambda channels: "auto") if args.denoiser == "auto" else _denoiser_for(args)
+    lines, denoiser_for = [], _denoiser_for(args)
     used: dict[str, str] = {}  # each denoiser that ran (gray and colour images take different ones) → certificate
     with _processes(args) as context:
         leads = _leads(context)
@@ -457,8 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solver", choices=sorted(SCHEMES), default=None,
                    help="PnP scheme (fista carries no guarantee); default fb, or drs with --denoiser guided")
     p.add_argument("--denoiser", default="auto", metavar="NAME|PATH|guided",
-                   help="shipped model (see `pnp-stable models`) or a .safetensors file; auto picks averaged-sll-gray or "
-                        "averaged-color; guided: a linear filter W(g) built from a frozen guide g (see --guide)")
+                   help="shipped model (see `pnp-stable models`) or a .safetensors file; auto picks averaged-sll-gray for gray "
+                        "images and, for colour, the network best at the denoiser's level σ_d; guided: a linear filter W(g) built from a frozen guide g (see --guide)")
     p.add_argument("--guide", default="bm3d", metavar="bm3d|bm3d-lc|NAME|PATH",
                    help="with --denoiser guided: the denoiser whose short DPIR-schedule pilot gives the guide g "
                         "(bm3d, or its 3× faster low-complexity profile bm3d-lc, needs the bm3d extra; "

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._modules import evaluation_mode, on_device
-from ._validation import check_device, check_noise_level, check_start
+from ._validation import check_denoiser_sigma, check_device, check_noise_level, check_start
 from .denoisers.averaged import certificate_of
 from .denoisers.ensemble import self_ensemble
 from .denoisers.switch import NoiseLevelSwitch, range_index
@@ -30,15 +30,22 @@ from .solvers.defaults import tuned
 from .solvers.loop import PnPResult, solve
 from .theory import Certificate
 
-__all__ = ["DEFAULT_DENOISERS", "DENOISING_DEFAULTS", "DenoiseResult", "deblur", "denoise", "resolve_denoiser",
-           "resolve_guide", "tile_anchor", "valid_frame"]
+__all__ = ["DEBLURRING_DEFAULTS", "DEFAULT_DENOISERS", "DENOISING_DEFAULTS", "DenoiseResult", "choose_denoiser", "deblur",
+           "denoise", "resolve_denoiser", "resolve_guide", "tile_anchor", "valid_frame"]
 
+#: the shipped certified model for each number of channels, when no noise level is known (``resolve_denoiser('auto')``)
 DEFAULT_DENOISERS = {1: "averaged-sll-gray", 3: "averaged-color"}
 #: ``denoise``'s 'auto' for colour: each shipped colour network on the noise levels where it denoises best on held-out
 #: CBSD432 images (σ·255 ≤ 8, ≤ 15, above; the table is in ``pnp_stable/denoisers/weights/README.md``), as the levels
 #: and names of a NoiseLevelSwitch
 DENOISING_DEFAULTS = {3: ((8 / 255, 15 / 255),
                           ("averaged-sll-lownoise-color", "averaged-sll-color", "averaged-sll-highnoise-color"))}
+#: ``deblur``'s 'auto' for colour, by the level σ_d at which PnP calls the denoiser (``denoiser_sigma``; by default
+#: the solver's tuned strength × σ_n): the network best at that σ_d with the tuned defaults on 12 held-out crops
+#: (σ_d·255 ≤ 6, ≤ 10, above; ``training/screening/deblur_noise_levels.py``, table in ``training/campaign/README.md``),
+#: as the levels and names of a NoiseLevelSwitch
+DEBLURRING_DEFAULTS = {3: ((6 / 255, 10 / 255),
+                           ("averaged-lownoise-color", "averaged-color", "averaged-sll-highnoise-color"))}
 #: 1/(band power) of natural images in the Wiener anchor of deblur's tiles (:func:`tile_anchor`)
 TILE_ANCHOR_SNR = 30.0
 
@@ -52,14 +59,19 @@ def _choose(denoiser, channels: int):
     return denoiser
 
 
-def _denoising_choice(denoiser, channels: int, sigma) -> tuple:
-    """``denoise``'s (denoiser, label): as :func:`_choose`, except that 'auto' for colour is the
-    :data:`DENOISING_DEFAULTS` network whose range holds σ, or a :class:`NoiseLevelSwitch` over all of them when the
-    levels of a batch fall in several ranges."""
-    if not (denoiser is None or denoiser == "auto") or channels not in DENOISING_DEFAULTS:
+def choose_denoiser(denoiser, channels: int, sigma, task: str) -> tuple:
+    """(denoiser, label) for the noise level(s) ``sigma`` the denoiser will run at, in ``task`` ``'denoise'`` (σ) or
+    ``'deblur'`` (σ_d): a name, path or callable as given; ``'auto'`` (or None) the network of
+    :data:`DENOISING_DEFAULTS` / :data:`DEBLURRING_DEFAULTS` whose range holds σ, a :class:`NoiseLevelSwitch` over
+    them when the levels of a batch fall in several ranges, or :data:`DEFAULT_DENOISERS` for channels without a
+    table."""
+    tables = {"denoise": DENOISING_DEFAULTS, "deblur": DEBLURRING_DEFAULTS}
+    if task not in tables:
+        raise ValueError(f"task must be 'denoise' or 'deblur', got {task!r}")
+    if not (denoiser is None or denoiser == "auto") or channels not in tables[task]:
         chosen = _choose(denoiser, channels)
         return chosen, denoiser_label(chosen)
-    levels, names = DENOISING_DEFAULTS[channels]
+    levels, names = tables[task][channels]
     ranges = range_index(sigma, levels).unique().tolist()
     if len(ranges) == 1:
         return names[ranges[0]], names[ranges[0]]
@@ -74,7 +86,7 @@ def _warn_outside_training(model, sigma, label: str, channels: int, chosen_by_de
     if not advice:
         return
     if not chosen_by_default and channels in DEFAULT_DENOISERS:
-        choice, name = _denoising_choice("auto", channels, sigma)
+        choice, name = choose_denoiser("auto", channels, sigma, "denoise")
         if outside_training(load_denoiser(choice) if isinstance(choice, str) else choice, sigma) is None:
             advice += f"; denoiser='auto' takes {name}, trained for it"
     warnings.warn(advice, stacklevel=3)
@@ -171,8 +183,9 @@ def deblur(
 
     ``solver``: ``'fb'`` (the default), ``'hqs'``, ``'drs'``, ``'admm'`` or ``'fista'`` (no guarantee).
     ``kernel``: an array/tensor or a spec such as ``'gaussian:1.6'``, ``'motion:0:19'``, ``'file:k.npz:2'``.
-    ``denoiser``: ``'auto'`` (``averaged-sll-gray``/``averaged-color`` by channels), a model name or path,
-    or any ``denoiser(x, sigma)``. ``denoiser_sigma``, ``step``, ``denoiser_weight`` (ω: the denoising
+    ``denoiser``: ``'auto'`` (``averaged-sll-gray`` for gray images; for colour the shipped network best at the
+    level σ_d the solver calls it at, :data:`DEBLURRING_DEFAULTS`), a model name or path, or any
+    ``denoiser(x, sigma)``; ``result.notes`` names it. ``denoiser_sigma``, ``step``, ``denoiser_weight`` (ω: the denoising
     step is x + ω(D(x, σ_d) − x)) and ``max_iter`` default to the tuned values (:func:`pnp_stable.solvers.defaults.tuned`). Returns the :class:`PnPResult` (``estimate``,
     ``status``, ``history``, certified ``beta``; ``pnp_stable.to_numpy(result.estimate)`` for an array).
 
@@ -241,7 +254,10 @@ def deblur(
         )
     else:
         start = check_start(y if x0 is None else x0, y.shape if frame is None else x_shape)  # before the tiles' anchor
-        model = tiled(resolve_denoiser(denoiser, y.shape[1], device, ensemble), start.shape, tile, overlap, context,
+        levels = check_denoiser_sigma(tuned(solver or "fb").strength * noise_sigma if denoiser_sigma is None
+                                      else denoiser_sigma, y.shape[0])
+        chosen, label = choose_denoiser(denoiser, y.shape[1], levels, "deblur")
+        model = tiled(resolve_denoiser(chosen, y.shape[1], device, ensemble), start.shape, tile, overlap, context,
                       anchor=lambda: tile_anchor(physics, start, y, noise_sigma))
         if accelerate is None:  # the theorem of solvers/anderson.py needs an averaged T: 'auto' checks for a β
             accelerate = "auto" if tuned(solver or "fb").accelerate else False
@@ -251,7 +267,14 @@ def deblur(
             max_iter=max_iter, tol=tol, x0=x0, reference=reference, allow_unsafe_step=allow_unsafe_step,
             progress=progress, reference_frame=frame, accelerate=accelerate,
         )
+        result.notes.insert(0, f"denoiser {label} at σ_d = {_on_255_scale(levels)}")
     return result if frame is None else _framed(result, frame)
+
+
+def _on_255_scale(levels: Tensor) -> str:
+    """Noise levels as a reader gives them: '3.606/255', or the span '3.606–7.211/255' of several."""
+    low, high = float(levels.min()) * 255, float(levels.max()) * 255
+    return f"{low:.4g}/255" if f"{low:.4g}" == f"{high:.4g}" else f"{low:.4g}–{high:.4g}/255"
 
 
 def tile_anchor(physics, start: Tensor, y: Tensor, noise_sigma: float) -> Tensor:
@@ -315,14 +338,14 @@ def denoise(x, sigma, denoiser="auto", device: str | torch.device = "cpu", tile:
     """Remove Gaussian noise of standard deviation ``sigma`` ([0, 1] scale; one value, or one per image of a
     batch) with a (certified) denoiser; ``tile``, ``overlap``, ``context`` and ``ensemble`` as in :func:`deblur`
     (the same certificate). ``denoiser='auto'``: ``averaged-sll-gray`` for gray images; for colour the shipped
-    network best at σ (:data:`DENOISING_DEFAULTS`; deblurring keeps ``averaged-color``, tuned for its low σ_d).
+    network best at σ (:data:`DENOISING_DEFAULTS`).
     Warns when σ lies outside the noise levels the model was trained on (its ``noise_range``)."""
     device = check_device(device)
     x = _as_batch(x, "noisy image", device)
     sigma = _noise_levels(sigma, x.shape[0])
     if isinstance(sigma, Tensor):
         sigma = sigma.to(device)
-    chosen, label = _denoising_choice(denoiser, x.shape[1], sigma)
+    chosen, label = choose_denoiser(denoiser, x.shape[1], sigma, "denoise")
     model = resolve_denoiser(chosen, x.shape[1], device, ensemble)
     _warn_outside_training(model, sigma, label, x.shape[1], chosen_by_default=denoiser is None or denoiser == "auto")
     model = tiled(model, x.shape, tile, overlap, context)

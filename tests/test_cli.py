@@ -103,7 +103,22 @@ def test_deblur_simulate_writes_images_plot_and_reports(files, tmp_path):
     assert done.returncode == 0, done.stderr
     assert out.is_file() and (tmp_path / "restored_degraded.png").is_file() and (tmp_path / "r.png").is_file()
     assert "certified β" in done.stdout and "PSNR: degraded" in done.stdout and "monitor: no violations" in done.stdout
+    assert f"denoiser {files / 'gray-net.safetensors'} at σ_d = 10.82/255" in done.stdout  # FB: 1.414·σ_n
     assert done.stderr == ""  # not a terminal: no progress bar
+
+
+def test_deblur_auto_names_the_colour_network_it_chose_for_the_denoiser_level(files, tmp_path):
+    from pnp_stable.denoisers.switch import range_index
+    from pnp_stable.restore import DEBLURRING_DEFAULTS
+    from pnp_stable.solvers.defaults import TUNED
+
+    levels, names = DEBLURRING_DEFAULTS[3]
+    for noise, solver in (("2/255", "drs"), ("20/255", "hqs")):
+        done = run_cli("deblur", files / "colour.png", "--simulate", "--kernel", "gaussian:1.0", "--noise", noise,
+                       "--solver", solver, "--iters", "2", "--out", tmp_path / "c.png")
+        level = TUNED[solver].strength * float(noise.split("/")[0]) / 255
+        assert done.returncode == 0, done.stderr
+        assert f"denoiser {names[int(range_index(level, levels))]} at σ_d = {level * 255:.4g}/255" in done.stdout
 
 
 def test_denoise_ensemble_reports_the_unchanged_certificate(files, tmp_path):

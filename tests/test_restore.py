@@ -110,12 +110,49 @@ def test_denoise_auto_takes_the_colour_network_trained_for_sigma_and_warns_outsi
         assert not any("auto" in str(w.message) for w in caught)  # 'auto' has nothing trained for 60/255 either
     with pytest.warns(UserWarning, match=r"^denoiser_sigma = 36.06/255 is outside the noise levels denoiser "
                                          r"'averaged-color' was last trained on"):
-        ps.deblur(x[:1], "gaussian:1.0", 0.1, max_iter=2)  # FB's σ_d = 1.414·σ_n
+        ps.deblur(x[:1], "gaussian:1.0", 0.1, denoiser="averaged-color", max_iter=2)  # FB's σ_d = 1.414·σ_n
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ps.denoise(x[:1], 50 / 255)
         ps.denoise(x[:1], 25 / 255, denoiser="averaged-color")
         ps.deblur(x[:1], "gaussian:1.0", 0.05, max_iter=2)
+        ps.deblur(x[:1], "gaussian:1.0", 0.1, max_iter=2)  # 'auto' takes a network trained for σ_d = 36/255
+
+
+def test_deblur_auto_takes_the_colour_network_for_the_level_the_solver_calls_it_at():
+    from pnp_stable.restore import DEBLURRING_DEFAULTS
+
+    levels, names = DEBLURRING_DEFAULTS[3]
+    x = torch.rand(2, 3, 20, 20)
+
+    def label(result):
+        note = result.notes[0]
+        assert note.startswith("denoiser ") and " at σ_d = " in note, note
+        return note[len("denoiser "):note.index(" at σ_d")]
+
+    for solver in ("fb", "hqs"):
+        strength = TUNED[solver].strength
+        for k, name in enumerate(names):  # σ_d on each range's upper end (it belongs to that range) and just above
+            for level, expected in ((levels[k] if k < len(levels) else 0.15, name),
+                                    (levels[k] * 1.01, names[k + 1]) if k < len(levels) else (None, None)):
+                if level is None:
+                    continue
+                result = ps.deblur(x[:1], "gaussian:1.0", level / strength, solver=solver, max_iter=1)
+                assert label(result) == expected, (solver, level * 255)
+                given = ps.deblur(x[:1], "gaussian:1.0", 0.01, solver=solver, denoiser_sigma=level, max_iter=1)
+                assert label(given) == expected and label(given) == label(ps.deblur(
+                    x[:1], "gaussian:1.0", 0.01, solver=solver, denoiser_sigma=torch.tensor([level]), max_iter=1))
+    assert label(ps.deblur(x[:1, :1], "gaussian:1.0", 0.1, max_iter=1)) == "averaged-sll-gray"
+    assert label(ps.deblur(x[:1], "gaussian:1.0", 0.05, denoiser="averaged-color", max_iter=1)) == "averaged-color"
+    both = (levels[0] / 2, levels[-1] * 2)  # one image in the lowest range, one in the highest
+    mixed = ps.deblur(x, "gaussian:1.0", 0.01, denoiser_sigma=torch.tensor(both), max_iter=3, tol=0, accelerate=False)
+    assert label(mixed) == f"NoiseLevelSwitch({names[0]}, {names[-1]})"
+    alone = [ps.deblur(x[b:b + 1], "gaussian:1.0", 0.01, denoiser_sigma=both[b], max_iter=3, tol=0, accelerate=False)
+             for b in range(2)]
+    assert torch.allclose(mixed.estimate, torch.cat([r.estimate for r in alone]), atol=1e-5)
+    assert mixed.beta == pytest.approx(max(r.beta for r in alone))  # certified as its worst member
+    with pytest.raises(ValueError, match="denoiser_sigma must be finite and > 0"):
+        ps.deblur(x[:1], "gaussian:1.0", 0.01, denoiser_sigma=-1.0)
 
 
 def test_denoise_refuses_to_return_nan_from_a_broken_denoiser():
