@@ -41,10 +41,10 @@ DEFAULT_DENOISERS = {1: "averaged-sll-gray", 3: "averaged-color"}
 DENOISING_DEFAULTS = {3: ((8 / 255, 15 / 255),
                           ("averaged-sll-lownoise-color", "averaged-sll-color", "averaged-sll-highnoise-color"))}
 #: ``deblur``'s 'auto' for colour, by the level σ_d at which PnP calls the denoiser (``denoiser_sigma``; by default
-#: the solver's tuned strength × σ_n): the network best at that σ_d with the tuned defaults on 12 held-out crops
-#: (σ_d·255 ≤ 6, ≤ 10, above; ``training/screening/deblur_noise_levels.py``, table in ``training/campaign/README.md``),
+#: the solver's tuned strength × σ_n): the network best at that σ_d with the tuned defaults on 30 held-out crops
+#: (σ_d·255 ≤ 9, ≤ 12, above; ``training/screening/deblur_noise_levels.py``, tables in ``training/campaign/README.md``),
 #: as the levels and names of a NoiseLevelSwitch
-DEBLURRING_DEFAULTS = {3: ((6 / 255, 10 / 255),
+DEBLURRING_DEFAULTS = {3: ((9 / 255, 12 / 255),
                            ("averaged-lownoise-color", "averaged-color", "averaged-sll-highnoise-color"))}
 #: 1/(band power) of natural images in the Wiener anchor of deblur's tiles (:func:`tile_anchor`)
 TILE_ANCHOR_SNR = 30.0
