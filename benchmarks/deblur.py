@@ -5,8 +5,8 @@ boundary, noise seeded per (image, kernel). Methods:
 
 - ``ours-<solver>``: our FB / HQS / DRS / ADMM with a certified colour model, ``averaged-color`` or
   ``averaged-lownoise-color`` (``--models ours=NAME,NAME`` chooses among others; monitor verdicts reported);
-- ``auto-<solver>``: what ``ps.deblur`` does with every default (its colour model at σ_d, the solver's tuned
-  strength, weight and budget, accelerated), nothing tuned; ``--models auto=auto,NAME`` adds a row per model at the
+- ``auto-<solver>``: ``ps.deblur``'s defaults (its colour model at σ_d, the solver's tuned strength, weight and
+  budget, accelerated; the benchmark's circular blur and ``--tol``), nothing tuned; ``--models auto=auto,NAME`` adds a row per model at the
   same defaults;
 - ``dncnn-<solver>``: the same solvers with ``dncnn-color`` or ``dncnn-lownoise-color`` (unconstrained, each
   trained with the same data and budget as its certified counterpart);

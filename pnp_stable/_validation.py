@@ -98,10 +98,10 @@ def check_noise_level(sigma: float, name: str = "noise_sigma", positive: bool = 
 
 
 def check_denoiser_sigma(denoiser_sigma, batch: int) -> Tensor:
-    """The denoiser's noise level σ_d of a PnP iteration as float64: one value or one per sample of a ``batch``,
-    each finite and > 0."""
-    try:
-        sigmas = torch.as_tensor(denoiser_sigma, dtype=torch.float64)
+    """The denoiser's noise level σ_d of a PnP iteration as a float64 CPU tensor: one value or one per sample of a
+    ``batch``, each finite and > 0."""
+    try:  # on the CPU first: MPS has no float64
+        sigmas = torch.as_tensor(denoiser_sigma).detach().cpu().to(torch.float64)
     except (TypeError, ValueError, RuntimeError) as err:
         raise ValueError(f"denoiser_sigma must be a number or one per sample, got {denoiser_sigma!r}") from err
     if not (torch.isfinite(sigmas).all() and (sigmas > 0).all()):

@@ -41,8 +41,8 @@ DEFAULT_DENOISERS = {1: "averaged-sll-gray", 3: "averaged-color"}
 DENOISING_DEFAULTS = {3: ((8 / 255, 15 / 255),
                           ("averaged-sll-lownoise-color", "averaged-sll-color", "averaged-sll-highnoise-color"))}
 #: ``deblur``'s 'auto' for colour, by the level σ_d at which PnP calls the denoiser (``denoiser_sigma``; by default
-#: the solver's tuned strength × σ_n): the network best at that σ_d with the tuned defaults on 30 held-out crops
-#: (σ_d·255 ≤ 9, ≤ 12, above; ``training/screening/deblur_noise_levels.py``, tables in ``training/campaign/README.md``),
+#: the solver's tuned strength × σ_n): the network best at that σ_d with the tuned defaults on 18 held-out crops and
+#: 6 kernels (σ_d·255 ≤ 9, ≤ 12, above; ``training/screening/deblur_noise_levels.py``, tables in ``training/campaign/README.md``),
 #: as the levels and names of a NoiseLevelSwitch
 DEBLURRING_DEFAULTS = {3: ((9 / 255, 12 / 255),
                            ("averaged-lownoise-color", "averaged-color", "averaged-sll-highnoise-color"))}
@@ -64,15 +64,21 @@ def choose_denoiser(denoiser, channels: int, sigma, task: str) -> tuple:
     ``'deblur'`` (σ_d): a name, path or callable as given; ``'auto'`` (or None) the network of
     :data:`DENOISING_DEFAULTS` / :data:`DEBLURRING_DEFAULTS` whose range holds σ, a :class:`NoiseLevelSwitch` over
     them when the levels of a batch fall in several ranges, or :data:`DEFAULT_DENOISERS` for channels without a
-    table."""
+    table or when ``sigma`` is None (no level known)."""
     tables = {"denoise": DENOISING_DEFAULTS, "deblur": DEBLURRING_DEFAULTS}
     if task not in tables:
         raise ValueError(f"task must be 'denoise' or 'deblur', got {task!r}")
-    if not (denoiser is None or denoiser == "auto") or channels not in tables[task]:
+    if not (denoiser is None or denoiser == "auto") or channels not in tables[task] or sigma is None:
         chosen = _choose(denoiser, channels)
         return chosen, denoiser_label(chosen)
+    try:
+        values = torch.as_tensor(sigma).detach().reshape(-1).cpu().to(torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"sigma must be a noise level or one per image, got {sigma!r}") from err
+    if not len(values) or not (torch.isfinite(values).all() and (values >= 0).all()):
+        raise ValueError(f"sigma must be finite noise levels ≥ 0 (on the [0, 1] scale), got {sigma!r}")
     levels, names = tables[task][channels]
-    ranges = range_index(sigma, levels).unique().tolist()
+    ranges = range_index(values, levels).unique().tolist()
     if len(ranges) == 1:
         return names[ranges[0]], names[ranges[0]]
     switch = NoiseLevelSwitch(levels, [load_denoiser(name) for name in names])
@@ -263,7 +269,7 @@ def deblur(
             accelerate = "auto" if tuned(solver or "fb").accelerate else False
         result = solve(
             physics, y, model, noise_sigma, solver=solver or "fb",
-            denoiser_sigma=denoiser_sigma, step=step, denoiser_weight=denoiser_weight, relaxation=relaxation,
+            denoiser_sigma=levels, step=step, denoiser_weight=denoiser_weight, relaxation=relaxation,
             max_iter=max_iter, tol=tol, x0=x0, reference=reference, allow_unsafe_step=allow_unsafe_step,
             progress=progress, reference_frame=frame, accelerate=accelerate,
         )

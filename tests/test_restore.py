@@ -151,8 +151,20 @@ def test_deblur_auto_takes_the_colour_network_for_the_level_the_solver_calls_it_
              for b in range(2)]
     assert torch.allclose(mixed.estimate, torch.cat([r.estimate for r in alone]), atol=1e-5)
     assert mixed.beta == pytest.approx(max(r.beta for r in alone))  # certified as its worst member
+    for solver, options in (("hqs", {}), ("drs", {}), ("fb", dict(tile=12, overlap=2))):  # any form of per-sample σ_d
+        for given in (list(both), np.array(both), torch.tensor(both)):
+            result = ps.deblur(x, "gaussian:1.0", 0.01, solver=solver, denoiser_sigma=given, max_iter=1, **options)
+            assert label(result) == f"NoiseLevelSwitch({names[0]}, {names[-1]})"
+        one = ps.deblur(x, "gaussian:1.0", 0.01, solver=solver, denoiser_sigma=[both[0]], max_iter=1, **options)
+        assert label(one) == names[0]  # one level for the whole batch
     with pytest.raises(ValueError, match="denoiser_sigma must be finite and > 0"):
         ps.deblur(x[:1], "gaussian:1.0", 0.01, denoiser_sigma=-1.0)
+    from pnp_stable.restore import DEFAULT_DENOISERS, choose_denoiser
+
+    assert choose_denoiser("auto", 3, None, "deblur") == (DEFAULT_DENOISERS[3], DEFAULT_DENOISERS[3])
+    for bad in (float("nan"), -1.0, torch.tensor([])):
+        with pytest.raises(ValueError, match="sigma must be finite noise levels"):
+            choose_denoiser("auto", 3, bad, "deblur")
 
 
 def test_denoise_refuses_to_return_nan_from_a_broken_denoiser():

@@ -35,6 +35,9 @@ def load_rows(sources: list[str], models: list[str]) -> list[tuple[int, float, d
         path, _, crops = source.rpartition(":")
         measured = defaultdict(dict)
         for key, value in json.loads(Path(path).read_text()).items():
+            if len(key.split(" ")) != 4:
+                raise SystemExit(f"{path}: '{key}' was screened with its own --strength or --weight; the switch's levels "
+                                 "come from screens with the tuned defaults")
             kernel, noise, solver, model = key.split(" ")
             measured[(kernel, float(noise), solver)][model] = value
         rows += [(int(crops), noise * tuned(solver).strength, values) for (_, noise, solver), values in measured.items()
