@@ -445,8 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solver", choices=sorted(SCHEMES), default=None,
                    help="PnP scheme (fista carries no guarantee); default fb, or drs with --denoiser guided")
     p.add_argument("--denoiser", default="auto", metavar="NAME|PATH|guided",
-                   help="shipped model (see `pnp-stable models`) or a .safetensors file; auto picks averaged-sll-gray for gray "
-                        "images and, for colour, the network best at the denoiser's level σ_d; guided: a linear filter W(g) built from a frozen guide g (see --guide)")
+                   help="shipped model (see `pnp-stable models`) or a .safetensors file; auto picks the network "
+                        "best at the denoiser's level σ_d for the image's channels; guided: a linear filter W(g) built from a frozen guide g (see --guide)")
     p.add_argument("--guide", default="bm3d", metavar="bm3d|bm3d-lc|NAME|PATH",
                    help="with --denoiser guided: the denoiser whose short DPIR-schedule pilot gives the guide g "
                         "(bm3d, or its 3× faster low-complexity profile bm3d-lc, needs the bm3d extra; "
@@ -488,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="IN", help="image file(s)")
     p.add_argument("--sigma", required=True, type=level, metavar="S", help="noise level on the [0, 1] scale, e.g. 25/255 (required)")
     p.add_argument("--out", required=True, metavar="OUT", help="output file, or a directory for several inputs (required)")
-    p.add_argument("--denoiser", default="auto", metavar="NAME|PATH", help="shipped model or .safetensors file; auto picks by channels and, for colour, by --sigma")
+    p.add_argument("--denoiser", default="auto", metavar="NAME|PATH", help="shipped model or .safetensors file; auto picks by channels and --sigma")
     _add_ensemble(p)
     _add_tiling(p)
     _add_common(p)

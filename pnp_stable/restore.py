@@ -35,17 +35,20 @@ __all__ = ["DEBLURRING_DEFAULTS", "DEFAULT_DENOISERS", "DENOISING_DEFAULTS", "De
 
 #: the shipped certified model for each number of channels, when no noise level is known (``resolve_denoiser('auto')``)
 DEFAULT_DENOISERS = {1: "averaged-sll-gray", 3: "averaged-color"}
-#: ``denoise``'s 'auto' for colour: each shipped colour network on the noise levels where it denoises best on held-out
-#: CBSD432 images (σ·255 ≤ 8, ≤ 15, above; the table is in ``pnp_stable/denoisers/weights/README.md``), as the levels
-#: and names of a NoiseLevelSwitch
+#: ``denoise``'s 'auto': each shipped network on the noise levels where it denoises best on held-out images (colour:
+#: CBSD432, σ·255 ≤ 8, ≤ 15, above; gray: Train400, ≤ 8, ≤ 17, above; the tables are in
+#: ``pnp_stable/denoisers/weights/README.md``), as the levels and names of a NoiseLevelSwitch
 DENOISING_DEFAULTS = {3: ((8 / 255, 15 / 255),
-                          ("averaged-sll-lownoise-color", "averaged-sll-color", "averaged-sll-highnoise-color"))}
-#: ``deblur``'s 'auto' for colour, by the level σ_d at which PnP calls the denoiser (``denoiser_sigma``; by default
-#: the solver's tuned strength × σ_n): the network best at that σ_d with the tuned defaults on 18 held-out crops and
-#: 6 kernels (σ_d·255 ≤ 9, ≤ 12, above; ``training/screening/deblur_noise_levels.py``, tables in ``training/campaign/README.md``),
-#: as the levels and names of a NoiseLevelSwitch
+                          ("averaged-sll-lownoise-color", "averaged-sll-color", "averaged-sll-highnoise-color")),
+                      1: ((8 / 255, 17 / 255), ("averaged-sll-lownoise-gray", "averaged-sll-pnp-gray", "averaged-sll-gray"))}
+#: ``deblur``'s 'auto', by the level σ_d at which PnP calls the denoiser (``denoiser_sigma``; by default the solver's
+#: tuned strength × σ_n): the network best at that σ_d with the tuned defaults on held-out crops (colour: 18 crops and
+#: 6 kernels, σ_d·255 ≤ 9, ≤ 12, above; gray: 8 Train400 crops and 6 kernels, ≤ 10.5, then up to 25, the end of the
+#: middle network's training range; ``training/screening/deblur_noise_levels.py``, tables in
+#: ``training/campaign/README.md``), as the levels and names of a NoiseLevelSwitch
 DEBLURRING_DEFAULTS = {3: ((9 / 255, 12 / 255),
-                           ("averaged-lownoise-color", "averaged-color", "averaged-sll-highnoise-color"))}
+                           ("averaged-lownoise-color", "averaged-color", "averaged-sll-highnoise-color")),
+                       1: ((10.5 / 255, 25 / 255), ("averaged-sll-lownoise-gray", "averaged-sll-pnp-gray", "averaged-sll-gray"))}
 #: 1/(band power) of natural images in the Wiener anchor of deblur's tiles (:func:`tile_anchor`)
 TILE_ANCHOR_SNR = 30.0
 
@@ -189,9 +192,8 @@ def deblur(
 
     ``solver``: ``'fb'`` (the default), ``'hqs'``, ``'drs'``, ``'admm'`` or ``'fista'`` (no guarantee).
     ``kernel``: an array/tensor or a spec such as ``'gaussian:1.6'``, ``'motion:0:19'``, ``'file:k.npz:2'``.
-    ``denoiser``: ``'auto'`` (``averaged-sll-gray`` for gray images; for colour the shipped network best at the
-    level σ_d the solver calls it at, :data:`DEBLURRING_DEFAULTS`), a model name or path, or any
-    ``denoiser(x, sigma)``; ``result.notes`` names it. ``denoiser_sigma``, ``step``, ``denoiser_weight`` (ω: the denoising
+    ``denoiser``: ``'auto'`` (the shipped network best at the level σ_d the solver calls it at, gray or colour:
+    :data:`DEBLURRING_DEFAULTS`), a model name or path, or any ``denoiser(x, sigma)``; ``result.notes`` names it. ``denoiser_sigma``, ``step``, ``denoiser_weight`` (ω: the denoising
     step is x + ω(D(x, σ_d) − x)) and ``max_iter`` default to the tuned values (:func:`pnp_stable.solvers.defaults.tuned`). Returns the :class:`PnPResult` (``estimate``,
     ``status``, ``history``, certified ``beta``; ``pnp_stable.to_numpy(result.estimate)`` for an array).
 
@@ -343,8 +345,8 @@ def denoise(x, sigma, denoiser="auto", device: str | torch.device = "cpu", tile:
             overlap: int | None = None, context=None, ensemble: int = 1) -> DenoiseResult:
     """Remove Gaussian noise of standard deviation ``sigma`` ([0, 1] scale; one value, or one per image of a
     batch) with a (certified) denoiser; ``tile``, ``overlap``, ``context`` and ``ensemble`` as in :func:`deblur`
-    (the same certificate). ``denoiser='auto'``: ``averaged-sll-gray`` for gray images; for colour the shipped
-    network best at σ (:data:`DENOISING_DEFAULTS`).
+    (the same certificate). ``denoiser='auto'``: the shipped network best at σ, gray or colour
+    (:data:`DENOISING_DEFAULTS`).
     Warns when σ lies outside the noise levels the model was trained on (its ``noise_range``)."""
     device = check_device(device)
     x = _as_batch(x, "noisy image", device)

@@ -257,7 +257,8 @@ def test_bm3d_baseline_denoises_without_certificate():
 def test_zoo_lists_and_loads_shipped_models_offline():
     rows = ps.list_denoisers()
     assert {"averaged-gray", "averaged-sll-gray", "averaged-color", "averaged-lownoise-color", "averaged-sll-color",
-            "averaged-sll-lownoise-color", "averaged-sll-highnoise-color", "convex-ridge-gray", "convex-ridge-color", "dncnn-gray", "dncnn-color",
+            "averaged-sll-lownoise-color", "averaged-sll-highnoise-color", "averaged-sll-pnp-gray", "averaged-sll-lownoise-gray",
+            "convex-ridge-gray", "convex-ridge-color", "dncnn-gray", "dncnn-color",
             "dncnn-lownoise-color"} <= {row["name"] for row in rows}
     for row in rows:
         assert row["format"] == "pnp-stable-denoiser/1" and "certificate" in row and "training" in row

@@ -83,7 +83,7 @@ def test_ensemble_option_averages_grid_symmetries_and_keeps_the_certificate(tiny
         ps.deblur(y, "uniform:3", 0.05, denoiser="guided", ensemble=2)
 
 
-def test_denoise_auto_takes_the_colour_network_trained_for_sigma_and_warns_outside_a_models_training():
+def test_denoise_auto_takes_the_network_trained_for_sigma_and_warns_outside_a_models_training():
     import warnings
 
     x = torch.rand(2, 3, 24, 24)
@@ -99,7 +99,9 @@ def test_denoise_auto_takes_the_colour_network_trained_for_sigma_and_warns_outsi
     assert mixed.denoiser == "NoiseLevelSwitch(averaged-sll-lownoise-color, averaged-sll-highnoise-color)"
     alone = torch.cat([ps.denoise(x[:1], 5 / 255).estimate, ps.denoise(x[1:], 25 / 255).estimate])
     assert torch.allclose(mixed.estimate, alone, atol=1e-5) and mixed.certificate.guaranteed
-    assert ps.denoise(x[:1, :1], 25 / 255).denoiser == "averaged-sll-gray"
+    gray = {level: ps.denoise(x[:1, :1], level / 255).denoiser for level in (5, 8, 12, 17, 25)}
+    assert gray == {5: "averaged-sll-lownoise-gray", 8: "averaged-sll-lownoise-gray", 12: "averaged-sll-pnp-gray",
+                    17: "averaged-sll-pnp-gray", 25: "averaged-sll-gray"}
     with pytest.warns(UserWarning, match=r"sigma = 50/255 is outside the noise levels denoiser 'averaged-color' was "
                                          r"last trained on \(\[0, 25\]/255\).*; denoiser='auto' takes "
                                          r"averaged-sll-highnoise-color, trained for it$"):
@@ -119,10 +121,9 @@ def test_denoise_auto_takes_the_colour_network_trained_for_sigma_and_warns_outsi
         ps.deblur(x[:1], "gaussian:1.0", 0.1, max_iter=2)  # 'auto' takes a network trained for σ_d = 36/255
 
 
-def test_deblur_auto_takes_the_colour_network_for_the_level_the_solver_calls_it_at():
+def test_deblur_auto_takes_the_network_for_the_level_the_solver_calls_it_at():
     from pnp_stable.restore import DEBLURRING_DEFAULTS
 
-    levels, names = DEBLURRING_DEFAULTS[3]
     x = torch.rand(2, 3, 20, 20)
 
     def label(result):
@@ -130,19 +131,22 @@ def test_deblur_auto_takes_the_colour_network_for_the_level_the_solver_calls_it_
         assert note.startswith("denoiser ") and " at σ_d = " in note, note
         return note[len("denoiser "):note.index(" at σ_d")]
 
-    for solver in ("fb", "hqs"):
-        strength = TUNED[solver].strength
-        for k, name in enumerate(names):  # σ_d on each range's upper end (it belongs to that range) and just above
-            for level, expected in ((levels[k] if k < len(levels) else 0.15, name),
-                                    (levels[k] * 1.01, names[k + 1]) if k < len(levels) else (None, None)):
-                if level is None:
-                    continue
-                result = ps.deblur(x[:1], "gaussian:1.0", level / strength, solver=solver, max_iter=1)
-                assert label(result) == expected, (solver, level * 255)
-                given = ps.deblur(x[:1], "gaussian:1.0", 0.01, solver=solver, denoiser_sigma=level, max_iter=1)
-                assert label(given) == expected and label(given) == label(ps.deblur(
-                    x[:1], "gaussian:1.0", 0.01, solver=solver, denoiser_sigma=torch.tensor([level]), max_iter=1))
-    assert label(ps.deblur(x[:1, :1], "gaussian:1.0", 0.1, max_iter=1)) == "averaged-sll-gray"
+    for channels in (1, 3):
+        levels, names = DEBLURRING_DEFAULTS[channels]
+        image = x[:1, :channels]
+        for solver in ("fb", "hqs"):
+            strength = TUNED[solver].strength
+            for k, name in enumerate(names):  # σ_d on each range's upper end (it belongs to that range) and just above
+                for level, expected in ((levels[k] if k < len(levels) else 0.15, name),
+                                        (levels[k] * 1.01, names[k + 1]) if k < len(levels) else (None, None)):
+                    if level is None:
+                        continue
+                    result = ps.deblur(image, "gaussian:1.0", level / strength, solver=solver, max_iter=1)
+                    assert label(result) == expected, (channels, solver, level * 255)
+                    given = ps.deblur(image, "gaussian:1.0", 0.01, solver=solver, denoiser_sigma=level, max_iter=1)
+                    assert label(given) == expected and label(given) == label(ps.deblur(
+                        image, "gaussian:1.0", 0.01, solver=solver, denoiser_sigma=torch.tensor([level]), max_iter=1))
+    levels, names = DEBLURRING_DEFAULTS[3]
     assert label(ps.deblur(x[:1], "gaussian:1.0", 0.05, denoiser="averaged-color", max_iter=1)) == "averaged-color"
     both = (levels[0] / 2, levels[-1] * 2)  # one image in the lowest range, one in the highest
     mixed = ps.deblur(x, "gaussian:1.0", 0.01, denoiser_sigma=torch.tensor(both), max_iter=3, tol=0, accelerate=False)
