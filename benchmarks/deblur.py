@@ -143,9 +143,9 @@ class Methods:
         """``'auto'`` → the colour model ``ps.deblur`` takes at σ_d; any other name as given."""
         return ps.restore.choose_denoiser(model, 3, denoiser_sigma, "deblur")[1]
 
-    def label(self, method: str, model: str | None, denoiser_sigma: float) -> str:
+    def label(self, model: str | None, denoiser_sigma: float) -> str:
         """The model column: the name, and for the 'auto' family's 'auto' the model it took."""
-        if model is None or not method.startswith("auto-") or model != "auto":
+        if model != "auto":
             return f"`{model}`"
         return f"auto → `{self.resolve(model, denoiser_sigma)}`"
 
@@ -260,7 +260,7 @@ def test_rows(args, data, kernels, methods, method, noise255, parameter, model, 
     """One table row per test set for ``method`` with these settings; the first image's result goes to
     ``showcase`` if it holds none yet."""
     noise = noise255 / 255
-    shown = methods.label(method, model, parameter * noise)
+    shown = methods.label(model, parameter * noise)
     chosen = ", ".join([f"{parameter:.4g}"] + ([] if model in (None, "bm3d") else [shown])
                        + ([] if weight is None else [f"ω {weight:g}"]))
     chosen += " (untuned)" if val_psnr is None else f" ({val_psnr:.2f})"

@@ -262,13 +262,14 @@ def deblur(
         )
     else:
         start = check_start(y if x0 is None else x0, y.shape if frame is None else x_shape)  # before the tiles' anchor
-        levels = check_denoiser_sigma(tuned(solver or "fb").strength * noise_sigma if denoiser_sigma is None
+        defaults = tuned(solver or "fb")
+        levels = check_denoiser_sigma(defaults.denoiser_sigma(noise_sigma) if denoiser_sigma is None
                                       else denoiser_sigma, y.shape[0])
         chosen, label = choose_denoiser(denoiser, y.shape[1], levels, "deblur")
         model = tiled(resolve_denoiser(chosen, y.shape[1], device, ensemble), start.shape, tile, overlap, context,
                       anchor=lambda: tile_anchor(physics, start, y, noise_sigma))
         if accelerate is None:  # the theorem of solvers/anderson.py needs an averaged T: 'auto' checks for a β
-            accelerate = "auto" if tuned(solver or "fb").accelerate else False
+            accelerate = "auto" if defaults.accelerate else False
         result = solve(
             physics, y, model, noise_sigma, solver=solver or "fb",
             denoiser_sigma=levels, step=step, denoiser_weight=denoiser_weight, relaxation=relaxation,

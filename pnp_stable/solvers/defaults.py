@@ -25,6 +25,10 @@ class Tuned:
     denoiser_weight: float = 1.0
     accelerate: bool = True
 
+    def denoiser_sigma(self, noise_sigma):
+        """The default level σ_d = ``strength``·σ_n the iteration calls the denoiser at."""
+        return self.strength * noise_sigma
+
 
 TUNED = {
     "fb": Tuned(strength=1.414, step_scale=1.9, max_iter=300, denoiser_weight=0.475),

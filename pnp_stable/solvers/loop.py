@@ -311,7 +311,7 @@ def solve(
     _check_denoiser_channels(denoiser, fidelity.x_shape[1])
     defaults = tuned(solver)
     if denoiser_sigma is None:
-        denoiser_sigma = defaults.strength * noise_sigma
+        denoiser_sigma = defaults.denoiser_sigma(noise_sigma)
     sigmas = check_denoiser_sigma(denoiser_sigma, fidelity.x_shape[0])  # one level for all, or one per sample:
     denoiser_sigma = float(sigmas) if sigmas.numel() == 1 else sigmas.to(device=y.device, dtype=y.dtype)
     advice = outside_training(denoiser, sigmas, level="denoiser_sigma")
