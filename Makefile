@@ -31,7 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/speed.py --threads 1
 	$(BIN)/python benchmarks/denoise.py --images 10 --sets BSD68 Set12 CBSD68 --exclude convex-ridge-gray convex-ridge-color --threads 1
 	$(BIN)/python benchmarks/denoise.py --images 10 --sets CBSD68 --sigmas 1 2.55 5.1 7.65 --exclude convex-ridge-color --threads 1 --out benchmarks/results/denoise-low.md
-	$(BIN)/python benchmarks/denoise.py --model pnp_stable/denoisers/weights/averaged-sll-lownoise-gray.safetensors --model pnp_stable/denoisers/weights/averaged-sll-pnp-gray.safetensors --model pnp_stable/denoisers/weights/averaged-sll-gray.safetensors --no-bm3d --no-models --sets BSD68 --images 10 --sigmas 1 2.55 5.1 7.65 15 25 --threads 2 --out benchmarks/results/denoise-gray-pnp.md
+	$(BIN)/python benchmarks/denoise.py --model pnp_stable/denoisers/weights/averaged-sll-lownoise-gray.safetensors --model pnp_stable/denoisers/weights/averaged-sll-pnp-gray.safetensors --model pnp_stable/denoisers/weights/averaged-sll-gray.safetensors --no-bm3d --no-models --sets BSD68 Set12 --images 10 --sigmas 1 2.55 5.1 7.65 15 25 --threads 2 --out benchmarks/results/denoise-gray-pnp.md
 	$(BIN)/python benchmarks/tune.py --images 3 --size 80 --max-iter 200 --threads 1
 	$(BIN)/python benchmarks/tune.py --solvers fb --strengths 1 --images 3 --size 80 --max-iter 300 --tol 1e-7 --jobs 2 --threads 1 --out benchmarks/results/tuning-fb.md
 	$(BIN)/python benchmarks/convergence.py --size 64 --iters 1000 --threads 1

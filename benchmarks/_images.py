@@ -18,6 +18,13 @@ def held_out_color_images(data: Path, count: int) -> list[Path]:
     return spread([path for path in list_images(data / "test" / "CBSD68") if path.name not in excluded], count)
 
 
+def held_out_gray_images(data: Path, count: int) -> list[Path]:
+    """``count`` BSD68 images outside its first 10, spread evenly over the other 58: the gray twin of
+    :func:`held_out_color_images` (BSD68 is CBSD68 in luminance; no shipped gray denoiser was trained on it, and
+    no gray benchmark of ``make bench`` tests on these: those use BSD68's first 10 or Set12)."""
+    return spread(list_images(data / "test" / "BSD68")[10:], count)
+
+
 def spread(paths: list[Path], count: int) -> list[Path]:
     """``count`` paths spread evenly over the sorted list (a diverse, reproducible subset)."""
     return [paths[i * len(paths) // count] for i in range(count)]

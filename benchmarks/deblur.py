@@ -1,7 +1,8 @@
 """Deblurring benchmark: certified PnP vs the same-budget unconstrained baseline, PnP-BM3D, TV and Wiener.
 
-Test sets: Set3C and CBSD10 (colour) × the 8 Levin kernels × noise σ ∈ ``--noises`` (/255), circular
-boundary, noise seeded per (image, kernel). Methods:
+Test sets: Set3C and CBSD10 (colour; ``--gray``: Set12) × the 8 Levin kernels × noise σ ∈ ``--noises`` (/255),
+circular boundary, noise seeded per (image, kernel). Each family's models below are the colour ones; ``--gray``
+swaps in their gray counterparts (:data:`GRAY`). Methods:
 
 - ``ours-<solver>``: our FB / HQS / DRS / ADMM with a certified colour model, ``averaged-color`` or
   ``averaged-lownoise-color`` (``--models ours=NAME,NAME`` chooses among others; monitor verdicts reported);
@@ -25,15 +26,16 @@ boundary, noise seeded per (image, kernel). Methods:
 - ``wiener``: Tikhonov/Wiener filter argmin ½‖Ax − y‖² + λ/2‖x‖², closed form by FFT.
 
 Each method's parameter (denoiser strength σ_d/σ_n, or λ; for FB also the denoiser weight ω; for PnP also
-which of the family's two models) is tuned per
-noise level on validation crops of CBSD68 images outside CBSD10 (disjoint from both test sets, and seen
-by no denoiser in training: CBSD432 is BSDS500 minus CBSD68) blurred by motion kernels that are not the
-Levin kernels; the test images are never used for tuning; a grid is extended while its best value sits
+which of the family's models) is tuned per
+noise level on validation crops of CBSD68 images outside CBSD10 (``--gray``: BSD68 images outside its first 10;
+disjoint from the test sets, and seen by no denoiser in training: CBSD432 and Train400 are BSDS500 minus CBSD68)
+blurred by motion kernels that are not the Levin kernels; the test images are never used for tuning; a grid is extended while its best value sits
 on an end. ``--jobs`` runs (method, noise) tasks in parallel worker processes. Writes
 ``benchmarks/results/deblur.md`` and ``deblur.png`` (one image, every method).
 
     .venv/bin/python benchmarks/deblur.py                                   # everything (hours on 2 CPU cores)
     .venv/bin/python benchmarks/deblur.py --sets Set3C --noises 2.55 --size 96 --jobs 2 --threads 1   # reduced (CPU)
+    .venv/bin/python benchmarks/deblur.py --gray --sets Set12 --noises 2.55 --size 96 --jobs 2 --threads 1   # gray
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _images import held_out_color_images, load_crops  # noqa: E402
+from _images import held_out_color_images, held_out_gray_images, load_crops  # noqa: E402
 from _report import RESULTS, ROOT, header  # noqa: E402
 
 import pnp_stable as ps  # noqa: E402
@@ -62,10 +64,37 @@ from pnp_stable.training import list_images  # noqa: E402
 GRIDS = {"tv": [0.25, 0.5, 1.0, 2.0, 4.0], "wiener": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]}
 PNP_FACTORS = [0.5, 1.0, 2.0]  # PnP strengths tried: these × the solver's tuned default (solvers/defaults.py)
 FB_WEIGHTS = [1.0, 0.3, 0.1]  # FB's denoiser weights ω tried, each with strengths around ω·s² = the default's s²
-#: the shipped models each PnP family chooses from on validation: the general one and the one trained last on σ ≤ 12.75/255
-FAMILIES = {"auto": ("auto",), "ours": ("averaged-color", "averaged-lownoise-color"), "dncnn": ("dncnn-color", "dncnn-lownoise-color"),
-            "bm3d": ("bm3d",), "ridge": ("convex-ridge-color",)}
-GUIDES = {"bm3d": "bm3d", "bm3dlc": "bm3d-lc", "dncnn": "dncnn-color", "averaged": "averaged-color"}  # guided-<guide>-<solver>: the guide's model
+
+
+@dataclass(frozen=True)
+class Palette:
+    """What a colour or a gray run uses: the shipped models each PnP family chooses from on validation, each
+    ``guided-<guide>-<solver>``'s guide model, and the held-out images it tunes on."""
+
+    channels: int
+    families: dict
+    guides: dict
+    validation_source: str
+    validation_set: str
+    held_out: object  # (data root, count) → paths
+
+    def validation_images(self, data: Path, count: int, test_sets: list[str]) -> list[Path]:
+        """``count`` held-out images, refused when their set is also a test set (tuning would then see test images)."""
+        if self.validation_set in test_sets:
+            raise ValueError(f"the validation images come from {self.validation_set}, so it cannot be a test set here")
+        return self.held_out(data, count)
+
+
+#: colour: the general model and the one trained last on σ ≤ 12.75/255 of each family
+COLOR = Palette(3, {"auto": ("auto",), "ours": ("averaged-color", "averaged-lownoise-color"),
+                    "dncnn": ("dncnn-color", "dncnn-lownoise-color"), "bm3d": ("bm3d",), "ridge": ("convex-ridge-color",)},
+                {"bm3d": "bm3d", "bm3dlc": "bm3d-lc", "dncnn": "dncnn-color", "averaged": "averaged-color"},
+                "CBSD68 images outside CBSD10", "CBSD68", held_out_color_images)
+#: gray: the campaign network and its two PnP fine-tunings (σ ≤ 25/255, then ≤ 12.75/255)
+GRAY = Palette(1, {"auto": ("auto",), "ours": ("averaged-sll-gray", "averaged-sll-pnp-gray", "averaged-sll-lownoise-gray"),
+                   "dncnn": ("dncnn-gray",), "bm3d": ("bm3d",), "ridge": ("convex-ridge-gray",)},
+               {"bm3d": "bm3d", "bm3dlc": "bm3d-lc", "dncnn": "dncnn-gray", "averaged": "averaged-sll-gray"},
+               "BSD68 images outside its first 10", "BSD68", held_out_gray_images)
 DPIR_WEIGHTS = [0.1, 0.23, 0.5]  # bm3d-dpir's data weight λ tried (DPIR's own value: 0.23)
 
 
@@ -80,8 +109,9 @@ class Outcome:
 class Methods:
     """name → run(physics, y, noise, parameter) and the parameter grid to tune it on."""
 
-    def __init__(self, max_iter: int | None, bm3d_iters: int, tol: float, families: dict = FAMILIES):
-        self.max_iter, self.bm3d_iters, self.tol, self.families = max_iter, bm3d_iters, tol, families
+    def __init__(self, max_iter: int | None, bm3d_iters: int, tol: float, palette: Palette = COLOR, families: dict | None = None):
+        self.max_iter, self.bm3d_iters, self.tol, self.palette = max_iter, bm3d_iters, tol, palette
+        self.families = palette.families if families is None else families
         self.models = {}
 
     def model(self, name):
@@ -99,7 +129,7 @@ class Methods:
         if method == "bm3d-dpir":
             return [("bm3d", None)]
         if method.startswith("guided-"):
-            return [(GUIDES[method.split("-")[1]], None)]
+            return [(self.palette.guides[method.split("-")[1]], None)]
         weights = FB_WEIGHTS if method.endswith("-fb") else [None]
         return [(model, weight) for model in self.families[method.split("-")[0]] for weight in weights]
 
@@ -109,7 +139,7 @@ class Methods:
         if method == "bm3d-dpir":
             return DPIR_WEIGHTS
         if method.startswith("guided-"):
-            strength = ps.solvers.guided_defaults(self.model(GUIDES[method.split("-")[1]])).strength
+            strength = ps.solvers.guided_defaults(self.model(self.palette.guides[method.split("-")[1]])).strength
             return [round(factor * strength, 4) for factor in PNP_FACTORS]
         strength = ps.solvers.tuned(method.split("-")[1]).strength / (1.0 if weight is None else weight) ** 0.5
         return [round(factor * strength, 4) for factor in PNP_FACTORS]
@@ -138,10 +168,9 @@ class Methods:
         return self._pnp(physics, y, noise, self.model(model), solver, parameter,
                          max_iter=self.bm3d_iters if family == "bm3d" else self.max_iter, weight=weight)
 
-    @staticmethod
-    def resolve(model: str, denoiser_sigma: float) -> str:
-        """``'auto'`` → the colour model ``ps.deblur`` takes at σ_d; any other name as given."""
-        return ps.restore.choose_denoiser(model, 3, denoiser_sigma, "deblur")[1]
+    def resolve(self, model: str, denoiser_sigma: float) -> str:
+        """``'auto'`` → the model ``ps.deblur`` takes at σ_d for these channels; any other name as given."""
+        return ps.restore.choose_denoiser(model, self.palette.channels, denoiser_sigma, "deblur")[1]
 
     def label(self, model: str | None, denoiser_sigma: float) -> str:
         """The model column: the name, and for the 'auto' family's 'auto' the model it took."""
@@ -168,23 +197,15 @@ class _TV:
         return self.tv(x, ths=float(sigma))
 
 
-def families(overrides: list[str], parser: argparse.ArgumentParser) -> dict:
-    """:data:`FAMILIES` with each ``FAMILY=NAME,NAME`` of ``--models`` replacing that family's models."""
-    chosen = dict(FAMILIES)
+def families(palette: Palette, overrides: list[str], parser: argparse.ArgumentParser) -> dict:
+    """The palette's families with each ``FAMILY=NAME,NAME`` of ``--models`` replacing that family's models."""
+    chosen = dict(palette.families)
     for override in overrides:
         family, _, names = override.partition("=")
-        if family not in FAMILIES or not names:
-            parser.error(f"--models takes FAMILY=NAME,NAME with FAMILY one of {sorted(FAMILIES)}, got {override!r}")
+        if family not in chosen or not names:
+            parser.error(f"--models takes FAMILY=NAME,NAME with FAMILY one of {sorted(chosen)}, got {override!r}")
         chosen[family] = tuple(names.split(","))
     return chosen
-
-
-def validation_images(data: Path, count: int, test_sets: list[str]) -> list[Path]:
-    """:func:`held_out_color_images`, refused when CBSD68 itself is a test set, since tuning would then see
-    test images."""
-    if "CBSD68" in test_sets:
-        raise ValueError("the validation images come from CBSD68, so it cannot be a test set here; use CBSD10 or Set3C")
-    return held_out_color_images(data, count)
 
 
 def degrade(clean: torch.Tensor, kernel, noise: float, seed: int):
@@ -242,8 +263,8 @@ def evaluate(args, validation_paths: list[Path], method: str, noise255: float) -
     levin = ps.load_kernels(data / "kernels" / "levin09.npz")
     kernels = [list(levin.values())[i] for i in args.kernels]
     validation = [(c, ps.motion_kernel(20 + i, 19))
-                  for i, c in enumerate(load_crops(validation_paths, args.validation_size, gray=False))]
-    methods = Methods(args.max_iter, args.bm3d_iters, args.tol, args.families)
+                  for i, c in enumerate(load_crops(validation_paths, args.validation_size, gray=args.gray))]
+    methods = Methods(args.max_iter, args.bm3d_iters, args.tol, GRAY if args.gray else COLOR, args.families)
     noise = noise255 / 255
     if method.startswith("auto-"):  # ps.deblur's defaults as they are: each model of the family, nothing tuned
         strength = ps.solvers.tuned(method.split("-")[1]).strength
@@ -267,7 +288,8 @@ def test_rows(args, data, kernels, methods, method, noise255, parameter, model, 
     rows = []
     for set_name in args.sets:
         paths = list_images(data / "test" / set_name)[: args.images]
-        images = [ps.load_image(path, gray=False) for path in paths] if args.size is None else load_crops(paths, args.size, gray=False)
+        images = ([ps.load_image(path, gray=args.gray) for path in paths] if args.size is None
+                  else load_crops(paths, args.size, gray=args.gray))
         psnrs, ssims, iterations, violations, statuses, seconds = [], [], [], 0, set(), 0.0
         for i, clean in enumerate(images):
             for j, kernel in zip(args.kernels, kernels):
@@ -292,7 +314,8 @@ def test_rows(args, data, kernels, methods, method, noise255, parameter, model, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=os.environ.get("PNP_STABLE_DATA", ROOT.parent / "shared" / "data"))
-    parser.add_argument("--sets", nargs="+", default=["Set3C", "CBSD10"])
+    parser.add_argument("--gray", action="store_true", help="gray images and the gray models (default: colour)")
+    parser.add_argument("--sets", nargs="+", default=None, help="test sets (default: Set3C CBSD10; --gray: Set12)")
     parser.add_argument("--noises", type=float, nargs="+", default=[2.55, 7.65], help="σ on the 0–255 scale")
     parser.add_argument("--kernels", type=int, nargs="+", default=list(range(8)), help="Levin kernel indices")
     parser.add_argument("--methods", nargs="+", default=[f"ours-{s}" for s in ("fb", "hqs", "drs", "admm")] + ["ridge-drs"]
@@ -302,25 +325,32 @@ def main() -> None:
     parser.add_argument("--max-iter", type=int, default=None, help="iterations of every PnP run and TV; None: each solver's tuned budget")
     parser.add_argument("--bm3d-iters", type=int, default=8, help="iterations of bm3d-hqs and bm3d-dpir")
     parser.add_argument("--tol", type=float, default=1e-5, help="PnP and TV stop at r_k/‖z_k‖ < TOL")
-    parser.add_argument("--validation", type=int, default=4, help="crops of CBSD68 images outside CBSD10 used for tuning")
+    parser.add_argument("--validation", type=int, default=4,
+                        help="crops of held-out images used for tuning (CBSD68 outside CBSD10; --gray: BSD68 outside its first 10)")
     parser.add_argument("--validation-size", type=int, default=96)
     parser.add_argument("--jobs", type=int, default=1, help="worker processes, one (method, noise) task each")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per worker")
     parser.add_argument("--models", nargs="+", default=[], metavar="FAMILY=NAME,NAME",
                         help="the models a PnP family chooses from on validation, e.g. "
-                             "ours=averaged-color,averaged-sll-highnoise-color (default: FAMILIES)")
+                             "ours=averaged-color,averaged-sll-highnoise-color (default: COLOR's or GRAY's families)")
     parser.add_argument("--out", default=str(RESULTS / "deblur"), help="output prefix (.md and .png are added)")
     args = parser.parse_args()
-    args.families = families(args.models, parser)
+    palette = GRAY if args.gray else COLOR
+    args.sets = args.sets or (["Set12"] if args.gray else ["Set3C", "CBSD10"])
+    args.families = families(palette, args.models, parser)
     args.data = str(args.data)
     torch.set_num_threads(args.threads)
-    validation_paths = validation_images(Path(args.data), args.validation, args.sets)
+    try:
+        validation_paths = palette.validation_images(Path(args.data), args.validation, args.sets)
+    except ValueError as error:
+        parser.error(str(error))
     start = time.perf_counter()
     crop = "whole images" if args.size is None else f"{args.size}×{args.size} centre crops"
-    lines = header("Deblurring: certified PnP vs unconstrained PnP, BM3D, TV, Wiener") + [
+    title = f"{'Gray deblurring' if args.gray else 'Deblurring'}: certified PnP vs unconstrained PnP, BM3D, TV, Wiener"
+    lines = header(title) + [
         f"- test: {', '.join(args.sets)}{'' if args.images is None else f' (first {args.images} images)'} ({crop}) × Levin kernels "
         f"{args.kernels}, circular boundary, noise seed = 100·image + kernel",
-        f"- tuning: {args.validation} centre crops of CBSD68 images outside CBSD10 ({args.validation_size} px: {', '.join(p.name for p in validation_paths)}) "
+        f"- tuning: {args.validation} centre crops of {palette.validation_source} ({args.validation_size} px: {', '.join(p.name for p in validation_paths)}) "
         f"× motion kernels `motion_kernel(20 + i, 19)`; grids {GRIDS}, PnP strengths {PNP_FACTORS} × the solver's default, each extended "
         f"geometrically while the best value sits on an end, then refined by the square root of the grid ratio on both sides of the best; FB also over denoiser weights ω ∈ {FB_WEIGHTS}, with strengths "
         f"{PNP_FACTORS} × default/√ω (equal prior weight ω·s² at the middle); PnP also over the family's models {args.families}",
@@ -329,7 +359,7 @@ def main() -> None:
         f"({'; '.join(f'{name}: {t.step_scale:g} × theory, ω = {t.denoiser_weight:g}, {t.max_iter}' for name, t in ps.solvers.TUNED.items())}); "
         f"TV: FB with ω = 1",
         f"- bm3d-dpir: {args.bm3d_iters} HQS iterations, σ_d geometric from 49/255 to σ_n, data weight λ ∈ {DPIR_WEIGHTS} (DPIR: 0.23); "
-        f"guided-<guide>-<solver>: a DPIR pilot with the guide (models {GUIDES}), then certified rounds with W(g) "
+        f"guided-<guide>-<solver>: a DPIR pilot with the guide (models {palette.guides}), then certified rounds with W(g) "
         "(each round's estimate guides the next) with each guide's defaults "
         f"({'; '.join(f'{kind}: {d.pilot_iterations} pilot iterations at λ {d.pilot_weight:g}, {d.rounds} round(s), stride {d.stride}, strengths {PNP_FACTORS} × {d.strength}' for kind, d in ps.solvers.GUIDED_DEFAULTS.items())}); "
         "s/image includes the pilot",
@@ -375,7 +405,7 @@ def _grid(showcase: dict, path: Path) -> None:
     for ax in axes.flat:
         ax.axis("off")
     for ax, (name, image, value) in zip(axes.flat, panels):
-        ax.imshow(ps.to_numpy(image.clamp(0, 1)))
+        ax.imshow(ps.to_numpy(image.clamp(0, 1)), cmap="gray", vmin=0, vmax=1)
         ax.set_title(name if value is None else f"{name}: {value:.2f} dB", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
