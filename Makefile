@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/deblur.py --sets Set3C --noises 2.55 --size 96 --validation 4 --jobs 2 --threads 1
 	$(BIN)/python benchmarks/deblur.py --sets Set3C --noises 2.55 --size 96 --validation 4 --jobs 2 --threads 1 --methods bm3d-dpir guided-bm3d-drs guided-bm3dlc-drs guided-dncnn-drs guided-averaged-drs --out benchmarks/results/deblur-guided
 	$(BIN)/python benchmarks/deblur.py --sets Set3C --noises 2.55 7.65 12.75 --size 96 --validation 4 --jobs 2 --threads 1 --methods auto-fb auto-hqs auto-drs --models auto=auto,averaged-color --out benchmarks/results/deblur-auto
+	$(BIN)/python benchmarks/deblur.py --gray --sets Set12 --noises 2.55 --size 96 --validation 4 --jobs 2 --threads 1 --methods ours-fb ours-hqs ours-drs auto-fb auto-hqs auto-drs ridge-drs dncnn-drs bm3d-hqs bm3d-dpir guided-bm3d-drs tv wiener --out benchmarks/results/deblur-gray
 	$(BIN)/python benchmarks/denoise.py --images 10 --sets BSD68 CBSD68 --sigmas 25 --no-models --guides bm3d dncnn averaged --constructions bm3d bm3d-4+6 nlm --threads 2 --out benchmarks/results/denoise-guided.md
 	$(BIN)/python benchmarks/denoise.py --model training/screening/convex-ridge.safetensors --no-bm3d --no-models --sets BSD68 --images 10 --threads 1 --out benchmarks/results/denoise-convex-ridge.md
 	$(BIN)/python benchmarks/denoise.py --model pnp_stable/denoisers/weights/convex-ridge-color.safetensors --no-bm3d --no-models --sets CBSD68 --images 10 --sigmas 25 15 --threads 2 --out benchmarks/results/denoise-convex-ridge-color.md
