@@ -43,12 +43,12 @@ DENOISING_DEFAULTS = {3: ((8 / 255, 15 / 255),
                       1: ((8 / 255, 17 / 255), ("averaged-sll-lownoise-gray", "averaged-sll-pnp-gray", "averaged-sll-gray"))}
 #: ``deblur``'s 'auto', by the level σ_d at which PnP calls the denoiser (``denoiser_sigma``; by default the solver's
 #: tuned strength × σ_n): the network best at that σ_d with the tuned defaults on held-out crops (colour: 18 crops and
-#: 6 kernels, σ_d·255 ≤ 9, ≤ 12, above; gray: 8 Train400 crops and 6 kernels, ≤ 10.5, then up to 25, the end of the
-#: middle network's training range; ``training/screening/deblur_noise_levels.py``, tables in
+#: 6 kernels, σ_d·255 ≤ 9, ≤ 12, above; gray: 8 Train400 crops and 6 kernels, σ_d·255 from 3.6 to 40, ≤ 10.5, ≤ 20.5,
+#: above; ``training/screening/deblur_noise_levels.py``, tables in
 #: ``training/campaign/README.md``), as the levels and names of a NoiseLevelSwitch
 DEBLURRING_DEFAULTS = {3: ((9 / 255, 12 / 255),
                            ("averaged-lownoise-color", "averaged-color", "averaged-sll-highnoise-color")),
-                       1: ((10.5 / 255, 25 / 255), ("averaged-sll-lownoise-gray", "averaged-sll-pnp-gray", "averaged-sll-gray"))}
+                       1: ((10.5 / 255, 20.5 / 255), ("averaged-sll-lownoise-gray", "averaged-sll-pnp-gray", "averaged-sll-gray"))}
 #: 1/(band power) of natural images in the Wiener anchor of deblur's tiles (:func:`tile_anchor`)
 TILE_ANCHOR_SNR = 30.0
 
