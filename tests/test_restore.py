@@ -136,16 +136,15 @@ def test_deblur_auto_takes_the_network_for_the_level_the_solver_calls_it_at():
         image = x[:1, :channels]
         for solver in ("fb", "hqs"):
             strength = TUNED[solver].strength
-            for k, name in enumerate(names):  # σ_d on each range's upper end (it belongs to that range) and just above
-                for level, expected in ((levels[k] if k < len(levels) else 0.15, name),
-                                        (levels[k] * 1.01, names[k + 1]) if k < len(levels) else (None, None)):
-                    if level is None:
-                        continue
-                    result = ps.deblur(image, "gaussian:1.0", level / strength, solver=solver, max_iter=1)
-                    assert label(result) == expected, (channels, solver, level * 255)
-                    given = ps.deblur(image, "gaussian:1.0", 0.01, solver=solver, denoiser_sigma=level, max_iter=1)
-                    assert label(given) == expected and label(given) == label(ps.deblur(
-                        image, "gaussian:1.0", 0.01, solver=solver, denoiser_sigma=torch.tensor([level]), max_iter=1))
+            # σ_d on each range's upper end (it belongs to that range) and just above; 0.15 in the top range
+            cases = [(level, names[k]) for k, level in enumerate(levels)] + [(0.15, names[-1])]
+            cases += [(level * 1.01, names[k + 1]) for k, level in enumerate(levels)]
+            for level, expected in cases:
+                result = ps.deblur(image, "gaussian:1.0", level / strength, solver=solver, max_iter=1)
+                assert label(result) == expected, (channels, solver, level * 255)
+                given = ps.deblur(image, "gaussian:1.0", 0.01, solver=solver, denoiser_sigma=level, max_iter=1)
+                assert label(given) == expected and label(given) == label(ps.deblur(
+                    image, "gaussian:1.0", 0.01, solver=solver, denoiser_sigma=torch.tensor([level]), max_iter=1))
     levels, names = DEBLURRING_DEFAULTS[3]
     assert label(ps.deblur(x[:1], "gaussian:1.0", 0.05, denoiser="averaged-color", max_iter=1)) == "averaged-color"
     both = (levels[0] / 2, levels[-1] * 2)  # one image in the lowest range, one in the highest
