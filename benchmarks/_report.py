@@ -49,6 +49,16 @@ def command_line(argv: list[str] | None = None) -> str:
     return shlex.join([".venv/bin/python", str(script), *argv[1:]])
 
 
+def output_path(prefix: str | Path, suffix: str) -> Path:
+    """The file ``prefix`` + ``suffix`` (".md", ".png") of a script whose --out is a prefix. Unlike
+    ``Path.with_suffix`` it keeps a dot inside the prefix (``deblur-gray-7.65`` → ``deblur-gray-7.65.md``, not
+    ``deblur-gray-7.md``); a prefix that already ends in ".md" or ".png" loses that ending first."""
+    prefix = Path(prefix)
+    if prefix.suffix in (".md", ".png"):
+        prefix = prefix.with_suffix("")
+    return prefix.with_name(prefix.name + suffix)
+
+
 def header(title: str, command: str | None = None) -> list[str]:
     """The results file's provenance lines; ``command`` overrides the command line where the report does not depend
     on the options that selected the work (a report rebuilt from every state file)."""

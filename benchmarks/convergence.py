@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _images import load_crops  # noqa: E402
-from _report import RESULTS, ROOT, header  # noqa: E402
+from _report import RESULTS, ROOT, header, output_path  # noqa: E402
 
 import pnp_stable as ps  # noqa: E402
 from pnp_stable.training import list_images  # noqa: E402
@@ -91,16 +91,16 @@ def main() -> None:
         ax.set_xlabel("iteration k")
     axes[0][0].set_ylabel("‖z_(k+1) − z_k‖ (solid: x₀ = Aᵀy, dotted: random x₀)")
     fig.tight_layout()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out.with_suffix(".png"), dpi=110)
+    figure, report = output_path(args.out, ".png"), output_path(args.out, ".md")
+    report.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figure, dpi=110)
     plt.close(fig)
 
     lines += [
         f"- problems: Set3C ({', '.join(p.name for p in paths)}), {args.size}×{args.size} centre crops, Levin kernel "
         f"k{args.kernel}, noise σ = {args.noise}/255 (seed 0), circular boundary; tuned default strength and step per solver",
         f"- each run: up to {args.iters} iterations, tol {args.tol:g}, from x₀ = Aᵀy and from x₀ ~ U[0, 1] (batched)",
-        f"- residual curves: `{out.with_suffix('.png').name}`; wall time {time.perf_counter() - start:.0f} s",
+        f"- residual curves: `{figure.name}`; wall time {time.perf_counter() - start:.0f} s",
         "",
         "| denoiser | solver | certified β | verdict | statuses | iterations (max) | limit distance ‖x_a − x_b‖/‖x_a‖ (max) | PSNR (dB, x₀ = Aᵀy) | s |",
         "|---|---|---:|---|---|---:|---:|---:|---:|",
@@ -110,7 +110,7 @@ def main() -> None:
         statuses = ", ".join(sorted(set(result.status)))
         lines.append(f"| {name} | {solver} | {beta} | {result.verdict} | {statuses} | {max(result.iterations)} | "
                      f"{distance:.2e} | {psnr:.2f} | {seconds:.0f} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    report.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

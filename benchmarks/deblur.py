@@ -55,7 +55,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _images import held_out_color_images, held_out_gray_images, load_crops  # noqa: E402
-from _report import RESULTS, ROOT, header  # noqa: E402
+from _report import RESULTS, ROOT, header, output_path  # noqa: E402
 
 import pnp_stable as ps  # noqa: E402
 from pnp_stable.denoisers import BM3DDenoiser  # noqa: E402
@@ -379,11 +379,10 @@ def main() -> None:
         if noise255 == args.noises[0] and shown:
             showcase[method] = shown
     lines += ["", f"Wall time {time.perf_counter() - start:.0f} s ({args.jobs} worker(s) × {args.threads} thread(s)); "
-              f"s/image is each worker's own time. PNG: `{Path(args.out).with_suffix('.png').name}`."]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _grid(showcase, out.with_suffix(".png"))
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+              f"s/image is each worker's own time. PNG: `{output_path(args.out, '.png').name}`."]
+    output_path(args.out, ".md").parent.mkdir(parents=True, exist_ok=True)
+    _grid(showcase, output_path(args.out, ".png"))
+    output_path(args.out, ".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -36,7 +36,7 @@ from matplotlib.figure import Figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _images import load_crops  # noqa: E402
-from _report import RESULTS, ROOT, header  # noqa: E402
+from _report import RESULTS, ROOT, header, output_path  # noqa: E402
 
 import pnp_stable as ps  # noqa: E402
 from pnp_stable.solvers import tuned  # noqa: E402
@@ -213,9 +213,9 @@ def main() -> None:
                           f"fast {row['fast'][-clean.shape[0]:]} ({time.perf_counter() - started:.0f} s)", flush=True)
     cli = None if args.no_cli else cli_photo(out)
     lines += report(args, rows, cli)
-    lines.append(f"\nWall time {time.perf_counter() - started:.0f} s. PNG: `{out.name}.png`.")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    plot(showcase, out.with_suffix(".png"))
+    lines.append(f"\nWall time {time.perf_counter() - started:.0f} s. PNG: `{output_path(out, '.png').name}`.")
+    output_path(out, ".md").write_text("\n".join(lines) + "\n")
+    plot(showcase, output_path(out, ".png"))
     print("\n".join(lines))
 
 

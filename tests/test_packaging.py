@@ -43,3 +43,26 @@ def test_make_bench_runs_exactly_the_commands_recorded_in_the_results_files():
     recorded = sorted(re.search(r"^- command: `(.*)`$", path.read_text(), re.M).group(1)
                       for path in (ROOT / "benchmarks" / "results").glob("*.md"))
     assert in_makefile == recorded
+
+
+def test_each_recorded_out_option_writes_the_file_that_records_it():
+    """A results file whose command has --out names itself: rerunning the command rewrites that file (a prefix gets
+    ".md" appended, dots and all; a path ending in .md is the file)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _report import output_path
+
+    for path in (ROOT / "benchmarks" / "results").glob("*.md"):
+        command = re.search(r"^- command: `(.*)`$", path.read_text(), re.M).group(1).split()
+        if "--out" in command:
+            written = ROOT / output_path(command[command.index("--out") + 1], ".md")
+            assert written == path, f"{path.name}'s command writes {written.name}"
+
+
+def test_output_path_keeps_dots_in_a_prefix():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _report import output_path
+
+    assert output_path("results/deblur-gray-7.65", ".md") == Path("results/deblur-gray-7.65.md")
+    assert output_path("results/deblur", ".png") == Path("results/deblur.png")
+    assert output_path("results/denoise.md", ".md") == Path("results/denoise.md")
+    assert output_path("results/denoise.md", ".png") == Path("results/denoise.png")
