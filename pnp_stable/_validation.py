@@ -97,13 +97,22 @@ def check_noise_level(sigma: float, name: str = "noise_sigma", positive: bool = 
     return sigma
 
 
+def float64_levels(levels, refusal: str) -> Tensor:
+    """``levels`` (a number, a sequence, or a tensor on any device) as a float64 CPU tensor of the same shape, moved
+    to the CPU before the cast (MPS has no float64); anything torch cannot read as numbers is refused with
+    "``refusal``, got …"."""
+    try:
+        if isinstance(levels, Tensor):
+            return levels.detach().cpu().to(torch.float64)
+        return torch.as_tensor(levels, dtype=torch.float64)  # a Python float keeps its 53 bits (no float32 detour)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{refusal}, got {levels!r}") from err
+
+
 def check_denoiser_sigma(denoiser_sigma, batch: int) -> Tensor:
     """The denoiser's noise level σ_d of a PnP iteration as a float64 CPU tensor: one value or one per sample of a
     ``batch``, each finite and > 0."""
-    try:  # on the CPU first: MPS has no float64
-        sigmas = torch.as_tensor(denoiser_sigma).detach().cpu().to(torch.float64)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise ValueError(f"denoiser_sigma must be a number or one per sample, got {denoiser_sigma!r}") from err
+    sigmas = float64_levels(denoiser_sigma, "denoiser_sigma must be a number or one per sample")
     if not (torch.isfinite(sigmas).all() and (sigmas > 0).all()):
         raise ValueError(f"denoiser_sigma must be finite and > 0 (on the [0, 1] scale, e.g. 2·noise_sigma), got {denoiser_sigma}")
     if sigmas.ndim > 1 or (sigmas.ndim == 1 and sigmas.numel() not in (1, batch)):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._modules import evaluation_mode, on_device
-from ._validation import check_denoiser_sigma, check_device, check_noise_level, check_start
+from ._validation import check_denoiser_sigma, check_device, check_noise_level, check_start, float64_levels
 from .denoisers.averaged import certificate_of
 from .denoisers.ensemble import self_ensemble
 from .denoisers.switch import NoiseLevelSwitch, range_index
@@ -74,10 +74,7 @@ def choose_denoiser(denoiser, channels: int, sigma, task: str) -> tuple:
     if not (denoiser is None or denoiser == "auto") or channels not in tables[task] or sigma is None:
         chosen = _choose(denoiser, channels)
         return chosen, denoiser_label(chosen)
-    try:
-        values = torch.as_tensor(sigma).detach().reshape(-1).cpu().to(torch.float64)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise ValueError(f"sigma must be a noise level or one per image, got {sigma!r}") from err
+    values = float64_levels(sigma, "sigma must be a noise level or one per image").reshape(-1)
     if not len(values) or not (torch.isfinite(values).all() and (values >= 0).all()):
         raise ValueError(f"sigma must be finite noise levels ≥ 0 (on the [0, 1] scale), got {sigma!r}")
     levels, names = tables[task][channels]
@@ -318,10 +315,8 @@ def _noise_levels(sigma, batch: int) -> float | Tensor:
     """One noise level for the batch (a float), or one per image (a float32 tensor ``[B]``), each checked."""
     if isinstance(sigma, (str, bytes)) or sigma is None:
         raise ValueError(f"sigma must be a number on the [0, 1] scale (e.g. 25/255) or one per image, got {sigma!r}")
-    try:
-        values = torch.as_tensor(sigma, dtype=torch.float64).flatten() if not isinstance(sigma, (int, float)) else None
-    except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"sigma must be a number on the [0, 1] scale or one per image, got {sigma!r}") from None
+    values = (None if isinstance(sigma, (int, float))
+              else float64_levels(sigma, "sigma must be a number on the [0, 1] scale or one per image").flatten())
     if values is None or values.numel() == 1:
         return unit_scale_level(sigma if values is None else values.item(), "sigma")
     if values.numel() != batch:

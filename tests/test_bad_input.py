@@ -299,3 +299,19 @@ def test_a_noise_level_given_on_the_0_255_scale_is_refused_with_its_conversion()
         ps.denoise(image, 25, denoiser=lambda v, s: v)
     with pytest.raises(ValueError, match="2.55/255"):
         ps.deblur(image, "gaussian:1.0", 2.55, denoiser=lambda v, s: v, max_iter=2)
+
+
+def test_noise_levels_are_read_as_float64_cpu_tensors_and_non_numbers_refused():
+    """One reading of σ for every entry point (choose_denoiser, outside_training, denoise, guided filters, the
+    solvers' σ_d): detached, on the CPU before the float64 cast (MPS has none), same shape."""
+    from pnp_stable._validation import float64_levels
+
+    level = torch.tensor([[0.1, 0.2]], dtype=torch.float32, requires_grad=True)
+    read = float64_levels(level, "sigma must be a number")
+    assert read.dtype == torch.float64 and read.device.type == "cpu" and not read.requires_grad
+    assert read.shape == (1, 2) and torch.equal(read, level.detach().double())
+    assert float64_levels(0.05, "sigma must be a number").item() == 0.05
+    with pytest.raises(ValueError, match=r"sigma must be a number, got 'abc'"):
+        float64_levels("abc", "sigma must be a number")
+    with pytest.raises(ValueError, match="sigma must be a noise level or one per image"):
+        ps.restore.choose_denoiser("auto", 1, [0.1, "x"], "deblur")

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._validation import check_image, check_noise_level
+from .._validation import check_image, check_noise_level, float64_levels
 from ..theory import Certificate
 
 __all__ = [
@@ -358,7 +358,7 @@ class GuidedDenoiser(dinv.models.Denoiser):
         if tuple(x.shape) != tuple(self.guide.shape):
             raise ValueError(f"input of shape {tuple(x.shape)} differs from the guide's {tuple(self.guide.shape)}: "
                              "a guided filter applies only to images of its guide's size (build one per image)")
-        sigmas = torch.as_tensor(sigma, dtype=torch.float64).flatten()
+        sigmas = float64_levels(sigma, "sigma must be a float or one value per sample").flatten()
         if sigmas.numel() == 1:
             sigmas = sigmas.expand(x.shape[0])
         if sigmas.numel() != x.shape[0]:

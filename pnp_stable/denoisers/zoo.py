@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
+from .._validation import float64_levels
 from .averaged import AveragedDenoiser
 from .baselines import DnCNNBaseline
 from .ensemble import SelfEnsemble, self_ensemble
@@ -55,7 +54,7 @@ def outside_training(denoiser, sigma, label: str | None = None, level: str = "si
     if trained is None:
         return None
     low, high = trained
-    levels = torch.as_tensor(sigma).detach().reshape(-1).cpu().double()  # on the CPU first: MPS has no float64
+    levels = float64_levels(sigma, f"{level} must be a noise level or one per image").reshape(-1)
     outside = levels[(levels > high * (1 + 1e-3) + 1e-9) | (levels < low * (1 - 1e-3) - 1e-9)]
     if not len(outside):
         return None
