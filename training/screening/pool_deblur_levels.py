@@ -29,8 +29,10 @@ MODELS = ["averaged-lownoise-color", "averaged-color", "averaged-sll-highnoise-c
 
 
 def load_rows(sources: list[str], models: list[str]) -> list[tuple[int, float, dict]]:
-    """(crops, σ_d·255, {model: dB}) for every (kernel, σ_n, solver) of every source that measured all ``models``."""
-    rows = []
+    """(crops, σ_d·255, {model: dB}) for every (kernel, σ_n, solver) of every source that measured all ``models``.
+    A row that an earlier source holds with the same values (one measurement written to two files: the screens are
+    deterministic, and other crops never give the same PSNRs to 1e-9 dB) counts once."""
+    rows, seen, repeated = [], {}, 0
     for source in sources:
         path, _, crops = source.rpartition(":")
         measured = defaultdict(dict)
@@ -40,8 +42,17 @@ def load_rows(sources: list[str], models: list[str]) -> list[tuple[int, float, d
                                  "come from screens with the tuned defaults")
             kernel, noise, solver, model = key.split(" ")
             measured[(kernel, float(noise), solver)][model] = value
-        rows += [(int(crops), noise * tuned(solver).strength, values) for (_, noise, solver), values in measured.items()
-                 if all(model in values for model in models)]
+        for (kernel, noise, solver), values in measured.items():
+            if not all(model in values for model in models):
+                continue
+            earlier = seen.setdefault((kernel, noise, solver), [])
+            if any(all(abs(other.get(m, float("nan")) - values[m]) < 1e-9 for m in models) for other in earlier):
+                repeated += 1
+                continue
+            earlier.append(values)
+            rows.append((int(crops), noise * tuned(solver).strength, values))
+    if repeated:
+        print(f"{repeated} row(s) measured again with the same values in a later file: counted once")
     return rows
 
 
