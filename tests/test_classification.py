@@ -439,3 +439,45 @@ def test_resume_accepts_defaults_written_out_and_refuses_a_changed_architecture(
     assert ClassifierTrainer(config(), resume=True, progress=False, dataset=data).step == 2
     with pytest.raises(ValueError, match="architecture"):
         ClassifierTrainer(config(time=3.8), resume=True, progress=False, dataset=data)
+
+
+def test_dense_blocks_stay_non_expansive_keep_the_bound_and_round_trip(tmp_path):
+    """Dense flow blocks on the flattened features (f − hAᵀσ(Af + b), A dense): every Jacobian of a block taking the
+    longest span (T ≈ 3.8: two sub-steps of h·‖A‖² ≈ 1.9, eigenvalues down to −0.9) has norm ≤ 1, which one step of
+    h·‖A‖² = 3.8 would break (−2.8); the model's bound stays above a search, and the file restores the blocks."""
+    torch.manual_seed(0)
+    model = LipschitzClassifier(**TINY, time=3.8, dense_blocks=2, dense_width=24)
+    with torch.no_grad():
+        for block in model.dense:
+            block.time_logit.fill_(8.0)
+            block.conv.bias.normal_()  # ridges active on both sides of their kinks
+    model.calibrate()
+    model.eval()
+    assert [block.step_averagedness()[0] for block in model.dense] == [2, 2]
+    features = model.head.weight.shape[1]
+    for block in model.dense:
+        for seed in range(3):
+            point = torch.randn(1, features, 1, 1, generator=torch.Generator().manual_seed(seed))
+            jacobian = torch.autograd.functional.jacobian(lambda f: block(f).flatten(), point).reshape(features, features)
+            norm = float(torch.linalg.matrix_norm(jacobian.double(), ord=2))
+            assert 0.99 < norm <= 1 + 1e-5
+    images = synthetic(8, 1, 28, seed=4).tensors[0]
+    assert lipschitz_search(model, images, steps=60) <= model.lipschitz_bound() * (1 + 1e-5)
+    loaded = load_classifier(save_classifier(model, tmp_path / "dense.safetensors"))
+    assert (loaded.config["dense_blocks"], loaded.config["dense_width"]) == (2, 24)
+    torch.testing.assert_close(loaded(images), model(images))
+    assert loaded.lipschitz_bound() == pytest.approx(model.lipschitz_bound(), rel=1e-9)
+
+
+def test_dense_blocks_train_for_both_models_at_equal_parameters(tmp_path):
+    """The baseline's dense residual block holds two matrices: dense_width 8 there has the parameters of 16 here;
+    both train from the trainer's architecture options, and the baseline's bound pays 1 + ‖C₂‖‖C₁‖ for it."""
+    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+    ours = _trained(tmp_path, steps=20, architecture=dict(widths=[8, 16], depths=[2, 2], dense_blocks=1, dense_width=16))
+    baseline = _trained(tmp_path, "spectral-resnet", steps=20,
+                        architecture=dict(widths=[8, 16], depths=[1, 1], dense_blocks=1, dense_width=8))
+    assert count(ours.model) == pytest.approx(count(baseline.model), abs=800)  # the biases: 16 + 8 + 784 against 16
+    assert count(ours.model) - count(LipschitzClassifier(widths=[8, 16], depths=[2, 2])) == 784 * 16 + 16 + 1
+    plain = SpectralResNetClassifier(widths=[8, 16], depths=[1, 1]).eval()
+    assert baseline.model.eval().feature_lipschitz() > 1.5 * plain.feature_lipschitz()
+    assert ours.model.eval().feature_lipschitz() < 1.01

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .._argtypes import OneLineParser, nonnegative_float, positive_float, positive_int, seed
+from .._argtypes import OneLineParser, nonnegative_float, nonnegative_int, positive_float, positive_int, seed
 from .._outputs import check_outputs
 from .._signals import interrupted_exit_status
 from ..denoisers import ACTIVATIONS
@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--activation", choices=sorted(ACTIVATIONS), default=None,
                    help="σ of the non-expansive blocks (lipschitz model; default relu): monotone with slopes in [0, 1]; "
                    "'spline' learns one three-piece linear spline per channel")
+    p.add_argument("--dense-blocks", type=nonnegative_int, default=None,
+                   help="dense blocks on the flattened features before the head (default 0): non-expansive flow steps "
+                   "f − hAᵀσ(Af + b) for the certified classifier, spectrally normalised residual blocks for the baseline")
+    p.add_argument("--dense-width", type=positive_int, default=None,
+                   help="rows of each dense block's matrix (default 128 for the certified classifier; the baseline's "
+                   "blocks hold two matrices: its default 64 gives equal parameters)")
     p.add_argument("--steps", type=positive_int, default=5000, help="training steps")
     p.add_argument("--batch", type=positive_int, default=128, help="images per step")
     p.add_argument("--lr", type=positive_float, default=2e-3, help="peak learning rate of the one-cycle schedule")
@@ -66,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             architecture["time"] = args.time  # ClassifierConfig refuses it for a model without time spans
         if args.activation is not None:
             architecture["activation"] = args.activation  # likewise for a model without these blocks
+        for option in ("dense_blocks", "dense_width"):
+            if getattr(args, option) is not None:
+                architecture[option] = getattr(args, option)
         config = ClassifierConfig(
             data=args.data, out=args.out, dataset=args.dataset, model=args.model,
             architecture=architecture, steps=args.steps, batch=args.batch, lr=args.lr,

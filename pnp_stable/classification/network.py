@@ -8,7 +8,11 @@ x ↦ logits = W·F(x), with the feature map F a composition of
 - between stages, a pixel-unshuffle followed by a 1×1 convolution whose norm is bounded exactly (a 1×1
   convolution is one matrix at every frequency, so :func:`~pnp_stable.denoisers.spectral.conv_norm_upper_bound`
   returns its largest singular value);
-- a flatten (an isometry).
+- a flatten (an isometry);
+- optionally, dense non-expansive blocks on the flattened feature vector f: Euler steps f − hAᵀσ(Af + b) of the
+  same flow with A a dense d × m matrix (m ridge functions; ‖A‖ its exact largest singular value), the dense layers
+  of CPL/SLL classifiers in this family: mixing across the whole image, where the convolutional blocks mix 3×3
+  neighbourhoods.
 Hence Lip(F) ≤ L_F = Π_k ‖D_k‖, the product of the down-sampling bounds (every other piece is 1-Lipschitz).
 The head W is normalised to ‖W‖₂ = 1 by its exact largest singular value. For classes i ≠ j, z_i − z_j =
 (w_i − w_j)ᵀF(x) is L_F‖w_i − w_j‖-Lipschitz: :meth:`pairwise_lipschitz` returns these guaranteed constants,
@@ -85,11 +89,13 @@ class LipschitzClassifier(nn.Module):
     ``training/classifiers/README.md``). ``power_size``: side of the power-iteration vectors that normalise each convolution
     while training; None (the default) takes each layer's own feature grid (14×14, 7×7 for 28-pixel images),
     whose stored buffers are 5–20× smaller than the 32×32 of files written before the option (which record 32),
-    so that wider networks fit a 3-MiB file.
+    so that wider networks fit a 3-MiB file. ``dense_blocks`` dense blocks of ``dense_width`` ridge functions each
+    follow the last stage (same activation and time cap; 0, the default, for none).
     """
 
     def __init__(self, in_channels: int = 1, classes: int = 10, image_size: int = 28, widths=(32, 64), depths=(3, 3),
-                 kernel_size: int = 3, activation: str = "relu", time: float = 1.0, power_size: int | None = None):
+                 kernel_size: int = 3, activation: str = "relu", time: float = 1.0, power_size: int | None = None,
+                 dense_blocks: int = 0, dense_width: int = 128):
         super().__init__()
         widths, depths = [int(w) for w in widths], [int(d) for d in depths]
         if len(widths) != len(depths) or not widths:
@@ -98,8 +104,11 @@ class LipschitzClassifier(nn.Module):
             raise ValueError(f"image_size {image_size} must be divisible by 2^{len(widths)} (one pixel-unshuffle per stage)")
         if widths[0] < 4 * in_channels:
             raise ValueError(f"widths[0] = {widths[0]} must be ≥ 4·in_channels = {4 * in_channels}: the lift is a zero-padding")
+        if dense_blocks < 0 or dense_width < 1:
+            raise ValueError(f"dense_blocks must be ≥ 0 and dense_width ≥ 1, got {dense_blocks} and {dense_width}")
         self.config = dict(in_channels=in_channels, classes=classes, image_size=image_size, widths=widths,
-                           depths=depths, kernel_size=kernel_size, activation=activation, time=time, power_size=power_size)
+                           depths=depths, kernel_size=kernel_size, activation=activation, time=time, power_size=power_size,
+                           dense_blocks=int(dense_blocks), dense_width=int(dense_width))
         #: side of each stage's power vectors (the down-sampling into stage s uses stage s's)
         self.power_grids = grids = [power_size or image_size // 2 ** (stage + 1) for stage in range(len(widths))]
         self.stages = nn.ModuleList(
@@ -109,6 +118,9 @@ class LipschitzClassifier(nn.Module):
         self.downs = nn.ModuleList(CertifiedConv(4 * a, b, kernel_size=1, power_size=grid)
                                    for a, b, grid in zip(widths[:-1], widths[1:], grids[1:]))
         side = image_size // 2 ** len(widths)
+        self.dense = nn.ModuleList(NonexpansiveBlock(widths[-1] * side * side, 1, activation, "euler", time,
+                                                     budget=BLOCK_BUDGET, power_size=1, ridges=dense_width)
+                                   for _ in range(dense_blocks))
         self.head = NormalisedHead(widths[-1] * side * side, classes)
 
     def features(self, x: Tensor) -> Tensor:
@@ -122,6 +134,9 @@ class LipschitzClassifier(nn.Module):
                     down.power_step()
                 z = down.A(F.pixel_unshuffle(z, 2))
             z = stage(z)
+        z = z.flatten(1)[:, :, None, None]  # a dense d × m matrix is a 1×1 convolution on a 1×1 grid
+        for block in self.dense:
+            z = block(z)
         return z.flatten(1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -129,17 +144,17 @@ class LipschitzClassifier(nn.Module):
         return self.head(self.features(x.to(self.head.weight.dtype)))
 
     def bounded_convs(self) -> list[CertifiedConv]:
-        """Every convolution whose guaranteed norm bound enters the certificate (blocks, then down-samplings)."""
-        return [block.conv for stage in self.stages for block in stage] + list(self.downs)
+        """Every convolution whose guaranteed norm bound enters the certificate (blocks, down-samplings, dense blocks)."""
+        return [block.conv for stage in self.stages for block in stage] + list(self.downs) + [b.conv for b in self.dense]
 
     def calibrate(self) -> None:
         """Let training see the certified norms (:meth:`NonexpansiveBlock.calibrate`)."""
-        for stage in self.stages:
-            for block in stage:
-                block.calibrate()
+        for block in [block for stage in self.stages for block in stage] + list(self.dense):
+            block.calibrate()
 
     def feature_lipschitz(self) -> float:
-        """L_F = Π ‖D_k‖ (guaranteed bounds): blocks are 1-Lipschitz in eval mode by their sub-step rule."""
+        """L_F = Π ‖D_k‖ (guaranteed bounds): blocks, dense ones included, are 1-Lipschitz in eval mode by their
+        sub-step rule."""
         if self.training:
             raise RuntimeError("the certificate describes the eval network: call model.eval() first")
         bound = 1.0

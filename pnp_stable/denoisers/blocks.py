@@ -23,7 +23,10 @@ class NonexpansiveBlock(nn.Module):
     non-expansive, and for explicit Euler (h·L_σ‖A‖²/2 ≤ a)-averaged (a gradient step).
     While training, ‖A‖ is the warm-started power estimate times the calibration ``norm_ratio``;
     in eval mode it is the guaranteed upper bound, so the certificate describes the eval network.
-    ``learn_time=True`` learns T ∈ (0, ``time``) as ``time``·sigmoid(t).
+    ``learn_time=True`` learns T ∈ (0, ``time``) as ``time``·sigmoid(t). ``ridges``: the output channels of A, i.e.
+    the number of ridge functions γ(a_iᵀx + b_i) in V (default ``channels``); any A keeps ∇V L_σ‖A‖²-Lipschitz, so
+    the certificate does not depend on it. With ``kernel_size`` 1 on a [B, d, 1, 1] input, A is a dense d → ridges
+    matrix: the block acts on flattened feature vectors.
     """
 
     def __init__(
@@ -37,14 +40,16 @@ class NonexpansiveBlock(nn.Module):
         normalise: bool = True,
         learn_time: bool = True,
         power_size: int = 32,
+        ridges: int | None = None,
     ):
         super().__init__()
         if not 0 < budget <= 1:
             raise ValueError(f"per-step averagedness budget a must lie in (0, 1], got {budget}")
         if not 0 < time < math.inf:
             raise ValueError(f"time span T must be finite and > 0, got {time}")
-        self.conv = CertifiedConv(channels, channels, kernel_size, normalise=normalise, power_size=power_size)
-        self.activation = get_activation(activation).instantiate(channels)
+        ridges = channels if ridges is None else int(ridges)
+        self.conv = CertifiedConv(channels, ridges, kernel_size, normalise=normalise, power_size=power_size)
+        self.activation = get_activation(activation).instantiate(ridges)
         self.integrator = get_integrator(integrator)
         self.budget = float(budget)
         self.time_max = float(time)

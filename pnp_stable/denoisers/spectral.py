@@ -68,6 +68,8 @@ def conv_norm_upper_bound(
     """
     w64 = weight.detach().to(torch.float64)
     degree = (weight.shape[-2] - 1) / 2 + (weight.shape[-1] - 1) / 2
+    if degree == 0:  # a 1×1 kernel has one symbol at every frequency: its σ_max is the supremum
+        return float(_sigma_max(w64[:, :, 0, 0])) * (1 + 1e-12)
     half = math.pi / grid
     if grid % 2 or degree * half >= math.pi / 2:
         raise ValueError(f"grid {grid} must be even and finer than {2 * degree:g} cells per axis for a kernel of "
