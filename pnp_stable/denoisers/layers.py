@@ -210,10 +210,18 @@ class CertifiedConv(nn.Module):
     def effective_weight(self) -> Tensor:
         return self.weight / self.power_estimate() if self.normalise else self.weight
 
+    def _is_matrix(self, weight: Tensor, grid) -> bool:
+        """A 1×1 kernel on a 1×1 grid: the convolution is the matrix W[:, :, 0, 0] (dense blocks), computed as one."""
+        return weight.shape[-2:] == (1, 1) and tuple(grid) == (1, 1) and self.stride == 1
+
     def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        if self._is_matrix(weight, x.shape[-2:]):
+            return F.linear(x.flatten(1), weight.flatten(1), bias)[:, :, None, None]
         return F.conv2d(x, weight, bias, stride=self.stride, padding=self.padding)
 
     def _conv_T(self, y: Tensor, weight: Tensor, out_hw) -> Tensor:
+        if self._is_matrix(weight, out_hw) and tuple(y.shape[-2:]) == (1, 1):
+            return (y.flatten(1) @ weight.flatten(1))[:, :, None, None]
         k = weight.shape[-1]
         extra = [out_hw[i] - ((y.shape[-2 + i] - 1) * self.stride - 2 * self.padding + k) for i in range(2)]
         return F.conv_transpose2d(y, weight, stride=self.stride, padding=self.padding, output_padding=tuple(extra))
