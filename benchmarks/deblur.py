@@ -378,11 +378,12 @@ def main() -> None:
         lines += rows
         if noise255 == args.noises[0] and shown:
             showcase[method] = shown
+    report, figure = output_path(args.out, ".md"), output_path(args.out, ".png")
     lines += ["", f"Wall time {time.perf_counter() - start:.0f} s ({args.jobs} worker(s) × {args.threads} thread(s)); "
-              f"s/image is each worker's own time. PNG: `{output_path(args.out, '.png').name}`."]
-    output_path(args.out, ".md").parent.mkdir(parents=True, exist_ok=True)
-    _grid(showcase, output_path(args.out, ".png"))
-    output_path(args.out, ".md").write_text("\n".join(lines) + "\n")
+              f"s/image is each worker's own time. PNG: `{figure.name}`."]
+    report.parent.mkdir(parents=True, exist_ok=True)
+    _grid(showcase, figure)
+    report.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -213,9 +213,10 @@ def main() -> None:
                           f"fast {row['fast'][-clean.shape[0]:]} ({time.perf_counter() - started:.0f} s)", flush=True)
     cli = None if args.no_cli else cli_photo(out)
     lines += report(args, rows, cli)
-    lines.append(f"\nWall time {time.perf_counter() - started:.0f} s. PNG: `{output_path(out, '.png').name}`.")
-    output_path(out, ".md").write_text("\n".join(lines) + "\n")
-    plot(showcase, output_path(out, ".png"))
+    report, figure = output_path(out, ".md"), output_path(out, ".png")
+    lines.append(f"\nWall time {time.perf_counter() - started:.0f} s. PNG: `{figure.name}`.")
+    report.write_text("\n".join(lines) + "\n")
+    plot(showcase, figure)
     print("\n".join(lines))
 
 

@@ -68,11 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_outputs([], [("--out", Path(args.out), (".safetensors",))])
         architecture = dict(widths=args.widths, depths=args.depths)
-        if args.time is not None:
-            architecture["time"] = args.time  # ClassifierConfig refuses it for a model without time spans
-        if args.activation is not None:
-            architecture["activation"] = args.activation  # likewise for a model without these blocks
-        for option in ("dense_blocks", "dense_width"):
+        # only the options given: ClassifierConfig refuses any that the model does not take
+        for option in ("time", "activation", "dense_blocks", "dense_width"):
             if getattr(args, option) is not None:
                 architecture[option] = getattr(args, option)
         config = ClassifierConfig(

@@ -63,9 +63,6 @@ class SpectralResNetClassifier(LipschitzClassifier):
         features = self.head.weight.shape[1]
         self.dense = nn.ModuleList(SpectralResidualBlock(features, 1, 1, hidden=dense_width) for _ in range(dense_blocks))
 
-    def residual_blocks(self) -> list[SpectralResidualBlock]:
-        return [block for stage in self.stages for block in stage] + list(self.dense)
-
     def bounded_convs(self) -> list[CertifiedConv]:
         """Every convolution of the certificate: the stage blocks', the down-samplings', the dense blocks'."""
         stage_convs = [conv for stage in self.stages for block in stage for conv in (block.first, block.second)]
@@ -77,7 +74,7 @@ class SpectralResNetClassifier(LipschitzClassifier):
     def feature_lipschitz_estimate(self) -> float:
         """Π (1 + ‖C₂‖‖C₁‖) from the power estimates (1 each when normalised: 2 per block), times the down-samplings'."""
         bound = super().feature_lipschitz_estimate()
-        for block in self.residual_blocks():
+        for block in self.blocks():
             bound *= 1 + block.first.norm_estimate() * block.second.norm_estimate()
         return bound
 
@@ -85,6 +82,6 @@ class SpectralResNetClassifier(LipschitzClassifier):
         """Π (1 + ‖C₂‖‖C₁‖) over the blocks (dense ones included) times Π ‖D_k‖ over the down-samplings (guaranteed
         bounds)."""
         bound = super().feature_lipschitz()
-        for block in self.residual_blocks():
+        for block in self.blocks():
             bound *= block.lipschitz_bound()
         return bound

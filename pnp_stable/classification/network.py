@@ -143,13 +143,17 @@ class LipschitzClassifier(nn.Module):
         check_classifier_input(x, self.config["in_channels"], self.config["image_size"])
         return self.head(self.features(x.to(self.head.weight.dtype)))
 
+    def blocks(self) -> list[nn.Module]:
+        """The blocks in the order of the forward: each stage's, then the dense ones."""
+        return [block for stage in self.stages for block in stage] + list(self.dense)
+
     def bounded_convs(self) -> list[CertifiedConv]:
         """Every convolution whose guaranteed norm bound enters the certificate (blocks, down-samplings, dense blocks)."""
         return [block.conv for stage in self.stages for block in stage] + list(self.downs) + [b.conv for b in self.dense]
 
     def calibrate(self) -> None:
         """Let training see the certified norms (:meth:`NonexpansiveBlock.calibrate`)."""
-        for block in [block for stage in self.stages for block in stage] + list(self.dense):
+        for block in self.blocks():
             block.calibrate()
 
     def feature_lipschitz(self) -> float:

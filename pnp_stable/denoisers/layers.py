@@ -220,7 +220,7 @@ class CertifiedConv(nn.Module):
         return F.conv2d(x, weight, bias, stride=self.stride, padding=self.padding)
 
     def _conv_T(self, y: Tensor, weight: Tensor, out_hw) -> Tensor:
-        if self._is_matrix(weight, out_hw) and tuple(y.shape[-2:]) == (1, 1):
+        if self._is_matrix(weight, out_hw):  # stride 1, no padding: y lies on the same 1×1 grid
             return (y.flatten(1) @ weight.flatten(1))[:, :, None, None]
         k = weight.shape[-1]
         extra = [out_hw[i] - ((y.shape[-2 + i] - 1) * self.stride - 2 * self.padding + k) for i in range(2)]

@@ -46,7 +46,7 @@ def load_rows(sources: list[str], models: list[str]) -> list[tuple[int, float, d
             if not all(model in values for model in models):
                 continue
             earlier = seen.setdefault((kernel, noise, solver), [])
-            if any(all(abs(other.get(m, float("nan")) - values[m]) < 1e-9 for m in models) for other in earlier):
+            if any(all(abs(other[m] - values[m]) < 1e-9 for m in models) for other in earlier):
                 repeated += 1
                 continue
             earlier.append(values)
