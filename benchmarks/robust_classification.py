@@ -37,10 +37,12 @@ from pnp_stable.classification.storage import read_classifier_metadata  # noqa: 
 
 EPS = (0.1, 0.25, 0.5, 1.0)
 MODELS = {  # equal parameters: a residual block holds two convolutions, a non-expansive block one
-    "lipschitz": ("ours: non-expansive gradient-flow blocks, widths 32/64, 4 + 4 blocks, time span T ≤ 3.8",
-                  dict(widths=[32, 64], depths=[4, 4], time=3.8)),
-    "spectral-resnet": ("baseline: spectral-normalised ResNet, widths 32/64, 2 + 2 residual blocks",
-                        dict(widths=[32, 64], depths=[2, 2])),
+    "lipschitz": ("ours: non-expansive gradient-flow blocks, widths 32/64, 4 + 4 blocks, time span T ≤ 3.8, "
+                  "2 dense blocks of 64 ridges",
+                  dict(widths=[32, 64], depths=[4, 4], time=3.8, dense_blocks=2, dense_width=64)),
+    "spectral-resnet": ("baseline: spectral-normalised ResNet, widths 32/64, 2 + 2 residual blocks, "
+                        "2 dense residual blocks of hidden width 32",
+                        dict(widths=[32, 64], depths=[2, 2], dense_blocks=2, dense_width=32)),
 }
 ANCHORS = [
     "The paper's setting (Sherry et al. 2024, from its public experiment description): CIFAR-10, a 1×1 lift to 16 channels, "
@@ -62,7 +64,7 @@ def weights_path(state: Path, key: str) -> Path:
 
 def config_for(key: str, data: Path, state: Path, steps: int) -> ClassifierConfig:
     return ClassifierConfig(data=str(data), out=str(weights_path(state, key)), checkpoint=str(state / f"{key}.ckpt"),
-                            model=key, architecture=MODELS[key][1], steps=steps, batch=64, lr=2e-3, eps=0.4,
+                            model=key, architecture=MODELS[key][1], steps=steps, batch=64, lr=2e-3, eps=0.3,
                             eps_ramp=0.5, temperature=8.0, seed=0, checkpoint_minutes=3, log_every=500, precision="bf16")
 
 
