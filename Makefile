@@ -51,7 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/training_speed.py
 	$(BIN)/python benchmarks/compile_speed.py
 	$(BIN)/python benchmarks/architectures.py
-	$(BIN)/python benchmarks/robust_classification.py --jobs 2 --threads 1
+	$(BIN)/python benchmarks/robust_classification.py
 	$(BIN)/python benchmarks/tiling.py
 	$(BIN)/python benchmarks/time_to_solution.py
 	$(BIN)/python benchmarks/anderson_memory.py

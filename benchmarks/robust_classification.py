@@ -6,10 +6,10 @@ or Ctrl-C stops it cleanly and a rerun continues), then over the full 10,000-ima
 and certified accuracy at each ε, and on the first ``--pgd-images`` test images the PGD ℓ2 robust accuracy beside the
 certified accuracy of the same images (every PGD cell must be ≥ its certified cell), plus an adversarial search for
 each model's Lipschitz constant against its guaranteed bound. Writes ``benchmarks/results/robust_classification.md``
-and ``.png`` (certified accuracy against ε). Usage (both models at once, one core each: about 1.7 h,
-the 98 min of ours on a 2-core Intel Xeon)::
+and ``.png`` (certified accuracy against ε). Usage (the models one after the other, two threads each: 111 min for
+ours and 31 for the baseline on a 2-core AMD EPYC; ``--jobs 2 --threads 1`` trains them side by side)::
 
-    .venv/bin/python benchmarks/robust_classification.py --jobs 2 --threads 1
+    .venv/bin/python benchmarks/robust_classification.py
 """
 
 from __future__ import annotations

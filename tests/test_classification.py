@@ -481,3 +481,6 @@ def test_dense_blocks_train_for_both_models_at_equal_parameters(tmp_path):
     plain = SpectralResNetClassifier(widths=[8, 16], depths=[1, 1]).eval()
     assert baseline.model.eval().feature_lipschitz() > 1.5 * plain.feature_lipschitz()
     assert ours.model.eval().feature_lipschitz() < 1.01
+    for model in (LipschitzClassifier, SpectralResNetClassifier):
+        with pytest.raises(ValueError, match="dense_blocks must be ≥ 0"):
+            model(widths=[8, 16], depths=[1, 1], dense_blocks=-1)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..denoisers.layers import CertifiedConv
-from .network import ROUNDING_MARGIN, LipschitzClassifier
+from .network import ROUNDING_MARGIN, LipschitzClassifier, check_dense_options
 
 __all__ = ["SpectralResNetClassifier"]
 
@@ -52,6 +52,7 @@ class SpectralResNetClassifier(LipschitzClassifier):
 
     def __init__(self, in_channels: int = 1, classes: int = 10, image_size: int = 28, widths=(32, 64), depths=(2, 2),
                  kernel_size: int = 3, power_size: int | None = None, dense_blocks: int = 0, dense_width: int = 64):
+        check_dense_options(dense_blocks, dense_width)  # the parent builds no dense block of its own
         super().__init__(in_channels, classes, image_size, widths, [0] * len(depths), kernel_size, power_size=power_size,
                          dense_width=dense_width)
         self.config = dict(in_channels=in_channels, classes=classes, image_size=image_size, widths=list(widths),

@@ -78,6 +78,12 @@ class NormalisedHead(nn.Module):
         return float(torch.linalg.matrix_norm(self.effective_weight().double(), ord=2)) * (1 + 1e-6)
 
 
+def check_dense_options(dense_blocks: int, dense_width: int) -> None:
+    """Refuse a negative number of dense blocks or a dense width below 1."""
+    if dense_blocks < 0 or dense_width < 1:
+        raise ValueError(f"dense_blocks must be ≥ 0 and dense_width ≥ 1, got {dense_blocks} and {dense_width}")
+
+
 class LipschitzClassifier(nn.Module):
     """The certified classifier of the module docstring for ``in_channels``×``image_size``² inputs in [0, 1].
 
@@ -104,8 +110,7 @@ class LipschitzClassifier(nn.Module):
             raise ValueError(f"image_size {image_size} must be divisible by 2^{len(widths)} (one pixel-unshuffle per stage)")
         if widths[0] < 4 * in_channels:
             raise ValueError(f"widths[0] = {widths[0]} must be ≥ 4·in_channels = {4 * in_channels}: the lift is a zero-padding")
-        if dense_blocks < 0 or dense_width < 1:
-            raise ValueError(f"dense_blocks must be ≥ 0 and dense_width ≥ 1, got {dense_blocks} and {dense_width}")
+        check_dense_options(dense_blocks, dense_width)
         self.config = dict(in_channels=in_channels, classes=classes, image_size=image_size, widths=widths,
                            depths=depths, kernel_size=kernel_size, activation=activation, time=time, power_size=power_size,
                            dense_blocks=int(dense_blocks), dense_width=int(dense_width))
