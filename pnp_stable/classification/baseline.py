@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..denoisers.layers import CertifiedConv
-from .network import ROUNDING_MARGIN, LipschitzClassifier, check_dense_options
+from .network import ROUNDING_MARGIN, LipschitzClassifier
 
 __all__ = ["SpectralResNetClassifier"]
 
@@ -52,17 +52,16 @@ class SpectralResNetClassifier(LipschitzClassifier):
 
     def __init__(self, in_channels: int = 1, classes: int = 10, image_size: int = 28, widths=(32, 64), depths=(2, 2),
                  kernel_size: int = 3, power_size: int | None = None, dense_blocks: int = 0, dense_width: int = 64):
-        check_dense_options(dense_blocks, dense_width)  # the parent builds no dense block of its own
-        super().__init__(in_channels, classes, image_size, widths, [0] * len(depths), kernel_size, power_size=power_size,
-                         dense_width=dense_width)
-        self.config = dict(in_channels=in_channels, classes=classes, image_size=image_size, widths=list(widths),
-                           depths=list(depths), kernel_size=kernel_size, power_size=power_size,
-                           dense_blocks=int(dense_blocks), dense_width=int(dense_width))
-        self.stages = nn.ModuleList(
-            nn.Sequential(*[SpectralResidualBlock(width, kernel_size, grid) for _ in range(depth)])
-            for width, depth, grid in zip(widths, depths, self.power_grids))
-        features = self.head.weight.shape[1]
-        self.dense = nn.ModuleList(SpectralResidualBlock(features, 1, 1, hidden=dense_width) for _ in range(dense_blocks))
+        super().__init__(in_channels, classes, image_size, widths, depths, kernel_size, power_size=power_size,
+                         dense_blocks=dense_blocks, dense_width=dense_width)
+        for option in ("activation", "time"):  # the residual blocks take neither: ReLU, one residual step
+            del self.config[option]
+
+    def stage_block(self, width: int, grid: int) -> nn.Module:
+        return SpectralResidualBlock(width, self.config["kernel_size"], grid)
+
+    def dense_block(self, features: int) -> nn.Module:
+        return SpectralResidualBlock(features, 1, 1, hidden=self.config["dense_width"])
 
     def bounded_convs(self) -> list[CertifiedConv]:
         """Every convolution of the certificate: the stage blocks', the down-samplings', the dense blocks'."""

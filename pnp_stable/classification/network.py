@@ -78,12 +78,6 @@ class NormalisedHead(nn.Module):
         return float(torch.linalg.matrix_norm(self.effective_weight().double(), ord=2)) * (1 + 1e-6)
 
 
-def check_dense_options(dense_blocks: int, dense_width: int) -> None:
-    """Refuse a negative number of dense blocks or a dense width below 1."""
-    if dense_blocks < 0 or dense_width < 1:
-        raise ValueError(f"dense_blocks must be ≥ 0 and dense_width ≥ 1, got {dense_blocks} and {dense_width}")
-
-
 class LipschitzClassifier(nn.Module):
     """The certified classifier of the module docstring for ``in_channels``×``image_size``² inputs in [0, 1].
 
@@ -110,23 +104,34 @@ class LipschitzClassifier(nn.Module):
             raise ValueError(f"image_size {image_size} must be divisible by 2^{len(widths)} (one pixel-unshuffle per stage)")
         if widths[0] < 4 * in_channels:
             raise ValueError(f"widths[0] = {widths[0]} must be ≥ 4·in_channels = {4 * in_channels}: the lift is a zero-padding")
-        check_dense_options(dense_blocks, dense_width)
+        if dense_blocks < 0 or dense_width < 1:
+            raise ValueError(f"dense_blocks must be ≥ 0 and dense_width ≥ 1, got {dense_blocks} and {dense_width}")
         self.config = dict(in_channels=in_channels, classes=classes, image_size=image_size, widths=widths,
                            depths=depths, kernel_size=kernel_size, activation=activation, time=time, power_size=power_size,
                            dense_blocks=int(dense_blocks), dense_width=int(dense_width))
         #: side of each stage's power vectors (the down-sampling into stage s uses stage s's)
         self.power_grids = grids = [power_size or image_size // 2 ** (stage + 1) for stage in range(len(widths))]
-        self.stages = nn.ModuleList(
-            nn.Sequential(*[NonexpansiveBlock(width, kernel_size, activation, "euler", time, budget=BLOCK_BUDGET,
-                                              power_size=grid) for _ in range(depth)])
-            for width, depth, grid in zip(widths, depths, grids))
+        self.stages = nn.ModuleList(nn.Sequential(*[self.stage_block(width, grid) for _ in range(depth)])
+                                    for width, depth, grid in zip(widths, depths, grids))
         self.downs = nn.ModuleList(CertifiedConv(4 * a, b, kernel_size=1, power_size=grid)
                                    for a, b, grid in zip(widths[:-1], widths[1:], grids[1:]))
         side = image_size // 2 ** len(widths)
-        self.dense = nn.ModuleList(NonexpansiveBlock(widths[-1] * side * side, 1, activation, "euler", time,
-                                                     budget=BLOCK_BUDGET, power_size=1, ridges=dense_width)
-                                   for _ in range(dense_blocks))
+        self.dense = nn.ModuleList(self.dense_block(widths[-1] * side * side) for _ in range(dense_blocks))
         self.head = NormalisedHead(widths[-1] * side * side, classes)
+
+    def stage_block(self, width: int, grid: int) -> nn.Module:
+        """One block of a stage of ``width`` channels whose power vectors are ``grid``×``grid``: a 1-Lipschitz Euler
+        step of the convex gradient flow (subclasses swap the block, the rest of the network stays)."""
+        config = self.config
+        return NonexpansiveBlock(width, config["kernel_size"], config["activation"], "euler", config["time"],
+                                 budget=BLOCK_BUDGET, power_size=grid)
+
+    def dense_block(self, features: int) -> nn.Module:
+        """One dense block on the ``features``-long flattened vector: the same flow with ``dense_width`` ridges, as a
+        1×1 convolution on a 1×1 grid."""
+        config = self.config
+        return NonexpansiveBlock(features, 1, config["activation"], "euler", config["time"], budget=BLOCK_BUDGET,
+                                 power_size=1, ridges=config["dense_width"])
 
     def features(self, x: Tensor) -> Tensor:
         """F(x): [B, C, H, W] → [B, features], Lip(F) ≤ :meth:`feature_lipschitz` in eval mode."""
