@@ -31,3 +31,17 @@ def on_device(model: torch.nn.Module, device: str | torch.device) -> torch.nn.Mo
     tensors = [*model.parameters(), *model.buffers()]
     same = all(t.device.type == device.type and (device.index is None or t.device.index == device.index) for t in tensors)
     return model if same else copy.deepcopy(model).to(device)
+
+
+def accepted_channels(model) -> tuple[int, ...] | None:
+    """The image channel counts ``model`` takes: its recorded ``channels`` (ours and the baselines), else, for a
+    module whose first convolution reveals it (deepinv's DnCNN, DRUNet), that convolution's input channels c, taken
+    as c or c − 1 images (a noise-level map may join the image, as DRUNet's does); None when nothing tells."""
+    recorded = getattr(model, "channels", None)
+    if isinstance(recorded, int):
+        return (recorded,)
+    if isinstance(model, torch.nn.Module):
+        first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+        if first is not None:
+            return tuple(c for c in (first.in_channels, first.in_channels - 1) if c > 0)
+    return None

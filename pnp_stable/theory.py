@@ -94,7 +94,9 @@ class Certificate:
 
     ``alpha`` is None when no averagedness is certified. ``guaranteed`` is False for
     certificates that hold only approximately (e.g. an iterative prox stopped early);
-    ``method`` says which bounds were used, ``tolerance`` their numerical slack.
+    ``method`` says which bounds were used, ``tolerance`` their numerical slack; for a map computed by an inner
+    solver (an iterative prox) it is the RMS bound on each output's distance to the certified map, which the
+    solvers add to their residuals before they call a run converged.
     """
 
     lipschitz: float | None

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import pnp_stable as ps
-from pnp_stable.operators import power_iteration
+from pnp_stable.operators import L2Fidelity, power_iteration
 
 
 def _problem(boundary, channels=3, size=32):
@@ -113,3 +113,22 @@ def test_the_blur_bound_holds_for_a_circular_kernel_larger_than_the_image():
         columns = torch.stack([op.A(torch.roll(probe, (i, j), (-2, -1))).flatten()
                                for i in range(size[0]) for j in range(size[1])], 1).double()
         assert operator_norm(op, (1, *size)).value >= torch.linalg.matrix_norm(columns, 2) * (1 - 1e-6)
+
+
+def test_a_given_operator_norm_below_a_lower_bound_is_refused():
+    op = ps.blur(ps.gaussian_kernel(1.2), img_size=(1, 32, 32))
+    y = op.A(torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0)))
+    with pytest.raises(ValueError, match="below ‖A‖ ≥"):
+        L2Fidelity(op, y, 0.01, operator_norm=0.1)
+    given = L2Fidelity(op, y, 0.01, operator_norm=1.0)
+    assert given.operator_norm.kind == "given" and given.operator_norm.guaranteed
+    denoiser = ps.AveragedDenoiser(channels=1, width=4, depth=1)
+    result = ps.solve(op, y, denoiser, 0.01, operator_norm=1.0, max_iter=2)
+    assert any("given by the caller, trusted" in note for note in result.notes)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int64])
+def test_a_measurement_below_float32_is_refused_as_a_dtype_problem(dtype):
+    op = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, 16, 16))
+    with pytest.raises(ValueError, match="must be float32 or float64"):
+        L2Fidelity(op, torch.ones(1, 1, 16, 16, dtype=dtype), 0.01)

@@ -12,7 +12,7 @@ from deepinv.optim.linear import conjugate_gradient
 
 from .._accuracy import AccuracyRecord
 from .._validation import check_noise_level
-from .norms import OperatorNorm, _check_linear, adjoint_test, operator_norm
+from .norms import OperatorNorm, _check_linear, adjoint_test, operator_norm, power_iteration
 
 __all__ = ["L2Fidelity", "ProxAccuracy"]
 
@@ -41,11 +41,6 @@ class L2Fidelity:
     ):
         _check_linear(op)
         self.op = op
-        if operator_norm is not None:
-            value = float(operator_norm)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"operator_norm must be a finite bound > 0 on ‖A‖, got {operator_norm}")
-            self.operator_norm = OperatorNorm(value, kind="given", method="upper bound on ‖A‖ given by the caller")
         self.prox_accuracy = ProxAccuracy(float(cg_tol))
         self.y = _check_measurement(y)
         self.noise_sigma = check_noise_level(noise_sigma, positive=True)
@@ -58,6 +53,25 @@ class L2Fidelity:
         if one != 1:  # its samples stop at different iterations, and the certificate's checks probe single images
             raise ValueError(f"the operator maps one image to a batch of {one}: it carries a parameter per sample (e.g. "
                              "one mask or kernel per image); build one operator per image and solve each separately")
+        if operator_norm is not None:
+            self.operator_norm = self._checked_bound(operator_norm)
+
+    def _checked_bound(self, operator_norm) -> OperatorNorm:
+        """The caller's upper bound on ‖A‖, refused when below a power-iteration lower bound (‖Av‖/‖v‖ ≤ ‖A‖ for
+        every v): a bound under the norm would let FB take τ ≥ 2/L and still call β certified."""
+        value = float(operator_norm)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"operator_norm must be a finite bound > 0 on ‖A‖, got {operator_norm}")
+        start = torch.randn(self.x_shape[1:], generator=torch.Generator().manual_seed(self._norm_seed))[None]
+        with torch.no_grad():
+            rho, _, _ = power_iteration(self.op.A_adjoint_A, start.to(self._Aty), tol=1e-3, max_iter=50)
+        lower = math.sqrt(max(rho, 0.0))
+        if value < lower * (1 - 1e-5):
+            raise ValueError(f"operator_norm = {value:g} is below ‖A‖ ≥ {lower:.6g} (a power-iteration lower bound on "
+                             "this problem's images); it must be an upper bound on ‖A‖, or FB's step loses its "
+                             "guarantee: omit it (pnp_stable.operator_norm computes one) or pass a true bound")
+        return OperatorNorm(value, kind="given", method=f"upper bound on ‖A‖ given by the caller, trusted (checked only "
+                                                        f"to lie above the power-iteration lower bound {lower:.6g})")
 
     def subset(self, index: Tensor) -> "L2Fidelity":
         """The same term restricted to the samples ``index`` of the batch (operator, ‖A‖ once computed, and the
@@ -121,7 +135,7 @@ class L2Fidelity:
         )
         residual = torch.linalg.vector_norm((rhs - normal(u)).flatten(1), dim=1, dtype=torch.float64)
         scale = torch.linalg.vector_norm(rhs.flatten(1), dim=1, dtype=torch.float64).clamp_min(1e-30)
-        self.prox_accuracy.record(float((residual / scale).max()))
+        self.prox_accuracy.record(float((residual / scale).max()), float(residual.max()))
         return u
 
 
@@ -141,8 +155,9 @@ def _check_measurement(y: Tensor) -> Tensor:
                          "e.g. y[None] for one measurement" + _RANK_HINT)
     if y.numel() == 0:
         raise ValueError(f"measurement y is empty (shape {tuple(y.shape)}); pass at least one measurement")
-    if not torch.is_floating_point(y):
-        raise ValueError(f"measurement y must be a floating-point tensor, got dtype {y.dtype}")
+    if y.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"measurement y must be float32 or float64, got dtype {y.dtype} (the solvers' rounding "
+                         "slack and error bounds assume at least float32): pass y.float()")
     if not torch.isfinite(y).all():
         raise ValueError("measurement y contains NaN or Inf values; clean the input first")
     return y

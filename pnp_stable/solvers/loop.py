@@ -12,12 +12,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .._modules import evaluation_mode
+from .._modules import accepted_channels, evaluation_mode
 from .._validation import check_count, check_denoiser_sigma, check_image, check_noise_level, check_start
 from ..denoisers.zoo import outside_training
 from ..operators.fidelity import L2Fidelity
 from .anderson import Anderson, AndersonSteps, anderson_options
-from .monitor import REJECTED, ConvergenceMonitor, History
+from .monitor import REJECTED, ConvergenceMonitor, History, sample_norms
 from .schemes import SCHEMES, Scheme
 from .relaxed import KrasnoselskiiMann
 from .defaults import tuned
@@ -188,6 +188,7 @@ def run_scheme(
     steps = PlainSteps(z0) if accelerate is None else AndersonSteps(z0, accelerate)
     monitor = ConvergenceMonitor(batch, beta, guaranteed_scheme=scheme.guaranteed, safeguard=accelerate)
     tracker = SampleTracker(z0, max_iter, tol, divergence_factor)
+    evaluation_error = getattr(scheme, "evaluation_error", lambda numel: 0.0)  # a duck-typed scheme: exact
     history = monitor.history
     fidelity = scheme.fidelity
     start = time.perf_counter()
@@ -204,9 +205,11 @@ def run_scheme(
                 finite &= torch.isfinite(estimates.flatten(1)).all(1)
             safe_images = images if bool(finite.all()) else torch.where(finite[:, None, None, None], images, points)
             kinds = steps.kinds(index, points, safe_images, finite)
-            r, r_norm = monitor.observe(index, points, safe_images, k, kinds, finite)
+            error = evaluation_error(points[0].numel())
+            r, r_norm = monitor.observe(index, points, safe_images, k, kinds, finite, error)
             kept = torch.ones(len(index), dtype=torch.bool) if kinds is None else kinds != REJECTED
-            stopped = tracker.record(index, k, safe_images, estimates, r, r_norm, finite, kept)
+            error_norm = error / sample_norms(safe_images).cpu().clamp_min(1e-30) if error > 0 else 0.0
+            stopped = tracker.record(index, k, safe_images, estimates, r, r_norm, finite, kept, error_norm)
             steps.advance(index, points, safe_images, r, kinds, finite)
             if reference is not None:
                 values = torch.full((batch,), float("nan"), dtype=torch.float64)
@@ -227,6 +230,9 @@ def run_scheme(
     if gaps:
         basis = f"{basis}; estimated, not certified: " + "; ".join(gaps)
     notes = list(scheme.notes) + ([] if accelerate is None else [accelerate.describe()])
+    limited = [b for b, status in enumerate(tracker.status) if status == "accuracy-limited"]
+    if limited:
+        notes.append(_accuracy_note(scheme, tol, tracker.exact_bound[limited]))
     return PnPResult(
         estimate=estimate, governing=governing, status=tracker.status, iterations=tracker.iterations, history=history,
         beta=None if gaps else beta, beta_basis=basis, solver=scheme.name, step=scheme.step_size,
@@ -234,13 +240,23 @@ def run_scheme(
     )
 
 
+def _accuracy_note(scheme: Scheme, tol: float, bounds: Tensor) -> str:
+    """What an 'accuracy-limited' stop means and how to go further."""
+    solved = " and ".join(scheme.inexact_sources()) or "an inner solver"
+    return (f"accuracy-limited: {len(bounds)} sample(s) moved less than the accuracy of their evaluations (r/‖z‖ < tol = "
+            f"{tol:g}, and r within the inner solvers' error: {solved}), so the exact iteration's relative residual "
+            f"there is bounded by {float(bounds.max()):.3g}, not by tol; solve the inner problems more accurately, or "
+            f"stop at a tol above that bound")
+
+
 def _check_denoiser_channels(denoiser, channels: int) -> None:
     """Refuse a denoiser that records another number of ``channels`` than the problem's images (ours and the
     baselines record it), saying how to apply a one-channel denoiser to each channel (an MRI's real and imaginary
     parts, say); a callable that records none is not checked."""
-    expected = getattr(denoiser, "channels", None)
-    if not isinstance(expected, int) or expected == channels:
+    accepted = accepted_channels(denoiser)
+    if accepted is None or channels in accepted:
         return
+    expected = accepted[0]
     which = "D" if expected == 1 else "a 1-channel denoiser D (e.g. pnp_stable.load_denoiser('averaged-sll-gray'))"
     raise ValueError(
         f"the denoiser takes {expected}-channel images but this problem's images (Aᵀy) have {channels} channel(s), "

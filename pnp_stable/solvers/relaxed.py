@@ -41,6 +41,13 @@ class KrasnoselskiiMann(Scheme):
     def certificate_gaps(self):
         return self.base.certificate_gaps()
 
+    def evaluation_error(self, numel):
+        """z + λ(T̃z − z) differs from z + λ(Tz − z) by λ‖T̃z − Tz‖."""
+        return self.relaxation * self.base.evaluation_error(numel)
+
+    def inexact_sources(self):
+        return self.base.inexact_sources()
+
     def beta(self):
         beta, basis = self.base.beta()
         if beta is None:

@@ -11,6 +11,12 @@ weighted denoising step D_ω = (1 − ω)I + ωD(·, σ_d), ωα_D-averaged for 
 | FISTA | accelerated forward-backward | none: no guarantee |
 
 Krasnosel'skii–Mann relaxation z ↦ z + λ(Tz − z), λ ∈ (0, 1/β), is λβ-averaged.
+
+Inexact evaluations. When D is computed to an RMS error ε_D (an iterative prox; its certificate's ``tolerance``)
+and P by conjugate gradients to an error e_P, the computed T̃ satisfies ‖T̃z − Tz‖ ≤ a·ω‖e_D‖ + b·e_P, with
+(a, b) = ``error_factors``: the triangle inequality with D̃ and P non-expansive (DRS: ‖D̃(2P̃z − z) − D̃(2Pz − z)‖ ≤
+2e_P, and −P̃z adds e_P; ADMM: 2ω e_D inside P and ω e_D outside). A run is converged only when the exact map's
+residual is below the tolerance: ‖Tz − z‖ ≤ ‖T̃z − z‖ + ‖T̃z − Tz‖.
 """
 
 from __future__ import annotations
@@ -79,6 +85,7 @@ class Scheme:
 
     name = "scheme"
     guaranteed = True  # False for heuristic/accelerated schemes: the monitor then checks nothing
+    error_factors = (1.0, 0.0)  # (a, b): ‖T̃z − Tz‖ ≤ a·ω‖e_D‖ + b·e_P (module docstring)
 
     def __init__(self, fidelity: L2Fidelity, denoiser, denoiser_sigma, step: float, denoiser_weight: float = 1.0):
         if not denoiser_weight > 0:
@@ -120,6 +127,24 @@ class Scheme:
     def init(self, x0: Tensor) -> Tensor:
         return x0
 
+    def evaluation_error(self, numel: int) -> float:
+        """Bound on ‖T̃z − Tz‖ for the evaluation just made, per sample of ``numel`` entries: the denoiser's RMS
+        output error (its certificate's ``tolerance``; ~0 for a network) over the whole sample, and the last prox
+        call's error (0 for a closed-form prox), through :attr:`error_factors`."""
+        denoiser_factor, prox_factor = self.error_factors
+        rms = self.denoiser_certificate.tolerance
+        prox = 0.0 if prox_factor == 0 or self.fidelity.prox_is_exact else self.fidelity.prox_accuracy.last_absolute
+        return denoiser_factor * self.denoiser_weight * rms * numel**0.5 + prox_factor * prox
+
+    def inexact_sources(self) -> list[str]:
+        """The inner solvers whose errors :meth:`evaluation_error` counts, in words."""
+        sources = []
+        if self.error_factors[0] > 0 and self.denoiser_certificate.tolerance > 1e-9:
+            sources.append(f"the denoiser: RMS error ≤ {self.denoiser_certificate.tolerance:g} per call")
+        if self.error_factors[1] > 0 and not self.fidelity.prox_is_exact:
+            sources.append(f"the data term's prox: conjugate gradients to cg_tol = {self.fidelity.cg_tol:g}")
+        return sources
+
     def step(self, z: Tensor, fidelity: L2Fidelity, index: Tensor | None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
@@ -143,6 +168,12 @@ class ForwardBackward(Scheme):
     """PnP proximal gradient: x ↦ D(x − τ∇f(x), σ_d)."""
 
     name = "fb"
+
+    def __init__(self, fidelity, denoiser, denoiser_sigma, step, denoiser_weight: float = 1.0):
+        super().__init__(fidelity, denoiser, denoiser_sigma, step, denoiser_weight)
+        given = fidelity.__dict__.get("operator_norm")  # set only when the caller gave a bound (else computed lazily)
+        if given is not None:
+            self.notes.append(f"step τ from ‖A‖ ≤ {given.value:.6g}: {given.method}")
 
     def step(self, z, fidelity, index):
         x = self.denoise(z - self.step_size * fidelity.grad(z), index)
@@ -171,6 +202,7 @@ class HalfQuadraticSplitting(Scheme):
     """x ↦ D(prox_{τf}(x), σ_d)."""
 
     name = "hqs"
+    error_factors = (1.0, 1.0)
 
     def step(self, z, fidelity, index):
         x = self.denoise(fidelity.prox(z, self.step_size), index)
@@ -209,6 +241,7 @@ class DouglasRachford(_SplittingWithFNEDenoiser):
     """z ↦ z + D̃(2Pz − z, σ_d) − Pz with P = prox_{τf}; estimate D̃(2Pz − z) (deepinv's DRS, β = 1)."""
 
     name = "drs"
+    error_factors = (1.0, 3.0)
 
     def step(self, z, fidelity, index):
         p = fidelity.prox(z, self.step_size)
@@ -221,6 +254,7 @@ class ADMM(_SplittingWithFNEDenoiser):
     estimate D̃(v). Initialised as v₀ = P(x₀), which reproduces deepinv's ADMM from (x₀, z₀ = 0)."""
 
     name = "admm"
+    error_factors = (3.0, 1.0)
 
     def init(self, x0):
         return self.fidelity.prox(x0, self.step_size)

@@ -8,12 +8,15 @@ from torch import Tensor
 
 __all__ = ["STATUSES", "SampleTracker"]
 
-STATUSES = ("converged", "max-iterations", "diverged", "non-finite")
+STATUSES = ("converged", "accuracy-limited", "max-iterations", "diverged", "non-finite")
 
 
 class SampleTracker:
-    """A sample stops as 'converged' once r/‖T(p)‖ < ``tol``, 'diverged' once r > ``divergence_factor``·r₀,
-    'non-finite' at a NaN/Inf in T(p) or its estimate, else 'max-iterations'. Only evaluations that the
+    """A sample stops as 'converged' once (r + e)/‖T(p)‖ < ``tol``, where e bounds the evaluation's error against
+    the exact map (so the exact residual ‖T(p) − p‖ ≤ r + e is below the tolerance too); as 'accuracy-limited' once
+    r/‖T(p)‖ < ``tol`` and r ≤ e (the computed iteration moves less than its inner solver's accuracy: more
+    iterations cannot prove more; :attr:`exact_bound` keeps (r + e)/‖T(p)‖); 'diverged' once
+    r > ``divergence_factor``·r₀, 'non-finite' at a NaN/Inf in T(p) or its estimate, else 'max-iterations'. Only evaluations that the
     iteration keeps (plain steps and accepted extrapolations) count for these tests and for the estimate; a
     rejected extrapolation, even a non-finite one, is dropped by the iteration and stops nothing."""
 
@@ -31,13 +34,15 @@ class SampleTracker:
         self.first_residual = torch.full((batch,), float("nan"), dtype=torch.float64)
         self.best_residual = torch.full((batch,), float("inf"), dtype=torch.float64)
         self.best_image, self.best_estimate = z0.clone(), z0.clone()
+        self.exact_bound = torch.full((batch,), float("nan"), dtype=torch.float64)  # accuracy-limited samples
 
     def running(self) -> Tensor:
         return torch.nonzero(self.active).flatten()
 
     def record(self, index: Tensor, k: int, images: Tensor, estimates: Tensor, r: Tensor, r_norm: Tensor,
-               finite: Tensor, kept: Tensor) -> Tensor:
-        """Take evaluation ``k`` of the samples ``index``; return the samples that stop after it."""
+               finite: Tensor, kept: Tensor, error_norm: Tensor | float = 0.0) -> Tensor:
+        """Take evaluation ``k`` of the samples ``index`` (``error_norm``: the bound on its error against the
+        exact map, relative to ‖T(p)‖); return the samples that stop after it."""
         finite = finite.cpu()
         counted = kept & finite
         if len(index) == self.batch and bool(counted.all()):
@@ -52,6 +57,7 @@ class SampleTracker:
             b = int(index[position])
             self.best_residual[b] = r[position]
             self.best_image[b], self.best_estimate[b] = images[position], estimates[position]
+        errors = torch.as_tensor(error_norm, dtype=torch.float64).expand(len(index))
         stop = []
         for position, b in enumerate(index.tolist()):
             if not kept[position]:  # a rejected extrapolation, finite or not: the iteration falls back to T(anchor)
@@ -60,8 +66,11 @@ class SampleTracker:
                 self.status[b], self.iterations[b] = "non-finite", k
             elif r[position] > self.divergence_factor * self.first_residual[b]:
                 self.status[b], self.iterations[b] = "diverged", k + 1
-            elif r_norm[position] < self.tol:
+            elif r_norm[position] + errors[position] < self.tol:
                 self.status[b], self.iterations[b] = "converged", k + 1
+            elif r_norm[position] < self.tol and r_norm[position] <= errors[position]:
+                self.status[b], self.iterations[b] = "accuracy-limited", k + 1
+                self.exact_bound[b] = float(r_norm[position] + errors[position])
             else:
                 continue
             stop.append(b)
