@@ -25,8 +25,9 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def level(text: str) -> float:
-    """A noise level on the [0, 1] scale: ``0.01`` or a fraction such as ``7.65/255``."""
-    from ._validation import check_noise_level
+    """A noise level on the [0, 1] scale: ``0.01`` or a fraction such as ``7.65/255`` (above 1 is refused: a level
+    given on the 0–255 scale)."""
+    from ._validation import unit_scale_level
 
     try:
         numerator, _, denominator = text.partition("/")
@@ -34,7 +35,7 @@ def level(text: str) -> float:
     except (ValueError, ZeroDivisionError):
         raise argparse.ArgumentTypeError(f"'{text}' is not a number (use e.g. 0.01 or 7.65/255)") from None
     try:
-        return check_noise_level(value, "noise level")
+        return unit_scale_level(value, "noise level")
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 

@@ -97,6 +97,16 @@ def check_noise_level(sigma: float, name: str = "noise_sigma", positive: bool = 
     return sigma
 
 
+
+def unit_scale_level(value, name: str, positive: bool = False) -> float:
+    """A noise level of an image on the [0, 1] scale: :func:`check_noise_level`, and at most 1 (a level above the
+    whole intensity range is a level given on the 0–255 scale)."""
+    value = check_noise_level(value, name, positive=positive)
+    if value > 1:
+        raise ValueError(f"{name} = {value:g} exceeds the whole [0, 1] intensity range; noise levels are on the [0, 1] "
+                         f"scale: {value:g}/255 = {value / 255:.4g}")
+    return value
+
 def float64_levels(levels, refusal: str) -> Tensor:
     """``levels`` (a number, a sequence, or a tensor on any device) as a float64 CPU tensor of the same shape, moved
     to the CPU before the cast (MPS has no float64); anything torch cannot read as numbers is refused with

@@ -122,19 +122,25 @@ def _kernel_files(spec: str) -> list[Path]:
     return [Path(rest)] + ([Path(rest.rsplit(":", 1)[0])] if ":" in rest else [])
 
 
+def _folder_images(source: Path) -> list[Path]:
+    """The image files of the folder ``source`` (by suffix, sorted), refused when there are none."""
+    from ._outputs import IMAGE_SUFFIXES
+
+    images = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + (".npy",))
+    if not images:
+        raise CommandError(f"no image files in the folder {source} (looked for {', '.join(IMAGE_SUFFIXES)}, .npy)")
+    return images
+
+
 def _deblur_jobs(args) -> list[tuple[Path, Path]]:
     """(input, output) pairs: IN and --out (default IN_deblurred.png), or every image in the folder IN, each written to
     the folder --out (default IN_deblurred/ beside IN) as NAME_deblurred.png."""
-    from ._outputs import IMAGE_SUFFIXES
-
     source = Path(args.input)
     if not source.is_dir():
         return [(source, Path(args.out) if args.out else source.with_name(source.stem + "_deblurred.png"))]
     if args.reference or args.plot:
         raise CommandError("--reference and --plot describe one image; deblur the image alone to use them")
-    images = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + (".npy",))
-    if not images:
-        raise CommandError(f"no image files in the folder {source} (looked for {', '.join(IMAGE_SUFFIXES)}, .npy)")
+    images = _folder_images(source)
     folder = Path(args.out) if args.out else source.resolve().with_name(source.resolve().name + "_deblurred")
     if folder.suffix:
         raise CommandError(f"a folder of inputs needs --out to be a folder, got the file name {folder}")
@@ -267,13 +273,18 @@ def cmd_denoise(args) -> int:
     from .restore import denoise
 
     device = _device(args.device)
-    inputs = [Path(p) for p in args.inputs]
-    for path in inputs:
-        if not path.is_file():
-            raise CommandError(f"image file not found: {path}")
+    inputs = []
+    for path in map(Path, args.inputs):
+        if path.is_dir():
+            inputs += _folder_images(path)
+        elif path.is_file():
+            inputs.append(path)
+        else:
+            raise CommandError(f"image file or folder not found: {path}")
     targets = _denoise_targets(inputs, Path(args.out))
     check_outputs(inputs, [("--out", target, IMAGE_SUFFIXES) for target in targets])
     lines, denoiser_for = [], _denoiser_for(args)
+    _check_channels(inputs, denoiser_for, args.denoiser)
     used: dict[str, str] = {}  # each denoiser that ran (gray and colour images take different ones) → certificate
     with _processes(args) as context:
         leads = _leads(context)
@@ -289,6 +300,23 @@ def cmd_denoise(args) -> int:
         lines += [f"denoiser {name}: {certificate}" for name, certificate in used.items()]
         print("\n".join(lines))
     return 0
+
+
+def _check_channels(inputs: list[Path], denoiser_for, name: str) -> None:
+    """Before any work: every input readable, and of channels the named denoiser takes (from the files' headers),
+    so that a mismatch does not stop a run halfway with part of the outputs written."""
+    from ._modules import accepted_channels
+    from .io import file_channels
+
+    for path in inputs:
+        try:
+            channels = file_channels(path)
+        except ValueError as err:
+            raise CommandError(str(err)) from None
+        accepted = accepted_channels(denoiser_for(channels))
+        if accepted is not None and channels not in accepted:
+            raise CommandError(f"{path} has {channels} channel(s), but the denoiser {name} takes {accepted[0]}: "
+                               "denoise gray and colour images in separate runs, or use --denoiser auto")
 
 
 def cmd_certify(args) -> int:
@@ -307,8 +335,14 @@ def cmd_certify(args) -> int:
         print(f"at σ = {args.sigma:g}: {certificate}")
     shape = (model.channels, args.size, args.size)
     lipschitz = adversarial_lipschitz(model, shape, args.sigma, restarts=args.restarts, steps=args.steps, seed=args.seed)
+    if certificate.lipschitz is None:
+        verdict = ("above 1: D is expansive on this pair" if lipschitz.ratio > 1 + 1e-4 else
+                   "no certificate to check it against")
+        print(f"empirical max ‖Dx − Dy‖/‖x − y‖ = {lipschitz.ratio:.4f}, a lower bound on its Lipschitz constant: "
+              f"{verdict} (no certificate, so PnP with it has no convergence guarantee)")
+        return 0
     print(f"empirical max ‖Dx − Dy‖/‖x − y‖ = {lipschitz.ratio:.4f} (certified ≤ {certificate.lipschitz})")
-    lipschitz_holds = certificate.lipschitz is None or lipschitz.ratio <= certificate.lipschitz * (1 + 1e-4)
+    lipschitz_holds = lipschitz.ratio <= certificate.lipschitz * (1 + 1e-4)
     if certificate.alpha is None:
         print("no averagedness certificate: the Lipschitz bound is the only claim to check")
         print("empirical check: within the certificate" if lipschitz_holds
@@ -485,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("denoise", formatter_class=fmt, help="remove Gaussian noise with a certified denoiser",
                             description="Denoise one or more images with a (certified) denoiser.")
-    p.add_argument("inputs", nargs="+", metavar="IN", help="image file(s)")
+    p.add_argument("inputs", nargs="+", metavar="IN", help="image file(s) or folder(s) of images")
     p.add_argument("--sigma", required=True, type=level, metavar="S", help="noise level on the [0, 1] scale, e.g. 25/255 (required)")
     p.add_argument("--out", required=True, metavar="OUT", help="output file, or a directory for several inputs (required)")
     p.add_argument("--denoiser", default="auto", metavar="NAME|PATH", help="shipped model or .safetensors file; auto picks by channels and --sigma")

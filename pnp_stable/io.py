@@ -75,6 +75,9 @@ def to_tensor(image, name: str = "image") -> Tensor:
             x = torch.from_numpy(_scaled(x.detach().cpu().numpy())).to(x.device)
         elif torch.is_complex(x):
             raise ValueError(f"{name} is complex ({x.dtype}); pass real and imaginary parts as two channels")
+        if x.ndim in (3, 4) and x.shape[-1] in (1, 3, 4) and x.shape[-3] not in (1, 3, 4):
+            raise ValueError(f"{name} tensor has shape {tuple(x.shape)}: tensor images are [C, H, W] or [B, C, H, W] "
+                             "(channels first); for an [H, W, C] tensor pass x.permute(2, 0, 1) (or a numpy array)")
         if x.ndim == 2:
             x = x[None, None]
         elif x.ndim == 3:
@@ -112,11 +115,29 @@ def to_numpy(x: Tensor) -> np.ndarray:
     return arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
 
 
+#: Pillow modes read as one channel (a gray image, with or without alpha)
+SINGLE_CHANNEL_MODES = ("L", "1", "I;16", "I;16B", "I;16L", "I", "F", "LA")
+
+
+def file_channels(path: str | Path) -> int:
+    """The number of channels :func:`load_image` gives the file (``gray=None``), read from its header only."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            shape = _array_shape(np.load(path, mmap_mode="r", allow_pickle=False).shape, path)
+            return 1 if len(shape) == 2 else int(shape[-1])
+        with Image.open(path) as im:
+            return 1 if im.mode in SINGLE_CHANNEL_MODES else 3
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"cannot read {path} as an image (PNG, JPEG, TIFF or .npy expected): {err}") from err
+
+
 def load_image(path: str | Path, gray: bool | None = None) -> Tensor:
     """Read an image file as a float32 tensor ``[1, C, H, W]`` in [0, 1].
 
     ``gray=None`` keeps the file's channels (1 for greyscale, 3 for colour; alpha is
-    dropped); ``True`` converts to luminance, ``False`` to RGB.
+    dropped, with a warning when it is not fully opaque); ``True`` converts to luminance, ``False`` to RGB.
+    16-bit files keep their precision (16-bit colour PNG excepted: Pillow reads it at 8 bits, with a warning).
     """
     path = Path(path)
     if not path.is_file():
@@ -125,9 +146,11 @@ def load_image(path: str | Path, gray: bool | None = None) -> Tensor:
         return _load_array(path, gray)
     try:
         with Image.open(path) as im:
+            sixteen = any(";16" in str(tile[-1]) for tile in (im.tile or []))  # known before load() clears it
             im.load()
             mode = im.mode
-            single = mode in ("L", "1", "I;16", "I;16B", "I;16L", "I", "F", "LA")
+            _warn_if_transparent(im, path)
+            single = mode in SINGLE_CHANNEL_MODES
             if gray or single:  # a one-channel file read as RGB repeats its scaled channel (convert would clip)
                 if mode == "I":  # 32-bit signed: the bit depth of its values, as for an int32 array (to_tensor's rule)
                     raw = np.asarray(im)
@@ -139,7 +162,7 @@ def load_image(path: str | Path, gray: bool | None = None) -> Tensor:
                 if gray is False:
                     arr = np.repeat(arr[..., None], 3, axis=-1)
             else:
-                arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+                arr = _colour_array(im, path, sixteen)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"cannot read {path} as an image (PNG, JPEG or TIFF expected): {err}") from err
     if arr.ndim == 2:
@@ -149,13 +172,43 @@ def load_image(path: str | Path, gray: bool | None = None) -> Tensor:
     return check_float_range(check_image(torch.from_numpy(np.ascontiguousarray(arr)), str(path)), str(path))
 
 
+def _colour_array(im: Image.Image, path: Path, sixteen: bool) -> np.ndarray:
+    """An RGB(A) file as float32 [H, W, 3] in [0, 1] at its full bit depth where a reader keeps it: Pillow decodes
+    16-bit colour to 8 bits, so a 16-bit TIFF is read by tifffile, and a 16-bit PNG is read at 8 bits with a warning."""
+    if sixteen:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            raw = tifffile.imread(path)
+            if raw.ndim == 3 and raw.shape[-1] in (3, 4) and raw.dtype == np.uint16:
+                return raw[..., :3].astype(np.float32) / np.float32(65535)
+        warnings.warn(f"{path} is 16-bit colour, which Pillow decodes to 8 bits per channel: it is read at 8 bits; "
+                      "save it as a 16-bit TIFF or a .npy array to keep its precision", stacklevel=3)
+    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def _warn_if_transparent(im: Image.Image, path: Path) -> None:
+    """The images are restored without their alpha channel: say so when it is not fully opaque."""
+    if "A" in im.getbands() or (im.mode == "P" and "transparency" in im.info):
+        alpha = np.asarray(im.convert("RGBA" if im.mode == "P" else im.mode).getchannel("A"))
+        if alpha.min() < 255:
+            warnings.warn(f"{path} has transparent pixels: its alpha channel is dropped and the colour values are used "
+                          "as they are (composite it onto a background first if those pixels matter)", stacklevel=3)
+
+
+def _array_shape(shape: tuple, path: Path) -> tuple:
+    """An image array's shape, [H, W] or [H, W, 1|3], or a ValueError that says what it was."""
+    if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3)):
+        raise ValueError(f"{path}: expected an array [H, W] or [H, W, 1|3], got shape {shape}")
+    return shape
+
+
 def _load_array(path: Path, gray: bool | None) -> Tensor:
     try:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
         raise ValueError(f"cannot read {path} as a numpy image array: {err}") from err
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3)):
-        raise ValueError(f"{path}: expected an array [H, W] or [H, W, 1|3], got shape {arr.shape}")
+    _array_shape(arr.shape, path)
     x = to_tensor(arr, name=str(path))
     if gray and x.shape[1] == 3:
         x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)

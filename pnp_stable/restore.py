@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._modules import evaluation_mode, on_device
-from ._validation import check_denoiser_sigma, check_device, check_noise_level, check_start, float64_levels
+from ._modules import accepted_channels, evaluation_mode, on_device
+from ._validation import check_denoiser_sigma, check_device, check_noise_level, check_start, float64_levels, unit_scale_level
 from .denoisers.averaged import certificate_of
 from .denoisers.ensemble import self_ensemble
 from .denoisers.switch import NoiseLevelSwitch, range_index
@@ -110,8 +110,9 @@ def resolve_denoiser(denoiser, channels: int, device: str | torch.device = "cpu"
     if not callable(model):
         raise ValueError(f"denoiser must be 'auto', a model name, a .safetensors path or a callable denoiser(x, sigma), "
                          f"got {type(model).__name__}")
-    expected = getattr(model, "channels", None)  # ours and the baselines record it; None for other callables
-    if expected is not None and expected != channels:
+    accepted = accepted_channels(model)  # None for callables that do not tell
+    if accepted is not None and channels not in accepted:
+        expected = accepted[0]
         kind = {1: "gray", 3: "colour"}
         hint = f"; use the '{DEFAULT_DENOISERS[channels]}' denoiser" if channels in DEFAULT_DENOISERS else ""
         raise ValueError(
@@ -142,7 +143,7 @@ def _as_batch(image, name: str, device) -> Tensor:
 
 
 def _as_kernel(kernel) -> Tensor:
-    return kernel_from_spec(kernel) if isinstance(kernel, str) else validate_kernel(kernel)
+    return kernel_from_spec(kernel) if isinstance(kernel, str) else validate_kernel(kernel, warn_scaled=True)
 
 
 def valid_frame(kernel_shape, y_shape) -> tuple[slice, slice]:
@@ -325,16 +326,6 @@ def _noise_levels(sigma, batch: int) -> float | Tensor:
     for value in values.tolist():
         unit_scale_level(value, "sigma")
     return values.to(torch.float32)
-
-
-def unit_scale_level(value, name: str, positive: bool = False) -> float:
-    """A noise level of an image on the [0, 1] scale: :func:`check_noise_level`, and at most 1 (a level above the
-    whole intensity range is a level given on the 0–255 scale)."""
-    value = check_noise_level(value, name, positive=positive)
-    if value > 1:
-        raise ValueError(f"{name} = {value:g} exceeds the whole [0, 1] intensity range; noise levels are on the [0, 1] "
-                         f"scale: {value:g}/255 = {value / 255:.4g}")
-    return value
 
 
 def denoise(x, sigma, denoiser="auto", device: str | torch.device = "cpu", tile: int | str | None = "auto",

@@ -419,3 +419,34 @@ def test_certify_says_how_large_its_start_images_can_be(monkeypatch, capsys):
     monkeypatch.setattr(zoo, "load_denoiser", lambda name, verify=False: ps.AveragedDenoiser(1, width=4, depth=1).eval())
     assert cli.main(["certify", "tiny", "--size", "1000", "--steps", "1", "--restarts", "1"]) == 2
     assert "--size at most 300" in capsys.readouterr().err
+
+
+def test_certify_says_what_an_uncertified_model_is(monkeypatch, capsys):
+    """No '(certified ≤ None)' and no 'within the certificate' for a model without one; levels above 1 refused."""
+    import deepinv as dinv
+
+    from pnp_stable import cli
+
+    class Median(dinv.models.MedianFilter):
+        channels = 1
+
+    monkeypatch.setattr("pnp_stable.denoisers.zoo.load_denoiser", lambda name, verify=None: Median().eval())
+    assert cli.main(["certify", "median", "--size", "12", "--steps", "3", "--restarts", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "None" not in out and "within the certificate" not in out and "no certificate" in out
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["certify", "median", "--sigma", "25"])
+    assert exit_.value.code == 2 and "25/255" in capsys.readouterr().err
+
+
+def test_denoise_takes_folders_and_checks_every_input_before_any_work(files, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("gray.png", "colour.png"):
+        (folder / name).write_bytes((files / name).read_bytes())
+    done = run_cli("denoise", folder, "--sigma", "0.1", "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["colour_denoised.png", "gray_denoised.png"]
+    mixed = run_cli("denoise", folder, "--sigma", "0.1", "--denoiser", "averaged-color", "--out", tmp_path / "mixed")
+    assert mixed.returncode == 2 and "gray.png has 1 channel(s)" in mixed.stderr
+    assert not (tmp_path / "mixed").exists()  # refused before any output was written

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -72,3 +74,25 @@ def test_npy_images_load_and_nan_is_refused(tmp_path):
     np.save(tmp_path / "cube.npy", np.zeros((2, 3, 4, 5)))
     with pytest.raises(ValueError, match="expected an array"):
         ps.load_image(tmp_path / "cube.npy")
+
+
+def test_sixteen_bit_colour_tiff_keeps_its_precision(tmp_path):
+    import tifffile
+
+    raw = np.random.default_rng(0).integers(0, 65536, size=(16, 16, 3), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "rgb16.tif", raw)
+    x = ps.load_image(tmp_path / "rgb16.tif")
+    assert x.shape == (1, 3, 16, 16)
+    assert np.abs(x[0].permute(1, 2, 0).numpy() - raw / 65535).max() < 1e-6  # not rounded to 8 bits (4e-3 apart)
+
+
+def test_a_transparent_alpha_channel_is_dropped_with_a_warning(tmp_path):
+    rgba = np.full((8, 8, 4), 200, dtype=np.uint8)
+    Image.fromarray(rgba).save(tmp_path / "opaque_not.png")
+    rgba[..., 3] = 255
+    Image.fromarray(rgba).save(tmp_path / "opaque.png")
+    with pytest.warns(UserWarning, match="transparent pixels"):
+        assert ps.load_image(tmp_path / "opaque_not.png").shape == (1, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ps.load_image(tmp_path / "opaque.png").shape == (1, 3, 8, 8)

@@ -1,3 +1,5 @@
+import warnings
+
 import h5py
 import numpy as np
 import pytest
@@ -121,7 +123,10 @@ def test_kernel_specs(tmp_path):
     assert torch.equal(kernel_from_spec("uniform:5"), ps.uniform_kernel(5))
     assert torch.equal(kernel_from_spec("motion:3:15"), ps.motion_kernel(3, 15))
     np.savez(tmp_path / "k.npz", a=np.ones((3, 3)), b=np.eye(5))
-    assert kernel_from_spec(f"file:{tmp_path}/k.npz").shape == (3, 3)
+    with pytest.raises(ValueError, match="holds 2 kernels.*choose one"):  # no silent choice of the first
+        kernel_from_spec(f"file:{tmp_path}/k.npz")
+    np.save(tmp_path / "one.npy", np.ones((3, 3)))
+    assert kernel_from_spec(f"file:{tmp_path}/one.npy").shape == (3, 3)
     assert kernel_from_spec(f"file:{tmp_path}/k.npz:1").shape == (5, 5)
     assert kernel_from_spec(f"file:{tmp_path}/k.npz:b").shape == (5, 5)
     for bad in ["gaussian", "gaussian:", "disk:3", "uniform:2.5", "motion:x", "gaussian:1:2:3"]:
@@ -189,3 +194,13 @@ def test_pickled_npy_and_a_missing_kernel_say_what_to_do(tmp_path):
     for index in ("third", 2, -3):
         with pytest.raises(ValueError, match=r"two\.npz.*\['first', 'second'\]"):
             ps.load_kernel(tmp_path / "two.npz", index)
+
+
+def test_a_callers_kernel_is_normalised_with_a_warning_when_its_sum_is_not_one():
+    with pytest.warns(UserWarning, match="sums to 25"):
+        op = ps.blur(np.ones((5, 5)), img_size=(1, 16, 16))
+    assert float(op.filter.sum()) == pytest.approx(1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ps.blur(np.ones((5, 5)) / 25, img_size=(1, 16, 16))
+        ps.blur(ps.motion_kernel(1, size=9), img_size=(1, 16, 16))

@@ -4,6 +4,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from skimage import data
 
 import pnp_stable as ps
 from pnp_stable.solvers.defaults import TUNED
@@ -263,3 +264,20 @@ def test_guided_refuses_a_start_and_valid_crops_every_round(tiny_models):
         ps.deblur(y, "gaussian:1.0", 0.01, denoiser="guided", guide=tiny_models[1], x0=y)
     result = ps.deblur(y, "gaussian:1.0", 0.01, denoiser="guided", guide=tiny_models[1], guided_rounds=2, max_iter=3)
     assert [r.estimate.shape for r in [*result.earlier_rounds, result]] == [y.shape, y.shape]
+
+
+def test_a_deepinv_denoiser_for_other_channels_is_refused_before_the_run():
+    import deepinv as dinv
+
+    gray = ps.to_tensor(data.camera()[::8, ::8])
+    colour_net = dinv.models.DnCNN(in_channels=3, out_channels=3, pretrained=None)
+    with pytest.raises(ValueError, match="takes colour images"):
+        ps.deblur(gray, ps.gaussian_kernel(1.0), 0.01, denoiser=colour_net, max_iter=2)
+    with pytest.raises(ValueError, match="takes colour images"):
+        ps.denoise(gray, 0.1, denoiser=colour_net)
+
+
+def test_an_image_tensor_in_channels_last_layout_is_refused_with_the_fix():
+    hwc = torch.from_numpy(data.astronaut()[::8, ::8].copy())
+    with pytest.raises(ValueError, match=r"permute\(2, 0, 1\)"):
+        ps.denoise(hwc, 0.1)

@@ -8,6 +8,7 @@ by Young's inequality, has operator norm at most 1 with zero or circular boundar
 from __future__ import annotations
 
 import math
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -28,8 +29,10 @@ __all__ = [
 ]
 
 
-def validate_kernel(kernel, name: str = "kernel") -> Tensor:
-    """Return ``kernel`` as a normalised float32 ``[h, w]`` tensor, or raise ``ValueError``.
+def validate_kernel(kernel, name: str = "kernel", warn_scaled: bool = False) -> Tensor:
+    """Return ``kernel`` as a normalised float32 ``[h, w]`` tensor (sum 1: a blur keeps the mean intensity), or
+    raise ``ValueError``. ``warn_scaled``: warn when the given sum is not 1 (within 1e-3), so a caller's kernel is
+    not rescaled unannounced.
 
     Accepts a 2-D array/tensor or a ``[1, 1, h, w]`` tensor (deepinv's filter layout).
     """
@@ -59,10 +62,14 @@ def validate_kernel(kernel, name: str = "kernel") -> Tensor:
         raise ValueError(
             f"{name} has negative entries (min {k.min().item():.3g}); a blur kernel must be non-negative"
         )
-    k = k / k.max() if k.max() > 0 else k  # the same kernel after normalisation; its sum cannot overflow then
+    peak = k.max()
+    k = k / peak if peak > 0 else k  # the same kernel after normalisation; its sum cannot overflow then
     total = k.sum()
     if total <= 0:
         raise ValueError(f"{name} sums to {total.item():.3g}; it needs a positive sum")
+    if warn_scaled and abs(float(total * peak) - 1) > 1e-3:
+        warnings.warn(f"{name} sums to {float(total * peak):.6g}, not 1: it is normalised to sum 1 (a blur keeps the "
+                      "mean intensity); scale the image instead if the gain is real", stacklevel=3)
     return (k / total).to(torch.float32)
 
 
@@ -253,11 +260,14 @@ def kernel_from_spec(spec: str) -> Tensor:
     if not rest:
         raise fail
     if kind == "file":
-        path, index = rest, 0
         if not Path(rest).is_file() and ":" in rest:
             path, index = rest.rsplit(":", 1)
-            index = int(index) if index.lstrip("-").isdigit() else index
-        return load_kernel(path, index)
+            return load_kernel(path, int(index) if index.lstrip("-").isdigit() else index)
+        names = list(load_kernels(rest))
+        if len(names) > 1:  # no silent choice of the first
+            raise ValueError(f"{rest} holds {len(names)} kernels ({', '.join(names[:8])}{', …' if len(names) > 8 else ''}); "
+                             f"choose one: file:{rest}:INDEX (0 to {len(names) - 1}) or file:{rest}:NAME")
+        return load_kernel(rest, 0)
     try:
         values = [float(v) for v in rest.split(":")]
     except ValueError:

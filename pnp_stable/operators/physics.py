@@ -80,7 +80,7 @@ def blur(
     """
     if boundary not in BOUNDARIES:
         raise ValueError(f"unknown boundary '{boundary}'; choose one of {BOUNDARIES}")
-    k = kernel_from_spec(kernel) if isinstance(kernel, str) else validate_kernel(kernel)
+    k = kernel_from_spec(kernel) if isinstance(kernel, str) else validate_kernel(kernel, warn_scaled=True)
     img_size = _check_img_size(img_size)
     if img_size is not None and (k.shape[0] > img_size[1] or k.shape[1] > img_size[2]):
         raise ValueError(
