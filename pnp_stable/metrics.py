@@ -24,7 +24,8 @@ def _pairs(x: Tensor, reference: Tensor):
 
 def psnr(x: Tensor, reference: Tensor) -> Tensor:
     """PSNR in dB, 10·log10(1 / MSE), peak value 1; shape ``[B]``."""
-    values = [peak_signal_noise_ratio(r, e, data_range=1.0) for e, r in _pairs(x, reference)]
+    with np.errstate(divide="ignore"):  # identical images: MSE 0, PSNR inf without numpy's warning
+        values = [peak_signal_noise_ratio(r, e, data_range=1.0) for e, r in _pairs(x, reference)]
     return torch.tensor(values)
 
 

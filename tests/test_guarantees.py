@@ -228,3 +228,27 @@ def test_a_slow_rotation_claimed_averaged_is_caught_against_the_first_evaluation
     start = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     result = run_scheme(Rotation(shape=(1, 1, 8, 8)), start, max_iter=300, tol=1e-7)
     assert result.violations and all("first evaluation" in v.check for v in result.violations), result.verdict
+
+
+def test_a_denoiser_that_changes_the_shape_or_type_is_refused_with_what_it_returned():
+    op = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, SIZE, SIZE))
+    y = op.A(natural_starts(1, (1, SIZE, SIZE), noise=0.0, seed=1))
+    for bad, match in ((lambda x, s: x[..., 1:, :], r"returned \(1, 1, 23, 24\)"), (lambda x, s: x.numpy(), "ndarray")):
+        with pytest.raises(ValueError, match=match):
+            ps.solve(op, y, bad, 0.02, max_iter=2)
+    with pytest.raises(ValueError, match=r"load_denoiser\('averaged-sll-gray'\)"):
+        ps.solve(op, y, "averaged-sll-gray", 0.02, max_iter=2)
+
+
+def test_run_scheme_applies_the_denoiser_in_eval_mode_as_its_certificate_describes(certified):
+    op = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, SIZE, SIZE))
+    y = op.A(natural_starts(1, (1, SIZE, SIZE), noise=0.0, seed=1))
+    seen = []
+    certified.train()
+    hook = certified.register_forward_pre_hook(lambda module, args: seen.append(module.training))
+    try:
+        scheme = ps.solvers.ForwardBackward(L2Fidelity(op, y, 0.02), certified, 0.02, 1.0)
+        run_scheme(scheme, op.A_adjoint(y), max_iter=3)
+    finally:
+        hook.remove()
+    assert seen and not any(seen) and certified.training  # eval during the run, its own mode restored after

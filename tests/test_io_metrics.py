@@ -96,3 +96,10 @@ def test_a_transparent_alpha_channel_is_dropped_with_a_warning(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert ps.load_image(tmp_path / "opaque.png").shape == (1, 3, 8, 8)
+
+
+def test_psnr_of_identical_images_is_inf_without_a_warning():
+    x = ps.to_tensor(data.camera()[:16, :16])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ps.psnr(x, x).tolist() == [float("inf")]

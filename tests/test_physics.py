@@ -120,3 +120,21 @@ def test_noise_model_and_validation():
         ps.operator_norm(op, (16, 16))
     with pytest.raises(ValueError, match="LinearPhysics"):
         ps.adjoint_test(lambda x: x, (1, 4, 4))
+
+
+@pytest.mark.parametrize("boundary", ["reflect", "replicate", "zeros"])
+@pytest.mark.parametrize("kernel_shape", [(1, 5), (5, 1), (1, 1)])
+def test_one_pixel_wide_kernels_blur_exactly_with_an_exact_adjoint(boundary, kernel_shape):
+    """A 1×N kernel is the 3×N one with zero rows: deepinv's reflect padding failed on it and its replicate
+    adjoint was wrong (adjoint test 0.66)."""
+    kernel = np.random.default_rng(0).random(kernel_shape)
+    kernel /= kernel.sum()
+    op = ps.blur(kernel, boundary=boundary, img_size=(1, 12, 10))
+    assert ps.adjoint_test(op, (1, 12, 10), seed=1) < 1e-5
+    x = torch.rand(1, 1, 12, 10, generator=torch.Generator().manual_seed(2))
+    mode = {"reflect": "reflect", "replicate": "edge", "zeros": "constant"}[boundary]
+    h, w = kernel_shape
+    padded = np.pad(x[0, 0].double().numpy(), ((h // 2, h // 2), (w // 2, w // 2)), mode=mode)
+    expected = sum(kernel[i, j] * padded[h - 1 - i : h - 1 - i + 12, w - 1 - j : w - 1 - j + 10]
+                   for i in range(h) for j in range(w))  # convolution (flipped kernel), same size
+    assert np.allclose(op.A(x)[0, 0].double().numpy(), expected, atol=1e-6)

@@ -28,8 +28,9 @@ uses it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
-
 import warnings
 
 import deepinv as dinv
@@ -77,6 +78,19 @@ def _ridge_response(t: Tensor, slopes: Tensor, scale: Tensor, window: Tensor) ->
     return window * _huber_sum(scale * t, slopes)
 
 
+@contextlib.contextmanager
+def _quiet_cpp_extension():
+    """Silence torch.utils.cpp_extension's import-time log line ('No CUDA runtime is found, using CUDA_HOME=…', on a
+    CPU machine with CUDA_HOME set), which would break this package's one-line warnings; its errors still show."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 class _Fused:
     """A pointwise function compiled by torch.compile into one loop (the seven clamps of σ_c cost 14× less: 15 vs
     214 ms on 64 × 321 × 481 values, 2 threads), used outside autograd on tensors of at least ``COMPILE_FROM``
@@ -93,6 +107,8 @@ class _Fused:
         try:
             if self.compiled is None:
                 self.compiled = torch.compile(self.function, dynamic=True)
+                with _quiet_cpp_extension():  # the first call compiles, importing torch.utils.cpp_extension
+                    return self.compiled(t, *args)
             return self.compiled(t, *args)
         except Exception as error:  # torch._dynamo / inductor raise many types; any of them means: run eagerly
             warnings.warn(f"torch.compile of {self.function.__name__} failed ({type(error).__name__}: {error}); "

@@ -192,7 +192,8 @@ def run_scheme(
     history = monitor.history
     fidelity = scheme.fidelity
     start = time.perf_counter()
-    with torch.no_grad(), tqdm(total=max_iter, disable=kind != "bar", desc=f"PnP-{scheme.name}", leave=False) as bar:
+    with torch.no_grad(), evaluation_mode(getattr(scheme, "denoiser", None)), \
+            tqdm(total=max_iter, disable=kind != "bar", desc=f"PnP-{scheme.name}", leave=False) as bar:
         for k in range(max_iter):
             index = tracker.running()
             if len(index) == 0:

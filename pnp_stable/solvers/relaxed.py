@@ -16,6 +16,7 @@ class KrasnoselskiiMann(Scheme):
         self.name = f"{base.name}+KM"
         self.guaranteed = base.guaranteed
         self.fidelity = base.fidelity
+        self.denoiser = base.denoiser  # run in eval mode by the loop, as the certificate describes it
         self.step_size = base.step_size
         self.notes = list(base.notes)
         beta, basis = base.beta()

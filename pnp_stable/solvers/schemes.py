@@ -38,6 +38,9 @@ def _as_denoiser(denoiser) -> Callable[[Tensor, Tensor | float], Tensor]:
     """Call ``denoiser(x, sigma)``; a plain callable of one argument is called as ``denoiser(x)``."""
     if isinstance(denoiser, torch.nn.Module):
         return denoiser
+    if isinstance(denoiser, str):
+        raise ValueError(f"denoiser must be callable, got the name {denoiser!r}: load it with "
+                         f"pnp_stable.load_denoiser({denoiser!r}) (ps.deblur and ps.denoise take names directly)")
     if not callable(denoiser):
         raise ValueError(f"denoiser must be callable, got {type(denoiser).__name__}")
     try:
@@ -120,6 +123,10 @@ class Scheme:
     def denoise(self, x: Tensor, index: Tensor | None) -> Tensor:
         """D_ω(x) = x + ω(D(x, σ_d) − x)."""
         denoised = self.denoiser_for(index)(x, self.sigma_for(index))
+        if not isinstance(denoised, Tensor) or denoised.shape != x.shape:
+            got = tuple(denoised.shape) if isinstance(denoised, Tensor) else type(denoised).__name__
+            raise ValueError(f"the denoiser returned {got} for an input tensor of shape {tuple(x.shape)}: a PnP "
+                             "denoiser must map a [B, C, H, W] tensor to a tensor of the same shape")
         if self.denoiser_weight == 1:
             return denoised
         return x + self.denoiser_weight * (denoised - x)
