@@ -18,9 +18,10 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/pnp-stable demo --out demo_out
 
-# bench: the exact commands behind benchmarks/results/*.md, sized for 2 CPU cores (about 16 h in all, of which
-# architectures.py trains 5 networks for 40 min each and resumes where an interrupted run stopped;
-# tests/test_packaging.py keeps this list and the results files in step). Data: ../shared/data, or
+# bench: the exact commands behind benchmarks/results/*.md, sized for 2 CPU cores (many hours; architectures.py
+# and robust_classification.py only evaluate while their committed training states and the shipped classifiers are
+# present, and resume where an interrupted run stopped; tests/test_packaging.py keeps this list and the results
+# files in step). Data: ../shared/data, or
 # PNP_STABLE_DATA=/path/to/data make bench. bench-full: the full protocols (Set3C + CBSD10, two noise
 # levels, whole images, every test image): many hours on 2 CPU cores, meant for a GPU machine.
 bench: $(STAMP)
