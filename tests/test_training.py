@@ -2,6 +2,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from PIL import Image
 
 import pnp_stable as ps
 from pnp_stable.training import PatchSampler, TrainConfig, Trainer, load_folder
+from pnp_stable.training.checkpoint import load_checkpoint
 
 ARCH = dict(width=6, depth=2)
 
@@ -130,7 +132,7 @@ def test_resume_with_other_options_is_refused(folders, tmp_path):
     """A change of what the run computes is refused and named; the same folder spelt 'dir/' and a validation
     frequency (it reports, the weights do not depend on it) are not changes."""
     Trainer(_config(folders, tmp_path, steps=2), progress=False).run()
-    with pytest.raises(ValueError, match="other steps;"):
+    with pytest.raises(ValueError, match=r"other steps \(steps: 2 there, 5 here\);"):
         Trainer(_config(folders, tmp_path, steps=5), resume=True, progress=False)
     same = dataclasses.replace(_config(folders, tmp_path, steps=2), data=[str(folders / "train") + "/"],
                                validate_every=1)
@@ -198,7 +200,7 @@ def test_fine_tuning_starts_from_a_weights_file_and_may_add_the_noise_adaptive_r
 
     metadata = read_metadata(exported)
     assert (metadata["steps"], metadata["total_steps"]) == ("2", "4")
-    config.architecture = dict(width=4, depth=2)
+    config.architecture, config.overwrite = dict(width=4, depth=2), True
     with pytest.raises(ValueError, match="does not fit this architecture"):
         Trainer(config, progress=False)
     argv = ["--data", str(folders / "train"), "--out", str(tmp_path / "x.safetensors"), "--model", "dncnn", "--noise-adaptive"]
@@ -253,7 +255,7 @@ def test_a_wider_network_fine_tuned_from_weights_starts_from_their_function(fold
     assert grown.config["width"] == 10
     if model == "averaged":
         assert grown.certificate.alpha < 1
-    wider_config.channels = 3
+    wider_config.channels, wider_config.overwrite = 3, True
     with pytest.raises(ValueError, match="channels 1"):
         Trainer(wider_config, progress=False)
 
@@ -328,7 +330,7 @@ def test_resume_gives_each_process_its_own_sampler_state(folders, tmp_path):
 
     from pnp_stable.training.checkpoint import save_checkpoint
 
-    config = _config(folders, tmp_path, steps=4)
+    config = dataclasses.replace(_config(folders, tmp_path, steps=4), overwrite=True)  # the ranks share one out
 
     def process(rank):  # a trainer as rank ``rank`` of 2 builds it (without launching processes)
         trainer = Trainer(config, progress=False)
@@ -530,3 +532,60 @@ def test_training_data_options_that_would_be_misread_are_fixed_or_refused(folder
 def test_a_reversed_noise_range_is_refused(folders, tmp_path):
     with pytest.raises(ValueError, match="low ≤ high"):
         dataclasses.replace(_config(folders, tmp_path), sigma=[0.2, 0.1])
+
+
+def test_a_new_run_does_not_replace_an_earlier_one_unasked(folders, tmp_path):
+    Trainer(_config(folders, tmp_path, steps=2), progress=False).run()
+    with pytest.raises(ValueError, match=r"already exist.*--resume.*--overwrite"):
+        Trainer(_config(folders, tmp_path, steps=2), progress=False)
+    assert Trainer(dataclasses.replace(_config(folders, tmp_path, steps=2), overwrite=True), progress=False).step == 0
+    (tmp_path / "elsewhere.safetensors.ckpt").mkdir()
+    with pytest.raises(ValueError, match="is a folder"):  # before any work, not after the last step
+        Trainer(dataclasses.replace(_config(folders, tmp_path), out=str(tmp_path / "elsewhere.safetensors")), progress=False)
+
+
+def test_resume_refuses_changed_image_folders(folders, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(folders / "train", data)
+    config = dataclasses.replace(_config(folders, tmp_path, steps=2), data=[str(data)])
+    Trainer(config, progress=False).run()
+    Image.fromarray(np.zeros((48, 48), dtype=np.uint8)).save(data / "9.png")
+    with pytest.raises(ValueError, match="image folders .* changed"):
+        Trainer(config, resume=True, progress=False)
+    (data / "9.png").unlink()
+    assert Trainer(config, resume=True, progress=False).step == 2
+
+
+def test_a_fine_tune_resumes_without_its_init_file(folders, tmp_path):
+    base = Trainer(_config(folders, tmp_path / "base", steps=2), progress=False)
+    base.run()
+    init = Path(base.export())
+    config = dataclasses.replace(_config(folders, tmp_path, steps=4), init=str(init))
+    tuned = Trainer(config, progress=False)
+    tuned.sampler = SignalAtStep(tuned.sampler, tuned, step=1)
+    assert tuned.run() == "interrupted"
+    init.rename(tmp_path / "moved.safetensors")  # the checkpoint holds every weight
+    resumed = Trainer(config, resume=True, progress=False)
+    assert resumed.run() == "finished" and resumed.init_steps == 2
+    assert ps.denoisers.read_metadata(resumed.export())["total_steps"] == "6"
+
+
+def test_channel_conversions_of_training_images_are_announced(folders, tmp_path):
+    colour = tmp_path / "colour"
+    colour.mkdir()
+    Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(colour / "c.png")
+    with pytest.warns(UserWarning, match="1 of the 1 images .* luminance"):
+        load_folder(colour, 1)
+    with pytest.warns(UserWarning, match="three equal channels"):
+        load_folder(folders / "train", 3)
+
+
+def test_cli_options_of_validation_and_baseline_depth(folders, tmp_path):
+    from pnp_stable.training.__main__ import main
+
+    argv = ["--data", str(folders / "train"), "--holdout", "1", "--patch", "16", "--batch", "2", "--steps", "2",
+            "--width", "4", "--depth", "2", "--quiet", "--val-sigma", "10/255", "--out"]
+    assert main(argv + [str(tmp_path / "v.safetensors")]) == 0
+    checkpoint = load_checkpoint(str(tmp_path / "v.safetensors.ckpt"))[1]
+    assert checkpoint["config"]["val_sigma"] == pytest.approx(10 / 255)
+    assert main(argv[:-1] + ["--model", "dncnn", "--depth", "1", "--out", str(tmp_path / "d.safetensors")]) == 2

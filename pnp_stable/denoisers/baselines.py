@@ -27,6 +27,8 @@ class DnCNNBaseline(dinv.models.Denoiser):
         for name, value in (("channels", channels), ("width", width), ("depth", depth)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a whole number ≥ 1, got {value!r}")
+        if depth < 2:
+            raise ValueError(f"a DnCNN needs depth ≥ 2 (its first and last convolutions), got {depth}")
         super().__init__()
         self.config = dict(channels=channels, depth=depth, width=width)
         self.channels = channels

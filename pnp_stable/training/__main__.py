@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the last N training images (in --data order, each folder sorted by path) out of training, "
                    "as the validation images")
     p.add_argument("--val-images", type=positive_int, default=10, help="validate on the first N validation images")
+    p.add_argument("--val-sigma", type=level, default=25 / 255,
+                   help="noise level of the validation PSNR ([0, 1] scale; default 25/255)")
     p.add_argument("--channels", type=int, choices=[1, 3], default=1, help="1 (gray) or 3 (colour)")
     p.add_argument("--sigma", type=level, nargs="+", default=[25 / 255], help="noise level, or a range LOW HIGH ([0, 1] scale)")
     p.add_argument("--patch", type=positive_int, default=40, help="patch size")
@@ -70,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-minutes", type=positive_float, default=5.0, help="minutes between checkpoints")
     p.add_argument("--log-every", type=positive_int, default=50, help="steps between log lines when no progress bar is shown")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint next to --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run where --out or its checkpoint already exists (else refused without --resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -97,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint_minutes=args.checkpoint_minutes, log_every=args.log_every,
             architecture=architecture, model=args.model, init=args.init, loss=args.loss, loss_floor=args.loss_floor,
             precision=args.precision, holdout=args.holdout, val_images=args.val_images, compile=args.compile,
+            val_sigma=args.val_sigma, overwrite=args.overwrite,
         )
         trainer = Trainer(config, resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
         outcome = trainer.run()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -30,20 +32,36 @@ def list_images(folder: str | Path) -> list[Path]:
 EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
 
 
+def fingerprint(folders: Sequence[str | Path]) -> str:
+    """A digest of the image files of ``folders`` (their paths within each folder, in order, and their sizes): a
+    resumed run checks that its data are the ones it started on."""
+    digest = hashlib.sha256()
+    for folder in folders:
+        for path in list_images(folder):
+            digest.update(f"{path.relative_to(folder)}\0{path.stat().st_size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def load_folder(folder: str | Path, channels: int) -> list[Tensor]:
-    """Every image of ``folder`` as a uint8 tensor [C, H, W] (gray: luminance, colour: RGB)."""
+    """Every image of ``folder`` as a uint8 tensor [C, H, W] (gray: luminance, colour: RGB), with a warning when that
+    converts the folder's images (colour ones to gray, gray ones to three equal channels)."""
     mode = "L" if channels == 1 else "RGB"
-    images = []
+    images, converted = [], 0
     for path in list_images(folder):
         try:
             with Image.open(path) as im:
                 if im.mode not in EIGHT_BIT_MODES:  # PIL's convert would clip 16-bit or float values, not scale them
                     raise ValueError(f"training image {path} is not 8-bit (PIL mode {im.mode}); convert the training "
                                      "set to 8-bit PNG")
+                converted += (im.mode in ("1", "L", "LA")) != (channels == 1)
                 arr = np.asarray(im.convert(mode), dtype=np.uint8)
         except (UnidentifiedImageError, OSError) as err:
             raise ValueError(f"cannot read training image {path}: {err}") from err
         images.append(torch.from_numpy(arr.reshape(arr.shape[0], arr.shape[1], channels).transpose(2, 0, 1).copy()))
+    if converted:
+        what = "colour images to their luminance" if channels == 1 else "gray images to three equal channels"
+        warnings.warn(f"{converted} of the {len(images)} images in {folder} are converted, {what}: the model is "
+                      f"trained for {channels} channel(s) (--channels)", stacklevel=2)
     return images
 
 

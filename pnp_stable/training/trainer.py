@@ -25,7 +25,7 @@ from ..denoisers.baselines import DnCNNBaseline
 from ..denoisers.serialization import read_denoiser_tensors, save_denoiser
 from ..metrics import psnr
 from .checkpoint import load_checkpoint, model_tensors, sampler_state, save_checkpoint
-from .data import PatchSampler, load_folder, split_holdout
+from .data import PatchSampler, fingerprint, load_folder, split_holdout
 from .growth import fits, grow_state
 
 __all__ = ["LOSSES", "MODELS", "PRECISIONS", "TrainConfig", "Trainer", "TrainingDiverged", "denoising_loss", "validation_psnr"]
@@ -69,7 +69,7 @@ def denoising_loss(output: torch.Tensor, clean: torch.Tensor, sigma: torch.Tenso
 
 
 #: Options that change how a run is executed or reported, not what it computes: a resume may change them.
-EXECUTION_ONLY = ("compile", "checkpoint_minutes", "log_every", "validate_every")
+EXECUTION_ONLY = ("compile", "checkpoint_minutes", "log_every", "validate_every", "overwrite")
 #: Options naming files or folders: compared as normalised paths ('dir/' and 'dir' are one folder).
 PATH_OPTIONS = ("data", "val", "out", "init")
 
@@ -102,6 +102,7 @@ class TrainConfig:
     precision: str = "fp32"
     holdout: int = 0
     compile: bool = False
+    overwrite: bool = False  # start over where ``out`` or its checkpoint already exists (else refused without resume)
 
     def __post_init__(self):
         if isinstance(self.data, (str, os.PathLike)):  # one folder, not a sequence of one-character folder names
@@ -130,8 +131,9 @@ class Trainer:
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         torch.manual_seed(config.seed)
         self.model = MODELS[config.model](channels=config.channels, **config.architecture)
-        self.init_steps = 0  # steps behind the --init weights (fine-tuning)
-        if config.init:
+        self._check_outputs(resume)
+        self.init_steps = 0  # steps behind the --init weights (fine-tuning); a resumed run reads it from its checkpoint
+        if config.init and not resume:
             self._initialise_from(config.init)
         self.net = self.model
         if self.world > 1:
@@ -145,6 +147,7 @@ class Trainer:
         else:
             self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=0.9)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=config.lr, total_steps=config.steps)
+        self.data_fingerprint = fingerprint([*config.data, *([config.val] if config.val else [])])
         images = [im for folder in config.data for im in load_folder(folder, config.channels)]
         images, held_out = split_holdout(images, config.holdout)
         sigma = tuple(config.sigma) if isinstance(config.sigma, (list, tuple)) else config.sigma
@@ -186,6 +189,18 @@ class Trainer:
                             self.step, asdict(self.config), self.history())
         self.saved_step = self.step
 
+    def _check_outputs(self, resume: bool) -> None:
+        """Before any work: a run that does not resume must not replace an earlier run's weights or checkpoint
+        unannounced (its first SIGINT would write over the checkpoint at once), and the checkpoint must be a file."""
+        if self.checkpoint_path.is_dir():
+            raise ValueError(f"the checkpoint path {self.checkpoint_path} is a folder; remove it or choose another out")
+        if resume or self.config.overwrite:
+            return
+        existing = [str(path) for path in (self.checkpoint_path, Path(self.config.out)) if path.exists()]
+        if existing:
+            raise ValueError(f"{' and '.join(existing)} already exist(s): resume that run (--resume), start over in its "
+                             "place (--overwrite), or choose another out")
+
     def resume(self) -> None:
         tensors, meta = load_checkpoint(self.checkpoint_path)
         defaults = asdict(TrainConfig(data=self.config.data, out=self.config.out))
@@ -202,8 +217,14 @@ class Trainer:
                     options[key] = [os.path.normpath(v) for v in value]
         changed = sorted(key for key in current if stored[key] != current[key])
         if changed:
-            raise ValueError(f"checkpoint {self.checkpoint_path} was written with other {', '.join(changed)}; "
+            details = "; ".join(f"{key}: {stored[key]!r} there, {current[key]!r} here" for key in changed)
+            raise ValueError(f"checkpoint {self.checkpoint_path} was written with other {', '.join(changed)} ({details}); "
                              "resume with the same options or start a new run")
+        stored_data = meta["history"].get("data")
+        if stored_data is not None and stored_data != self.data_fingerprint:
+            raise ValueError(f"the image folders of {self.checkpoint_path} changed since it was written (files added, "
+                             "removed or resized): the sampler and the held-out set would no longer be the run's; "
+                             "restore them, or start a new run")
         self.model.load_state_dict(model_tensors(tensors))
         self.optimizer.load_state_dict(meta["optimizer_state"])
         self.scheduler.load_state_dict(meta["scheduler"])
@@ -211,10 +232,17 @@ class Trainer:
         self.step = self.saved_step = meta["step"]
         self.curve = meta["history"].get("curve", [])
         self.train_seconds = float(meta["history"].get("train_seconds", 0.0))
+        if "init_steps" in meta["history"]:
+            self.init_steps = int(meta["history"]["init_steps"])
+        elif self.config.init:  # a checkpoint written before it kept this: read it from the --init file
+            metadata = read_denoiser_tensors(self.config.init)[0]
+            self.init_steps = int(metadata.get("total_steps", metadata.get("steps", 0)))
 
     def history(self) -> dict:
-        """What the checkpoint keeps of the run besides its state: the validation curve and the training time."""
-        return {"curve": self.curve, "train_seconds": round(self.train_seconds, 1)}
+        """What the checkpoint keeps of the run besides its state: the validation curve, the training time, the
+        steps behind its --init weights and the fingerprint of its image folders."""
+        return {"curve": self.curve, "train_seconds": round(self.train_seconds, 1), "init_steps": self.init_steps,
+                "data": self.data_fingerprint}
 
     def _initialise_from(self, path: str) -> None:
         """Fine-tuning: start from the tensors of a weights file; parameters it lacks keep their initialisation.
