@@ -646,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         from .training.__main__ import main as train_main
 
-        return train_main(rest)
+        return train_main(rest, prog="pnp-stable train")
     if args.command == "train-classifier":
         from .classification.__main__ import main as train_classifier_main
 

@@ -450,3 +450,11 @@ def test_denoise_takes_folders_and_checks_every_input_before_any_work(files, tmp
     mixed = run_cli("denoise", folder, "--sigma", "0.1", "--denoiser", "averaged-color", "--out", tmp_path / "mixed")
     assert mixed.returncode == 2 and "gray.png has 1 channel(s)" in mixed.stderr
     assert not (tmp_path / "mixed").exists()  # refused before any output was written
+
+
+def test_train_errors_name_the_command_they_came_from(tmp_path, capsys):
+    from pnp_stable import cli
+
+    assert cli.main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "m.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pnp-stable train: error: image folder not found") and err.count("\n") == 1

@@ -137,6 +137,8 @@ def test_resume_with_other_options_is_refused(folders, tmp_path):
     same = dataclasses.replace(_config(folders, tmp_path, steps=2), data=[str(folders / "train") + "/"],
                                validate_every=1)
     assert Trainer(same, resume=True, progress=False).step == 2
+    relative = dataclasses.replace(same, data=[os.path.relpath(folders / "train")])  # the same folder, relative
+    assert Trainer(relative, resume=True, progress=False).step == 2
 
 
 def test_torchrun_two_processes(folders, tmp_path):
@@ -316,7 +318,7 @@ def test_a_diverging_run_stops_with_exit_2_and_keeps_the_last_finite_checkpoint(
             "--checkpoint-minutes", "1e-9", "--quiet"]  # a checkpoint after every step
     assert main(argv) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: training diverged at step "), lines
+    assert len(lines) == 1 and lines[0].startswith("python -m pnp_stable.training: error: training diverged at step "), lines
     tensors, meta = load_checkpoint(f"{out}.ckpt")  # digest and finiteness checked
     assert f"the last finite checkpoint {out}.ckpt (step {meta['step']}) is kept" in lines[0]
     assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())

@@ -19,8 +19,8 @@ from ..denoisers import ACTIVATIONS
 from .trainer import LOSSES, MODELS, PRECISIONS, TrainConfig, Trainer
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="python -m pnp_stable.training", description="Train a certified averaged denoiser (or the unconstrained DnCNN baseline).",
+def build_parser(prog: str = "python -m pnp_stable.training") -> argparse.ArgumentParser:
+    p = OneLineParser(prog=prog, description="Train a certified averaged denoiser (or the unconstrained DnCNN baseline).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", nargs="+", required=True, help="training image folder(s)")
     p.add_argument("--out", required=True, help="output weights (.safetensors)")
@@ -78,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m pnp_stable.training") -> int:
+    args = build_parser(prog).parse_args(argv)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     sigma = args.sigma[0] if len(args.sigma) == 1 else args.sigma
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         architecture |= ({"scales": args.scales} if args.scales else {}) | ({"block": "sll"} if args.block == "sll" else {})
         architecture |= {"activation": args.activation} if args.activation else {}
     elif args.noise_adaptive or args.scales or args.block != "gradient-flow" or args.activation:
-        print("error: --noise-adaptive, --scales, --block and --activation apply to the averaged model only", file=sys.stderr)
+        print(f"{prog}: error: --noise-adaptive, --scales, --block and --activation apply to the averaged model only",
+              file=sys.stderr)
         return 2
     start = time.monotonic()
     try:
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"interrupted at step {trainer.step} of {config.steps} (the weights above are that step's network); "
                       "resume with --resume", file=sys.stderr)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     finally:
         if dist.is_initialized():

@@ -70,7 +70,7 @@ def denoising_loss(output: torch.Tensor, clean: torch.Tensor, sigma: torch.Tenso
 
 #: Options that change how a run is executed or reported, not what it computes: a resume may change them.
 EXECUTION_ONLY = ("compile", "checkpoint_minutes", "log_every", "validate_every", "overwrite")
-#: Options naming files or folders: compared as normalised paths ('dir/' and 'dir' are one folder).
+#: Options naming files or folders: compared as absolute paths from the working directory ('dir/', 'dir' and '/abs/dir' are one folder).
 PATH_OPTIONS = ("data", "val", "out", "init")
 
 
@@ -212,9 +212,9 @@ class Trainer:
             for key in PATH_OPTIONS:
                 value = options.get(key)
                 if isinstance(value, str):
-                    options[key] = os.path.normpath(value)
+                    options[key] = os.path.abspath(value)
                 elif isinstance(value, list):
-                    options[key] = [os.path.normpath(v) for v in value]
+                    options[key] = [os.path.abspath(v) for v in value]
         changed = sorted(key for key in current if stored[key] != current[key])
         if changed:
             details = "; ".join(f"{key}: {stored[key]!r} there, {current[key]!r} here" for key in changed)
