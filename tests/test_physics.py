@@ -138,3 +138,11 @@ def test_one_pixel_wide_kernels_blur_exactly_with_an_exact_adjoint(boundary, ker
     expected = sum(kernel[i, j] * padded[h - 1 - i : h - 1 - i + 12, w - 1 - j : w - 1 - j + 10]
                    for i in range(h) for j in range(w))  # convolution (flipped kernel), same size
     assert np.allclose(op.A(x)[0, 0].double().numpy(), expected, atol=1e-6)
+
+
+def test_custom_operator_refuses_a_map_that_is_not_linear():
+    with pytest.raises(ValueError, match="A is not linear"):
+        ps.custom_operator(lambda x: x**2, img_size=(1, 8, 8))
+    with pytest.raises(ValueError, match="A is not linear"):
+        ps.custom_operator(lambda x: x + 1, lambda y: y, img_size=(1, 8, 8))
+    assert ps.custom_operator(lambda x: x.double() * 2, img_size=(1, 8, 8)) is not None  # float64 out is linear too
