@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -155,6 +156,10 @@ class Trainer:
         if config.val:
             held_out = load_folder(config.val, config.channels)
         self.val_images = held_out[: config.val_images]
+        if config.validate_every and len(self.val_images) < config.val_images and self.rank == 0:
+            warnings.warn(f"only {len(self.val_images)} validation image(s) for val_images = {config.val_images}: the "
+                          "validation PSNR uses those" if self.val_images else "no validation images (give holdout N or "
+                          "a val folder): no validation PSNR is recorded", stacklevel=2)
         self.step = 0
         self.saved_step: int | None = None  # step of the checkpoint on disk that this run wrote or resumed from
         self.progress = progress and self.rank == 0
