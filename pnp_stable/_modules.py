@@ -34,13 +34,14 @@ def on_device(model: torch.nn.Module, device: str | torch.device) -> torch.nn.Mo
 
 
 def accepted_channels(model) -> tuple[int, ...] | None:
-    """The image channel counts ``model`` takes: its recorded ``channels`` (ours and the baselines), else, for a
-    module whose first convolution reveals it (deepinv's DnCNN, DRUNet), that convolution's input channels c, taken
-    as c or c − 1 images (a noise-level map may join the image, as DRUNet's does); None when nothing tells."""
+    """The image channel counts ``model`` takes: its recorded ``channels`` (ours and the baselines), else, for one of
+    deepinv's own models (DnCNN, DRUNet, …), whose first convolution is its input layer, that convolution's input
+    channels c, taken as c or c − 1 images (a noise-level map may join the image, as DRUNet's does); None when
+    nothing tells (a caller's own module may apply a one-channel network to each channel, say)."""
     recorded = getattr(model, "channels", None)
     if isinstance(recorded, int):
         return (recorded,)
-    if isinstance(model, torch.nn.Module):
+    if isinstance(model, torch.nn.Module) and type(model).__module__.startswith("deepinv."):
         first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
         if first is not None:
             return tuple(c for c in (first.in_channels, first.in_channels - 1) if c > 0)

@@ -75,7 +75,7 @@ def to_tensor(image, name: str = "image") -> Tensor:
             x = torch.from_numpy(_scaled(x.detach().cpu().numpy())).to(x.device)
         elif torch.is_complex(x):
             raise ValueError(f"{name} is complex ({x.dtype}); pass real and imaginary parts as two channels")
-        if x.ndim in (3, 4) and x.shape[-1] in (1, 3, 4) and x.shape[-3] not in (1, 3, 4):
+        if x.ndim in (3, 4) and x.shape[-1] in (1, 3, 4) and x.shape[-3] > 4:  # [.., H, W, C]: no image has H ≤ 4 channels
             raise ValueError(f"{name} tensor has shape {tuple(x.shape)}: tensor images are [C, H, W] or [B, C, H, W] "
                              "(channels first); for an [H, W, C] tensor pass x.permute(2, 0, 1) (or a numpy array)")
         if x.ndim == 2:
@@ -151,7 +151,9 @@ def load_image(path: str | Path, gray: bool | None = None) -> Tensor:
             mode = im.mode
             _warn_if_transparent(im, path)
             single = mode in SINGLE_CHANNEL_MODES
-            if gray or single:  # a one-channel file read as RGB repeats its scaled channel (convert would clip)
+            if gray and sixteen and not single:  # 16-bit colour as luminance from its full depth (ITU-R 601, as Pillow)
+                arr = _colour_array(im, path, sixteen) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+            elif gray or single:  # a one-channel file read as RGB repeats its scaled channel (convert would clip)
                 if mode == "I":  # 32-bit signed: the bit depth of its values, as for an int32 array (to_tensor's rule)
                     raw = np.asarray(im)
                     arr = raw.astype(np.float32) / _integer_scale(raw)

@@ -103,3 +103,12 @@ def test_psnr_of_identical_images_is_inf_without_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert ps.psnr(x, x).tolist() == [float("inf")]
+
+
+def test_sixteen_bit_colour_read_as_gray_keeps_its_precision(tmp_path):
+    import tifffile
+
+    raw = np.random.default_rng(1).integers(0, 65536, size=(8, 8, 3), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "rgb16.tif", raw)
+    luminance = (raw / 65535) @ np.array([0.299, 0.587, 0.114])
+    assert np.abs(ps.load_image(tmp_path / "rgb16.tif", gray=True)[0, 0].numpy() - luminance).max() < 1e-6

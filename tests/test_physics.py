@@ -146,3 +146,9 @@ def test_custom_operator_refuses_a_map_that_is_not_linear():
     with pytest.raises(ValueError, match="A is not linear"):
         ps.custom_operator(lambda x: x + 1, lambda y: y, img_size=(1, 8, 8))
     assert ps.custom_operator(lambda x: x.double() * 2, img_size=(1, 8, 8)) is not None  # float64 out is linear too
+
+
+def test_a_one_pixel_wide_kernel_on_a_one_pixel_high_signal_needs_no_padding():
+    op = ps.blur(np.ones((1, 5)) / 5, boundary="reflect", img_size=(1, 1, 64))
+    x = torch.rand(1, 1, 1, 64, generator=torch.Generator().manual_seed(0))
+    assert op.A(x).shape == x.shape and ps.adjoint_test(op, (1, 1, 64)) < 1e-5

@@ -135,7 +135,7 @@ class L2Fidelity:
         )
         residual = torch.linalg.vector_norm((rhs - normal(u)).flatten(1), dim=1, dtype=torch.float64)
         scale = torch.linalg.vector_norm(rhs.flatten(1), dim=1, dtype=torch.float64).clamp_min(1e-30)
-        self.prox_accuracy.record(float((residual / scale).max()), float(residual.max()))
+        self.prox_accuracy.record(float((residual / scale).max()), residual.cpu())
         return u
 
 

@@ -99,10 +99,13 @@ def blur(
     if use_fft is None:
         use_fft = max(k.shape) >= FFT_MIN_KERNEL_SIZE
     padding = "constant" if boundary == "zeros" else boundary
-    if boundary != "valid" and min(k.shape) == 1:
+    rows, columns = (int(k.shape[0] == 1), int(k.shape[1] == 1))
+    if img_size is not None:  # an image 1 pixel high (wide) cannot be padded by one row (column) and needs none
+        rows, columns = rows * (img_size[1] > 1), columns * (img_size[2] > 1)
+    if boundary != "valid" and (rows or columns):
         # the same operator with a zero row (column) on each side: deepinv's reflect padding fails on a 1-pixel
-        # side and its replicate adjoint is wrong there (adjoint test 0.66-1.25), not on 3 pixels
-        k = torch.nn.functional.pad(k, (int(k.shape[1] == 1),) * 2 + (int(k.shape[0] == 1),) * 2)
+        # side of the kernel and its replicate adjoint is wrong there (adjoint test 0.66-1.25), not on 3 pixels
+        k = torch.nn.functional.pad(k, (columns, columns, rows, rows))
         filt = k[None, None].to(device)
     return _guarded(dinv.physics.Blur(filter=filt, padding=padding, use_fft=use_fft, noise_model=noise, device=device))
 

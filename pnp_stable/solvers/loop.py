@@ -209,7 +209,8 @@ def run_scheme(
             error = evaluation_error(points[0].numel())
             r, r_norm = monitor.observe(index, points, safe_images, k, kinds, finite, error)
             kept = torch.ones(len(index), dtype=torch.bool) if kinds is None else kinds != REJECTED
-            error_norm = error / sample_norms(safe_images).cpu().clamp_min(1e-30) if error > 0 else 0.0
+            inexact = isinstance(error, Tensor) or error != 0  # NaN counts: never an exact evaluation
+            error_norm = error / sample_norms(safe_images).cpu().clamp_min(1e-30) if inexact else 0.0
             stopped = tracker.record(index, k, safe_images, estimates, r, r_norm, finite, kept, error_norm)
             steps.advance(index, points, safe_images, r, kinds, finite)
             if reference is not None:
@@ -243,7 +244,8 @@ def run_scheme(
 
 def _accuracy_note(scheme: Scheme, tol: float, bounds: Tensor) -> str:
     """What an 'accuracy-limited' stop means and how to go further."""
-    solved = " and ".join(scheme.inexact_sources()) or "an inner solver"
+    sources = getattr(scheme, "inexact_sources", lambda: [])()  # a duck-typed scheme need not describe them
+    solved = " and ".join(sources) or "an inner solver"
     return (f"accuracy-limited: {len(bounds)} sample(s) moved less than the accuracy of their evaluations (r/‖z‖ < tol = "
             f"{tol:g}, and r within the inner solvers' error: {solved}), so the exact iteration's relative residual "
             f"there is bounded by {float(bounds.max()):.3g}, not by tol; solve the inner problems more accurately, or "

@@ -22,8 +22,9 @@ can miss a real excess.
 Float32 tolerance: T evaluated in float32 is exact only up to rounding of relative size
 ≈ ε = 1.2e-7 per operation, so every check allows an absolute slack of ``FLOAT_SLACK``·‖z_k‖
 (= 100 ε ‖z_k‖, the rounding error of a few hundred operations) on r, and the matching slack on r²; an
-evaluation computed by an inner solver (an iterative prox) adds the bound on its error against the exact T, so
-that a violation is always proof against the certificate, never the inner solver's tolerance.
+evaluation computed by an inner solver (an iterative prox) adds the bound e on its error against the exact T (2e
+for a pair of such evaluations), so that a violation is always proof against the certificate, never the inner
+solver's tolerance.
 Without a certified β (an uncertified denoiser) only monotonicity is checked — it holds for every
 non-expansive T, so a violation is evidence that T is expansive. Momentum schemes (FISTA) get no checks.
 
@@ -196,22 +197,28 @@ class ConvergenceMonitor:
         self._previous_point: Tensor | None = None  # accelerated runs: the previous evaluated point …
         self._first_point: Tensor | None = None  # certified runs: each sample's first evaluated point, its g …
         self._first_step: Tensor | None = None
-        self._first_slack = nan.clone()  # … and that evaluation's slack (NaN: none recorded yet)
+        self._first_slack = nan.clone()  # … that evaluation's rounding slack and inner-solver error (NaN: none yet)
+        self._first_error = nan.clone()
         self._first_iteration = torch.full((batch_size,), -1, dtype=torch.long)
         self._anchor: Tensor | None = None  # … and the anchor
         self._extrapolated = torch.zeros(batch_size, dtype=torch.long)  # accepted or rejected extrapolations
         self.batch_size = batch_size
 
     def observe(self, index: Tensor, z: Tensor, z_next: Tensor, iteration: int, kinds: Tensor | None = None,
-                finite: Tensor | None = None, error: float = 0.0) -> tuple[Tensor, Tensor]:
+                finite: Tensor | None = None, error: float | Tensor = 0.0) -> tuple[Tensor, Tensor]:
         """Record the evaluation z ↦ z_next = T(z) of the samples ``index`` (z, z_next, ``kinds`` and ``finite``
         have only those rows; ``kinds`` None: all plain steps); return their residuals r = ‖T(z) − z‖ and r/‖T(z)‖.
         Rows not ``finite`` (T(z) had NaN/Inf, and the caller passed z in its place) are neither checked nor kept.
-        ``error``: a bound on ‖T̃(z) − T(z)‖ per sample when T is computed by an inner solver (added to the slack)."""
+        ``error``: a bound e on ‖T̃(z) − T(z)‖ (one, or one per row) when T is computed by an inner solver. Two
+        inexact evaluations may each be e off, so the pair checks allow 2e more; monotonicity is then checked between
+        consecutive residuals (r_k ≤ r_{k−1} + 2e: against an older one the allowance would add up over the steps),
+        and not at all along an accelerated chain, whose previous evaluation need not be its last kept one."""
         step = z_next - z
         r = sample_norms(step).cpu()
         scale = sample_norms(z_next).cpu()
-        slack = self.slack * scale + error
+        error = torch.nan_to_num(torch.as_tensor(error, dtype=torch.float64).expand(len(index)), nan=float("inf"))
+        float_slack = self.slack * scale
+        slack = float_slack + 2 * error  # for a pair of evaluations
         accelerated = self.safeguard is not None
         if kinds is None:
             kinds = torch.full((len(index),), PLAIN, dtype=torch.long)
@@ -224,17 +231,21 @@ class ConvergenceMonitor:
         r_prev = self._previous_residual[index]
         have_previous = ~torch.isnan(r_prev) & finite
         if self.history.checks and have_previous.any():
-            margin = r - self._chain_minimum[index]  # ≤ 0 when monotone: no residual above an earlier one of the chain
-            self._record("monotone residual", index, have_previous & plain & (margin > slack),
-                         margin / self._chain_minimum[index].clamp_min(1e-30), iteration)
+            inexact = error > 0
+            reference = torch.where(inexact, r_prev, self._chain_minimum[index])  # exact: no residual above an earlier one
+            margin = r - reference
+            checked = have_previous & plain & ~(inexact & accelerated)
+            self._record("monotone residual", index, checked & (margin > slack), margin / reference.clamp_min(1e-30),
+                         iteration)
             if self.beta is not None:
                 self._check_pair(index, z, step, r, r_prev, have_previous, slack, iteration, accelerated)
-                self._check_first_pair(index, z, step, finite, slack, iteration)
+                self._check_first_pair(index, z, step, finite, float_slack, error, iteration)
             if accelerated:
                 r_anchor = self._anchor_residual[index]
                 jump = sample_norms(z - self._anchor[index]).cpu()
                 excess = torch.maximum(r - self.safeguard.decrease * r_anchor, jump - self.safeguard.max_jump * r_anchor)
-                self._record("safeguard", index, accepted & (excess > slack), excess / r_anchor.clamp_min(1e-30), iteration)
+                self._record("safeguard", index, accepted & (excess > float_slack), excess / r_anchor.clamp_min(1e-30),
+                             iteration)  # the iteration's own rule on the values it computed: rounding only
         returned = relative[index]
         residual[index[~finite]] = relative[index[~finite]] = float("nan")  # not a residual of 0: T(z) was not finite
         self.history.residuals.append(residual)
@@ -244,7 +255,7 @@ class ConvergenceMonitor:
             recorded[index] = kinds
             self.history.kinds.append(recorded)
         if self.beta is not None and self.history.checks:
-            self._remember_first(index, z, step, slack, finite, iteration)
+            self._remember_first(index, z, step, float_slack, error, finite, iteration)
         kept = torch.nonzero(finite).flatten()
         self._update(index[kept], z[kept], step[kept], r[kept], plain[kept], accepted[kept], accelerated)
         return r, returned
@@ -262,9 +273,11 @@ class ConvergenceMonitor:
         tolerance = 2 * slack * (image_move + move + slack) * (1 + 2 * (1 - self.beta) / self.beta)  # rounding of the norms
         self._record("inequality (A)", index, have_previous & (defect > tolerance), defect / (move**2).clamp_min(1e-30), iteration)
 
-    def _check_first_pair(self, index, z, step, finite, slack, iteration) -> None:
+    def _check_first_pair(self, index, z, step, finite, float_slack, error, iteration) -> None:
         """Inequality (A) for the sample's first evaluation a and this one p: ‖Tp − Ta‖² ≤ ‖p − a‖² −
-        (1−β)/β‖g(p) − g(a)‖², skipped while a is the previous evaluation (the consecutive check covers it)."""
+        (1−β)/β‖g(p) − g(a)‖², skipped while a is the previous evaluation (the consecutive check covers it);
+        The slack is the consecutive check's: one rounding slack (the larger of the two) plus both evaluations'
+        inner-solver errors."""
         due = finite & (self._first_iteration[index] >= 0) & (self._first_iteration[index] < iteration - 1)
         if not due.any():
             return
@@ -273,12 +286,12 @@ class ConvergenceMonitor:
         move, image_move = sample_norms(offset).cpu(), sample_norms(offset + change).cpu()
         c = (1 - self.beta) / self.beta
         defect = image_move**2 - move**2 + c * sample_norms(change).cpu() ** 2
-        both = torch.fmax(slack, self._first_slack[index])
+        both = torch.fmax(float_slack, self._first_slack[index]) + error + self._first_error[index]
         tolerance = 2 * both * (image_move + move + both) * (1 + 2 * c)
         self._record("inequality (A) against the first evaluation", index, due & (defect > tolerance),
                      defect / (move**2).clamp_min(1e-30), iteration)
 
-    def _remember_first(self, index, z, step, slack, finite, iteration) -> None:
+    def _remember_first(self, index, z, step, float_slack, error, finite, iteration) -> None:
         """Keep each sample's first finite evaluation (point, g and slack) for :meth:`_check_first_pair`."""
         new = finite & (self._first_iteration[index] < 0)
         if not new.any():
@@ -290,7 +303,8 @@ class ConvergenceMonitor:
         samples = index[rows]
         self._first_point[samples] = z[rows]
         self._first_step[samples] = step[rows]
-        self._first_slack[samples] = slack[rows]
+        self._first_slack[samples] = float_slack[rows]
+        self._first_error[samples] = error[rows]
         self._first_iteration[samples] = iteration
 
     def _update(self, index, z, step, r, plain, accepted, accelerated) -> None:

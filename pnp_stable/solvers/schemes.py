@@ -13,10 +13,12 @@ weighted denoising step D_ω = (1 − ω)I + ωD(·, σ_d), ωα_D-averaged for 
 Krasnosel'skii–Mann relaxation z ↦ z + λ(Tz − z), λ ∈ (0, 1/β), is λβ-averaged.
 
 Inexact evaluations. When D is computed to an RMS error ε_D (an iterative prox; its certificate's ``tolerance``)
-and P by conjugate gradients to an error e_P, the computed T̃ satisfies ‖T̃z − Tz‖ ≤ a·ω‖e_D‖ + b·e_P, with
-(a, b) = ``error_factors``: the triangle inequality with D̃ and P non-expansive (DRS: ‖D̃(2P̃z − z) − D̃(2Pz − z)‖ ≤
-2e_P, and −P̃z adds e_P; ADMM: 2ω e_D inside P and ω e_D outside). A run is converged only when the exact map's
-residual is below the tolerance: ‖Tz − z‖ ≤ ‖T̃z − z‖ + ‖T̃z − Tz‖.
+and P by conjugate gradients to an error e_P (per sample), the computed T̃ satisfies ‖T̃z − Tz‖ ≤ a·ω‖e_D‖ + b·e_P,
+with (a, b) = ``error_factors``: FB (1, 0); HQS (1, 1), D_ω being non-expansive; DRS and ADMM (1, 1), since
+T = ½(I + R₁R₂) with reflections R = 2J − I that are non-expansive (D̃ and P firmly non-expansive) and an error e
+of J moves R by 2e: ‖T̃z − Tz‖ ≤ ½(2e₁ + 2e₂). A run is converged only when the exact map's residual is below
+the tolerance: ‖Tz − z‖ ≤ ‖T̃z − z‖ + ‖T̃z − Tz‖. (With a denoiser that has no certificate nothing is
+non-expansive and nothing bounds the exact residual: such a run's 'converged' means its computed residual only.)
 """
 
 from __future__ import annotations
@@ -134,10 +136,10 @@ class Scheme:
     def init(self, x0: Tensor) -> Tensor:
         return x0
 
-    def evaluation_error(self, numel: int) -> float:
-        """Bound on ‖T̃z − Tz‖ for the evaluation just made, per sample of ``numel`` entries: the denoiser's RMS
+    def evaluation_error(self, numel: int) -> float | Tensor:
+        """Bound on ‖T̃z − Tz‖ for the evaluation just made, for samples of ``numel`` entries: the denoiser's RMS
         output error (its certificate's ``tolerance``; ~0 for a network) over the whole sample, and the last prox
-        call's error (0 for a closed-form prox), through :attr:`error_factors`."""
+        call's error per sample (0 for a closed-form prox), through :attr:`error_factors`."""
         denoiser_factor, prox_factor = self.error_factors
         rms = self.denoiser_certificate.tolerance
         prox = 0.0 if prox_factor == 0 or self.fidelity.prox_is_exact else self.fidelity.prox_accuracy.last_absolute
@@ -248,7 +250,7 @@ class DouglasRachford(_SplittingWithFNEDenoiser):
     """z ↦ z + D̃(2Pz − z, σ_d) − Pz with P = prox_{τf}; estimate D̃(2Pz − z) (deepinv's DRS, β = 1)."""
 
     name = "drs"
-    error_factors = (1.0, 3.0)
+    error_factors = (1.0, 1.0)
 
     def step(self, z, fidelity, index):
         p = fidelity.prox(z, self.step_size)
@@ -261,7 +263,7 @@ class ADMM(_SplittingWithFNEDenoiser):
     estimate D̃(v). Initialised as v₀ = P(x₀), which reproduces deepinv's ADMM from (x₀, z₀ = 0)."""
 
     name = "admm"
-    error_factors = (3.0, 1.0)
+    error_factors = (1.0, 1.0)
 
     def init(self, x0):
         return self.fidelity.prox(x0, self.step_size)

@@ -14,8 +14,9 @@ STATUSES = ("converged", "accuracy-limited", "max-iterations", "diverged", "non-
 class SampleTracker:
     """A sample stops as 'converged' once (r + e)/‖T(p)‖ < ``tol``, where e bounds the evaluation's error against
     the exact map (so the exact residual ‖T(p) − p‖ ≤ r + e is below the tolerance too); as 'accuracy-limited' once
-    r/‖T(p)‖ < ``tol`` and r ≤ e (the computed iteration moves less than its inner solver's accuracy: more
-    iterations cannot prove more; :attr:`exact_bound` keeps (r + e)/‖T(p)‖); 'diverged' once
+    r/‖T(p)‖ < ``tol`` and r ≤ 2e (the computed residual is within the noise of two inexact evaluations, where it
+    may stay however long the run goes on: more iterations cannot prove more; :attr:`exact_bound` keeps
+    (r + e)/‖T(p)‖); 'diverged' once
     r > ``divergence_factor``·r₀, 'non-finite' at a NaN/Inf in T(p) or its estimate, else 'max-iterations'. Only evaluations that the
     iteration keeps (plain steps and accepted extrapolations) count for these tests and for the estimate; a
     rejected extrapolation, even a non-finite one, is dropped by the iteration and stops nothing."""
@@ -68,7 +69,7 @@ class SampleTracker:
                 self.status[b], self.iterations[b] = "diverged", k + 1
             elif r_norm[position] + errors[position] < self.tol:
                 self.status[b], self.iterations[b] = "converged", k + 1
-            elif r_norm[position] < self.tol and r_norm[position] <= errors[position]:
+            elif r_norm[position] < self.tol and r_norm[position] <= 2 * errors[position]:
                 self.status[b], self.iterations[b] = "accuracy-limited", k + 1
                 self.exact_bound[b] = float(r_norm[position] + errors[position])
             else:
