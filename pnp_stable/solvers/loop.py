@@ -247,7 +247,7 @@ def _accuracy_note(scheme: Scheme, tol: float, bounds: Tensor) -> str:
     sources = getattr(scheme, "inexact_sources", lambda: [])()  # a duck-typed scheme need not describe them
     solved = " and ".join(sources) or "an inner solver"
     return (f"accuracy-limited: {len(bounds)} sample(s) moved less than the accuracy of their evaluations (r/‖z‖ < tol = "
-            f"{tol:g}, and r within the inner solvers' error: {solved}), so the exact iteration's relative residual "
+            f"{tol:g}, and r within twice the inner solvers' error: {solved}), so the exact iteration's relative residual "
             f"there is bounded by {float(bounds.max()):.3g}, not by tol; solve the inner problems more accurately, or "
             f"stop at a tol above that bound")
 
