@@ -427,7 +427,7 @@ def main() -> None:
         "## The loop's own cost in absolute terms (cheap denoiser)",
         "",
         f"The same (a) and (b) with the denoiser replaced by the identity carrying D's certificate "
-        f"(the monitor then runs the same checks: monotonicity, inequality (A), rate bound), N = {cheap_iter}, "
+        f"(the monitor then runs the same checks: monotonicity, inequality (A) for consecutive pairs and against the first evaluation, the rate heuristic), N = {cheap_iter}, "
         f"{len(cheap_rounds)} alternating rounds (contention probe before them: "
         f"{', '.join(f'{p:.2g}' for _, p in cheap_rounds)} ms). An iteration then costs only the gradient step "
         "(two FFT convolutions), so the difference (a) − (b) is what `solve`/`run_scheme` add per iteration, "
