@@ -89,8 +89,10 @@ class CheapDenoiser:
 
 # --- the three variants ------------------------------------------------------------------------
 def ours_monitored(op, y, denoiser, n_iter: int):
-    """(a) the public entry point: run_scheme with the monitor."""
-    result = pnp_stable.solve(op, y, denoiser, NOISE_SIGMA, solver="fb", denoiser_sigma=DENOISER_SIGMA,
+    """(a) the public entry point: run_scheme with the monitor, at (b)'s and (c)'s step τ = 1/L (solve's own default
+    is the tuned 1.9/L, another iteration)."""
+    step = 1.0 / pnp_stable.L2Fidelity(op, y, NOISE_SIGMA).lipschitz  # as (b) builds its fidelity inside the call
+    result = pnp_stable.solve(op, y, denoiser, NOISE_SIGMA, solver="fb", denoiser_sigma=DENOISER_SIGMA, step=step,
                               denoiser_weight=1.0, max_iter=n_iter, tol=0.0)
     return result.estimate
 

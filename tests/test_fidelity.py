@@ -125,6 +125,8 @@ def test_a_given_operator_norm_below_a_lower_bound_is_refused():
     denoiser = ps.AveragedDenoiser(channels=1, width=4, depth=1)
     result = ps.solve(op, y, denoiser, 0.01, operator_norm=1.0, max_iter=2)
     assert any("given by the caller, trusted" in note for note in result.notes)
+    computed = ps.solve(op, y, denoiser, 0.01, max_iter=2)  # its own norm, cached before the scheme is built
+    assert not any(note.startswith("step τ from") for note in computed.notes), computed.notes
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int64])

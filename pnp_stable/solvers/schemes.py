@@ -180,9 +180,9 @@ class ForwardBackward(Scheme):
 
     def __init__(self, fidelity, denoiser, denoiser_sigma, step, denoiser_weight: float = 1.0):
         super().__init__(fidelity, denoiser, denoiser_sigma, step, denoiser_weight)
-        given = fidelity.__dict__.get("operator_norm")  # set only when the caller gave a bound (else computed lazily)
-        if given is not None:
-            self.notes.append(f"step τ from ‖A‖ ≤ {given.value:.6g}: {given.method}")
+        known = fidelity.__dict__.get("operator_norm")  # given by the caller, or computed and cached already
+        if known is not None and known.kind == "given":
+            self.notes.append(f"step τ from ‖A‖ ≤ {known.value:.6g}: {known.method}")
 
     def step(self, z, fidelity, index):
         x = self.denoise(z - self.step_size * fidelity.grad(z), index)
