@@ -88,10 +88,9 @@ class CheapDenoiser:
 
 
 # --- the three variants ------------------------------------------------------------------------
-def ours_monitored(op, y, denoiser, n_iter: int):
+def ours_monitored(op, y, denoiser, n_iter: int, step: float):
     """(a) the public entry point: run_scheme with the monitor, at (b)'s and (c)'s step τ = 1/L (solve's own default
     is the tuned 1.9/L, another iteration)."""
-    step = 1.0 / pnp_stable.L2Fidelity(op, y, NOISE_SIGMA).lipschitz  # as (b) builds its fidelity inside the call
     result = pnp_stable.solve(op, y, denoiser, NOISE_SIGMA, solver="fb", denoiser_sigma=DENOISER_SIGMA, step=step,
                               denoiser_weight=1.0, max_iter=n_iter, tol=0.0)
     return result.estimate
@@ -213,12 +212,12 @@ PROFILED = {
 }
 
 
-def profile_breakdown(op, y, denoiser, n_iter: int, top: int = 12):
+def profile_breakdown(op, y, denoiser, n_iter: int, step: float, top: int = 12):
     """cProfile of (a) with ``denoiser``: cumulative ms per iteration of the main parts of ``solve``, and
     the ``top`` entries by own time as (label, calls per iteration, own ms per iteration)."""
     profiler = cProfile.Profile()
     profiler.enable()
-    ours_monitored(op, y, denoiser, n_iter)
+    ours_monitored(op, y, denoiser, n_iter, step)
     profiler.disable()
     stats = pstats.Stats(profiler).stats
     parts = []
@@ -234,12 +233,12 @@ def profile_breakdown(op, y, denoiser, n_iter: int, top: int = 12):
     return parts, own
 
 
-def top_functions(op, y, denoiser, n_iter: int, count: int = 15) -> str:
+def top_functions(op, y, denoiser, n_iter: int, step: float, count: int = 15) -> str:
     import io
 
     profiler = cProfile.Profile()
     profiler.enable()
-    ours_monitored(op, y, denoiser, n_iter)
+    ours_monitored(op, y, denoiser, n_iter, step)
     profiler.disable()
     buffer = io.StringIO()
     pstats.Stats(profiler, stream=buffer).sort_stats("tottime").print_stats(count)
@@ -284,12 +283,12 @@ def main() -> None:
     beta = ForwardBackward(pnp_stable.L2Fidelity(op, y, NOISE_SIGMA), denoiser, DENOISER_SIGMA, step).beta()[0]
 
     # warm-up: one iteration of each (first-call costs of deepinv / FFT plans stay out of the timings)
-    ours_monitored(op, y, denoiser, 1)
+    ours_monitored(op, y, denoiser, 1, step)
     ours_bare(op, y, denoiser, 1)
     deepinv_pgd(op, y, denoiser, 1, step)
 
     variants = {
-        "a": lambda: ours_monitored(op, y, denoiser, n_iter),
+        "a": lambda: ours_monitored(op, y, denoiser, n_iter, step),
         "b": lambda: ours_bare(op, y, denoiser, n_iter),
         "c": lambda: deepinv_pgd(op, y, denoiser, n_iter, step),
     }
@@ -302,20 +301,20 @@ def main() -> None:
     vs_deepinv = paired(times, "a", "c")
 
     cheap = CheapDenoiser(certificate)
-    ours_monitored(op, y, cheap, 2)
+    ours_monitored(op, y, cheap, 2, step)
     ours_bare(op, y, cheap, 2)
-    cheap_times, _, cheap_rounds, _ = time_rounds({"a": lambda: ours_monitored(op, y, cheap, cheap_iter),
+    cheap_times, _, cheap_rounds, _ = time_rounds({"a": lambda: ours_monitored(op, y, cheap, cheap_iter, step),
                                                 "b": lambda: ours_bare(op, y, cheap, cheap_iter)},
                                                cheap_min, cheap_max, cheap_budget, f"cheap denoiser, N = {cheap_iter}")
     ct = {k: statistics.median(v) / cheap_iter for k, v in cheap_times.items()}
     loop_cost = statistics.median((a - b) / cheap_iter for a, b in zip(cheap_times["a"], cheap_times["b"]))
-    kernels_a = full_image_kernels(lambda k: ours_monitored(op, y, cheap, k), kernel_iter)
+    kernels_a = full_image_kernels(lambda k: ours_monitored(op, y, cheap, k, step), kernel_iter)
     kernels_b = full_image_kernels(lambda k: ours_bare(op, y, cheap, k), kernel_iter)
     extra_kernels = {k: kernels_a.get(k, 0) - kernels_b.get(k, 0) for k in set(kernels_a) | set(kernels_b)}
     extra_kernels = {k: v for k, v in sorted(extra_kernels.items(), key=lambda kv: -kv[1]) if v}
     n_extra = sum(extra_kernels.values())
     probe_profile = contention_probe(calls=10)
-    breakdown, own_time = profile_breakdown(op, y, cheap, cheap_iter)
+    breakdown, own_time = profile_breakdown(op, y, cheap, cheap_iter, step)
     load_end = os.getloadavg()[0]
     probe_end = contention_probe()
     wall = time.perf_counter() - wall_start
@@ -473,7 +472,7 @@ def main() -> None:
     text = "\n".join(report) + "\n"
     print(text)
     if args.profile:
-        print(top_functions(op, y, denoiser, n_iter))
+        print(top_functions(op, y, denoiser, n_iter, step))
     if not args.quick:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(text)
