@@ -17,7 +17,7 @@ from .._validation import check_count, check_denoiser_sigma, check_image, check_
 from ..denoisers.zoo import outside_training
 from ..operators.fidelity import L2Fidelity
 from .anderson import Anderson, AndersonSteps, anderson_options
-from .monitor import REJECTED, ConvergenceMonitor, History, sample_norms
+from .monitor import REJECTED, ConvergenceMonitor, History
 from .schemes import SCHEMES, Scheme
 from .relaxed import KrasnoselskiiMann
 from .defaults import tuned
@@ -207,10 +207,8 @@ def run_scheme(
             safe_images = images if bool(finite.all()) else torch.where(finite[:, None, None, None], images, points)
             kinds = steps.kinds(index, points, safe_images, finite)
             error = evaluation_error(points[0].numel())
-            r, r_norm = monitor.observe(index, points, safe_images, k, kinds, finite, error)
+            r, r_norm, error_norm = monitor.observe(index, points, safe_images, k, kinds, finite, error)
             kept = torch.ones(len(index), dtype=torch.bool) if kinds is None else kinds != REJECTED
-            inexact = isinstance(error, Tensor) or error != 0  # NaN counts: never an exact evaluation
-            error_norm = error / sample_norms(safe_images).cpu().clamp_min(1e-30) if inexact else 0.0
             stopped = tracker.record(index, k, safe_images, estimates, r, r_norm, finite, kept, error_norm)
             steps.advance(index, points, safe_images, r, kinds, finite)
             if reference is not None:

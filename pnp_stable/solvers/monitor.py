@@ -205,9 +205,10 @@ class ConvergenceMonitor:
         self.batch_size = batch_size
 
     def observe(self, index: Tensor, z: Tensor, z_next: Tensor, iteration: int, kinds: Tensor | None = None,
-                finite: Tensor | None = None, error: float | Tensor = 0.0) -> tuple[Tensor, Tensor]:
+                finite: Tensor | None = None, error: float | Tensor = 0.0) -> tuple[Tensor, Tensor, Tensor]:
         """Record the evaluation z ↦ z_next = T(z) of the samples ``index`` (z, z_next, ``kinds`` and ``finite``
-        have only those rows; ``kinds`` None: all plain steps); return their residuals r = ‖T(z) − z‖ and r/‖T(z)‖.
+        have only those rows; ``kinds`` None: all plain steps); return their residuals r = ‖T(z) − z‖, r/‖T(z)‖
+        and the error bound relative to ‖T(z)‖, e/‖T(z)‖ (NaN where e is).
         Rows not ``finite`` (T(z) had NaN/Inf, and the caller passed z in its place) are neither checked nor kept.
         ``error``: a bound e on ‖T̃(z) − T(z)‖ (one, or one per row) when T is computed by an inner solver. Two
         inexact evaluations may each be e off, so the pair checks allow 2e more; monotonicity is then checked between
@@ -216,7 +217,9 @@ class ConvergenceMonitor:
         step = z_next - z
         r = sample_norms(step).cpu()
         scale = sample_norms(z_next).cpu()
-        error = torch.nan_to_num(torch.as_tensor(error, dtype=torch.float64).expand(len(index)), nan=float("inf"))
+        error = torch.as_tensor(error, dtype=torch.float64).expand(len(index))
+        relative_error = error / scale.clamp_min(1e-30)
+        error = torch.nan_to_num(error, nan=float("inf"))  # an unknown error allows anything: no false violation
         float_slack = self.slack * scale
         slack = float_slack + 2 * error  # for a pair of evaluations
         accelerated = self.safeguard is not None
@@ -258,7 +261,7 @@ class ConvergenceMonitor:
             self._remember_first(index, z, step, float_slack, error, finite, iteration)
         kept = torch.nonzero(finite).flatten()
         self._update(index[kept], z[kept], step[kept], r[kept], plain[kept], accepted[kept], accelerated)
-        return r, returned
+        return r, returned, relative_error
 
     def _check_pair(self, index, z, step, r, r_prev, have_previous, slack, iteration, accelerated) -> None:
         """Inequality (A) for the previous evaluation q and this one p: ‖Tp − Tq‖² ≤ ‖p − q‖² − (1−β)/β‖g(p) − g(q)‖²
