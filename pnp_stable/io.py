@@ -115,6 +115,9 @@ def to_numpy(x: Tensor) -> np.ndarray:
     return arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
 
 
+#: ITU-R 601 luma weights of R, G, B (Pillow's convert('L')): every colour-to-gray conversion here
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
 #: Pillow modes read as one channel (a gray image, with or without alpha)
 SINGLE_CHANNEL_MODES = ("L", "1", "I;16", "I;16B", "I;16L", "I", "F", "LA")
 
@@ -152,7 +155,7 @@ def load_image(path: str | Path, gray: bool | None = None) -> Tensor:
             _warn_if_transparent(im, path)
             single = mode in SINGLE_CHANNEL_MODES
             if gray and sixteen and not single:  # 16-bit colour as luminance from its full depth (ITU-R 601, as Pillow)
-                arr = _colour_array(im, path, sixteen) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+                arr = _colour_array(im, path, sixteen) @ np.array(LUMA_WEIGHTS, dtype=np.float32)
             elif gray or single:  # a one-channel file read as RGB repeats its scaled channel (convert would clip)
                 if mode == "I":  # 32-bit signed: the bit depth of its values, as for an int32 array (to_tensor's rule)
                     raw = np.asarray(im)
@@ -213,7 +216,7 @@ def _load_array(path: Path, gray: bool | None) -> Tensor:
     _array_shape(arr.shape, path)
     x = to_tensor(arr, name=str(path))
     if gray and x.shape[1] == 3:
-        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        x = (x * torch.tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)).sum(1, keepdim=True)
     elif gray is False and x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1).contiguous()
     return x

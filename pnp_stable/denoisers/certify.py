@@ -11,6 +11,7 @@ import torch
 from skimage import data as skdata
 from torch import Tensor
 
+from ..io import LUMA_WEIGHTS
 from ..theory import averagedness_defect
 
 __all__ = ["SearchResult", "natural_starts", "adversarial_lipschitz", "averagedness_defects", "lipschitz_vs_depth"]
@@ -29,7 +30,7 @@ def natural_starts(count: int, shape: Sequence[int], noise: float = 0.1, seed: i
     for i in range(count):
         image = sources[i % len(sources)].astype(np.float32) / 255.0
         if channels == 1:
-            image = image @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+            image = image @ np.array(LUMA_WEIGHTS, dtype=np.float32)
             image = image[..., None]
         top = gen.integers(0, image.shape[0] - height + 1)
         left = gen.integers(0, image.shape[1] - width + 1)
