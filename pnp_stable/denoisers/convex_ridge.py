@@ -401,8 +401,8 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
         momentum = (1 - step.sqrt()) / (1 + step.sqrt())
         threshold = target.to(y.dtype) * math.sqrt(y[0].numel())
         x = start.to(y.dtype, copy=True)
-        z, steps = x.clone(), torch.zeros(y.shape[0], dtype=torch.long)
-        active = torch.arange(y.shape[0])
+        z, steps = x.clone(), torch.zeros(y.shape[0], dtype=torch.long, device=y.device)
+        active = torch.arange(y.shape[0], device=y.device)
         for _ in range(0, budget, 10):
             gradient = x[active] - y[active] + self.gradient(x[active], operator, slopes, strength[active], scale[active])
             active = active[gradient.flatten(1).norm(dim=1) > threshold[active]]
@@ -478,7 +478,7 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
         if not candidates:
             return None
         nearest = torch.stack([_rms(y - previous) for previous, _ in candidates]).argmin(0)
-        return torch.stack([out for _, out in candidates])[nearest, torch.arange(y.shape[0])]
+        return torch.stack([out for _, out in candidates])[nearest, torch.arange(y.shape[0], device=y.device)]
 
     @torch.no_grad()
     def _transform_rounding(self, x: Tensor, y: Tensor) -> tuple[Tensor, float]:

@@ -183,7 +183,7 @@ class AndersonSteps:
             ok = usable & (length <= self.options.max_jump * residual[kept]) & torch.isfinite(length)
             following[kept[ok]] = candidate[ok]
             jumped[kept[ok]] = True
-        self.points = self.points.index_copy(0, index, following) if len(index) < self.points.shape[0] else following
+        self.points = self.points.index_copy(0, index.to(following.device), following) if len(index) < self.points.shape[0] else following
         self.jumped[index] = jumped
 
     @property

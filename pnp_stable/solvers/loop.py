@@ -125,7 +125,7 @@ class PlainSteps:
 
     def advance(self, index, points, images, residual, kinds, finite) -> None:
         """``images``: T(points) with the loop's substitution of ``points`` where T gave NaN/Inf."""
-        self.points = images if len(index) == self.points.shape[0] else self.points.index_copy(0, index, images)
+        self.points = images if len(index) == self.points.shape[0] else self.points.index_copy(0, index.to(images.device), images)
 
     @property
     def governing(self) -> Tensor:

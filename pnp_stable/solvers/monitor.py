@@ -321,11 +321,11 @@ class ConvergenceMonitor:
         self._extrapolated[index] += (~plain).long()
         if self.beta is not None:
             if self._previous_step is None:
-                self._previous_step = torch.zeros((self.batch_size, *step.shape[1:]), dtype=step.dtype)
+                self._previous_step = torch.zeros((self.batch_size, *step.shape[1:]), dtype=step.dtype, device=step.device)
             self._previous_step[index] = step
         if accelerated:
             if self._previous_point is None:
-                self._previous_point = torch.zeros((self.batch_size, *z.shape[1:]), dtype=z.dtype)
+                self._previous_point = torch.zeros((self.batch_size, *z.shape[1:]), dtype=z.dtype, device=z.device)
                 self._anchor = torch.zeros_like(self._previous_point)
             self._previous_point[index] = z
             kept_rows = torch.nonzero(kept).flatten()
@@ -346,11 +346,11 @@ class ConvergenceMonitor:
         compared, nor are samples with extrapolations, accepted or rejected (the bound describes the plain
         iteration). Excesses are counted in ``rate_exceeded``, never as violations (module docstring)."""
         history = self.history
-        history.distance_estimate = sample_norms(z0 - z_last)
+        history.distance_estimate = sample_norms(z0 - z_last).cpu()
         bound = history.rate_bound()
         if bound is not None and history.checks:
             residuals = history.residual_matrix()
-            scale = sample_norms(z_last)[None, :] * self.slack
+            scale = sample_norms(z_last).cpu()[None, :] * self.slack
             excess = residuals - bound
             checked = torch.ones(residuals.shape[1], dtype=torch.bool) if converged is None else torch.tensor(converged)
             history.rate_unchecked = int((~checked).sum())

@@ -50,7 +50,7 @@ class SampleTracker:
             self.estimate = estimates  # no copy in the common case
         elif counted.any():  # never in place: the tensor may be shared with the steps rule or the caller
             rows = torch.nonzero(counted).flatten()
-            self.estimate = self.estimate.index_copy(0, index[rows], estimates[rows])
+            self.estimate = self.estimate.index_copy(0, index[rows].to(estimates.device), estimates[rows])
         first = torch.isnan(self.first_residual[index]) & counted
         self.first_residual[index[first]] = r[first]
         better = counted & (r < self.best_residual[index])
@@ -85,7 +85,7 @@ class SampleTracker:
         failed = [b for b, status in enumerate(self.status) if status in ("diverged", "non-finite")]
         estimate = self.estimate.clone() if self.estimate.data_ptr() == governing.data_ptr() else self.estimate
         if failed:
-            rows = torch.tensor(failed)
+            rows = torch.tensor(failed, device=governing.device)
             governing = governing.index_copy(0, rows, self.best_image[rows])
             estimate = estimate.index_copy(0, rows, self.best_estimate[rows])
         return governing, estimate
