@@ -24,6 +24,15 @@ def evaluation_mode(denoiser):
             module.training = training
 
 
+def device_of(model) -> torch.device:
+    """Where a module computes: the device of its first parameter or buffer; the CPU for anything else (a plain
+    callable, a module without tensors)."""
+    if isinstance(model, torch.nn.Module):
+        for tensor in [*model.parameters(), *model.buffers()]:
+            return tensor.device
+    return torch.device("cpu")
+
+
 def on_device(model: torch.nn.Module, device: str | torch.device) -> torch.nn.Module:
     """``model`` itself when its parameters and buffers are already on ``device``, else a copy moved there,
     so that the caller's model stays where it was."""

@@ -152,3 +152,10 @@ def test_a_one_pixel_wide_kernel_on_a_one_pixel_high_signal_needs_no_padding():
     op = ps.blur(np.ones((1, 5)) / 5, boundary="reflect", img_size=(1, 1, 64))
     x = torch.rand(1, 1, 1, 64, generator=torch.Generator().manual_seed(0))
     assert op.A(x).shape == x.shape and ps.adjoint_test(op, (1, 1, 64)) < 1e-5
+
+
+def test_a_generator_on_another_device_than_the_operator_is_refused():
+    """deepinv draws the noise on the physics' device: a CPU generator for a GPU operator would fail there (or lose
+    its seed); the message says which generator to pass."""
+    with pytest.raises(ValueError, match=r"rng is a generator on cpu but the operator computes on meta.*Generator\(device='meta'\)"):
+        ps.denoising(0.1, rng=torch.Generator().manual_seed(0), device="meta")

@@ -12,7 +12,8 @@ class TensorKeyedCache:
     """Holds one value and copies of the tensors it was computed from; :meth:`get` returns it only while the
     tensors still equal those copies (O(size) comparison). In-place edits that leave ``_version`` unchanged
     (through ``.data``, under ``no_grad``) invalidate it as surely as an optimiser step does, and the copies are
-    normal tensors even when made under ``torch.inference_mode``."""
+    normal tensors even when made under ``torch.inference_mode``. Tensors moved to another device with their values
+    unchanged still match (a loaded model's verified norm bounds survive ``.to("cuda")``)."""
 
     def __init__(self) -> None:
         self._source: tuple[Tensor, ...] | None = None
@@ -23,10 +24,12 @@ class TensorKeyedCache:
         if self._source is None or len(self._source) != len(tensors):
             return None
         for kept, tensor in zip(self._source, tensors):
-            if kept.shape != tensor.shape or kept.dtype != tensor.dtype or kept.device != tensor.device:
+            if kept.shape != tensor.shape or kept.dtype != tensor.dtype:
                 return None
-            if not torch.equal(kept, tensor.detach()):
+            if not torch.equal(kept, tensor.detach().to(kept.device)):
                 return None
+        if any(kept.device != tensor.device for kept, tensor in zip(self._source, tensors)):
+            self.put(self._value, *tensors)  # the same values moved (``.to("cuda")``): keep the value, rekey the copies
         return self._value
 
     def put(self, value: Any, *tensors: Tensor) -> Any:

@@ -11,6 +11,7 @@ import torch
 from skimage import data as skdata
 from torch import Tensor
 
+from .._modules import device_of
 from ..io import LUMA_WEIGHTS
 from ..theory import averagedness_defect
 
@@ -78,9 +79,10 @@ def adversarial_lipschitz(
     far = natural_starts(restarts, shape, seed=seed + 1)
     near = x + 1e-2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)  # the caller's global seed stays
     y = torch.where(torch.arange(restarts)[:, None, None, None] % 2 == 0, near, far)
-    x, y = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    device = device_of(denoiser)
+    x, y = x.to(device).requires_grad_(True), y.to(device).requires_grad_(True)
     optimiser = torch.optim.Adam([x, y], lr=lr)
-    best = torch.zeros(restarts)
+    best = torch.zeros(restarts, device=device)
     best_x, best_y = x.detach().clone(), y.detach().clone()
     for _ in range(steps + 1):
         ratio = (M(x) - M(y)).flatten(1).norm(dim=1) / (x - y).flatten(1).norm(dim=1).clamp_min(1e-12)
@@ -91,6 +93,7 @@ def adversarial_lipschitz(
         optimiser.step()
     top = int(best.argmax())
     return SearchResult(float(best[top]), best_x[top : top + 1], best_y[top : top + 1], best.tolist())
+
 
 
 @torch.no_grad()

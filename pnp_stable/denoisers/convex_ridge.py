@@ -341,7 +341,8 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
             peaks = self.slopes().double().sum(1)
             bound = float((operator.spectrum.abs().pow(2) * peaks[:, None, None]).sum(0).max())
             if self.boundary == "reflect":
-                v = torch.randn(1, 1, height, width, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+                v = torch.randn(1, 1, height, width, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).to(
+                    operator.window.device)
                 for _ in range(30):
                     v = v / v.norm()
                     image = operator.adjoint(peaks[None, :, None, None] * operator(v))

@@ -339,7 +339,8 @@ class GuidedDenoiser(dinv.models.Denoiser):
     """D(x, σ) = W(g, σ)x for a frozen guide g ([B, C, H, W]): a deepinv ``Denoiser``, certified firmly
     non-expansive for every σ by construction (module docstring). ``construction``: ``'bm3d'``
     (:class:`LinearisedBM3D`) or ``'nlm'`` (:class:`SymmetricKernelFilter`); ``options`` go to it.
-    Its inputs must have the guide's shape: the filter of sample b is built from guide b.
+    Its inputs must have the guide's shape: the filter of sample b is built from guide b. The filters are built
+    and applied on the CPU (their patch grouping is sequential work); inputs on another device come back there.
     """
 
     def __init__(self, guide: Tensor, construction: str = "bm3d", **options):
@@ -350,7 +351,7 @@ class GuidedDenoiser(dinv.models.Denoiser):
         self.construction = construction
         self.channels = guide.shape[1]
         self.register_buffer("guide", guide.detach().clone())
-        self.filters = [CONSTRUCTIONS[construction](image, **options) for image in self.guide]
+        self.filters = [CONSTRUCTIONS[construction](image.cpu(), **options) for image in self.guide]  # CPU-built
         self.eval()  # nothing trains: the filter is fixed once built
 
     def forward(self, x: Tensor, sigma=0.1, **kwargs) -> Tensor:
@@ -364,7 +365,7 @@ class GuidedDenoiser(dinv.models.Denoiser):
         if sigmas.numel() != x.shape[0]:
             raise ValueError(f"sigma must be a float or one value per sample ({x.shape[0]}), got {sigmas.numel()} values")
         values = [check_noise_level(float(s), "sigma", positive=True) for s in sigmas]
-        return torch.stack([f.apply(image, s) for f, image, s in zip(self.filters, x, values)])
+        return torch.stack([f.apply(image.cpu(), s) for f, image, s in zip(self.filters, x, values)]).to(x.device)
 
     def subset(self, index: Tensor) -> "GuidedDenoiser":
         """The filters of samples ``index`` only (the solvers use it once some samples have stopped)."""

@@ -30,7 +30,7 @@ def symbol(weight: Tensor, freqs: Tensor) -> Tensor:
     Cross-correlation (torch's conv2d) has symbol Σ_p W_p e^{+iω·p}; its singular values equal those of
     e^{−iω·p}, so the sign convention does not matter for norms.
     """
-    w = weight.detach().to(torch.float64).flatten(2)  # [co, ci, P]
+    w = weight.detach().to("cpu", torch.float64).flatten(2)  # [co, ci, P]; on the CPU, as the bounds are
     phase = torch.exp(-1j * (freqs.to(torch.float64) @ _offsets(weight).T))  # [Q, P]
     return torch.einsum("qp,oip->qoi", phase, w.to(torch.complex128))
 
@@ -44,7 +44,7 @@ def circular_conv_norm(weight: Tensor, size: tuple[int, int]) -> float:
     h, w = size
     if weight.shape[-2] > h or weight.shape[-1] > w:
         raise ValueError(f"kernel {tuple(weight.shape[-2:])} is larger than the grid {size}")
-    spectrum = torch.fft.rfft2(weight.detach().to(torch.float64), s=(h, w))  # [co, ci, h, w//2+1]
+    spectrum = torch.fft.rfft2(weight.detach().to("cpu", torch.float64), s=(h, w))  # [co, ci, h, w//2+1]
     return float(_sigma_max(spectrum.permute(2, 3, 0, 1)).max())
 
 
@@ -66,7 +66,7 @@ def conv_norm_upper_bound(
     SVD round-off ≈ 1e-13 aside) and is within ``rel_tol`` of it when the refinement finishes within
     ``max_levels`` levels of at most ``max_cells`` cells (otherwise the looser bound reached is returned).
     """
-    w64 = weight.detach().to(torch.float64)
+    w64 = weight.detach().to("cpu", torch.float64)  # on the CPU whatever the weight's device: the same bound
     degree = (weight.shape[-2] - 1) / 2 + (weight.shape[-1] - 1) / 2
     if degree == 0:  # a 1×1 kernel has one symbol at every frequency: its σ_max is the supremum
         return float(_sigma_max(w64[:, :, 0, 0])) * (1 + 1e-12)

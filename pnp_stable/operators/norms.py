@@ -10,6 +10,8 @@ import deepinv as dinv
 import torch
 from torch import Tensor
 
+from .._modules import device_of
+
 __all__ = ["NORM_KINDS", "OperatorNorm", "adjoint_test", "operator_norm", "power_iteration"]
 
 
@@ -41,9 +43,9 @@ def adjoint_test(op, x_shape: Sequence[int], seed: int = 0, num_samples: int = 8
     _check_linear(op)
     shape = _batched_shape(x_shape)
     rng = torch.Generator().manual_seed(int(seed))
-    u = _probe(torch.randn((num_samples, *shape[1:]), generator=rng), like)
+    u = _probe(torch.randn((num_samples, *shape[1:]), generator=rng), like, op)
     Au = op.A(u)
-    v = _probe(torch.randn(Au.shape, generator=rng), like)
+    v = _probe(torch.randn(Au.shape, generator=rng), like, op)
     Btv = op.A_adjoint(v)
     if Btv.shape != u.shape:
         raise ValueError(f"A_adjoint returns shape {tuple(Btv.shape)} but A takes {tuple(u.shape)}")
@@ -151,9 +153,10 @@ def _blur_norm_bound(op: dinv.physics.Blur, shape: tuple[int, ...], max_iter: in
                                f"{math.sqrt(lower):.6g})")
 
 
-def _probe(x: Tensor, like: Tensor | None) -> Tensor:
-    """A probe drawn on the CPU (reproducible for a seed on any machine), moved to ``like``'s dtype and device."""
-    return x if like is None else x.to(device=like.device, dtype=like.dtype)
+def _probe(x: Tensor, like: Tensor | None, op) -> Tensor:
+    """A probe drawn on the CPU (reproducible for a seed on any machine), moved to ``like``'s dtype and device, or
+    without ``like`` to the device of ``op`` (a physics on a GPU keeps its filters there)."""
+    return x.to(device_of(op)) if like is None else x.to(device=like.device, dtype=like.dtype)
 
 
 def operator_norm(op, x_shape: Sequence[int], seed: int = 0, tol: float = 1e-4, max_iter: int = 1000,
@@ -182,7 +185,7 @@ def operator_norm(op, x_shape: Sequence[int], seed: int = 0, tol: float = 1e-4, 
         return _blur_norm_bound(op, shape)
     rng = torch.Generator().manual_seed(int(seed))
     candidates = [torch.ones((1, *shape[1:]))] + [torch.randn((1, *shape[1:]), generator=rng) for _ in range(starts - 1)]
-    candidates = [_probe(x0, like) for x0 in candidates]
+    candidates = [_probe(x0, like, op) for x0 in candidates]
     runs = [power_iteration(op.A_adjoint_A, x0, tol=tol, max_iter=max_iter) for x0 in candidates]
     value = max(run[0] for run in runs)
     return OperatorNorm(

@@ -25,7 +25,12 @@ BOUNDARIES = ("circular", "reflect", "replicate", "zeros", "valid")
 FFT_MIN_KERNEL_SIZE = 17
 
 
-def _noise_model(noise_sigma: float, rng: torch.Generator | None):
+def _noise_model(noise_sigma: float, rng: torch.Generator | None, device: str | torch.device):
+    """Gaussian noise of level ``noise_sigma`` drawn by ``rng``, which must live on the physics' ``device`` (deepinv
+    draws the noise and masks there)."""
+    if rng is not None and torch.device(rng.device).type != torch.device(device).type:
+        raise ValueError(f"rng is a generator on {rng.device} but the operator computes on {device}: pass one made on "
+                         f"that device, e.g. torch.Generator(device={str(device)!r}).manual_seed(0)")
     noise_sigma = check_noise_level(noise_sigma)
     if noise_sigma == 0:
         return dinv.physics.ZeroNoise()
@@ -88,7 +93,7 @@ def blur(
             "use a smaller kernel or a larger image"
         )
     filt = k[None, None].to(device)
-    noise = _noise_model(noise_sigma, rng)
+    noise = _noise_model(noise_sigma, rng, device)
     if boundary == "circular":
         if img_size is None:
             raise ValueError(
@@ -131,7 +136,7 @@ def downsampling(
         filter=filter,
         factor=factor,
         padding="constant" if boundary == "zeros" else boundary,
-        noise_model=_noise_model(noise_sigma, rng),
+        noise_model=_noise_model(noise_sigma, rng, device),
         device=device,
     ))
 
@@ -164,7 +169,7 @@ def inpainting(
     elif not 0 < float(mask) <= 1:
         raise ValueError(f"inpainting mask fraction must lie in (0, 1], got {mask}")
     return _guarded(dinv.physics.Inpainting(
-        img_size=img_size, mask=mask, noise_model=_noise_model(noise_sigma, rng), rng=rng, device=device
+        img_size=img_size, mask=mask, noise_model=_noise_model(noise_sigma, rng, device), rng=rng, device=device
     ))
 
 
@@ -172,7 +177,7 @@ def denoising(
     noise_sigma: float, rng: torch.Generator | None = None, device: str | torch.device = "cpu"
 ) -> dinv.physics.LinearPhysics:
     """Identity operator with Gaussian noise (deepinv ``Denoising``): pure denoising as an inverse problem."""
-    return _guarded(dinv.physics.Denoising(noise_model=_noise_model(noise_sigma, rng), device=device))
+    return _guarded(dinv.physics.Denoising(noise_model=_noise_model(noise_sigma, rng, device), device=device))
 
 
 def _autograd_adjoint(A: Callable[[Tensor], Tensor], img_size: tuple[int, int, int]):
@@ -229,6 +234,6 @@ def custom_operator(
         A=lambda x, **kwargs: A(x),
         A_adjoint=lambda y, **kwargs: A_adjoint(y),
         img_size=img_size,
-        noise_model=_noise_model(noise_sigma, rng),
+        noise_model=_noise_model(noise_sigma, rng, device),
         device=device,
     ))

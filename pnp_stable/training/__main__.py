@@ -81,7 +81,7 @@ def build_parser(prog: str = "python -m pnp_stable.training") -> argparse.Argume
 def main(argv: list[str] | None = None, prog: str = "python -m pnp_stable.training") -> int:
     args = build_parser(prog).parse_args(argv)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("gloo")  # the trainer runs on the CPU (no --device): NCCL would need CUDA tensors
     sigma = args.sigma[0] if len(args.sigma) == 1 else args.sigma
     architecture = dict(width=args.width, depth=args.depth)
     if args.model == "averaged":

@@ -21,7 +21,7 @@ def implicit_backward(model: ConvexRidgeDenoiser, noisy: Tensor, clean: Tensor, 
     """Accumulate in the parameters' ``.grad`` the gradient of MSE(D_σ(noisy), clean) ([N, C, H, W] batches; σ a float
     or [N]), exact up to CG's relative residual ``cg_tol``; returns the MSE and the solver's iterations. The MSE is
     taken between the components the prox acts on (channels, or opponent components: Q is orthogonal, same MSE)."""
-    sigma = torch.as_tensor(sigma, dtype=noisy.dtype).expand(noisy.shape[0])
+    sigma = torch.as_tensor(sigma, dtype=noisy.dtype, device=noisy.device).expand(noisy.shape[0])
     strength, scale = model.component_parameters(sigma, noisy.shape[1])
     noisy, clean = model.to_components(noisy), model.to_components(clean)
     x, _, iterations = model.solve(noisy, strength.detach(), scale.detach())

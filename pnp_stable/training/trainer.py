@@ -20,7 +20,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .._finite import first_nonfinite
-from .._modules import evaluation_mode
+from .._modules import device_of, evaluation_mode
 from ..denoisers.averaged import AveragedDenoiser
 from ..denoisers.baselines import DnCNNBaseline
 from ..denoisers.serialization import read_denoiser_tensors, save_denoiser
@@ -51,8 +51,8 @@ def validation_psnr(denoiser, images: list[torch.Tensor], sigma: float, seed: in
     with torch.no_grad(), evaluation_mode(denoiser):
         for image in images:
             clean = image[None].float() / 255
-            noisy = clean + sigma * torch.randn(clean.shape, generator=g)
-            values.append(float(psnr(denoiser(noisy, sigma), clean)[0]))
+            noisy = clean + sigma * torch.randn(clean.shape, generator=g)  # drawn on the CPU: the same on any device
+            values.append(float(psnr(denoiser(noisy.to(device_of(denoiser)), sigma).cpu(), clean)[0]))
     return sum(values) / len(values)
 
 
