@@ -159,3 +159,9 @@ def test_a_generator_on_another_device_than_the_operator_is_refused():
     its seed); the message says which generator to pass."""
     with pytest.raises(ValueError, match=r"rng is a generator on cpu but the operator computes on meta.*Generator\(device='meta'\)"):
         ps.denoising(0.1, rng=torch.Generator().manual_seed(0), device="meta")
+
+
+def test_an_unused_generator_is_not_refused_and_inpainting_checks_its_mask_generator():
+    assert ps.denoising(0.0, rng=torch.Generator(), device="meta") is not None  # no noise: the generator is unused
+    with pytest.raises(ValueError, match="rng is a generator on cpu"):
+        ps.inpainting((1, 8, 8), 0.5, noise_sigma=0.0, rng=torch.Generator(), device="meta")

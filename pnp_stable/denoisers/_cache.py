@@ -12,10 +12,12 @@ class TensorKeyedCache:
     """Holds one value and copies of the tensors it was computed from; :meth:`get` returns it only while the
     tensors still equal those copies (O(size) comparison). In-place edits that leave ``_version`` unchanged
     (through ``.data``, under ``no_grad``) invalidate it as surely as an optimiser step does, and the copies are
-    normal tensors even when made under ``torch.inference_mode``. Tensors moved to another device with their values
-    unchanged still match (a loaded model's verified norm bounds survive ``.to("cuda")``)."""
+    normal tensors even when made under ``torch.inference_mode``. ``across_devices``: for a value that holds no
+    tensors (a norm bound), tensors moved to another device with their values unchanged still match, so a loaded
+    model's verified bounds survive ``.to("cuda")``; a value that holds tensors is recomputed on the new device."""
 
-    def __init__(self) -> None:
+    def __init__(self, across_devices: bool = False) -> None:
+        self.across_devices = across_devices
         self._source: tuple[Tensor, ...] | None = None
         self._value: Any = None
 
@@ -25,6 +27,8 @@ class TensorKeyedCache:
             return None
         for kept, tensor in zip(self._source, tensors):
             if kept.shape != tensor.shape or kept.dtype != tensor.dtype:
+                return None
+            if kept.device != tensor.device and not self.across_devices:
                 return None
             if not torch.equal(kept, tensor.detach().to(kept.device)):
                 return None

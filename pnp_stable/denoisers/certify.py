@@ -95,7 +95,6 @@ def adversarial_lipschitz(
     return SearchResult(float(best[top]), best_x[top : top + 1], best_y[top : top + 1], best.tolist())
 
 
-
 @torch.no_grad()
 def averagedness_defects(denoiser, x: Tensor, y: Tensor, alpha: float, sigma: float | None = 0.1) -> Tensor:
     """Relative defect of inequality (A) per pair: (‖Dx−Dy‖² − ‖x−y‖² + (1−α)/α‖(I−D)x − (I−D)y‖²)/‖x−y‖²; ≤ 0 when (A) holds."""

@@ -241,7 +241,7 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
         self.log_strength = nn.Parameter(torch.zeros(*components, knots.numel()))  # log λ at the knots
         self.log_scale = nn.Parameter(torch.zeros(*components, knots.numel()))  # log μ at the knots
         self.accuracy = AccuracyRecord(tolerance)  # the certified RMS error bounds of the calls
-        self._smoothness = TensorKeyedCache()
+        self._smoothness = TensorKeyedCache(across_devices=True)  # a float
         self._operators = TensorKeyedCache()  # {(shape, dtype): RidgeFilters} for the current weights (their device)
         self._recent: list[tuple[Tensor, Tensor]] = []  # the last two calls' (components in, out): warm starts
 

@@ -181,7 +181,7 @@ class CertifiedConv(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         u = torch.randn(1, in_channels, power_size, power_size, generator=torch.Generator().manual_seed(0))
         self.register_buffer("power_vector", u / u.norm())
-        self._bound_cache = TensorKeyedCache()
+        self._bound_cache = TensorKeyedCache(across_devices=True)  # a float
         for _ in range(init_power_steps):
             self.power_step()
 

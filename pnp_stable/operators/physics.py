@@ -25,15 +25,24 @@ BOUNDARIES = ("circular", "reflect", "replicate", "zeros", "valid")
 FFT_MIN_KERNEL_SIZE = 17
 
 
-def _noise_model(noise_sigma: float, rng: torch.Generator | None, device: str | torch.device):
-    """Gaussian noise of level ``noise_sigma`` drawn by ``rng``, which must live on the physics' ``device`` (deepinv
-    draws the noise and masks there)."""
-    if rng is not None and torch.device(rng.device).type != torch.device(device).type:
+def _check_generator_device(rng: torch.Generator | None, device: str | torch.device) -> None:
+    """Refuse a generator on another device than the operator's: deepinv draws noise and masks on the operator's
+    device with the generator given."""
+    if rng is None:
+        return
+    mine, theirs = torch.device(rng.device), torch.device(device)
+    if mine.type != theirs.type or None not in (mine.index, theirs.index) and mine.index != theirs.index:
         raise ValueError(f"rng is a generator on {rng.device} but the operator computes on {device}: pass one made on "
                          f"that device, e.g. torch.Generator(device={str(device)!r}).manual_seed(0)")
+
+
+def _noise_model(noise_sigma: float, rng: torch.Generator | None, device: str | torch.device):
+    """Gaussian noise of level ``noise_sigma`` drawn by ``rng``, which must live on the physics' ``device`` (deepinv
+    draws the noise there); unused without noise."""
     noise_sigma = check_noise_level(noise_sigma)
     if noise_sigma == 0:
         return dinv.physics.ZeroNoise()
+    _check_generator_device(rng, device)
     return dinv.physics.GaussianNoise(sigma=noise_sigma, rng=rng)
 
 
@@ -168,6 +177,7 @@ def inpainting(
         mask = mask.to(torch.float32)
     elif not 0 < float(mask) <= 1:
         raise ValueError(f"inpainting mask fraction must lie in (0, 1], got {mask}")
+    _check_generator_device(rng, device)  # the mask is drawn with it even without noise
     return _guarded(dinv.physics.Inpainting(
         img_size=img_size, mask=mask, noise_model=_noise_model(noise_sigma, rng, device), rng=rng, device=device
     ))

@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 from .._argtypes import OneLineParser, level, nonnegative_int, positive_float, positive_int, seed
