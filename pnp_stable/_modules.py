@@ -33,12 +33,16 @@ def device_of(model) -> torch.device:
     return torch.device("cpu")
 
 
+def same_device(a: str | torch.device, b: str | torch.device) -> bool:
+    """Whether two devices are one: the same type, and the same index where both name one ('cuda' is any GPU's)."""
+    a, b = torch.device(a), torch.device(b)
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
 def on_device(model: torch.nn.Module, device: str | torch.device) -> torch.nn.Module:
     """``model`` itself when its parameters and buffers are already on ``device``, else a copy moved there,
     so that the caller's model stays where it was."""
-    device = torch.device(device)
-    tensors = [*model.parameters(), *model.buffers()]
-    same = all(t.device.type == device.type and (device.index is None or t.device.index == device.index) for t in tensors)
+    same = all(same_device(t.device, device) for t in [*model.parameters(), *model.buffers()])
     return model if same else copy.deepcopy(model).to(device)
 
 

@@ -25,14 +25,17 @@ class TensorKeyedCache:
         """The cached value if ``tensors`` match its source, else None."""
         if self._source is None or len(self._source) != len(tensors):
             return None
+        moved = False
         for kept, tensor in zip(self._source, tensors):
             if kept.shape != tensor.shape or kept.dtype != tensor.dtype:
                 return None
-            if kept.device != tensor.device and not self.across_devices:
-                return None
+            if kept.device != tensor.device:
+                if not self.across_devices:
+                    return None
+                moved = True
             if not torch.equal(kept, tensor.detach().to(kept.device)):
                 return None
-        if any(kept.device != tensor.device for kept, tensor in zip(self._source, tensors)):
+        if moved:
             self.put(self._value, *tensors)  # the same values moved (``.to("cuda")``): keep the value, rekey the copies
         return self._value
 

@@ -12,6 +12,7 @@ import deepinv as dinv
 import torch
 from torch import Tensor
 
+from .._modules import same_device
 from .._validation import check_count, check_noise_level
 from .kernels import kernel_from_spec, validate_kernel
 
@@ -28,10 +29,7 @@ FFT_MIN_KERNEL_SIZE = 17
 def _check_generator_device(rng: torch.Generator | None, device: str | torch.device) -> None:
     """Refuse a generator on another device than the operator's: deepinv draws noise and masks on the operator's
     device with the generator given."""
-    if rng is None:
-        return
-    mine, theirs = torch.device(rng.device), torch.device(device)
-    if mine.type != theirs.type or None not in (mine.index, theirs.index) and mine.index != theirs.index:
+    if rng is not None and not same_device(rng.device, device):
         raise ValueError(f"rng is a generator on {rng.device} but the operator computes on {device}: pass one made on "
                          f"that device, e.g. torch.Generator(device={str(device)!r}).manual_seed(0)")
 

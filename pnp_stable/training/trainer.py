@@ -48,11 +48,12 @@ def validation_psnr(denoiser, images: list[torch.Tensor], sigma: float, seed: in
         raise ValueError("validation_psnr needs at least one image")
     g = torch.Generator().manual_seed(seed)
     values = []
+    device = device_of(denoiser)
     with torch.no_grad(), evaluation_mode(denoiser):
         for image in images:
             clean = image[None].float() / 255
             noisy = clean + sigma * torch.randn(clean.shape, generator=g)  # drawn on the CPU: the same on any device
-            values.append(float(psnr(denoiser(noisy.to(device_of(denoiser)), sigma).cpu(), clean)[0]))
+            values.append(float(psnr(denoiser(noisy.to(device), sigma).cpu(), clean)[0]))
     return sum(values) / len(values)
 
 
@@ -380,7 +381,7 @@ class Trainer:
         """The training forward's arithmetic. 'bf16': torch.autocast runs the convolutions in bfloat16 (the
         weights, Adam's state, the loss, the power iterations and the norm bounds stay fp32; see
         CertifiedConv._weight_precision); the certificate and validation describe the fp32 eval network."""
-        device = next(self.model.parameters()).device.type
+        device = device_of(self.model).type
         return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
 
     def _calibrate(self) -> None:
