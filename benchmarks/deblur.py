@@ -116,7 +116,8 @@ class Methods:
 
     def model(self, name):
         if name not in self.models:
-            self.models[name] = (BM3DDenoiser("lc" if name == "bm3d-lc" else "np") if name.startswith("bm3d")
+            self.models[name] = (BM3DDenoiser("lc" if name == "bm3d-lc" else "np", threads=torch.get_num_threads())
+                                 if name.startswith("bm3d")
                                  else ps.load_denoiser(name))
         return self.models[name]
 
@@ -329,7 +330,7 @@ def main() -> None:
                         help="crops of held-out images used for tuning (CBSD68 outside CBSD10; --gray: BSD68 outside its first 10)")
     parser.add_argument("--validation-size", type=int, default=96)
     parser.add_argument("--jobs", type=int, default=1, help="worker processes, one (method, noise) task each")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads per worker")
+    parser.add_argument("--threads", type=int, default=2, help="torch and BM3D threads per worker (1: bit-reproducible BM3D)")
     parser.add_argument("--models", nargs="+", default=[], metavar="FAMILY=NAME,NAME",
                         help="the models a PnP family chooses from on validation, e.g. "
                              "ours=averaged-color,averaged-sll-highnoise-color (default: COLOR's or GRAY's families)")

@@ -254,6 +254,21 @@ def test_bm3d_baseline_denoises_without_certificate():
     assert BM3DDenoiser().certificate.alpha is None
 
 
+def test_bm3d_threads_pin_the_package_and_bad_counts_are_refused():
+    pytest.importorskip("bm3d")
+    from pnp_stable.denoisers import BM3DDenoiser
+
+    assert BM3DDenoiser()._profile().num_threads == 0
+    assert BM3DDenoiser("lc", threads=1)._profile().num_threads == 1
+    noisy = natural_starts(1, (1, 32, 32), noise=0.1)
+    single = BM3DDenoiser(threads=1)
+    assert torch.equal(single(noisy, 0.1), single(noisy, 0.1))
+    assert torch.allclose(single(noisy, 0.1), BM3DDenoiser()(noisy, 0.1), atol=1e-4)
+    for bad in (0, -2, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="positive integer or None"):
+            BM3DDenoiser(threads=bad)
+
+
 def test_zoo_lists_and_loads_shipped_models_offline():
     rows = ps.list_denoisers()
     assert {"averaged-gray", "averaged-sll-gray", "averaged-color", "averaged-lownoise-color", "averaged-sll-color",
