@@ -435,7 +435,8 @@ def cmd_demo(args) -> int:
 def _add_tiling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=tile_size, default="auto", metavar="SIZE",
                    help="run the denoiser on SIZE-pixel tiles whose windows keep its certificate (peak memory: one "
-                        "tile); 0: the whole image; auto: tile only when the whole image would need more than 2 GiB")
+                        "tile); 0: the whole image; auto: tile only when the whole image would need more than 2 GiB "
+                        "by the code's estimate")
     p.add_argument("--overlap", type=nonnegative_int, default=None, metavar="N",
                    help="pixels over which neighbouring tiles blend, at most (SIZE − 2)/3; default 33 (the shipped "
                         "networks' receptive field), or that maximum for smaller tiles")
@@ -448,7 +449,7 @@ def _add_tiling(p: argparse.ArgumentParser) -> None:
 def _add_ensemble(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ensemble", type=int, choices=[1, 2, 4, 8], default=1, metavar="{1,2,4,8}",
                    help="average the network denoiser over this many flips and rotations of the image: the same "
-                        "certificate, this many times the denoiser's cost (architectures.md: +0.00–0.03 dB at 8)")
+                        "certificate, this many times the denoiser's cost (architectures.md: +0.00–0.05 dB at 8)")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

@@ -219,7 +219,8 @@ def deblur(
     ``tile``, ``overlap``: run the denoiser on ``tile``-pixel tiles overlapping by ``overlap`` pixels, with windows
     that keep its certificate (:func:`pnp_stable.denoisers.tiled`, anchored at a Wiener estimate from the start y
     or ``x0``: :func:`tile_anchor`): peak memory that of one tile. 'auto' (the default) tiles only images whose
-    whole-image call would need more than 2 GiB (about 4 megapixels for the shipped networks); 0 or None never
+    whole-image call would need more than 2 GiB by the code's estimate (about 4 megapixels for the shipped networks;
+    ``tiling.md`` measured +1,068 MiB for a 4-megapixel whole-image call); 0 or None never
     tiles. ``overlap`` None: 33 pixels (the shipped
     networks' receptive field), or (tile − 2)/3 for tiles too small for that. The blur stays whole (one FFT per
     iteration). ``context``: a deepinv ``DistributedContext`` of a ``torchrun`` launch, whose processes then share
@@ -228,7 +229,7 @@ def deblur(
 
     ``ensemble``: 2, 4 or 8 averages the network denoiser over that many flips and rotations
     (:class:`~pnp_stable.denoisers.SelfEnsemble`): the same certificate and β, that many times the cost per call
-    (``benchmarks/results/architectures.md``: +0.00–0.03 dB for the 8-fold ensemble of the screened networks).
+    (``benchmarks/results/architectures.md``: +0.00–0.05 dB for the 8-fold ensemble of the screened networks).
     """
     device = check_device(device)
     y = _as_batch(y, "blurred image y", device)

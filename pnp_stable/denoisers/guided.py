@@ -187,9 +187,9 @@ class LinearisedBM3D:
     lies in exactly (p/s)² lattice patches, so each partition has Λ = Σ_g P_gᵀP_g = (p/s)²I exactly: its
     term is symmetric with spectrum in [0, 1], and so is the average of the partitions.
     ``patch`` may be a tuple of sizes: W is then the average of one such filter per size, again a convex
-    combination (sizes 4 and 6 with 8 partitions: +0.015 dB gray, +0.019 colour over the default as a
-    denoiser on held-out images, at 4× the cost; with a BM3D guide 28.64 / 31.09 dB against BM3D's 28.61 /
-    31.08 on BSD68 / CBSD68, ``denoise-guided.md``).
+    combination (sizes 4 and 6 with 8 partitions, ``denoise-guided.md``: +0.03 to +0.13 dB over the default on BSD68 /
+    CBSD68 at σ = 25/255 with BM3D, DnCNN or averaged guides, at 4–8× the filter's cost; with a BM3D guide 28.64 /
+    31.09 dB against BM3D's 28.61 / 31.08).
     :meth:`apply` uses the Wiener factors S = c²/(c² + σ²) of the guide's coefficients c; one
     application costs, per partition, one patch transform, a permutation, two small products and back,
     on (H/s)·(W/s) positions: stride 2 is 5–8× faster, and costs 0.3 dB as a denoiser on Set3C at

@@ -21,8 +21,9 @@ __all__ = ["BOUNDARIES", "blur", "downsampling", "inpainting", "denoising", "cus
 #: boundary conditions of :func:`blur`; ``circular`` is diagonalised by the FFT (exact prox and norm)
 BOUNDARIES = ("circular", "reflect", "replicate", "zeros", "valid")
 
-#: kernels with at least this many rows or columns are applied by FFT for non-circular boundaries
-#: (measured crossover on 2 CPU cores, see ``benchmarks/results/operators.md``)
+#: kernels with at least this many rows or columns are applied by FFT for non-circular boundaries; on 2 CPU
+#: cores the crossover lies between 15×15 (direct faster) and 25×25 (FFT faster), 19×19 a tie
+#: (``benchmarks/results/operators.md``)
 FFT_MIN_KERNEL_SIZE = 17
 
 

@@ -60,7 +60,7 @@ def build_parser(prog: str = "python -m pnp_stable.training") -> argparse.Argume
     p.add_argument("--loss-floor", type=level, default=1 / 255, help="the floor of the noise-relative loss ([0, 1] scale)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="arithmetic of the training forward: 'bf16' runs the convolutions under torch.autocast in bfloat16 "
-                   "(about 1.8× faster on CPUs with AVX-512 BF16); weights, optimiser, loss, norms and certificate stay fp32")
+                   "(1.46–1.77× faster on this project's CPU, which has AVX-512 BF16: training_speed.md); weights, optimiser, loss, norms and certificate stay fp32")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the training forward (single process): 1.3–1.55× faster steps for SLL networks on CPU "
                         "(compile_speed.md), none for gradient-flow ones; validation, norms and certificates stay eager "
