@@ -484,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "best at the denoiser's level σ_d for the image's channels; guided: a linear filter W(g) built from a frozen guide g (see --guide)")
     p.add_argument("--guide", default="bm3d", metavar="bm3d|bm3d-lc|NAME|PATH",
                    help="with --denoiser guided: the denoiser whose short DPIR-schedule pilot gives the guide g "
-                        "(bm3d, or its 3× faster low-complexity profile bm3d-lc, needs the bm3d extra; "
+                        "(bm3d, or its low-complexity profile bm3d-lc, 2.5× faster and 0.2 dB lower in guided_speed.md; both need the bm3d extra; "
                         "or a shipped model, e.g. dncnn-color)")
     p.add_argument("--guided-rounds", type=positive_int, default=None, metavar="N",
                    help="with --denoiser guided: certified rounds, each guided by the previous estimate "
@@ -535,7 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "--sigma (exit 1 when one is found).")
     p.add_argument("model", metavar="NAME|PATH", help="shipped model name or .safetensors file")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
-                   help="recompute every stored norm bound (about a second per model); default: on for files "
+                   help="recompute every stored norm bound (certify averaged-gray --verify: 16 s with its search, fuzz.md); "
+                        "default: on for files "
                         "outside the package, whose digest could have been recomputed after an edit")
     p.add_argument("--size", type=positive_int, default=32, help="side of the test images")
     p.add_argument("--sigma", type=level, default=25 / 255, help="noise level given to the denoiser; its certificate there is tested")
