@@ -265,7 +265,7 @@ def test_bm3d_threads_pin_the_package_and_bad_counts_are_refused():
     assert torch.equal(single(noisy, 0.1), single(noisy, 0.1))
     assert torch.allclose(single(noisy, 0.1), BM3DDenoiser()(noisy, 0.1), atol=1e-4)
     for bad in (0, -2, 1.5, True, "2"):
-        with pytest.raises(ValueError, match="positive integer or None"):
+        with pytest.raises(ValueError, match=r"BM3D threads \(None: every core\) must be a whole number"):
             BM3DDenoiser(threads=bad)
 
 

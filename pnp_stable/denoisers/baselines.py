@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_image
+from .._validation import check_count, check_image
 from ..theory import Certificate
 from .layers import CertifiedConv, get_activation
 
@@ -132,9 +132,8 @@ class BM3DDenoiser(dinv.models.Denoiser):
             raise ImportError("BM3D needs the optional extra: pip install 'pnp-stable[bm3d]'") from err
         if profile not in self.PROFILES:
             raise ValueError(f"unknown BM3D profile '{profile}'; choose one of {self.PROFILES}")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"BM3D threads must be a positive integer or None (every core), got {threads!r}")
-        self.profile, self.threads = profile, threads
+        self.profile = profile
+        self.threads = None if threads is None else check_count(threads, "BM3D threads (None: every core)")
 
     def _profile(self):
         from bm3d.profiles import BM3DProfile, BM3DProfileLC
