@@ -18,7 +18,8 @@ of the filters), so it is recomputed, detached, at every training step and every
 (cached while the weights are unchanged); τ_k is differentiable in a_k only.
 
 Every R_k starts as a copy of R_0 (``--perturb`` adds relative Gaussian noise), so x_0 = P(y) is a fixed point of every
-stage and D = P at step 0. Gradients: autograd through the stages, implicit differentiation through x_0
+stage and D = P at step 0; ``--init`` with a state of this script instead continues its weights under a fresh optimiser
+(another ``--lr``). Gradients: autograd through the stages, implicit differentiation through x_0
 (:func:`backward_through_prox`, as in ``convex_ridge_cascade.py``) unless ``--freeze-prox`` keeps R_0 fixed. The logits
 a_k (start 0: t_k = ½) are the parameter ``steps.theta``, so :func:`run_screen` trains them at its slopes' 5× lr. The
 stages' regularisers are not submodules (only their filters and slopes are registered), so run_screen's printed
@@ -43,10 +44,11 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convex_ridge_prox import add_arguments, init_from, run_screen, screen_denoiser  # noqa: E402
+from convex_ridge_prox import TRAINED, add_arguments, init_from, run_screen, screen_denoiser  # noqa: E402
 from pnp_stable.denoisers import ConvexRidgeDenoiser  # noqa: E402
 from pnp_stable.theory import Certificate  # noqa: E402
 from pnp_stable.training.convex_ridge import backward_through_prox  # noqa: E402
+from pnp_stable.training.checkpoint import load_checkpoint, model_tensors  # noqa: E402
 
 SMOOTHNESS_MARGIN = 1e-6  # relative, on L_k: the float64 evaluation of the spectral bound
 
@@ -140,6 +142,19 @@ def unrolled_backward(model: UnrolledRidge, noisy: Tensor, clean: Tensor, sigma:
     return float(loss.detach()), iterations
 
 
+def continue_from(model: UnrolledRidge, tensors: dict, meta: dict, path: str) -> dict:
+    """Load every trained tensor of an unrolled state (R_0, the stages, the step logits) into ``model``, which must
+    have its shapes; returns the state's metadata."""
+    stored = {name: value for name, value in model_tensors(tensors).items() if name.split(".")[-1] in TRAINED}
+    own = {name: value for name, value in model.state_dict().items() if name.split(".")[-1] in TRAINED}
+    shapes = {name: tuple(value.shape) for name, value in stored.items()}
+    if shapes != {name: tuple(value.shape) for name, value in own.items()}:
+        raise ValueError(f"{path} holds {shapes}; this model needs {dict((n, tuple(v.shape)) for n, v in own.items())}: "
+                         "give it the --stages, --channels and --kernel that state was trained with")
+    model.load_state_dict(stored, strict=False)
+    return meta
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_arguments(parser, state="convex-ridge-unrolled.ckpt", val_images=40, minutes=40, validate_minutes=20, lr=1e-3)
@@ -148,7 +163,9 @@ def main(argv=None) -> None:
     parser.add_argument("--stages", type=int, default=2, help="K, the explicit refinement stages")
     parser.add_argument("--perturb", type=float, default=0.0, help="relative noise on the stages' copies of R_0")
     parser.add_argument("--freeze-prox", action="store_true", help="keep R_0 fixed (no implicit backward)")
-    parser.add_argument("--init", help="a convex_ridge_prox.py state to start R_0, and every R_k, from (fresh optimiser)")
+    parser.add_argument("--init", help="a convex_ridge_prox.py state to start R_0, and every R_k, from; or a state of this "
+                                       "script with the same stages, filters and kernel, continued as it is (fresh "
+                                       "optimiser: another --lr)")
     args = parser.parse_args(argv)
     prox, *ridges = (screen_denoiser(args, filters=args.channels, kernel=args.kernel, seed=seed)
                      for seed in range(args.stages + 1))
@@ -156,6 +173,9 @@ def main(argv=None) -> None:
     copy_prox(model, args.perturb)
 
     def initialise(model: UnrolledRidge, path: str) -> dict:
+        tensors, meta = load_checkpoint(path)
+        if any(name.startswith("stages.") for name in model_tensors(tensors)):
+            return continue_from(model, tensors, meta, path)
         meta = init_from(model.prox, path)
         copy_prox(model, args.perturb)
         return meta
