@@ -57,6 +57,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/tiling.py
 	$(BIN)/python benchmarks/time_to_solution.py
 	$(BIN)/python benchmarks/anderson_memory.py
+	$(BIN)/python benchmarks/whole_image_memory.py
 
 bench-full: $(STAMP)
 	$(BIN)/python benchmarks/denoise.py --out benchmarks/results/denoise-full.md

@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import RESULTS, ROOT, header  # noqa: E402
 
@@ -85,6 +87,7 @@ def main() -> int:
     args = parser.parse_args()
     if not Path("/proc/self/clear_refs").exists():
         parser.error("needs Linux's /proc/self/clear_refs to reset the peak resident memory")
+    torch.set_num_threads(args.threads)  # the children's count, so that the header reports it
     mib = 2**20
     lines = header("Peak memory of one whole-image denoiser call against the tiling estimate") + [
         f"- {args.size}×{args.size} images, one call each in a fresh process ({args.threads} thread(s), eval mode, "

@@ -208,10 +208,10 @@ class AveragedDenoiser(dinv.models.Denoiser):
     @property
     def peak_feature_maps(self) -> int:
         """Float32 maps of ``width`` channels per pixel that one eval call holds at its peak (tiling's memory
-        estimate), rounded up from 1024×1024 measurements: 4 for gradient-flow blocks at full resolution (508 MiB at
-        width 32), 6 with SLL layers (652 MiB at width 32), 8 with a change of resolution (458 MiB gradient-flow and
-        408 MiB SLL at width 16); learned spline activations hold 2 more (their three pieces: +71 and +48 MiB, 1.0 and
-        1.3 maps, measured at 768×768 for SLL networks of widths 32 and 16/64)."""
+        estimate), rounded up from one call on a 1024×1024 image (``benchmarks/results/whole_image_memory.md``, maps
+        measured): 4 for gradient-flow blocks at full resolution (3.9), 6 with SLL layers (4.9), 8 with a change of
+        resolution (gradient flow 4.9, SLL 5.8–5.9); learned spline activations hold 2 more (SLL at full resolution
+        5.9, multi-scale 6.8–6.9)."""
         spline = 2 if isinstance(self.blocks[0].activation, MonotoneSpline) else 0
         if max(self.scales) > 1:
             return 8 + spline
