@@ -209,9 +209,9 @@ class AveragedDenoiser(dinv.models.Denoiser):
     def peak_feature_maps(self) -> int:
         """Float32 maps of ``width`` channels per pixel that one eval call holds at its peak (tiling's memory
         estimate), rounded up from one call on a 1024×1024 image (``benchmarks/results/whole_image_memory.md``, maps
-        measured): 4 for gradient-flow blocks at full resolution (3.9), 6 with SLL layers (4.9), 8 with a change of
-        resolution (gradient flow 4.9, SLL 5.8–5.9); learned spline activations hold 2 more (SLL at full resolution
-        5.9, multi-scale 6.8–6.9)."""
+        measured): 4 for gradient-flow blocks at full resolution (3.9–4.0), 6 with SLL layers (4.9), 8 with a change of
+        resolution (gradient flow 4.9–5.0, SLL 5.8–5.9); learned spline activations hold 2 more (SLL at full
+        resolution 5.9, multi-scale 6.8–6.9)."""
         spline = 2 if isinstance(self.blocks[0].activation, MonotoneSpline) else 0
         if max(self.scales) > 1:
             return 8 + spline

@@ -15,8 +15,9 @@ once and frozen. From it a *linear* filter W(g) is built whose certificate holds
    pixel lies in exactly p² patches: Λ = p²I, so W = M/p² is symmetric with 0 ≼ W ≼ I. With positions
    on a lattice of step s dividing p, H and W, each pixel lies in exactly (p/s)² of them: Λ = (p/s)²I.
    An average of such W over several partitions is a convex combination, so it keeps both properties.
-   (BM3D's own overlapping groups make Λ vary ~60× from pixel to pixel; Λ^{-1/2} M Λ^{-1/2} is then
-   certified too, but it modulates the image by Λ^{±1/2} and loses ~10 dB. The partition keeps Λ flat.)
+   (BM3D's own overlapping groups make Λ vary from pixel to pixel, with how many selected patches cover
+   each; Λ^{-1/2} M Λ^{-1/2} is then certified too, but it modulates the image by Λ^{±1/2}. The partition
+   keeps Λ flat.)
 3. **Symmetric kernel filter** (:class:`SymmetricKernelFilter`, non-local means on the guide).
    K symmetric with K_ij ≥ 0 and d_i = Σ_j K_ij > 0: S = D^{-1/2} K D^{-1/2} is similar to the
    row-stochastic D^{-1}K, so its spectrum lies in [−1, 1]; W = S² is symmetric with spectrum in [0, 1].

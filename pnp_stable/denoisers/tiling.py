@@ -208,7 +208,7 @@ def whole_image_bytes(denoiser, shape) -> int | None:
     """Estimated peak memory of one call of ``denoiser`` on one whole image of ``shape`` [..., H, W]: its
     ``peak_feature_maps`` (4 when it records none) float32 maps of its ``width`` channels per pixel (one call on
     1024×1024, ``benchmarks/results/whole_image_memory.md``: 496 MiB for ``averaged-color``, width 32, 512 estimated;
-    380 MiB for the multi-scale ``averaged-sll-gray``, width 16, 512 estimated; every shipped network and screened
+    376 MiB for the multi-scale ``averaged-sll-gray``, width 16, 512 estimated; every shipped network and screened
     architecture at or under its estimate); None for a denoiser that records no ``width``. Per
     image, so that whether an image is tiled never depends on what it is batched with."""
     width = getattr(denoiser, "width", None)
