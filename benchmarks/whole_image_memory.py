@@ -104,12 +104,11 @@ def main() -> int:
         result = measure(spec, channels, args.size, args.threads)
         one_map = 4 * result["width"] * args.size**2
         lines.append(f"| {label} | {channels} | {result['width']} | {result['first'] / mib:.0f} | "
-                     f"{result['added'] / mib:.0f} | "
-                     f"{result['added'] / one_map:.2f} | {result['maps']} | {result['estimate'] / mib:.0f} | "
-                     f"{'yes' if result['estimate'] >= result['added'] else '**no**'} |")
+                     f"{result['added'] / mib:.0f} | {result['added'] / one_map:.2f} | {result['maps']} | "
+                     f"{result['estimate'] / mib:.0f} | {'yes' if result['estimate'] >= result['added'] else '**no**'} |")
         print(lines[-1], flush=True)
     args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print(f"wrote {args.out}")
     return 0
 
 
