@@ -111,38 +111,63 @@ def overhead_table(x, kernel, repeats: int) -> list[str]:
     return lines
 
 
+def prime_factors(n: int) -> list[int]:
+    factors, d = [], 2
+    while d * d <= n:
+        while n % d == 0:
+            factors.append(d)
+            n //= d
+        d += 1
+    return factors + ([n] if n > 1 else [])
+
+
 def crossover_table(x, repeats: int) -> list[str]:
+    """FFT vs direct ``op.A`` per kernel size, with the grid deepinv's FFT convolution runs on (the image padded by
+    k − 1 for a k×k kernel, not rounded to a fast FFT length, so its cost follows that length's prime factors)."""
     img_size = tuple(x.shape[1:])
-    lines = ["| kernel | FFT (ms) | direct (ms) | FFT/direct | faster | default |",
-             "|---:|---:|---:|---:|---|---|"]
-    fft_wins = {}
+    lines = ["| kernel | FFT grid (factors) | FFT (ms) | direct (ms) | FFT/direct | faster | default |",
+             "|---:|---|---:|---:|---:|---|---|"]
+    ratios = {}
     for size in tqdm(CROSSOVER_SIZES, desc="FFT crossover"):
         k = pnp_stable.gaussian_kernel(size / 6, size=size)
         fft = pnp_stable.blur(k, boundary="reflect", img_size=img_size, use_fft=True)
         direct = pnp_stable.blur(k, boundary="reflect", img_size=img_size, use_fft=False)
         t_fft, t_direct, _ = time_pair(lambda: fft.A(x), lambda: direct.A(x), repeats)
-        fft_wins[size] = t_fft < t_direct
+        ratios[size] = t_fft / t_direct
+        grid = img_size[-1] + size - 1
         default = "FFT" if size >= FFT_MIN_KERNEL_SIZE else "direct"
-        lines.append(f"| {size}×{size} | {ms(t_fft)} | {ms(t_direct)} | {t_fft / t_direct:.2f} "
-                     f"| {'FFT' if fft_wins[size] else 'direct'} | {default} |")
-    return lines + ["", crossover_verdict(fft_wins)]
+        lines.append(f"| {size}×{size} | {grid} = {'·'.join(map(str, prime_factors(grid)))} | {ms(t_fft)} "
+                     f"| {ms(t_direct)} | {ratios[size]:.2f} | {faster(ratios[size])} | {default} |")
+    return lines + ["", crossover_verdict(ratios)]
 
 
-def crossover_verdict(fft_wins: dict[int, bool]) -> str:
-    """Smallest measured size from which FFT wins at every larger size, against FFT_MIN_KERNEL_SIZE."""
-    sizes = sorted(fft_wins)
-    from_size = next((s for i, s in enumerate(sizes) if all(fft_wins[t] for t in sizes[i:])), None)
+TIE = 0.10  # FFT/direct within 10 % of 1: neither is faster beyond the timing noise of a shared machine
+
+
+def faster(ratio: float) -> str:
+    return "tie" if abs(ratio - 1) < TIE else ("FFT" if ratio < 1 else "direct")
+
+
+def crossover_verdict(ratios: dict[int, float]) -> str:
+    """Whether FFT_MIN_KERNEL_SIZE fits the measured FFT/direct ratios: FFT is not slower (beyond a tie) at any
+    measured size from it on, and the largest measured size below it is not faster by FFT (beyond a tie)."""
+    sizes = sorted(ratios)
     current = f"FFT_MIN_KERNEL_SIZE = {FFT_MIN_KERNEL_SIZE}"
-    if from_size is None:
-        return (f"Direct convolution is faster up to the largest size measured ({sizes[-1]}×{sizes[-1]}): "
-                f"{current} is not supported; the threshold should be above {sizes[-1]}.")
-    if from_size == sizes[0]:
-        return (f"FFT is faster at every size measured: {current} is not supported; "
-                f"the threshold should be at most {sizes[0]}.")
-    below = sizes[sizes.index(from_size) - 1]
-    supported = below < FFT_MIN_KERNEL_SIZE <= from_size
-    verdict = "supported" if supported else f"not supported; the numbers suggest {from_size}"
-    return f"FFT is faster from {from_size}×{from_size} on, direct at {below}×{below}: {current} is {verdict}."
+    above = [s for s in sizes if s >= FFT_MIN_KERNEL_SIZE]
+    below = [s for s in sizes if s < FFT_MIN_KERNEL_SIZE]
+    slower = [s for s in above if faster(ratios[s]) == "direct"]
+    exceptions = [s for s in below if faster(ratios[s]) == "FFT"
+                  and any(faster(ratios[t]) == "direct" for t in below if t > s)]
+    note = (f" FFT also wins at {', '.join(f'{s}×{s}' for s in exceptions)}, below sizes where it loses: the cost "
+            "of an FFT follows its grid's prime factors." if exceptions else "")
+    if slower:
+        return (f"FFT is slower than direct at {', '.join(f'{s}×{s}' for s in slower)}: {current} is not supported; "
+                f"the threshold should be above {slower[-1]}.{note}")
+    if below and faster(ratios[below[-1]]) == "FFT":
+        return (f"FFT is already faster at {below[-1]}×{below[-1]}: {current} is not supported; the threshold "
+                f"could be {below[-1]}.{note}")
+    return (f"FFT is not slower at any size from {FFT_MIN_KERNEL_SIZE}×{FFT_MIN_KERNEL_SIZE} on, nor faster at the "
+            f"largest size below it (ties within {TIE:.0%}): {current} is supported.{note}")
 
 
 def main() -> None:
