@@ -24,8 +24,8 @@ BOUNDARIES = ("circular", "reflect", "replicate", "zeros", "valid")
 #: kernels with at least this many rows or columns are applied by FFT for non-circular boundaries. The crossover
 #: on 2 CPU cores is not sharp: deepinv's FFT convolution runs on the padded grid (512 + k − 1 for a k×k kernel on a
 #: 512² image) without rounding it to a fast FFT length, so its cost follows that length's prime factors (FFT wins
-#: at 9×9, 520 = 2³·5·13, and loses at 13×13, 524 = 2²·131); ``benchmarks/results/operators.md`` puts the
-#: crossover at 15×15 (2026-12-07; 25×25 in an earlier, busier run), FFT 1.4–2.3× faster from 19×19 on.
+#: at 9×9, 520 = 2³·5·13, and loses at 13×13, 524 = 2²·131). ``benchmarks/results/operators.md``: direct 1.9×
+#: faster at 13×13, a tie at 15×15, FFT 1.3–2.2× faster from 19×19 on; the threshold sits in the tie.
 FFT_MIN_KERNEL_SIZE = 17
 
 
