@@ -214,9 +214,9 @@ def main() -> None:
                           f"fast {row['fast'][-clean.shape[0]:]} ({time.perf_counter() - started:.0f} s)", flush=True)
     cli = None if args.no_cli else cli_photo(out)
     lines += report(args, rows, cli)
-    report, figure = output_path(out, ".md"), output_path(out, ".png")
+    markdown, figure = output_path(out, ".md"), output_path(out, ".png")
     lines.append(f"\nWall time {time.perf_counter() - started:.0f} s. PNG: `{figure.name}`.")
-    report.write_text("\n".join(lines) + "\n")
+    markdown.write_text("\n".join(lines) + "\n")
     plot(showcase, figure)
     print("\n".join(lines))
 
