@@ -397,13 +397,13 @@ def test_the_cache_follows_the_source_folder(tmp_path):
 
 
 def test_certified_radii_need_unit_scale_pixels_and_ignore_an_enclosing_autocast(tmp_path):
-    trained = _trained(tmp_path, steps=3).model.eval()
+    model = _trained(tmp_path, steps=3).model.eval()
     images = synthetic(8, 1, 28).tensors[0]
     with pytest.raises(ValueError, match="divide 8-bit images by 255"):
-        certified_radius(trained, 255 * images)
-    plain = certified_radius(trained, images)
+        certified_radius(model, 255 * images)
+    plain = certified_radius(model, images)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        under_autocast = certified_radius(trained, images)
+        under_autocast = certified_radius(model, images)
     assert torch.equal(plain[0], under_autocast[0]) and torch.equal(plain[1], under_autocast[1])
 
 

@@ -66,3 +66,24 @@ def test_output_path_keeps_dots_in_a_prefix():
     assert output_path("results/deblur", ".png") == Path("results/deblur.png")
     assert output_path("results/denoise.md", ".md") == Path("results/denoise.md")
     assert output_path("results/denoise.md", ".png") == Path("results/denoise.png")
+
+
+def test_no_function_assigns_the_name_of_a_function_or_class_of_its_module():
+    """A local assignment to a module-level function's name makes every use of that name in the function local, so a
+    call before the assignment fails at run time (UnboundLocalError) — only at the end of a long benchmark, as
+    time_to_solution.py did with `report`. Checked statically over the project's own Python files."""
+    import ast
+
+    shadowing = []
+    for path in sorted(ROOT.glob("**/*.py")):
+        if not {".venv", ".git", "build"}.isdisjoint(path.relative_to(ROOT).parts):
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        module_level = {node.name for node in tree.body
+                        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+        for function in ast.walk(tree):
+            if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                shadowing += [f"{path.relative_to(ROOT)}:{node.lineno} {function.name}() assigns {node.id}"
+                              for node in ast.walk(function)
+                              if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) and node.id in module_level]
+    assert not shadowing, shadowing
