@@ -146,11 +146,11 @@ def continue_from(model: UnrolledRidge, tensors: dict, meta: dict, path: str) ->
     """Load every trained tensor of an unrolled state (R_0, the stages, the step logits) into ``model``, which must
     have its shapes; returns the state's metadata."""
     stored = {name: value for name, value in model_tensors(tensors).items() if name.split(".")[-1] in TRAINED}
-    own = {name: value for name, value in model.state_dict().items() if name.split(".")[-1] in TRAINED}
     shapes = {name: tuple(value.shape) for name, value in stored.items()}
-    if shapes != {name: tuple(value.shape) for name, value in own.items()}:
-        raise ValueError(f"{path} holds {shapes}; this model needs {dict((n, tuple(v.shape)) for n, v in own.items())}: "
-                         "give it the --stages, --channels and --kernel that state was trained with")
+    needed = {name: tuple(value.shape) for name, value in model.state_dict().items() if name.split(".")[-1] in TRAINED}
+    if shapes != needed:
+        raise ValueError(f"{path} holds {shapes}; this model needs {needed}: give it the --stages, --channels and "
+                         "--kernel that state was trained with")
     model.load_state_dict(stored, strict=False)
     return meta
 
