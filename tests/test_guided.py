@@ -76,6 +76,27 @@ def test_linearised_bm3d_denoises_and_tends_to_identity_at_zero_noise():
     assert torch.allclose(D(noisy, 1e-9), noisy, atol=1e-6)
 
 
+def test_balanced_kernel_filter_keeps_flat_images_and_denoises():
+    clean = natural_starts(1, (1, 32, 32), noise=0.0, seed=2).double()
+    noisy = clean + 0.1 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    D = GuidedDenoiser(clean, "nlm", search=3, radius=1)  # oracle guide
+    ones = torch.ones_like(clean)
+    assert torch.allclose(D(ones, 0.1), ones, atol=1e-5)  # S1 = 1: balancing keeps the mean of flat regions
+    assert ps.psnr(D(noisy, 0.1), clean) > ps.psnr(noisy, clean) + 5
+    assert torch.allclose(D(noisy, 1e-9), noisy, atol=1e-6)
+
+
+def test_kernel_filter_is_certified_before_its_balancing_converges(monkeypatch):
+    from pnp_stable.denoisers.guided import SymmetricKernelFilter
+    monkeypatch.setattr(SymmetricKernelFilter, "BALANCE_STEPS", 1)  # rows far from 1: only the rescaling bounds S
+    D = _denoiser("nlm", channels=1, size=20)
+    start = torch.rand(D.guide.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    ones = torch.ones_like(start)
+    assert (D(ones, SIGMA) - ones).abs().max() > 1e-3  # unbalanced indeed
+    assert _power(lambda v: D(v, SIGMA), start) <= 1 + 1e-9
+    assert 1 - _power(lambda v: v - D(v, SIGMA), start) >= -1e-9
+
+
 def test_guided_filter_runs_in_our_solvers_with_a_certificate_and_no_violations():
     x = natural_starts(1, (1, 24, 24), noise=0.0, seed=3)
     physics = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, 24, 24))

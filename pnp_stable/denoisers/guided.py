@@ -19,8 +19,13 @@ once and frozen. From it a *linear* filter W(g) is built whose certificate holds
    each; Λ^{-1/2} M Λ^{-1/2} is then certified too, but it modulates the image by Λ^{±1/2}. The partition
    keeps Λ flat.)
 3. **Symmetric kernel filter** (:class:`SymmetricKernelFilter`, non-local means on the guide).
-   K symmetric with K_ij ≥ 0 and d_i = Σ_j K_ij > 0: S = D^{-1/2} K D^{-1/2} is similar to the
-   row-stochastic D^{-1}K, so its spectrum lies in [−1, 1]; W = S² is symmetric with spectrum in [0, 1].
+   K symmetric with K_ij ≥ 0, K_ii > 0. Symmetric Sinkhorn balancing (Milanfar 2013, "Symmetrizing
+   smoothing filters") finds a positive diagonal B with M = BKB nearly doubly stochastic; S = M/ρ with
+   ρ = max_i Σ_j M_ij, computed from the final B, whether or not the balancing has converged. A symmetric
+   matrix with non-negative entries has ‖S‖₂ ≤ (‖S‖₁‖S‖_∞)^{1/2} = max row sum = 1, so the spectrum of S lies
+   in [−1, 1] and W = S² is symmetric with spectrum in [0, 1]. Balancing makes S1 ≈ 1, so flat regions
+   keep their mean (the similar D^{-1/2}KD^{-1/2} does not: at σ = 25/255 with an oracle guide, its
+   S1 ranges over 0.4–1.3 on a 128² camera crop and the filter loses 6 dB to this one).
 4. **Colour.** The orthonormal opponent transform Q (QᵀQ = I) keeps both: QᵀWQ is symmetric with
    spectrum in [0, 1] whenever W is.
 5. **What the guarantee covers.** For a guide frozen during a run, D(·, σ) = W(g, σ) is one fixed
@@ -270,14 +275,19 @@ class LinearisedBM3D:
 
 
 class SymmetricKernelFilter:
-    """W = S², S = D^{-1/2} K D^{-1/2} with the non-local-means kernel of the guide (module docstring, item 3):
-    K_ij = exp(−d_ij/(h·σ)²) for pixels j within ±``search`` of i, d_ij the mean squared difference of
-    the guide's (2·``radius`` + 1)² patches around i and j over all channels, K_ii = 1.
-    K is symmetric by construction: each offset pair (o, −o) uses one weight map."""
+    """W = S², S = BKB/ρ, the balanced non-local-means kernel of the guide (module docstring, item 3):
+    K_ij = exp(−d_ij/(h·σ)²), h = ``strength``, for pixels j within ±``search`` of i, d_ij the mean squared
+    difference of the guide's (2·``radius`` + 1)² patches around i and j over all channels, K_ii = 1.
+    K is symmetric by construction: each offset pair (o, −o) uses one weight map. B is balanced until every
+    row sum of BKB is within ``BALANCE_TOLERANCE`` of 1 (at most ``BALANCE_STEPS`` steps; about 20 suffice);
+    the certificate does not depend on it. The default strength 0.5 is the best of 0.3–1.0 on five
+    scikit-image crops at σ = 25/255 with a BM3D guide (none of them in a test set)."""
 
-    def __init__(self, guide: Tensor, search: int = 5, radius: int = 3, strength: float = 1.0):
+    BALANCE_TOLERANCE = 1e-6
+    BALANCE_STEPS = 200
+
+    def __init__(self, guide: Tensor, search: int = 5, radius: int = 3, strength: float = 0.5):
         self.channels, self.height, self.width = guide.shape
-        self.dtype = guide.dtype
         self.strength = float(strength)
         if self.height <= search or self.width <= search:
             raise ValueError(f"image of {self.height}×{self.width} pixels is too small for a ±{search} search window")
@@ -293,7 +303,7 @@ class SymmetricKernelFilter:
             squared = diff.pow(2).mean(0, keepdim=True)[None]
             box = F.avg_pool2d(F.pad(squared, (radius,) * 4, mode="replicate"), size, stride=1)
             distances.append(box[0, 0])
-        self.distance = torch.stack(distances).to(self.dtype)  # d(i, i + o) [offsets, H, W]; NaN where i + o is outside
+        self.distance = torch.stack(distances).double()  # d(i, i + o) [offsets, H, W]; NaN where i + o is outside
         self._cache: tuple[float, Tensor, Tensor] | None = None
 
     def _shift(self, v: Tensor, dy: int, dx: int) -> Tensor:
@@ -308,29 +318,37 @@ class SymmetricKernelFilter:
         out[..., dy:, max(0, dx) : self.width + min(0, dx)] = v[..., : self.height - dy, max(0, -dx) : self.width - max(0, dx)]
         return out
 
+    def _kernel(self, v: Tensor, weights: Tensor) -> Tensor:
+        """K v, with K_ii = 1 and K(i, i + o) = K(i + o, i) = weights[o][i]."""
+        out = v.clone()
+        for weight, (dy, dx) in zip(weights, self.offsets):
+            out += weight * self._shift(v, dy, dx) + self._unshift(weight * v, dy, dx)
+        return out
+
     def _factors(self, sigma: float) -> tuple[Tensor, Tensor]:
+        """The kernel's weights and the diagonal b of S = diag(b) K diag(b), in float64, max row sum of S = 1."""
         if self._cache is None or self._cache[0] != sigma:
             bandwidth = max(self.strength * sigma, 1e-6) ** 2
             weights = torch.exp(-self.distance / bandwidth).nan_to_num(nan=0.0)  # K(i, i + o)
-            degree = torch.ones(self.height, self.width, dtype=self.dtype)
-            for weight, (dy, dx) in zip(weights, self.offsets):
-                degree = degree + weight + self._unshift(weight, dy, dx)
-            self._cache = (sigma, weights, degree.rsqrt())
+            balance = torch.ones(self.height, self.width, dtype=torch.float64)
+            for _ in range(self.BALANCE_STEPS):
+                balance = (balance / self._kernel(balance, weights)).sqrt()  # fixed point: b ⊙ Kb = 1
+                rows = balance * self._kernel(balance, weights)
+                if float((rows - 1).abs().max()) <= self.BALANCE_TOLERANCE:
+                    break
+            balance = balance / rows.max().sqrt()  # ‖S‖₂ ≤ max row sum = 1 for symmetric S ≥ 0
+            self._cache = (sigma, weights, balance)
         return self._cache[1], self._cache[2]
 
-    def _smooth(self, v: Tensor, weights: Tensor, inv_sqrt: Tensor) -> Tensor:
-        """S v = D^{-1/2} K D^{-1/2} v."""
-        u = v * inv_sqrt
-        out = u.clone()
-        for weight, (dy, dx) in zip(weights, self.offsets):
-            out += weight * self._shift(u, dy, dx) + self._unshift(weight * u, dy, dx)
-        return out * inv_sqrt
+    def _smooth(self, v: Tensor, weights: Tensor, balance: Tensor) -> Tensor:
+        """S v = diag(b) K diag(b) v."""
+        return balance * self._kernel(balance * v, weights)
 
     def apply(self, x: Tensor, sigma: float) -> Tensor:
         """W(g, σ) x = S(S x) for one image of the guide's shape."""
-        weights, inv_sqrt = self._factors(float(sigma))
-        v = x.to(self.dtype)
-        return self._smooth(self._smooth(v, weights, inv_sqrt), weights, inv_sqrt).to(x.dtype)
+        weights, balance = self._factors(float(sigma))
+        v = x.double()
+        return self._smooth(self._smooth(v, weights, balance), weights, balance).to(x.dtype)
 
 
 CONSTRUCTIONS: dict[str, Callable[..., object]] = {"bm3d": LinearisedBM3D, "nlm": SymmetricKernelFilter}
