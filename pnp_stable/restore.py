@@ -36,11 +36,11 @@ __all__ = ["DEBLURRING_DEFAULTS", "DEFAULT_DENOISERS", "DENOISING_DEFAULTS", "De
 #: the shipped certified model for each number of channels, when no noise level is known (``resolve_denoiser('auto')``)
 DEFAULT_DENOISERS = {1: "averaged-sll-gray", 3: "averaged-color"}
 #: ``denoise``'s 'auto': each shipped network on the noise levels where it denoises best on held-out images (colour:
-#: CBSD432, σ·255 ≤ 8, ≤ 15, above; gray: Train400, ≤ 8, ≤ 17, above; the tables are in
+#: CBSD432, σ·255 ≤ 8, ≤ 15, above; gray: Train400, ≤ 9, ≤ 17, above; the tables are in
 #: ``pnp_stable/denoisers/weights/README.md``), as the levels and names of a NoiseLevelSwitch
 DENOISING_DEFAULTS = {3: ((8 / 255, 15 / 255),
                           ("averaged-sll-lownoise-color", "averaged-sll-color", "averaged-sll-highnoise-color")),
-                      1: ((8 / 255, 17 / 255), ("averaged-sll-lownoise-gray", "averaged-sll-pnp-gray", "averaged-sll-gray"))}
+                      1: ((9 / 255, 17 / 255), ("averaged-sll-lownoise-gray", "averaged-sll-pnp-gray", "averaged-sll-gray"))}
 #: ``deblur``'s 'auto', by the level σ_d at which PnP calls the denoiser (``denoiser_sigma``; by default the solver's
 #: tuned strength × σ_n): the network best at that σ_d with the tuned defaults on held-out crops (colour: 18 crops and
 #: 6 kernels, σ_d·255 ≤ 9, ≤ 12, above; gray: 8 Train400 crops and 6 kernels, σ_d·255 from 3.6 to 40, ≤ 10.5, ≤ 20.5,

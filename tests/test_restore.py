@@ -100,8 +100,8 @@ def test_denoise_auto_takes_the_network_trained_for_sigma_and_warns_outside_a_mo
     assert mixed.denoiser == "NoiseLevelSwitch(averaged-sll-lownoise-color, averaged-sll-highnoise-color)"
     alone = torch.cat([ps.denoise(x[:1], 5 / 255).estimate, ps.denoise(x[1:], 25 / 255).estimate])
     assert torch.allclose(mixed.estimate, alone, atol=1e-5) and mixed.certificate.guaranteed
-    gray = {level: ps.denoise(x[:1, :1], level / 255).denoiser for level in (5, 8, 12, 17, 25)}
-    assert gray == {5: "averaged-sll-lownoise-gray", 8: "averaged-sll-lownoise-gray", 12: "averaged-sll-pnp-gray",
+    gray = {level: ps.denoise(x[:1, :1], level / 255).denoiser for level in (5, 9, 10, 17, 25)}
+    assert gray == {5: "averaged-sll-lownoise-gray", 9: "averaged-sll-lownoise-gray", 10: "averaged-sll-pnp-gray",
                     17: "averaged-sll-pnp-gray", 25: "averaged-sll-gray"}
     with pytest.warns(UserWarning, match=r"sigma = 50/255 is outside the noise levels denoiser 'averaged-color' was "
                                          r"last trained on \(\[0, 25\]/255\).*; denoiser='auto' takes "
