@@ -1,11 +1,47 @@
-"""Using a caller's ``torch.nn.Module`` without changing it: evaluation mode for a run, a copy on another device."""
+"""Using a caller's ``torch.nn.Module`` or callable without changing it: evaluation mode for a run, a copy on another
+device, a one-argument denoiser called as ``denoiser(x, sigma)``."""
 
 from __future__ import annotations
 
 import copy
+import inspect
 from contextlib import contextmanager
+from typing import Callable
 
 import torch
+from torch import Tensor
+
+
+class SigmaFreeModule(torch.nn.Module):
+    """A module whose ``forward`` takes only ``x`` (a plain ``nn.Sequential``) as a denoiser ``D(x, sigma) = module(x)``;
+    still a module, so evaluation mode, device moves and tiling reach the caller's layers. It carries no
+    certificate: the caller's module is not one of pnp-stable's certified denoisers."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Tensor, sigma=None) -> Tensor:
+        return self.module(x)
+
+
+def with_sigma_argument(denoiser) -> Callable[[Tensor, Tensor | float], Tensor]:
+    """``denoiser`` as a function of ``(x, sigma)``: as it is when it takes both; a callable or module whose call
+    takes one positional argument (``denoiser(x)``, a plain ``nn.Sequential``) is called without ``sigma``."""
+    if isinstance(denoiser, str):
+        raise ValueError(f"denoiser must be callable, got the name {denoiser!r}: load it with "
+                         f"pnp_stable.load_denoiser({denoiser!r}) (ps.deblur and ps.denoise take names directly)")
+    if not callable(denoiser):
+        raise ValueError(f"denoiser must be callable, got {type(denoiser).__name__}")
+    try:  # a module's call signature is its forward's
+        signature = inspect.signature(denoiser.forward if isinstance(denoiser, torch.nn.Module) else denoiser)
+    except (TypeError, ValueError):
+        return denoiser
+    positional = [p for p in signature.parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    if len(positional) == 1 and positional[0].kind != inspect.Parameter.VAR_POSITIONAL:
+        return SigmaFreeModule(denoiser) if isinstance(denoiser, torch.nn.Module) else lambda x, sigma: denoiser(x)
+    return denoiser
 
 
 @contextmanager

@@ -97,7 +97,6 @@ def check_noise_level(sigma: float, name: str = "noise_sigma", positive: bool = 
     return sigma
 
 
-
 def unit_scale_level(value, name: str, positive: bool = False) -> float:
     """A noise level of an image on the [0, 1] scale: :func:`check_noise_level`, and at most 1 (a level above the
     whole intensity range is a level given on the 0–255 scale)."""
@@ -106,6 +105,7 @@ def unit_scale_level(value, name: str, positive: bool = False) -> float:
         raise ValueError(f"{name} = {value:g} exceeds the whole [0, 1] intensity range; noise levels are on the [0, 1] "
                          f"scale: {value:g}/255 = {value / 255:.4g}")
     return value
+
 
 def float64_levels(levels, refusal: str) -> Tensor:
     """``levels`` (a number, a sequence, or a tensor on any device) as a float64 CPU tensor of the same shape, moved
@@ -121,10 +121,14 @@ def float64_levels(levels, refusal: str) -> Tensor:
 
 def check_denoiser_sigma(denoiser_sigma, batch: int) -> Tensor:
     """The denoiser's noise level σ_d of a PnP iteration as a float64 CPU tensor: one value or one per sample of a
-    ``batch``, each finite and > 0."""
+    ``batch``, each finite, > 0 and at most 1 (as :func:`unit_scale_level`)."""
     sigmas = float64_levels(denoiser_sigma, "denoiser_sigma must be a number or one per sample")
     if not (torch.isfinite(sigmas).all() and (sigmas > 0).all()):
         raise ValueError(f"denoiser_sigma must be finite and > 0 (on the [0, 1] scale, e.g. 2·noise_sigma), got {denoiser_sigma}")
+    if (sigmas > 1).any():
+        top = float(sigmas.max())
+        raise ValueError(f"denoiser_sigma = {top:g} exceeds the whole [0, 1] intensity range; noise levels are on the "
+                         f"[0, 1] scale: {top:g}/255 = {top / 255:.4g}")
     if sigmas.ndim > 1 or (sigmas.ndim == 1 and sigmas.numel() not in (1, batch)):
         raise ValueError(f"denoiser_sigma must be one value or one per sample ([{batch}]), got shape "
                          f"{tuple(sigmas.shape)}")

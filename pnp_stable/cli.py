@@ -233,6 +233,7 @@ def _deblur_one(args, source: Path, out: Path, kernel, denoiser_for, progress, c
         max_iter=args.iters, tol=args.tol, guide=args.guide, guided_rounds=args.guided_rounds,
         reference=reference, device=device, progress=progress, accelerate=args.accelerate,
         tile=args.tile, overlap=args.overlap, context=context, ensemble=args.ensemble,
+        allow_unsafe_step=args.allow_unsafe_step,
     )
     lines = [f"boundary model: {boundary}", result.summary()]
     if reference is not None:
@@ -497,7 +498,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=positive_int, default=None, metavar="N",
                    help="maximum iterations (with acceleration: denoiser calls, a rejected extrapolation costing one); "
                         "None uses the tuned budget")
-    p.add_argument("--tol", type=nonnegative_float, default=1e-5, metavar="T", help="stop when ‖z_{k+1} − z_k‖/‖z_{k+1}‖ < T")
+    p.add_argument("--tol", type=nonnegative_float, default=1e-5, metavar="T",
+                   help="stop when (r + e)/‖z_{k+1}‖ < T, r = ‖z_{k+1} − z_k‖ and e the bound on the evaluation's error "
+                        "('accuracy-limited' where r is within that error)")
+    p.add_argument("--allow-unsafe-step", action="store_true",
+                   help="run a step or weight outside the theory's range (e.g. FB's τ ≥ 2/L) instead of refusing it; "
+                        "a run outside that range has no certified β")
     p.add_argument("--accelerate", action=argparse.BooleanOptionalAction, default=None,
                    help="safeguarded Anderson acceleration: fewer denoiser calls, the same limit and guarantee "
                         "(the monitor checks the safeguard); not for fista. Default: on with a certified denoiser, except for fista")

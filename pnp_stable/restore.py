@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._modules import accepted_channels, evaluation_mode, on_device
+from ._modules import accepted_channels, evaluation_mode, on_device, with_sigma_argument
 from ._validation import check_denoiser_sigma, check_device, check_noise_level, check_start, float64_levels, unit_scale_level
 from .denoisers.averaged import certificate_of
 from .denoisers.ensemble import self_ensemble
@@ -121,7 +121,7 @@ def resolve_denoiser(denoiser, channels: int, device: str | torch.device = "cpu"
         )
     if isinstance(model, torch.nn.Module):
         model = on_device(model, device)  # the caller's own model is not moved: a copy is, when needed
-    return self_ensemble(model, ensemble)
+    return self_ensemble(with_sigma_argument(model), ensemble)
 
 
 def resolve_guide(guide, channels: int, device: str | torch.device = "cpu"):

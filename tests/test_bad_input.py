@@ -260,6 +260,16 @@ def test_per_sample_denoiser_sigmas_must_match_the_batch():
             ps.solve(physics, y, lambda v, s: v, 0.01, denoiser_sigma=wrong, max_iter=2)
 
 
+def test_a_denoiser_level_on_the_255_scale_is_refused_as_the_cli_refuses_it():
+    physics = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, 16, 16))
+    y = physics(torch.rand(2, 1, 16, 16))
+    for wrong in (25, [0.05, 25]):
+        with pytest.raises(ValueError, match="exceeds the whole .0, 1. intensity range.*25/255 = 0.09804"):
+            ps.solve(physics, y, lambda v, s: v, 0.01, denoiser_sigma=wrong, max_iter=2)
+    with pytest.raises(ValueError, match="exceeds the whole"):
+        ps.deblur(y, "gaussian:1.0", 0.01, denoiser=lambda v, s: v, denoiser_sigma=25, max_iter=2)
+
+
 def test_a_16_bit_gray_file_read_as_colour_keeps_its_values(tmp_path):
     path = tmp_path / "wide.png"
     Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(path)

@@ -285,6 +285,18 @@ def test_broken_kernel_file_is_one_line_exit_2(small_png, tmp_path, capsys):
     assert "k.npz" in err and "['a']" in err
 
 
+def test_a_step_outside_the_theory_names_the_cli_flag_that_runs_it_anyway(small_png, tmp_path, capsys):
+    from pnp_stable.cli import main
+
+    args = ["deblur", str(small_png), "--kernel", "gaussian:1", "--noise", "0.01", "--step", "1", "--iters", "2",
+            "--out", str(tmp_path / "out.png")]
+    err = _one_line_error(capsys, main(args))
+    assert "--allow-unsafe-step" in err and "allow_unsafe_step=True" in err
+    assert main([*args, "--allow-unsafe-step"]) == 0
+    out = capsys.readouterr().out
+    assert "β: none" in out and "certified β" not in out
+
+
 def test_noise_level_below_the_minimum_is_refused_with_the_reason(small_png, capsys):
     from pnp_stable.cli import main
 

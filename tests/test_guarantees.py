@@ -69,6 +69,7 @@ def test_fb_on_an_estimated_norm_is_estimated_until_a_bound_is_given(certified):
     assert "NOT certified" in result.summary() and "certified β =" not in result.summary()
     given = ps.solve(op, y, certified, 0.02, solver="fb", max_iter=5, operator_norm=1.05)
     assert given.beta is not None and given.estimated_beta is None
+    assert given.trusted == ["bound ‖A‖ ≤ 1.05"] and "resting on the caller's bound ‖A‖ ≤ 1.05 (not verified)" in given.summary()
     assert given.step < result.step  # τ = 1.9/L with the larger, proved L
     with pytest.raises(ValueError, match="operator_norm"):
         ps.solve(op, y, certified, 0.02, solver="fb", operator_norm=float("nan"))
@@ -138,7 +139,13 @@ def test_a_callers_certificate_is_trusted_and_said_to_be():
     result = ps.solve(op, y, Halving(), 0.02, solver="fb", max_iter=3)
     assert result.beta is not None
     assert any("caller's Halving" in note and "not verified" in note for note in result.notes)
-    assert "caller's Halving" in result.summary()
+    beta_line = result.summary().splitlines()[0]  # the β line itself says what it rests on, not only a note below
+    assert result.trusted == ["Halving certificate"]
+    assert "certified β" in beta_line and "resting on the caller's Halving certificate (not verified)" in beta_line
+    relaxed = ps.solve(op, y, Halving(), 0.02, solver="fb", max_iter=3, relaxation=0.9)
+    assert relaxed.trusted == ["Halving certificate"]
+    ours = ps.solve(op, y, lambda x, sigma: 0.5 * x, 0.02, solver="fb", max_iter=3)
+    assert ours.trusted == []
 
 
 def test_fista_uses_its_own_step_and_converges_on_a_motion_blur(certified):

@@ -281,3 +281,21 @@ def test_an_image_tensor_in_channels_last_layout_is_refused_with_the_fix():
     hwc = torch.from_numpy(data.astronaut()[::8, ::8].copy())
     with pytest.raises(ValueError, match=r"permute\(2, 0, 1\)"):
         ps.denoise(hwc, 0.1)
+
+
+def test_a_module_or_function_of_x_alone_is_a_denoiser_without_a_certificate():
+    """A plain nn.Sequential (forward(x)) and a function of x are called without sigma, in eval mode, uncertified."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 1, 3, padding=1))
+    net.train()
+    y = torch.rand(1, 1, 24, 24)
+    with torch.no_grad():
+        expected = net.eval()(y)
+    net.train()
+    out = ps.denoise(y, 0.05, denoiser=net)
+    assert torch.allclose(out.estimate, expected) and out.certificate.alpha is None
+    assert net.training  # the caller's mode comes back
+    physics = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, 24, 24))
+    for denoiser in (net, lambda x: 0.9 * x):
+        result = ps.solve(physics, physics(y), denoiser, 0.01, max_iter=3)
+        assert result.iterations == [3] and result.beta is None

@@ -73,7 +73,9 @@ class PnPResult:
     """Outcome of a PnP run. ``status[b]`` is one of :data:`STATUSES`; ``beta`` is the certified
     averagedness of the iteration (None: not certified) and ``beta_basis`` what it rests on.
     ``estimated_beta`` is the theory's β when an ingredient is only estimated (an estimated ‖A‖, an
-    inexact prox, an unproved denoiser certificate): the monitor checks it, nothing certifies it."""
+    inexact prox, an unproved denoiser certificate): the monitor checks it, nothing certifies it.
+    ``trusted`` names the ingredients of a certified β that the caller asserted and pnp-stable could not prove
+    (a bound given as ``operator_norm``, a certificate carried by the caller's own denoiser class)."""
 
     estimate: Tensor
     governing: Tensor
@@ -87,6 +89,7 @@ class PnPResult:
     notes: list[str] = field(default_factory=list)
     earlier_rounds: list["PnPResult"] = field(default_factory=list)  # guided restoration: the rounds before this one
     estimated_beta: float | None = None
+    trusted: list[str] = field(default_factory=list)
 
     @property
     def verdict(self) -> str:
@@ -99,6 +102,8 @@ class PnPResult:
     def summary(self) -> str:
         if self.beta is not None:
             beta = f"certified β = {format_bound(self.beta, 4)}"
+            if self.trusted:
+                beta += f", resting on the caller's {' and '.join(self.trusted)} (not verified)"
         elif self.estimated_beta is not None:
             beta = f"estimated β = {self.estimated_beta:.4g}, NOT certified"
         else:
@@ -162,7 +167,9 @@ def run_scheme(
     log_every: float | None = None,
     accelerate: bool | str | Anderson | None = None,
 ) -> PnPResult:
-    """Iterate T per sample until r_k/‖T(p_k)‖ < ``tol`` (r_k = ‖T(p_k) − p_k‖) or ``max_iter`` evaluations of T.
+    """Iterate T per sample until (r_k + e_k)/‖T(p_k)‖ < ``tol`` (r_k = ‖T(p_k) − p_k‖, e_k the bound on the
+    evaluation's error; 'accuracy-limited' where r_k is within that error, :class:`~pnp_stable.solvers.tracker.SampleTracker`)
+    or ``max_iter`` evaluations of T.
 
     Three parts: the scheme's step evaluates T; the steps rule (plain p_{k+1} = T(p_k), or the safeguarded
     Anderson acceleration of :mod:`pnp_stable.solvers.anderson` when ``accelerate`` is given) chooses the next
@@ -236,7 +243,7 @@ def run_scheme(
     return PnPResult(
         estimate=estimate, governing=governing, status=tracker.status, iterations=tracker.iterations, history=history,
         beta=None if gaps else beta, beta_basis=basis, solver=scheme.name, step=scheme.step_size,
-        notes=notes, estimated_beta=beta if gaps else None,
+        notes=notes, estimated_beta=beta if gaps else None, trusted=list(getattr(scheme, "trusted", [])),
     )
 
 

@@ -19,6 +19,7 @@ class KrasnoselskiiMann(Scheme):
         self.denoiser = base.denoiser  # run in eval mode by the loop, as the certificate describes it
         self.step_size = base.step_size
         self.notes = list(base.notes)
+        self.trusted = list(base.trusted)
         beta, basis = base.beta()
         if not 0 < self.relaxation < float("inf"):
             raise ValueError(f"relaxation λ must be finite and > 0, got {relaxation}")
@@ -27,10 +28,10 @@ class KrasnoselskiiMann(Scheme):
         if beta is None and self.relaxation > 1:
             raise ValueError(f"relaxation λ = {relaxation} > 1 over-relaxes an iteration that has no averagedness β "
                              f"({basis}): only an averaged iteration is known to converge with λ > 1; use λ ≤ 1 or "
-                             "pass allow_unsafe_step=True to run anyway")
+                             "pass allow_unsafe_step=True (CLI: --allow-unsafe-step) to run anyway")
         if beta is not None and self.relaxation >= 1 / beta:
             raise ValueError(f"relaxation λ = {relaxation} must be < 1/β = {1 / beta:.6g} for a {beta:.4g}-averaged "
-                             "iteration; use a smaller λ or pass allow_unsafe_step=True to run anyway")
+                             "iteration; use a smaller λ or pass allow_unsafe_step=True (CLI: --allow-unsafe-step) to run anyway")
 
     def init(self, x0):
         return self.base.init(x0)

@@ -23,38 +23,15 @@ non-expansive and nothing bounds the exact residual: such a run's 'converged' me
 
 from __future__ import annotations
 
-import inspect
-from typing import Callable
-
 import torch
 from torch import Tensor
 
+from .._modules import with_sigma_argument
 from ..denoisers.averaged import certificate_of
 from ..operators.fidelity import L2Fidelity
 from ..theory import Certificate, compose_averagedness, gradient_step_averagedness, relaxation_for_target
 
 __all__ = ["Scheme", "ForwardBackward", "HalfQuadraticSplitting", "DouglasRachford", "ADMM", "FISTA", "SCHEMES"]
-
-
-def _as_denoiser(denoiser) -> Callable[[Tensor, Tensor | float], Tensor]:
-    """Call ``denoiser(x, sigma)``; a plain callable of one argument is called as ``denoiser(x)``."""
-    if isinstance(denoiser, torch.nn.Module):
-        return denoiser
-    if isinstance(denoiser, str):
-        raise ValueError(f"denoiser must be callable, got the name {denoiser!r}: load it with "
-                         f"pnp_stable.load_denoiser({denoiser!r}) (ps.deblur and ps.denoise take names directly)")
-    if not callable(denoiser):
-        raise ValueError(f"denoiser must be callable, got {type(denoiser).__name__}")
-    try:
-        positional = [
-            p for p in inspect.signature(denoiser).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
-        ]
-    except (TypeError, ValueError):
-        return denoiser
-    if len(positional) == 1 and positional[0].kind != inspect.Parameter.VAR_POSITIONAL:
-        return lambda x, sigma: denoiser(x)
-    return denoiser
 
 
 def _weighted_certificate(certificate: Certificate, weight: float) -> Certificate:
@@ -97,7 +74,7 @@ class Scheme:
             raise ValueError(f"denoiser_weight ω must be > 0, got {denoiser_weight}")
         self.fidelity = fidelity
         self.denoiser = denoiser
-        self._denoise = _as_denoiser(denoiser)
+        self._denoise = with_sigma_argument(denoiser)
         self.denoiser_sigma = denoiser_sigma
         self.step_size = float(step)
         self.notes: list[str] = []
@@ -105,7 +82,9 @@ class Scheme:
         self.denoiser_certificate: Certificate = _weighted_certificate(
             certificate_of(denoiser, denoiser_sigma), self.denoiser_weight)  # at σ_d: tighter for noise-adaptive D
         owner = type(denoiser)
+        self.trusted: list[str] = []  # ingredients of β the caller asserts (PnPResult.trusted)
         if self.denoiser_certificate.alpha is not None and not owner.__module__.startswith("pnp_stable."):
+            self.trusted.append(f"{owner.__name__} certificate")
             self.notes.append(f"the denoiser's certificate comes from the caller's {owner.__name__} object and is "
                               "trusted as given, not verified by pnp-stable (check it with pnp_stable.adversarial_lipschitz)")
 
@@ -119,7 +98,7 @@ class Scheme:
         """The denoiser of the samples ``index``: a per-sample denoiser (one with ``subset``, such as a guided
         filter built from one guide per sample) is narrowed to them once some samples have stopped."""
         if index is not None and hasattr(self.denoiser, "subset"):
-            return _as_denoiser(self.denoiser.subset(index))
+            return with_sigma_argument(self.denoiser.subset(index))
         return self._denoise
 
     def denoise(self, x: Tensor, index: Tensor | None) -> Tensor:
@@ -183,6 +162,7 @@ class ForwardBackward(Scheme):
         known = fidelity.__dict__.get("operator_norm")  # given by the caller, or computed and cached already
         if known is not None and known.kind == "given":
             self.notes.append(f"step τ from ‖A‖ ≤ {known.value:.6g}: {known.method}")
+            self.trusted.append(f"bound ‖A‖ ≤ {known.value:.6g}")
 
     def step(self, z, fidelity, index):
         x = self.denoise(z - self.step_size * fidelity.grad(z), index)

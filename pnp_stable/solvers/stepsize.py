@@ -32,7 +32,7 @@ def check_step(scheme, allow_unsafe_step: bool = False) -> None:
             raise ValueError(
                 f"step τ = {tau:.6g} > 1/L = {limit:.6g} (L = ‖A‖²/σ² = {scheme.fidelity.lipschitz:.6g}): FISTA's momentum "
                 "needs τ ≤ 1/L (FB's τ < 2/L is not enough: it diverges); use a smaller step or pass "
-                "allow_unsafe_step=True to run anyway"
+                "allow_unsafe_step=True (CLI: --allow-unsafe-step) to run anyway"
             )
     if scheme.name == "fb" and not allow_unsafe_step:
         limit = 2.0 / scheme.fidelity.lipschitz
@@ -40,5 +40,5 @@ def check_step(scheme, allow_unsafe_step: bool = False) -> None:
             raise ValueError(
                 f"step τ = {tau:.6g} ≥ 2/L = {limit:.6g} (L = ‖A‖²/σ² = {scheme.fidelity.lipschitz:.6g}): the gradient "
                 "step is then not averaged and convergence is not guaranteed; use a smaller step or pass "
-                "allow_unsafe_step=True to run anyway"
+                "allow_unsafe_step=True (CLI: --allow-unsafe-step) to run anyway"
             )
