@@ -83,6 +83,8 @@ def to_tensor(image, name: str = "image") -> Tensor:
         elif x.ndim == 3:
             x = x[None]
     else:
+        if isinstance(image, (str, Path)):
+            raise ValueError(f"{name} is a path ({image}), not an image: read it first with pnp_stable.load_image")
         arr = np.asarray(image)
         if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[2] not in (1, 3):
             raise ValueError(f"{name} array has shape {arr.shape}: numpy images are [H, W, C] (channels last); "

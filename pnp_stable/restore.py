@@ -57,7 +57,8 @@ def _choose(denoiser, channels: int):
     """``'auto'`` (or None) → the name of the shipped certified model for ``channels``; anything else as given."""
     if denoiser is None or denoiser == "auto":
         if channels not in DEFAULT_DENOISERS:
-            raise ValueError(f"no shipped denoiser for {channels}-channel images; pass denoiser=... built for them")
+            alpha = " (an RGBA image? drop its alpha channel: image[..., :3] for an [H, W, 4] array)" if channels == 4 else ""
+            raise ValueError(f"no shipped denoiser for {channels}-channel images{alpha}; pass denoiser=... built for them")
         return DEFAULT_DENOISERS[channels]
     return denoiser
 

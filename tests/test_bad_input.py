@@ -325,3 +325,12 @@ def test_noise_levels_are_read_as_float64_cpu_tensors_and_non_numbers_refused():
         float64_levels("abc", "sigma must be a number")
     with pytest.raises(ValueError, match="sigma must be a noise level or one per image"):
         ps.restore.choose_denoiser("auto", 1, [0.1, "x"], "deblur")
+
+
+def test_a_path_or_an_rgba_array_given_as_the_image_says_what_to_do(tmp_path):
+    with pytest.raises(ValueError, match=r"is a path .*cam.png.*pnp_stable.load_image"):
+        ps.deblur(str(tmp_path / "cam.png"), "gaussian:1.0", 0.01)
+    with pytest.raises(ValueError, match=r"is a path .*pnp_stable.load_image"):
+        ps.denoise(tmp_path / "cam.png", 0.1)
+    with pytest.raises(ValueError, match=r"RGBA image\? drop its alpha channel"):
+        ps.deblur(np.zeros((16, 16, 4), dtype=np.uint8), "gaussian:1.0", 0.01, max_iter=2)
