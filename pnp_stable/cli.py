@@ -378,11 +378,14 @@ def cmd_models(args) -> int:
             f"Lipschitz ≤ {format_bound(certificate.lipschitz)}"
             + (f", α = {format_bound(certificate.alpha, 4)}-averaged" if certificate.alpha else ""))
         sigma = training.get("sigma")
+        if isinstance(sigma, list) and len(sigma) == 2:
+            sigma = f"[{sigma[0] * 255:.4g}, {sigma[1] * 255:.4g}]/255"
+        data = ", ".join(str(entry).split("shared/data/")[-1] for entry in training.get("data", ["?"]))
         run_steps = row.get("steps", "?")
         total_steps = row.get("total_steps", run_steps)
         steps = f"{total_steps} steps" + (f" (the last {run_steps} fine-tuning)" if total_steps != run_steps else "")
         print(f"{row['name']:<{column}} {json.loads(row['config']).get('channels', '?')} ch  {summary:<38} "
-              f"data {', '.join(training.get('data', ['?']))}; σ {sigma}; {steps}")
+              f"data {data}; σ {sigma}; {steps}")
     for row in classifiers:
         certificate = json.loads(row["certificate"])
         accuracy = json.loads(row.get("test_accuracy", "{}"))

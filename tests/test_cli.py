@@ -204,6 +204,7 @@ def test_certify_and_models(files):
     assert "at σ = 0.01:" in adaptive.stdout and "within the certificate" in adaptive.stdout
     models = run_cli("models")
     assert models.returncode == 0 and "averaged-gray" in models.stdout and "Lipschitz ≤ 1" in models.stdout
+    assert "σ [0, 50]/255" in models.stdout and "shared/data" not in models.stdout  # levels as users give them
     assert "fashion-mnist-lipschitz" in models.stdout and "classifier" in models.stdout
 
 

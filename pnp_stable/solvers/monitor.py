@@ -41,6 +41,7 @@ bound describes the plain iteration and is not checked for a sample with extrapo
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,6 +149,8 @@ class History:
             for b in plain_only:  # the bound describes the plain iteration only
                 ax.semilogy(iterations, bound[:, b].numpy(), "--", lw=1, color="gray",
                             label="heuristic bound sqrt(β/((1−β)(k+1)))·‖z₀ − z_K‖" if b == plain_only[0] else None)
+            if len(plain_only) < bound.shape[1]:
+                ax.plot([], [], " ", label="no bound for accelerated samples: their points are not plain steps")
         ax.set_xlabel("iteration k")
         ax.set_ylabel("residual")
         if self.psnr:
@@ -158,7 +161,8 @@ class History:
             twin.set_ylabel("PSNR (dB)")
             twin.legend(loc="center right", fontsize=7)
         ax.legend(loc="upper right", fontsize=7)
-        ax.set_title(title or f"β = {self.beta if self.beta is None else format_bound(self.beta, 4)}; {self.verdict}", fontsize=8)
+        title = title or f"β = {self.beta if self.beta is None else format_bound(self.beta, 4)}; {self.verdict}"
+        ax.set_title(textwrap.fill(title, 110), fontsize=8)  # a long verdict wraps instead of running off the figure
         fig.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
