@@ -38,7 +38,9 @@ def adjoint_test(op, x_shape: Sequence[int], seed: int = 0, num_samples: int = 8
 
     Uses E|vᵀMu|² = ‖M‖_F² for standard Gaussian u, v; the inner products are summed in
     float64 so that the result measures the operator, not the summation (≈1e-7 for an
-    exact float32 adjoint, O(1) for a wrong one).
+    exact float32 adjoint, O(1) for a wrong one). Each probe's (vᵀMu)² scatters like a χ²₁ variable, so for a
+    wrong adjoint two seeds or sample counts can give values several-fold apart (0.6 and 3.9 for a shift taken
+    the wrong way): read the order of magnitude.
     """
     _check_linear(op)
     shape = _batched_shape(x_shape)

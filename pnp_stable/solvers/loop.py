@@ -147,7 +147,7 @@ def _certified_beta(scheme: Scheme) -> tuple[float | None, str]:
     """The scheme's β and basis, withdrawn (with a warning) when the operator's adjoint fails the adjoint test."""
     beta, basis = scheme.beta()
     if beta is not None and scheme.fidelity.adjoint_error > ADJOINT_TOLERANCE:
-        basis = (f"none: the operator's A_adjoint fails the adjoint test (relative error "
+        basis = (f"none: the operator's A_adjoint fails the adjoint test (relative error, a 4-probe estimate: "
                  f"{scheme.fidelity.adjoint_error:.3g} > {ADJOINT_TOLERANCE:g}), so the gradient and prox are not those "
                  "of f; fix A_adjoint or use pnp_stable.custom_operator(A) for an autograd adjoint")
         warnings.warn(f"no certificate: {basis}", stacklevel=4)
