@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/denoise.py --model pnp_stable/denoisers/weights/convex-ridge-color.safetensors --no-bm3d --no-models --sets CBSD68 --images 10 --sigmas 25 15 --threads 2 --out benchmarks/results/denoise-convex-ridge-color.md
 	$(BIN)/python benchmarks/denoise.py --model pnp_stable/denoisers/weights/convex-ridge-color.safetensors --no-bm3d --no-models --sets CBSD68 --images 10 --sigmas 50 --threads 2 --out benchmarks/results/denoise-convex-ridge-color-50.md
 	$(BIN)/python benchmarks/guided_speed.py
+	$(BIN)/python benchmarks/bm3d_threads.py
 	$(BIN)/python benchmarks/boundary.py
 	$(BIN)/python benchmarks/fuzz_inputs.py
 	$(BIN)/python benchmarks/training_speed.py
