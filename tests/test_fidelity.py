@@ -1,3 +1,4 @@
+import deepinv as dinv
 import pytest
 import torch
 
@@ -134,3 +135,17 @@ def test_a_measurement_below_float32_is_refused_as_a_dtype_problem(dtype):
     op = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, 16, 16))
     with pytest.raises(ValueError, match="must be float32 or float64"):
         L2Fidelity(op, torch.ones(1, 1, 16, 16, dtype=dtype), 0.01)
+
+
+def test_a_noise_model_other_than_the_data_terms_is_noted_in_the_result():
+    x = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    kernel = ps.gaussian_kernel(1.0)
+    matching = ps.blur(kernel, img_size=(1, 16, 16), noise_sigma=0.02)
+    other_level = ps.blur(kernel, img_size=(1, 16, 16), noise_sigma=0.05)
+    poisson = dinv.physics.BlurFFT(img_size=(1, 16, 16), filter=kernel[None, None], noise_model=dinv.physics.PoissonNoise())
+    denoiser = lambda v, s: v  # noqa: E731
+    notes = {name: " ".join(ps.solve(op, op.A(x), denoiser, 0.02, max_iter=2).notes)
+             for name, op in (("matching", matching), ("level", other_level), ("poisson", poisson))}
+    assert "noise model" not in notes["matching"] and "GaussianNoise" not in notes["matching"]
+    assert "GaussianNoise has σ = 0.05 but noise_sigma = 0.02" in notes["level"]
+    assert "noise model is PoissonNoise" in notes["poisson"]

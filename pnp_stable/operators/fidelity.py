@@ -14,7 +14,25 @@ from .._accuracy import AccuracyRecord
 from .._validation import check_noise_level
 from .norms import OperatorNorm, _check_linear, adjoint_test, operator_norm, power_iteration
 
-__all__ = ["L2Fidelity", "ProxAccuracy"]
+__all__ = ["L2Fidelity", "ProxAccuracy", "noise_model_mismatch"]
+
+
+def noise_model_mismatch(op, noise_sigma: float) -> str | None:
+    """What the data term leaves out of ``op``'s own deepinv noise model, if anything: f is the negative
+    log-likelihood of Gaussian noise of level ``noise_sigma``, so a non-Gaussian model, or a Gaussian one of
+    another level (more than 1 % away), is not the noise f describes. None when they agree or ``op`` has none."""
+    model = getattr(op, "noise_model", None)
+    if model is None or isinstance(model, dinv.physics.ZeroNoise):
+        return None
+    name = type(model).__name__
+    if not isinstance(model, dinv.physics.GaussianNoise):
+        return (f"the operator's noise model is {name}, but the data term ½‖Ax − y‖²/σ² is that of Gaussian noise "
+                f"of σ = noise_sigma = {noise_sigma:.4g}; the estimate is for that model")
+    level = float(torch.as_tensor(model.sigma, dtype=torch.float64).max())
+    if level > 0 and abs(level - noise_sigma) > 0.01 * noise_sigma:
+        return (f"the operator's GaussianNoise has σ = {level:.4g} but noise_sigma = {noise_sigma:.4g}: the data term "
+                "uses noise_sigma")
+    return None
 
 
 class L2Fidelity:

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from .._modules import accepted_channels, evaluation_mode
 from .._validation import check_count, check_denoiser_sigma, check_image, check_noise_level, check_start
 from ..denoisers.zoo import outside_training
-from ..operators.fidelity import L2Fidelity
+from ..operators.fidelity import L2Fidelity, noise_model_mismatch
 from .anderson import Anderson, AndersonSteps, anderson_options
 from .monitor import REJECTED, ConvergenceMonitor, History
 from .schemes import SCHEMES, Scheme
@@ -312,7 +312,8 @@ def solve(
     β is certified only on guaranteed ingredients: an adjoint that passes :func:`adjoint_test` (else no β and a
     warning), ‖A‖ exact or a proved upper bound for FB (else pass ``operator_norm``, a known bound on ‖A‖), a
     prox that met its tolerance, a guaranteed denoiser certificate; otherwise ``estimated_beta`` says why.
-    Warns when σ_d lies outside the noise levels a loaded model was last trained on (its ``noise_range``).
+    Warns when σ_d lies outside the noise levels a loaded model was last trained on (its ``noise_range``); notes
+    when ``physics``' own deepinv noise model is not Gaussian of level ``noise_sigma`` (:func:`~pnp_stable.operators.fidelity.noise_model_mismatch`).
     ``reference_frame`` (rows, columns slices): the part of the estimate that ``reference`` shows, e.g. y's frame
     inside the larger x of a ``'valid'`` blur.
     ``y`` may have any shape that ``physics`` produces from images ``[B, C, H, W]`` (compressed sensing's
@@ -356,6 +357,9 @@ def solve(
         step = defaults.step_scale * default_step(solver, fidelity, denoiser_sigma)
     scheme = SCHEMES[solver](fidelity, denoiser, denoiser_sigma, step, denoiser_weight)
     check_step(scheme, allow_unsafe_step)
+    mismatch = noise_model_mismatch(physics, noise_sigma)
+    if mismatch:
+        scheme.notes.append(mismatch)
     if relaxation != 1.0:
         scheme = KrasnoselskiiMann(scheme, relaxation, allow_unsafe=allow_unsafe_step)
     if (automatic and scheme.guaranteed and scheme.beta()[0] is not None
