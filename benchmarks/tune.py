@@ -149,7 +149,8 @@ def main() -> None:
     parser.add_argument("--strengths", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
     parser.add_argument("--max-iter", type=int, default=300)
     parser.add_argument("--tol", type=float, default=1e-5,
-                        help="stop at r_k/‖z_k‖ < TOL; small prior weights ω move slowly, so 1e-5 can stop them early")
+                        help="stop at (r_k + e_k)/‖z_k‖ < TOL (the solvers' stop rule); small prior weights ω move slowly, so 1e-5 "
+                             "can stop them early")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per worker")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes, one (setting, model, noise) task each")
     parser.add_argument("--out", default=str(RESULTS / "tuning.md"))
@@ -160,6 +161,7 @@ def main() -> None:
     problems, names = {}, {}
     for name in args.models:
         names[name], problems[name] = validation_problems(data, name, args.images, args.size, noises, args.kernel_seeds)
+    lines = header("Tuning of the solvers' default denoiser strength, step and denoiser weight")  # before the run: its commit
     start = time.perf_counter()
     chosen, rows = {}, []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool, tqdm(desc="settings", mininterval=30, disable=not sys.stderr.isatty()) as bar:
@@ -167,7 +169,6 @@ def main() -> None:
             search = Search(pool, problems, solver, args.max_iter, args.tol, args.threads, bar)
             chosen[solver] = tune_solver(search, args.strengths)
             rows += search.rows
-    lines = header("Tuning of the solvers' default denoiser strength, step and denoiser weight")
     lines += [
         "- validation images (disjoint from every test set): "
         + "; ".join(f"{m}: {', '.join(names[m])} from {VALIDATION[m][0]}" for m in args.models),
