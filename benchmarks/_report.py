@@ -28,6 +28,13 @@ def git_commit() -> str:
         return "uncommitted"
 
 
+#: when the script started, from which commit, under which load: taken when the script imports this module, before
+#: any measured work, so that a header written after the work still names the code that ran and the state it ran in
+STARTED_AT = datetime.now(timezone.utc)
+STARTED_COMMIT = git_commit()
+STARTED_LOAD = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -62,15 +69,14 @@ def output_path(prefix: str | Path, suffix: str) -> Path:
 def header(title: str, command: str | None = None) -> list[str]:
     """The results file's provenance lines; ``command`` overrides the command line where the report does not depend
     on the options that selected the work (a report rebuilt from every state file)."""
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return [
         f"# {title}",
         "",
         f"- command: `{command or command_line()}`",
-        f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- commit: {git_commit()}",
+        f"- date: {STARTED_AT:%Y-%m-%d %H:%M} UTC",
+        f"- commit: {STARTED_COMMIT}",
         f"- machine: {cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
-        f"load average (1 min) {load:.2f} at start",
+        f"load average (1 min) {STARTED_LOAD:.2f} at start",
         f"- versions: torch {torch.__version__}, deepinv {deepinv.__version__}, Python {platform.python_version()}",
         "",
     ]

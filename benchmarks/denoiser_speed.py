@@ -39,7 +39,6 @@ import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import deepinv as dinv
@@ -50,7 +49,7 @@ from tqdm import tqdm
 from pnp_stable.denoisers import AveragedDenoiser, DnCNNBaseline, parameter_count
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import command_line, git_commit  # noqa: E402
+from _report import STARTED_AT, STARTED_COMMIT, command_line  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "denoiser_speed.md"
@@ -206,8 +205,8 @@ def main() -> None:
         "# Denoiser speed on CPU: certified averaged denoiser vs DnCNN",
         "",
         f"- command: `{command_line()}`" + ("  (QUICK smoke run: not the default architecture)" if args.quick else ""),
-        f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- commit: {git_commit()}",
+        f"- date: {STARTED_AT:%Y-%m-%d %H:%M} UTC",
+        f"- commit: {STARTED_COMMIT}",
         f"- machine: {platform.platform()}, os.cpu_count() = {os.cpu_count()}, torch threads {torch.get_num_threads()}; "
         f"load average (1 min) {load_start:.2f} at start, {load_end:.2f} at end (the cores are shared with other "
         "work, which inflates and scatters absolute times; the alternately timed ratios are the robust numbers)",

@@ -40,7 +40,6 @@ import os
 import platform
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import deepinv as dinv
@@ -56,7 +55,7 @@ from pnp_stable.denoisers import AveragedDenoiser, CertifiedConv, SpectralResNet
 from pnp_stable.denoisers.certify import adversarial_lipschitz  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import command_line, git_commit  # noqa: E402
+from _report import STARTED_AT, STARTED_COMMIT, command_line  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_MD = ROOT / "benchmarks" / "results" / "lipschitz_vs_depth.md"
@@ -217,8 +216,8 @@ def main() -> None:
         "# Lipschitz constant vs depth: SpectralResNet vs AveragedDenoiser",
         "",
         f"- command: `{command_line()}`" + ("  (QUICK smoke run)" if args.quick else ""),
-        f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- commit: {git_commit()}",
+        f"- date: {STARTED_AT:%Y-%m-%d %H:%M} UTC",
+        f"- commit: {STARTED_COMMIT}",
         f"- machine: {platform.platform()}, os.cpu_count() = {os.cpu_count()}, torch threads "
         f"{torch.get_num_threads()} (see the script docstring); load average (1 min) {load_start:.2f} at start, "
         f"{os.getloadavg()[0]:.2f} at end",

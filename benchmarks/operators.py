@@ -24,7 +24,6 @@ import os
 import platform
 import statistics
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import deepinv as dinv
@@ -36,7 +35,7 @@ from pnp_stable.operators import BOUNDARIES
 from pnp_stable.operators.physics import FFT_MIN_KERNEL_SIZE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import cpu_name, git_commit  # noqa: E402
+from _report import STARTED_AT, STARTED_COMMIT, cpu_name  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "operators.md"
@@ -185,8 +184,8 @@ def main() -> None:
         "# Operator benchmark: pnp_stable vs deepinv",
         "",
         f"- command: `{COMMAND}{' --quick' if args.quick else ''}`",
-        f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- commit: {git_commit()}",
+        f"- date: {STARTED_AT:%Y-%m-%d %H:%M} UTC",
+        f"- commit: {STARTED_COMMIT}",
         f"- machine: {cpu_name()} ({platform.machine()}), nproc {len(os.sched_getaffinity(0))}, "
         f"torch threads {torch.get_num_threads()}",
         f"- versions: torch {torch.__version__}, deepinv {dinv.__version__}, Python {platform.python_version()}",

@@ -49,7 +49,6 @@ import resource
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import deepinv as dinv
@@ -61,7 +60,7 @@ import pnp_stable
 from pnp_stable.solvers import ForwardBackward
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import command_line, cpu_name, git_commit  # noqa: E402
+from _report import STARTED_AT, STARTED_COMMIT, command_line, cpu_name  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "solver_overhead.md"
@@ -346,8 +345,8 @@ def main() -> None:
         "# Solver overhead: monitored FB vs bare scheme loop vs deepinv PGD",
         "",
         f"- command: `{command_line()}`",
-        f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- commit: {git_commit()}",
+        f"- date: {STARTED_AT:%Y-%m-%d %H:%M} UTC",
+        f"- commit: {STARTED_COMMIT}",
         f"- machine: {cpu_name()} ({platform.machine()}), nproc {len(os.sched_getaffinity(0))}, "
         f"torch threads {torch.get_num_threads()}",
         f"- versions: torch {torch.__version__}, deepinv {dinv.__version__}, Python {platform.python_version()}",

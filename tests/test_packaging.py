@@ -68,6 +68,23 @@ def test_output_path_keeps_dots_in_a_prefix():
     assert output_path("results/denoise.md", ".png") == Path("results/denoise.png")
 
 
+def test_results_header_names_the_state_at_the_start_not_at_the_end(monkeypatch):
+    """A header written after hours of work must name the commit, date and load of the start (tune.py once stamped
+    the commit and uncommitted files of the moment it finished): header() asks git and the clock nothing itself."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import _report
+
+    def no_git(*args, **kwargs):
+        raise AssertionError("header() ran git: it must use the snapshot taken at import")
+
+    monkeypatch.setattr(_report.subprocess, "run", no_git)
+    lines = _report.header("title", command="cmd")
+    assert f"- commit: {_report.STARTED_COMMIT}" in lines
+    assert f"- date: {_report.STARTED_AT:%Y-%m-%d %H:%M} UTC" in lines
+    sources = {path.name: path.read_text() for path in (ROOT / "benchmarks").glob("*.py") if path.name != "_report.py"}
+    assert not [name for name, text in sources.items() if "git_commit()" in text or "datetime.now(" in text]
+
+
 def test_no_function_assigns_the_name_of_a_function_or_class_of_its_module():
     """A local assignment to a module-level function's name makes every use of that name in the function local, so a
     call before the assignment fails at run time (UnboundLocalError) — only at the end of a long benchmark, as
