@@ -225,12 +225,13 @@ def _load_array(path: Path, gray: bool | None) -> Tensor:
 
 
 def save_image(x: Tensor, path: str | Path, clip: bool = False, bit_depth: int = 8) -> Path:
-    """Write a ``[1, C, H, W]`` tensor in [0, 1] to PNG/JPEG/TIFF (format from the suffix).
+    """Write a ``[1, C, H, W]`` tensor in [0, 1] (or a numpy image, read by :func:`to_tensor`) to PNG/JPEG/TIFF
+    (format from the suffix); missing parent folders are created.
 
     Values outside [0, 1] raise ``ValueError`` unless ``clip=True`` asks to clip them.
     ``bit_depth=16`` writes 16-bit greyscale PNG/TIFF.
     """
-    arr = to_numpy(x)
+    arr = to_numpy(x if isinstance(x, Tensor) else to_tensor(x))
     low, high = float(arr.min()), float(arr.max())
     if low < 0 or high > 1:
         if not clip:

@@ -1,4 +1,5 @@
-"""Image quality metrics on ``[B, C, H, W]`` tensors in [0, 1] (peak 1), one value per sample."""
+"""Image quality metrics on ``[B, C, H, W]`` tensors in [0, 1] (peak 1), one value per sample; numpy images
+(``[H, W]`` / ``[H, W, C]``) are read by :func:`~pnp_stable.io.to_tensor`'s rule (integers by bit depth)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from torch import Tensor
 
 from ._validation import check_image
+from .io import to_tensor
 
 __all__ = ["psnr", "ssim"]
 
 
 def _pairs(x: Tensor, reference: Tensor):
+    x = x if isinstance(x, Tensor) else to_tensor(x, "estimate")
+    reference = reference if isinstance(reference, Tensor) else to_tensor(reference, "reference")
     check_image(x, "estimate")
     check_image(reference, "reference")
     if x.shape != reference.shape:

@@ -112,3 +112,15 @@ def test_sixteen_bit_colour_read_as_gray_keeps_its_precision(tmp_path):
     tifffile.imwrite(tmp_path / "rgb16.tif", raw)
     luminance = (raw / 65535) @ np.array([0.299, 0.587, 0.114])
     assert np.abs(ps.load_image(tmp_path / "rgb16.tif", gray=True)[0, 0].numpy() - luminance).max() < 1e-6
+
+
+def test_metrics_and_saving_take_numpy_images_by_the_same_rule_as_the_solvers(tmp_path):
+    from skimage import data
+
+    image = data.camera()[:32, :32]
+    noisy = np.clip(image.astype(int) + 10, 0, 255).astype(np.uint8)
+    as_tensors = ps.psnr(ps.to_tensor(noisy), ps.to_tensor(image))
+    assert torch.equal(ps.psnr(noisy, image), as_tensors)
+    assert torch.allclose(ps.ssim(noisy, ps.to_tensor(image)), ps.ssim(ps.to_tensor(noisy), ps.to_tensor(image)))
+    path = ps.save_image(image, tmp_path / "camera.png")
+    assert np.array_equal(ps.to_numpy(ps.load_image(path)), image / 255.0) or np.allclose(ps.to_numpy(ps.load_image(path)), image / 255.0)
