@@ -133,11 +133,16 @@ def _folder_images(source: Path) -> list[Path]:
 
 
 def _deblur_jobs(args) -> list[tuple[Path, Path]]:
-    """(input, output) pairs: IN and --out (default IN_deblurred.png), or every image in the folder IN, each written to
-    the folder --out (default IN_deblurred/ beside IN) as NAME_deblurred.png."""
+    """(input, output) pairs: IN and --out (default IN_deblurred.png; an --out without a file suffix is a folder that
+    gets IN_deblurred.png, as for denoise), or every image in the folder IN, each written to the folder --out
+    (default IN_deblurred/ beside IN) as NAME_deblurred.png."""
     source = Path(args.input)
     if not source.is_dir():
-        return [(source, Path(args.out) if args.out else source.with_name(source.stem + "_deblurred.png"))]
+        name = source.stem + "_deblurred.png"
+        if not args.out:
+            return [(source, source.with_name(name))]
+        out = Path(args.out)
+        return [(source, out if out.suffix else out / name)]
     if args.reference or args.plot:
         raise CommandError("--reference and --plot describe one image; deblur the image alone to use them")
     images = _folder_images(source)
@@ -516,8 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "benchmarks/results/boundary.md); circular (the default with --simulate): the image wraps "
                         "around; reflect, replicate, zeros: that padding")
     p.add_argument("--out", default=None, metavar="OUT.png",
-                   help="restored image; None writes IN_deblurred.png next to IN (for a folder IN: a folder, default "
-                        "IN_deblurred/, holding NAME_deblurred.png per image)")
+                   help="restored image; None writes IN_deblurred.png next to IN; a name without a suffix is a folder "
+                        "that gets IN_deblurred.png (for a folder IN: a folder, default IN_deblurred/, holding "
+                        "NAME_deblurred.png per image)")
     p.add_argument("--plot", default=None, metavar="PLOT.png", help="write the residual-vs-bound plot here")
     p.add_argument("--simulate", action="store_true", help="IN is clean: blur it and add noise first (also writes OUT_degraded.png)")
     p.add_argument("--seed", type=seed, default=0, help="noise seed for --simulate")

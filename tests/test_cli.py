@@ -374,6 +374,8 @@ def test_deblur_a_folder_writes_one_result_per_image_and_skips_what_it_cannot_re
     weights = ps.save_denoiser(ps.AveragedDenoiser(channels=1, width=4, depth=1).eval(), tmp_path / "tiny.safetensors")
     argv = ["deblur", str(folder), "--kernel", "gaussian:1", "--noise", "0.02", "--iters", "3", "--denoiser",
             str(weights), "--out", str(tmp_path / "restored"), "--quiet"]
+    one = [argv[0], str(folder / "a.png"), *argv[2:-3], "--out", str(tmp_path / "single"), "--quiet"]
+    assert cli.main(one) == 0 and (tmp_path / "single" / "a_deblurred.png").is_file()  # a suffix-less --out: a folder
     assert cli.main(argv) == 1
     captured = capsys.readouterr()
     assert sorted(p.name for p in (tmp_path / "restored").iterdir()) == ["a_deblurred.png", "b_deblurred.png"]
