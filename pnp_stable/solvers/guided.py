@@ -47,7 +47,8 @@ class GuidedDefaults:
 
 #: Chosen on validation crops (CBSD68 outside CBSD10, 96 px, motion kernels, σ_n = 2.55/255) by one-off runs when
 #: #20 landed, not kept as a results file; `deblur-guided.md` and `guided_speed.md` measure the defaults chosen.
-#: BM3D guides: one round beats two (35.06 vs 35.03 dB on 8 crops), stride 2 is 5× faster than 1 for 0.04 dB;
+#: BM3D guides: one round beats two (35.06 vs 35.03 dB on 8 crops), stride 2 is 5× faster than 1 for 0.04 dB (on
+#: whole 256² Set3C photos, `guided_speed.md`: 2.1 s of 25.9 saved, 0.10 dB lost);
 #: the pilot is the full 8-iteration DPIR schedule, the peer itself: on 4 crops it reaches 34.34 dB where
 #: 6 iterations reach 33.46, and W(g) then adds +0.20 dB at σ_d = 0.5σ_n (34.55; 0.35σ_n 34.54, 0.7σ_n
 #: 34.54, σ_n 34.53). The pilot's data weight matters more: λ = 0.33 (the value deblur.py's tuning picks for
