@@ -194,7 +194,7 @@ class LinearisedBM3D:
     term is symmetric with spectrum in [0, 1], and so is the average of the partitions.
     ``patch`` may be a tuple of sizes: W is then the average of one such filter per size, again a convex
     combination (sizes 4 and 6 with 8 partitions, ``denoise-guided.md``: +0.03 to +0.13 dB over the default on BSD68 /
-    CBSD68 at σ = 25/255 with BM3D, DnCNN or averaged guides, at 4–8× the filter's cost; with a BM3D guide 28.64 /
+    CBSD68 at σ = 25/255 with BM3D, DnCNN or averaged guides, at 5–7× the one-size filter's time; with a BM3D guide 28.64 /
     31.09 dB against BM3D's 28.61 / 31.08).
     :meth:`apply` uses the Wiener factors S = c²/(c² + σ²) of the guide's coefficients c; one
     application costs, per partition, one patch transform, a permutation, two small products and back,
