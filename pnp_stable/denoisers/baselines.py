@@ -118,8 +118,10 @@ class BM3DDenoiser(dinv.models.Denoiser):
     ``profile``: ``'np'`` (the package's normal profile) or ``'lc'`` (its low-complexity profile: smaller
     search windows and groups: a 256² colour guided restoration 2.5× faster and 0.20 dB lower, ``guided_speed.md``).
     ``threads``: ``None`` lets the package use every core; its multithreaded aggregation is not deterministic,
-    so two calls on the same input can differ (by 2.6e-5 in 1 of 4 images × 15 calls at 96², a rare event that a
-    convergence monitor sees as a residual jump). ``threads=1`` is bit-reproducible, about 1.3–1.7× slower on 2 cores.
+    so two calls on the same input can differ, which a convergence monitor sees as a residual jump
+    (``bm3d_threads.md``, four 96² colour photos × 15 calls on 2 cores: bit-identical on an idle machine; beside a
+    process busy on one core every call differed from the first, by up to 1.1e-4). ``threads=1`` is bit-reproducible,
+    1.28–1.31× slower than every core on an idle machine and 0.80–0.84× its time with a core busy.
     """
 
     PROFILES = ("np", "lc")
