@@ -494,15 +494,14 @@ def all_cases() -> list[Case]:
             for spelling, path in spellings.items():
                 cli_case(1, f"{kind}: --out is the input ({image}, {spelling})",
                          command(kind, f"{{F}}/{image}", "--out", path), refuse=True)
-        for suffix, invalid in ((".npy", True), (".txt", True), ("", kind != "denoise"), (".webp", True),
+        for suffix, invalid in ((".npy", True), (".txt", True), ("", False), (".webp", True),
                                 (".PNG", False), (".jpeg", False), (".tif", False)):
             cli_case(1, f"{kind}: --out with suffix '{suffix}'", command(kind, "{F}/gray.png", "--out", f"{{O}}/out{suffix}"),
                      refuse=invalid)
         for where in ("/proc/x.png", "/proc/no/such/folder/x.png", "{F}/notafolder.txt/x.png"):
             cli_case(1, f"{kind}: --out in an unwritable place {where}", command(kind, "{F}/gray.png", "--out", where),
                      refuse=True)
-        cli_case(1, f"{kind}: --out is an existing folder", command(kind, "{F}/gray.png", "--out", "{O}"),
-                 refuse=kind != "denoise")
+        cli_case(1, f"{kind}: --out is an existing folder", command(kind, "{F}/gray.png", "--out", "{O}"))
         cli_case(1, f"{kind}: --out is an existing folder named dir.png", command(kind, "{F}/gray.png", "--out", "{F}/dir.png"),
                  refuse=True)
     for kind in COMMANDS[:2]:
