@@ -221,7 +221,7 @@ def deblur(
     that keep its certificate (:func:`pnp_stable.denoisers.tiled`, anchored at a Wiener estimate from the start y
     or ``x0``: :func:`tile_anchor`): peak memory that of one tile. 'auto' (the default) tiles only images whose
     whole-image call would need more than 2 GiB by the code's estimate (about 4 megapixels for the shipped networks;
-    ``tiling.md`` measured +1,068 MiB for a 4-megapixel whole-image call); 0 or None never
+    ``tiling.md`` measured +1,093 MiB for a 4-megapixel whole-image call); 0 or None never
     tiles. ``overlap`` None: 33 pixels (the shipped
     networks' receptive field), or (tile − 2)/3 for tiles too small for that. The blur stays whole (one FFT per
     iteration). ``context``: a deepinv ``DistributedContext`` of a ``torchrun`` launch, whose processes then share
