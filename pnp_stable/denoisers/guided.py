@@ -333,11 +333,11 @@ class SymmetricKernelFilter:
             bandwidth = max(self.strength * sigma, 1e-6) ** 2
             weights = torch.exp(-self.distance / bandwidth).nan_to_num(nan=0.0)  # K(i, i + o)
             balance = torch.ones(self.height, self.width, dtype=torch.float64)
-            for _ in range(self.BALANCE_STEPS):
-                balance = (balance / self._kernel(balance, weights)).sqrt()  # fixed point: b ⊙ Kb = 1
-                rows = balance * self._kernel(balance, weights)
-                if float((rows - 1).abs().max()) <= self.BALANCE_TOLERANCE:
+            for step in range(self.BALANCE_STEPS + 1):
+                rows = balance * self._kernel(balance, weights)  # row sums of diag(b) K diag(b)
+                if step == self.BALANCE_STEPS or float((rows - 1).abs().max()) <= self.BALANCE_TOLERANCE:
                     break
+                balance = balance / rows.sqrt()  # b ← (b / Kb)^{1/2}, fixed point b ⊙ Kb = 1
             balance = balance / rows.max().sqrt()  # ‖S‖₂ ≤ max row sum = 1 for symmetric S ≥ 0
             self._cache = (sigma, weights, balance)
         return self._cache[1], self._cache[2]
