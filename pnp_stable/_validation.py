@@ -97,13 +97,18 @@ def check_noise_level(sigma: float, name: str = "noise_sigma", positive: bool = 
     return sigma
 
 
+def _refuse_above_unit_scale(value: float, name: str) -> None:
+    """A noise level above 1 exceeds the whole intensity range: it is a level given on the 0–255 scale."""
+    if value > 1:
+        raise ValueError(f"{name} = {value:g} exceeds the whole [0, 1] intensity range; noise levels are on the [0, 1] "
+                         f"scale: {value:g}/255 = {value / 255:.4g}")
+
+
 def unit_scale_level(value, name: str, positive: bool = False) -> float:
     """A noise level of an image on the [0, 1] scale: :func:`check_noise_level`, and at most 1 (a level above the
     whole intensity range is a level given on the 0–255 scale)."""
     value = check_noise_level(value, name, positive=positive)
-    if value > 1:
-        raise ValueError(f"{name} = {value:g} exceeds the whole [0, 1] intensity range; noise levels are on the [0, 1] "
-                         f"scale: {value:g}/255 = {value / 255:.4g}")
+    _refuse_above_unit_scale(value, name)
     return value
 
 
@@ -125,10 +130,7 @@ def check_denoiser_sigma(denoiser_sigma, batch: int) -> Tensor:
     sigmas = float64_levels(denoiser_sigma, "denoiser_sigma must be a number or one per sample")
     if not (torch.isfinite(sigmas).all() and (sigmas > 0).all()):
         raise ValueError(f"denoiser_sigma must be finite and > 0 (on the [0, 1] scale, e.g. 2·noise_sigma), got {denoiser_sigma}")
-    if (sigmas > 1).any():
-        top = float(sigmas.max())
-        raise ValueError(f"denoiser_sigma = {top:g} exceeds the whole [0, 1] intensity range; noise levels are on the "
-                         f"[0, 1] scale: {top:g}/255 = {top / 255:.4g}")
+    _refuse_above_unit_scale(float(sigmas.max()), "denoiser_sigma")
     if sigmas.ndim > 1 or (sigmas.ndim == 1 and sigmas.numel() not in (1, batch)):
         raise ValueError(f"denoiser_sigma must be one value or one per sample ([{batch}]), got shape "
                          f"{tuple(sigmas.shape)}")

@@ -368,7 +368,7 @@ def cmd_certify(args) -> int:
 
 def cmd_models(args) -> int:
     from .classification.storage import list_classifiers
-    from .denoisers.zoo import list_denoisers
+    from .denoisers.zoo import list_denoisers, noise_range_text
     from .theory import Certificate
 
     rows, classifiers = list_denoisers(), list_classifiers()
@@ -384,7 +384,7 @@ def cmd_models(args) -> int:
             + (f", α = {format_bound(certificate.alpha, 4)}-averaged" if certificate.alpha else ""))
         sigma = training.get("sigma")
         if isinstance(sigma, list) and len(sigma) == 2:
-            sigma = f"[{sigma[0] * 255:.4g}, {sigma[1] * 255:.4g}]/255"
+            sigma = noise_range_text(*sigma)
         data = ", ".join(str(entry).split("shared/data/")[-1] for entry in training.get("data", ["?"]))
         run_steps = row.get("steps", "?")
         total_steps = row.get("total_steps", run_steps)

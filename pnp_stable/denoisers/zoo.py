@@ -10,7 +10,7 @@ from .baselines import DnCNNBaseline
 from .ensemble import SelfEnsemble, self_ensemble
 from .serialization import SHIPPED, load_denoiser_file, read_metadata
 
-__all__ = ["denoiser_file", "denoiser_label", "list_denoisers", "load_denoiser", "outside_training"]
+__all__ = ["denoiser_file", "denoiser_label", "list_denoisers", "load_denoiser", "noise_range_text", "outside_training"]
 
 
 def list_denoisers() -> list[dict[str, str]]:
@@ -44,6 +44,11 @@ def denoiser_label(denoiser) -> str:
     return getattr(denoiser, "name", None) or type(denoiser).__name__
 
 
+def noise_range_text(low: float, high: float) -> str:
+    """A training range of noise levels as users give them: '[0, 25]/255'."""
+    return f"[{low * 255:.4g}, {high * 255:.4g}]/255"
+
+
 def outside_training(denoiser, sigma, label: str | None = None, level: str = "sigma") -> str | None:
     """What to tell a user who calls ``denoiser`` at a noise level outside the range it was last trained on (its
     ``noise_range``, read from the file it was loaded from), or None when every level of ``sigma`` is inside or the
@@ -60,4 +65,4 @@ def outside_training(denoiser, sigma, label: str | None = None, level: str = "si
         return None
     label = label or denoiser_label(denoiser)
     return (f"{level} = {float(outside[0]) * 255:.4g}/255 is outside the noise levels denoiser '{label}' was last "
-            f"trained on ([{low * 255:.4g}, {high * 255:.4g}]/255): expect a poorer estimate")
+            f"trained on ({noise_range_text(low, high)}): expect a poorer estimate")
