@@ -96,7 +96,9 @@ class Certificate:
     certificates that hold only approximately (e.g. an iterative prox stopped early);
     ``method`` says which bounds were used, ``tolerance`` their numerical slack; for a map computed by an inner
     solver (an iterative prox) it is the RMS bound on each output's distance to the certified map, which the
-    solvers add to their residuals before they call a run converged.
+    solvers add to their residuals before they call a run converged. ``trusted`` names what the bounds rest on
+    that pnp-stable did not prove: a certificate asserted by a caller's object, kept through every wrapper
+    (tiling, self-ensemble, noise-level switch, relaxation) so that no β built on it is called proved.
     """
 
     lipschitz: float | None
@@ -104,8 +106,10 @@ class Certificate:
     method: str
     guaranteed: bool = True
     tolerance: float = 0.0
+    trusted: tuple[str, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "trusted", tuple(self.trusted))
         if self.alpha is not None:
             _check_alpha(self.alpha)
             if self.lipschitz is None:  # an α-averaged map is non-expansive: (A) gives ‖Dx − Dy‖ ≤ ‖x − y‖
@@ -133,8 +137,15 @@ class Certificate:
         lipschitz = abs(1 - theta) + theta * self.lipschitz
         return replace(self, alpha=alpha, lipschitz=min(lipschitz, 1.0), method=f"{self.method}; relaxed with θ = {theta:.6g}")
 
+    def trusting(self, source: str) -> "Certificate":
+        """The same certificate, noted as resting on ``source`` (an assertion pnp-stable did not verify)."""
+        return self if source in self.trusted else replace(self, trusted=(*self.trusted, source))
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        fields = asdict(self)
+        if not fields["trusted"]:  # a proved certificate is stored as before the field existed
+            del fields["trusted"]
+        return json.dumps(fields, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "Certificate":
@@ -149,7 +160,8 @@ class Certificate:
         kind = "guaranteed" if self.guaranteed else "NOT guaranteed"
         lip = "Lipschitz unknown" if self.lipschitz is None else f"Lipschitz ≤ {format_bound(self.lipschitz)}"
         alpha = "not averaged" if self.alpha is None else f"averaged with α = {format_bound(self.alpha)}"
-        return f"{lip}, {alpha} ({kind}; {self.method})"
+        trusted = f"; resting on the caller's {' and '.join(self.trusted)} (not verified)" if self.trusted else ""
+        return f"{lip}, {alpha} ({kind}; {self.method}{trusted})"
 
 
 def ceil_steps(time: float, rate: float) -> int:

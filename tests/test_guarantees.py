@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pnp_stable as ps
-from pnp_stable.denoisers import AveragedDenoiser, natural_starts
+from pnp_stable.denoisers import AveragedDenoiser, TiledDenoiser, natural_starts
 from pnp_stable.operators import L2Fidelity
 from pnp_stable.solvers import DouglasRachford, run_scheme
 from pnp_stable.theory import Certificate
@@ -146,6 +146,33 @@ def test_a_callers_certificate_is_trusted_and_said_to_be():
     assert relaxed.trusted == ["Halving certificate"]
     ours = ps.solve(op, y, lambda x, sigma: 0.5 * x, 0.02, solver="fb", max_iter=3)
     assert ours.trusted == []
+
+
+def test_a_callers_certificate_stays_trusted_inside_every_wrapper():
+    class Halving(dinv.models.Denoiser):
+        certificate = Certificate(lipschitz=0.5, alpha=0.25, method="proved by the caller")
+        channels = 1
+
+        def forward(self, x, sigma=None):
+            return 0.5 * x
+
+    op = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, SIZE, SIZE))
+    y = op.A(natural_starts(1, (1, SIZE, SIZE), noise=0.0, seed=1))
+    wrapped = {"self-ensemble": ps.SelfEnsemble(Halving(), 2),
+               "tiles": TiledDenoiser(Halving(), tile=SIZE // 2, overlap=2),
+               "switch": ps.NoiseLevelSwitch([0.05], [Halving(), AveragedDenoiser(channels=1, width=4, depth=2)])}
+    for name, denoiser in wrapped.items():
+        for solver in ("fb", "hqs"):
+            result = ps.solve(op, y, denoiser, 0.02, solver=solver, max_iter=2)
+            assert result.beta is not None, (name, solver)
+            assert result.trusted == ["Halving certificate"], (name, solver, result.trusted)
+            assert "resting on the caller's Halving certificate (not verified)" in result.summary().splitlines()[0]
+        assert "not verified" in str(denoiser.certificate), name
+    own = ps.SelfEnsemble(AveragedDenoiser(channels=1, width=4, depth=2), 2)
+    assert ps.solve(op, y, own, 0.02, solver="fb", max_iter=2).trusted == []
+    assert "trusted" not in own.certificate.to_json()  # stored certificates keep their format
+    stored = Halving.certificate.trusting("Halving certificate")
+    assert Certificate.from_json(stored.to_json()) == stored
 
 
 def test_fista_uses_its_own_step_and_converges_on_a_motion_blur(certified):

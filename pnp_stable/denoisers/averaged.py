@@ -35,13 +35,18 @@ def keep_description(wrapper, denoiser) -> None:
 def certificate_of(denoiser, sigma=None) -> Certificate:
     """The denoiser's ``certificate`` attribute, or 'no certificate' for any other callable. With ``sigma``
     (a float or a [B] tensor) and a denoiser that has ``certificate_at``, the certificate of D(·, σ) at those
-    noise levels, which can be tighter than the one that holds for every σ."""
+    noise levels, which can be tighter than the one that holds for every σ. A certificate of an object that is
+    not pnp-stable's own is the caller's assertion: it comes back marked as trusted (``Certificate.trusted``)."""
     if sigma is not None and hasattr(denoiser, "certificate_at"):
-        return denoiser.certificate_at(sigma)
-    certificate = getattr(denoiser, "certificate", None)
-    if isinstance(certificate, Certificate):
-        return certificate
-    return Certificate.none(f"{type(denoiser).__name__} carries no certificate")
+        certificate = denoiser.certificate_at(sigma)
+    else:
+        certificate = getattr(denoiser, "certificate", None)
+    if not isinstance(certificate, Certificate):
+        return Certificate.none(f"{type(denoiser).__name__} carries no certificate")
+    owner = type(denoiser)
+    if (certificate.lipschitz is not None or certificate.alpha is not None) and not owner.__module__.startswith("pnp_stable."):
+        return certificate.trusting(f"{owner.__name__} certificate")
+    return certificate
 
 
 def _check_nonnegative(sigma: Tensor) -> Tensor:

@@ -108,6 +108,7 @@ class NoiseLevelSwitch(dinv.models.Denoiser):
                    + " | ".join(c.method for c in certificates),
             guaranteed=all(c.guaranteed for c in certificates),
             tolerance=max(c.tolerance for c in certificates),
+            trusted=tuple(dict.fromkeys(source for c in certificates for source in c.trusted)),
         )
 
     def extra_repr(self) -> str:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import deepinv as dinv
 import torch
@@ -166,16 +167,14 @@ class TiledDenoiser(dinv.models.Denoiser):
     @property
     def certificate(self) -> Certificate:
         base = certificate_of(self.denoiser)
-        return Certificate(base.lipschitz, base.alpha, f"{base.method}; tiled with square-root partition-of-unity "
-                           f"windows ({self.tile} px tiles, {self.overlap} px overlap"
-                           f"{', anchored' if self.anchor is not None else ''}), which keep it",
-                           base.guaranteed, self._tolerance(base))
+        return replace(base, method=f"{base.method}; tiled with square-root partition-of-unity windows ({self.tile} px "
+                                    f"tiles, {self.overlap} px overlap{', anchored' if self.anchor is not None else ''}), "
+                                    "which keep it", tolerance=self._tolerance(base))
 
     def certificate_at(self, sigma) -> Certificate:
         if hasattr(self.denoiser, "certificate_at"):
-            base = self.denoiser.certificate_at(sigma)
-            return Certificate(base.lipschitz, base.alpha, f"{base.method}; tiled (certificate kept)", base.guaranteed,
-                               self._tolerance(base))
+            base = certificate_of(self.denoiser, sigma)
+            return replace(base, method=f"{base.method}; tiled (certificate kept)", tolerance=self._tolerance(base))
         return self.certificate
 
     def _tolerance(self, base: Certificate) -> float:
