@@ -28,6 +28,7 @@ from pathlib import Path
 
 import deepinv as dinv
 import torch
+from sympy import factorint
 from tqdm import tqdm
 
 import pnp_stable
@@ -110,16 +111,6 @@ def overhead_table(x, kernel, repeats: int) -> list[str]:
     return lines
 
 
-def prime_factors(n: int) -> list[int]:
-    factors, d = [], 2
-    while d * d <= n:
-        while n % d == 0:
-            factors.append(d)
-            n //= d
-        d += 1
-    return factors + ([n] if n > 1 else [])
-
-
 def crossover_table(x, repeats: int) -> list[str]:
     """FFT vs direct ``op.A`` per kernel size, with the grid deepinv's FFT convolution runs on (the image padded by
     k − 1 for a k×k kernel, not rounded to a fast FFT length, so its cost follows that length's prime factors)."""
@@ -135,7 +126,7 @@ def crossover_table(x, repeats: int) -> list[str]:
         ratios[size] = t_fft / t_direct
         grid = img_size[-1] + size - 1
         default = "FFT" if size >= FFT_MIN_KERNEL_SIZE else "direct"
-        lines.append(f"| {size}×{size} | {grid} = {'·'.join(map(str, prime_factors(grid)))} | {ms(t_fft)} "
+        lines.append(f"| {size}×{size} | {grid} = {'·'.join(str(p) for p, k in factorint(grid).items() for _ in range(k))} | {ms(t_fft)} "
                      f"| {ms(t_direct)} | {ratios[size]:.2f} | {faster(ratios[size])} | {default} |")
     return lines + ["", crossover_verdict(ratios)]
 
