@@ -149,3 +149,20 @@ def test_a_noise_model_other_than_the_data_terms_is_noted_in_the_result():
     assert "noise model" not in notes["matching"] and "GaussianNoise" not in notes["matching"]
     assert "GaussianNoise has σ = 0.05 but noise_sigma = 0.02" in notes["level"]
     assert "noise model is PoissonNoise" in notes["poisson"]
+
+
+def test_a_decomposable_physics_of_the_callers_is_not_taken_for_an_exact_svd():
+    """U = V = 3·I passes the adjoint test (A = 9·mask, Aᵀ alike) but is not orthogonal: max |mask| = 1 is not
+    ‖A‖ = 9, and the closed-form prox would solve the wrong system."""
+    scaled = dict(U=lambda x: 3 * x, U_adjoint=lambda x: 3 * x, V=lambda x: 3 * x, V_adjoint=lambda x: 3 * x)
+    op = dinv.physics.DecomposablePhysics(mask=torch.ones(1, 1, 8, 8), **scaled)
+    y = torch.rand(1, 1, 8, 8)
+    fidelity = L2Fidelity(op, y, 0.1)
+    assert fidelity.operator_norm.kind == "estimate" and fidelity.operator_norm.value == pytest.approx(9, rel=1e-3)
+    assert not fidelity.prox_is_exact
+    x = torch.rand(1, 1, 8, 8)
+    u = fidelity.prox(x, 0.01)  # (I + γ·81)u = x + γ·9y with γ = τ/s² = 1
+    assert torch.allclose(u, (x + 9 * y) / 82, atol=1e-5)
+    result = ps.solve(op, y, lambda z, sigma: z.clamp(0, 1), 0.1, solver="fb", max_iter=2)
+    assert result.beta is None
+    assert L2Fidelity(dinv.physics.Inpainting((1, 8, 8), mask=0.5), y, 0.1).operator_norm.kind == "exact"

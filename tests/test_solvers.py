@@ -93,6 +93,7 @@ def test_expansive_map_is_reported_and_stopped_without_nans():
     assert result.violations, "an expansive map must violate the claimed certificate"
     assert any(v.check == "monotone residual" and v.size > 0.05 for v in result.violations)
     assert "violations" in result.verdict
+    assert f"CONTRADICTED by {len(result.violations)} monitor violations" in result.summary().splitlines()[0]
     assert result.status == ["diverged"]
     assert torch.isfinite(result.estimate).all() and torch.isfinite(result.governing).all()
 
@@ -393,3 +394,20 @@ def test_two_channel_mri_with_a_one_or_three_channel_denoiser_says_how_to_apply_
     wrapped = ps.solve(op, y, lambda x, s: torch.cat([gray(x[:, i:i + 1], s) for i in range(x.shape[1])], 1), 0.01,
                        max_iter=2)
     assert wrapped.estimate.shape == (1, 2, 16, 16) and torch.isfinite(wrapped.estimate).all()
+
+
+@pytest.mark.parametrize("boundary", ["circular", "reflect"])  # a closed-form prox, and conjugate gradients
+def test_per_sample_denoiser_sigma_gives_each_sample_its_own_proximal_step(boundary):
+    op, _, y = _problem(batch=2, boundary=boundary)
+    D = AveragedDenoiser(channels=1, width=4, depth=2).eval()
+    levels = (0.014, 0.05)
+    for solver in ("hqs", "drs", "admm"):
+        both = ps.solve(op, y, D, 0.02, solver=solver, denoiser_sigma=torch.tensor(levels), max_iter=4, tol=0)
+        assert torch.allclose(both.step, torch.tensor(levels, dtype=torch.float64) ** 2 * both.step[0] / levels[0] ** 2)
+        assert "step τ per sample" in both.summary()
+        for b, level in enumerate(levels):  # the sample's iteration is the one it has alone, whatever its batch
+            alone = ps.solve(op, y[b:b + 1], D, 0.02, solver=solver, denoiser_sigma=level, max_iter=4, tol=0)
+            assert alone.step == pytest.approx(float(both.step[b]))
+            assert torch.allclose(both.estimate[b:b + 1], alone.estimate, atol=1e-4), (solver, b)
+    with pytest.raises(ValueError, match="one step τ for the batch"):
+        ps.solve(op, y, D, 0.02, solver="fb", step=torch.tensor([0.1, 0.2]))

@@ -12,7 +12,8 @@ from deepinv.optim.linear import conjugate_gradient
 
 from .._accuracy import AccuracyRecord
 from .._validation import check_noise_level
-from .norms import OperatorNorm, _check_linear, adjoint_test, operator_norm, power_iteration
+from .norms import (OperatorNorm, _check_linear, adjoint_test, has_known_svd, normal_operator, operator_norm,
+                    power_iteration)
 
 __all__ = ["L2Fidelity", "ProxAccuracy", "noise_model_mismatch"]
 
@@ -40,7 +41,7 @@ class L2Fidelity:
 
     ``prox(x, tau) = argmin_u ½‖u − x‖² + τ f(u)`` solves (I + γAᵀA)u = x + γAᵀy with
     γ = τ/s²: in closed form for operators diagonalised by an orthogonal transform
-    (deepinv ``DecomposablePhysics``, e.g. circular blur), otherwise by conjugate
+    (deepinv's own ``DecomposablePhysics``, e.g. circular blur: :func:`has_known_svd`), otherwise by conjugate
     gradients stopped at relative residual ``cg_tol`` (at most ``cg_max_iter`` steps). Each CG solve's
     true residual ‖rhs − (I + γAᵀA)u‖ bounds its error ‖u − u*‖ (I + γAᵀA ≽ I); :attr:`prox_accuracy`
     keeps the worst one, so a certificate that assumes an exact prox can be withheld when it was not.
@@ -82,7 +83,7 @@ class L2Fidelity:
             raise ValueError(f"operator_norm must be a finite bound > 0 on ‖A‖, got {operator_norm}")
         start = torch.randn(self.x_shape[1:], generator=torch.Generator().manual_seed(self._norm_seed))[None]
         with torch.no_grad():
-            rho, _, _ = power_iteration(self.op.A_adjoint_A, start.to(self._Aty), tol=1e-3, max_iter=50)
+            rho, _, _ = power_iteration(normal_operator(self.op), start.to(self._Aty), tol=1e-3, max_iter=50)
         lower = math.sqrt(max(rho, 0.0))
         if value < lower * (1 - 1e-5):
             raise ValueError(f"operator_norm = {value:g} is below ‖A‖ ≥ {lower:.6g} (a power-iteration lower bound on "
@@ -108,7 +109,7 @@ class L2Fidelity:
     @property
     def prox_is_exact(self) -> bool:
         """True when :meth:`prox` is computed in closed form."""
-        return isinstance(self.op, dinv.physics.DecomposablePhysics)
+        return has_known_svd(self.op)
 
     def value(self, x: Tensor) -> Tensor:
         """f(x) per sample, shape ``[B]``."""
@@ -134,15 +135,32 @@ class L2Fidelity:
         """Lipschitz constant L = ‖A‖²/s² of ∇f."""
         return self.operator_norm.value**2 / self.noise_sigma**2
 
-    def prox(self, x: Tensor, tau: float) -> Tensor:
-        """argmin_u ½‖u − x‖² + τ f(u)."""
-        if not tau > 0:
+    def prox(self, x: Tensor, tau: float | Tensor) -> Tensor:
+        """argmin_u ½‖u − x‖² + τ f(u), per sample; ``tau`` a float or one step per sample (a [B] tensor)."""
+        if isinstance(tau, Tensor):
+            if tau.shape != (x.shape[0],):
+                raise ValueError(f"prox steps tau must be one per sample, shape [{x.shape[0]}], got {tuple(tau.shape)}")
+            if not bool((tau > 0).all()):
+                raise ValueError(f"prox steps tau must be > 0, got {tau.tolist()}")
+            if bool((tau == tau[0]).all()):
+                tau = float(tau[0])
+        elif not tau > 0:
             raise ValueError(f"prox step tau must be > 0, got {tau}")
-        gamma = tau / self.noise_sigma**2
-        if self.prox_is_exact:
-            return self.op.prox_l2(x, self.y, gamma)
+        if isinstance(tau, Tensor):
+            gamma = (tau / self.noise_sigma**2).to(device=x.device, dtype=x.dtype).view(-1, *[1] * (x.ndim - 1))
+            if self.prox_is_exact:  # a closed form takes one γ: one call per distinct step
+                out = torch.empty_like(x)
+                for value in tau.unique().tolist():
+                    where = (tau == value).nonzero().flatten().to(x.device)
+                    out[where] = self.op.prox_l2(x[where], self.y[where], value / self.noise_sigma**2)
+                return out
+        else:
+            gamma = tau / self.noise_sigma**2
+            if self.prox_is_exact:
+                return self.op.prox_l2(x, self.y, gamma)
         rhs = x + gamma * self._Aty
-        normal = lambda u: u + gamma * self.op.A_adjoint_A(u)
+        gram = normal_operator(self.op)
+        normal = lambda u: u + gamma * gram(u)
         u = conjugate_gradient(
             normal,
             rhs,
@@ -181,12 +199,21 @@ def _check_measurement(y: Tensor) -> Tensor:
     return y
 
 
+def _tensors_of(op) -> list[Tensor]:
+    """The parameters and buffers of an operator that is a torch module (deepinv physics are), else none."""
+    return [*op.parameters(), *op.buffers()] if isinstance(op, torch.nn.Module) else []
+
+
 def _adjoint_image(op, y: Tensor) -> Tensor:
     """Aᵀy, checked to be an image ``[B, C, H, W]`` that A maps back to y's shape (so y fits the operator)."""
     hint = "" if y.ndim == 4 else _RANK_HINT
     try:
         image = op.A_adjoint(y)
     except (RuntimeError, ValueError) as err:
+        held = {t.dtype for t in _tensors_of(op) if t.is_floating_point()} - {y.dtype}
+        if held:  # a dtype clash reads as a shape error in torch's words: say which
+            raise ValueError(f"measurement y is {y.dtype} but the operator holds {', '.join(map(str, sorted(held, key=str)))} "
+                             f"tensors ({err}); convert one to the other: op.to({y.dtype}) or y.to({held.pop()})") from err
         raise ValueError(f"measurement y of shape {tuple(y.shape)} does not fit the operator: {err}{hint}") from err
     if not isinstance(image, Tensor) or image.ndim != 4:
         shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__

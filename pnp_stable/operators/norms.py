@@ -12,7 +12,26 @@ from torch import Tensor
 
 from .._modules import device_of
 
-__all__ = ["NORM_KINDS", "OperatorNorm", "adjoint_test", "operator_norm", "power_iteration"]
+__all__ = ["NORM_KINDS", "OperatorNorm", "adjoint_test", "has_known_svd", "normal_operator", "operator_norm",
+           "power_iteration"]
+
+
+def normal_operator(op):
+    """v ↦ Aᵀ(Av), from the two maps that :func:`adjoint_test` checks; a physics' own ``A_adjoint_A`` may take a
+    shortcut that holds only for its assumed structure (``DecomposablePhysics``: V diag(mask²) Vᵀ, wrong when
+    U is not orthogonal), which nothing checks."""
+    return lambda v: op.A_adjoint(op.A(v))
+
+
+def has_known_svd(op) -> bool:
+    """True when A = U diag(mask) Vᵀ with U and V orthogonal by construction: one of deepinv's own
+    ``DecomposablePhysics`` classes (``BlurFFT``, ``Inpainting``, ``Denoising``, ``MRI``, …). A bare
+    ``DecomposablePhysics`` built from the caller's U and V, or a subclass of the caller's, may have U, V that
+    are not orthogonal (then max |mask| is not ‖A‖ and the closed-form prox is wrong), so it is treated as
+    any other operator: its norm estimated, its prox by conjugate gradients."""
+    kind = type(op)
+    return (isinstance(op, dinv.physics.DecomposablePhysics) and kind is not dinv.physics.DecomposablePhysics
+            and kind.__module__.startswith("deepinv."))
 
 
 def _batched_shape(x_shape: Sequence[int]) -> tuple[int, ...]:
@@ -165,7 +184,8 @@ def operator_norm(op, x_shape: Sequence[int], seed: int = 0, tol: float = 1e-4, 
                   starts: int = 3, like: Tensor | None = None) -> OperatorNorm:
     """Spectral norm ‖A‖ of a linear operator acting on images of shape ``x_shape``, and how it is known.
 
-    * ``DecomposablePhysics`` (circular ``BlurFFT``, inpainting, denoising): exact, max |singular value|.
+    * deepinv's own ``DecomposablePhysics`` (circular ``BlurFFT``, inpainting, denoising; :func:`has_known_svd`):
+      exact, max |singular value|.
     * deepinv ``Blur`` with one 2-D kernel and any padding (our reflect, replicate, zeros and valid blurs): a
       guaranteed upper bound (:func:`_blur_norm_bound`); for a nonnegative kernel usually within 0.1% of ‖A‖,
       a little more where the bound stalls first (≤ 2% in the tests).
@@ -179,7 +199,7 @@ def operator_norm(op, x_shape: Sequence[int], seed: int = 0, tol: float = 1e-4, 
     op_size = getattr(op, "img_size", None)
     if op_size is not None and tuple(op_size) != shape[1:]:
         raise ValueError(f"operator is built for images {tuple(op_size)}, but x_shape is {shape[1:]}")
-    if isinstance(op, dinv.physics.DecomposablePhysics):
+    if has_known_svd(op):
         value = float(torch.as_tensor(op.mask).abs().max())
         return OperatorNorm(value, kind="exact", method="max singular value of the SVD (DecomposablePhysics.mask)")
     filter_ = getattr(op, "filter", None)
@@ -188,7 +208,7 @@ def operator_norm(op, x_shape: Sequence[int], seed: int = 0, tol: float = 1e-4, 
     rng = torch.Generator().manual_seed(int(seed))
     candidates = [torch.ones((1, *shape[1:]))] + [torch.randn((1, *shape[1:]), generator=rng) for _ in range(starts - 1)]
     candidates = [_probe(x0, like, op) for x0 in candidates]
-    runs = [power_iteration(op.A_adjoint_A, x0, tol=tol, max_iter=max_iter) for x0 in candidates]
+    runs = [power_iteration(normal_operator(op), x0, tol=tol, max_iter=max_iter) for x0 in candidates]
     value = max(run[0] for run in runs)
     return OperatorNorm(
         value**0.5, kind="estimate", iterations=sum(run[2] for run in runs),

@@ -85,7 +85,7 @@ class PnPResult:
     beta: float | None
     beta_basis: str
     solver: str
-    step: float
+    step: float | Tensor  # one τ, or one per sample (proximal schemes with per-sample σ_d)
     notes: list[str] = field(default_factory=list)
     earlier_rounds: list["PnPResult"] = field(default_factory=list)  # guided restoration: the rounds before this one
     estimated_beta: float | None = None
@@ -104,16 +104,24 @@ class PnPResult:
             beta = f"certified β = {format_bound(self.beta, 4)}"
             if self.trusted:
                 beta += f", resting on the caller's {' and '.join(self.trusted)} (not verified)"
+            if self.violations:  # a violation is proof against the certificate (the monitor's slack is rounding)
+                beta += f", CONTRADICTED by {len(self.violations)} monitor violations: an ingredient does not hold"
         elif self.estimated_beta is not None:
             beta = f"estimated β = {self.estimated_beta:.4g}, NOT certified"
         else:
             beta = "β: none (no guarantee)"
         lines = [
-            f"solver {self.solver}, step τ = {self.step:.4g}, {beta} ({self.beta_basis})",
+            f"solver {self.solver}, {_step_text(self.step)}, {beta} ({self.beta_basis})",
             f"status: {', '.join(f'{s} after {k}' for s, k in zip(self.status, self.iterations))}",
             f"monitor: {self.verdict}",
         ]
         return "\n".join(lines + self.notes)
+
+
+def _step_text(step: float | Tensor) -> str:
+    if isinstance(step, Tensor):
+        return f"step τ per sample {float(step.min()):.4g} to {float(step.max()):.4g}"
+    return f"step τ = {step:.4g}"
 
 
 class PlainSteps:

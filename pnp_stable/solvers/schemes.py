@@ -54,8 +54,9 @@ def _prox_gaps(fidelity: L2Fidelity) -> list[str]:
     if fidelity.prox_is_exact or accuracy.accurate:
         return []
     return [f"the prox of f was solved by conjugate gradients to a relative normal-equation residual of up to "
-            f"{accuracy.worst:.3g} (> {accuracy.tolerance:g}; {accuracy.calls} calls), not exactly; normalise the "
-            "operator, or raise cg_max_iter"]
+            f"{accuracy.worst:.3g} (> {accuracy.tolerance:g}; {accuracy.calls} calls), not exactly; a smaller step τ "
+            "conditions the system better, and float64 (y.double(), op.to(torch.float64)) reaches smaller residuals "
+            "than float32's rounding allows"]
 
 
 class Scheme:
@@ -76,23 +77,32 @@ class Scheme:
         self.denoiser = denoiser
         self._denoise = with_sigma_argument(denoiser)
         self.denoiser_sigma = denoiser_sigma
-        self.step_size = float(step)
+        self.step_size = step if isinstance(step, Tensor) and step.numel() > 1 else float(step)
+        if isinstance(self.step_size, Tensor) and self.name in ("fb", "fista"):
+            raise ValueError(f"{self.name} takes one step τ for the batch (τ < 2/L, which does not depend on the "
+                             f"sample), got {self.step_size.numel()} steps")
         self.notes: list[str] = []
         self.denoiser_weight = float(denoiser_weight)
         self.denoiser_certificate: Certificate = _weighted_certificate(
             certificate_of(denoiser, denoiser_sigma), self.denoiser_weight)  # at σ_d: tighter for noise-adaptive D
-        owner = type(denoiser)
         self.trusted: list[str] = []  # ingredients of β the caller asserts (PnPResult.trusted)
-        if self.denoiser_certificate.alpha is not None and not owner.__module__.startswith("pnp_stable."):
-            self.trusted.append(f"{owner.__name__} certificate")
-            self.notes.append(f"the denoiser's certificate comes from the caller's {owner.__name__} object and is "
-                              "trusted as given, not verified by pnp-stable (check it with pnp_stable.adversarial_lipschitz)")
+        if self.denoiser_certificate.alpha is not None and self.denoiser_certificate.trusted:
+            self.trusted.extend(self.denoiser_certificate.trusted)
+            self.notes.append(f"the denoiser's certificate rests on the caller's {' and '.join(self.trusted)}, trusted "
+                              "as given, not verified by pnp-stable (check it with pnp_stable.adversarial_lipschitz)")
 
     def sigma_for(self, index: Tensor | None):
         sigma = self.denoiser_sigma
         if isinstance(sigma, Tensor) and sigma.ndim == 1 and index is not None:
             return sigma[index]
         return sigma
+
+    def step_for(self, index: Tensor | None) -> float | Tensor:
+        """The proximal step of the samples ``index``: a float, or a [b] tensor of per-sample steps."""
+        tau = self.step_size
+        if isinstance(tau, Tensor) and index is not None:
+            return tau[index.to(tau.device)]
+        return tau
 
     def denoiser_for(self, index: Tensor | None):
         """The denoiser of the samples ``index``: a per-sample denoiser (one with ``subset``, such as a guided
@@ -108,6 +118,9 @@ class Scheme:
             got = tuple(denoised.shape) if isinstance(denoised, Tensor) else type(denoised).__name__
             raise ValueError(f"the denoiser returned {got} for an input tensor of shape {tuple(x.shape)}: a PnP "
                              "denoiser must map a [B, C, H, W] tensor to a tensor of the same shape")
+        if denoised.dtype != x.dtype or denoised.device != x.device:
+            raise ValueError(f"the denoiser returned {denoised.dtype} on {denoised.device} for an input of {x.dtype} on "
+                             f"{x.device}: a PnP denoiser must keep its input's precision and device (return out.to(x))")
         if self.denoiser_weight == 1:
             return denoised
         return x + self.denoiser_weight * (denoised - x)
@@ -194,7 +207,7 @@ class HalfQuadraticSplitting(Scheme):
     error_factors = (1.0, 1.0)
 
     def step(self, z, fidelity, index):
-        x = self.denoise(fidelity.prox(z, self.step_size), index)
+        x = self.denoise(fidelity.prox(z, self.step_for(index)), index)
         return x, x
 
     def beta(self):
@@ -233,7 +246,7 @@ class DouglasRachford(_SplittingWithFNEDenoiser):
     error_factors = (1.0, 1.0)
 
     def step(self, z, fidelity, index):
-        p = fidelity.prox(z, self.step_size)
+        p = fidelity.prox(z, self.step_for(index))
         x = self.denoise(2 * p - z, index)
         return z + x - p, x
 
@@ -250,7 +263,7 @@ class ADMM(_SplittingWithFNEDenoiser):
 
     def step(self, z, fidelity, index):
         x = self.denoise(z, index)
-        return z + fidelity.prox(2 * x - z, self.step_size) - x, x
+        return z + fidelity.prox(2 * x - z, self.step_for(index)) - x, x
 
 
 class FISTA(ForwardBackward):

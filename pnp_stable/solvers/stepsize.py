@@ -1,21 +1,29 @@
 """Step sizes from the theory: forward-backward needs τ < 2/L (L = ‖A‖²/s² the Lipschitz constant of ∇f);
-proximal steps accept any τ > 0 and default to the half-quadratic choice τ = σ_d²."""
+proximal steps accept any τ > 0 and default to the half-quadratic choice τ = σ_d², one per sample when σ_d is."""
 
 from __future__ import annotations
 
 import math
+
+import torch
+from torch import Tensor
 
 from ..operators.fidelity import L2Fidelity
 
 __all__ = ["default_step", "check_step"]
 
 
-def default_step(solver: str, fidelity: L2Fidelity, denoiser_sigma) -> float:
+def default_step(solver: str, fidelity: L2Fidelity, denoiser_sigma) -> float | Tensor:
     """FB/FISTA: τ = 1/L (a 1/2-averaged gradient step). HQS/DRS/ADMM: τ = σ_d² (prox of f with the
-    penalty weight 1/σ_d² that matches a denoiser of strength σ_d)."""
+    penalty weight 1/σ_d² that matches a denoiser of strength σ_d), a [B] tensor for per-sample levels σ_d, so
+    that each sample's iteration is the one it would have alone."""
     if solver in ("fb", "fista"):
         return 1.0 / fidelity.lipschitz
-    sigma = float(denoiser_sigma.max()) if hasattr(denoiser_sigma, "max") else float(denoiser_sigma)
+    if isinstance(denoiser_sigma, Tensor) and denoiser_sigma.numel() > 1:
+        if not bool((denoiser_sigma > 0).all()):
+            raise ValueError(f"denoiser_sigma must be > 0 for the default proximal step, got {denoiser_sigma.tolist()}")
+        return denoiser_sigma.to(torch.float64) ** 2
+    sigma = float(denoiser_sigma)
     if not sigma > 0:
         raise ValueError(f"denoiser_sigma must be > 0 for the default proximal step, got {sigma}")
     return sigma**2
@@ -24,6 +32,10 @@ def default_step(solver: str, fidelity: L2Fidelity, denoiser_sigma) -> float:
 def check_step(scheme, allow_unsafe_step: bool = False) -> None:
     """Refuse τ ≤ 0 or not finite, and, unless explicitly allowed, τ ≥ 2/L for FB and τ > 1/L for FISTA."""
     tau = scheme.step_size
+    if isinstance(tau, Tensor):  # per-sample proximal steps (HQS/DRS/ADMM): any τ > 0 each
+        if not bool(((tau > 0) & (tau < math.inf)).all()):
+            raise ValueError(f"step τ must be finite and > 0 for every sample, got {tau.tolist()}")
+        return
     if not 0 < tau < math.inf:
         raise ValueError(f"step τ must be finite and > 0, got {tau}")
     if scheme.name == "fista" and not allow_unsafe_step:
