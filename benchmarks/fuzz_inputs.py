@@ -494,7 +494,7 @@ def all_cases() -> list[Case]:
             for spelling, path in spellings.items():
                 cli_case(1, f"{kind}: --out is the input ({image}, {spelling})",
                          command(kind, f"{{F}}/{image}", "--out", path), refuse=True)
-        for suffix, invalid in ((".npy", True), (".txt", True), ("", False), (".webp", True),
+        for suffix, invalid in ((".npy", False), (".txt", True), ("", False), (".webp", True),
                                 (".PNG", False), (".jpeg", False), (".tif", False)):
             cli_case(1, f"{kind}: --out with suffix '{suffix}'", command(kind, "{F}/gray.png", "--out", f"{{O}}/out{suffix}"),
                      refuse=invalid)
@@ -1067,9 +1067,9 @@ def _instrumented(written: list):
     an 8-bit file, so reading the file back cannot see it)."""
     original = cli._write_image
 
-    def checked(x, path):
+    def checked(x, path, source):
         written.extend(_nonfinite(x, f"the image written to {Path(path).name}"))
-        return original(x, path)
+        return original(x, path, source)
 
     cli._write_image = checked
     try:

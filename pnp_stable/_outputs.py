@@ -7,6 +7,8 @@ import tempfile
 from pathlib import Path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+#: what an image result may be written as (and a folder of inputs is read from): the image files and float .npy arrays
+RESULT_SUFFIXES = IMAGE_SUFFIXES + (".npy",)
 
 
 def plot_suffixes() -> tuple[str, ...]:

@@ -46,13 +46,26 @@ def _device(name: str) -> str:
 
 
 # --- sub-commands -------------------------------------------------------------------------------
-def _write_image(x, path: Path) -> str:
-    """Save ``x``; values outside [0, 1] are clipped for the 8-bit file and the count is reported."""
-    from .io import save_image
+def _write_image(x, path: Path, source: Path) -> str:
+    """Save ``x`` at the bit depth of the input file ``source`` where the format holds it (a 16-bit input gives a
+    16-bit PNG/TIFF; .npy is float32), else at 8 bits and say so; values outside [0, 1] are clipped and counted."""
+    from .io import file_bit_depth, save_image
 
+    suffix = path.suffix.lower()
+    depth, notes = file_bit_depth(source), []
+    if suffix == ".npy":
+        depth = 16  # unused: an array keeps float32
+    elif depth == 16 and (suffix not in (".png", ".tif", ".tiff") or (x.shape[1] == 3 and suffix == ".png")):
+        depth = 8
+        notes.append(f"8-bit although {source.name} has 16 bits: {suffix} cannot hold them "
+                     f"{'in colour ' if suffix == '.png' else ''}(use .tif or .npy)")
+    elif depth == 16:
+        notes.append("16-bit, as the input")
     outside = int(((x < 0) | (x > 1)).sum())
-    save_image(x, path, clip=True)
-    return f"wrote {path}" + (f" ({outside} values outside [0, 1] clipped for the 8-bit file)" if outside else "")
+    if outside:
+        notes.append(f"{outside} values outside [0, 1] clipped")
+    save_image(x, path, clip=True, bit_depth=depth)
+    return f"wrote {path}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 @contextlib.contextmanager
@@ -124,11 +137,11 @@ def _kernel_files(spec: str) -> list[Path]:
 
 def _folder_images(source: Path) -> list[Path]:
     """The image files of the folder ``source`` (by suffix, sorted), refused when there are none."""
-    from ._outputs import IMAGE_SUFFIXES
+    from ._outputs import RESULT_SUFFIXES
 
-    images = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + (".npy",))
+    images = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in RESULT_SUFFIXES)
     if not images:
-        raise CommandError(f"no image files in the folder {source} (looked for {', '.join(IMAGE_SUFFIXES)}, .npy)")
+        raise CommandError(f"no image files in the folder {source} (looked for {', '.join(RESULT_SUFFIXES)})")
     return images
 
 
@@ -174,14 +187,18 @@ def _denoiser_for(args):
 def cmd_deblur(args) -> int:
     from tqdm.auto import tqdm
 
-    from ._outputs import IMAGE_SUFFIXES, check_outputs, plot_suffixes
+    from ._outputs import RESULT_SUFFIXES, check_outputs, plot_suffixes
     from .operators.kernels import kernel_from_spec
 
+    _refuse_empty_paths([args.input])
+    if args.denoiser != "guided" and (args.guide is not None or args.guided_rounds is not None):
+        raise CommandError("--guide and --guided-rounds belong to --denoiser guided; add it, or drop them")
     folder = Path(args.input).is_dir()
     jobs = _deblur_jobs(args)
     named = [(f"the result of {source.name}" if folder else "--out", out) for source, out in jobs]
-    outputs = [(option, out, IMAGE_SUFFIXES) for option, out in named]
-    outputs += [(f"the degraded image of {option}", _degraded_path(out), IMAGE_SUFFIXES) for option, out in named] if args.simulate else []
+    outputs = [(option, out, RESULT_SUFFIXES) for option, out in named]
+    outputs += [(f"--simulate's degraded image{f' of {source.name}' if folder else ''}", _degraded_path(out),
+                 RESULT_SUFFIXES) for source, out in jobs] if args.simulate else []
     outputs += [("--plot", Path(args.plot), plot_suffixes())] if args.plot else []
     check_outputs([source for source, _ in jobs] + [Path(p) for p in (args.reference,) if p] + _kernel_files(args.kernel),
                   outputs)
@@ -235,20 +252,24 @@ def _deblur_one(args, source: Path, out: Path, kernel, denoiser_for, progress, c
     result = deblur(
         y, kernel, args.noise, solver=args.solver, denoiser=denoiser_for(y.shape[1]), boundary=boundary,
         denoiser_sigma=args.denoiser_sigma, step=args.step, denoiser_weight=args.denoiser_weight,
-        max_iter=args.iters, tol=args.tol, guide=args.guide, guided_rounds=args.guided_rounds,
+        max_iter=args.iters, tol=args.tol, guide=args.guide or "bm3d", guided_rounds=args.guided_rounds,
         reference=reference, device=device, progress=progress, accelerate=args.accelerate,
         tile=args.tile, overlap=args.overlap, context=context, ensemble=args.ensemble,
         allow_unsafe_step=args.allow_unsafe_step,
     )
     lines = [f"boundary model: {boundary}", result.summary()]
+    broken = sorted({status for status in result.status if status in ("diverged", "non-finite")})
+    if broken:  # the best iterate is still written, but the run is no success
+        warnings.warn(f"{source.name}: the iteration {' and '.join(broken)} (the best iterate is written); check the "
+                      "monitor's verdict, and use a smaller --step or drop --allow-unsafe-step", stacklevel=2)
     if reference is not None:
         lines.append(f"PSNR: degraded {float(psnr(y, reference)[0]):.2f} dB → restored "
                      f"{float(psnr(result.estimate.cpu(), reference)[0]):.2f} dB")
     if not _leads(context):
         return lines
     if args.simulate:
-        lines.append(_write_image(y, _degraded_path(out)))
-    lines.append(_write_image(result.estimate.cpu(), out))
+        lines.append(_write_image(y, _degraded_path(out), source))
+    lines.append(_write_image(result.estimate.cpu(), out, source))
     if args.plot:
         lines.append(f"wrote {result.history.plot(args.plot)}")
     return lines
@@ -274,11 +295,12 @@ def _denoise_targets(inputs: list[Path], out: Path) -> list[Path]:
 def cmd_denoise(args) -> int:
     from tqdm.auto import tqdm
 
-    from ._outputs import IMAGE_SUFFIXES, check_outputs
+    from ._outputs import RESULT_SUFFIXES, check_outputs
     from .io import load_image
     from .restore import denoise
 
     device = _device(args.device)
+    _refuse_empty_paths(args.inputs)
     inputs = []
     for path in map(Path, args.inputs):
         if path.is_dir():
@@ -288,29 +310,46 @@ def cmd_denoise(args) -> int:
         else:
             raise CommandError(f"image file or folder not found: {path}")
     targets = _denoise_targets(inputs, Path(args.out))
-    check_outputs(inputs, [("--out", target, IMAGE_SUFFIXES) for target in targets])
-    lines, denoiser_for = [], _denoiser_for(args)
+    check_outputs(inputs, [("--out", target, RESULT_SUFFIXES) for target in targets])
+    denoiser_for = _denoiser_for(args)
     _check_channels(inputs, denoiser_for, args.denoiser)
     used: dict[str, str] = {}  # each denoiser that ran (gray and colour images take different ones) → certificate
+    failed = []
     with _processes(args) as context:
         leads = _leads(context)
         for source, target in tqdm(list(zip(inputs, targets)), desc="denoising", unit="image",
                                    disable=not (leads and _progress(args))):
-            image = load_image(source)
+            try:  # a file whose header read but whose pixels do not (truncated, NaN) does not stop the others
+                image = load_image(source)
+            except ValueError as err:
+                if len(inputs) == 1:
+                    raise
+                failed.append(f"{source}: {' '.join(str(err).split())}")
+                continue
             result = denoise(image, args.sigma, denoiser=denoiser_for(image.shape[1]), device=device, tile=args.tile,
                              overlap=args.overlap, context=context, ensemble=args.ensemble)
             if leads:
-                lines.append(_write_image(result.estimate.cpu(), target))
+                print(_write_image(result.estimate.cpu(), target, source), flush=True)
             used[result.denoiser] = str(result.certificate)  # a named model is labelled by that name
     if leads:
-        lines += [f"denoiser {name}: {certificate}" for name, certificate in used.items()]
-        print("\n".join(lines))
-    return 0
+        print("\n".join(f"denoiser {name}: {certificate}" for name, certificate in used.items()))
+        for message in failed:
+            print(f"pnp-stable denoise: skipped {message}", file=sys.stderr)
+        if failed:
+            print(f"denoised {len(inputs) - len(failed)} of {len(inputs)} images")
+    return 1 if failed else 0
+
+
+def _refuse_empty_paths(paths: list[str]) -> None:
+    """An empty path would read as the current folder (an unset shell variable, "$IMAGE", gives one)."""
+    if any(not str(path).strip() for path in paths):
+        raise CommandError("an input path is empty (an unset shell variable?); name an image file or a folder")
 
 
 def _check_channels(inputs: list[Path], denoiser_for, name: str) -> None:
-    """Before any work: every input readable, and of channels the named denoiser takes (from the files' headers),
-    so that a mismatch does not stop a run halfway with part of the outputs written."""
+    """Before any work: every input's header readable, and of channels the named denoiser takes, so that a mismatch
+    does not stop a run halfway with part of the outputs written (a file whose pixels fail to read after a good
+    header, a truncated one, is skipped and reported)."""
     from ._modules import accepted_channels
     from .io import file_channels
 
@@ -491,9 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--denoiser", default="auto", metavar="NAME|PATH|guided",
                    help="shipped model (see `pnp-stable models`) or a .safetensors file; auto picks the network "
                         "best at the denoiser's level σ_d for the image's channels; guided: a linear filter W(g) built from a frozen guide g (see --guide)")
-    p.add_argument("--guide", default="bm3d", metavar="bm3d|bm3d-lc|NAME|PATH",
+    p.add_argument("--guide", default=None, metavar="bm3d|bm3d-lc|NAME|PATH",
                    help="with --denoiser guided: the denoiser whose short DPIR-schedule pilot gives the guide g "
-                        "(bm3d, or its low-complexity profile bm3d-lc, 2.5× faster and 0.2 dB lower in guided_speed.md; both need the bm3d extra; "
+                        "(bm3d, the default, or its low-complexity profile bm3d-lc, 2.5× faster and 0.2 dB lower in guided_speed.md; both need the bm3d extra; "
                         "or a shipped model, e.g. dncnn-color)")
     p.add_argument("--guided-rounds", type=positive_int, default=None, metavar="N",
                    help="with --denoiser guided: certified rounds, each guided by the previous estimate "
@@ -671,8 +710,8 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
     if args.command is None:
-        parser.print_help()
-        return 0
+        parser.print_help(sys.stderr)
+        return 2
     launched = _launch_workers(args, sys.argv[1:] if argv is None else argv)
     if launched is not None:
         return launched

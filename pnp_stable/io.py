@@ -13,7 +13,8 @@ from torch import Tensor
 
 from ._validation import check_image
 
-__all__ = ["FLOAT_RANGE_TOLERANCE", "check_float_range", "load_image", "save_image", "to_tensor", "to_numpy"]
+__all__ = ["FLOAT_RANGE_TOLERANCE", "check_float_range", "file_bit_depth", "load_image", "save_image", "to_tensor",
+           "to_numpy"]
 
 _MAX_BY_MODE = {"1": 1.0, "L": 255.0, "I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0}
 
@@ -137,6 +138,20 @@ def file_channels(path: str | Path) -> int:
         raise ValueError(f"cannot read {path} as an image (PNG, JPEG, TIFF or .npy expected): {err}") from err
 
 
+def file_bit_depth(path: str | Path) -> int:
+    """8 or 16: the bits per channel a result of this file needs to keep its precision, from its header: 16 for
+    16-bit, 32-bit and float PNG/TIFF files and for .npy arrays of any type but uint8, else 8."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            return 8 if np.load(path, mmap_mode="r", allow_pickle=False).dtype == np.uint8 else 16
+        with Image.open(path) as im:
+            wide = im.mode in ("I", "F") or im.mode.startswith("I;16")
+            return 16 if wide or any(";16" in str(tile[-1]) for tile in (im.tile or [])) else 8
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"cannot read {path} as an image (PNG, JPEG, TIFF or .npy expected): {err}") from err
+
+
 def load_image(path: str | Path, gray: bool | None = None) -> Tensor:
     """Read an image file as a float32 tensor ``[1, C, H, W]`` in [0, 1].
 
@@ -225,11 +240,12 @@ def _load_array(path: Path, gray: bool | None) -> Tensor:
 
 
 def save_image(x: Tensor, path: str | Path, clip: bool = False, bit_depth: int = 8) -> Path:
-    """Write a ``[1, C, H, W]`` tensor in [0, 1] (or a numpy image, read by :func:`to_tensor`) to PNG/JPEG/TIFF
-    (format from the suffix); missing parent folders are created.
+    """Write a ``[1, C, H, W]`` tensor in [0, 1] (or a numpy image, read by :func:`to_tensor`) to PNG/JPEG/TIFF/BMP,
+    or to a float32 ``.npy`` array [H, W] or [H, W, 3] (format from the suffix); missing parent folders are created.
 
     Values outside [0, 1] raise ``ValueError`` unless ``clip=True`` asks to clip them.
-    ``bit_depth=16`` writes 16-bit greyscale PNG/TIFF.
+    ``bit_depth=16`` writes 16-bit PNG/TIFF: greyscale either, colour TIFF only (Pillow cannot write 16-bit colour
+    PNG; tifffile writes the TIFF). A ``.npy`` file keeps float32 whatever ``bit_depth``.
     """
     arr = to_numpy(x if isinstance(x, Tensor) else to_tensor(x))
     low, high = float(arr.min()), float(arr.max())
@@ -240,17 +256,29 @@ def save_image(x: Tensor, path: str | Path, clip: bool = False, bit_depth: int =
             )
         arr = np.clip(arr, 0.0, 1.0)
     path = Path(path)
-    if bit_depth == 16:
-        if arr.ndim != 2 or path.suffix.lower() not in (".png", ".tif", ".tiff"):
-            raise ValueError("bit_depth=16 is supported for greyscale PNG or TIFF only")
-        im = Image.fromarray(np.round(arr * 65535).astype(np.uint16))
-    elif bit_depth == 8:
-        im = Image.fromarray(np.round(arr * 255).astype(np.uint8))
-    else:
+    suffix = path.suffix.lower()
+    if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+    if suffix == ".npy":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, arr.astype(np.float32))
+        return path
+    if bit_depth == 16:
+        if suffix not in (".png", ".tif", ".tiff") or (arr.ndim == 3 and suffix == ".png"):
+            raise ValueError(f"bit_depth=16 is written as greyscale PNG, or as greyscale or colour TIFF, not as "
+                             f"{'colour ' if arr.ndim == 3 else ''}{suffix}; use .tif (or .npy for float32)")
+        sixteen = np.round(arr * 65535).astype(np.uint16)
+        if arr.ndim == 3:
+            import tifffile
+
+            write = lambda: tifffile.imwrite(path, sixteen, photometric="rgb")
+        else:
+            write = lambda: Image.fromarray(sixteen).save(path)
+    else:
+        write = lambda: Image.fromarray(np.round(arr * 255).astype(np.uint8)).save(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        im.save(path)
+        write()
     except (ValueError, KeyError, OSError) as err:
-        raise ValueError(f"cannot write {path}: {err}; use a .png, .jpg or .tif file name") from err
+        raise ValueError(f"cannot write {path}: {err}; use a .png, .jpg, .tif or .npy file name") from err
     return path

@@ -49,7 +49,8 @@ def test_out_equal_to_the_input_is_refused_and_the_input_kept(command, photo, ca
 def test_the_simulated_degraded_image_may_not_overwrite_the_input(tmp_path, photo, capsys, no_solve):
     source = tmp_path / "y_degraded.png"
     source.write_bytes(photo.read_bytes())
-    assert "would be overwritten" in _refused(capsys, ["deblur", source, "--simulate", *DEBLUR, "--out", tmp_path / "y.png"])
+    err = _refused(capsys, ["deblur", source, "--simulate", *DEBLUR, "--out", tmp_path / "y.png"])
+    assert "would be overwritten" in err and "--simulate's degraded image" in err and "of --out" not in err
 
 
 def test_plot_equal_to_out_is_refused(photo, tmp_path, capsys, no_solve):
@@ -68,7 +69,7 @@ def test_two_inputs_with_one_name_are_refused_not_merged(tmp_path, photo, capsys
 
 @pytest.mark.parametrize("option, name, expected", [
     ("--plot", "p.xyz", "unsupported file type '.xyz'"),
-    ("--out", "o.npy", "unsupported file type '.npy'"),
+    ("--out", "o.raw", "unsupported file type '.raw'"),
     ("--out", "/proc/x.png", "cannot write to the folder /proc"),
 ])
 def test_bad_output_paths_fail_before_the_solve(option, name, expected, photo, tmp_path, capsys, no_solve):

@@ -465,6 +465,19 @@ def test_denoise_takes_folders_and_checks_every_input_before_any_work(files, tmp
     mixed = run_cli("denoise", folder, "--sigma", "0.1", "--denoiser", "averaged-color", "--out", tmp_path / "mixed")
     assert mixed.returncode == 2 and "gray.png has 1 channel(s)" in mixed.stderr
     assert not (tmp_path / "mixed").exists()  # refused before any output was written
+    (folder / "truncated.png").write_bytes((files / "colour.png").read_bytes()[:300])  # its header reads, not its pixels
+    partial = run_cli("denoise", folder, "--sigma", "0.1", "--out", tmp_path / "partial")
+    assert partial.returncode == 1 and "skipped" in partial.stderr and "truncated.png" in partial.stderr
+    assert sorted(p.name for p in (tmp_path / "partial").iterdir()) == ["colour_denoised.png", "gray_denoised.png"]
+    assert partial.stdout.count("wrote") == 2 and "denoised 2 of 3 images" in partial.stdout  # every file written is named
+
+
+def test_an_empty_input_path_is_refused_not_read_as_the_current_folder(tmp_path, capsys):
+    from pnp_stable import cli
+
+    for command in (["deblur", "", "--kernel", "gaussian:1.6", "--noise", "0.01"], ["denoise", "", "--sigma", "0.1", "--out", str(tmp_path)]):
+        assert cli.main(command) == 2
+        assert "input path is empty" in capsys.readouterr().err
 
 
 def test_train_errors_name_the_command_they_came_from(tmp_path, capsys):
@@ -473,3 +486,39 @@ def test_train_errors_name_the_command_they_came_from(tmp_path, capsys):
     assert cli.main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "m.safetensors")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("pnp-stable train: error: image folder not found") and err.count("\n") == 1
+
+
+def test_results_keep_a_16_bit_inputs_precision_where_the_format_can(files, tmp_path):
+    import tifffile
+
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 65535, (24, 24), dtype=np.uint16)).save(tmp_path / "g16.png")
+    tifffile.imwrite(tmp_path / "c16.tif", rng.integers(0, 65535, (24, 24, 3), dtype=np.uint16), photometric="rgb")
+    gray = run_cli("denoise", tmp_path / "g16.png", "--sigma", "0.05", "--out", tmp_path / "g.png")
+    assert gray.returncode == 0 and "16-bit, as the input" in gray.stdout, gray.stderr
+    assert Image.open(tmp_path / "g.png").mode.startswith("I")  # 16-bit greyscale (Pillow's I;16 or I)
+    colour = run_cli("denoise", tmp_path / "c16.tif", "--sigma", "0.05", "--out", tmp_path / "c.tif")
+    assert colour.returncode == 0 and "16-bit, as the input" in colour.stdout, colour.stderr
+    written = tifffile.imread(tmp_path / "c.tif")
+    assert written.dtype == np.uint16 and written.shape == (24, 24, 3)
+    png = run_cli("denoise", tmp_path / "c16.tif", "--sigma", "0.05", "--out", tmp_path / "c.png")
+    assert png.returncode == 0 and "8-bit although c16.tif has 16 bits" in png.stdout  # said, not silent
+    array = run_cli("denoise", tmp_path / "c16.tif", "--sigma", "0.05", "--out", tmp_path / "c.npy")
+    assert array.returncode == 0 and np.load(tmp_path / "c.npy").dtype == np.float32
+    assert np.allclose(np.load(tmp_path / "c.npy"), written / 65535, atol=1 / 65535)
+    eight = run_cli("denoise", files / "gray.png", "--sigma", "0.05", "--out", tmp_path / "e.png")
+    assert eight.returncode == 0 and "16-bit" not in eight.stdout and Image.open(tmp_path / "e.png").mode == "L"
+
+
+def test_guide_options_without_the_guided_denoiser_and_diverged_runs_are_said(files, tmp_path, capsys):
+    from pnp_stable import cli
+
+    stray = ["deblur", str(files / "gray.png"), "--kernel", "gaussian:1", "--noise", "0.01", "--guide", "dncnn-gray"]
+    assert cli.main(stray) == 2 and "belong to --denoiser guided" in capsys.readouterr().err
+    unsafe = ["deblur", str(files / "gray.png"), "--kernel", "gaussian:1", "--noise", "0.01", "--boundary", "circular",
+              "--denoiser", str(files / "gray-net.safetensors"), "--step", "1", "--allow-unsafe-step", "--iters", "60",
+              "--out", str(tmp_path / "o.png")]
+    assert cli.main(unsafe) == 0
+    captured = capsys.readouterr()
+    assert "diverged" in captured.out and "warning: gray.png: the iteration diverged" in captured.err
+    assert cli.main([]) == 2 and "usage" in capsys.readouterr().err

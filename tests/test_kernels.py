@@ -95,6 +95,13 @@ def test_load_png(tmp_path):
     Image.fromarray((a * 255).astype(np.uint8)).save(tmp_path / "k.png")
     k = ps.load_kernel(tmp_path / "k.png")
     assert k.shape == (5, 7) and k.sum().item() == pytest.approx(1.0)
+    grey = (a * 255).astype(np.uint8)
+    opaque = np.full_like(grey, 255)
+    Image.fromarray(np.stack([grey, grey, grey, opaque], -1)).save(tmp_path / "rgba.png")  # matplotlib's imsave form
+    assert torch.equal(ps.load_kernel(tmp_path / "rgba.png"), k)
+    Image.fromarray(np.stack([grey, grey // 2, grey], -1)).save(tmp_path / "colour.png")
+    with pytest.raises(ValueError, match="colour or transparent image .RGB.; a blur kernel is one greyscale image"):
+        ps.load_kernel(tmp_path / "colour.png")
 
 
 @pytest.mark.parametrize("content, suffix", [(b"not a kernel", ".npy"), (b"junk", ".png"), (b"x", ".txt")])

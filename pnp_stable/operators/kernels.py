@@ -165,11 +165,15 @@ def _kernels_from_image(path: Path) -> dict[str, np.ndarray]:
 
     try:
         with Image.open(path) as im:
-            arr = np.asarray(im.convert("F") if im.mode not in ("L", "I", "I;16", "F") else im)
+            grey = im.mode in ("L", "I", "I;16", "F")
+            arr = np.asarray(im if grey else im.convert("RGBA"))
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"cannot read kernel image {path}: {err}") from err
-    if arr.ndim != 2:
-        raise ValueError(f"kernel image {path} must be greyscale, got shape {arr.shape}")
+    if not grey:  # a greyscale kernel saved in a colour mode (matplotlib's imsave writes RGBA) has equal channels
+        if not ((arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all() and (arr[..., 3] == 255).all()):
+            raise ValueError(f"kernel image {path} is a colour or transparent image ({im.mode}); a blur kernel is "
+                             "one greyscale image: save it in mode L or I;16 (e.g. PIL's Image.fromarray(k8bit))")
+        arr = arr[..., 0]
     return {path.stem: arr.astype(np.float64)}
 
 

@@ -109,10 +109,10 @@ class PnPResult:
         elif self.estimated_beta is not None:
             beta = f"estimated β = {self.estimated_beta:.4g}, NOT certified"
         else:
-            beta = "β: none (no guarantee)"
+            beta = "β: none" if self.beta_basis.startswith("no guarantee") else "β: none (no guarantee)"
         lines = [
             f"solver {self.solver}, {_step_text(self.step)}, {beta} ({self.beta_basis})",
-            f"status: {', '.join(f'{s} after {k}' for s, k in zip(self.status, self.iterations))}",
+            f"status: {', '.join(f'{s} after {k}' for s, k in zip(self.status, self.iterations))} denoiser calls",
             f"monitor: {self.verdict}",
         ]
         return "\n".join(lines + self.notes)
