@@ -91,6 +91,22 @@ def test_layer_bound_in_normalised_mode():
     assert conv.weight_norm_bound() >= est
 
 
+def test_the_normalised_bound_covers_the_rounding_of_w_over_s():
+    """The forward's A is fl(W/s) in float32, not W/s: the bound must hold for the rounded weights the map uses."""
+    torch.manual_seed(0)
+    for _ in range(5):
+        conv = CertifiedConv(6, 6)
+        with torch.no_grad():
+            conv.weight.mul_(torch.exp(torch.randn_like(conv.weight)))  # uneven magnitudes, so rounding is uneven
+        s = float(conv.power_estimate().detach())
+        rounded = conv.effective_weight().detach().double()  # fl(W/s), held exactly in float64
+        error = rounded - conv.weight.detach().double() / s
+        margin = conv.norm_upper_bound() - conv.weight_norm_bound() / s
+        assert error.abs().max() > 0  # the rounding is there
+        assert circular_conv_norm(error, (64, 64)) <= margin  # ‖fl(W/s) − W/s‖ ≤ what the bound adds
+        assert margin <= 1e-5 * conv.norm_upper_bound()  # and the bound adds no more than rounding needs
+
+
 def test_scaling_the_weight_raises_substeps_and_keeps_the_certificate():
     torch.manual_seed(0)
     block = NonexpansiveBlock(4, normalise=False, learn_time=False, time=1.0, budget=0.9).eval()

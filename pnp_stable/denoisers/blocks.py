@@ -98,10 +98,12 @@ class NonexpansiveBlock(nn.Module):
         return x
 
     def step_averagedness(self) -> tuple[int, float]:
-        """(n, q) in eval mode: n sub-steps, each with h·L_σ‖A‖²/2 = q ≤ a·r (‖A‖ from the guaranteed bound)."""
+        """(n, q) in eval mode: n sub-steps, each with h·L_σ‖A‖²/2 = q ≤ a·r (‖A‖ from the guaranteed bound; the
+        forward's h = T/n is rounded in the weight's precision, at most a unit roundoff above, which q includes)."""
         norm = self.conv.norm_upper_bound()
         n = self.substeps(norm)
-        q = float(self.time_span().detach()) / n * self.activation.lipschitz * norm**2 / 2
+        rounding = 1 + torch.finfo(self.conv.weight.dtype).eps / 2
+        q = float(self.time_span().detach()) / n * rounding * self.activation.lipschitz * norm**2 / 2
         return n, q
 
     def averagedness(self) -> float | None:

@@ -239,9 +239,17 @@ class CertifiedConv(nn.Module):
     # --- norms ----------------------------------------------------------------------------
     def norm_upper_bound(self) -> float:
         """Guaranteed upper bound of ‖A‖ (linear part, any image size): bound(‖W‖), divided by the
-        current power estimate s when normalised. The bound of W is cached until W changes."""
+        current power estimate s when normalised. The bound of W is cached until W changes. A normalised A is the
+        rounded quotient fl(W/s), each entry within u|W_ij|/s of W_ij/s (u the unit roundoff of W's dtype), so
+        ‖A‖ ≤ (bound(W) + u·‖|W|‖)/s, ‖|W|‖ ≤ √(max row sum · max column sum) of |W| (Schur's test)."""
         bound = self.weight_norm_bound()
-        return bound / float(self.power_estimate().detach()) if self.normalise else bound
+        if not self.normalise:
+            return bound
+        magnitude = self.weight.detach().abs().double()
+        rows = float(magnitude.sum(dim=(1, 2, 3)).max())  # an output channel's taps over every input channel
+        columns = float(magnitude.sum(dim=(0, 2, 3)).max())  # an input channel's taps over every output channel
+        rounding = torch.finfo(self.weight.dtype).eps / 2 * math.sqrt(rows * columns)
+        return (bound + rounding) * (1 + 1e-12) / float(self.power_estimate().detach())
 
     def weight_norm_bound(self) -> float:
         """Guaranteed upper bound of ‖W‖ for the raw weight (cached until the weight changes in any way)."""
