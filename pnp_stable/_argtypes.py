@@ -40,6 +40,15 @@ def level(text: str) -> float:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def positive_level(text: str) -> float:
+    """A noise level > 0 on the [0, 1] scale (a measurement's noise: the data term divides by it)."""
+    value = level(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a noise level > 0, got {text} (the data term weighs the fit by "
+                                         "1/σ²; for a nearly clean image give a small level such as 1/255)")
+    return value
+
+
 def _whole(text: str, minimum: int) -> int:
     try:
         value = int(text)

@@ -17,7 +17,8 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from ._argtypes import EXIT_USAGE, OneLineParser, level, nonnegative_float, nonnegative_int, positive_int, seed, tile_size
+from ._argtypes import (EXIT_USAGE, OneLineParser, level, nonnegative_float, nonnegative_int, positive_int, positive_level,
+                        seed, tile_size)
 from .theory import format_bound
 
 
@@ -372,6 +373,11 @@ def cmd_certify(args) -> int:
     from .denoisers.certify import adversarial_lipschitz, averagedness_defects, natural_starts
     from .denoisers.zoo import load_denoiser
 
+    from .classification.storage import list_classifiers
+
+    if args.model in {row["name"] for row in list_classifiers()}:
+        raise CommandError(f"{args.model} is a classifier, not a denoiser: its certificate is each image's certified "
+                           f"ℓ2 radius, which 'pnp-stable classify IMAGE --model {args.model}' prints")
     model = load_denoiser(args.model, verify=args.verify)  # a shipped name or a file, with or without --verify
     check_finite_model(model, args.model)  # NaN weights output NaN whatever the certificate says
     print(f"{args.model}: {certificate_of(model)}")
@@ -405,14 +411,27 @@ def cmd_certify(args) -> int:
     return 0 if within else 1
 
 
+def _decoded(value):
+    """A metadata string that holds a JSON object, array or number, decoded; any other value as it is."""
+    if isinstance(value, str):
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            return value
+        return decoded if isinstance(decoded, (dict, list, int, float)) else value
+    return value
+
+
 def cmd_models(args) -> int:
     from .classification.storage import list_classifiers
     from .denoisers.zoo import list_denoisers, noise_range_text
     from .theory import Certificate
 
     rows, classifiers = list_denoisers(), list_classifiers()
-    if args.json:
-        print(json.dumps(rows + [{"kind": "classifier", **row} for row in classifiers], indent=2))
+    if args.json:  # the weights files' metadata are strings; the JSON ones among them are given as JSON
+        entries = rows + [{"kind": "classifier", **row} for row in classifiers]
+        print(json.dumps([{key: _decoded(value) for key, value in entry.items()} for entry in entries], indent=2,
+                         ensure_ascii=False))
         return 0
     column = max((len(row["name"]) for row in rows + classifiers), default=0)  # names aligned, however long
     for row in rows:
@@ -523,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="IN", help="image file (PNG, JPEG, TIFF or .npy [H, W(, C)] in [0, 1]), or a folder "
                                                "of them (with a progress bar over files; --out is then a folder)")
     p.add_argument("--kernel", required=True, metavar="SPEC", help=f"blur kernel: {KERNEL_SPECS} (required)")
-    p.add_argument("--noise", required=True, type=level, metavar="SIGMA",
+    p.add_argument("--noise", required=True, type=positive_level, metavar="SIGMA",
                    help="noise standard deviation on the [0, 1] scale, e.g. 0.01 or 7.65/255 (required)")
     p.add_argument("--solver", choices=sorted(SCHEMES), default=None,
                    help="PnP scheme (fista carries no guarantee); default fb, or drs with --denoiser guided")

@@ -58,6 +58,7 @@ ERROR_CASES = [
      "unknown denoiser 'nosuch'"),
     ("NaN in input", ["denoise", "{root}/nan.npy", "--sigma", "0.1", "--out", "{root}/o.png"], "NaN"),
     ("missing option", ["deblur", "{root}/gray.png", "--noise", "0.01"], "required: --kernel"),
+    ("zero noise", ["deblur", "{root}/gray.png", "--kernel", "gaussian:1", "--noise", "0"], "expected a noise level > 0"),
     ("bad noise value", ["deblur", "{root}/gray.png", "--kernel", "gaussian:1", "--noise", "loud"], "not a number"),
     ("unsafe step", ["deblur", "{root}/gray.png", "--kernel", "gaussian:1", "--noise", "0.01", "--step", "1",
                      "--denoiser", "{root}/gray-net.safetensors"], "allow_unsafe_step"),
@@ -522,3 +523,18 @@ def test_guide_options_without_the_guided_denoiser_and_diverged_runs_are_said(fi
     captured = capsys.readouterr()
     assert "diverged" in captured.out and "warning: gray.png: the iteration diverged" in captured.err
     assert cli.main([]) == 2 and "usage" in capsys.readouterr().err
+
+
+def test_models_json_gives_metadata_as_json_and_certify_points_a_classifier_to_classify(capsys):
+    import json
+
+    from pnp_stable import cli
+
+    assert cli.main(["models", "--json"]) == 0
+    entries = json.loads(capsys.readouterr().out)
+    denoiser = next(entry for entry in entries if entry["name"] == "averaged-sll-gray")
+    assert denoiser["certificate"]["lipschitz"] == 1.0 and isinstance(denoiser["config"], dict)
+    classifier = next(entry for entry in entries if entry.get("kind") == "classifier")
+    assert isinstance(classifier["test_accuracy"], dict)
+    assert cli.main(["certify", classifier["name"]]) == 2
+    assert "is a classifier" in capsys.readouterr().err

@@ -206,6 +206,24 @@ def test_an_interrupted_write_leaves_the_previous_file_and_no_partial_one(tmp_pa
     assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
 
 
+def test_written_weights_get_an_ordinary_files_permissions(tmp_path):
+    """safetensors creates its files 0600; a weights file to share gets 0666 less the umask, or keeps the mode of
+    the file it replaces."""
+    import os
+
+    from pnp_stable import _safetensors
+
+    mask = os.umask(0o022)
+    try:
+        _safetensors.write_safetensors(tmp_path / "w.safetensors", {"x": torch.ones(3)}, {"format": "test"})
+        assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o644
+        os.chmod(tmp_path / "w.safetensors", 0o640)
+        _safetensors.write_safetensors(tmp_path / "w.safetensors", {"x": torch.zeros(3)}, {"format": "test"})
+        assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(mask)
+
+
 def test_safetensors_roundtrip(tmp_path):
     model = _briefly_trained(dict(width=6, depth=2), steps=3).eval()
     path = ps.save_denoiser(model, tmp_path / "m.safetensors", extra={"data": "tiny test set"})

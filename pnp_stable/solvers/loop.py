@@ -385,7 +385,9 @@ def solve(
         check_image(reference, "reference")
         framed = x0 if reference_frame is None else x0[..., reference_frame[0], reference_frame[1]]
         if reference.shape != framed.shape:
-            raise ValueError(f"reference shape {tuple(reference.shape)} differs from the image shape {tuple(framed.shape)}")
+            raise ValueError(f"reference shape {tuple(reference.shape)} differs from the image shape {tuple(framed.shape)} "
+                             "[B, C, H, W]: the reference must be the clean image of the degraded one, at its size and "
+                             "with its channels (crop or convert it, or leave the reference out)")
     with evaluation_mode(denoiser):
         return run_scheme(scheme, x0.clone(), max_iter, tol, reference, divergence_factor, progress, reference_frame,
                           log_every, acceleration)

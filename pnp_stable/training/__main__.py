@@ -73,7 +73,8 @@ def build_parser(prog: str = "python -m pnp_stable.training") -> argparse.Argume
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint next to --out")
     p.add_argument("--overwrite", action="store_true",
                    help="start a new run where --out or its checkpoint already exists (else refused without --resume)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar: a JSON line on stderr every --log-every steps instead (--log-every 0: none)")
     return p
 
 
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m pnp_stable.traini
                                        "stopped": f"{outcome} at step {trainer.step} of {config.steps}"})
             if deferred:
                 outcome, trainer.stop_signal = "interrupted", trainer.stop_signal or deferred[0]
-            print(json.dumps({"weights": str(path), "steps": trainer.step, "certificate": str(trainer.model.certificate)}))
+            print(json.dumps({"weights": str(path), "steps": trainer.step, "certificate": str(trainer.model.certificate)},
+                             ensure_ascii=False))
             if outcome != "finished":
                 print(f"interrupted at step {trainer.step} of {config.steps} (the weights above are that step's network); "
                       "resume with --resume", file=sys.stderr)
