@@ -9,6 +9,9 @@ Three questions, each answered on the last ``--holdout`` Train400 images with th
    D₂(D₁(y), σ') for a few noise levels σ' passed to the second denoiser (untrained for this use).
 3. **Local expansiveness.** ‖J_D(y)‖₂ at noisy held-out images by power iteration on JᵀJ (forward- and
    reverse-mode products): a certified D has ‖J_D‖₂ ≤ 1 everywhere; an unconstrained one may use more.
+4. **Secant gains**, for denoisers without derivatives (BM3D): ‖D(y + δ) − D(y)‖/‖δ‖ along a power iteration
+   δ ← ε·σ√n·(D(y + δ) − D(y))/‖D(y + δ) − D(y)‖ from a random δ, at perturbations of RMS ε·σ; the largest ratio
+   met is a lower bound on D's Lipschitz constant (any ratio above 1 proves D expansive), ≤ 1 for a certified D.
 
 Outputs of each (model, ensemble) are cached as ``--cache``/NAME-eENS.pt, so a rerun only combines.
 
@@ -16,6 +19,8 @@ Outputs of each (model, ensemble) are cached as ``--cache``/NAME-eENS.pt, so a r
         --pairs convex-ridge-gray:averaged-sll-gray convex-ridge-gray:averaged-sll-gray@8 convex-ridge-gray:dncnn-gray \
         --compose convex-ridge-gray:averaged-sll-gray convex-ridge-gray:dncnn-gray \
         --jacobian dncnn-gray averaged-sll-gray --ensembles convex-ridge-gray@8
+    OMP_NUM_THREADS=1 .venv/bin/python training/screening/certified_ceiling.py \
+        --secant bm3d dncnn-gray averaged-sll-gray convex-ridge-gray
 """
 
 from __future__ import annotations
@@ -80,6 +85,28 @@ def jacobian_norm(model, noisy: torch.Tensor, sigma: float, iterations: int = 25
     return float(torch.func.jvp(apply, (noisy,), (vector,))[1].norm())
 
 
+def secant_gain(denoise, noisy: torch.Tensor, radius: float, iterations: int = 12) -> float:
+    """The largest ‖D(y + δ) − D(y)‖/‖δ‖ along a power iteration on secants of norm ``radius`` (docstring, 4)."""
+    base = denoise(noisy)
+    delta = torch.randn(noisy.shape, generator=torch.Generator().manual_seed(1))
+    delta *= radius / delta.norm()
+    best = 0.0
+    for _ in range(iterations):
+        change = denoise(noisy + delta) - base
+        best = max(best, float(change.norm()) / radius)
+        delta = change * (radius / change.norm())
+    return best
+
+
+def secant_model(name: str):
+    """BM3D single-threaded (its multithreaded aggregation is not deterministic: bm3d_threads.md), else a model."""
+    if name == "bm3d":
+        from pnp_stable.denoisers.baselines import BM3DDenoiser
+
+        return BM3DDenoiser(threads=1)
+    return load_denoiser(name).eval()
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="../shared/data/train/gray/Train400")
@@ -91,6 +118,8 @@ def main(argv=None) -> None:
     parser.add_argument("--compose", nargs="*", default=[], help="FIRST:SECOND, SECOND applied to FIRST's output")
     parser.add_argument("--jacobian", nargs="*", default=[], help="models whose local ‖J‖₂ is estimated")
     parser.add_argument("--jacobian-images", type=int, default=6)
+    parser.add_argument("--secant", nargs="*", default=[], help="denoisers ('bm3d' or a model) whose secant gains are estimated")
+    parser.add_argument("--secant-scales", nargs="*", type=float, default=[0.1, 0.01], help="ε: perturbation RMS / σ")
     args = parser.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
     sigma = args.sigma / 255
@@ -120,6 +149,14 @@ def main(argv=None) -> None:
         norms = [jacobian_norm(model, noisy, sigma)
                  for _, noisy in list(noisy_pairs(images, sigma))[: args.jacobian_images]]
         print(f"{spec}: local ‖J‖₂ on {len(norms)} images " + ", ".join(f"{n:.3f}" for n in norms), flush=True)
+    for name in args.secant:
+        model = secant_model(name)
+        for scale in args.secant_scales:
+            with torch.no_grad():
+                gains = [secant_gain(lambda z: model(z, sigma), noisy, scale * sigma * noisy.numel() ** 0.5)
+                         for _, noisy in list(noisy_pairs(images, sigma))[: args.jacobian_images]]
+            print(f"{name}: secant gains at perturbation RMS {scale:g}σ on {len(gains)} images "
+                  + ", ".join(f"{g:.3f}" for g in gains), flush=True)
 
 
 if __name__ == "__main__":
