@@ -612,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: on for files "
                         "outside the package, whose digest could have been recomputed after an edit")
     p.add_argument("--size", type=positive_int, default=32, help="side of the test images")
-    p.add_argument("--sigma", type=level, default=25 / 255, help="noise level given to the denoiser; its certificate there is tested")
+    p.add_argument("--sigma", type=level, default="25/255", help="noise level given to the denoiser; its certificate there is tested")
     p.add_argument("--restarts", type=positive_int, default=4, help="adversarial search restarts")
     p.add_argument("--steps", type=positive_int, default=60, help="Adam steps per restart")
     p.add_argument("--pairs", type=positive_int, default=64, help="image pairs for inequality (A)")

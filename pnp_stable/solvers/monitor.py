@@ -127,7 +127,8 @@ class History:
             text += (f"; heuristic rate bound (‖z₀ − z_K‖ for ‖z₀ − z*‖, no violation) exceeded at {self.rate_exceeded} "
                      f"iteration(s), by up to {self.rate_worst:.3g}")
         if self.rate_unchecked:
-            text += f"; heuristic rate bound not checked for {self.rate_unchecked} unconverged sample(s)"
+            text += (f"; heuristic rate bound not checked for {self.rate_unchecked} sample(s) whose status is not "
+                     "'converged' (z_K may be far from z*)")
         if self.accelerated_unchecked:
             text += f"; rate bound not applicable to {self.accelerated_unchecked} accelerated sample(s)"
         return text
@@ -157,7 +158,8 @@ class History:
             twin = ax.twinx()
             psnr = torch.stack(self.psnr).numpy()
             for b in range(psnr.shape[1]):
-                twin.plot(iterations, psnr[:, b], ":", lw=1.2, label=f"PSNR sample {b}")
+                twin.plot(iterations, psnr[:, b], ":", lw=1.2, color=f"C{(residuals.shape[1] + b) % 10}",
+                          label=f"PSNR sample {b}")  # colours after the residuals': a twin axis restarts the cycle
             twin.set_ylabel("PSNR (dB)")
             twin.legend(loc="center right", fontsize=7)
         ax.legend(loc="upper right", fontsize=7)

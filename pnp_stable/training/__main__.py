@@ -28,7 +28,7 @@ def build_parser(prog: str = "python -m pnp_stable.training") -> argparse.Argume
                    help="keep the last N training images (in --data order, each folder sorted by path) out of training, "
                    "as the validation images")
     p.add_argument("--val-images", type=positive_int, default=10, help="validate on the first N validation images")
-    p.add_argument("--val-sigma", type=level, default=25 / 255,
+    p.add_argument("--val-sigma", type=level, default="25/255",
                    help="noise level of the validation PSNR ([0, 1] scale; default 25/255)")
     p.add_argument("--channels", type=int, choices=[1, 3], default=1, help="1 (gray) or 3 (colour)")
     p.add_argument("--sigma", type=level, nargs="+", default=[25 / 255], help="noise level, or a range LOW HIGH ([0, 1] scale)")
@@ -57,7 +57,7 @@ def build_parser(prog: str = "python -m pnp_stable.training") -> argparse.Argume
     p.add_argument("--loss", choices=LOSSES, default="mse",
                    help="'mse', or 'noise-relative': each patch's MSE over σ² + floor², so low noise levels count as much as "
                    "high ones (the logged loss is then in those units)")
-    p.add_argument("--loss-floor", type=level, default=1 / 255, help="the floor of the noise-relative loss ([0, 1] scale)")
+    p.add_argument("--loss-floor", type=level, default="1/255", help="the floor of the noise-relative loss ([0, 1] scale)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="arithmetic of the training forward: 'bf16' runs the convolutions under torch.autocast in bfloat16 "
                    "(1.46–1.77× faster on this project's CPU, which has AVX-512 BF16: training_speed.md); weights, optimiser, loss, norms and certificate stay fp32")
