@@ -28,6 +28,7 @@ from .operators.physics import blur
 from .solvers.guided import guided_solve
 from .solvers.defaults import tuned
 from .solvers.loop import PnPResult, solve
+from .solvers.schemes import scheme_name
 from .theory import Certificate
 
 __all__ = ["DEBLURRING_DEFAULTS", "DEFAULT_DENOISERS", "DENOISING_DEFAULTS", "DenoiseResult", "choose_denoiser", "deblur",
@@ -233,6 +234,7 @@ def deblur(
     (``benchmarks/results/architectures.md``: +0.00–0.05 dB for the 8-fold ensemble of the screened networks).
     """
     device = check_device(device)
+    solver = None if solver is None else scheme_name(solver)
     y = _as_batch(y, "blurred image y", device)
     noise_sigma = unit_scale_level(noise_sigma, "noise_sigma", positive=True)
     kernel = _as_kernel(kernel)

@@ -177,7 +177,7 @@ def test_step_at_or_above_two_over_L_is_refused_unless_allowed():
     result = ps.solve(op, y, SoftThreshold(), 0.02, solver="fb", step=2.5 / L, allow_unsafe_step=True, max_iter=3)
     assert result.beta is None and "not averaged" in result.beta_basis
     with pytest.raises(ValueError, match="solver"):
-        ps.solve(op, y, SoftThreshold(), 0.02, solver="pgd")
+        ps.solve(op, y, SoftThreshold(), 0.02, solver="gradient-descent")
     with pytest.raises(ValueError, match="noise_sigma"):
         ps.solve(op, y, SoftThreshold(), 0.0)
 
@@ -411,3 +411,18 @@ def test_per_sample_denoiser_sigma_gives_each_sample_its_own_proximal_step(bound
             assert torch.allclose(both.estimate[b:b + 1], alone.estimate, atol=1e-4), (solver, b)
     with pytest.raises(ValueError, match="one step τ for the batch"):
         ps.solve(op, y, D, 0.02, solver="fb", step=torch.tensor([0.1, 0.2]))
+
+
+def test_deepinv_names_of_solvers_and_paddings_are_understood():
+    op, _, y = _problem()
+    D = AveragedDenoiser(channels=1, width=4, depth=2).eval()
+    ours = ps.solve(op, y, D, 0.02, solver="fb", max_iter=3)
+    theirs = ps.solve(op, y, D, 0.02, solver="PGD", max_iter=3)
+    assert theirs.solver == "fb" and torch.equal(theirs.estimate, ours.estimate)
+    assert ps.solve(op, y, D, 0.02, solver="HQS", max_iter=2).solver == "hqs"
+    with pytest.raises(ValueError, match="unknown solver 'gd'.*deepinv's PGD"):
+        ps.solve(op, y, D, 0.02, solver="gd")
+    x = torch.rand(1, 1, SIZE, SIZE)
+    zeros = ps.blur(ps.gaussian_kernel(1.0), boundary="zeros", img_size=(1, SIZE, SIZE))
+    constant = ps.blur(ps.gaussian_kernel(1.0), boundary="constant", img_size=(1, SIZE, SIZE))
+    assert torch.equal(zeros(x), constant(x))

@@ -20,6 +20,8 @@ __all__ = ["BOUNDARIES", "blur", "downsampling", "inpainting", "denoising", "cus
 
 #: boundary conditions of :func:`blur`; ``circular`` is diagonalised by the FFT (exact prox and norm)
 BOUNDARIES = ("circular", "reflect", "replicate", "zeros", "valid")
+#: deepinv's padding names for the same boundaries (``dinv.physics.Blur(padding=...)``)
+BOUNDARY_ALIASES = {"constant": "zeros"}
 
 #: kernels with at least this many rows or columns are applied by FFT for non-circular boundaries. The crossover
 #: on 2 CPU cores is not sharp: deepinv's FFT convolution runs on the padded grid (512 + k − 1 for a k×k kernel on a
@@ -93,8 +95,9 @@ def blur(
     Colour images are blurred channel by channel with the same kernel.
     ``use_fft`` (non-circular only) defaults to FFT for kernels of side ≥ ``FFT_MIN_KERNEL_SIZE``.
     """
+    boundary = BOUNDARY_ALIASES.get(boundary, boundary)
     if boundary not in BOUNDARIES:
-        raise ValueError(f"unknown boundary '{boundary}'; choose one of {BOUNDARIES}")
+        raise ValueError(f"unknown boundary '{boundary}'; choose one of {BOUNDARIES} (or deepinv's 'constant' for 'zeros')")
     k = kernel_from_spec(kernel) if isinstance(kernel, str) else validate_kernel(kernel, warn_scaled=True)
     img_size = _check_img_size(img_size)
     if img_size is not None and (k.shape[0] > img_size[1] or k.shape[1] > img_size[2]):

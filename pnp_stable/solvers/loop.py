@@ -18,7 +18,7 @@ from ..denoisers.zoo import outside_training
 from ..operators.fidelity import L2Fidelity, noise_model_mismatch
 from .anderson import Anderson, AndersonSteps, anderson_options
 from .monitor import REJECTED, ConvergenceMonitor, History
-from .schemes import SCHEMES, Scheme
+from .schemes import SCHEMES, Scheme, scheme_name
 from .relaxed import KrasnoselskiiMann
 from .defaults import tuned
 from .stepsize import check_step, default_step
@@ -306,7 +306,8 @@ def solve(
 ) -> PnPResult:
     """Plug-and-Play restoration of ``y = A x + n`` (n ~ N(0, noise_sigma²)) with a monitored fixed-point iteration.
 
-    ``solver``: 'fb' (forward-backward / PnP-PGD), 'hqs', 'drs', 'admm' or 'fista' (no guarantee).
+    ``solver``: 'fb' (forward-backward / PnP-PGD), 'hqs', 'drs', 'admm' or 'fista' (no guarantee); deepinv's names
+    ('PGD', 'HQS', 'DRS', 'ADMM', 'FISTA') and any case are accepted.
     ``denoiser``: any deepinv-style ``denoiser(x, sigma)`` (ours carry a certificate) or a plain
     callable ``denoiser(x)``; it runs under ``torch.no_grad``, a module in eval mode (its own mode is restored after).
     ``denoiser_sigma``, ``step``, ``denoiser_weight`` and ``max_iter`` default to the tuned values of
@@ -337,8 +338,7 @@ def solve(
     _progress_kind(progress)
     automatic = isinstance(accelerate, str) and accelerate == "auto"
     acceleration = None if automatic else anderson_options(accelerate)
-    if solver not in SCHEMES:
-        raise ValueError(f"unknown solver '{solver}'; choose one of {sorted(SCHEMES)}")
+    solver = scheme_name(solver)
     noise_sigma = check_noise_level(noise_sigma, positive=True)
     fidelity = L2Fidelity(physics, y, noise_sigma, operator_norm=operator_norm)
     _check_denoiser_channels(denoiser, fidelity.x_shape[1])

@@ -295,3 +295,15 @@ class FISTA(ForwardBackward):
 
 
 SCHEMES = {cls.name: cls for cls in (ForwardBackward, HalfQuadraticSplitting, DouglasRachford, ADMM, FISTA)}
+
+#: deepinv's names of the same iterations (``optim_builder(iteration=...)``), in any case
+SCHEME_ALIASES = {"pgd": "fb"}
+
+
+def scheme_name(solver: str) -> str:
+    """The scheme a solver name means: ours ('fb', 'hqs', 'drs', 'admm', 'fista') or deepinv's ('PGD', 'HQS',
+    'DRS', 'ADMM', 'FISTA'), in any case."""
+    name = SCHEME_ALIASES.get(str(solver).lower(), str(solver).lower())
+    if name not in SCHEMES:
+        raise ValueError(f"unknown solver '{solver}'; choose one of {sorted(SCHEMES)} (or deepinv's PGD for fb)")
+    return name
