@@ -149,10 +149,10 @@ def _folder_images(source: Path) -> list[Path]:
 def _deblur_jobs(args) -> list[tuple[Path, Path]]:
     """(input, output) pairs: IN and --out (default IN_deblurred.png; an --out without a file suffix is a folder that
     gets IN_deblurred.png, as for denoise), or every image in the folder IN, each written to the folder --out
-    (default IN_deblurred/ beside IN) as NAME_deblurred.png."""
+    (default IN_deblurred/ beside IN) as NAME_deblurred.png (.tif and .npy for those inputs: :func:`_result_name`)."""
     source = Path(args.input)
     if not source.is_dir():
-        name = source.stem + "_deblurred.png"
+        name = _result_name(source, "deblurred")
         if not args.out:
             return [(source, source.with_name(name))]
         out = Path(args.out)
@@ -166,7 +166,14 @@ def _deblur_jobs(args) -> list[tuple[Path, Path]]:
     if folder.resolve() == source.resolve():
         raise CommandError(f"--out {folder} is the input folder: the results would be read as inputs next time; "
                            "choose another folder")
-    return [(image, folder / (image.stem + "_deblurred.png")) for image in images]
+    return [(image, folder / _result_name(image, "deblurred")) for image in images]
+
+
+def _result_name(source: Path, what: str) -> str:
+    """NAME_WHAT with the input's suffix where it keeps the input's precision (.tif holds 16-bit colour, .npy
+    float32), else .png (lossless, where a .jpg would add its own artefacts)."""
+    suffix = source.suffix.lower() if source.suffix.lower() in (".tif", ".tiff", ".npy") else ".png"
+    return f"{source.stem}_{what}{suffix}"
 
 
 def _degraded_path(out: Path) -> Path:
@@ -277,13 +284,14 @@ def _deblur_one(args, source: Path, out: Path, kernel, denoiser_for, progress, c
 
 
 def _denoise_targets(inputs: list[Path], out: Path) -> list[Path]:
-    """One output file per input: ``out`` itself for one input with a file name, else OUT/NAME_denoised.png;
+    """One output file per input: ``out`` itself for one input with a file name, else OUT/NAME_denoised.png (.tif
+    and .npy for those inputs);
     two inputs with the same name would share one file, so they are refused."""
     if len(inputs) > 1 and out.suffix:
         raise CommandError(f"{len(inputs)} inputs need --out to be a directory, got the file name {out}")
     if len(inputs) == 1 and out.suffix:
         return [out]
-    targets = [out / (p.stem + "_denoised.png") for p in inputs]
+    targets = [out / _result_name(p, "denoised") for p in inputs]
     seen: dict[Path, Path] = {}
     for source, target in zip(inputs, targets):
         if target in seen:
@@ -579,9 +587,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "benchmarks/results/boundary.md); circular (the default with --simulate): the image wraps "
                         "around; reflect, replicate, zeros: that padding")
     p.add_argument("--out", default=None, metavar="OUT.png",
-                   help="restored image; None writes IN_deblurred.png next to IN; a name without a suffix is a folder "
-                        "that gets IN_deblurred.png (for a folder IN: a folder, default IN_deblurred/, holding "
-                        "NAME_deblurred.png per image)")
+                   help="restored image; None writes IN_deblurred.png next to IN (.tif, .npy for such inputs, which "
+                        "keep their precision); a name without a suffix is a folder that gets IN_deblurred.png (for a "
+                        "folder IN: a folder, default IN_deblurred/, holding NAME_deblurred.png per image)")
     p.add_argument("--plot", default=None, metavar="PLOT.png", help="write the residual-vs-bound plot here")
     p.add_argument("--simulate", action="store_true", help="IN is clean: blur it and add noise first (also writes OUT_degraded.png)")
     p.add_argument("--seed", type=seed, default=0, help="noise seed for --simulate")

@@ -507,6 +507,8 @@ def test_results_keep_a_16_bit_inputs_precision_where_the_format_can(files, tmp_
     array = run_cli("denoise", tmp_path / "c16.tif", "--sigma", "0.05", "--out", tmp_path / "c.npy")
     assert array.returncode == 0 and np.load(tmp_path / "c.npy").dtype == np.float32
     assert np.allclose(np.load(tmp_path / "c.npy"), written / 65535, atol=1 / 65535)
+    folder = run_cli("denoise", tmp_path / "c16.tif", "--sigma", "0.05", "--out", tmp_path / "into")
+    assert folder.returncode == 0 and tifffile.imread(tmp_path / "into" / "c16_denoised.tif").dtype == np.uint16
     eight = run_cli("denoise", files / "gray.png", "--sigma", "0.05", "--out", tmp_path / "e.png")
     assert eight.returncode == 0 and "16-bit" not in eight.stdout and Image.open(tmp_path / "e.png").mode == "L"
 
