@@ -166,3 +166,5 @@ def test_a_decomposable_physics_of_the_callers_is_not_taken_for_an_exact_svd():
     result = ps.solve(op, y, lambda z, sigma: z.clamp(0, 1), 0.1, solver="fb", max_iter=2)
     assert result.beta is None
     assert L2Fidelity(dinv.physics.Inpainting((1, 8, 8), mask=0.5), y, 0.1).operator_norm.kind == "exact"
+    bare = dinv.physics.DecomposablePhysics(mask=torch.full((1, 1, 8, 8), 0.5))  # deepinv's identity U and V
+    assert L2Fidelity(bare, y, 0.1).operator_norm.kind == "exact" and L2Fidelity(bare, y, 0.1).prox_is_exact

@@ -165,3 +165,44 @@ def test_an_unused_generator_is_not_refused_and_inpainting_checks_its_mask_gener
     assert ps.denoising(0.0, rng=torch.Generator(), device="meta") is not None  # no noise: the generator is unused
     with pytest.raises(ValueError, match="rng is a generator on cpu"):
         ps.inpainting((1, 8, 8), 0.5, noise_sigma=0.0, rng=torch.Generator(), device="meta")
+
+
+def _svd_operators():
+    """One operator of each class that has_known_svd trusts, with its image shape (C, H, W)."""
+    gray = (1, 16, 16)
+    return {
+        dinv.physics.BlurFFT: (dinv.physics.BlurFFT(img_size=gray, filter=dinv.physics.blur.gaussian_blur(1.0)), gray),
+        dinv.physics.Inpainting: (dinv.physics.Inpainting(gray, mask=0.5), gray),
+        dinv.physics.Denoising: (dinv.physics.Denoising(), gray),
+        dinv.physics.MRI: (dinv.physics.MRI(mask=(torch.rand(16, 16) > 0.5).float(), img_size=(2, 16, 16)), (2, 16, 16)),
+        dinv.physics.SinglePixelCamera: (dinv.physics.SinglePixelCamera(m=64, img_size=gray, fast=True), gray),
+        dinv.physics.Demosaicing: (dinv.physics.Demosaicing(img_size=(3, 16, 16)), (3, 16, 16)),
+    }
+
+
+def _dense_norm(op, shape) -> float:
+    """‖A‖ from the dense float64 matrix (small images only)."""
+    n = int(np.prod(shape))
+    columns = op.A(torch.eye(n, dtype=torch.float64).reshape(n, *shape)).reshape(n, -1)
+    return float(torch.linalg.matrix_norm(columns.T, 2))
+
+
+def test_the_svds_taken_as_exact_give_the_norm_and_the_prox_in_closed_form():
+    """What has_known_svd trusts is checked here in float64, so a deepinv release that breaks it fails a test:
+    ‖A‖ = max |mask| (power iteration) and prox_l2 meets its optimality condition u − z + γAᵀ(Au − y) = 0."""
+    from pnp_stable.operators.norms import KNOWN_SVD_CLASSES, has_known_svd
+
+    torch.manual_seed(0)
+    operators = _svd_operators()
+    assert set(operators) == set(KNOWN_SVD_CLASSES)
+    for kind, (op, shape) in operators.items():
+        op = op.to(torch.float64)
+        assert has_known_svd(op), kind.__name__
+        z, x = torch.rand(2, 1, *shape, dtype=torch.float64)
+        y = op.A(x)
+        u = op.prox_l2(z, y, 0.7)
+        residual = (u - z) + 0.7 * op.A_adjoint(op.A(u) - y)
+        assert residual.norm() <= 1e-12 * z.norm(), kind.__name__
+        norm = ps.operator_norm(op, shape, like=z)
+        assert norm.kind == "exact" and norm.value == pytest.approx(_dense_norm(op, shape), rel=1e-9), kind.__name__
+    assert not has_known_svd(dinv.physics.Decolorize())  # its prox_l2 is not the prox (residual 0.6)
