@@ -49,6 +49,16 @@ def positive_level(text: str) -> float:
     return value
 
 
+def solver_name(text: str) -> str:
+    """A PnP scheme by our name or deepinv's, in any case (``pnp_stable.solvers.schemes.scheme_name``)."""
+    from .solvers.schemes import scheme_name
+
+    try:
+        return scheme_name(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _whole(text: str, minimum: int) -> int:
     try:
         value = int(text)

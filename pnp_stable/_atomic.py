@@ -31,7 +31,14 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
 
 
 def _umask() -> int:
-    """The process's umask (read by setting it, and set back at once)."""
+    """The process's umask: from /proc where Linux shows it, else read by setting it and setting it back (which a
+    thread creating a file at that instant could see)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import re
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from . import __version__
 from ._argtypes import (EXIT_USAGE, OneLineParser, level, nonnegative_float, nonnegative_int, positive_int, positive_level,
-                        seed, tile_size)
+                        seed, solver_name, tile_size)
 from .theory import format_bound
 
 
@@ -426,7 +427,8 @@ def _decoded(value):
             decoded = json.loads(value)
         except ValueError:
             return value
-        return decoded if isinstance(decoded, (dict, list, int, float)) else value
+        finite = isinstance(decoded, (int, float)) and math.isfinite(decoded)  # "NaN" stays a string: JSON has none
+        return decoded if isinstance(decoded, (dict, list)) or finite else value
     return value
 
 
@@ -552,8 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", required=True, metavar="SPEC", help=f"blur kernel: {KERNEL_SPECS} (required)")
     p.add_argument("--noise", required=True, type=positive_level, metavar="SIGMA",
                    help="noise standard deviation on the [0, 1] scale, e.g. 0.01 or 7.65/255 (required)")
-    p.add_argument("--solver", choices=sorted(SCHEMES), default=None,
-                   help="PnP scheme (fista carries no guarantee); default fb, or drs with --denoiser guided")
+    p.add_argument("--solver", type=solver_name, choices=sorted(SCHEMES), default=None,
+                   help="PnP scheme (fista carries no guarantee; deepinv's names, PGD for fb, too); default fb, or drs "
+                        "with --denoiser guided")
     p.add_argument("--denoiser", default="auto", metavar="NAME|PATH|guided",
                    help="shipped model (see `pnp-stable models`) or a .safetensors file; auto picks the network "
                         "best at the denoiser's level σ_d for the image's channels; guided: a linear filter W(g) built from a frozen guide g (see --guide)")

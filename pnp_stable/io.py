@@ -147,7 +147,8 @@ def file_bit_depth(path: str | Path) -> int:
             return 8 if np.load(path, mmap_mode="r", allow_pickle=False).dtype == np.uint8 else 16
         with Image.open(path) as im:
             wide = im.mode in ("I", "F") or im.mode.startswith("I;16")
-            return 16 if wide or any(";16" in str(tile[-1]) for tile in (im.tile or [])) else 8
+            sixteen = im.format in ("PNG", "TIFF") and any(";16" in str(tile[-1]) for tile in (im.tile or []))
+            return 16 if wide or sixteen else 8  # (a BMP's 'BGR;16' is 5-6-5 bits, not 16 per channel)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"cannot read {path} as an image (PNG, JPEG, TIFF or .npy expected): {err}") from err
 
@@ -261,7 +262,8 @@ def save_image(x: Tensor, path: str | Path, clip: bool = False, bit_depth: int =
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
     if suffix == ".npy":
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, arr.astype(np.float32))
+        with open(path, "wb") as file:  # np.save(path) would append '.npy' to a name ending in '.NPY'
+            np.save(file, arr.astype(np.float32))
         return path
     if bit_depth == 16:
         if suffix not in (".png", ".tif", ".tiff") or (arr.ndim == 3 and suffix == ".png"):

@@ -124,3 +124,12 @@ def test_metrics_and_saving_take_numpy_images_by_the_same_rule_as_the_solvers(tm
     assert torch.allclose(ps.ssim(noisy, ps.to_tensor(image)), ps.ssim(ps.to_tensor(noisy), ps.to_tensor(image)))
     path = ps.save_image(image, tmp_path / "camera.png")
     assert np.allclose(ps.to_numpy(ps.load_image(path)), image / 255.0)  # read back what was written
+
+
+def test_a_float_array_result_is_written_where_it_is_named(tmp_path):
+    x = torch.rand(1, 3, 8, 8)
+    for name in ("r.npy", "UPPER.NPY"):  # np.save(path) would add '.npy' to the second
+        written = ps.save_image(x, tmp_path / name)
+        assert written == tmp_path / name and written.is_file()
+        assert np.array_equal(np.load(written), x[0].permute(1, 2, 0).numpy())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["UPPER.NPY", "r.npy"]

@@ -99,6 +99,9 @@ def test_load_png(tmp_path):
     opaque = np.full_like(grey, 255)
     Image.fromarray(np.stack([grey, grey, grey, opaque], -1)).save(tmp_path / "rgba.png")  # matplotlib's imsave form
     assert torch.equal(ps.load_kernel(tmp_path / "rgba.png"), k)
+    wide = (a / a.max() * 60000).astype(">u2")  # a big-endian 16-bit kernel (mode I;16B) is greyscale too
+    Image.frombytes("I;16B", wide.shape[::-1], wide.tobytes()).save(tmp_path / "wide.tif")
+    assert torch.allclose(ps.load_kernel(tmp_path / "wide.tif"), torch.tensor(a / a.sum(), dtype=torch.float32), atol=1e-4)
     Image.fromarray(np.stack([grey, grey // 2, grey], -1)).save(tmp_path / "colour.png")
     with pytest.raises(ValueError, match="colour or transparent image .RGB.; a blur kernel is one greyscale image"):
         ps.load_kernel(tmp_path / "colour.png")

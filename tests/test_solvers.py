@@ -1,6 +1,7 @@
 import math
 
 import deepinv as dinv
+import numpy as np
 import pytest
 import torch
 
@@ -426,3 +427,21 @@ def test_deepinv_names_of_solvers_and_paddings_are_understood():
     zeros = ps.blur(ps.gaussian_kernel(1.0), boundary="zeros", img_size=(1, SIZE, SIZE))
     constant = ps.blur(ps.gaussian_kernel(1.0), boundary="constant", img_size=(1, SIZE, SIZE))
     assert torch.equal(zeros(x), constant(x))
+
+
+def test_the_default_proximal_step_takes_levels_in_any_container():
+    op, _, y = _problem()
+    fidelity = L2Fidelity(op, y, 0.02)
+    for levels in ([0.01, 0.02], np.array([0.01, 0.02]), torch.tensor([0.01, 0.02])):
+        assert torch.allclose(default_step("hqs", fidelity, levels), torch.tensor([1e-4, 4e-4], dtype=torch.float64))
+    assert default_step("hqs", fidelity, np.float32(0.02)) == pytest.approx(4e-4)
+    assert default_step("fb", fidelity, [0.01, 0.02]) == pytest.approx(1 / fidelity.lipschitz)
+
+
+def test_bm3d_keeps_its_inputs_precision_in_a_float64_solve():
+    pytest.importorskip("bm3d")
+    from pnp_stable.denoisers.baselines import BM3DDenoiser
+
+    op = ps.blur(ps.gaussian_kernel(1.2), img_size=(1, SIZE, SIZE)).to(torch.float64)
+    y = op.A(natural_starts(1, (1, SIZE, SIZE), noise=0.0, seed=2).double())
+    assert ps.solve(op, y, BM3DDenoiser(threads=1), 0.02, max_iter=2).estimate.dtype == torch.float64

@@ -156,7 +156,7 @@ class BM3DDenoiser(dinv.models.Denoiser):
             else:
                 result = np.stack([bm3d.bm3d(channel, s, profile=self._profile()) for channel in image])
             out.append(torch.from_numpy(np.ascontiguousarray(result, dtype=np.float32)))
-        return torch.stack(out).to(x.device)
+        return torch.stack(out).to(x)  # the input's device and precision (the package computes in float32)
 
     @property
     def certificate(self) -> Certificate:

@@ -68,9 +68,9 @@ class NonexpansiveBlock(nn.Module):
         return self.conv.norm_upper_bound()
 
     def substeps(self, norm: float | None = None) -> int:
-        """n = ceil(T·L_σ‖A‖² / (2·a·r))."""
+        """n = ceil(T·L_σ‖A‖²(1 + u) / (2·a·r)), u the unit roundoff of fl(T/n) (:meth:`step_averagedness`)."""
         norm = self.operator_norm() if norm is None else norm
-        rate = self.activation.lipschitz * norm**2 / (2 * self.budget * self.integrator.radius)
+        rate = self.activation.lipschitz * norm**2 * self._step_rounding() / (2 * self.budget * self.integrator.radius)
         return ceil_steps(float(self.time_span().detach()), rate)
 
     @torch.no_grad()
@@ -102,9 +102,12 @@ class NonexpansiveBlock(nn.Module):
         forward's h = T/n is rounded in the weight's precision, at most a unit roundoff above, which q includes)."""
         norm = self.conv.norm_upper_bound()
         n = self.substeps(norm)
-        rounding = 1 + torch.finfo(self.conv.weight.dtype).eps / 2
-        q = float(self.time_span().detach()) / n * rounding * self.activation.lipschitz * norm**2 / 2
+        q = float(self.time_span().detach()) / n * self._step_rounding() * self.activation.lipschitz * norm**2 / 2
         return n, q
+
+    def _step_rounding(self) -> float:
+        """1 + u: the forward's h = fl(T/n), in the weight's precision, is at most that factor above T/n."""
+        return 1 + torch.finfo(self.conv.weight.dtype).eps / 2
 
     def averagedness(self) -> float | None:
         """Certified α of the block in eval mode, or None when it is only non-expansive."""

@@ -165,7 +165,7 @@ def _kernels_from_image(path: Path) -> dict[str, np.ndarray]:
 
     try:
         with Image.open(path) as im:
-            grey = im.mode in ("L", "I", "I;16", "F")
+            grey = im.mode in ("L", "I", "F") or im.mode.startswith("I;16")  # I;16B, I;16L: 16-bit of either order
             arr = np.asarray(im if grey else im.convert("RGBA"))
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"cannot read kernel image {path}: {err}") from err

@@ -19,11 +19,12 @@ def default_step(solver: str, fidelity: L2Fidelity, denoiser_sigma) -> float | T
     that each sample's iteration is the one it would have alone."""
     if solver in ("fb", "fista"):
         return 1.0 / fidelity.lipschitz
-    if isinstance(denoiser_sigma, Tensor) and denoiser_sigma.numel() > 1:
-        if not bool((denoiser_sigma > 0).all()):
-            raise ValueError(f"denoiser_sigma must be > 0 for the default proximal step, got {denoiser_sigma.tolist()}")
-        return denoiser_sigma.to(torch.float64) ** 2
-    sigma = float(denoiser_sigma)
+    levels = torch.as_tensor(denoiser_sigma, dtype=torch.float64).flatten()  # a float, a tensor, an array or a list
+    if levels.numel() > 1:
+        if not bool((levels > 0).all()):
+            raise ValueError(f"denoiser_sigma must be > 0 for the default proximal step, got {levels.tolist()}")
+        return levels**2
+    sigma = float(levels[0])
     if not sigma > 0:
         raise ValueError(f"denoiser_sigma must be > 0 for the default proximal step, got {sigma}")
     return sigma**2
