@@ -172,6 +172,9 @@ def test_guided_deblur_certifies_every_round_for_its_frozen_guide_in_a_batch():
         assert round_.beta == 0.5 and round_.violations == [] and round_.solver == "drs"
     assert any("certified for its frozen guide" in note for note in result.notes)
     assert (ps.psnr(result.estimate, x) > ps.psnr(physics.A_adjoint(y), x)).all()
+    fista = ps.deblur(y, "gaussian:1.0", 0.01, denoiser="guided", guide=_Smoother(), solver="fista", max_iter=5)
+    assert fista.beta is None and not any("certified for its frozen guide" in note for note in fista.notes)
+    assert any(note.startswith("round 1/") and "not certified (solver fista)" in note for note in fista.notes)
 
 
 def test_guided_deblur_refuses_options_it_sets_itself():
@@ -206,3 +209,41 @@ def test_linearised_bm3d_refuses_guides_and_options_it_cannot_build_from():
                                                                                    {"shifts": 0}, "shifts")):
         with pytest.raises(ValueError, match=message):
             ps.denoisers.GuidedDenoiser(guide, **options)
+
+    for options, message in (({"stride": 0}, "stride must be a whole number"), ({"tile": 0}, "tile must be"),
+                             ({"group": 0}, "group must be"), ({"stride": 2.0}, "stride must be")):
+        with pytest.raises(ValueError, match=message):
+            ps.denoisers.GuidedDenoiser(torch.rand(1, 1, 16, 16), **options)
+    for options, message in (({"strength": float("nan")}, "strength must be finite"), ({"strength": -1.0}, "strength"),
+                             ({"search": 0}, "search must be"), ({"radius": -1}, "radius must be")):
+        with pytest.raises(ValueError, match=message):
+            ps.denoisers.GuidedDenoiser(torch.rand(1, 1, 16, 16), "nlm", **options)
+
+
+@pytest.mark.parametrize("size, options", [(4, {"stride": 2}), (6, {"stride": 2}), (32, {"tile": 4, "stride": 2}),
+                                           (32, {"tile": 2}), (32, {"group": 32, "tile": 4})])
+def test_tiles_too_small_for_one_group_leave_groups_of_one(size, options):
+    """A tile with fewer patch positions than a group has only singletons (it crashed the partition)."""
+    guide = natural_starts(1, (3 if size == 6 else 1, size, size), noise=0.0, seed=1)
+    denoiser = GuidedDenoiser(guide, **options)
+    x = guide + 0.05 * torch.randn(guide.shape, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(denoiser(x, 0.05)).all()
+
+
+def test_the_kernel_filter_weighs_every_pair_inside_the_image():
+    """Pairs within the patch radius of the bottom or right edge kept a NaN distance (weight 0): a flat guide,
+    whose every pair is at distance 0, showed 5,250 of 17,850 dropped on 20×20."""
+    from pnp_stable.denoisers.guided import SymmetricKernelFilter
+
+    height = width = 20
+    kernel = SymmetricKernelFilter(torch.full((1, height, width), 0.5), search=5, radius=3)
+    inside = sum((height - dy) * (width - abs(dx)) for dy, dx in kernel.offsets)
+    assert int(torch.isfinite(kernel.distance).sum()) == inside and float(kernel.distance.nan_to_num().abs().max()) == 0
+
+
+def test_bm3d_refuses_images_its_package_cannot_take():
+    pytest.importorskip("bm3d")
+    from pnp_stable.denoisers.baselines import BM3DDenoiser
+
+    with pytest.raises(ValueError, match="at least 9×9 pixels, got 8×8"):  # the package crashes the process on 8×8
+        BM3DDenoiser()(torch.rand(1, 1, 8, 8), 0.1)

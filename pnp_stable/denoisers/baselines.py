@@ -148,6 +148,8 @@ class BM3DDenoiser(dinv.models.Denoiser):
         import bm3d
 
         check_image(x, "denoiser input")
+        if min(x.shape[-2:]) < 9:  # the bm3d package refuses images under its 8×8 blocks and crashes the process on 8×8
+            raise ValueError(f"BM3D needs images of at least 9×9 pixels, got {x.shape[-2]}×{x.shape[-1]}")
         sigmas = torch.as_tensor(sigma, dtype=torch.float64).expand(x.shape[0])
         out = []
         for image, s in zip(x.detach().cpu().numpy(), sigmas.tolist()):

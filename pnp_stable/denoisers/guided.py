@@ -134,8 +134,8 @@ def _bisect(features: Tensor, tiles: list[Tensor], group: int) -> tuple[Tensor, 
     while pending:
         (size, units), sets = pending.popitem()
         sets = torch.cat(sets)
-        if units <= 1:
-            groups.append(sets[:, : group * units])
+        if units <= 1:  # a [S, 0] slice of a tile too small for one group is reshaped to [0, group] for the cat
+            groups.append(sets[:, : group * units].reshape(-1, group))
             singles.append(sets[:, group * units :].flatten())
             continue
         sets = _principal_order(features, sets)
@@ -214,7 +214,10 @@ class LinearisedBM3D:
         self.patches = (patch,) if isinstance(patch, int) else tuple(patch)
         if not self.patches:
             raise ValueError("patch must be a size or a non-empty tuple of sizes")
-        group = group or (16 if self.channels == 3 else 8)
+        group = (16 if self.channels == 3 else 8) if group is None else group
+        for name, value in (("tile", tile), ("group", group), ("stride", stride)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number ≥ 1, got {value!r}")
         if self.channels not in (1, 3):
             raise ValueError(f"a guided filter needs a gray (1-channel) or colour (3-channel) guide, got "
                              f"{self.channels} channels")
@@ -253,6 +256,8 @@ class LinearisedBM3D:
         """The 1-D DCT along each group of permuted spectra [G·K + S, C, p²] (groups of one: identity)."""
         matrix = self.group_transform.T if inverse else self.group_transform
         size = groups * self.group
+        if groups == 0:  # every tile smaller than one group: all singletons
+            return spectra
         grouped = matrix @ spectra[:size].view(groups, self.group, -1)
         return torch.cat([grouped.reshape(size, *spectra.shape[1:]), spectra[size:]])
 
@@ -291,6 +296,11 @@ class SymmetricKernelFilter:
     def __init__(self, guide: Tensor, search: int = 5, radius: int = 3, strength: float = 0.5):
         self.channels, self.height, self.width = guide.shape
         self.strength = float(strength)
+        if not 0 < self.strength < math.inf:
+            raise ValueError(f"strength must be finite and > 0 (the kernel's width in units of σ), got {strength!r}")
+        for name, value, least in (("search", search, 1), ("radius", radius, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be a whole number ≥ {least}, got {value!r}")
         if self.height <= search or self.width <= search:
             raise ValueError(f"image of {self.height}×{self.width} pixels is too small for a ±{search} search window")
         self.offsets = [(dy, dx) for dy in range(0, search + 1) for dx in range(-search, search + 1) if dy > 0 or dx > 0]
@@ -303,8 +313,10 @@ class SymmetricKernelFilter:
                 g[:, : self.height - dy, max(0, -dx) : self.width - max(0, dx)]
                 - g[:, dy:, max(0, dx) : self.width + min(0, dx)])
             squared = diff.pow(2).mean(0, keepdim=True)[None]
-            box = F.avg_pool2d(F.pad(squared, (radius,) * 4, mode="replicate"), size, stride=1)
-            distances.append(box[0, 0])
+            inside = torch.isfinite(squared)  # the box averages the pairs that exist: near the bottom and right
+            total, count = (F.avg_pool2d(F.pad(t, (radius,) * 4, mode="replicate"), size, stride=1)  # edges a NaN
+                            for t in (torch.where(inside, squared, 0.0), inside.double()))  # would void the pair
+            distances.append(torch.where(inside, total / count.clamp_min(1e-300), float("nan"))[0, 0])
         self.distance = torch.stack(distances).double()  # d(i, i + o) [offsets, H, W]; NaN where i + o is outside
         self._cache: tuple[float, Tensor, Tensor] | None = None
 

@@ -118,7 +118,9 @@ def guided_solve(
         result = solve(physics, y, denoiser, noise_sigma, solver=solver, denoiser_sigma=denoiser_sigma,
                        max_iter=max_iter, tol=tol, x0=guide, reference=reference, progress=progress,
                        reference_frame=reference_frame, accelerate=accelerate)
-        notes.append(f"round {round_}/{rounds}: certified for its frozen guide (W(g) of the '{construction}' construction, "
+        standing = ("certified for its frozen guide" if result.beta is not None else
+                    "estimated only" if result.estimated_beta is not None else f"not certified (solver {result.solver})")
+        notes.append(f"round {round_}/{rounds}: {standing} (W(g) of the '{construction}' construction, "
                      f"guide from {'the pilot' if round_ == 1 else f'round {round_ - 1}'}): {result.verdict}")
         guide = result.estimate
         rounds_done.append(result)
