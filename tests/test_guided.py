@@ -247,3 +247,11 @@ def test_bm3d_refuses_images_its_package_cannot_take():
 
     with pytest.raises(ValueError, match="at least 9×9 pixels, got 8×8"):  # the package crashes the process on 8×8
         BM3DDenoiser()(torch.rand(1, 1, 8, 8), 0.1)
+
+
+def test_a_guide_that_changes_shape_or_precision_is_named_in_the_pilot():
+    x = natural_starts(1, (1, 24, 24), noise=0.0, seed=2)
+    y = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, 24, 24))(x)
+    for guide, message in ((lambda v, s: v.double(), "returned torch.float64"), (lambda v, s: v[..., :-1], "same shape")):
+        with pytest.raises(ValueError, match=message):
+            ps.deblur(y, "gaussian:1.0", 0.01, denoiser="guided", guide=guide, max_iter=5)

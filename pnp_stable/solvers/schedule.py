@@ -49,7 +49,8 @@ class DecreasingSchedule(Scheme):
     def step(self, z, fidelity, index):
         sigma = self.sigmas[min(self._iteration, len(self.sigmas) - 1)]
         self._iteration += 1
-        x = self.denoiser_for(index)(fidelity.prox(z, sigma**2 / self.weight), sigma)
+        proximal = fidelity.prox(z, sigma**2 / self.weight)
+        x = self.checked_output(self.denoiser_for(index)(proximal, sigma), proximal)
         return x, x
 
     def beta(self):

@@ -113,7 +113,14 @@ class Scheme:
 
     def denoise(self, x: Tensor, index: Tensor | None) -> Tensor:
         """D_ω(x) = x + ω(D(x, σ_d) − x)."""
-        denoised = self.denoiser_for(index)(x, self.sigma_for(index))
+        denoised = self.checked_output(self.denoiser_for(index)(x, self.sigma_for(index)), x)
+        if self.denoiser_weight == 1:
+            return denoised
+        return x + self.denoiser_weight * (denoised - x)
+
+    @staticmethod
+    def checked_output(denoised, x: Tensor) -> Tensor:
+        """The denoiser's output for input x, refused unless it is a tensor of x's shape, precision and device."""
         if not isinstance(denoised, Tensor) or denoised.shape != x.shape:
             got = tuple(denoised.shape) if isinstance(denoised, Tensor) else type(denoised).__name__
             raise ValueError(f"the denoiser returned {got} for an input tensor of shape {tuple(x.shape)}: a PnP "
@@ -121,9 +128,7 @@ class Scheme:
         if denoised.dtype != x.dtype or denoised.device != x.device:
             raise ValueError(f"the denoiser returned {denoised.dtype} on {denoised.device} for an input of {x.dtype} on "
                              f"{x.device}: a PnP denoiser must keep its input's precision and device (return out.to(x))")
-        if self.denoiser_weight == 1:
-            return denoised
-        return x + self.denoiser_weight * (denoised - x)
+        return denoised
 
     def init(self, x0: Tensor) -> Tensor:
         return x0
