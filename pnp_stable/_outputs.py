@@ -68,3 +68,17 @@ def check_outputs(inputs: list[Path], outputs: list[tuple[str, Path, tuple[str, 
         if path.parent not in folders:
             _check_writable_folder(path, option)
             folders.add(path.parent)
+
+
+def check_training_outputs(checkpoint: Path, weights: Path, resume: bool, overwrite: bool) -> None:
+    """Before a training run's work: a run that does not resume must not replace an earlier run's weights or
+    checkpoint unannounced (its first SIGINT would write over the checkpoint at once), and the checkpoint must be a
+    file."""
+    if checkpoint.is_dir():
+        raise ValueError(f"the checkpoint path {checkpoint} is a folder; remove it or choose another out")
+    if resume or overwrite:
+        return
+    existing = [str(path) for path in (checkpoint, weights) if path.exists()]
+    if existing:
+        raise ValueError(f"{' and '.join(existing)} already exist(s): resume that run (--resume), start over in its "
+                         "place (--overwrite), or choose another out")

@@ -4,6 +4,7 @@ synthetic stand-in; Fashion-MNIST only where the shared data folder exists."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -148,10 +149,13 @@ def test_training_resumes_exactly(tmp_path):
     original = first.train_step
     first.train_step = lambda: (first.request_stop() if first.step == 5 else None, original())[1]
     assert first.run() == "interrupted" and first.step == 6
+    with pytest.raises(ValueError, match=r"already exist\(s\): resume that run \(--resume\), start over in its place"):
+        ClassifierTrainer(config, progress=False, dataset=data)  # a fresh run would write over the checkpoint
     second = ClassifierTrainer(config, resume=True, progress=False, dataset=data)
     assert second.step == 6 and second.run() == "finished"
     for (name, a), b in zip(straight.state_dict().items(), second.model.state_dict().values()):
         assert torch.equal(a, b), name
+    assert ClassifierTrainer(replace(config, overwrite=True), progress=False, dataset=data).step == 0
 
 
 def test_cifar_shaped_inputs_train_on_a_stand_in(tmp_path):

@@ -591,3 +591,10 @@ def test_cli_options_of_validation_and_baseline_depth(folders, tmp_path):
     checkpoint = load_checkpoint(str(tmp_path / "v.safetensors.ckpt"))[1]
     assert checkpoint["config"]["val_sigma"] == pytest.approx(10 / 255)
     assert main(argv[:-1] + ["--model", "dncnn", "--depth", "1", "--out", str(tmp_path / "d.safetensors")]) == 2
+
+
+def test_log_every_zero_silences_the_log_lines_as_the_help_says():
+    from pnp_stable.training.__main__ import build_parser
+
+    args = build_parser().parse_args(["--data", "d", "--out", "o.safetensors", "--quiet", "--log-every", "0"])
+    assert args.log_every == 0 and "(0: none)" in build_parser().format_help().replace("\n", " ").replace("  ", " ")

@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-minutes", type=positive_float, default=5.0, help="minutes between checkpoints")
     p.add_argument("--log-every", type=positive_int, default=100, help="steps between log lines when no progress bar is shown")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint next to --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over where --out or its checkpoint already exist (without it such a run is refused)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             architecture=architecture, steps=args.steps, batch=args.batch, lr=args.lr,
             eps=args.eps, eps_ramp=args.eps_ramp, temperature=args.temperature, seed=args.seed,
             calibrate_every=args.calibrate_every, checkpoint_minutes=args.checkpoint_minutes, log_every=args.log_every,
-            precision=args.precision, download=args.download, augment=args.augment)
+            precision=args.precision, download=args.download, augment=args.augment, overwrite=args.overwrite)
         trainer = ClassifierTrainer(config, resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
         outcome = trainer.run()
         if outcome != "finished":

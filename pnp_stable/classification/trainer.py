@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._finite import first_nonfinite
+from .._outputs import check_training_outputs
 from ..training.checkpoint import load_checkpoint, model_tensors, save_checkpoint
 from ..training.trainer import TrainingDiverged
 from .baseline import SpectralResNetClassifier
@@ -32,7 +33,7 @@ CLASSIFIERS = {"lipschitz": LipschitzClassifier, "spectral-resnet": SpectralResN
 #: Model arguments that the dataset sets, never the architecture.
 FIXED_BY_DATASET = ("in_channels", "classes", "image_size")
 #: Options that may change between a run and its resume: where files are, and how often it logs or saves.
-RESUMABLE_CHANGES = ("data", "out", "checkpoint", "checkpoint_minutes", "log_every", "download")
+RESUMABLE_CHANGES = ("data", "out", "checkpoint", "checkpoint_minutes", "log_every", "download", "overwrite")
 
 
 @dataclass
@@ -53,6 +54,7 @@ class ClassifierConfig:
     checkpoint: str | None = None
     checkpoint_minutes: float = 5.0
     log_every: int = 100
+    overwrite: bool = False  # replace an earlier run's weights and checkpoint (else refused unless resuming)
     precision: str = "fp32"
     download: bool = False
     augment: bool = False
@@ -103,6 +105,7 @@ class ClassifierTrainer:
         self._stop_requested = False
         self.stop_signal: int | None = None  # the signal that stopped the run, for the exit status
         self.elapsed = 0.0  # training seconds, kept across resumes
+        check_training_outputs(self.checkpoint_path, Path(config.out), resume, config.overwrite)
         if resume:
             self.resume()
 

@@ -69,7 +69,8 @@ def build_parser(prog: str = "python -m pnp_stable.training") -> argparse.Argume
     p.add_argument("--calibrate-every", type=positive_int, default=100, help="steps between norm calibrations")
     p.add_argument("--validate-every", type=nonnegative_int, default=500, help="steps between validations (0: none)")
     p.add_argument("--checkpoint-minutes", type=positive_float, default=5.0, help="minutes between checkpoints")
-    p.add_argument("--log-every", type=positive_int, default=50, help="steps between log lines when no progress bar is shown")
+    p.add_argument("--log-every", type=nonnegative_int, default=50,
+                   help="steps between log lines when no progress bar is shown (0: none)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint next to --out")
     p.add_argument("--overwrite", action="store_true",
                    help="start a new run where --out or its checkpoint already exists (else refused without --resume)")
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m pnp_stable.traini
             with signals_deferred() as deferred:  # a SIGTERM during the export must not lose it
                 path = trainer.export({"wall_time_s": f"{time.monotonic() - start:.0f}", "world_size": str(trainer.world),
                                        "stopped": f"{outcome} at step {trainer.step} of {config.steps}"})
-            if deferred:
+            if deferred and trainer.step < config.steps:  # a signal during a finished run's export stops nothing
                 outcome, trainer.stop_signal = "interrupted", trainer.stop_signal or deferred[0]
             print(json.dumps({"weights": str(path), "steps": trainer.step, "certificate": str(trainer.model.certificate)},
                              ensure_ascii=False))

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .._finite import first_nonfinite
+from .._outputs import check_training_outputs
 from .._modules import device_of, evaluation_mode
 from ..denoisers.averaged import AveragedDenoiser
 from ..denoisers.baselines import DnCNNBaseline
@@ -133,7 +134,7 @@ class Trainer:
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         torch.manual_seed(config.seed)
         self.model = MODELS[config.model](channels=config.channels, **config.architecture)
-        self._check_outputs(resume)
+        check_training_outputs(self.checkpoint_path, Path(self.config.out), resume, self.config.overwrite)
         self.init_steps = 0  # steps behind the --init weights (fine-tuning); a resumed run reads it from its checkpoint
         if config.init and not resume:
             self._initialise_from(config.init)
@@ -194,18 +195,6 @@ class Trainer:
             save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.scheduler, states,
                             self.step, asdict(self.config), self.history())
         self.saved_step = self.step
-
-    def _check_outputs(self, resume: bool) -> None:
-        """Before any work: a run that does not resume must not replace an earlier run's weights or checkpoint
-        unannounced (its first SIGINT would write over the checkpoint at once), and the checkpoint must be a file."""
-        if self.checkpoint_path.is_dir():
-            raise ValueError(f"the checkpoint path {self.checkpoint_path} is a folder; remove it or choose another out")
-        if resume or self.config.overwrite:
-            return
-        existing = [str(path) for path in (self.checkpoint_path, Path(self.config.out)) if path.exists()]
-        if existing:
-            raise ValueError(f"{' and '.join(existing)} already exist(s): resume that run (--resume), start over in its "
-                             "place (--overwrite), or choose another out")
 
     def resume(self) -> None:
         tensors, meta = load_checkpoint(self.checkpoint_path)
