@@ -74,6 +74,8 @@ def check_training_outputs(checkpoint: Path, weights: Path, resume: bool, overwr
     """Before a training run's work: a run that does not resume must not replace an earlier run's weights or
     checkpoint unannounced (its first SIGINT would write over the checkpoint at once), and the checkpoint must be a
     file."""
+    if resume and overwrite:
+        raise ValueError("--resume continues the run at --out and --overwrite starts it over: give one of them")
     if checkpoint.is_dir():
         raise ValueError(f"the checkpoint path {checkpoint} is a folder; remove it or choose another out")
     if resume or overwrite:

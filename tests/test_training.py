@@ -598,3 +598,17 @@ def test_log_every_zero_silences_the_log_lines_as_the_help_says():
 
     args = build_parser().parse_args(["--data", "d", "--out", "o.safetensors", "--quiet", "--log-every", "0"])
     assert args.log_every == 0 and "(0: none)" in build_parser().format_help().replace("\n", " ").replace("  ", " ")
+
+
+def test_images_smaller_than_the_patch_are_left_out_with_a_warning():
+    images = [torch.rand(1, 48, 48), torch.rand(1, 20, 20), torch.rand(1, 40, 40)]
+    with pytest.warns(UserWarning, match="1 of 3 training images are smaller than the 40×40 patch"):
+        sampler = PatchSampler(images, patch=40, batch=2)
+    assert len(sampler.images) == 2
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path):
+    from pnp_stable._outputs import check_training_outputs
+
+    with pytest.raises(ValueError, match="give one of them"):
+        check_training_outputs(tmp_path / "m.ckpt", tmp_path / "m.safetensors", resume=True, overwrite=True)

@@ -67,10 +67,11 @@ def _verify(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[s
     """Refuse a checkpoint without a digest, one whose content does not match it, and non-finite tensors."""
     if "sha256" not in metadata:
         raise ValueError(f"{path}: this training checkpoint has no SHA-256 digest (written before checkpoints were "
-                         "checksummed), so its content cannot be verified; start a new run without --resume")
+                         "checksummed), so its content cannot be verified; start a new run in its place (--overwrite instead of --resume)")
     if content_digest(tensors, metadata) != metadata["sha256"]:
         raise ValueError(f"{path}: checkpoint content does not match its recorded SHA-256 digest (file modified or "
-                         "corrupt); restore an intact copy or start a new run without --resume")
+                         "corrupt); restore an intact copy or start a new run in its place (--overwrite instead of "
+                         "--resume)")
     check_finite_tensors(tensors, str(path))
 
 

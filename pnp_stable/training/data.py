@@ -92,6 +92,9 @@ class PatchSampler:
         self.images = [im for im in images if im.shape[-1] >= patch and im.shape[-2] >= patch]
         if not self.images:
             raise ValueError(f"no training image is at least {patch}×{patch}")
+        if len(self.images) < len(images):
+            warnings.warn(f"{len(images) - len(self.images)} of {len(images)} training images are smaller than the "
+                          f"{patch}×{patch} patch and are left out (a smaller --patch keeps them)", stacklevel=2)
         self.patch, self.batch = patch, batch
         self.sigma_range = (float(sigma), float(sigma)) if np.isscalar(sigma) else tuple(map(float, sigma))
         self.generator = torch.Generator().manual_seed(seed)
