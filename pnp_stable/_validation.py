@@ -137,6 +137,14 @@ def check_denoiser_sigma(denoiser_sigma, batch: int) -> Tensor:
     return sigmas
 
 
+def check_whole(value, name: str, least: int = 1) -> int:
+    """Require an ``int`` ≥ ``least`` itself (a size or a lattice step: no bool, and unlike :func:`check_count` no
+    integral float either)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{name} must be a whole number ≥ {least}, got {value!r}")
+    return value
+
+
 def check_count(value, name: str) -> int:
     """Require a whole number ≥ 1 (an iteration or round count): refused, not truncated, when fractional."""
     try:

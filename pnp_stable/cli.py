@@ -51,18 +51,17 @@ def _device(name: str) -> str:
 def _write_image(x, path: Path, source: Path) -> str:
     """Save ``x`` at the bit depth of the input file ``source`` where the format holds it (a 16-bit input gives a
     16-bit PNG/TIFF; .npy is float32), else at 8 bits and say so; values outside [0, 1] are clipped and counted."""
-    from .io import file_bit_depth, save_image
+    from .io import file_bit_depth, holds_sixteen_bits, save_image
 
     suffix = path.suffix.lower()
     depth, notes = file_bit_depth(source), []
-    if suffix == ".npy":
-        depth = 16  # unused: an array keeps float32
-    elif depth == 16 and (suffix not in (".png", ".tif", ".tiff") or (x.shape[1] == 3 and suffix == ".png")):
-        depth = 8
-        notes.append(f"8-bit although {source.name} has 16 bits: {suffix} cannot hold them "
-                     f"{'in colour ' if suffix == '.png' else ''}(use .tif or .npy)")
-    elif depth == 16:
-        notes.append("16-bit, as the input")
+    if depth == 16 and suffix != ".npy":  # an array keeps float32 whatever the depth
+        if holds_sixteen_bits(suffix, x.shape[1]):
+            notes.append("16-bit, as the input")
+        else:
+            depth = 8
+            notes.append(f"8-bit although {source.name} has 16 bits: {suffix} cannot hold them "
+                         f"{'in colour ' if suffix == '.png' else ''}(use .tif or .npy)")
     outside = int(((x < 0) | (x > 1)).sum())
     if outside:
         notes.append(f"{outside} values outside [0, 1] clipped")
@@ -378,11 +377,10 @@ def cmd_certify(args) -> int:
     import torch
 
     from ._finite import check_finite_model
+    from .classification.storage import list_classifiers
     from .denoisers.averaged import certificate_of
     from .denoisers.certify import adversarial_lipschitz, averagedness_defects, natural_starts
     from .denoisers.zoo import load_denoiser
-
-    from .classification.storage import list_classifiers
 
     if args.model in {row["name"] for row in list_classifiers()}:
         raise CommandError(f"{args.model} is a classifier, not a denoiser: its certificate is each image's certified "

@@ -13,8 +13,8 @@ from torch import Tensor
 
 from ._validation import check_image
 
-__all__ = ["FLOAT_RANGE_TOLERANCE", "check_float_range", "file_bit_depth", "load_image", "save_image", "to_tensor",
-           "to_numpy"]
+__all__ = ["FLOAT_RANGE_TOLERANCE", "check_float_range", "file_bit_depth", "holds_sixteen_bits", "load_image",
+           "save_image", "to_tensor", "to_numpy"]
 
 _MAX_BY_MODE = {"1": 1.0, "L": 255.0, "I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0}
 
@@ -240,6 +240,12 @@ def _load_array(path: Path, gray: bool | None) -> Tensor:
     return x
 
 
+def holds_sixteen_bits(suffix: str, channels: int) -> bool:
+    """Whether :func:`save_image` writes 16 bits per channel to a ``suffix`` file: PNG in greyscale (Pillow cannot
+    write 16-bit colour PNG), TIFF in either."""
+    return suffix.lower() in (".tif", ".tiff") or (suffix.lower() == ".png" and channels == 1)
+
+
 def save_image(x: Tensor, path: str | Path, clip: bool = False, bit_depth: int = 8) -> Path:
     """Write a ``[1, C, H, W]`` tensor in [0, 1] (or a numpy image, read by :func:`to_tensor`) to PNG/JPEG/TIFF/BMP,
     or to a float32 ``.npy`` array [H, W] or [H, W, 3] (format from the suffix); missing parent folders are created.
@@ -266,7 +272,7 @@ def save_image(x: Tensor, path: str | Path, clip: bool = False, bit_depth: int =
             np.save(file, arr.astype(np.float32))
         return path
     if bit_depth == 16:
-        if suffix not in (".png", ".tif", ".tiff") or (arr.ndim == 3 and suffix == ".png"):
+        if not holds_sixteen_bits(suffix, 3 if arr.ndim == 3 else 1):
             raise ValueError(f"bit_depth=16 is written as greyscale PNG, or as greyscale or colour TIFF, not as "
                              f"{'colour ' if arr.ndim == 3 else ''}{suffix}; use .tif (or .npy for float32)")
         sixteen = np.round(arr * 65535).astype(np.uint16)

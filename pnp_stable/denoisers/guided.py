@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._validation import check_image, check_noise_level, float64_levels
+from .._validation import check_image, check_noise_level, check_whole, float64_levels
 from ..theory import Certificate
 
 __all__ = [
@@ -216,8 +216,7 @@ class LinearisedBM3D:
             raise ValueError("patch must be a size or a non-empty tuple of sizes")
         group = (16 if self.channels == 3 else 8) if group is None else group
         for name, value in (("tile", tile), ("group", group), ("stride", stride)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a whole number ≥ 1, got {value!r}")
+            check_whole(value, name)
         if self.channels not in (1, 3):
             raise ValueError(f"a guided filter needs a gray (1-channel) or colour (3-channel) guide, got "
                              f"{self.channels} channels")
@@ -298,9 +297,8 @@ class SymmetricKernelFilter:
         self.strength = float(strength)
         if not 0 < self.strength < math.inf:
             raise ValueError(f"strength must be finite and > 0 (the kernel's width in units of σ), got {strength!r}")
-        for name, value, least in (("search", search, 1), ("radius", radius, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"{name} must be a whole number ≥ {least}, got {value!r}")
+        check_whole(search, "search")
+        check_whole(radius, "radius", least=0)
         if self.height <= search or self.width <= search:
             raise ValueError(f"image of {self.height}×{self.width} pixels is too small for a ±{search} search window")
         self.offsets = [(dy, dx) for dy in range(0, search + 1) for dx in range(-search, search + 1) if dy > 0 or dx > 0]

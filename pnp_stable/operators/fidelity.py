@@ -146,18 +146,17 @@ class L2Fidelity:
                 tau = float(tau[0])
         elif not tau > 0:
             raise ValueError(f"prox step tau must be > 0, got {tau}")
-        if isinstance(tau, Tensor):
-            gamma = (tau / self.noise_sigma**2).to(device=x.device, dtype=x.dtype).view(-1, *[1] * (x.ndim - 1))
-            if self.prox_is_exact:  # a closed form takes one γ: one call per distinct step
-                out = torch.empty_like(x)
-                for value in tau.unique().tolist():
-                    where = (tau == value).nonzero().flatten().to(x.device)
-                    out[where] = self.op.prox_l2(x[where], self.y[where], value / self.noise_sigma**2)
-                return out
-        else:
-            gamma = tau / self.noise_sigma**2
-            if self.prox_is_exact:
-                return self.op.prox_l2(x, self.y, gamma)
+        if self.prox_is_exact:
+            if not isinstance(tau, Tensor):
+                return self.op.prox_l2(x, self.y, tau / self.noise_sigma**2)
+            out = torch.empty_like(x)  # a closed form takes one γ: one call per distinct step
+            for value in tau.unique().tolist():
+                where = (tau == value).nonzero().flatten().to(x.device)
+                out[where] = self.op.prox_l2(x[where], self.y[where], value / self.noise_sigma**2)
+            return out
+        gamma = tau / self.noise_sigma**2
+        if isinstance(gamma, Tensor):  # one γ per sample, broadcast over its image
+            gamma = gamma.to(device=x.device, dtype=x.dtype).view(-1, *[1] * (x.ndim - 1))
         rhs = x + gamma * self._Aty
         gram = normal_operator(self.op)
         normal = lambda u: u + gamma * gram(u)

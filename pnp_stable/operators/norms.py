@@ -41,9 +41,8 @@ def has_known_svd(op) -> bool:
         return True
     if kind is not dinv.physics.DecomposablePhysics:
         return False
-    defaults = dinv.physics.forward.__file__
-    return all(getattr(getattr(op, name, None), "__code__", None) is not None
-               and getattr(op, name).__code__.co_filename == defaults for name in ("_U", "_U_adjoint", "_V", "_V_adjoint"))
+    codes = [getattr(getattr(op, name, None), "__code__", None) for name in ("_U", "_U_adjoint", "_V", "_V_adjoint")]
+    return all(code is not None and code.co_filename == dinv.physics.forward.__file__ for code in codes)
 
 
 def _batched_shape(x_shape: Sequence[int]) -> tuple[int, ...]:
