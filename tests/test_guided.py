@@ -132,7 +132,7 @@ def test_bad_inputs_are_refused_clearly():
         GuidedDenoiser(torch.rand(1, 1, 3, 3), "bm3d")  # the default patch is 4×4
     with pytest.raises(ValueError, match="stride 2 must divide"):
         GuidedDenoiser(torch.rand(1, 1, 21, 20), "bm3d", patch=4, stride=2)
-    with pytest.raises(ValueError, match="positive integers"):
+    with pytest.raises(ValueError, match=r"every patch size \(patch=\(4, 0\)\) must be a whole number"):
         GuidedDenoiser(torch.rand(1, 1, 16, 16), "bm3d", patch=(4, 0))
     with pytest.raises(ValueError, match="NaN"):
         GuidedDenoiser(torch.full((1, 1, 20, 20), float("nan")), "bm3d")

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validation import check_image
+from .._validation import check_image, check_whole
 from ..theory import Certificate, compose_averagedness, relaxation_for_target
 from .blocks import NonexpansiveBlock, SLLBlock
 from .layers import MonotoneSpline, get_activation, get_integrator
@@ -122,8 +122,7 @@ class AveragedDenoiser(dinv.models.Denoiser):
         super().__init__()
         extra = 1 if noise_level_input else 0
         for name, value in (("channels", channels), ("width", width), ("depth", depth)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a whole number ≥ 1, got {value!r}")
+            check_whole(value, name)
         if width < channels + extra:
             raise ValueError(f"width {width} must be ≥ channels + noise channel = {channels + extra}")
         if noise_adaptive and not noise_level_input:

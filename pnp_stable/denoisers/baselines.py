@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_count, check_image
+from .._validation import check_count, check_image, check_whole
 from ..theory import Certificate
 from .layers import CertifiedConv, get_activation
 
@@ -25,8 +25,7 @@ class DnCNNBaseline(dinv.models.Denoiser):
 
     def __init__(self, channels: int = 1, depth: int = 12, width: int = 32):
         for name, value in (("channels", channels), ("width", width), ("depth", depth)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a whole number ≥ 1, got {value!r}")
+            check_whole(value, name)
         if depth < 2:
             raise ValueError(f"a DnCNN needs depth ≥ 2 (its first and last convolutions), got {depth}")
         super().__init__()

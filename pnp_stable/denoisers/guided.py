@@ -220,11 +220,9 @@ class LinearisedBM3D:
         if self.channels not in (1, 3):
             raise ValueError(f"a guided filter needs a gray (1-channel) or colour (3-channel) guide, got "
                              f"{self.channels} channels")
-        if isinstance(shifts, bool) or not isinstance(shifts, int) or shifts < 1:
-            raise ValueError(f"shifts must be a whole number ≥ 1 (how many partitions are averaged), got {shifts!r}")
+        check_whole(shifts, "shifts (the number of partitions averaged)")
         for size in self.patches:
-            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-                raise ValueError(f"patch sizes must be positive integers, got {patch!r}")
+            check_whole(size, f"every patch size (patch={patch!r})")
             if self.height < size or self.width < size:
                 raise ValueError(f"image of {self.height}×{self.width} pixels is smaller than the {size}×{size} patch; "
                                  "use a smaller patch (patch=...) or a larger image")

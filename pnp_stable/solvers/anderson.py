@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._validation import check_whole
 from .monitor import ACCEPTED, PLAIN, REJECTED, sample_norms
 
 __all__ = ["Anderson", "AndersonSteps", "anderson_options"]
@@ -54,8 +55,7 @@ class Anderson:
     regularisation: float = 1e-8
 
     def __post_init__(self):
-        if isinstance(self.memory, bool) or not isinstance(self.memory, int) or self.memory < 1:
-            raise ValueError(f"Anderson memory must be a whole number ≥ 1, got {self.memory!r}")
+        check_whole(self.memory, "Anderson memory")
         for name in ("decrease", "max_jump", "regularisation"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
