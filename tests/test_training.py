@@ -471,6 +471,11 @@ def test_init_keeps_the_block_layout_it_was_trained_with(folders, tmp_path):
         Trainer(tuned, progress=False)
     tuned.architecture = dict(width=6, depth=3, block="sll")
     assert Trainer(tuned, progress=False).run() == "finished"  # only the width may grow
+    other = _config(folders, tmp_path / "other", steps=1)  # another model kind is named as such
+    other.init, other.model, other.architecture = str(path), "dncnn", dict(width=4, depth=3)
+    with pytest.raises(ValueError, match=r"holds AveragedDenoiser weights, and this run trains DnCNNBaseline "
+                                         r"\(--model dncnn\); train it with --model averaged"):
+        Trainer(other, progress=False)
 
 
 def test_train_step_calibrates_when_due(folders, tmp_path):

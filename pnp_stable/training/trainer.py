@@ -243,6 +243,13 @@ class Trainer:
         """Fine-tuning: start from the tensors of a weights file; parameters it lacks keep their initialisation.
         A wider network (``--width`` above the file's) starts from the trained function (see :mod:`.growth`)."""
         metadata, tensors = read_denoiser_tensors(path)
+        stored_class = metadata.get("class")
+        if stored_class != type(self.model).__name__:
+            kinds = {cls.__name__: name for name, cls in MODELS.items()}
+            hint = (f"train it with --model {kinds[stored_class]}" if stored_class in kinds
+                    else "the trainer fine-tunes only " + " or ".join(f"--model {name}" for name in MODELS) + " files")
+            raise ValueError(f"--init {path} holds {stored_class} weights, and this run trains "
+                             f"{type(self.model).__name__} (--model {self.config.model}); {hint}")
         self.init_steps = int(metadata.get("total_steps", metadata.get("steps", 0)))
         own = self.model.state_dict()
         foreign = sorted(set(tensors) - set(own))
