@@ -441,7 +441,7 @@ def test_resume_accepts_defaults_written_out_and_refuses_a_changed_architecture(
                                                            original())[1]
     assert first.run() == "interrupted"
     assert ClassifierTrainer(config(), resume=True, progress=False, dataset=data).step == 2
-    with pytest.raises(ValueError, match="architecture"):
+    with pytest.raises(ValueError, match=r"other architecture \(architecture.time: 1.0 there, 3.8 here\)"):
         ClassifierTrainer(config(time=3.8), resume=True, progress=False, dataset=data)
 
 

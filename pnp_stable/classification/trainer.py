@@ -81,6 +81,15 @@ class ClassifierConfig:
             raise ValueError(f"eps must be ≥ 0 and temperature, lr > 0; got {self.eps}, {self.temperature}, {self.lr}")
 
 
+def _difference(key: str, there, here) -> str:
+    """One changed option for a refused resume: its stored and given values (only the entries that differ, for a
+    dict such as the architecture)."""
+    if isinstance(there, dict) and isinstance(here, dict):
+        return "; ".join(f"{key}.{name}: {there.get(name)!r} there, {here.get(name)!r} here"
+                         for name in sorted(there.keys() | here.keys()) if there.get(name) != here.get(name))
+    return f"{key}: {there!r} there, {here!r} here"
+
+
 class ClassifierTrainer:
     """Trains ``config.model`` on the training split of ``config.dataset`` (``dataset`` may also be passed in, a
     TensorDataset of images in [0, 1] and labels, e.g. a synthetic stand-in)."""
@@ -125,20 +134,24 @@ class ClassifierTrainer:
         self.elapsed = float(stored.pop("elapsed_s", 0.0))
         defaults = asdict(ClassifierConfig(data=self.config.data, out=self.config.out))
         current = json.loads(json.dumps(asdict(self.config)))
+        earlier = None
         if stored.get("model", defaults["model"]) == current["model"] and "architecture" in stored:
             # compared as built, so that an option written out at its default equals the option left out
             fixed = {key: self.model.config[key] for key in FIXED_BY_DATASET}
             try:
                 earlier = CLASSIFIERS[current["model"]](**fixed, **stored["architecture"]).config
             except (TypeError, ValueError):
-                earlier = None
+                pass  # options this version no longer builds: compared as written
             if earlier == self.model.config:
                 stored["architecture"] = current["architecture"]
         changed = sorted(key for key in current if key not in RESUMABLE_CHANGES
                          and stored.get(key, defaults[key]) != current[key])  # fields added since: their defaults
         if changed:
-            raise ValueError(f"checkpoint {self.checkpoint_path} was written with other {', '.join(changed)}; resume "
-                             "with the same options or start a new run")
+            built = {"architecture": (earlier, self.model.config)} if earlier is not None else {}  # defaults filled in
+            details = "; ".join(_difference(key, *built.get(key, (stored.get(key, defaults[key]), current[key])))
+                                for key in changed)
+            raise ValueError(f"checkpoint {self.checkpoint_path} was written with other {', '.join(changed)} "
+                             f"({details}); resume with the same options or start a new run")
         self.model.load_state_dict(model_tensors(tensors))
         self.optimizer.load_state_dict(meta["optimizer_state"])
         self.scheduler.load_state_dict(meta["scheduler"])
