@@ -27,8 +27,11 @@ def read_safetensors(path: str | Path, what: str, expected_format: str, tensors:
         loaded = load_file(str(path)) if tensors else None
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{path} is not a readable safetensors file (corrupt or truncated?): {err}") from err
-    if metadata.get("format") != expected_format:
-        raise ValueError(f"{path} is not a pnp-stable {what} (format {metadata.get('format')!r})")
+    stored = metadata.get("format")
+    if stored != expected_format:
+        kind = stored.removeprefix("pnp-stable-").split("/")[0] if str(stored).startswith("pnp-stable-") else None
+        raise ValueError(f"{path} is a pnp-stable {kind} file, not a {what} (format {stored!r})" if kind else
+                         f"{path} is not a pnp-stable {what} (format {stored!r})")
     return metadata, loaded
 
 

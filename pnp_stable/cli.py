@@ -377,12 +377,12 @@ def cmd_certify(args) -> int:
     import torch
 
     from ._finite import check_finite_model
-    from .classification.storage import list_classifiers
+    from .classification.storage import list_classifiers, read_classifier_metadata
     from .denoisers.averaged import certificate_of
     from .denoisers.certify import adversarial_lipschitz, averagedness_defects, natural_starts
     from .denoisers.zoo import load_denoiser
 
-    if args.model in {row["name"] for row in list_classifiers()}:
+    if args.model in {row["name"] for row in list_classifiers()} or _reads_as(read_classifier_metadata, args.model):
         raise CommandError(f"{args.model} is a classifier, not a denoiser: its certificate is each image's certified "
                            f"ℓ2 radius, which 'pnp-stable classify IMAGE --model {args.model}' prints")
     model = load_denoiser(args.model, verify=args.verify)  # a shipped name or a file, with or without --verify
@@ -416,6 +416,15 @@ def cmd_certify(args) -> int:
     print(f"inequality (A) on {args.pairs} image pairs: worst relative defect {float(defects.max()):.3g} (≤ 0 holds)")
     print("empirical checks: within the certificate" if within else "empirical checks: CERTIFICATE VIOLATED")
     return 0 if within else 1
+
+
+def _reads_as(reader, path: str) -> bool:
+    """Whether ``path`` is a readable file of the kind ``reader`` validates (a metadata reader of its format)."""
+    try:
+        reader(path)
+    except ValueError:
+        return False
+    return True
 
 
 def _decoded(value):

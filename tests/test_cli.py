@@ -540,6 +540,8 @@ def test_models_json_gives_metadata_as_json_and_certify_points_a_classifier_to_c
     assert isinstance(classifier["test_accuracy"], dict)
     assert cli.main(["certify", classifier["name"]]) == 2
     assert "is a classifier" in capsys.readouterr().err
+    assert cli.main(["certify", classifier["file"]]) == 2  # its file too, not 'not a denoiser file'
+    assert f"{classifier['file']} is a classifier, not a denoiser" in capsys.readouterr().err
     assert cli._decoded("NaN") == "NaN" and cli._decoded("[1, 2]") == [1, 2] and cli._decoded("a-name") == "a-name"
     assert cli.build_parser().parse_args(["deblur", "x.png", "--kernel", "gaussian:1", "--noise", "0.01",
                                           "--solver", "PGD"]).solver == "fb"  # deepinv's name for it

@@ -258,6 +258,9 @@ def test_corrupt_and_mismatched_files(tmp_path):
     save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"), metadata={"format": "something-else"})
     with pytest.raises(ValueError, match="not a pnp-stable"):
         ps.load_denoiser_file(tmp_path / "other.safetensors")
+    classifier = ps.classification.storage.SHIPPED.file("fashion-mnist-lipschitz")
+    with pytest.raises(ValueError, match="is a pnp-stable classifier file, not a denoiser file"):
+        ps.load_denoiser_file(classifier)
 
 
 def test_bm3d_baseline_denoises_without_certificate():
