@@ -263,8 +263,11 @@ def test_denoiser_weight_moves_omega_of_the_way_and_scales_the_certificate(certi
     result = ps.solve(op, y, certified, 0.02, solver="fb", denoiser_weight=0.3, max_iter=200, tol=0.0)
     assert result.beta == pytest.approx(compose_averagedness([0.3 * alpha, ps.solvers.TUNED["fb"].step_scale / 2]))
     assert result.violations == [], result.verdict
-    with pytest.raises(ValueError, match="1/α_D"):
+    with pytest.raises(ValueError, match="1/α_D at σ_d"):
         ps.solve(op, y, certified, 0.02, solver="fb", denoiser_weight=1.01 / alpha)
+    shipped = ps.load_denoiser("averaged-sll-gray")  # 0.22-averaged at σ_d = 0.014, 0.995-averaged for every σ
+    with pytest.raises(ValueError, match="1/α_D for every σ, the certificate DRS and ADMM relax against"):
+        ps.solve(op, y, shipped, 0.01, solver="drs", denoiser_weight=1.5)
     with pytest.raises(ValueError, match="must be > 0"):
         ps.solve(op, y, certified, 0.02, solver="fb", denoiser_weight=0.0)
     # an uncertified denoiser is weighted too, and stays uncertified
@@ -377,6 +380,7 @@ def test_compressed_sensing_measurements_of_any_shape_are_solved(certified):
         result = ps.solve(op, y, poisoned, 0.01, solver=solver, max_iter=5, tol=0.0, reference=x)
         assert result.estimate.shape == (3, 1, 16, 16) and torch.isfinite(result.estimate).all()
         assert result.status == ["max-iterations", "max-iterations", "non-finite"]
+        assert result.iterations == [5, 5, 1]  # denoiser calls: the first, non-finite one counts
     network = ps.solve(op, y, certified, 0.01, max_iter=3)
     assert network.estimate.shape == (3, 1, 16, 16) and torch.isfinite(network.estimate).all()
     with pytest.raises(ValueError, match="no batch axis"):

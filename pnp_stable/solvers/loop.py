@@ -326,7 +326,9 @@ def solve(
     ``reference_frame`` (rows, columns slices): the part of the estimate that ``reference`` shows, e.g. y's frame
     inside the larger x of a ``'valid'`` blur.
     ``y`` may have any shape that ``physics`` produces from images ``[B, C, H, W]`` (compressed sensing's
-    ``[B, m]``, say); x0 defaults to the image Aᵀy.
+    ``[B, m]``, say); x0 defaults to the image Aᵀy. To continue a run, pass ``x0=result.governing``: FB, HQS and DRS
+    then go on exactly where it stopped, while ADMM starts from P(x0) (its initialisation), near that point but not
+    at it.
     ``progress``: False (silent), True or 'bar' (a tqdm bar), or 'log' (a plain stderr line at most every
     ``log_every`` seconds, default 10 s; see :func:`run_scheme`).
     ``accelerate``: True, 'anderson' or an :class:`~pnp_stable.solvers.Anderson` for safeguarded Anderson

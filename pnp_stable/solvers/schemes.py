@@ -34,15 +34,16 @@ from ..theory import Certificate, compose_averagedness, gradient_step_averagedne
 __all__ = ["Scheme", "ForwardBackward", "HalfQuadraticSplitting", "DouglasRachford", "ADMM", "FISTA", "SCHEMES"]
 
 
-def _weighted_certificate(certificate: Certificate, weight: float) -> Certificate:
+def _weighted_certificate(certificate: Certificate, weight: float, which: str = "at σ_d") -> Certificate:
     """Certificate of D_ω = (1 − ω)I + ωD: ωα-averaged for ω ∈ (0, 1/α), ω-averaged for a merely non-expansive
-    D and ω < 1; an uncertified D stays uncertified. Other weights would void the certificate and are refused."""
+    D and ω < 1; an uncertified D stays uncertified. Other weights would void the certificate and are refused
+    (``which``: the certificate's noise levels, for the message)."""
     if weight == 1 or (certificate.alpha is None and not certificate.nonexpansive):
         return certificate
     limit = 1 / certificate.alpha if certificate.alpha is not None else 1.0
     if not weight < limit:
         raise ValueError(
-            f"denoiser_weight ω = {weight:g} ≥ {limit:.6g} (1/α_D at σ_d; 1 for a merely non-expansive D): "
+            f"denoiser_weight ω = {weight:g} ≥ {limit:.6g} (1/α_D {which}; 1 for a merely non-expansive D): "
             f"(1 − ω)I + ωD is then not averaged and the iteration loses its guarantee; choose ω < {limit:.6g}"
         )
     return certificate.relaxed(weight)
@@ -229,7 +230,8 @@ class _SplittingWithFNEDenoiser(Scheme):
 
     def __init__(self, fidelity, denoiser, denoiser_sigma, step, denoiser_weight: float = 1.0):
         super().__init__(fidelity, denoiser, denoiser_sigma, step, denoiser_weight)
-        every_sigma = _weighted_certificate(certificate_of(denoiser), self.denoiser_weight)
+        every_sigma = _weighted_certificate(certificate_of(denoiser), self.denoiser_weight,
+                                            "for every σ, the certificate DRS and ADMM relax against")
         if every_sigma.alpha is not None and every_sigma.alpha > 0.5:
             theta = relaxation_for_target(every_sigma.alpha, 0.5)
             self.denoiser_weight *= theta

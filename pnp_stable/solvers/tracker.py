@@ -64,7 +64,7 @@ class SampleTracker:
             if not kept[position]:  # a rejected extrapolation, finite or not: the iteration falls back to T(anchor)
                 continue
             if not finite[position]:
-                self.status[b], self.iterations[b] = "non-finite", k
+                self.status[b], self.iterations[b] = "non-finite", k + 1  # calls made, the non-finite one included
             elif r[position] > self.divergence_factor * self.first_residual[b]:
                 self.status[b], self.iterations[b] = "diverged", k + 1
             elif r_norm[position] + errors[position] < self.tol:
