@@ -307,6 +307,47 @@ def test_inexact_evaluations_of_an_averaged_map_are_no_violations():
     assert monitor.history.violations == [], monitor.history.violations[:3]
 
 
+def test_each_evaluations_own_error_bound_is_allowed_and_no_more():
+    """T z = z/2 (β = ½) evaluated exactly except once, off by e = ‖z‖/2, which that evaluation declares: the computed
+    residuals 2, 0, 1, ½, … are what the bounds admit (the exact residual grows by at most 2e across the inexact step),
+    so no check fails; checks that allowed only the current evaluation's error flagged the step after it."""
+    from pnp_stable.solvers.monitor import ConvergenceMonitor
+
+    monitor = ConvergenceMonitor(1, beta=0.5)
+    z, index = torch.ones(1, 1, 4, 4, dtype=torch.float64), torch.tensor([0])
+    for k in range(8):
+        exact = z / 2
+        error = float(z.norm()) / 2 if k == 1 else 0.0
+        z_next = exact + z / 2 if k == 1 else exact
+        monitor.observe(index, z, z_next, k, error=error)
+        z = z_next
+    assert monitor.history.violations == [], monitor.history.violations[:3]
+    drifting = ConvergenceMonitor(1, beta=None)  # the same errors leave a real growth beyond them visible
+    z = torch.ones(1, 1, 4, 4, dtype=torch.float64)
+    for k in range(4):
+        drifting.observe(index, z, 1.5 * z, k, error=1e-12)  # r grows by half each step: far beyond 2e
+        z = 1.5 * z
+    assert [v.check for v in drifting.history.violations] == ["monotone residual"] * 3
+
+
+@pytest.mark.parametrize("accelerate", [False, True])
+def test_a_networks_tiny_error_bound_keeps_every_check_on(accelerate):
+    """A certificate's tolerance of 1e-12 (every AveragedDenoiser's) makes each evaluation inexact by ~1e-11: the
+    monotone check must still run, plain and accelerated (it was switched off for accelerated inexact runs and
+    reduced to consecutive pairs for plain ones, so a claimed-non-expansive 1.003·x went unflagged)."""
+
+    class Expansive(torch.nn.Module):
+        certificate = Certificate(lipschitz=1.0, alpha=0.5 if accelerate else None, method="claimed", tolerance=1e-12)
+
+        def forward(self, x, sigma):
+            return 1.003 * x
+
+    y = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    result = ps.solve(dinv.physics.Denoising(), y, Expansive(), 0.01, solver="hqs", step=1e-12, max_iter=300, tol=0,
+                      accelerate=accelerate)
+    assert sum(v.check == "monotone residual" for v in result.violations) >= (3 if accelerate else 250)
+
+
 class _BandScheme:
     """T̃ z = T z + δ_k with T z = z/2 + c, |δ_k| = e and alternating signs: the computed residual stays near 2e."""
 

@@ -23,10 +23,14 @@ can miss a real excess.
 
 Float32 tolerance: T evaluated in float32 is exact only up to rounding of relative size
 ≈ ε = 1.2e-7 per operation, so every check allows an absolute slack of ``FLOAT_SLACK``·‖z_k‖
-(= 100 ε ‖z_k‖, the rounding error of a few hundred operations) on r, and the matching slack on r²; an
-evaluation computed by an inner solver (an iterative prox) adds the bound e on its error against the exact T (2e
-for a pair of such evaluations), so that a violation is always proof against the certificate, never the inner
-solver's tolerance.
+(= 100 ε ‖z_k‖, the rounding error of a few hundred operations) on r, and the matching slack on r².
+An evaluation computed by an inner solver (an iterative prox) comes with a bound e_k ≥ ‖T̃z_k − T z_k‖ on its error
+against the exact T, and every check allows exactly what those bounds allow, so that a violation is always proof
+against the certificate, never the inner solver's tolerance: a pair check e_p + e_q more for the pair of
+evaluations p, q; monotonicity compares r̃_k − e_k (a lower bound on the exact residual at z_k) with the chain bound
+P_k = min_j (r̃_j + e_j) + 2 Σ_{i=j..k−1} e_i, an upper bound on it: from z_{i+1} = T̃z_i = T z_i + δ, ‖δ‖ ≤ e_i,
+the exact residuals obey r_{i+1} ≤ ‖Tz_{i+1} − Tz_i‖ + ‖δ‖ ≤ r_i + 2e_i. With e = 0 this is the chain minimum above;
+an evaluation whose error is unknown (e = ∞) restarts the chain at the next one.
 Without a certified β (an uncertified denoiser) only monotonicity is checked — it holds for every
 non-expansive T, so a violation is evidence that T is expansive. Momentum schemes (FISTA) get no checks.
 
@@ -61,7 +65,8 @@ PLAIN, ACCEPTED, REJECTED = 0, 1, 2
 
 @dataclass(frozen=True)
 class Violation:
-    """One failed check: which, for which sample, at which iteration, and by how much (relative to r_{k−1})."""
+    """One failed check: which, for which sample, at which iteration, and by how much (relative to the reference
+    residual, or r² for inequality (A), or ‖g‖ of the anchor for the safeguard, floored at the rounding slack so that a reference of 0 gives a finite size)."""
 
     check: str
     sample: int
@@ -198,8 +203,9 @@ class ConvergenceMonitor:
             checks = checks + ("safeguard",)
         self.history = History(beta=beta, checks=checks, safeguard=None if safeguard is None else safeguard.describe())
         nan = torch.full((batch_size,), float("nan"), dtype=torch.float64)
-        self._previous_residual = nan.clone()  # r of the previous evaluation
-        self._chain_minimum = nan.clone()  # smallest r along the plain steps since the last accepted extrapolation
+        self._previous_residual = nan.clone()  # r of the previous evaluation …
+        self._previous_error = nan.clone()  # … and its error bound e
+        self._chain_bound = nan.clone()  # P: bound on the exact r of the next plain step (module docstring)
         self._anchor_residual = nan.clone()  # r of the anchor, the last accepted point
         self._previous_step: Tensor | None = None  # g of the previous evaluation
         self._previous_point: Tensor | None = None  # accelerated runs: the previous evaluated point …
@@ -218,10 +224,8 @@ class ConvergenceMonitor:
         have only those rows; ``kinds`` None: all plain steps); return their residuals r = ‖T(z) − z‖, r/‖T(z)‖
         and the error bound relative to ‖T(z)‖, e/‖T(z)‖ (NaN where e is).
         Rows not ``finite`` (T(z) had NaN/Inf, and the caller passed z in its place) are neither checked nor kept.
-        ``error``: a bound e on ‖T̃(z) − T(z)‖ (one, or one per row) when T is computed by an inner solver. Two
-        inexact evaluations may each be e off, so the pair checks allow 2e more; monotonicity is then checked between
-        consecutive residuals (r_k ≤ r_{k−1} + 2e: against an older one the allowance would add up over the steps),
-        and not at all along an accelerated chain, whose previous evaluation need not be its last kept one."""
+        ``error``: a bound e on ‖T̃(z) − T(z)‖ (one, or one per row) when T is computed by an inner solver; the
+        checks allow what these bounds allow (module docstring), so they never flag an error the bounds admit."""
         step = z_next - z
         r = sample_norms(step).cpu()
         scale = sample_norms(z_next).cpu()
@@ -229,7 +233,6 @@ class ConvergenceMonitor:
         relative_error = error / scale.clamp_min(1e-30)
         error = torch.nan_to_num(error, nan=float("inf"))  # an unknown error allows anything: no false violation
         float_slack = self.slack * scale
-        slack = float_slack + 2 * error  # for a pair of evaluations
         accelerated = self.safeguard is not None
         if kinds is None:
             kinds = torch.full((len(index),), PLAIN, dtype=torch.long)
@@ -242,20 +245,20 @@ class ConvergenceMonitor:
         r_prev = self._previous_residual[index]
         have_previous = ~torch.isnan(r_prev) & finite
         if self.history.checks and have_previous.any():
-            inexact = error > 0
-            reference = torch.where(inexact, r_prev, self._chain_minimum[index])  # exact: no residual above an earlier one
-            margin = r - reference
-            checked = have_previous & plain & ~(inexact & accelerated)
-            self._record("monotone residual", index, checked & (margin > slack), margin / reference.clamp_min(1e-30),
+            bound = self._chain_bound[index]
+            margin = (r - error) - bound  # > 0: the exact residual exceeds every bound the chain gives it
+            checked = have_previous & plain & ~torch.isnan(bound)
+            self._record("monotone residual", index, checked & (margin > float_slack), margin / torch.fmax(bound, float_slack),
                          iteration)
             if self.beta is not None:
+                slack = float_slack + error + self._previous_error[index]  # for the pair of evaluations
                 self._check_pair(index, z, step, r, r_prev, have_previous, slack, iteration, accelerated)
                 self._check_first_pair(index, z, step, finite, float_slack, error, iteration)
             if accelerated:
                 r_anchor = self._anchor_residual[index]
                 jump = sample_norms(z - self._anchor[index]).cpu()
                 excess = torch.maximum(r - self.safeguard.decrease * r_anchor, jump - self.safeguard.max_jump * r_anchor)
-                self._record("safeguard", index, accepted & (excess > float_slack), excess / r_anchor.clamp_min(1e-30),
+                self._record("safeguard", index, accepted & (excess > float_slack), excess / torch.fmax(r_anchor, float_slack),
                              iteration)  # the iteration's own rule on the values it computed: rounding only
         returned = relative[index]
         residual[index[~finite]] = relative[index[~finite]] = float("nan")  # not a residual of 0: T(z) was not finite
@@ -268,7 +271,7 @@ class ConvergenceMonitor:
         if self.beta is not None and self.history.checks:
             self._remember_first(index, z, step, float_slack, error, finite, iteration)
         kept = torch.nonzero(finite).flatten()
-        self._update(index[kept], z[kept], step[kept], r[kept], plain[kept], accepted[kept], accelerated)
+        self._update(index[kept], z[kept], step[kept], r[kept], error[kept], plain[kept], accepted[kept], accelerated)
         return r, returned, relative_error
 
     def _check_pair(self, index, z, step, r, r_prev, have_previous, slack, iteration, accelerated) -> None:
@@ -282,7 +285,8 @@ class ConvergenceMonitor:
             move, image_move = r_prev, r
         defect = image_move**2 - move**2 + (1 - self.beta) / self.beta * sample_norms(change).cpu() ** 2  # ≤ 0 when (A) holds
         tolerance = 2 * slack * (image_move + move + slack) * (1 + 2 * (1 - self.beta) / self.beta)  # rounding of the norms
-        self._record("inequality (A)", index, have_previous & (defect > tolerance), defect / (move**2).clamp_min(1e-30), iteration)
+        self._record("inequality (A)", index, have_previous & (defect > tolerance), defect / torch.fmax(move**2, tolerance),
+                     iteration)
 
     def _check_first_pair(self, index, z, step, finite, float_slack, error, iteration) -> None:
         """Inequality (A) for the sample's first evaluation a and this one p: ‖Tp − Ta‖² ≤ ‖p − a‖² −
@@ -300,7 +304,7 @@ class ConvergenceMonitor:
         both = torch.fmax(float_slack, self._first_slack[index]) + error + self._first_error[index]
         tolerance = 2 * both * (image_move + move + both) * (1 + 2 * c)
         self._record("inequality (A) against the first evaluation", index, due & (defect > tolerance),
-                     defect / (move**2).clamp_min(1e-30), iteration)
+                     defect / torch.fmax(move**2, tolerance), iteration)
 
     def _remember_first(self, index, z, step, float_slack, error, finite, iteration) -> None:
         """Keep each sample's first finite evaluation (point, g and slack) for :meth:`_check_first_pair`."""
@@ -318,13 +322,16 @@ class ConvergenceMonitor:
         self._first_error[samples] = error[rows]
         self._first_iteration[samples] = iteration
 
-    def _update(self, index, z, step, r, plain, accepted, accelerated) -> None:
-        """Remember this evaluation for the next checks: the chain minimum restarts at an accepted
-        extrapolation, and a rejected one is no anchor and no part of the chain."""
+    def _update(self, index, z, step, r, error, plain, accepted, accelerated) -> None:
+        """Remember this evaluation for the next checks: the chain bound P ← min(P, r + e) + 2e restarts at an
+        accepted extrapolation (P ← r + 3e), and a rejected one is no anchor and no part of the chain (the next plain
+        step is T̃ of the anchor)."""
         kept = plain | accepted
         self._previous_residual[index] = r
-        chain = torch.where(accepted, r, torch.fmin(self._chain_minimum[index], r))
-        self._chain_minimum[index] = torch.where(kept, chain, self._chain_minimum[index])
+        self._previous_error[index] = error
+        here = r + error  # an upper bound on the exact residual at this point
+        chain = torch.where(accepted, here, torch.fmin(self._chain_bound[index], here)) + 2 * error
+        self._chain_bound[index] = torch.where(kept, chain, self._chain_bound[index])
         self._anchor_residual[index] = torch.where(kept, r, self._anchor_residual[index])
         self._extrapolated[index] += (~plain).long()
         if self.beta is not None:
@@ -342,7 +349,7 @@ class ConvergenceMonitor:
     def forget(self, index: Tensor) -> None:
         """Stop tracking samples (they stopped); later rows for them stay NaN."""
         self._previous_residual[index] = float("nan")
-        self._chain_minimum[index] = float("nan")
+        self._chain_bound[index] = float("nan")
 
     def _record(self, check: str, index: Tensor, failed: Tensor, size: Tensor, iteration: int) -> None:
         for position in torch.nonzero(failed).flatten().tolist():
