@@ -160,6 +160,10 @@ class Scheme:
         when :meth:`certificate_gaps` finds every ingredient guaranteed."""
         raise NotImplementedError
 
+    def denoising_alpha_label(self) -> str:
+        """What the denoising step's α is in a β basis: α_D itself, or ωα_D for a weighted step D_ω."""
+        return "α_D" if self.denoiser_weight == 1 else f"ωα_D (ω = {self.denoiser_weight:.4g})"
+
     def certificate_gaps(self) -> list[str]:
         """Ingredients of :meth:`beta` that are not guaranteed (empty: β is certified). Ask after the run: the
         accuracy of an iterative prox is known only once it has been used (a scheme that never calls it, such
@@ -195,7 +199,8 @@ class ForwardBackward(Scheme):
         alpha_step = gradient_step_averagedness(self.step_size, L)
         if alpha_d is None:
             return None, f"denoiser has no averagedness certificate ({self.denoiser_certificate.method})"
-        return compose_averagedness([alpha_d, alpha_step]), f"compose(α_D = {alpha_d:.4g}, τL/2 = {alpha_step:.4g})"
+        return (compose_averagedness([alpha_d, alpha_step]),
+                f"compose({self.denoising_alpha_label()} = {alpha_d:.4g}, τL/2 = {alpha_step:.4g})")
 
     def certificate_gaps(self):
         norm = self.fidelity.operator_norm
@@ -220,7 +225,7 @@ class HalfQuadraticSplitting(Scheme):
         alpha_d = self.denoiser_certificate.alpha
         if alpha_d is None:
             return None, f"denoiser has no averagedness certificate ({self.denoiser_certificate.method})"
-        return compose_averagedness([alpha_d, 0.5]), f"compose(α_D = {alpha_d:.4g}, prox: 1/2)"
+        return compose_averagedness([alpha_d, 0.5]), f"compose({self.denoising_alpha_label()} = {alpha_d:.4g}, prox: 1/2)"
 
 
 class _SplittingWithFNEDenoiser(Scheme):
