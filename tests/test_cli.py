@@ -428,6 +428,50 @@ def test_certify_fails_when_the_search_exceeds_a_lipschitz_only_certificate(monk
     assert "CERTIFICATE VIOLATED" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("tolerance", [0.0, 1e-2])
+def test_certify_allows_an_inner_solves_declared_error_and_nothing_more(monkeypatch, capsys, tolerance):
+    """D = 1.001·x is within 1e-3·|x| RMS of the identity: a certificate 'Lipschitz 1 within 1e-2 RMS' holds for it,
+    and 'Lipschitz 1' exactly does not."""
+    from pnp_stable import cli
+    from pnp_stable.denoisers import zoo
+    from pnp_stable.theory import Certificate
+
+    class NearlyIdentity(torch.nn.Module):
+        channels = 1
+        certificate = Certificate(lipschitz=1.0, alpha=None, method="claimed", tolerance=tolerance)
+
+        def forward(self, x, sigma=None):
+            return 1.001 * x
+
+    monkeypatch.setattr(zoo, "load_denoiser", lambda name, verify=False: NearlyIdentity().eval())
+    code = cli.main(["certify", "nearly", "--size", "8", "--steps", "2", "--pairs", "4", "--restarts", "2"])
+    out = capsys.readouterr().out
+    assert (code, "allowed for the inner solve's tolerance" in out) == ((0, True) if tolerance else (1, False)), out
+
+
+def test_certify_judges_against_the_certificate_as_it_stands_after_its_checks(monkeypatch, capsys):
+    """An inner solve that misses its tolerance during the checks withdraws the certificate: no 'within'."""
+    from pnp_stable import cli
+    from pnp_stable.denoisers import zoo
+    from pnp_stable.theory import Certificate
+
+    class Withdrawing(torch.nn.Module):
+        channels, missed = 1, False
+
+        @property
+        def certificate(self):
+            return Certificate(lipschitz=1.0, alpha=0.5, method="a prox", guaranteed=not self.missed)
+
+        def forward(self, x, sigma=None):
+            self.missed = True
+            return x / 2
+
+    monkeypatch.setattr(zoo, "load_denoiser", lambda name, verify=False: Withdrawing().eval())
+    assert cli.main(["certify", "withdrawing", "--size", "8", "--steps", "2", "--pairs", "4", "--restarts", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "CERTIFICATE WITHDRAWN during them" in out and "within the certificate" not in out
+
+
 def test_certify_says_how_large_its_start_images_can_be(monkeypatch, capsys):
     from pnp_stable import cli
     from pnp_stable.denoisers import zoo

@@ -222,6 +222,19 @@ def test_save_and_load_round_trip(tmp_path):
         assert torch.allclose(loaded(y, 0.05), model(y, 0.05), atol=1e-5)
 
 
+def test_loading_refuses_tensors_the_constructor_never_checked(tmp_path):
+    """Knots that differ from the config's (the buffer would win) and λ = e¹⁰⁰ (inf in float32) are refused on load."""
+    model = _model().float()
+    with torch.no_grad():
+        model.log_strength.fill_(100.0)
+    with pytest.raises(ValueError, match="λ at the knots overflow float32"):
+        ps.load_denoiser_file(ps.save_denoiser(model, tmp_path / "huge.safetensors"))
+    model = _model().float()
+    model.sigma_knots.mul_(100)
+    with pytest.raises(ValueError, match="tensor sigma_knots .* differs from the config's"):
+        ps.load_denoiser_file(ps.save_denoiser(model, tmp_path / "knots.safetensors"))
+
+
 def test_bad_input_is_refused():
     model = _model()
     with pytest.raises(ValueError, match="too small"):

@@ -246,6 +246,19 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
         self._operators = TensorKeyedCache()  # {(shape, dtype): RidgeFilters} for the current weights (their device)
         self._recent: list[tuple[Tensor, Tensor]] = []  # the last two calls' (components in, out): warm starts
 
+    def check_state(self, source: str) -> None:
+        """Refuse loaded tensors that the constructor's checks did not see: knots other than the config's (the
+        buffer would override them), and λ, μ at the knots or ridge slopes that are not finite in float32 (every
+        call would fail)."""
+        if not torch.equal(self.sigma_knots, torch.tensor(self.config["sigma_knots"], dtype=self.sigma_knots.dtype)):
+            raise ValueError(f"{source}: tensor sigma_knots {self.sigma_knots.tolist()} differs from the config's "
+                             f"{self.config['sigma_knots']}; the file is corrupt")
+        with torch.no_grad():
+            for name, value in (("λ at the knots", self.log_strength.exp()), ("μ at the knots", self.log_scale.exp()),
+                                ("ridge slopes", self.slopes())):
+                if not bool(torch.isfinite(value).all()):
+                    raise ValueError(f"{source}: {name} overflow float32 ({value.max().item():.3g}); the file is corrupt")
+
     def for_channels(self, channels: int, colour: str = "rgb") -> "ConvexRidgeDenoiser":
         """The same regulariser R on images of ``channels`` channels: 'rgb' regularises each channel separately (the
         prox of Σ_k R(x_k) is the channelwise prox); 'opponent' (3 channels) each opponent component, every one

@@ -170,6 +170,8 @@ def load_denoiser_file(path: str | Path, verify: bool | None = None) -> Denoiser
     except RuntimeError as err:
         raise ValueError(f"{path}: weights do not fit the recorded architecture: {err}") from err
     model.eval()
+    if isinstance(model, ConvexRidgeDenoiser):
+        model.check_state(str(path))
     convs = model.bounded_convs() if isinstance(model, AveragedDenoiser) else []
     bounds = _stored_bounds(metadata, path, len(convs))
     for index, (conv, bound) in enumerate(zip(convs, bounds)):
