@@ -434,7 +434,7 @@ def _inexact_allowance(error: float, search, alpha: float) -> float:
 
 
 def _allowance_text(allowance: float, where: str = "this pair's distance") -> str:
-    return f", + {allowance:.3g} allowed for the inner solve's tolerance at {where}" if allowance else ""
+    return f", + {allowance:.3g} allowed for the inner solve's tolerance at {where}" if allowance > 1e-6 else ""
 
 
 def _certify_verdict(model, sigma, certificate, within: bool, violated: str | None) -> int:
