@@ -28,7 +28,7 @@ from .operators.physics import blur
 from .solvers.guided import guided_solve
 from .solvers.defaults import tuned
 from .solvers.loop import PnPResult, solve
-from .solvers.schemes import scheme_name
+from .solvers.schemes import Scheme, scheme_name
 from .theory import Certificate
 
 __all__ = ["DEBLURRING_DEFAULTS", "DEFAULT_DENOISERS", "DENOISING_DEFAULTS", "DenoiseResult", "choose_denoiser", "deblur",
@@ -349,7 +349,7 @@ def denoise(x, sigma, denoiser="auto", device: str | torch.device = "cpu", tile:
     _warn_outside_training(model, sigma, label, x.shape[1], chosen_by_default=denoiser is None or denoiser == "auto")
     model = tiled(model, x.shape, tile, overlap, context)
     with torch.no_grad(), evaluation_mode(model):
-        estimate = model(x, sigma)
+        estimate = Scheme.checked_output(model(x, sigma), x)
     if not torch.isfinite(estimate).all():
         raise ValueError(f"the denoiser {label} returned NaN or Inf for a finite input at sigma = "
                          f"{sigma if isinstance(sigma, float) else sigma.tolist()}; "

@@ -174,6 +174,10 @@ def test_deblur_auto_takes_the_network_for_the_level_the_solver_calls_it_at():
 def test_denoise_refuses_to_return_nan_from_a_broken_denoiser():
     with pytest.raises(ValueError, match="returned NaN or Inf"):
         ps.denoise(np.full((8, 8), 0.5), 0.1, denoiser=lambda x, sigma: x * float("nan"))
+    with pytest.raises(ValueError, match=r"returned \(1, 1, 4, 4\) for an input tensor of shape \(1, 1, 8, 8\)"):
+        ps.denoise(np.full((8, 8), 0.5), 0.1, denoiser=lambda x, sigma: x[..., :4, :4])  # was returned silently
+    with pytest.raises(ValueError, match="returned ndarray"):
+        ps.denoise(np.full((8, 8), 0.5), 0.1, denoiser=lambda x, sigma: x.numpy())
 
 
 def test_defaults_table_matches_the_recorded_tuning_run():

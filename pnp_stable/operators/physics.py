@@ -118,8 +118,8 @@ def blur(
         use_fft = max(k.shape) >= FFT_MIN_KERNEL_SIZE
     padding = "constant" if boundary == "zeros" else boundary
     rows, columns = (int(k.shape[0] == 1), int(k.shape[1] == 1))
-    if img_size is not None:  # an image 1 pixel high (wide) cannot be padded by one row (column) and needs none
-        rows, columns = rows * (img_size[1] > 1), columns * (img_size[2] > 1)
+    if img_size is not None and boundary == "reflect":  # reflecting a 1-pixel side by one row (column) is impossible
+        rows, columns = rows * (img_size[1] > 1), columns * (img_size[2] > 1)  # and reflect needs no zero row there
     if boundary != "valid" and (rows or columns):
         # the same operator with a zero row (column) on each side: deepinv's reflect padding fails on a 1-pixel
         # side of the kernel and its replicate adjoint is wrong there (adjoint test 0.66-1.25), not on 3 pixels
