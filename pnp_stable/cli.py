@@ -559,8 +559,8 @@ def _add_tiling(p: argparse.ArgumentParser) -> None:
                         "tile); 0: the whole image; auto: tile only when the whole image would need more than 2 GiB "
                         "by the code's estimate")
     p.add_argument("--overlap", type=nonnegative_int, default=None, metavar="N",
-                   help="pixels over which neighbouring tiles blend, at most (SIZE − 2)/3; default 33 (the shipped "
-                        "networks' receptive field), or that maximum for smaller tiles")
+                   help="pixels over which neighbouring tiles blend, at most (SIZE − 2)/3; default 33 (the receptive "
+                        "field of averaged-gray/-color; the SLL networks reach further), or that maximum for smaller tiles")
     p.add_argument("--workers", type=positive_int, default=1, metavar="N",
                    help="share the denoiser's tiles among N processes (relaunched by torch's elastic launcher, each "
                         "with cores/N threads): the same result and certificate; only tiled images are shared, so "

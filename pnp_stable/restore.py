@@ -223,8 +223,8 @@ def deblur(
     or ``x0``: :func:`tile_anchor`): peak memory that of one tile. 'auto' (the default) tiles only images whose
     whole-image call would need more than 2 GiB by the code's estimate (about 4 megapixels for the shipped networks;
     ``tiling.md`` measured +1,093 MiB for a 4-megapixel whole-image call); 0 or None never
-    tiles. ``overlap`` None: 33 pixels (the shipped
-    networks' receptive field), or (tile − 2)/3 for tiles too small for that. The blur stays whole (one FFT per
+    tiles. ``overlap`` None: 33 pixels (the receptive field
+    of averaged-gray/-color; the multi-scale SLL networks reach further), or (tile − 2)/3 for tiles too small for that. The blur stays whole (one FFT per
     iteration). ``context``: a deepinv ``DistributedContext`` of a ``torchrun`` launch, whose processes then share
     the tiles (every process runs the same iteration and gets every denoised image;
     :mod:`pnp_stable.denoisers.distributed`); an image that is not tiled is denoised whole by each.

@@ -146,6 +146,14 @@ def test_kernel_specs(tmp_path):
         kernel_from_spec("file:/nonexistent.npz")
 
 
+@pytest.mark.parametrize("spec", ["gaussian:1e6", "uniform:5001", "gaussian:1:4099"])
+def test_kernels_too_large_to_build_are_refused_before_allocating(spec):
+    from pnp_stable.operators import kernel_from_spec
+
+    with pytest.raises(ValueError, match="exceeds 4097 pixels; use a smaller kernel"):  # gaussian:1e6 was 288 TB
+        kernel_from_spec(spec)
+
+
 @pytest.mark.parametrize("spec", ["motion:1:4", "gaussian:1.5:4", "uniform:4", "gaussian:1:2.5"])
 def test_even_or_fractional_kernel_sizes_are_refused_instead_of_shifting_or_truncating(spec):
     from pnp_stable.operators import kernel_from_spec

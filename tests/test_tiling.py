@@ -157,6 +157,15 @@ def test_deblur_anchors_its_tiles_at_the_wiener_estimate(model, monkeypatch):
     assert len(built) == 1 and torch.allclose(built[0].anchor, wiener, atol=1e-5)
 
 
+def test_tile_and_overlap_are_whole_numbers_and_the_overlap_adapts_to_a_small_tile(model):
+    assert TiledDenoiser(model, tile=64).overlap == 20  # (64 − 2)/3: the default 33 would not fit
+    for tile, overlap, message in ((32, "5", "overlap"), (32, 5.7, "overlap"), ("64", 10, "tile"), (32.0, 5, "tile")):
+        with pytest.raises(ValueError, match=f"{message}.*whole number"):  # a raw TypeError, or 5.7 truncated to 5
+            TiledDenoiser(model, tile=tile, overlap=overlap)
+    with pytest.raises(ValueError, match="overlap .*whole number"):
+        ps.deblur(torch.rand(1, 1, 40, 40), "gaussian:1", 0.01, denoiser=model, tile=32, overlap=5.7, max_iter=1)
+
+
 def test_cli_tiles_on_request_and_refuses_a_one_pixel_tile(tmp_path, capsys):
     from skimage.io import imsave
 

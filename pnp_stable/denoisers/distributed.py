@@ -62,7 +62,7 @@ class DistributedTiledDenoiser(TiledDenoiser):
     process returns the whole output; the certificate is D's. ``max_batch_size`` tiles go through D per call
     (None: all of a process's tiles at once); with one noise level per image, one tile per call."""
 
-    def __init__(self, denoiser, context, tile: int = 256, overlap: int = DEFAULT_OVERLAP,
+    def __init__(self, denoiser, context, tile: int = 256, overlap: int | None = None,
                  max_batch_size: int | None = None, anchor: Tensor | None = None):
         super().__init__(denoiser, tile, overlap, anchor)
         self.context, self.max_batch_size = context, max_batch_size

@@ -38,7 +38,7 @@ import deepinv as dinv
 import torch
 from torch import Tensor
 
-from .._validation import check_image
+from .._validation import check_image, check_whole
 from ..theory import Certificate
 from .averaged import certificate_of, keep_description
 
@@ -47,12 +47,15 @@ __all__ = ["AUTO_TILE_BYTES", "TiledDenoiser", "image_tiles", "tile_windows", "t
 #: the estimated peak memory of one whole-image call above which ``tile='auto'`` tiles (deblur, denoise, the CLI)
 AUTO_TILE_BYTES = 2 * 1024**3
 AUTO_TILE = 512
-DEFAULT_OVERLAP = 33  # the receptive field of the shipped networks: 8 blocks × (a 3×3 conv and its transpose) reach 16 px
+#: the receptive field of averaged-gray/-color, whose 8 blocks (a 3×3 conv and its transpose each) reach 16 px; the
+#: multi-scale SLL networks reach 21–35 px each side, so their ramps see less context (tiling.md measures averaged-color)
+DEFAULT_OVERLAP = 33
 
 
 def _check_tiling(tile: int, overlap: int) -> None:
-    if tile < 2:
-        raise ValueError(f"a tile needs at least 2 pixels, got tile {tile}")
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 2:
+        raise ValueError(f"a tile needs at least 2 pixels (a whole number), got tile {tile!r}")
+    check_whole(overlap, "overlap (pixels)", 0)
     if overlap < 0 or 3 * overlap + 2 > tile:
         raise ValueError(f"tile {tile} needs an overlap between 0 and {(tile - 2) // 3} (at most (tile − 2)/3, so that a "
                          f"tile's two ramps never meet), got overlap {overlap}")
@@ -103,10 +106,11 @@ class TiledDenoiser(dinv.models.Denoiser):
     over unchanged either way. Choose ``overlap`` at least D's receptive field so that the ramps fall where each
     tile has context. Peak memory is that of D on one tile (plus the image, the output and, anchored, one offset)."""
 
-    def __init__(self, denoiser, tile: int = 256, overlap: int = DEFAULT_OVERLAP, anchor: Tensor | None = None):
+    def __init__(self, denoiser, tile: int = 256, overlap: int | None = None, anchor: Tensor | None = None):
         super().__init__()
+        overlap = default_overlap(tile) if overlap is None and isinstance(tile, int) else overlap
         _check_tiling(tile, overlap)
-        self.denoiser, self.tile, self.overlap = denoiser, int(tile), int(overlap)
+        self.denoiser, self.tile, self.overlap = denoiser, tile, overlap
         self.anchor = None if anchor is None else check_image(anchor.detach(), "tiling anchor")
         self._offset: tuple | None = None  # ((noise levels, dtype, device), Σ_t P_tᵀ S_t(I − S_t)D(P_t g, σ))
         self._samples: tuple | None = None  # the samples of the batch a subset() view keeps

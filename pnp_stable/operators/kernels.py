@@ -73,11 +73,19 @@ def validate_kernel(kernel, name: str = "kernel", warn_scaled: bool = False) -> 
     return (k / total).to(torch.float32)
 
 
+#: the largest kernel side built from a spec (a 4097² float64 kernel is 134 MB; wider blurs exceed any image here)
+MAX_KERNEL_SIZE = 4097
+
+
 def _odd_size(size, what: str) -> int:
     """``size`` as an int, refused unless it is a positive odd integer: an even kernel has no centre pixel
-    and would shift the image by half a pixel, and a fractional one would be truncated silently."""
+    and would shift the image by half a pixel, and a fractional one would be truncated silently. Sizes above
+    :data:`MAX_KERNEL_SIZE` are refused before anything is allocated."""
     if isinstance(size, bool) or not float(size).is_integer() or size < 1:
         raise ValueError(f"{what} must be a positive odd integer, got {size}")
+    if size > MAX_KERNEL_SIZE:
+        raise ValueError(f"{what} {int(size)} exceeds {MAX_KERNEL_SIZE} pixels; use a smaller kernel (a Gaussian's "
+                         "default size is 2·ceil(3·std) + 1)")
     if int(size) % 2 == 0:
         raise ValueError(f"{what} must be odd so that the kernel has a centre pixel (an even size shifts the "
                          f"image by half a pixel), got {int(size)}; use {int(size) - 1} or {int(size) + 1}")
