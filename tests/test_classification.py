@@ -429,6 +429,37 @@ def test_a_corrupt_power_vector_is_refused_when_the_classifier_loads(tmp_path):
         load_classifier(tmp_path / "bad.safetensors")
 
 
+@pytest.mark.parametrize("factor", [1 - 1e-4, 1 + 1e-4])
+def test_a_stored_certificate_below_the_weights_loads_with_a_warning_and_one_above_is_refused(tmp_path, factor):
+    """A file written before a rounding term joined the bounds records a slightly smaller Lipschitz bound: it loads,
+    warned, and certifies with the recomputed one (the shipped baseline was refused); a larger stored one is not the
+    weights' certificate."""
+    import json
+
+    from pnp_stable._safetensors import content_digest
+    from pnp_stable.classification.storage import load_classifier, save_classifier
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    model = _trained(tmp_path, steps=2).model.eval()
+    path = save_classifier(model, tmp_path / "c.safetensors")
+    tensors = load_file(str(path))
+    with safe_open(str(path), "pt") as handle:
+        metadata = {k: v for k, v in handle.metadata().items() if k != "sha256"}
+    certificate = json.loads(metadata["certificate"])
+    certificate["lipschitz"] *= factor
+    metadata["certificate"] = json.dumps(certificate)
+    metadata["sha256"] = content_digest(tensors, metadata)
+    save_file(tensors, str(tmp_path / "older.safetensors"), metadata=metadata)
+    if factor < 1:
+        with pytest.warns(UserWarning, match="predates the current rounding terms"):
+            loaded = load_classifier(tmp_path / "older.safetensors")
+        assert loaded.lipschitz_bound() == pytest.approx(model.lipschitz_bound(), rel=1e-9)
+    else:
+        with pytest.raises(ValueError, match="disagrees with the weights"):
+            load_classifier(tmp_path / "older.safetensors")
+
+
 def test_resume_accepts_defaults_written_out_and_refuses_a_changed_architecture(tmp_path):
     data = synthetic(64, 1, 28)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 from .._finite import check_finite_model, check_finite_tensors
@@ -60,7 +61,8 @@ def load_classifier(path: str | Path, verify: bool | None = None) -> LipschitzCl
     norm bounds installed. ``verify`` (default: True except for the shipped files) recomputes every bound and installs
     the larger of stored and recomputed, a few seconds; otherwise the stored bounds are used. Refused with a
     ``ValueError``: another kind of file, a missing or wrong digest, NaN/Inf tensors, malformed metadata, a stored
-    bound below its recomputation, or a certificate that the installed bounds do not reproduce."""
+    bound below its recomputation, or a stored certificate below what the installed bounds give (one above it, as
+    in files written before a rounding term was added to the bounds, loads with a warning: the larger one is used)."""
     path = classifier_file(path)
     if verify is None:
         verify = SHIPPED.verify_by_default(path)
@@ -97,8 +99,12 @@ def load_classifier(path: str | Path, verify: bool | None = None) -> LipschitzCl
     stored = _json(metadata, "certificate", path)
     recomputed = model.lipschitz_bound()
     if not isinstance(stored, dict) or not isinstance(stored.get("lipschitz"), (int, float)) \
-            or abs(stored["lipschitz"] - recomputed) > 1e-6 * max(1.0, recomputed):
+            or stored["lipschitz"] - recomputed > 1e-6 * max(1.0, recomputed):
         raise ValueError(f"{path}: stored certificate {stored!r} disagrees with the weights (Lipschitz {recomputed:.6g})")
+    if recomputed - stored["lipschitz"] > 1e-6 * max(1.0, recomputed):  # the model certifies with the larger one
+        warnings.warn(f"{path}: its stored Lipschitz bound {stored['lipschitz']:.8g} predates the current rounding "
+                      f"terms; the weights give {recomputed:.8g}, which the radii use; re-save the file with "
+                      "save_classifier to record it", stacklevel=2)
     return model
 
 
