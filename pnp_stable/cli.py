@@ -527,7 +527,11 @@ def cmd_classify(args) -> int:
     names = next((names for channels, size, names in DATASETS.values()
                   if (channels, size, len(names)) == (config["in_channels"], config["image_size"], config["classes"])), None)
     size = config["image_size"]
-    for source in args.inputs:
+    _refuse_empty_paths(args.inputs)
+    sources = []
+    for path in map(Path, args.inputs):  # a folder stands for its images, as for denoise
+        sources += _folder_images(path) if path.is_dir() else [path]
+    for source in sources:
         image = load_image(source, gray=config["in_channels"] == 1)
         resized = tuple(image.shape[-2:]) != (size, size)
         if resized:
@@ -691,7 +695,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("classify", formatter_class=fmt, help="classify images with a certified ℓ2 radius",
                             description="Print each image's class and its certified ℓ2 radius: margin over the guaranteed "
                                         "Lipschitz bound of each logit difference.")
-    p.add_argument("inputs", nargs="+", metavar="IN", help="image files (Fashion-MNIST models: 28×28 gray, white object on black)")
+    p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders of images (Fashion-MNIST models: 28×28 gray, "
+                                                                "white object on black)")
     p.add_argument("--model", default="fashion-mnist-lipschitz", help="shipped classifier or a .safetensors file")
     p.add_argument("--resize", action="store_true", help="resize images of another size to the model's; without it they are refused")
     p.set_defaults(run=cmd_classify)

@@ -232,6 +232,12 @@ def test_classify_command_prints_class_and_radius(trained, tmp_path, capsys):
     assert "--resize" in capsys.readouterr().err
     assert cli.main(["classify", str(tmp_path / "large.png"), "--model", str(path), "--resize"]) == 0
     assert cli.main(["classify", str(tmp_path / "item.png"), "--model", "no-such-model"]) == 2
+    folder = tmp_path / "items"  # a folder stands for its images ('image file not found' before)
+    folder.mkdir()
+    Image.fromarray((image * 255).round().astype(np.uint8)).save(folder / "a.png")
+    capsys.readouterr()
+    assert cli.main(["classify", str(folder), "--model", str(path)]) == 0
+    assert f"{folder / 'a.png'}: class" in capsys.readouterr().out
 
 
 def test_edited_bounds_are_refused_even_with_a_recomputed_digest(trained, tmp_path):
@@ -405,6 +411,18 @@ def test_certified_radii_need_unit_scale_pixels_and_ignore_an_enclosing_autocast
     images = synthetic(8, 1, 28).tensors[0]
     with pytest.raises(ValueError, match="divide 8-bit images by 255"):
         certified_radius(model, 255 * images)
+    with pytest.raises(ValueError, match=r"got values in \[-0.5, .*rescale them to \[0, 1\]"):
+        certified_radius(model, images - 0.5)
+    with pytest.raises(ValueError, match=r"add the batch axis \(x\[None\]\)"):
+        certified_radius(model, images[0])
+    empty = certified_radius(model, images[:0])  # a conv error before
+    assert empty[0].shape == empty[1].shape == (0,)
+    for labels in (torch.zeros(1, dtype=torch.long), torch.zeros(8)):  # broadcast, or 0 % from float labels, before
+        with pytest.raises(ValueError, match="labels must be one integer class per image"):
+            certified_accuracy(model, [(images, labels)], [0.1])
+    with pytest.raises(ValueError, match="call model.eval"):
+        lipschitz_search(model.train(), images[:1], steps=1)
+    model.eval()
     plain = certified_radius(model, images)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         under_autocast = certified_radius(model, images)

@@ -47,9 +47,15 @@ def _radius(logits: Tensor, bounds: Tensor) -> tuple[Tensor, Tensor]:
 def _certified_logits(model, x: Tensor) -> Tensor:
     """The logits the certificate describes: pixels in [0, 1] (the radii are in those units) and the network in full
     precision even under an enclosing autocast (its bounds are for the fp32 network, not a bf16 evaluation)."""
+    if x.dim() != 4:
+        raise ValueError(f"images must be a batch [B, C, H, W], got shape {tuple(x.shape)}"
+                         + ("; add the batch axis (x[None])" if x.dim() == 3 else ""))
     if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
+        hint = "divide 8-bit images by 255" if float(x.max()) > 1.5 else "rescale them to [0, 1]"
         raise ValueError(f"pixels must lie in [0, 1] (the certified radius is measured in those units), got values in "
-                         f"[{float(x.min()):.4g}, {float(x.max()):.4g}]; divide 8-bit images by 255")
+                         f"[{float(x.min()):.4g}, {float(x.max()):.4g}]; {hint}")
+    if not len(x):
+        return x.new_empty((0, model.config["classes"]), dtype=torch.float64)
     with torch.autocast(device_type=x.device.type, enabled=False):
         return model(x.float()).double()
 
@@ -68,6 +74,10 @@ def certified_accuracy(model, loader: Iterable[tuple[Tensor, Tensor]], eps_list:
     bounds = pairwise_bounds(model)
     correct, certified, count = 0, {float(eps): 0 for eps in eps_list}, 0
     for images, labels in loader:
+        if not isinstance(labels, Tensor) or labels.shape != (len(images),) or labels.is_floating_point():
+            raise ValueError(f"labels must be one integer class per image ({len(images)}), got "
+                             f"{tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__}"
+                             f"{' floats' if isinstance(labels, Tensor) and labels.is_floating_point() else ''}")
         prediction, radius = _radius(_certified_logits(model, images), bounds.to(images.device))
         right = prediction == labels
         correct += int(right.sum())
@@ -146,6 +156,8 @@ def robust_accuracy(model, images: Tensor, labels: Tensor, eps: float, **attack)
 def lipschitz_search(model, images: Tensor, steps: int = 100, lr: float = 1e-2, seed: int = 0) -> float:
     """Largest ‖z(x) − z(y)‖/‖x − y‖ found by Adam over pairs started at ``images`` and small perturbations of
     them (the logits map's local Lipschitz constant): a lower bound that the certified bound must exceed."""
+    if getattr(model, "training", False):
+        raise ValueError("search the eval network, which the certificate describes: call model.eval() first")
     generator = torch.Generator().manual_seed(seed)
     x = images.clone().requires_grad_(True)
     y = (images + 1e-2 * torch.randn(images.shape, generator=generator)).requires_grad_(True)
