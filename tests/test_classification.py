@@ -149,7 +149,7 @@ def test_training_resumes_exactly(tmp_path):
     original = first.train_step
     first.train_step = lambda: (first.request_stop() if first.step == 5 else None, original())[1]
     assert first.run() == "interrupted" and first.step == 6
-    with pytest.raises(ValueError, match=r"already exist\(s\): resume that run \(--resume\), start over in its place"):
+    with pytest.raises(ValueError, match=r"m.safetensors.ckpt already exists: resume that run \(--resume\), start over in its place"):
         ClassifierTrainer(config, progress=False, dataset=data)  # a fresh run would write over the checkpoint
     second = ClassifierTrainer(config, resume=True, progress=False, dataset=data)
     assert second.step == 6 and second.run() == "finished"

@@ -63,9 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if len(args.widths) != len(args.depths):
-        print(f"error: --widths and --depths need one value per stage, got {args.widths} and {args.depths}", file=sys.stderr)
+        print(f"{parser.prog}: error: --widths and --depths need one value per stage, got {args.widths} and {args.depths}", file=sys.stderr)
         return 2
     try:
         check_outputs([], [("--out", Path(args.out), (".safetensors",))])
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"weights": str(path), "steps": trainer.step, "train_seconds": round(trainer.elapsed),
                           "lipschitz": trainer.model.lipschitz_bound()}))
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     return 0
 
