@@ -55,7 +55,7 @@ def _inferred_scale(arr: np.ndarray) -> float:
 def check_float_range(x: Tensor, name: str = "image") -> Tensor:
     """Require float values on the [0, 1] scale within :data:`FLOAT_RANGE_TOLERANCE` (noise may cross 0 and 1)."""
     if x.numel():
-        low, high = float(x.min()), float(x.max())
+        low, high = float(x.detach().min()), float(x.detach().max())
         if low < -FLOAT_RANGE_TOLERANCE or high > 1 + FLOAT_RANGE_TOLERANCE:
             hint = "; it looks like 0–255 data: divide by 255" if 10 < high <= 300 and low >= -50 else ""
             raise ValueError(f"{name} values span [{low:.4g}, {high:.4g}], but float images must lie on the [0, 1] "

@@ -20,7 +20,7 @@ from ._validation import check_denoiser_sigma, check_device, check_noise_level, 
 from .denoisers.averaged import certificate_of
 from .denoisers.ensemble import self_ensemble
 from .denoisers.switch import NoiseLevelSwitch, range_index
-from .denoisers.tiling import tiled
+from .denoisers.tiling import TiledDenoiser, tiled
 from .denoisers.zoo import denoiser_label, load_denoiser, outside_training
 from .io import to_tensor
 from .operators.kernels import kernel_from_spec, validate_kernel
@@ -278,7 +278,9 @@ def deblur(
             max_iter=max_iter, tol=tol, x0=x0, reference=reference, allow_unsafe_step=allow_unsafe_step,
             progress=progress, reference_frame=frame, accelerate=accelerate,
         )
-        result.notes.insert(0, f"denoiser {label} at σ_d = {_on_255_scale(levels)}")
+        tiling = (f", tiled ({model.tile} px tiles, {model.overlap} px overlap, anchored at a Wiener estimate; "
+                  "certificate kept)" if isinstance(model, TiledDenoiser) else "")
+        result.notes.insert(0, f"denoiser {label} at σ_d = {_on_255_scale(levels)}{tiling}")
     return result if frame is None else _framed(result, frame)
 
 

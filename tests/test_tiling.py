@@ -105,6 +105,7 @@ def test_deblur_and_denoise_with_tiles_keep_beta_and_pass_the_monitor(model):
     whole = ps.deblur(y, kernel, 0.02, denoiser=model, boundary="circular", max_iter=20, tile=0)
     tiles = ps.deblur(y, kernel, 0.02, denoiser=model, boundary="circular", max_iter=20, tile=16, overlap=4)
     assert tiles.beta == whole.beta is not None and not tiles.violations
+    assert "tiled (16 px tiles, 4 px overlap" in tiles.notes[0] and "tiled" not in whole.notes[0]
     assert (tiles.estimate - whole.estimate).norm() < 0.05 * whole.estimate.norm()
     denoised = ps.denoise(y, 0.05, denoiser=model, tile=16, overlap=4)
     assert denoised.certificate.alpha == model.certificate.alpha and "tiled" in denoised.certificate.method
@@ -155,6 +156,15 @@ def test_deblur_anchors_its_tiles_at_the_wiener_estimate(model, monkeypatch):
     monkeypatch.setattr(tiling, "TiledDenoiser", Recorded)
     ps.deblur(y, kernel, 0.02, denoiser=model, boundary="circular", max_iter=2, tile=16, overlap=4)
     assert len(built) == 1 and torch.allclose(built[0].anchor, wiener, atol=1e-5)
+
+
+def test_the_tiles_of_an_axis_cover_fewer_than_twice_its_pixels():
+    """What the tiled certificate's error bound 2ε rests on (TiledDenoiser._tolerance): Σ_t N_t < 4N."""
+    for tile in (2, 5, 8, 17, 32, 64):
+        for overlap in range((tile - 2) // 3 + 1):
+            for length in range(tile + 1, 6 * tile):
+                covered = sum(stop - start for start, stop, _ in tile_windows(length, tile, overlap))
+                assert covered < 2 * length, (length, tile, overlap, covered)
 
 
 def test_tile_and_overlap_are_whole_numbers_and_the_overlap_adapts_to_a_small_tile(model):

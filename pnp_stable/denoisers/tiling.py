@@ -171,20 +171,26 @@ class TiledDenoiser(dinv.models.Denoiser):
     @property
     def certificate(self) -> Certificate:
         base = certificate_of(self.denoiser)
-        return replace(base, method=f"{base.method}; tiled with square-root partition-of-unity windows ({self.tile} px "
-                                    f"tiles, {self.overlap} px overlap{', anchored' if self.anchor is not None else ''}), "
-                                    "which keep it", tolerance=self._tolerance(base))
+        return self._tiled(base, f"tiled with square-root partition-of-unity windows ({self.tile} px tiles, "
+                                 f"{self.overlap} px overlap{', anchored' if self.anchor is not None else ''}), which keep it")
 
     def certificate_at(self, sigma) -> Certificate:
         if hasattr(self.denoiser, "certificate_at"):
-            base = certificate_of(self.denoiser, sigma)
-            return replace(base, method=f"{base.method}; tiled (certificate kept)", tolerance=self._tolerance(base))
+            return self._tiled(certificate_of(self.denoiser, sigma), "tiled (certificate kept)")
         return self.certificate
+
+    def _tiled(self, base: Certificate, how: str) -> Certificate:
+        """D's certificate with the tiling named and, for an inner solve, the whole image's error bound stated."""
+        tolerance = self._tolerance(base)
+        stated = f"; the tiled output's RMS error ≤ {tolerance:.3g}" if tolerance > 1e-9 else ""
+        return replace(base, method=f"{base.method}; {how}{stated}", tolerance=tolerance)
 
     def _tolerance(self, base: Certificate) -> float:
         """The image's RMS error bound from the tiles' RMS bound ε: the errors e_t of the tiles reach the output
-        through Φᵀ (‖Φᵀ‖ = 1), so ‖Φᵀ(⊕e_t)‖² ≤ Σ_t ‖e_t‖² ≤ ε²Σ_t N_t ≤ 4ε²N (a pixel lies in at most 2 × 2 tiles):
-        2ε; anchored, the offset's D(P_t g) calls add as much again: 4ε."""
+        through Φᵀ (‖Φᵀ‖ = 1), so ‖Φᵀ(⊕e_t)‖² ≤ Σ_t ‖e_t‖² ≤ ε²Σ_t N_t < 4ε²N: 2ε; anchored, the offset's D(P_t g)
+        calls add as much again: 4ε. Σ_t N_t < 4N because along an axis of L > T pixels the m tiles of T pixels cover
+        mT < L + T + (m − 2)o < 1.5L + 0.5T < 2L pixels ((m − 1)(T − o) < L − o by the tile count, and o ≤ T/3);
+        a pixel may lie in three tiles of an axis, but not on average."""
         return base.tolerance * (4 if self.anchor is not None else 2)
 
 
