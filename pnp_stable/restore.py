@@ -236,6 +236,10 @@ def deblur(
     device = check_device(device)
     solver = None if solver is None else scheme_name(solver)
     y = _as_batch(y, "blurred image y", device)
+    if _several_levels(noise_sigma):
+        raise ValueError(f"noise_sigma must be one number for the whole batch (the data term's weight), got "
+                         f"{noise_sigma!r}; deblur images of different noise levels one call each (denoiser_sigma may "
+                         "differ per image)")
     noise_sigma = unit_scale_level(noise_sigma, "noise_sigma", positive=True)
     kernel = _as_kernel(kernel)
     physics = blur(kernel, boundary=boundary, img_size=tuple(y.shape[1:]), device=device)
@@ -282,6 +286,14 @@ def deblur(
                   "certificate kept)" if isinstance(model, TiledDenoiser) else "")
         result.notes.insert(0, f"denoiser {label} at σ_d = {_on_255_scale(levels)}{tiling}")
     return result if frame is None else _framed(result, frame)
+
+
+def _several_levels(value) -> bool:
+    """Whether ``value`` is a sequence or tensor of more than one number (anything else is for the level checks)."""
+    try:
+        return not isinstance(value, (int, float, str)) and float64_levels(value, "").numel() > 1
+    except ValueError:
+        return False
 
 
 def _on_255_scale(levels: Tensor) -> str:

@@ -171,6 +171,12 @@ def test_deblur_auto_takes_the_network_for_the_level_the_solver_calls_it_at():
             choose_denoiser("auto", 3, bad, "deblur")
 
 
+def test_deblur_says_how_to_restore_images_of_different_noise_levels():
+    for levels in ([0.01, 0.02], torch.tensor([0.01, 0.02])):
+        with pytest.raises(ValueError, match="one number for the whole batch .* one call each"):
+            ps.deblur(torch.rand(2, 1, 16, 16), "gaussian:1", levels)
+
+
 def test_denoise_refuses_to_return_nan_from_a_broken_denoiser():
     with pytest.raises(ValueError, match="returned NaN or Inf"):
         ps.denoise(np.full((8, 8), 0.5), 0.1, denoiser=lambda x, sigma: x * float("nan"))

@@ -60,7 +60,8 @@ def validate_kernel(kernel, name: str = "kernel", warn_scaled: bool = False) -> 
         raise ValueError(f"{name} contains NaN or Inf values")
     if (k < 0).any():
         raise ValueError(
-            f"{name} has negative entries (min {k.min().item():.3g}); a blur kernel must be non-negative"
+            f"{name} has negative entries (min {k.min().item():.3g}); a blur kernel must be non-negative (an estimated "
+            "kernel's small negative values can be set to zero: np.clip(k, 0, None))"
         )
     peak = k.max()
     k = k / peak if peak > 0 else k  # the same kernel after normalisation; its sum cannot overflow then
