@@ -564,8 +564,12 @@ def test_noise_level_switch_sends_each_image_to_its_range_and_is_certified_as_it
         ps.NoiseLevelSwitch([0.1, 0.2], [low, high])
     with pytest.raises(ValueError, match="positive, finite and increasing"):
         ps.NoiseLevelSwitch([0.2, 0.1, 0.3], [low, high, low, high])
-    with pytest.raises(ValueError, match="same number of channels"):
+    with pytest.raises(ValueError, match=r"same number of channels, got \[\[1\], \[3\]\]"):
         ps.NoiseLevelSwitch([0.1], [low, AveragedDenoiser(channels=3, width=5, depth=1)])
+    deepinv_member = dinv.models.DnCNN(in_channels=1, out_channels=1, depth=2, nf=4, pretrained=None)
+    assert ps.NoiseLevelSwitch([0.1], [low, deepinv_member]).channels == 1  # its first convolution tells
+    with pytest.raises(ValueError, match=r"got \[\[3\], \[1\]\]"):  # 'got [None, 3]' before, whatever it took
+        ps.NoiseLevelSwitch([0.1], [AveragedDenoiser(channels=3, width=5, depth=1), deepinv_member])
     with pytest.raises(ValueError, match="call it as D\\(x, sigma\\)"):
         switch(x)
 

@@ -20,6 +20,7 @@ import deepinv as dinv
 import torch
 from torch import Tensor, nn
 
+from .._modules import accepted_channels
 from ..theory import Certificate
 from .averaged import _sigma_per_image, certificate_of
 
@@ -56,13 +57,14 @@ class NoiseLevelSwitch(dinv.models.Denoiser):
         if not all(isinstance(d, nn.Module) for d in denoisers):
             raise ValueError("NoiseLevelSwitch takes torch modules denoiser(x, sigma), got "
                              f"{[type(d).__name__ for d in denoisers]}")
-        channels = {getattr(d, "channels", None) for d in denoisers}
-        if len(channels) != 1:
+        accepted = [accepted_channels(d) for d in denoisers]  # None: a member that does not tell
+        common = set.intersection(*(set(a) for a in accepted if a is not None)) if any(accepted) else None
+        if common is not None and not common:
             raise ValueError(f"the denoisers of a NoiseLevelSwitch must take the same number of channels, got "
-                             f"{[getattr(d, 'channels', None) for d in denoisers]}")
+                             f"{[list(a) if a is not None else 'any' for a in accepted]}")
         self.levels = tuple(levels)
         self.members = nn.ModuleList(denoisers)
-        self.channels = channels.pop()
+        self.channels = common.pop() if common is not None and len(common) == 1 else None
         widths = [getattr(d, "width", None) for d in denoisers]  # tiling's 'auto' memory estimate: the largest member
         self.width = max(widths) if all(isinstance(w, int) for w in widths) else None
         self.peak_feature_maps = max(getattr(d, "peak_feature_maps", 4) for d in denoisers)
