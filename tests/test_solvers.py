@@ -305,6 +305,17 @@ def test_drs_folds_its_firm_nonexpansiveness_relaxation_into_the_weight(certifie
     assert drs.denoiser_weight == pytest.approx(0.5 / adaptive.certificate.alpha)
     assert drs.denoiser_certificate.alpha == pytest.approx(adaptive.certificate_at(0.05).alpha * drs.denoiser_weight)
 
+    class Mirror(torch.nn.Module):  # an isometry: non-expansive, averaged for no α < 1
+        certificate = Certificate(lipschitz=1.0, alpha=None, method="a mirror")
+
+        def forward(self, x, sigma=None):
+            return x.flip(-1)
+
+    for solver in ("drs", "admm"):  # a merely non-expansive D is relaxed by θ = 1/2 (no β before)
+        mirrored = ps.solve(op, y, Mirror(), 0.02, solver=solver, denoiser_weight=1.0, max_iter=30, tol=0.0)
+        assert mirrored.beta == 0.5 and not mirrored.violations, (solver, mirrored.verdict)
+        assert any("θ = 0.5" in note for note in mirrored.notes)
+
 
 def test_fb_and_hqs_are_checked_against_the_certificate_at_the_denoiser_sigma():
     """A noise-adaptive D(·, σ_d) is θ(σ_d)α_N-averaged; β and the monitor use that tighter α."""

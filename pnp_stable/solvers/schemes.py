@@ -230,15 +230,17 @@ class HalfQuadraticSplitting(Scheme):
 
 class _SplittingWithFNEDenoiser(Scheme):
     """DRS and ADMM need a firmly non-expansive denoiser: an α-averaged D_ω with α > 1/2 is relaxed further,
-    to D̃ = (1 − θ)I + θD_ω with θ = 1/(2α), so the denoising weight in use is min(ω, 1/(2α_D)). α here is
-    the denoiser's certificate for every σ (the iteration is the one tuned and benchmarked, whatever σ_d)."""
+    to D̃ = (1 − θ)I + θD_ω with θ = 1/(2α), so the denoising weight in use is min(ω, 1/(2α_D)); a merely
+    non-expansive D_ω (α = 1) gets θ = 1/2. α here is the denoiser's certificate for every σ (the iteration is the
+    one tuned and benchmarked, whatever σ_d)."""
 
     def __init__(self, fidelity, denoiser, denoiser_sigma, step, denoiser_weight: float = 1.0):
         super().__init__(fidelity, denoiser, denoiser_sigma, step, denoiser_weight)
         every_sigma = _weighted_certificate(certificate_of(denoiser), self.denoiser_weight,
                                             "for every σ, the certificate DRS and ADMM relax against")
-        if every_sigma.alpha is not None and every_sigma.alpha > 0.5:
-            theta = relaxation_for_target(every_sigma.alpha, 0.5)
+        alpha = every_sigma.alpha if every_sigma.alpha is not None else 1.0 if every_sigma.nonexpansive else None
+        if alpha is not None and alpha > 0.5:
+            theta = relaxation_for_target(alpha, 0.5)
             self.denoiser_weight *= theta
             self.denoiser_certificate = self.denoiser_certificate.relaxed(theta)
             self.notes.append(f"denoiser relaxed to firmly non-expansive: D̃ = (1 − θ)I + θD_ω with θ = {theta:.4g} "
