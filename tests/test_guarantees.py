@@ -228,6 +228,12 @@ def test_the_prox_error_of_conjugate_gradients_counts_too(certified):
     assert error.shape == (1,) and float(error) == pytest.approx(float(scheme.fidelity.prox_accuracy.last_absolute), rel=1e-3)
     assert float(error) > 0
     assert any("conjugate gradients" in source for source in scheme.inexact_sources())
+    result = ps.solve(op, y, certified, 0.02, solver="drs", max_iter=5)  # what β means with inexact evaluations
+    assert result.beta is not None and "β is the exact map T's" in result.summary()
+    assert "not claimed" in result.summary() and "conjugate gradients" in result.summary()
+    closed_form = ps.solve(ps.blur(ps.motion_kernel(2, size=7), img_size=(1, SIZE, SIZE)), y, certified, 0.02,
+                           solver="drs", max_iter=5)  # circular: an exact prox, no such note
+    assert "inexact evaluations" not in closed_form.summary()
 
 
 def test_the_rate_comparison_is_a_heuristic_not_a_violation():

@@ -248,6 +248,9 @@ def run_scheme(
     limited = [b for b, status in enumerate(tracker.status) if status == "accuracy-limited"]
     if limited:
         notes.append(_accuracy_note(scheme, tol, tracker.exact_bound[limited]))
+    sources = getattr(scheme, "inexact_sources", lambda: [])()
+    if sources and beta is not None:
+        notes.append(_inexact_note(sources))
     return PnPResult(
         estimate=estimate, governing=governing, status=tracker.status, iterations=tracker.iterations, history=history,
         beta=None if gaps else beta, beta_basis=basis, solver=scheme.name, step=scheme.step_size,
@@ -263,6 +266,14 @@ def _accuracy_note(scheme: Scheme, tol: float, bounds: Tensor) -> str:
             f"{tol:g}, and r within twice the inner solvers' error: {solved}), so the exact iteration's relative residual "
             f"there is bounded by {float(bounds.max()):.3g}, not by tol; solve the inner problems more accurately, or "
             f"stop at a tol above that bound")
+
+
+def _inexact_note(sources: list[str]) -> str:
+    """What β means when T is evaluated by inner solvers to a fixed tolerance (not DESIGN's summable schedule)."""
+    return (f"inexact evaluations ({' and '.join(sources)}): β is the exact map T's; each call's error bound is added "
+            "to every check and stopping test, so 'converged' certifies the returned point's exact residual (r + e < "
+            "tol·‖z‖) and 'accuracy-limited' bounds it; the errors are bounded per call, not summable, so the inexact "
+            "iteration's own convergence to Fix T (Krasnosel'skii–Mann with Σ‖e_k‖ < ∞) is not claimed")
 
 
 def _check_denoiser_channels(denoiser, channels: int) -> None:
