@@ -538,7 +538,8 @@ def cmd_classify(args) -> int:
             if not args.resize:
                 raise CommandError(f"{source} is {image.shape[-1]}×{image.shape[-2]} pixels; the model takes {size}×{size}: "
                                    "resize it, or pass --resize to resize it here (antialiased bilinear)")
-            image = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+            image = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            image = image.clamp(0, 1)  # non-negative weights summing to 1: the clamp removes only float rounding
         prediction, radius = certified_radius(model, image)
         label = int(prediction[0])
         name = f"'{names[label]}' ({label})" if names else str(label)

@@ -15,7 +15,6 @@ from .operators.kernels import motion_kernel
 from .operators.physics import blur
 from .restore import deblur
 from .solvers.loop import PnPResult
-from .theory import format_bound
 
 __all__ = ["DEMO_NOISE", "DemoCase", "run_demo"]
 
@@ -77,10 +76,10 @@ def run_demo(out: str | Path = "demo_out", iterations: int | None = None, progre
                         reference=clean, progress=progress)  # the blur above wraps around
         case = DemoCase(name, clean, degraded, result)
         cases.append(case)
-        plot = result.history.plot(out / f"residuals_{name}.png", title=f"{name}: PnP-FB, β = {format_bound(result.beta, 4)}; {result.verdict}")
+        plot = result.history.plot(out / f"residuals_{name}.png", title=f"{name}: PnP-FB, {result.beta_text()}; {result.verdict}")
         echo(f"{name}: PSNR {case.psnr_degraded:.2f} dB (blurred, noise {DEMO_NOISE}) → {case.psnr_restored:.2f} dB "
              f"(restored, {result.status[0]} after {result.iterations[0]} denoiser calls)")
-        echo(f"  certified β = {format_bound(result.beta, 4)} ({result.beta_basis})")
+        echo(f"  {result.beta_text()} ({result.beta_basis})")
         echo(f"  monitor: {result.verdict}; wrote {plot}")
     echo(f"wrote {_save_grid(cases, out / 'grid.png')}")
     return cases

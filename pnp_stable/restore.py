@@ -18,6 +18,7 @@ from torch import Tensor
 from ._modules import accepted_channels, evaluation_mode, on_device, with_sigma_argument
 from ._validation import check_denoiser_sigma, check_device, check_noise_level, check_start, float64_levels, unit_scale_level
 from .denoisers.averaged import certificate_of
+from .denoisers.baselines import BM3DDenoiser
 from .denoisers.ensemble import self_ensemble
 from .denoisers.switch import NoiseLevelSwitch, range_index
 from .denoisers.tiling import TiledDenoiser, tiled
@@ -132,8 +133,6 @@ def resolve_guide(guide, channels: int, device: str | torch.device = "cpu"):
     model name or ``.safetensors`` path (``'auto'``: the certified model for ``channels``), or any
     ``denoiser(x, sigma)`` callable. It needs no certificate: the guide is frozen before the certified solve."""
     if guide in ("bm3d", "bm3d-lc"):
-        from .denoisers.baselines import BM3DDenoiser
-
         return BM3DDenoiser(profile="lc" if guide == "bm3d-lc" else "np")
     return resolve_denoiser(guide, channels, device)
 

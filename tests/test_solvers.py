@@ -104,6 +104,7 @@ def test_uncertified_dncnn_runs_with_monotonicity_check_only():
     op, x, y = _problem()
     result = ps.solve(op, y, DnCNNBaseline(channels=1, depth=4, width=8), 0.02, solver="fb", max_iter=30)
     assert result.beta is None and "no averagedness certificate" in result.beta_basis
+    assert result.beta_text() == "β: none (no guarantee)" and result.summary().count(result.beta_text()) == 1
     assert result.history.checks == ("monotone residual",)
     assert torch.isfinite(result.estimate).all()
 

@@ -130,9 +130,9 @@ class AveragedDenoiser(dinv.models.Denoiser):
         if not 0 < relaxation <= 1:
             raise ValueError(f"relaxation θ must lie in (0, 1], got {relaxation}")
         lipschitz = get_activation(activation).lipschitz
-        radius = get_integrator(integrator).radius
+        step_factor = get_integrator(integrator).step_factor
         if time is None:  # one step of the full budget when ‖A‖ = 1
-            time = 2 * budget * radius / lipschitz
+            time = 2 * budget * step_factor / lipschitz
         self.config = dict(
             channels=channels, width=width, depth=depth, kernel_size=kernel_size, activation=activation,
             integrator=integrator, time=float(time), budget=float(budget), relaxation=float(relaxation),

@@ -19,7 +19,7 @@ class NonexpansiveBlock(nn.Module):
     """x ↦ Φ_T(x): n explicit steps of size h = T/n of ẋ = −Aᵀσ(Ax + b) = −∇V(x), V(x) = Σ γ(Ax + b).
 
     ∇V is L_σ‖A‖²-Lipschitz, so with n = ceil(T·L_σ‖A‖² / (2·a·r)) (r the integrator's
-    circle-contractivity radius, a ≤ 1 the per-step budget) every step has h·L_σ‖A‖² ≤ 2ar:
+    step factor, ``Integrator.step_factor``, a ≤ 1 the per-step budget) every step has h·L_σ‖A‖² ≤ 2ar:
     non-expansive, and for explicit Euler (h·L_σ‖A‖²/2 ≤ a)-averaged (a gradient step).
     While training, ‖A‖ is the warm-started power estimate times the calibration ``norm_ratio``;
     in eval mode it is the guaranteed upper bound, so the certificate describes the eval network.
@@ -70,7 +70,7 @@ class NonexpansiveBlock(nn.Module):
     def substeps(self, norm: float | None = None) -> int:
         """n = ceil(T·L_σ‖A‖²(1 + u) / (2·a·r)), u the unit roundoff of fl(T/n) (:meth:`step_averagedness`)."""
         norm = self.operator_norm() if norm is None else norm
-        rate = self.activation.lipschitz * norm**2 * self._step_rounding() / (2 * self.budget * self.integrator.radius)
+        rate = self.activation.lipschitz * norm**2 * self._step_rounding() / (2 * self.budget * self.integrator.step_factor)
         return ceil_steps(float(self.time_span().detach()), rate)
 
     @torch.no_grad()
@@ -112,7 +112,7 @@ class NonexpansiveBlock(nn.Module):
     def averagedness(self) -> float | None:
         """Certified α of the block in eval mode, or None when it is only non-expansive."""
         n, q = self.step_averagedness()
-        if q > self.integrator.radius * (1 + 1e-12):
+        if q > self.integrator.step_factor * (1 + 1e-12):
             raise RuntimeError(f"sub-step rule violated: h·L‖A‖²/2 = {q} > r")  # cannot happen by construction
         if not self.integrator.averaged_step or q >= 1:
             return None

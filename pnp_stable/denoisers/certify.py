@@ -19,7 +19,8 @@ __all__ = ["SearchResult", "natural_starts", "adversarial_lipschitz", "averagedn
 
 
 def natural_starts(count: int, shape: Sequence[int], noise: float = 0.1, seed: int = 0) -> Tensor:
-    """``count`` random crops of scikit-image's camera/astronaut (gray or RGB as ``shape`` = (C, H, W)) plus noise."""
+    """``count`` random crops of scikit-image's astronaut, coffee and chelsea (gray or RGB as ``shape`` = (C, H, W))
+    plus noise."""
     channels, height, width = shape
     gen = np.random.default_rng(seed)
     sources = [skdata.astronaut(), skdata.coffee(), skdata.chelsea()]

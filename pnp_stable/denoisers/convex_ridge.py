@@ -203,7 +203,8 @@ class _ProxJacobian(torch.autograd.Function):
 
 
 class ConvexRidgeDenoiser(dinv.models.Denoiser):
-    """D_σ(y) = prox of (λ(σ)/μ(σ))·R(μ(σ)·) (module docstring), applied to each colour channel separately.
+    """D_σ(y) = prox of (λ(σ)/μ(σ))·R(μ(σ)·) (module docstring), applied to each colour channel ('rgb') or each
+    opponent component ('opponent') separately.
 
     ``filters`` ridge directions of ``kernel``×``kernel``; ``sigma_knots`` the noise levels (> 0, increasing) at which
     λ and μ are learned (linear in σ between knots, λ → 0 at σ = 0; σ above the last knot is refused);

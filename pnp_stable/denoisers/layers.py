@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._cache import TensorKeyedCache
-from .spectral import circular_conv_norm, conv_norm_upper_bound
+from .spectral import conv_norm_upper_bound
 
 __all__ = ["Activation", "MonotoneSpline", "ACTIVATIONS", "get_activation", "Integrator", "INTEGRATORS", "get_integrator", "CertifiedConv"]
 
@@ -98,8 +98,9 @@ def get_activation(name: str | Activation) -> Activation:
 
 @dataclass(frozen=True)
 class Integrator:
-    """An explicit Runge–Kutta method for ẋ = f(x), stepped with h·L ≤ 2·``radius`` on gradient flows of convex V
-    with L-Lipschitz ∇V; ``proof`` says why such a step is non-expansive, None when nothing proves it.
+    """An explicit Runge–Kutta method for ẋ = f(x), stepped with h·L ≤ 2·``step_factor`` on gradient flows of convex V
+    with L-Lipschitz ∇V (``step_factor`` = 1 for all three methods here: a proof for Euler and Heun, only linear
+    stability for RK4); ``proof`` says why such a step is non-expansive, None when nothing proves it.
 
     For f = −∇V, ∇V is (1/L)-cocoercive (Baillon–Haddad), so the Euler step E_h = I − h∇V is non-expansive for
     h·L ≤ 2 (and (hL/2)-averaged). A method whose step is a convex combination of compositions of such E_h
@@ -111,7 +112,7 @@ class Integrator:
 
     name: str
     step: Callable[[Callable[[Tensor], Tensor], Tensor, float], Tensor]
-    radius: float
+    step_factor: float
     #: True when one step is certified (h L / 2)-averaged (explicit Euler: a gradient step)
     averaged_step: bool
     proof: str | None
@@ -136,11 +137,11 @@ def _rk4(f, x, h):
 
 
 INTEGRATORS = {
-    "euler": Integrator("euler", _euler, radius=1.0, averaged_step=True,
+    "euler": Integrator("euler", _euler, step_factor=1.0, averaged_step=True,
                         proof="a gradient step of a convex V, h·L ≤ 2 (Baillon–Haddad)"),
-    "heun": Integrator("heun", _heun, radius=1.0, averaged_step=False,
+    "heun": Integrator("heun", _heun, step_factor=1.0, averaged_step=False,
                        proof="Heun's step is ½x + ½E_h(E_h(x)), a convex combination of Euler steps"),
-    "rk4": Integrator("rk4", _rk4, radius=1.0, averaged_step=False, proof=None),
+    "rk4": Integrator("rk4", _rk4, step_factor=1.0, averaged_step=False, proof=None),
 }
 
 
@@ -271,7 +272,3 @@ class CertifiedConv(nn.Module):
         """Install a bound of ‖W‖ computed for exactly these weights (used when loading verified files)."""
         return self._bound_cache.put(float(bound), self.weight)
 
-    def circular_norm(self, size: tuple[int, int]) -> float:
-        """Exact ‖A‖ of the circular version of A on an H×W grid (per-frequency SVD)."""
-        scale = float(self.power_estimate().detach()) if self.normalise else 1.0
-        return circular_conv_norm(self.weight, size) / scale

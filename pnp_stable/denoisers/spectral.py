@@ -40,7 +40,9 @@ def _sigma_max(matrices: Tensor) -> Tensor:
 
 
 def circular_conv_norm(weight: Tensor, size: tuple[int, int]) -> float:
-    """Exact ‖·‖ of the circular convolution with ``weight`` on an H×W grid (per-frequency SVD, float64)."""
+    """Exact ‖·‖ of the circular convolution with ``weight`` on an H×W grid (per-frequency SVD, float64). Not a bound
+    on the zero-padded convolution of the same grid (a 3×3 Laplacian on 3×3: 6.0 here, 6.83 zero-padded); that needs
+    a grid of at least H + k − 1 or the supremum over every frequency, :func:`conv_norm_upper_bound`."""
     h, w = size
     if weight.shape[-2] > h or weight.shape[-1] > w:
         raise ValueError(f"kernel {tuple(weight.shape[-2:])} is larger than the grid {size}")

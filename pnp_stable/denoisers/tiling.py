@@ -56,7 +56,7 @@ def _check_tiling(tile: int, overlap: int) -> None:
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < 2:
         raise ValueError(f"a tile needs at least 2 pixels (a whole number), got tile {tile!r}")
     check_whole(overlap, "overlap (pixels)", 0)
-    if overlap < 0 or 3 * overlap + 2 > tile:
+    if 3 * overlap + 2 > tile:
         raise ValueError(f"tile {tile} needs an overlap between 0 and {(tile - 2) // 3} (at most (tile − 2)/3, so that a "
                          f"tile's two ramps never meet), got overlap {overlap}")
 

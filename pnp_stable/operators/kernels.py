@@ -215,7 +215,8 @@ def _kernels_from_numpy(path: Path) -> dict[str, np.ndarray]:
 
 
 def load_kernels(path: str | Path) -> dict[str, Tensor]:
-    """Load every kernel in a file: ``.npy``, ``.npz``, ``.mat`` (classic or v7.3) or greyscale ``.png``.
+    """Load every kernel in a file: ``.npy``, ``.npz``, ``.mat`` (classic or v7.3) or a greyscale image (``.png``,
+    ``.tif``, ``.tiff``, ``.bmp``).
 
     Returns an ordered ``{name: kernel}`` dict; each kernel is validated and normalised.
     A 3-D ``.npy`` array is read as a stack ``[n, h, w]``. Every problem with the file (missing, empty,
@@ -237,7 +238,7 @@ def load_kernels(path: str | Path) -> dict[str, Tensor]:
             raw = _kernels_from_image(path)
         else:
             raise ValueError(
-                f"unsupported kernel file type '{suffix}' ({path}); use .npy, .npz, .mat or a greyscale .png"
+                f"unsupported kernel file type '{suffix}' ({path}); use .npy, .npz, .mat or a greyscale .png, .tif or .bmp"
             )
     except (OSError, EOFError) as err:
         raise ValueError(f"cannot read kernel file {path}: {err}") from err

@@ -143,7 +143,7 @@ def downsampling(
     if img_size[1] % factor or img_size[2] % factor:
         raise ValueError(f"factor must be a positive integer dividing H and W of {img_size}, got {factor}")
     if isinstance(filter, Tensor) or not isinstance(filter, (str, type(None))):
-        filter = validate_kernel(filter, name="downsampling filter")[None, None]
+        filter = validate_kernel(filter, name="downsampling filter", warn_scaled=True)[None, None]
     return _guarded(dinv.physics.Downsampling(
         img_size=img_size,
         filter=filter,

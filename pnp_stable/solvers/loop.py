@@ -99,7 +99,9 @@ class PnPResult:
     def violations(self):
         return self.history.violations
 
-    def summary(self) -> str:
+    def beta_text(self) -> str:
+        """β as the summary's first line gives it: 'certified β = …' (with what it rests on and any contradiction),
+        'estimated β = …, NOT certified', or 'β: none'."""
         if self.beta is not None:
             beta = f"certified β = {format_bound(self.beta, 4)}"
             if self.trusted:
@@ -110,8 +112,11 @@ class PnPResult:
             beta = f"estimated β = {self.estimated_beta:.4g}, NOT certified"
         else:
             beta = "β: none" if self.beta_basis.startswith("no guarantee") else "β: none (no guarantee)"
+        return beta
+
+    def summary(self) -> str:
         lines = [
-            f"solver {self.solver}, {_step_text(self.step)}, {beta} ({self.beta_basis})",
+            f"solver {self.solver}, {_step_text(self.step)}, {self.beta_text()} ({self.beta_basis})",
             f"status: {', '.join(f'{s} after {k}' for s, k in zip(self.status, self.iterations))} denoiser calls",
             f"monitor: {self.verdict}",
         ]
@@ -401,6 +406,5 @@ def solve(
             raise ValueError(f"reference shape {tuple(reference.shape)} differs from the image shape {tuple(framed.shape)} "
                              "[B, C, H, W]: the reference must be the clean image of the degraded one, at its size and "
                              "with its channels (crop or convert it, or leave the reference out)")
-    with evaluation_mode(denoiser):
-        return run_scheme(scheme, x0.clone(), max_iter, tol, reference, divergence_factor, progress, reference_frame,
-                          log_every, acceleration)
+    return run_scheme(scheme, x0.clone(), max_iter, tol, reference, divergence_factor, progress, reference_frame,
+                      log_every, acceleration)  # which runs D under no_grad, in eval mode

@@ -9,10 +9,8 @@ z_k = D(x_k, σ_k). It serves as the strongest uncertified peer and as a pilot f
 from __future__ import annotations
 
 import deepinv as dinv
-import torch
 from torch import Tensor
 
-from .._modules import evaluation_mode
 from .._validation import check_count, check_image, check_noise_level, check_start
 from ..operators.fidelity import L2Fidelity
 from .loop import PnPResult, run_scheme
@@ -68,5 +66,4 @@ def dpir(physics: dinv.physics.LinearPhysics, y: Tensor, denoiser, noise_sigma: 
     if x0 is not None:
         check_start(check_image(x0, "initialisation x0"), fidelity.x_shape)
     start = fidelity.op.A_adjoint(y) if x0 is None else x0
-    with torch.no_grad(), evaluation_mode(denoiser):
-        return run_scheme(scheme, start.clone(), max_iter=iterations, tol=0.0)
+    return run_scheme(scheme, start.clone(), max_iter=iterations, tol=0.0)  # D under no_grad, in eval mode

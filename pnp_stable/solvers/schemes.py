@@ -23,7 +23,6 @@ non-expansive and nothing bounds the exact residual: such a run's 'converged' me
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from .._modules import with_sigma_argument
@@ -90,7 +89,7 @@ class Scheme:
         if self.denoiser_certificate.alpha is not None and self.denoiser_certificate.trusted:
             self.trusted.extend(self.denoiser_certificate.trusted)
             self.notes.append(f"the denoiser's certificate rests on the caller's {' and '.join(self.trusted)}, trusted "
-                              "as given, not verified by pnp-stable (check it with pnp_stable.adversarial_lipschitz)")
+                              "as given, not verified by pnp-stable (check it with pnp_stable.denoisers.adversarial_lipschitz)")
 
     def sigma_for(self, index: Tensor | None):
         sigma = self.denoiser_sigma
@@ -254,7 +253,7 @@ class _SplittingWithFNEDenoiser(Scheme):
 
 
 class DouglasRachford(_SplittingWithFNEDenoiser):
-    """z ↦ z + D̃(2Pz − z, σ_d) − Pz with P = prox_{τf}; estimate D̃(2Pz − z) (deepinv's DRS, β = 1)."""
+    """z ↦ z + D̃(2Pz − z, σ_d) − Pz with P = prox_{τf}; estimate D̃(2Pz − z) (deepinv's DRS with its relaxation 1)."""
 
     name = "drs"
     error_factors = (1.0, 1.0)
