@@ -724,9 +724,12 @@ def _out_of_memory(err: BaseException) -> bool:
 
 def _image_size(path) -> tuple[int, int, int] | None:
     """(width, height, channels) of an image file from its header (no pixels are read), or of a ``.npy`` [H, W(, C)]
-    array (memory-mapped); None when the file cannot tell."""
+    array (memory-mapped), the channels as :func:`~pnp_stable.io.load_image` gives them (an RGBA file is 3); None
+    when the file cannot tell."""
     import numpy as np
     from PIL import Image
+
+    from .io import file_channels
 
     try:
         if str(path).lower().endswith(".npy"):
@@ -735,7 +738,8 @@ def _image_size(path) -> tuple[int, int, int] | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # a huge image is why we are here
             with Image.open(path) as image:
-                return image.width, image.height, len(image.getbands())
+                width, height = image.width, image.height
+            return width, height, file_channels(path)  # inside: the warning filter covers its header read too
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
 
