@@ -276,7 +276,7 @@ def _opponent(tolerance=1e-8):
 def test_opponent_colour_is_the_prox_of_each_component_with_its_own_strength():
     """D(y) = Qᵀ [D_k((Qy)_k)]_k with Q orthonormal, each D_k the gray prox with component k's λ, μ; float32 output
     within its certified error (the transform's rounding included) of the float64 composition of exact proxes."""
-    from pnp_stable.denoisers.convex_ridge import OPPONENT
+    from pnp_stable.denoisers.colour import OPPONENT
 
     assert torch.allclose(OPPONENT @ OPPONENT.T, torch.eye(3, dtype=torch.float64), atol=1e-15)
     model = _opponent(tolerance=1e-6)

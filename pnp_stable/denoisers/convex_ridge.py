@@ -44,15 +44,13 @@ from .._accuracy import AccuracyRecord
 from .._validation import check_image
 from ..theory import Certificate
 from ._cache import TensorKeyedCache
+from .colour import OPPONENT
 
-__all__ = ["BOUNDARIES", "COLOURS", "HUBER_KNOTS", "OPPONENT", "ConvexRidgeDenoiser", "RidgeFilters"]
+__all__ = ["BOUNDARIES", "COLOURS", "HUBER_KNOTS", "ConvexRidgeDenoiser", "RidgeFilters"]
 
 HUBER_KNOTS = tuple(0.005 * 2**j for j in range(6)) + (math.inf,)  # τ_j of σ_c = Σ_j s_cj clamp(t, −τ_j, τ_j)
 BOUNDARIES = ("reflect", "circular")
 COLOURS = ("rgb", "opponent")
-#: The orthonormal opponent colour basis (rows), in float64: the luminance and two chrominances.
-OPPONENT = torch.tensor([[1, 1, 1], [1, 0, -1], [1, -2, 1]], dtype=torch.float64) / torch.tensor(
-    [[3.0], [2.0], [6.0]], dtype=torch.float64).sqrt()
 #: A bound on the float64 arithmetic of y ↦ Qy or x ↦ Qᵀx relative to the RMS of its input, Q's rounded entries
 #: included: each output entry Σ_j q_ij v_j (3 terms, rows of unit norm) is off by at most (γ_3 + 2u)‖v_pixel‖
 #: (Cauchy–Schwarz), u = 2⁻⁵³, so the RMS error is ≤ √3 (γ_3 + 2u) RMS(v) < 16u RMS(v).

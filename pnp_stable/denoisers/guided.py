@@ -49,6 +49,7 @@ from torch import Tensor
 
 from .._validation import check_image, check_noise_level, check_whole, float64_levels
 from ..theory import Certificate
+from .colour import opponent_matrix
 
 __all__ = [
     "CONSTRUCTIONS",
@@ -56,7 +57,6 @@ __all__ = [
     "LinearisedBM3D",
     "SymmetricKernelFilter",
     "dct_matrix",
-    "opponent_matrix",
     "partition_patches",
 ]
 
@@ -67,13 +67,6 @@ def dct_matrix(n: int, dtype=torch.float64) -> Tensor:
     matrix = torch.cos(math.pi * (2 * j[None, :] + 1) * j[:, None] / (2 * n)) * math.sqrt(2 / n)
     matrix[0] /= math.sqrt(2)
     return matrix
-
-
-def opponent_matrix(dtype=torch.float64) -> Tensor:
-    """Orthonormal opponent colour transform (rows: luminance, red−blue, green vs magenta); QᵀQ = I."""
-    return torch.tensor([[1 / 3**0.5] * 3,
-                         [1 / 2**0.5, 0.0, -1 / 2**0.5],
-                         [1 / 6**0.5, -2 / 6**0.5, 1 / 6**0.5]], dtype=dtype)
 
 
 def _to_opponent(x: Tensor) -> Tensor:
