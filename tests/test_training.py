@@ -418,10 +418,17 @@ def test_command_line_trains_a_multiscale_network_in_bf16_with_a_holdout(folders
                "--scales", "1", "2", "--quiet"]
     assert main(too_few) == 2  # one factor per block
     assert "scales" in capsys.readouterr().err
+    free = tmp_path / "free.safetensors"  # the paper's adaptive enforcement: free weights, sub-steps from ‖A‖
+    assert main(["--data", str(folders / "train"), "--out", str(free), "--steps", "2", "--batch", "2", "--patch", "16",
+                 "--width", "4", "--depth", "2", "--free-weights", "--quiet"]) == 0
+    model = ps.load_denoiser_file(free)
+    assert model.config["normalise"] is False and model.certificate.guaranteed
+    assert main(["--data", str(folders / "train"), "--out", str(tmp_path / "y.safetensors"), "--model", "dncnn",
+                 "--free-weights", "--quiet"]) == 2
     dncnn = ["--data", str(folders / "train"), "--out", str(tmp_path / "d.safetensors"), "--model", "dncnn",
              "--activation", "spline", "--quiet"]
     assert main(dncnn) == 2
-    assert "--activation apply to the averaged model only" in capsys.readouterr().err
+    assert "--free-weights apply to the averaged model only" in capsys.readouterr().err
 
 
 def test_an_interrupted_command_line_run_exports_its_current_network_and_resumes(folders, tmp_path, monkeypatch, capsys):

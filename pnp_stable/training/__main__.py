@@ -48,6 +48,9 @@ def build_parser(prog: str = "python -m pnp_stable.training") -> argparse.Argume
                    help="averaged only: the paper's gradient-flow block (norms from a power estimate, calibrated to "
                    "guaranteed bounds) or an SLL layer (θ-averaged by a closed-form per-channel scaling, nothing to calibrate)")
     p.add_argument("--integrator", choices=["euler", "heun", "rk4"], default="euler", help="block integrator (averaged only)")
+    p.add_argument("--free-weights", action="store_true",
+                   help="gradient-flow blocks only: the paper's adaptive enforcement, weights left free and each block's "
+                   "sub-steps n = ceil(T·L‖A‖²/(2a)) set from ‖A‖ (by default each A is normalised to ‖A‖ ≈ 1)")
     p.add_argument("--activation", choices=sorted(ACTIVATIONS), default=None,
                    help="averaged only (default leaky_relu): σ of every block, monotone with slopes in [0, 1]; 'spline' learns one three-piece "
                    "linear spline per channel (soft thresholds, clips), which keeps the certificate")
@@ -89,9 +92,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m pnp_stable.traini
         architecture |= dict(integrator=args.integrator) | ({"noise_adaptive": True} if args.noise_adaptive else {})
         architecture |= ({"scales": args.scales} if args.scales else {}) | ({"block": "sll"} if args.block == "sll" else {})
         architecture |= {"activation": args.activation} if args.activation else {}
-    elif args.noise_adaptive or args.scales or args.block != "gradient-flow" or args.activation:
-        print(f"{prog}: error: --noise-adaptive, --scales, --block and --activation apply to the averaged model only",
-              file=sys.stderr)
+        architecture |= {"normalise": False} if args.free_weights else {}
+    elif args.noise_adaptive or args.scales or args.block != "gradient-flow" or args.activation or args.free_weights:
+        print(f"{prog}: error: --noise-adaptive, --scales, --block, --activation and --free-weights apply to the "
+              "averaged model only", file=sys.stderr)
         return 2
     start = time.monotonic()
     try:
