@@ -109,6 +109,19 @@ def test_uncertified_dncnn_runs_with_monotonicity_check_only():
     assert torch.isfinite(result.estimate).all()
 
 
+def test_deepinvs_random_equivariance_gets_no_guarantee_and_drs_is_monitored_on_its_governing_variable(certified):
+    """A random transform per call (deepinv's EquivariantDenoiser) is no fixed operator: no β. DRS's monitor watches
+    z, whose residual is not the estimate's."""
+    op, x, y = _problem()
+    random = ps.solve(op, y, dinv.models.EquivariantDenoiser(certified, random=True), 0.02, max_iter=3)
+    assert random.beta is None and "EquivariantDenoiser carries no certificate" in random.beta_basis
+    drs = ps.solve(op, y, certified, 0.02, solver="drs", max_iter=1, tol=0.0)
+    z0 = op.A_adjoint(y)  # DRS starts at z₀ = x₀ = Aᵀy
+    residual = float(drs.history.residuals[0][0])
+    assert residual == pytest.approx(float((drs.governing - z0).norm()), rel=1e-4)
+    assert residual != pytest.approx(float((drs.estimate - z0).norm()), rel=1e-2)
+
+
 def test_non_finite_denoiser_output_stops_that_sample_only():
     op, x, y = _problem(batch=2)
 
