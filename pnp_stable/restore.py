@@ -322,7 +322,8 @@ def _framed(result: PnPResult, frame: tuple[slice, slice]) -> PnPResult:
 
 @dataclass
 class DenoiseResult:
-    """``estimate`` D(x, σ) and the certificate of the denoiser that produced it."""
+    """``estimate`` D(x, σ) and the certificate of the map x ↦ D(x, σ) that produced it (at those noise levels: for a
+    noise-adaptive network tighter than the one for every σ)."""
 
     estimate: Tensor
     certificate: Certificate
@@ -367,4 +368,4 @@ def denoise(x, sigma, denoiser="auto", device: str | torch.device = "cpu", tile:
         raise ValueError(f"the denoiser {label} returned NaN or Inf for a finite input at sigma = "
                          f"{sigma if isinstance(sigma, float) else sigma.tolist()}; "
                          "check its weights (pnp-stable certify NAME --verify) or the noise level")
-    return DenoiseResult(estimate=estimate, certificate=certificate_of(model), denoiser=label)
+    return DenoiseResult(estimate=estimate, certificate=certificate_of(model, sigma), denoiser=label)

@@ -48,6 +48,10 @@ def test_denoise_returns_estimate_and_certificate(tiny_models):
     noisy = np.random.default_rng(1).uniform(0, 1, (12, 12, 3))
     result = ps.denoise(noisy, 0.1, denoiser=tiny_models[3])
     assert result.estimate.shape == (1, 3, 12, 12) and result.certificate.alpha is not None
+    adaptive = ps.load_denoiser("averaged-sll-gray")  # noise-adaptive: the certificate of D(·, σ), tighter than for all σ
+    at_sigma = ps.denoise(noisy[..., 0], 25 / 255, denoiser=adaptive).certificate
+    assert at_sigma.alpha == pytest.approx(adaptive.certificate_at(25 / 255).alpha)
+    assert at_sigma.alpha < adaptive.certificate.alpha
 
 
 def test_channel_mismatch_and_bad_inputs_are_explained(tiny_models):
