@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,6 +79,21 @@ def metadata_json(metadata: dict[str, str], key: str, path: str | Path, writer: 
         return json.loads(metadata[key])
     except ValueError as err:
         raise ValueError(f"{path}: metadata '{key}' is not valid JSON ({err})") from err
+
+
+def norm_bounds_entry(metadata: dict[str, str], path: str | Path, count: int, writer: str, unit: str) -> list[float]:
+    """The per-layer norm bounds (metadata 'weight_norm_bounds'): a JSON list of ``count`` finite numbers ≥ 0, one per
+    certified ``unit``; anything else (a scalar, another length, strings, NaN, a negative bound) is refused."""
+    bounds = metadata_json(metadata, "weight_norm_bounds", path, writer)
+    expected = f"must be a JSON list of {count} finite norm bounds ≥ 0 (one per certified {unit})"
+    if not isinstance(bounds, list):
+        raise ValueError(f"{path}: metadata 'weight_norm_bounds' {expected}, got {metadata['weight_norm_bounds']!r}")
+    if len(bounds) != count:
+        raise ValueError(f"{path}: metadata 'weight_norm_bounds' {expected}, got {len(bounds)} bounds")
+    for index, bound in enumerate(bounds):
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound) or bound < 0:
+            raise ValueError(f"{path}: metadata 'weight_norm_bounds' {expected}; entry {index} is {bound!r}")
+    return [float(bound) for bound in bounds]
 
 
 class ShippedFolder:

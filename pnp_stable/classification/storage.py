@@ -8,13 +8,12 @@ unpickles."""
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from pathlib import Path
 
 from .._finite import check_finite_model, check_finite_tensors
-from .._safetensors import ShippedFolder, content_digest, metadata_json, read_safetensors, write_safetensors
-from ..denoisers.spectral import conv_norm_upper_bound
+from .._safetensors import ShippedFolder, content_digest, metadata_json, norm_bounds_entry, read_safetensors, write_safetensors
+from ..denoisers.layers import install_norm_bounds
 from .baseline import SpectralResNetClassifier
 from .network import LipschitzClassifier
 
@@ -84,18 +83,8 @@ def load_classifier(path: str | Path, verify: bool | None = None) -> LipschitzCl
         raise ValueError(f"{path}: weights and metadata 'config' do not describe a valid {name} ({err})") from err
     model.eval()
     convs = model.bounded_convs()
-    bounds = _json(metadata, "weight_norm_bounds", path)
-    if (not isinstance(bounds, list) or len(bounds) != len(convs)
-            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) and b >= 0 for b in bounds)):
-        raise ValueError(f"{path}: metadata 'weight_norm_bounds' must list {len(convs)} finite bounds ≥ 0")
-    for index, (conv, bound) in enumerate(zip(convs, bounds)):
-        if verify:
-            verified = conv_norm_upper_bound(conv.weight, rel_tol=1e-6)
-            if bound < verified * (1 - 1e-6):  # within 1e-6 of the supremum, so a true bound is never refused
-                raise ValueError(f"{path}: stored norm bound {bound:.6g} of layer {index} is below the verified {verified:.6g}")
-            bound = max(bound, verified)
-        conv.set_weight_norm_bound(float(bound))
-        conv.check_power_vector(f"{path}: layer {index}")
+    bounds = norm_bounds_entry(metadata, path, len(convs), "save_classifier", "layer")
+    install_norm_bounds(convs, bounds, verify, str(path), "layer")
     stored = _json(metadata, "certificate", path)
     recomputed = model.lipschitz_bound()
     if not isinstance(stored, dict) or not isinstance(stored.get("lipschitz"), (int, float)) \

@@ -272,3 +272,21 @@ class CertifiedConv(nn.Module):
         """Install a bound of ‖W‖ computed for exactly these weights (used when loading verified files)."""
         return self._bound_cache.put(float(bound), self.weight)
 
+
+def install_norm_bounds(convs, bounds: list[float], verify: bool, where: str, unit: str) -> None:
+    """Install the stored bounds of ‖W‖ of a loaded file's layers (``unit`` names them in messages: 'block',
+    'layer'). With ``verify`` each is recomputed first: the fast bound (within 1e-2 of the supremum) accepts a stored
+    bound at or above it; otherwise the bound within 1e-6 does, and a stored bound more than 1e-6 below that is
+    refused (only a true bound closer than 1e-6 to the supremum can be). The larger of stored and recomputed is
+    installed, so every installed bound is a guaranteed one."""
+    for index, (conv, bound) in enumerate(zip(convs, bounds)):
+        if verify:
+            verified = conv_norm_upper_bound(conv.weight)
+            if bound < verified:
+                verified = conv_norm_upper_bound(conv.weight, rel_tol=1e-6)
+                if bound < verified * (1 - 1e-6):
+                    raise ValueError(f"{where}: stored norm bound {bound:.6g} of {unit} {index} is below the verified "
+                                     f"bound {verified:.6g}")
+            bound = max(bound, verified)
+        conv.set_weight_norm_bound(float(bound))
+        conv.check_power_vector(f"{where}: {unit} {index}")

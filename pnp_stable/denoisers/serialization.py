@@ -17,12 +17,13 @@ import torch
 from deepinv.models import Denoiser
 
 from .._finite import check_finite_model, check_finite_tensors
-from .._safetensors import ShippedFolder, content_digest, metadata_json, read_safetensors, tensor_digest, write_safetensors
+from .._safetensors import (ShippedFolder, content_digest, metadata_json, norm_bounds_entry, read_safetensors, tensor_digest,
+                            write_safetensors)
 from ..theory import Certificate
 from .averaged import AveragedDenoiser
 from .baselines import DnCNNBaseline
 from .convex_ridge import ConvexRidgeDenoiser
-from .spectral import conv_norm_upper_bound
+from .layers import install_norm_bounds
 
 __all__ = ["save_denoiser", "load_denoiser_file", "read_denoiser_tensors", "trained_noise_range"]
 
@@ -112,21 +113,6 @@ def _build_model(metadata: dict[str, str], path: str | Path) -> Denoiser:
         raise ValueError(f"{path}: metadata 'config' is not a valid {name} configuration ({err})") from err
 
 
-def _stored_bounds(metadata: dict[str, str], path: str | Path, count: int) -> list[float]:
-    """The per-block norm bounds (metadata 'weight_norm_bounds'): a JSON list of ``count`` finite numbers ≥ 0,
-    one per certified block; anything else (a scalar, another length, strings, NaN, a negative bound) is refused."""
-    bounds = _json_entry(metadata, "weight_norm_bounds", path)
-    expected = f"must be a JSON list of {count} finite norm bounds ≥ 0 (one per certified block)"
-    if not isinstance(bounds, list):
-        raise ValueError(f"{path}: metadata 'weight_norm_bounds' {expected}, got {metadata['weight_norm_bounds']!r}")
-    if len(bounds) != count:
-        raise ValueError(f"{path}: metadata 'weight_norm_bounds' {expected}, got {len(bounds)} bounds")
-    for index, bound in enumerate(bounds):
-        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound) or bound < 0:
-            raise ValueError(f"{path}: metadata 'weight_norm_bounds' {expected}; entry {index} is {bound!r}")
-    return [float(bound) for bound in bounds]
-
-
 def _stored_certificate(metadata: dict[str, str], path: str | Path) -> Certificate:
     if "certificate" not in metadata:
         raise ValueError(f"{path}: metadata key 'certificate' is missing; write the file with save_denoiser")
@@ -153,8 +139,9 @@ def load_denoiser_file(path: str | Path, verify: bool | None = None) -> Denoiser
     """Build the denoiser stored in ``path`` (eval mode) and restore its certified norm bounds. The model's
     ``noise_range`` is the range of noise levels it was trained on (:func:`trained_noise_range`), or None.
 
-    ``verify`` recomputes every per-layer bound and refuses a stored bound below the recomputed one (to within 1e-6
-    of the supremum, so only a true bound closer than that can be refused; about a second for a shipped model).
+    ``verify`` recomputes every per-layer bound, refuses a stored bound below the recomputed one (to within 1e-6
+    of the supremum, so only a true bound closer than that can be refused) and installs the larger of the two
+    (:func:`~.layers.install_norm_bounds`; about a second for a shipped model).
     None (the default): verify every file outside the package's ``weights/`` folder, whose digest anyone could
     have recomputed after editing a bound; an older file whose digest covers only the tensors is always verified.
     A changed file, non-finite tensors and malformed metadata (each key is checked) are refused with a ``ValueError``.
@@ -173,16 +160,8 @@ def load_denoiser_file(path: str | Path, verify: bool | None = None) -> Denoiser
     if isinstance(model, ConvexRidgeDenoiser):
         model.check_state(str(path))
     convs = model.bounded_convs() if isinstance(model, AveragedDenoiser) else []
-    bounds = _stored_bounds(metadata, path, len(convs))
-    for index, (conv, bound) in enumerate(zip(convs, bounds)):
-        if verify:
-            verified = conv_norm_upper_bound(conv.weight)
-            if bound < verified * (1 - 1e-9):  # may still hold: our bound is only within 1e-2 of the supremum
-                verified = conv_norm_upper_bound(conv.weight, rel_tol=1e-6)
-            if bound < verified * (1 - 1e-9):
-                raise ValueError(f"{path}: stored norm bound {bound:.6g} of block {index} is below the verified bound {verified:.6g}")
-        conv.set_weight_norm_bound(bound)
-        conv.check_power_vector(f"{path}: block {index}")
+    bounds = norm_bounds_entry(metadata, path, len(convs), "save_denoiser", "block")
+    install_norm_bounds(convs, bounds, verify, str(path), "block")
     try:
         recomputed = model.certificate
     except (ArithmeticError, RuntimeError) as err:  # e.g. a time span so long that the sub-step count overflows
