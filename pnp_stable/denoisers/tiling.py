@@ -170,19 +170,19 @@ class TiledDenoiser(dinv.models.Denoiser):
 
     @property
     def certificate(self) -> Certificate:
-        base = certificate_of(self.denoiser)
-        return self._tiled(base, f"tiled with square-root partition-of-unity windows ({self.tile} px tiles, "
-                                 f"{self.overlap} px overlap{', anchored' if self.anchor is not None else ''}), which keep it")
+        return self._tiled(certificate_of(self.denoiser))
 
     def certificate_at(self, sigma) -> Certificate:
         if hasattr(self.denoiser, "certificate_at"):
-            return self._tiled(certificate_of(self.denoiser, sigma), "tiled (certificate kept)")
+            return self._tiled(certificate_of(self.denoiser, sigma))
         return self.certificate
 
-    def _tiled(self, base: Certificate, how: str) -> Certificate:
+    def _tiled(self, base: Certificate) -> Certificate:
         """D's certificate with the tiling named and, for an inner solve, the whole image's error bound stated."""
         tolerance = self._tolerance(base)
         stated = f"; the tiled output's RMS error ≤ {tolerance:.3g}" if tolerance > 1e-9 else ""
+        how = (f"tiled with square-root partition-of-unity windows ({self.tile} px tiles, {self.overlap} px overlap"
+               f"{', anchored' if self.anchor is not None else ''}), which keep it")
         return replace(base, method=f"{base.method}; {how}{stated}", tolerance=tolerance)
 
     def _tolerance(self, base: Certificate) -> float:
