@@ -154,3 +154,21 @@ def check_count(value, name: str) -> int:
     if not whole:
         raise ValueError(f"{name} must be a whole number ≥ 1, got {value!r}")
     return int(value)
+
+
+def check_nonnegative_levels(sigma: Tensor) -> Tensor:
+    """Noise levels must be finite and ≥ 0: the certificates hold for σ ≥ 0 (sup θ is taken there)."""
+    if not bool((torch.isfinite(sigma) & (sigma >= 0)).all()):
+        raise ValueError(f"noise level sigma must be ≥ 0 and finite, got {sigma.flatten().tolist()}")
+    return sigma
+
+
+def per_image_levels(sigma, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """A denoiser's σ as one level per image of the batch x (a [B] tensor on x's device, in ``dtype``, default x's): a
+    number, or a tensor of B levels, each finite and ≥ 0."""
+    sigma = torch.as_tensor(sigma, dtype=dtype or x.dtype, device=x.device)
+    if sigma.ndim == 0:
+        sigma = sigma.expand(x.shape[0])
+    if sigma.shape != (x.shape[0],):
+        raise ValueError(f"sigma must be a float or a tensor of shape [B] = [{x.shape[0]}], got {tuple(sigma.shape)}")
+    return check_nonnegative_levels(sigma)

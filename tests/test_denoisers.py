@@ -258,7 +258,9 @@ def test_corrupt_and_mismatched_files(tmp_path):
     save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"), metadata={"format": "something-else"})
     with pytest.raises(ValueError, match="not a pnp-stable"):
         ps.load_denoiser_file(tmp_path / "other.safetensors")
-    classifier = ps.classification.storage.SHIPPED.file("fashion-mnist-lipschitz")
+    from pnp_stable.classification.storage import SHIPPED
+
+    classifier = SHIPPED.file("fashion-mnist-lipschitz")
     with pytest.raises(ValueError, match="is a pnp-stable classifier file, not a denoiser file"):
         ps.load_denoiser_file(classifier)
 
@@ -273,6 +275,9 @@ def test_bm3d_baseline_denoises_without_certificate():
     assert out.shape == clean.shape
     assert ps.psnr(out, clean).item() > ps.psnr(noisy, clean).item() + 3
     assert BM3DDenoiser().certificate.alpha is None
+    for bad, message in ((float("nan"), "≥ 0 and finite"), (-0.1, "≥ 0 and finite"), (torch.tensor([0.1, 0.1]), "shape")):
+        with pytest.raises(ValueError, match=message):  # NaN came back as a NaN image, -0.1 ran, [2] a torch error
+            BM3DDenoiser()(noisy, bad)
 
 
 def test_bm3d_threads_pin_the_package_and_bad_counts_are_refused():

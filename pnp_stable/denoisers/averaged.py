@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validation import check_image, check_whole
+from .._validation import check_image, check_nonnegative_levels, check_whole, per_image_levels
 from ..theory import Certificate, compose_averagedness, relaxation_for_target
 from .blocks import NonexpansiveBlock, SLLBlock
 from .layers import MonotoneSpline, get_activation, get_integrator
@@ -47,23 +47,6 @@ def certificate_of(denoiser, sigma=None) -> Certificate:
     if (certificate.lipschitz is not None or certificate.alpha is not None) and not owner.__module__.startswith("pnp_stable."):
         return certificate.trusting(f"{owner.__name__} certificate")
     return certificate
-
-
-def _check_nonnegative(sigma: Tensor) -> Tensor:
-    """Noise levels must be ≥ 0: the certificates hold for σ ≥ 0 (sup θ is taken there)."""
-    if not bool((torch.isfinite(sigma) & (sigma >= 0)).all()):
-        raise ValueError(f"noise level sigma must be ≥ 0 and finite, got {sigma.flatten().tolist()}")
-    return sigma
-
-
-def _sigma_per_image(sigma, x: Tensor) -> Tensor:
-    """σ as one level per image of the batch x (a [B] tensor in x's dtype), checked to be ≥ 0."""
-    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-    if sigma.ndim == 0:
-        sigma = sigma.expand(x.shape[0])
-    if sigma.shape != (x.shape[0],):
-        raise ValueError(f"sigma must be a float or a tensor of shape [B] = [{x.shape[0]}], got {tuple(sigma.shape)}")
-    return _check_nonnegative(sigma)
 
 
 def _rescale(z: Tensor, current: int, target: int) -> Tensor:
@@ -178,7 +161,7 @@ class AveragedDenoiser(dinv.models.Denoiser):
         if self.noise_level_input:
             if sigma is None:
                 raise ValueError("this denoiser is conditioned on the noise level: call it as D(x, sigma)")
-            sigma = _sigma_per_image(sigma, x)
+            sigma = per_image_levels(sigma, x)
         return self.forward_unchecked(x, sigma)
 
     def forward_unchecked(self, x: Tensor, sigma: Tensor | None = None) -> Tensor:
@@ -269,7 +252,7 @@ class AveragedDenoiser(dinv.models.Denoiser):
         relaxation (its largest value over a [B] tensor of levels); without ``noise_adaptive``, :attr:`certificate`."""
         if self.adaptive_logit is None:
             return self.certificate
-        sigma = _check_nonnegative(torch.as_tensor(sigma, dtype=self.adaptive_logit.dtype).detach())  # as forward casts σ
+        sigma = check_nonnegative_levels(torch.as_tensor(sigma, dtype=self.adaptive_logit.dtype).detach())  # as forward casts σ
         theta = float(self.adaptive_relaxation(sigma).detach().max())
         return self._certificate(theta, f"max θ(σ) over σ ∈ [{float(sigma.min()):.6g}, {float(sigma.max()):.6g}] given")
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_count, check_image, check_whole
+from .._validation import check_count, check_image, check_whole, per_image_levels
 from ..theory import Certificate
 from .layers import CertifiedConv, get_activation
 
@@ -149,7 +149,7 @@ class BM3DDenoiser(dinv.models.Denoiser):
         check_image(x, "denoiser input")
         if min(x.shape[-2:]) < 9:  # the bm3d package refuses images under its 8×8 blocks and crashes the process on 8×8
             raise ValueError(f"BM3D needs images of at least 9×9 pixels, got {x.shape[-2]}×{x.shape[-1]}")
-        sigmas = torch.as_tensor(sigma, dtype=torch.float64).expand(x.shape[0])
+        sigmas = per_image_levels(sigma, x, torch.float64)  # the package takes Python floats: no float32 detour
         out = []
         for image, s in zip(x.detach().cpu().numpy(), sigmas.tolist()):
             if image.shape[0] == 3:

@@ -21,8 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from .._modules import accepted_channels
+from .._validation import per_image_levels
 from ..theory import Certificate
-from .averaged import _sigma_per_image, certificate_of
+from .averaged import certificate_of
 
 __all__ = ["NoiseLevelSwitch", "range_index"]
 
@@ -74,7 +75,7 @@ class NoiseLevelSwitch(dinv.models.Denoiser):
     def forward(self, x: Tensor, sigma=None, **kwargs) -> Tensor:
         if sigma is None:
             raise ValueError("a NoiseLevelSwitch chooses its denoiser by the noise level: call it as D(x, sigma)")
-        per_image = _sigma_per_image(sigma, x)
+        per_image = per_image_levels(sigma, x)
         index = range_index(per_image, self.levels)
         chosen = index.unique()
         if len(chosen) == 1:
