@@ -374,12 +374,10 @@ def _check_channels(inputs: list[Path], denoiser_for, name: str) -> None:
 
 
 def cmd_certify(args) -> int:
-    import torch
-
     from ._finite import check_finite_model
     from .classification.storage import list_classifiers, read_classifier_metadata
     from .denoisers.averaged import certificate_of
-    from .denoisers.certify import adversarial_lipschitz, averagedness_defects, natural_starts
+    from .denoisers.certify import check_certificate
     from .denoisers.zoo import load_denoiser
 
     if args.model in {row["name"] for row in list_classifiers()} or _reads_as(read_classifier_metadata, args.model):
@@ -388,71 +386,39 @@ def cmd_certify(args) -> int:
     model = load_denoiser(args.model, verify=args.verify)  # a shipped name or a file, with or without --verify
     check_finite_model(model, args.model)  # NaN weights output NaN whatever the certificate says
     print(f"{args.model}: {certificate_of(model)}")
-    certificate = certificate_of(model, args.sigma)  # a noise-adaptive model is more averaged at small σ
-    if certificate != certificate_of(model):
-        print(f"at σ = {args.sigma:g}: {certificate}")
-    shape = (model.channels, args.size, args.size)
-    lipschitz = adversarial_lipschitz(model, shape, args.sigma, restarts=args.restarts, steps=args.steps, seed=args.seed)
+    if certificate_of(model, args.sigma) != certificate_of(model):  # a noise-adaptive model is more averaged at small σ
+        print(f"at σ = {args.sigma:g}: {certificate_of(model, args.sigma)}")
+    check = check_certificate(model, (model.channels, args.size, args.size), args.sigma, restarts=args.restarts,
+                              steps=args.steps, pairs=args.pairs, seed=args.seed)
+    certificate, ratio = check.certificate, check.lipschitz.ratio
     if certificate.lipschitz is None:
-        verdict = ("above 1: D is expansive on this pair" if lipschitz.ratio > 1 + 1e-4 else
-                   "no certificate to check it against")
-        print(f"empirical max ‖Dx − Dy‖/‖x − y‖ = {lipschitz.ratio:.4f}, a lower bound on its Lipschitz constant: "
-              f"{verdict} (no certificate, so PnP with it has no convergence guarantee)")
+        verdict = "above 1: D is expansive on this pair" if ratio > 1 + 1e-4 else "no certificate to check it against"
+        print(f"empirical max ‖Dx − Dy‖/‖x − y‖ = {ratio:.4f}, a lower bound on its Lipschitz constant: {verdict} (no "
+              "certificate, so PnP with it has no convergence guarantee)")
         return 0
-    # an inner solve (an iterative prox) is within tolerance·√n of the certified map per output: a pair's ratio
-    # may then exceed the bound by 2·tolerance·√n/‖x − y‖ (÷ α for N) without contradicting it
-    error = 2 * certificate.tolerance * math.sqrt(math.prod(shape))
-    allowance = _inexact_allowance(error, lipschitz, 1.0)
-    print(f"empirical max ‖Dx − Dy‖/‖x − y‖ = {lipschitz.ratio:.4f} (certified ≤ {certificate.lipschitz}"
-          f"{_allowance_text(allowance)})")
-    lipschitz_holds = lipschitz.ratio <= certificate.lipschitz * (1 + 1e-4) + allowance
-    if certificate.alpha is None:
+    print(f"empirical max ‖Dx − Dy‖/‖x − y‖ = {ratio:.4f} (certified ≤ {certificate.lipschitz}"
+          f"{_allowance_text(check.lipschitz_allowance)})")
+    if check.averaged is None:
         print("no averagedness certificate: the Lipschitz bound is the only claim to check")
-        return _certify_verdict(model, args.sigma, certificate, lipschitz_holds, "the search exceeds the Lipschitz bound")
-    averaged = adversarial_lipschitz(model, shape, args.sigma, alpha=certificate.alpha, restarts=args.restarts,
-                                     steps=args.steps, seed=args.seed)
-    x, y = natural_starts(args.pairs, shape, seed=args.seed), natural_starts(args.pairs, shape, seed=args.seed + 1)
-    with torch.no_grad():
-        defects = averagedness_defects(model, x, y, certificate.alpha, args.sigma)
-    distance = (x - y).flatten(1).double().norm(dim=1)
-    c = (1 - certificate.alpha) / certificate.alpha  # (A)'s terms move by 2εd + ε² and, ‖(I−D)x − (I−D)y‖ ≤ 2d, 4εd + ε²
-    defect_allowance = ((2 * error * distance + error**2) + c * (4 * error * distance + error**2)) / distance**2
-    averaged_allowance = _inexact_allowance(error, averaged, certificate.alpha)
-    within = (lipschitz_holds and averaged.ratio <= 1 + 1e-4 + averaged_allowance
-              and float((defects - defect_allowance).max()) <= 1e-4)
-    print(f"empirical max ‖Nx − Ny‖/‖x − y‖ = {averaged.ratio:.4f} with N = (D − (1 − α)I)/α (certified ≤ 1"
-          f"{_allowance_text(averaged_allowance)})")
-    print(f"inequality (A) on {args.pairs} image pairs: worst relative defect {float(defects.max()):.3g} (≤ 0 holds"
-          f"{_allowance_text(float(defect_allowance.max()), 'the closest pair')})")
-    return _certify_verdict(model, args.sigma, certificate, within, None)
-
-
-def _inexact_allowance(error: float, search, alpha: float) -> float:
-    """What an inner solve's error bound ``error`` (for two outputs) allows the search's best pair on top of a
-    ratio bound: error/(α‖x − y‖) (α = 1 for D itself)."""
-    return error / (alpha * float((search.x - search.y).flatten().double().norm())) if error else 0.0
+    else:
+        print(f"empirical max ‖Nx − Ny‖/‖x − y‖ = {check.averaged.ratio:.4f} with N = (D − (1 − α)I)/α (certified ≤ 1"
+              f"{_allowance_text(check.averaged_allowance)})")
+        print(f"inequality (A) on {args.pairs} image pairs: worst relative defect {float(check.defects.max()):.3g} "
+              f"(≤ 0 holds{_allowance_text(float(check.defect_allowance.max()), 'the closest pair')})")
+    checks = "empirical checks" if check.averaged is not None else "empirical check"
+    if check.withdrawn:
+        print(f"{checks}: CERTIFICATE WITHDRAWN during them, now {check.after}; the numbers above describe a map "
+              "computed less accurately than its certificate needs")
+    elif check.holds:
+        print(f"{checks}: within the certificate")
+    else:
+        print(f"{checks}: CERTIFICATE VIOLATED" + ("" if check.averaged is not None else
+                                                   " (the search exceeds the Lipschitz bound)"))
+    return 0 if check.holds else 1
 
 
 def _allowance_text(allowance: float, where: str = "this pair's distance") -> str:
     return f", + {allowance:.3g} allowed for the inner solve's tolerance at {where}" if allowance > 1e-6 else ""
-
-
-def _certify_verdict(model, sigma, certificate, within: bool, violated: str | None) -> int:
-    """The verdict of ``certify``, against the certificate as it stands after the checks: a model whose inner solve
-    missed its tolerance during them withdraws its certificate (it is then 'estimated'), and the empirical numbers
-    describe a map that was not the certified one."""
-    from .denoisers.averaged import certificate_of
-
-    after = certificate_of(model, sigma)
-    if after != certificate:
-        print(f"empirical checks: CERTIFICATE WITHDRAWN during them, now {after}; the numbers above describe a map "
-              "computed less accurately than its certificate needs")
-        return 1
-    if within:
-        print("empirical checks: within the certificate" if violated is None else "empirical check: within the certificate")
-        return 0
-    print("empirical checks: CERTIFICATE VIOLATED" if violated is None else f"empirical check: CERTIFICATE VIOLATED ({violated})")
-    return 1
 
 
 def _reads_as(reader, path: str) -> bool:

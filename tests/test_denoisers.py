@@ -333,6 +333,24 @@ def test_every_shipped_file_survives_reverification_and_a_search_for_a_violation
             assert search.ratio <= 1 + 1e-4, (name, sigma, search.ratio)
 
 
+def test_check_certificate_reports_holds_as_certify_does():
+    from pnp_stable.denoisers import check_certificate
+
+    model = AveragedDenoiser(channels=1, width=4, depth=1).eval()
+    check = check_certificate(model, (1, 12, 12), 0.1, restarts=1, steps=3, pairs=2)
+    assert check.holds is True and check.averaged is not None and check.defects.shape == (2,) and not check.withdrawn
+
+    class Tripling(torch.nn.Module):
+        certificate = ps.Certificate(lipschitz=1.0, alpha=0.5, method="a false claim")
+
+        def forward(self, x, sigma=None):
+            return 3 * x
+
+    assert check_certificate(Tripling().eval(), (1, 12, 12), 0.1, restarts=1, steps=2, pairs=2).holds is False
+    uncertified = check_certificate(DnCNNBaseline(channels=1, width=4, depth=2).eval(), (1, 12, 12), 0.1, restarts=1, steps=2)
+    assert uncertified.holds is None and uncertified.averaged is None
+
+
 def test_negative_noise_level_is_refused():
     model = AveragedDenoiser(channels=1, width=6, depth=1, noise_adaptive=True).eval()
     with pytest.raises(ValueError, match="must be ≥ 0"):

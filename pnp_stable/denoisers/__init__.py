@@ -7,7 +7,8 @@ from .blocks import NonexpansiveBlock
 from .guided import GuidedDenoiser, LinearisedBM3D, SymmetricKernelFilter
 from .ensemble import SelfEnsemble
 from .switch import NoiseLevelSwitch
-from .certify import adversarial_lipschitz, averagedness_defects, lipschitz_vs_depth, natural_starts
+from .certify import (CertificateCheck, adversarial_lipschitz, averagedness_defects, check_certificate, lipschitz_vs_depth,
+                      natural_starts)
 from .layers import ACTIVATIONS, INTEGRATORS, CertifiedConv, get_activation, get_integrator
 from .serialization import load_denoiser_file, read_metadata, save_denoiser
 from .spectral import circular_conv_norm, conv_norm_upper_bound
@@ -33,9 +34,11 @@ __all__ = [
     "TVDenoiser",
     "TiledDenoiser",
     "tiled",
+    "CertificateCheck",
     "adversarial_lipschitz",
     "averagedness_defects",
     "certificate_of",
+    "check_certificate",
     "circular_conv_norm",
     "conv_norm_upper_bound",
     "get_activation",

@@ -3,6 +3,7 @@ N = (D − (1 − α)I)/α, and inequality (A) on pairs. A test of the certifica
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -13,9 +14,14 @@ from torch import Tensor
 
 from .._modules import device_of
 from ..io import LUMA_WEIGHTS
-from ..theory import averagedness_defect
+from ..theory import Certificate, averagedness_defect
+from .averaged import certificate_of
 
-__all__ = ["SearchResult", "natural_starts", "adversarial_lipschitz", "averagedness_defects", "lipschitz_vs_depth"]
+__all__ = ["CHECK_SLACK", "CertificateCheck", "SearchResult", "adversarial_lipschitz", "averagedness_defects",
+           "check_certificate", "lipschitz_vs_depth", "natural_starts"]
+
+#: relative slack of the empirical checks: float32 rounding of the searched ratios and defects
+CHECK_SLACK = 1e-4
 
 
 def natural_starts(count: int, shape: Sequence[int], noise: float = 0.1, seed: int = 0) -> Tensor:
@@ -104,6 +110,70 @@ def averagedness_defects(denoiser, x: Tensor, y: Tensor, alpha: float, sigma: fl
     d2 = norm2(x - y)
     defect = averagedness_defect(d2, norm2(dx - dy), norm2((x - dx) - (y - dy)), alpha)
     return defect / d2
+
+
+@dataclass
+class CertificateCheck:
+    """An empirical test of a denoiser's certificate at one σ (what ``pnp-stable certify`` prints): the largest
+    ‖Dx − Dy‖/‖x − y‖ and, with an α, ‖Nx − Ny‖/‖x − y‖ for N = (D − (1 − α)I)/α that an adversarial search finds,
+    and the relative defects of inequality (A) on natural image pairs. An inner solve (an iterative prox) is within
+    tolerance·√n of the certified map per output, so each check allows 2·tolerance·√n/‖x − y‖ on a ratio (÷ α for N)
+    and the matching slack on a defect (the ``*_allowance`` fields): beyond them, a check contradicts the
+    certificate. ``after`` is the certificate once the checks ran: a model whose inner solve missed its tolerance
+    during them has withdrawn it, and the numbers then describe a map less accurate than the certificate needs."""
+
+    certificate: Certificate
+    after: Certificate
+    lipschitz: SearchResult
+    lipschitz_allowance: float = 0.0
+    averaged: SearchResult | None = None
+    averaged_allowance: float = 0.0
+    defects: Tensor | None = None
+    defect_allowance: Tensor | None = None
+
+    @property
+    def withdrawn(self) -> bool:
+        return self.after != self.certificate
+
+    @property
+    def holds(self) -> bool | None:
+        """True when every check lies within the certificate, False when one exceeds it or the certificate was
+        withdrawn during the checks, None when there is no certificate to check."""
+        if self.certificate.lipschitz is None:
+            return None
+        if self.withdrawn:
+            return False
+        within = self.lipschitz.ratio <= self.certificate.lipschitz * (1 + CHECK_SLACK) + self.lipschitz_allowance
+        if self.averaged is not None:
+            within = (within and self.averaged.ratio <= 1 + CHECK_SLACK + self.averaged_allowance
+                      and float((self.defects - self.defect_allowance).max()) <= CHECK_SLACK)
+        return within
+
+
+def check_certificate(denoiser, shape: Sequence[int], sigma: float | None = 0.1, restarts: int = 4, steps: int = 100,
+                      pairs: int = 8, seed: int = 0) -> CertificateCheck:
+    """Search for a violation of ``denoiser``'s certificate at ``sigma`` on images of ``shape`` = (C, H, W)
+    (:class:`CertificateCheck`); a test of the certificate, never its source."""
+    certificate = certificate_of(denoiser, sigma)
+    lipschitz = adversarial_lipschitz(denoiser, shape, sigma, restarts=restarts, steps=steps, seed=seed)
+    error = 2 * certificate.tolerance * math.sqrt(math.prod(shape))  # two outputs' inner-solve errors at most
+    check = CertificateCheck(certificate, certificate, lipschitz, _allowance(error, lipschitz, 1.0))
+    if certificate.lipschitz is not None and certificate.alpha is not None:
+        check.averaged = adversarial_lipschitz(denoiser, shape, sigma, alpha=certificate.alpha, restarts=restarts,
+                                               steps=steps, seed=seed)
+        check.averaged_allowance = _allowance(error, check.averaged, certificate.alpha)
+        x, y = natural_starts(pairs, shape, seed=seed), natural_starts(pairs, shape, seed=seed + 1)
+        check.defects = averagedness_defects(denoiser, x, y, certificate.alpha, sigma)
+        distance = (x - y).flatten(1).double().norm(dim=1)
+        c = (1 - certificate.alpha) / certificate.alpha  # (A)'s terms move by 2εd + ε² and (‖(I−D)x − (I−D)y‖ ≤ 2d) 4εd + ε²
+        check.defect_allowance = ((2 * error * distance + error**2) + c * (4 * error * distance + error**2)) / distance**2
+    check.after = certificate_of(denoiser, sigma)
+    return check
+
+
+def _allowance(error: float, search: SearchResult, alpha: float) -> float:
+    """What an error bound ``error`` on two outputs allows the search's best pair on a ratio bound: error/(α‖x − y‖)."""
+    return error / (alpha * float((search.x - search.y).flatten().double().norm())) if error else 0.0
 
 
 def lipschitz_vs_depth(
