@@ -309,15 +309,7 @@ def cmd_denoise(args) -> int:
     from .restore import denoise
 
     device = _device(args.device)
-    _refuse_empty_paths(args.inputs)
-    inputs = []
-    for path in map(Path, args.inputs):
-        if path.is_dir():
-            inputs += _folder_images(path)
-        elif path.is_file():
-            inputs.append(path)
-        else:
-            raise CommandError(f"image file or folder not found: {path}")
+    inputs = _input_images(args.inputs)
     targets = _denoise_targets(inputs, Path(args.out))
     check_outputs(inputs, [("--out", target, RESULT_SUFFIXES) for target in targets])
     denoiser_for = _denoiser_for(args)
@@ -347,6 +339,21 @@ def cmd_denoise(args) -> int:
         if failed:
             print(f"denoised {len(inputs) - len(failed)} of {len(inputs)} images")
     return 1 if failed else 0
+
+
+def _input_images(paths: list[str]) -> list[Path]:
+    """The image files that command-line inputs name: each file itself, each folder's images (:func:`_folder_images`);
+    an empty or missing path is refused."""
+    _refuse_empty_paths(paths)
+    images = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            images += _folder_images(path)
+        elif path.is_file():
+            images.append(path)
+        else:
+            raise CommandError(f"image file or folder not found: {path}")
+    return images
 
 
 def _refuse_empty_paths(paths: list[str]) -> None:
@@ -385,9 +392,10 @@ def cmd_certify(args) -> int:
                            f"ℓ2 radius, which 'pnp-stable classify IMAGE --model {args.model}' prints")
     model = load_denoiser(args.model, verify=args.verify)  # a shipped name or a file, with or without --verify
     check_finite_model(model, args.model)  # NaN weights output NaN whatever the certificate says
-    print(f"{args.model}: {certificate_of(model)}")
-    if certificate_of(model, args.sigma) != certificate_of(model):  # a noise-adaptive model is more averaged at small σ
-        print(f"at σ = {args.sigma:g}: {certificate_of(model, args.sigma)}")
+    every_sigma, at_sigma = certificate_of(model), certificate_of(model, args.sigma)
+    print(f"{args.model}: {every_sigma}")
+    if at_sigma != every_sigma:  # a noise-adaptive model is more averaged at small σ
+        print(f"at σ = {args.sigma:g}: {at_sigma}")
     check = check_certificate(model, (model.channels, args.size, args.size), args.sigma, restarts=args.restarts,
                               steps=args.steps, pairs=args.pairs, seed=args.seed)
     certificate, ratio = check.certificate, check.lipschitz.ratio
@@ -493,11 +501,7 @@ def cmd_classify(args) -> int:
     names = next((names for channels, size, names in DATASETS.values()
                   if (channels, size, len(names)) == (config["in_channels"], config["image_size"], config["classes"])), None)
     size = config["image_size"]
-    _refuse_empty_paths(args.inputs)
-    sources = []
-    for path in map(Path, args.inputs):  # a folder stands for its images, as for denoise
-        sources += _folder_images(path) if path.is_dir() else [path]
-    for source in sources:
+    for source in _input_images(args.inputs):
         image = load_image(source, gray=config["in_channels"] == 1)
         resized = tuple(image.shape[-2:]) != (size, size)
         if resized:

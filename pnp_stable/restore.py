@@ -281,8 +281,8 @@ def deblur(
             max_iter=max_iter, tol=tol, x0=x0, reference=reference, allow_unsafe_step=allow_unsafe_step,
             progress=progress, reference_frame=frame, accelerate=accelerate,
         )
-        tiling = (f", tiled ({model.tile} px tiles, {model.overlap} px overlap, anchored at a Wiener estimate; "
-                  "certificate kept)" if isinstance(model, TiledDenoiser) else "")
+        tiling = (f", tiled ({model.layout} at a Wiener estimate; certificate kept)" if isinstance(model, TiledDenoiser)
+                  else "")
         result.notes.insert(0, f"denoiser {label} at σ_d = {_on_255_scale(levels)}{tiling}")
     return result if frame is None else _framed(result, frame)
 

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .._finite import first_nonfinite
 from .._outputs import check_training_outputs
-from ..training.checkpoint import load_checkpoint, model_tensors, save_checkpoint
+from ..training.checkpoint import load_checkpoint, model_tensors, option_change, save_checkpoint
 from ..training.trainer import TrainingDiverged
 from .baseline import SpectralResNetClassifier
 from .data import DATASETS, augmented, load_dataset
@@ -81,15 +81,6 @@ class ClassifierConfig:
             raise ValueError(f"eps must be ≥ 0 and temperature, lr > 0; got {self.eps}, {self.temperature}, {self.lr}")
 
 
-def _difference(key: str, there, here) -> str:
-    """One changed option for a refused resume: its stored and given values (only the entries that differ, for a
-    dict such as the architecture)."""
-    if isinstance(there, dict) and isinstance(here, dict):
-        return "; ".join(f"{key}.{name}: {there.get(name)!r} there, {here.get(name)!r} here"
-                         for name in sorted(there.keys() | here.keys()) if there.get(name) != here.get(name))
-    return f"{key}: {there!r} there, {here!r} here"
-
-
 class ClassifierTrainer:
     """Trains ``config.model`` on the training split of ``config.dataset`` (``dataset`` may also be passed in, a
     TensorDataset of images in [0, 1] and labels, e.g. a synthetic stand-in)."""
@@ -148,7 +139,7 @@ class ClassifierTrainer:
                          and stored.get(key, defaults[key]) != current[key])  # fields added since: their defaults
         if changed:
             built = {"architecture": (earlier, self.model.config)} if earlier is not None else {}  # defaults filled in
-            details = "; ".join(_difference(key, *built.get(key, (stored.get(key, defaults[key]), current[key])))
+            details = "; ".join(option_change(key, *built.get(key, (stored.get(key, defaults[key]), current[key])))
                                 for key in changed)
             raise ValueError(f"checkpoint {self.checkpoint_path} was written with other {', '.join(changed)} "
                              f"({details}); resume with the same options or start a new run")

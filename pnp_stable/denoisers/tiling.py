@@ -53,8 +53,7 @@ DEFAULT_OVERLAP = 33
 
 
 def _check_tiling(tile: int, overlap: int) -> None:
-    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 2:
-        raise ValueError(f"a tile needs at least 2 pixels (a whole number), got tile {tile!r}")
+    check_whole(tile, "tile (pixels)", 2)
     check_whole(overlap, "overlap (pixels)", 0)
     if 3 * overlap + 2 > tile:
         raise ValueError(f"tile {tile} needs an overlap between 0 and {(tile - 2) // 3} (at most (tile − 2)/3, so that a "
@@ -177,12 +176,16 @@ class TiledDenoiser(dinv.models.Denoiser):
             return self._tiled(certificate_of(self.denoiser, sigma))
         return self.certificate
 
+    @property
+    def layout(self) -> str:
+        """The tiling in words: '64 px tiles, 20 px overlap' (', anchored' with an anchor)."""
+        return f"{self.tile} px tiles, {self.overlap} px overlap{', anchored' if self.anchor is not None else ''}"
+
     def _tiled(self, base: Certificate) -> Certificate:
         """D's certificate with the tiling named and, for an inner solve, the whole image's error bound stated."""
         tolerance = self._tolerance(base)
         stated = f"; the tiled output's RMS error ≤ {tolerance:.3g}" if tolerance > 1e-9 else ""
-        how = (f"tiled with square-root partition-of-unity windows ({self.tile} px tiles, {self.overlap} px overlap"
-               f"{', anchored' if self.anchor is not None else ''}), which keep it")
+        how = f"tiled with square-root partition-of-unity windows ({self.layout}), which keep it"
         return replace(base, method=f"{base.method}; {how}{stated}", tolerance=tolerance)
 
     def _tolerance(self, base: Certificate) -> float:

@@ -12,7 +12,16 @@ import torch
 from .._finite import check_finite_tensors
 from .._safetensors import content_digest, read_safetensors, write_safetensors
 
-__all__ = ["save_checkpoint", "load_checkpoint", "sampler_state"]
+__all__ = ["save_checkpoint", "load_checkpoint", "option_change", "sampler_state"]
+
+
+def option_change(key: str, there, here) -> str:
+    """One option that differs between a checkpoint and a resume, for the refusal: its stored and given values (for
+    a dict such as the architecture, only the entries that differ)."""
+    if isinstance(there, dict) and isinstance(here, dict):
+        return "; ".join(f"{key}.{name}: {there.get(name)!r} there, {here.get(name)!r} here"
+                         for name in sorted(there.keys() | here.keys()) if there.get(name) != here.get(name))
+    return f"{key}: {there!r} there, {here!r} here"
 
 FORMAT = "pnp-stable-checkpoint/1"
 SAMPLER_PREFIX = "rng.sampler."  # one tensor per process: rng.sampler.0, rng.sampler.1, …
@@ -67,7 +76,8 @@ def _verify(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[s
     """Refuse a checkpoint without a digest, one whose content does not match it, and non-finite tensors."""
     if "sha256" not in metadata:
         raise ValueError(f"{path}: this training checkpoint has no SHA-256 digest (written before checkpoints were "
-                         "checksummed), so its content cannot be verified; start a new run in its place (--overwrite instead of --resume)")
+                         "checksummed), so its content cannot be verified; start a new run in its place (--overwrite "
+                         "instead of --resume)")
     if content_digest(tensors, metadata) != metadata["sha256"]:
         raise ValueError(f"{path}: checkpoint content does not match its recorded SHA-256 digest (file modified or "
                          "corrupt); restore an intact copy or start a new run in its place (--overwrite instead of "

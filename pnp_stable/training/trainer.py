@@ -26,7 +26,7 @@ from ..denoisers.averaged import AveragedDenoiser
 from ..denoisers.baselines import DnCNNBaseline
 from ..denoisers.serialization import read_denoiser_tensors, save_denoiser
 from ..metrics import psnr
-from .checkpoint import load_checkpoint, model_tensors, sampler_state, save_checkpoint
+from .checkpoint import load_checkpoint, model_tensors, option_change, sampler_state, save_checkpoint
 from .data import PatchSampler, fingerprint, load_folder, split_holdout
 from .growth import fits, grow_state
 
@@ -212,7 +212,7 @@ class Trainer:
                     options[key] = [os.path.abspath(v) for v in value]
         changed = sorted(key for key in current if stored[key] != current[key])
         if changed:
-            details = "; ".join(f"{key}: {stored[key]!r} there, {current[key]!r} here" for key in changed)
+            details = "; ".join(option_change(key, stored[key], current[key]) for key in changed)
             raise ValueError(f"checkpoint {self.checkpoint_path} was written with other {', '.join(changed)} ({details}); "
                              "resume with the same options or start a new run")
         stored_data = meta["history"].get("data")
