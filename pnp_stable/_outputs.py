@@ -82,5 +82,5 @@ def check_training_outputs(checkpoint: Path, weights: Path, resume: bool, overwr
         return
     existing = [str(path) for path in (checkpoint, weights) if path.exists()]
     if existing:
-        raise ValueError(f"{' and '.join(existing)} already {'exist' if len(existing) > 1 else 'exists'}: resume that run (--resume), start over in its "
-                         "place (--overwrite), or choose another out")
+        raise ValueError(f"{' and '.join(existing)} already {'exist' if len(existing) > 1 else 'exists'}: resume that "
+                         "run (--resume), start over in its place (--overwrite), or choose another out")

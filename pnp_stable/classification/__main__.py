@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if len(args.widths) != len(args.depths):
-        print(f"{parser.prog}: error: --widths and --depths need one value per stage, got {args.widths} and {args.depths}", file=sys.stderr)
+        print(f"{parser.prog}: error: --widths and --depths need one value per stage, got {args.widths} and "
+              f"{args.depths}", file=sys.stderr)
         return 2
     try:
         check_outputs([], [("--out", Path(args.out), (".safetensors",))])

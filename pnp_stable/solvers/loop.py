@@ -250,10 +250,10 @@ def run_scheme(
     if gaps:
         basis = f"{basis}; estimated, not certified: " + "; ".join(gaps)
     notes = list(scheme.notes) + ([] if accelerate is None else [accelerate.describe()])
+    sources = getattr(scheme, "inexact_sources", lambda: [])()  # a duck-typed scheme need not describe them
     limited = [b for b, status in enumerate(tracker.status) if status == "accuracy-limited"]
     if limited:
-        notes.append(_accuracy_note(scheme, tol, tracker.exact_bound[limited]))
-    sources = getattr(scheme, "inexact_sources", lambda: [])()
+        notes.append(_accuracy_note(sources, tol, tracker.exact_bound[limited]))
     if sources and beta is not None:
         notes.append(_inexact_note(sources))
     return PnPResult(
@@ -263,9 +263,8 @@ def run_scheme(
     )
 
 
-def _accuracy_note(scheme: Scheme, tol: float, bounds: Tensor) -> str:
-    """What an 'accuracy-limited' stop means and how to go further."""
-    sources = getattr(scheme, "inexact_sources", lambda: [])()  # a duck-typed scheme need not describe them
+def _accuracy_note(sources: list[str], tol: float, bounds: Tensor) -> str:
+    """What an 'accuracy-limited' stop means and how to go further (``sources``: the inner solvers, in words)."""
     solved = " and ".join(sources) or "an inner solver"
     return (f"accuracy-limited: {len(bounds)} sample(s) moved less than the accuracy of their evaluations (r/‖z‖ < tol = "
             f"{tol:g}, and r within twice the inner solvers' error: {solved}), so the exact iteration's relative residual "

@@ -66,7 +66,8 @@ PLAIN, ACCEPTED, REJECTED = 0, 1, 2
 @dataclass(frozen=True)
 class Violation:
     """One failed check: which, for which sample, at which iteration, and by how much (relative to the reference
-    residual, or r² for inequality (A), or ‖g‖ of the anchor for the safeguard, floored at the rounding slack so that a reference of 0 gives a finite size)."""
+    residual, or r² for inequality (A), or ‖g‖ of the anchor for the safeguard, floored at the rounding slack so
+    that a reference of 0 gives a finite size)."""
 
     check: str
     sample: int

@@ -20,14 +20,11 @@ def default_step(solver: str, fidelity: L2Fidelity, denoiser_sigma) -> float | T
     if solver in ("fb", "fista"):
         return 1.0 / fidelity.lipschitz
     levels = torch.as_tensor(denoiser_sigma, dtype=torch.float64).flatten()  # a float, a tensor, an array or a list
-    if levels.numel() > 1:
-        if not bool((levels > 0).all()):
-            raise ValueError(f"denoiser_sigma must be > 0 for the default proximal step, got {levels.tolist()}")
-        return levels**2
-    sigma = float(levels[0])
-    if not sigma > 0:
-        raise ValueError(f"denoiser_sigma must be > 0 for the default proximal step, got {sigma}")
-    return sigma**2
+    several = levels.numel() > 1
+    if not bool((levels > 0).all()):
+        raise ValueError(f"denoiser_sigma must be > 0 for the default proximal step, got "
+                         f"{levels.tolist() if several else float(levels[0])}")
+    return levels**2 if several else float(levels[0]) ** 2
 
 
 def check_step(scheme, allow_unsafe_step: bool = False) -> None:
