@@ -264,6 +264,24 @@ def test_pnp_with_the_prox_is_certified_without_violations(solver):
     assert result.beta is None and result.estimated_beta is not None
 
 
+def test_a_long_pnp_run_solves_the_prox_ever_more_accurately(monkeypatch):
+    """After K evaluations the prox's tolerance shrinks as (K/k)² (summable: the inexact iteration converges); the
+    ridge meets each one, so β stays certified, and its tolerance is whole again after the run."""
+    from pnp_stable import _accuracy
+
+    monkeypatch.setattr(_accuracy, "SUMMABLE_AFTER", 2)
+    x = natural_starts(1, (1, 16, 16), noise=0.0, seed=4)
+    physics = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, 16, 16))
+    y = physics(x) + 0.01 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    model = _model(tolerance=1e-5).float()
+    in_force, solve = [], model.solve
+    monkeypatch.setattr(model, "solve", lambda *args: in_force.append(model.accuracy.current) or solve(*args))
+    result = ps.solve(physics, y, model, 0.01, solver="drs", denoiser_sigma=0.02, max_iter=12, tol=1e-12)
+    assert in_force == pytest.approx([1e-5 * min(1, (2 / k) ** 2) for k in range(1, 13)])
+    assert model.accuracy.first_miss is None and model.accuracy.scale == 1.0
+    assert result.beta == 0.5 and "followed the summable schedule" in result.summary(), result.summary()
+
+
 def _opponent(tolerance=1e-8):
     """A colour model on the opponent components, each with its own λ(σ), μ(σ)."""
     model = _model(tolerance=tolerance).for_channels(3, colour="opponent")

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import pnp_stable as ps
+from pnp_stable import _accuracy as accuracy
+from pnp_stable._accuracy import AccuracyRecord
 from pnp_stable.denoisers import AveragedDenoiser, TiledDenoiser, natural_starts
 from pnp_stable.operators import L2Fidelity
 from pnp_stable.solvers import DouglasRachford, run_scheme
@@ -216,6 +218,7 @@ def test_a_run_converges_only_when_the_exact_map_is_within_tol(solver):
     assert sloppy.beta == exact.beta is not None  # β is the exact map's; only the stop is qualified
     note = next(note for note in sloppy.notes if note.startswith("accuracy-limited"))
     assert "RMS error ≤ 0.001" in note and "not by tol" in note and sloppy.history.violations == []
+    assert "the denoiser keeps a fixed tolerance" in sloppy.summary()  # a caller's tolerance no run can lower
     assert "accuracy-limited" in sloppy.summary()
 
 
@@ -227,13 +230,83 @@ def test_the_prox_error_of_conjugate_gradients_counts_too(certified):
     error = scheme.evaluation_error(SIZE * SIZE)  # one bound per sample: the prox's own residual (DRS: factor 1)
     assert error.shape == (1,) and float(error) == pytest.approx(float(scheme.fidelity.prox_accuracy.last_absolute), rel=1e-3)
     assert float(error) > 0
-    assert any("conjugate gradients" in source for source in scheme.inexact_sources())
+    assert any("conjugate gradients" in source for source, _ in scheme.inexact_sources())
     result = ps.solve(op, y, certified, 0.02, solver="drs", max_iter=5)  # what β means with inexact evaluations
     assert result.beta is not None and "β is the exact map T's" in result.summary()
-    assert "not claimed" in result.summary() and "conjugate gradients" in result.summary()
+    assert "followed the summable schedule" in result.summary() and "conjugate gradients" in result.summary()
     closed_form = ps.solve(ps.blur(ps.motion_kernel(2, size=7), img_size=(1, SIZE, SIZE)), y, certified, 0.02,
                            solver="drs", max_iter=5)  # circular: an exact prox, no such note
     assert "inexact evaluations" not in closed_form.summary()
+
+
+def _spied_cg_targets(fidelity, monkeypatch) -> list[float]:
+    """The CG target of each of ``fidelity``'s prox calls, appended as they are made."""
+    targets, target = [], fidelity.cg_target
+    monkeypatch.setattr(fidelity, "cg_target", lambda dtype: targets.append(target(dtype)) or targets[-1])
+    return targets
+
+
+def test_a_long_run_lowers_the_cg_tolerance_along_a_summable_schedule(monkeypatch):
+    """After K evaluations the k-th prox is solved to cg_tol·(K/k)² (Σ < ∞: the inexact DRS iteration converges);
+    float32 meets that while it lies above its rounding (~3e-7), then β is withdrawn; float64 meets it throughout."""
+    monkeypatch.setattr(accuracy, "SUMMABLE_AFTER", 2)
+    op = ps.blur(ps.motion_kernel(2, size=7), boundary="reflect")
+    _, y = _fb_problem(op, SIZE)
+    loose = L2Fidelity(op, y, 0.02, cg_tol=1e-4)
+    targets = _spied_cg_targets(loose, monkeypatch)
+    result = run_scheme(DouglasRachford(loose, _Halving(0.0), 0.03, 0.03**2), op.A_adjoint(y), max_iter=30, tol=1e-12)
+    assert targets == pytest.approx([1e-4 * min(1, (2 / k) ** 2) for k in range(1, 31)])
+    assert result.beta == 0.5 and "followed the summable schedule" in result.summary(), result.summary()
+    assert loose.prox_accuracy.scale == 1.0  # restored after the run
+    for dtype, kept in [(torch.float32, False), (torch.float64, True)]:
+        op, y = op.to(dtype), y.to(dtype)  # deepinv's physics is a module: .to converts it in place
+        scheme = DouglasRachford(L2Fidelity(op, y, 0.02, cg_tol=1e-6), _Halving(0.0), 0.03, 0.03**2)
+        result = run_scheme(scheme, op.A_adjoint(y), max_iter=30, tol=1e-12)
+        assert (result.beta == 0.5) == kept and result.estimated_beta == (None if kept else 0.5)
+        if not kept:
+            assert "missed" in result.beta_basis and "summable" in result.beta_basis and "float64" in result.beta_basis
+            assert "not claimed" in result.summary()
+
+
+class _InnerProx(torch.nn.Module):
+    """An exact map z/2 standing for an iterative prox that meets whatever tolerance is in force (``misses``: that
+    reaches only its full tolerance), with the :class:`AccuracyRecord` a run schedules."""
+
+    def __init__(self, misses: bool = False):
+        super().__init__()
+        self.accuracy, self.misses, self.in_force = AccuracyRecord(1e-3), misses, []
+
+    @property
+    def certificate(self):
+        return Certificate(lipschitz=1.0, alpha=0.5, method="an inner solve", guaranteed=self.accuracy.accurate,
+                           tolerance=self.accuracy.tolerance)
+
+    def forward(self, x, sigma):
+        self.in_force.append(self.accuracy.current)
+        self.accuracy.record(self.accuracy.tolerance if self.misses else self.accuracy.current)
+        return 0.5 * x
+
+
+def test_an_inner_prox_inside_a_wrapper_follows_the_schedule(monkeypatch):
+    """The run finds the record through a self-ensemble, lowers its tolerance after K evaluations and counts the
+    lower error bound in the monitor; a prox that cannot follow withdraws β."""
+    monkeypatch.setattr(accuracy, "SUMMABLE_AFTER", 2)
+    op = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, SIZE, SIZE))
+    y = op.A(natural_starts(1, (1, SIZE, SIZE), noise=0.0, seed=1))
+    inner = _InnerProx()
+    scheme = DouglasRachford(L2Fidelity(op, y, 0.02), ps.SelfEnsemble(inner, transforms=2), 0.03, 0.03**2)
+    assert scheme.accuracy_records() == [inner.accuracy]  # the circular blur's prox is closed-form: no CG record
+    errors = []
+    evaluation_error = scheme.evaluation_error
+    monkeypatch.setattr(scheme, "evaluation_error", lambda numel: errors.append(evaluation_error(numel)) or errors[-1])
+    result = run_scheme(scheme, op.A_adjoint(y), max_iter=6, tol=1e-12)
+    assert inner.in_force[::2] == pytest.approx([1e-3 * min(1, (2 / k) ** 2) for k in range(1, 7)])
+    assert errors == pytest.approx([1e-3 * min(1, (2 / k) ** 2) * SIZE for k in range(1, 7)])  # RMS·√numel
+    assert result.beta == 0.5 and "converges to Fix T" in result.summary() and inner.accuracy.scale == 1.0
+    stuck = _InnerProx(misses=True)
+    result = ps.solve(op, y, ps.SelfEnsemble(stuck, transforms=2), 0.02, solver="drs", max_iter=6, tol=1e-12)
+    assert result.beta is None and result.estimated_beta == 0.5 and "not guaranteed" in result.beta_basis
+    assert stuck.accuracy.miss_text().startswith("call 5 of 12")  # the third evaluation's, (2/3)² of 1e-3
 
 
 def test_the_rate_comparison_is_a_heuristic_not_a_violation():

@@ -18,8 +18,9 @@ noise stays white of the same σ under Q; the chrominances, smoother than the ch
 The computed output is certified too: F is 1-strongly convex, so every x satisfies ‖x − D_σ(y)‖ ≤ ‖∇F(x)‖. The solver
 (Nesterov's method for the 1-strongly convex, (1 + λμL_R)-smooth F, each image with its own step, warm-started from
 the output of the nearer of the last two calls) stops once that bound, evaluated in float64, is ≤ ``tolerance`` RMS
-per image; :attr:`accuracy` keeps the worst bound of all calls, and :attr:`certificate` is guaranteed only while
-every call met the tolerance. The smoothness bound: ∇²R(x) = Eᵀ Σ_c W_cᵀ diag(σ_c') W_c E ⪯ Σ_c S_c EᵀW_cᵀW_cE with
+per image (a PnP run lowers that tolerance along the summable schedule of :mod:`pnp_stable._accuracy`); :attr:`accuracy`
+keeps the worst bound of all calls, and :attr:`certificate` is guaranteed only while every call met the tolerance then
+in force. The smoothness bound: ∇²R(x) = Eᵀ Σ_c W_cᵀ diag(σ_c') W_c E ⪯ Σ_c S_c EᵀW_cᵀW_cE with
 S_c = sup σ_c' = Σ_j s_cj; circular: W_cE is circular convolution, exact norm max_ω Σ_c S_c |ŵ_c(ω)|² on the image's
 grid; reflect: W_c is a restriction of the circular convolution on the padded grid (norm ≤ the same max there) and
 ‖E‖² ≤ 4 (a pixel appears at most twice per axis); it only sets the step (:meth:`smoothness`), the certificate never
@@ -41,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._accuracy import AccuracyRecord
-from .._validation import check_image
+from .._validation import check_image, per_image_levels
 from ..theory import Certificate
 from ._cache import TensorKeyedCache
 from .colour import OPPONENT
@@ -383,7 +384,7 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
         (:meth:`error_bound` at the float64 iterate plus the RMS of its rounding to y's dtype: the triangle
         inequality) and the most iterations any image took."""
         lipschitz = 1 + (strength * scale).double().view(-1) * self.smoothness(y.shape)
-        tolerance = self.accuracy.tolerance if tolerance is None else tolerance
+        tolerance = self.accuracy.current if tolerance is None else tolerance
         eps = torch.finfo(y.dtype).eps
         y_rms = _rms(y.double())
         x, iterations = self._nesterov(y, strength, scale, y if start is None else start, lipschitz,
@@ -456,10 +457,7 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
         if x.dtype != self.weight.dtype:
             raise ValueError(f"denoiser input is {x.dtype}, but this prox is solved, and its error certified, in "
                              f"{self.weight.dtype}: pass x.to({self.weight.dtype})")
-        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-        sigma = sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
-        if sigma.shape != (x.shape[0],) or not bool((torch.isfinite(sigma) & (sigma >= 0)).all()):
-            raise ValueError(f"sigma must be ≥ 0 and finite, a float or a [B] = [{x.shape[0]}] tensor, got {sigma}")
+        sigma = per_image_levels(sigma, x)
         size, smallest = self.weight.shape[-1], min(x.shape[-2:])
         if self.boundary == "reflect" and smallest <= size // 2:
             raise ValueError(f"image {tuple(x.shape[-2:])} is too small for {size}×{size} filters with reflect "
@@ -470,8 +468,9 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
         strength, scale = self.component_parameters(sigma, x.shape[1])
         y = self.to_components(x)
         transform_error, allowance = self._transform_rounding(x, y)
+        target = self.accuracy.current
         out, bound, _ = self.solve(y.detach(), strength.detach(), scale.detach(), self._warm_start(y.detach()),
-                                   self.accuracy.tolerance - allowance)
+                                   max(target - allowance, target / 2))
         self._recent = [(y.detach(), out), *self._recent[:1]]
         if torch.is_grad_enabled() and y.requires_grad:
             out = _ProxJacobian.apply(y, out, self, strength.detach(), scale.detach())
@@ -513,6 +512,8 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
         method = (f"exact prox of a convex ridge regulariser (firmly non-expansive for any weights and σ); each call "
                   f"solved to a certified RMS error ≤ {accuracy.tolerance:g} (strong convexity: ‖x − D(y)‖ ≤ ‖∇F(x)‖)")
         if not accuracy.accurate:
-            method += f"; a call missed it ({accuracy.worst:.3g} after max_iter = {self.max_iter}): estimated"
+            method += (f"; a call missed its tolerance ({accuracy.miss_text()}; max_iter = {self.max_iter}, or "
+                       f"{self.weight.dtype}'s rounding of the output once a long run's summable schedule asks for "
+                       "less): estimated")
         return Certificate(lipschitz=1.0, alpha=0.5, method=method, guaranteed=accuracy.accurate,
                            tolerance=accuracy.tolerance)

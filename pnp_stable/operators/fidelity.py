@@ -42,9 +42,11 @@ class L2Fidelity:
     ``prox(x, tau) = argmin_u ½‖u − x‖² + τ f(u)`` solves (I + γAᵀA)u = x + γAᵀy with
     γ = τ/s²: in closed form for operators diagonalised by an orthogonal transform
     (deepinv's own ``DecomposablePhysics``, e.g. circular blur: :func:`has_known_svd`), otherwise by conjugate
-    gradients stopped at relative residual ``cg_tol`` (at most ``cg_max_iter`` steps). Each CG solve's
-    true residual ‖rhs − (I + γAᵀA)u‖ bounds its error ‖u − u*‖ (I + γAᵀA ≽ I); :attr:`prox_accuracy`
-    keeps the worst one, so a certificate that assumes an exact prox can be withheld when it was not.
+    gradients stopped at relative residual ``cg_tol`` (at most ``cg_max_iter`` steps; a PnP run lowers it along
+    :class:`~pnp_stable._accuracy.SummableSchedule` after 100 evaluations). Each CG solve's true residual
+    ‖rhs − (I + γAᵀA)u‖ bounds its error ‖u − u*‖ (I + γAᵀA ≽ I); :attr:`prox_accuracy` keeps the worst one and the
+    first call above the tolerance in force, so a certificate that assumes an exact prox can be withheld when it was
+    not.
     ``operator_norm``: a known upper bound on ‖A‖, used instead of :func:`operator_norm` (then 'given').
     """
 
@@ -135,6 +137,13 @@ class L2Fidelity:
         """Lipschitz constant L = ‖A‖²/s² of ∇f."""
         return self.operator_norm.value**2 / self.noise_sigma**2
 
+    def cg_target(self, dtype: torch.dtype) -> float:
+        """CG's relative residual target for the next call: ``cg_tol`` times the run's summable-schedule factor
+        (:attr:`ProxAccuracy.scale`), but not below 2 ulps of ``dtype``: float32's rounding keeps the true residual
+        near 3e-7 there, and CG asked for less runs ``cg_max_iter`` steps in vain (and may break down into NaN); a
+        call above the tolerance in force is recorded as a miss."""
+        return max(self.cg_tol * self.prox_accuracy.scale, 2 * torch.finfo(dtype).eps)
+
     def prox(self, x: Tensor, tau: float | Tensor) -> Tensor:
         """argmin_u ½‖u − x‖² + τ f(u), per sample; ``tau`` a float or one step per sample (a [B] tensor)."""
         if isinstance(tau, Tensor):
@@ -164,7 +173,7 @@ class L2Fidelity:
             normal,
             rhs,
             max_iter=self.cg_max_iter,
-            tol=self.cg_tol,
+            tol=self.cg_target(x.dtype),
             eps=torch.finfo(x.dtype).tiny,  # keeps 0/0 = NaN away when x is already the solution
             init=x,
         )
@@ -230,8 +239,8 @@ def _adjoint_image(op, y: Tensor) -> Tensor:
 class ProxAccuracy(AccuracyRecord):
     """Worst relative normal-equation residual ‖rhs − (I + γAᵀA)u‖/‖rhs‖ of the CG proxes so far (shared by
     a fidelity and its subsets). The prox's error is at most that residual times ‖rhs‖; it is ``accurate``
-    while every call stayed within ``ACCURACY_FACTOR``·cg_tol (float32 rounding keeps the true residual a
-    little above CG's own recursive estimate)."""
+    while every call stayed within ``ACCURACY_FACTOR`` times its CG target (float32 rounding keeps the true
+    residual a little above CG's own recursive estimate)."""
 
     ACCURACY_FACTOR = 10.0
 

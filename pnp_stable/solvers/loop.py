@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .._accuracy import SummableSchedule
 from .._modules import accepted_channels, evaluation_mode
 from .._validation import check_count, check_denoiser_sigma, check_image, check_noise_level, check_start
 from ..denoisers.zoo import outside_training
@@ -211,13 +212,15 @@ def run_scheme(
     evaluation_error = getattr(scheme, "evaluation_error", lambda numel: 0.0)  # a duck-typed scheme: exact
     history = monitor.history
     fidelity = scheme.fidelity
+    schedule = SummableSchedule(getattr(scheme, "accuracy_records", lambda: [])())
     start = time.perf_counter()
-    with torch.no_grad(), evaluation_mode(getattr(scheme, "denoiser", None)), \
+    with torch.no_grad(), evaluation_mode(getattr(scheme, "denoiser", None)), schedule, \
             tqdm(total=max_iter, disable=kind != "bar", desc=f"PnP-{scheme.name}", leave=False) as bar:
         for k in range(max_iter):
             index = tracker.running()
             if len(index) == 0:
                 break
+            schedule.set(k + 1)
             everyone = len(index) == batch  # then no gather/scatter: the common case costs no copies
             points = steps.points_of(index, everyone)
             images, estimates = scheme.step(points, fidelity if everyone else fidelity.subset(index), None if everyone else index)
@@ -255,7 +258,7 @@ def run_scheme(
     if limited:
         notes.append(_accuracy_note(sources, tol, tracker.exact_bound[limited]))
     if sources and beta is not None:
-        notes.append(_inexact_note(sources))
+        notes.append(_inexact_note(sources, schedule))
     return PnPResult(
         estimate=estimate, governing=governing, status=tracker.status, iterations=tracker.iterations, history=history,
         beta=None if gaps else beta, beta_basis=basis, solver=scheme.name, step=scheme.step_size,
@@ -263,21 +266,30 @@ def run_scheme(
     )
 
 
-def _accuracy_note(sources: list[str], tol: float, bounds: Tensor) -> str:
+def _accuracy_note(sources: list[tuple[str, bool]], tol: float, bounds: Tensor) -> str:
     """What an 'accuracy-limited' stop means and how to go further (``sources``: the inner solvers, in words)."""
-    solved = " and ".join(sources) or "an inner solver"
+    solved = " and ".join(text for text, _ in sources) or "an inner solver"
     return (f"accuracy-limited: {len(bounds)} sample(s) moved less than the accuracy of their evaluations (r/‖z‖ < tol = "
             f"{tol:g}, and r within twice the inner solvers' error: {solved}), so the exact iteration's relative residual "
             f"there is bounded by {float(bounds.max()):.3g}, not by tol; solve the inner problems more accurately, or "
             f"stop at a tol above that bound")
 
 
-def _inexact_note(sources: list[str]) -> str:
-    """What β means when T is evaluated by inner solvers to a fixed tolerance (not DESIGN's summable schedule)."""
-    return (f"inexact evaluations ({' and '.join(sources)}): β is the exact map T's; each call's error bound is added "
-            "to every check and stopping test, so 'converged' certifies the returned point's exact residual (r + e < "
-            "tol·‖z‖) and 'accuracy-limited' bounds it; the errors are bounded per call, not summable, so the inexact "
-            "iteration's own convergence to Fix T (Krasnosel'skii–Mann with Σ‖e_k‖ < ∞) is not claimed")
+def _inexact_note(sources: list[tuple[str, bool]], schedule: SummableSchedule) -> str:
+    """What β means when T is evaluated by inner solvers, and whether the inexact iteration itself is proved to
+    converge: only when every source followed the summable schedule (a source that missed it withdraws β)."""
+    text = (f"inexact evaluations ({' and '.join(text for text, _ in sources)}): β is the exact map T's; each call's "
+            "error bound is added to every check and stopping test, so 'converged' certifies the returned point's exact "
+            "residual (r + e < tol·‖z‖) and 'accuracy-limited' bounds it; ")
+    fixed = [text.split(":")[0] for text, scheduled in sources if not scheduled]
+    if fixed:
+        return text + (f"{' and '.join(fixed)} keeps a fixed tolerance (errors bounded per call, not summable), so the "
+                       "inexact iteration's own convergence to Fix T (Krasnosel'skii–Mann with Σ‖e_k‖ < ∞) is not claimed")
+    if not all(record.accurate for record in schedule.records):
+        return text + (f"an inner solve missed its tolerance under the summable schedule {schedule.describe()} (β's "
+                       "basis says which), so the inexact iteration's own convergence to Fix T is not claimed")
+    return text + (f"the tolerances followed the summable schedule {schedule.describe()} at every call, so the inexact "
+                   "iteration itself converges to Fix T (Krasnosel'skii–Mann with Σ‖e_k‖ < ∞, Combettes 2004)")
 
 
 def _check_denoiser_channels(denoiser, channels: int) -> None:

@@ -50,6 +50,9 @@ class KrasnoselskiiMann(Scheme):
     def inexact_sources(self):
         return self.base.inexact_sources()
 
+    def accuracy_records(self):
+        return self.base.accuracy_records()
+
     def beta(self):
         beta, basis = self.base.beta()
         if beta is None:

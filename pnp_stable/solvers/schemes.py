@@ -19,15 +19,19 @@ T = ½(I + R₁R₂) with reflections R = 2J − I that are non-expansive (D̃ a
 of J moves R by 2e: ‖T̃z − Tz‖ ≤ ½(2e₁ + 2e₂). A run is converged only when the exact map's residual is below
 the tolerance: ‖Tz − z‖ ≤ ‖T̃z − z‖ + ‖T̃z − Tz‖. (With a denoiser that has no certificate nothing is
 non-expansive and nothing bounds the exact residual: such a run's 'converged' means its computed residual only.)
+The run lowers the inner solvers' tolerances along a summable schedule (:mod:`pnp_stable._accuracy`), so the
+inexact iteration itself converges to Fix T (Krasnosel'skii–Mann with Σ‖e_k‖ < ∞, Combettes 2004) while every call
+meets it.
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
+from .._accuracy import SUMMABLE_AFTER, AccuracyRecord, accuracy_records
 from .._modules import with_sigma_argument
 from ..denoisers.averaged import certificate_of
-from ..operators.fidelity import L2Fidelity
+from ..operators.fidelity import L2Fidelity, ProxAccuracy
 from ..theory import Certificate, compose_averagedness, gradient_step_averagedness, relaxation_for_target
 
 __all__ = ["Scheme", "ForwardBackward", "HalfQuadraticSplitting", "DouglasRachford", "ADMM", "FISTA", "SCHEMES"]
@@ -49,14 +53,15 @@ def _weighted_certificate(certificate: Certificate, weight: float, which: str = 
 
 
 def _prox_gaps(fidelity: L2Fidelity) -> list[str]:
-    """HQS/DRS/ADMM assume an exact prox: a CG prox that missed its tolerance voids that."""
+    """HQS/DRS/ADMM assume an exact prox: a CG prox that missed its tolerance (or the run's summable schedule of
+    it) voids that."""
     accuracy = fidelity.prox_accuracy
     if fidelity.prox_is_exact or accuracy.accurate:
         return []
-    return [f"the prox of f was solved by conjugate gradients to a relative normal-equation residual of up to "
-            f"{accuracy.worst:.3g} (> {accuracy.tolerance:g}; {accuracy.calls} calls), not exactly; a smaller step τ "
-            "conditions the system better, and float64 (y.double(), op.to(torch.float64)) reaches smaller residuals "
-            "than float32's rounding allows"]
+    return [f"the prox of f, solved by conjugate gradients, missed its relative normal-equation residual tolerance "
+            f"({accuracy.miss_text()}; the tolerance is {ProxAccuracy.ACCURACY_FACTOR:g}·cg_tol, lowered as (K/k)² after "
+            f"K = {SUMMABLE_AFTER} evaluations so that the errors are summable); a smaller step τ conditions the system "
+            "better, and float64 (y.double(), op.to(torch.float64)) reaches residuals far below float32's ~3e-7"]
 
 
 class Scheme:
@@ -86,6 +91,7 @@ class Scheme:
         self.denoiser_certificate: Certificate = _weighted_certificate(
             certificate_of(denoiser, denoiser_sigma), self.denoiser_weight)  # at σ_d: tighter for noise-adaptive D
         self.trusted: list[str] = []  # ingredients of β the caller asserts (PnPResult.trusted)
+        self.denoiser_records = accuracy_records(denoiser)  # its inner proxes, whose tolerances a run schedules
         if self.denoiser_certificate.alpha is not None and self.denoiser_certificate.trusted:
             self.trusted.extend(self.denoiser_certificate.trusted)
             self.notes.append(f"the denoiser's certificate rests on the caller's {' and '.join(self.trusted)}, trusted "
@@ -135,20 +141,32 @@ class Scheme:
 
     def evaluation_error(self, numel: int) -> float | Tensor:
         """Bound on ‖T̃z − Tz‖ for the evaluation just made, for samples of ``numel`` entries: the denoiser's RMS
-        output error (its certificate's ``tolerance``; ~0 for a network) over the whole sample, and the last prox
-        call's error per sample (0 for a closed-form prox), through :attr:`error_factors`."""
+        output error (its certificate's ``tolerance``, times the run's schedule factor when an inner prox of the
+        denoiser follows it; ~0 for a network) over the whole sample, and the last prox call's error per sample (0
+        for a closed-form prox), through :attr:`error_factors`."""
         denoiser_factor, prox_factor = self.error_factors
-        rms = self.denoiser_certificate.tolerance
+        records = self.denoiser_records
+        rms = self.denoiser_certificate.tolerance * (records[0].scale if records else 1.0)
         prox = 0.0 if prox_factor == 0 or self.fidelity.prox_is_exact else self.fidelity.prox_accuracy.last_absolute
         return denoiser_factor * self.denoiser_weight * rms * numel**0.5 + prox_factor * prox
 
-    def inexact_sources(self) -> list[str]:
-        """The inner solvers whose errors :meth:`evaluation_error` counts, in words."""
+    def accuracy_records(self) -> list[AccuracyRecord]:
+        """The inner solvers whose tolerances a run lowers along its summable schedule: the iterative proxes inside
+        the denoiser and the data term's CG prox (when this scheme calls it and it has no closed form)."""
+        records = list(self.denoiser_records) if self.error_factors[0] > 0 else []
+        if self.error_factors[1] > 0 and not self.fidelity.prox_is_exact:
+            records.append(self.fidelity.prox_accuracy)
+        return records
+
+    def inexact_sources(self) -> list[tuple[str, bool]]:
+        """The inner solvers whose errors :meth:`evaluation_error` counts, in words, each with whether a run's
+        summable schedule lowers its tolerance (False: a denoiser whose certificate states a fixed tolerance)."""
         sources = []
         if self.error_factors[0] > 0 and self.denoiser_certificate.tolerance > 1e-9:
-            sources.append(f"the denoiser: RMS error ≤ {self.denoiser_certificate.tolerance:g} per call")
+            sources.append((f"the denoiser: RMS error ≤ {self.denoiser_certificate.tolerance:g} per call",
+                            bool(self.denoiser_records)))
         if self.error_factors[1] > 0 and not self.fidelity.prox_is_exact:
-            sources.append(f"the data term's prox: conjugate gradients to cg_tol = {self.fidelity.cg_tol:g}")
+            sources.append((f"the data term's prox: conjugate gradients to cg_tol = {self.fidelity.cg_tol:g}", True))
         return sources
 
     def step(self, z: Tensor, fidelity: L2Fidelity, index: Tensor | None) -> tuple[Tensor, Tensor]:
