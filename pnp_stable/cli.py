@@ -383,7 +383,7 @@ def _check_channels(inputs: list[Path], denoiser_for, name: str) -> None:
 def cmd_certify(args) -> int:
     from ._finite import check_finite_model
     from .classification.storage import list_classifiers, read_classifier_metadata
-    from .denoisers.averaged import certificate_of
+    from .denoisers.certificates import certificate_of
     from .denoisers.certify import check_certificate
     from .denoisers.zoo import load_denoiser
 

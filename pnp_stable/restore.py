@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ._modules import accepted_channels, evaluation_mode, on_device, with_sigma_argument
 from ._validation import check_denoiser_sigma, check_device, check_noise_level, check_start, float64_levels, unit_scale_level
-from .denoisers.averaged import certificate_of
+from .denoisers.certificates import certificate_of
 from .denoisers.baselines import BM3DDenoiser
 from .denoisers.ensemble import self_ensemble
 from .denoisers.switch import NoiseLevelSwitch, range_index

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             return interrupted_exit_status(trainer.stop_signal)
         test = load_dataset(args.dataset, args.data, train=False, download=args.download)
         path = trainer.export(test)
-        print(json.dumps({"weights": str(path), "steps": trainer.step, "train_seconds": round(trainer.elapsed),
+        print(json.dumps({"weights": str(path), "steps": trainer.step, "train_seconds": round(trainer.train_seconds),
                           "lipschitz": trainer.model.lipschitz_bound()}))
     except ValueError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)

@@ -1,26 +1,22 @@
-"""Training of certified classifiers with the conventions of the denoiser trainer: Adam with a one-cycle schedule,
-the margin loss at a training radius ε, calibration of the blocks' norms to their guaranteed bounds every
-``calibrate_every`` steps, checkpoints every few minutes (safetensors with a digest; exact resume: batches are drawn
-from one saved generator), a clean stop on SIGINT/SIGTERM, a stop on a non-finite loss or weights that keeps the
-last finite checkpoint, and the certificate written into the exported weights."""
+"""Training of certified classifiers on the loop the denoiser trainer runs too (:mod:`pnp_stable.training.loop`):
+Adam with a one-cycle schedule, the margin loss at a training radius ε, calibration of the blocks' norms to their
+guaranteed bounds every ``calibrate_every`` steps, checkpoints every few minutes (safetensors with a digest; exact
+resume: batches are drawn from one saved generator), a clean stop on SIGINT/SIGTERM, a stop on a non-finite loss,
+weights or optimiser moment that keeps the last finite checkpoint, and the certificate written into the exported
+weights."""
 
 from __future__ import annotations
 
 import inspect
 import json
-import signal
-import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from .._finite import first_nonfinite
 from .._outputs import check_training_outputs
 from ..training.checkpoint import load_checkpoint, model_tensors, option_change, save_checkpoint
-from ..training.trainer import TrainingDiverged
+from ..training.loop import TrainingLoop
 from .baseline import SpectralResNetClassifier
 from .data import DATASETS, augmented, load_dataset
 from .network import LipschitzClassifier
@@ -81,7 +77,7 @@ class ClassifierConfig:
             raise ValueError(f"eps must be ≥ 0 and temperature, lr > 0; got {self.eps}, {self.temperature}, {self.lr}")
 
 
-class ClassifierTrainer:
+class ClassifierTrainer(TrainingLoop):
     """Trains ``config.model`` on the training split of ``config.dataset`` (``dataset`` may also be passed in, a
     TensorDataset of images in [0, 1] and labels, e.g. a synthetic stand-in)."""
 
@@ -102,19 +98,13 @@ class ClassifierTrainer:
         self.saved_step: int | None = None
         self.progress = progress
         self.log: list[dict] = []
-        self._stop_requested = False
-        self.stop_signal: int | None = None  # the signal that stopped the run, for the exit status
-        self.elapsed = 0.0  # training seconds, kept across resumes
+        self.train_seconds = 0.0  # training wall time, kept across resumes
         check_training_outputs(self.checkpoint_path, Path(config.out), resume, config.overwrite)
         if resume:
             self.resume()
 
-    @property
-    def checkpoint_path(self) -> Path:
-        return Path(self.config.checkpoint or str(self.config.out) + ".ckpt")
-
     def save_checkpoint(self) -> None:
-        config = {**asdict(self.config), "elapsed_s": self.elapsed}
+        config = {**asdict(self.config), "elapsed_s": self.train_seconds}
         save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.scheduler, self.generator.get_state(),
                         self.step, config)
         self.saved_step = self.step
@@ -122,7 +112,7 @@ class ClassifierTrainer:
     def resume(self) -> None:
         tensors, meta = load_checkpoint(self.checkpoint_path)
         stored = dict(meta["config"])
-        self.elapsed = float(stored.pop("elapsed_s", 0.0))
+        self.train_seconds = float(stored.pop("elapsed_s", 0.0))
         defaults = asdict(ClassifierConfig(data=self.config.data, out=self.config.out))
         current = json.loads(json.dumps(asdict(self.config)))
         earlier = None
@@ -149,11 +139,6 @@ class ClassifierTrainer:
         self.generator.set_state(tensors["rng.sampler.0"])
         self.step = self.saved_step = meta["step"]
 
-    def request_stop(self, signum=None, frame=None) -> None:
-        """Make :meth:`run` write a checkpoint and return 'interrupted' after the current step."""
-        self._stop_requested = True
-        self.stop_signal = self.stop_signal or signum
-
     def training_radius(self) -> float:
         """ε of the margin loss at the current step: ``eps``·step/(``eps_ramp``·steps) during the first ``eps_ramp``
         of the steps (a linear ramp from 0), ``eps`` after it."""
@@ -164,7 +149,7 @@ class ClassifierTrainer:
         """One Adam step on a batch drawn with replacement: margin loss at :meth:`training_radius` with the
         training-time K."""
         if self.step % self.config.calibrate_every == 0:
-            self.model.calibrate()
+            self._calibrate()
         index = torch.randint(len(self.images), (self.config.batch,), generator=self.generator)
         images, labels = self.images[index], self.labels[index]
         if self.config.augment:
@@ -180,55 +165,12 @@ class ClassifierTrainer:
         self.step += 1
         return loss
 
-    def _divergence(self, loss: torch.Tensor) -> str | None:
-        if not bool(torch.isfinite(loss.detach())):
-            return f"the loss is {float(loss.detach()):g}"
-        found = first_nonfinite(self.model.state_dict())
-        return None if found is None else f"'{found[0]}' has {found[1]} NaN/Inf values"
-
-    def run(self) -> str:
-        """Train until ``steps`` or a stop signal; 'finished' or 'interrupted' (a checkpoint is written either way).
-        Raises :class:`~pnp_stable.training.trainer.TrainingDiverged` on NaN/Inf, keeping the last finite checkpoint."""
-        config = self.config
-        previous = {s: signal.signal(s, self.request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-        last_save = started = time.monotonic()
-        base = self.elapsed
-        self.model.train()
-        try:
-            with tqdm(total=config.steps, initial=self.step, disable=not self.progress, desc="training") as bar:
-                while self.step < config.steps:
-                    loss = self.train_step()
-                    self.elapsed = base + time.monotonic() - started
-                    problem = self._divergence(loss)
-                    if problem is not None:
-                        where = (f"the last finite checkpoint {self.checkpoint_path} (step {self.saved_step}) is kept"
-                                 if self.saved_step is not None else "no checkpoint was written")
-                        raise TrainingDiverged(f"training diverged at step {self.step}: {problem}; {where}; "
-                                               f"start again with a lower --lr (now {config.lr:g})")
-                    record = {"step": self.step, "loss": float(loss.detach())}
-                    self.log.append(record)
-                    bar.update(1)
-                    if not self.progress and config.log_every and self.step % config.log_every == 0:
-                        print(json.dumps({**record, "elapsed_s": round(self.elapsed, 1)}), file=sys.stderr, flush=True)
-                    if self._stop_requested and self.step < config.steps:
-                        self.save_checkpoint()
-                        return "interrupted"
-                    if time.monotonic() - last_save > 60 * config.checkpoint_minutes:
-                        self.save_checkpoint()
-                        last_save = time.monotonic()
-            self.model.calibrate()  # still under the stop handler: a signal now only sets the flag, the save follows
-            self.save_checkpoint()
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-        return "finished"
-
     def export(self, test=None, eps_list=(0.1, 0.25, 0.5, 1.0)) -> Path:
         """Write the eval-mode weights with the certificate, the training configuration, the step count and wall
         time, and (given a test TensorDataset) clean and certified test accuracy in the metadata."""
         self.model.eval()
         info = {"training": json.dumps(asdict(self.config), sort_keys=True), "steps": str(self.step),
-                "train_seconds": f"{self.elapsed:.0f}", "threads": str(torch.get_num_threads())}
+                "train_seconds": f"{self.train_seconds:.0f}", "threads": str(torch.get_num_threads())}
         if test is not None:
             images, labels = test.tensors
             loader = [(images[i : i + 1000], labels[i : i + 1000]) for i in range(0, len(labels), 1000)]

@@ -1,6 +1,7 @@
 """Denoisers: certified averaged networks, their layers and checks, and baselines."""
 
-from .averaged import AveragedDenoiser, RelaxedDenoiser, certificate_of
+from .averaged import AveragedDenoiser, RelaxedDenoiser
+from .certificates import certificate_of
 from .convex_ridge import ConvexRidgeDenoiser
 from .baselines import BM3DDenoiser, DnCNNBaseline, SpectralResNet, TVDenoiser, parameter_count
 from .blocks import NonexpansiveBlock

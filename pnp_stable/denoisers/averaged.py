@@ -10,43 +10,15 @@ from torch import Tensor, nn
 from .._validation import check_image, check_nonnegative_levels, check_whole, per_image_levels
 from ..theory import Certificate, compose_averagedness, relaxation_for_target
 from .blocks import NonexpansiveBlock, SLLBlock
+from .certificates import certificate_of, keep_description
 from .layers import MonotoneSpline, get_activation, get_integrator
 
-__all__ = ["AveragedDenoiser", "DESCRIPTION", "RelaxedDenoiser", "certificate_of", "keep_description"]
+__all__ = ["AveragedDenoiser", "RelaxedDenoiser"]
 
 ADAPTIVE_SIGMA_UNIT = 25 / 255  # θ(σ)'s logit is affine in σ measured in this unit
 ADAPTIVE_RATE = 10.0  # the logit is ADAPTIVE_RATE × (p₀ + p₁σ/unit): Adam moves it ten times faster than the weights
 ADAPTIVE_INIT = (-2.0, 6.0)  # initial logit: θ(0) ≈ 0.12, θ(25/255) ≈ 0.98
 BLOCKS = ("gradient-flow", "sll")  # NonexpansiveBlock (the paper's) or SLLBlock
-
-
-#: What a wrapper that denoises with a model reports as its own (as ``functools.update_wrapper`` keeps a function's
-#: name): the channels it takes (the solvers check them), the noise levels it was last trained on
-#: (:func:`~pnp_stable.denoisers.zoo.outside_training`) and the name it was loaded by (results and messages)
-DESCRIPTION = ("channels", "noise_range", "name")
-
-
-def keep_description(wrapper, denoiser) -> None:
-    """Give ``wrapper`` the :data:`DESCRIPTION` attributes of the ``denoiser`` it wraps (None where it has none)."""
-    for attribute in DESCRIPTION:
-        setattr(wrapper, attribute, getattr(denoiser, attribute, None))
-
-
-def certificate_of(denoiser, sigma=None) -> Certificate:
-    """The denoiser's ``certificate`` attribute, or 'no certificate' for any other callable. With ``sigma``
-    (a float or a [B] tensor) and a denoiser that has ``certificate_at``, the certificate of D(·, σ) at those
-    noise levels, which can be tighter than the one that holds for every σ. A certificate of an object that is
-    not pnp-stable's own is the caller's assertion: it comes back marked as trusted (``Certificate.trusted``)."""
-    if sigma is not None and hasattr(denoiser, "certificate_at"):
-        certificate = denoiser.certificate_at(sigma)
-    else:
-        certificate = getattr(denoiser, "certificate", None)
-    if not isinstance(certificate, Certificate):
-        return Certificate.none(f"{type(denoiser).__name__} carries no certificate")
-    owner = type(denoiser)
-    if (certificate.lipschitz is not None or certificate.alpha is not None) and not owner.__module__.startswith("pnp_stable."):
-        return certificate.trusting(f"{owner.__name__} certificate")
-    return certificate
 
 
 def _rescale(z: Tensor, current: int, target: int) -> Tensor:

@@ -15,7 +15,7 @@ from torch import Tensor
 from .._modules import device_of
 from ..io import LUMA_WEIGHTS
 from ..theory import Certificate, averagedness_defect
-from .averaged import certificate_of
+from .certificates import certificate_of
 
 __all__ = ["CHECK_SLACK", "CertificateCheck", "SearchResult", "adversarial_lipschitz", "averagedness_defects",
            "check_certificate", "lipschitz_vs_depth", "natural_starts"]

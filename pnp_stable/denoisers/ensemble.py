@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..theory import Certificate
-from .averaged import certificate_of, keep_description
+from .certificates import certificate_of, keep_description
 
 __all__ = ["SYMMETRIES", "SelfEnsemble", "self_ensemble"]
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from .._modules import accepted_channels
 from .._validation import per_image_levels
 from ..theory import Certificate
-from .averaged import certificate_of
+from .certificates import certificate_of
 
 __all__ = ["NoiseLevelSwitch", "range_index"]
 

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from .._validation import check_image, check_whole
 from ..theory import Certificate
-from .averaged import certificate_of, keep_description
+from .certificates import certificate_of, keep_description
 
 __all__ = ["AUTO_TILE_BYTES", "TiledDenoiser", "image_tiles", "tile_windows", "tiled", "whole_image_bytes"]
 

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from .._accuracy import SUMMABLE_AFTER, AccuracyRecord, accuracy_records
 from .._modules import with_sigma_argument
-from ..denoisers.averaged import certificate_of
+from ..denoisers.certificates import certificate_of
 from ..operators.fidelity import L2Fidelity, ProxAccuracy
 from ..theory import Certificate, compose_averagedness, gradient_step_averagedness, relaxation_for_target
 

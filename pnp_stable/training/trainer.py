@@ -1,25 +1,21 @@
 """Training of certified denoisers: Adam (or SGD) with a one-cycle schedule, the adaptive spectral-norm
 update at every step (one power-iteration step per layer in the forward, calibration to the guaranteed
-bound every ``calibrate_every`` steps), validation PSNR, checkpoints every few minutes, exact resume (also under
-torchrun: every process's sampler state is saved), clean stop on SIGINT/SIGTERM, a stop on a non-finite loss or
-weights that keeps the last finite checkpoint, and the final certificate written into the weights' metadata."""
+bound every ``calibrate_every`` steps), validation PSNR, exact resume (also under torchrun: every process's sampler
+state is saved) and the final certificate written into the weights' metadata; checkpoints every few minutes, the
+clean stop on SIGINT/SIGTERM and the stop on a non-finite loss or weights that keeps the last finite checkpoint are
+the loop of :mod:`pnp_stable.training.loop`, which the classifier trainer runs too."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import sys
-import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
-from .._finite import first_nonfinite
 from .._outputs import check_training_outputs
 from .._modules import device_of, evaluation_mode
 from ..denoisers.averaged import AveragedDenoiser
@@ -29,16 +25,13 @@ from ..metrics import psnr
 from .checkpoint import load_checkpoint, model_tensors, option_change, sampler_state, save_checkpoint
 from .data import PatchSampler, fingerprint, load_folder, split_holdout
 from .growth import fits, grow_state
+from .loop import TrainingDiverged, TrainingLoop
 
 __all__ = ["LOSSES", "MODELS", "PRECISIONS", "TrainConfig", "Trainer", "TrainingDiverged", "denoising_loss", "validation_psnr"]
 
 MODELS = {"averaged": AveragedDenoiser, "dncnn": DnCNNBaseline}
 LOSSES = ("mse", "noise-relative")
 PRECISIONS = ("fp32", "bf16")
-
-
-class TrainingDiverged(ValueError):
-    """The loss or the weights became NaN/Inf; nothing was saved after the last finite step."""
 
 
 def validation_psnr(denoiser, images: list[torch.Tensor], sigma: float, seed: int = 12345) -> float:
@@ -127,7 +120,7 @@ class TrainConfig:
             raise ValueError(f"sigma must be a number or a range [low, high] with low ≤ high, got {self.sigma}")
 
 
-class Trainer:
+class Trainer(TrainingLoop):
     def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True):
         self.config = config
         self.rank = dist.get_rank() if dist.is_initialized() else 0
@@ -168,16 +161,10 @@ class Trainer:
         self.log: list[dict] = []
         self.curve: list[list[float]] = []  # [step, validation PSNR] of the whole run, kept across resumes
         self.train_seconds = 0.0  # wall time of the whole run's training loops, kept across resumes
-        self._stop_requested = False
-        self.stop_signal: int | None = None  # the signal that stopped the run, for the exit status
         if resume:
             self.resume()
 
     # --- state -------------------------------------------------------------------------
-    @property
-    def checkpoint_path(self) -> Path:
-        return Path(self.config.checkpoint or str(self.config.out) + ".ckpt")  # not *.safetensors: never mistaken for weights
-
     def _sampler_states(self) -> list[torch.Tensor]:
         """Every process's sampler state in rank order (under torchrun a collective: every rank must call it)."""
         state = self.sampler.state()
@@ -268,13 +255,7 @@ class Trainer:
                              "trained with and at least its width")
         self.model.load_state_dict(grow_state(tensors, own, self.config.seed), strict=False)
 
-    # --- loop -------------------------------------------------------------------------------
-    def request_stop(self, signum=None, frame=None) -> None:
-        """Make :meth:`run` write a checkpoint and return 'interrupted' after the current step (also the handler
-        of SIGINT/SIGTERM while it runs); a request made before :meth:`run` stops it after its first step."""
-        self._stop_requested = True
-        self.stop_signal = self.stop_signal or signum
-
+    # --- loop (TrainingLoop.run) ------------------------------------------------------------
     @staticmethod
     def _collective_device() -> torch.device:
         """Where a collective's tensors must live: the current GPU under NCCL, else the CPU (gloo)."""
@@ -289,24 +270,12 @@ class Trainer:
             dist.all_reduce(values)
         return [bool(value > 0) for value in values.cpu()]
 
-    def _divergence(self, loss: torch.Tensor) -> str | None:
-        """What is non-finite after a step (the loss, else the first parameter or buffer), or None."""
-        if not bool(torch.isfinite(loss.detach()).all()):
-            return f"the loss is {float(loss.detach()):g}"
-        found = first_nonfinite(self.model.state_dict())
-        if found is None:  # finite weights with an overflowed moment (Adam's exp_avg_sq) would turn NaN next step
-            names = {id(parameter): name for name, parameter in self.model.named_parameters()}
-            moments = {f"optimizer {key} of {names.get(id(parameter), 'a parameter')}": value
-                       for parameter, state in self.optimizer.state.items()
-                       for key, value in state.items() if isinstance(value, torch.Tensor)}
-            found = first_nonfinite(moments)
-        return None if found is None else f"'{found[0]}' has {found[1]} NaN/Inf values"
-
-    def _diverged(self, problem: str | None) -> TrainingDiverged:
-        where = (f"the last finite checkpoint {self.checkpoint_path} (step {self.saved_step}) is kept"
-                 if self.saved_step is not None else "no checkpoint was written")
-        return TrainingDiverged(f"training diverged at step {self.step}: {problem or 'on another process'}; "
-                                f"{where}; start again with a lower --lr (now {self.config.lr:g})")
+    def _extend_record(self, record: dict, bar) -> None:
+        """The validation PSNR every ``validate_every`` steps, also kept in the run's curve."""
+        if self.config.validate_every and self.val_images and self.step % self.config.validate_every == 0:
+            record["val_psnr"] = self.validate()
+            self.curve.append([self.step, round(record["val_psnr"], 4)])
+            bar.set_postfix(val_psnr=f"{record['val_psnr']:.2f}")
 
     def validate(self, sigma: float | None = None) -> float:
         """Mean PSNR of the certified (eval-mode) network on the validation images at noise level ``sigma``
@@ -314,47 +283,6 @@ class Trainer:
         if not self.val_images:
             return float("nan")
         return validation_psnr(self.model, self.val_images, self.config.val_sigma if sigma is None else sigma)
-
-    def run(self) -> str:
-        """Train until ``steps`` or a stop signal; returns 'finished' or 'interrupted' (checkpoint written).
-        Raises :class:`TrainingDiverged` when the loss or the weights become NaN/Inf after a step; the weights of
-        that step are never saved, so the checkpoint on disk stays the last finite one."""
-        config = self.config
-        previous = {s: signal.signal(s, self.request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-        last_save = started = clock = time.monotonic()
-        self.model.train()
-        try:
-            with tqdm(total=config.steps, initial=self.step, disable=not self.progress, desc="training") as bar:
-                while self.step < config.steps:
-                    loss = self.train_step()
-                    problem = self._divergence(loss)
-                    diverged, stop, save_due = self._agree(problem is not None, self._stop_requested,
-                                                           time.monotonic() - last_save > 60 * config.checkpoint_minutes)
-                    if diverged:  # checked before any save: a checkpoint never holds NaN weights
-                        raise self._diverged(problem)
-                    record = {"step": self.step, "loss": float(loss.detach())}
-                    if config.validate_every and self.val_images and self.step % config.validate_every == 0:
-                        record["val_psnr"] = self.validate()
-                        self.curve.append([self.step, round(record["val_psnr"], 4)])
-                        bar.set_postfix(val_psnr=f"{record['val_psnr']:.2f}")
-                    self.log.append(record)
-                    bar.update(1)
-                    if not self.progress and self.rank == 0 and config.log_every and self.step % config.log_every == 0:
-                        print(json.dumps({**record, "elapsed_s": round(time.monotonic() - started, 1)}), file=sys.stderr, flush=True)
-                    if (stop and self.step < config.steps) or save_due:
-                        now = time.monotonic()
-                        self.train_seconds, clock = self.train_seconds + now - clock, now
-                        self.save_checkpoint()
-                        last_save = time.monotonic()
-                        if stop and self.step < config.steps:
-                            return "interrupted"
-            self._calibrate()  # still under the stop handler: a signal now only sets the flag, the save follows
-            self.train_seconds += time.monotonic() - clock
-            self.save_checkpoint()
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-        return "finished"
 
     def train_step(self) -> torch.Tensor:
         """One optimisation step on the next batch (forward in the configured precision, fp32 loss), after the norm
@@ -379,11 +307,6 @@ class Trainer:
         CertifiedConv._weight_precision); the certificate and validation describe the fp32 eval network."""
         device = device_of(self.model).type
         return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
-
-    def _calibrate(self) -> None:
-        """Refresh the power-estimate → guaranteed-bound ratios (certified models only)."""
-        if isinstance(self.model, AveragedDenoiser):
-            self.model.calibrate()
 
     def export(self, extra: dict[str, str] | None = None) -> Path:
         """Write the certified weights with the training configuration and data in the metadata."""
