@@ -1,12 +1,15 @@
 """Inner solvers' accuracy (a CG prox of the data term, an inner prox solver): the error bound of each call against
-the tolerance in force, and the summable schedule along which a PnP run shrinks that tolerance.
+its tolerance and against the summable schedule along which a PnP run lowers that tolerance.
 
-Why a schedule. The Krasnosel'skii–Mann iteration of an averaged T computed with errors e_k converges to Fix T when
-Σ‖e_k‖ < ∞ (Combettes 2004); errors that are merely bounded per call are not enough. A run therefore asks its k-th
-evaluation of T for the tolerance tol·s_k with s_k = min(1, (K/k)²), Σ_k s_k ≤ 2K: summable. The data term's CG
-tolerance is relative to ‖rhs_k‖, which the iteration keeps bounded (‖z_{k+1} − z*‖ ≤ (1 + c·s_k)‖z_k − z*‖ + c'·s_k
-and Π(1 + c·s_k) < ∞), so its absolute errors are summable too. A certificate that assumes an exact inner solve holds
-only while every call met the tolerance then in force.
+Why a schedule. The Krasnosel'skii–Mann iteration of an averaged T (with Fix T ≠ ∅) computed with errors e_k
+converges to Fix T when Σ‖e_k‖ < ∞ (Combettes 2004); errors that are merely bounded per call are not enough. A run
+therefore asks, at its k-th evaluation of T, each inner solver for its tolerance times s_k = min(1, (K/k)²), with
+Σ_k s_k ≤ 2K: summable. The data term's CG tolerance is relative to ‖rhs_k‖, which the iteration keeps bounded
+(‖z_{k+1} − z*‖ ≤ (1 + c·s_k)‖z_k − z*‖ + c'·s_k through non-expansive maps, and Π(1 + c·s_k) < ∞), so its absolute
+errors are summable too. Two verdicts follow: a call above the solver's own tolerance voids a certificate that
+assumes an exact solve (:attr:`AccuracyRecord.accurate`); a call above the schedule only withdraws the claim that the
+inexact iteration itself converges (:meth:`SummableSchedule.miss`), since every monitor check and stopping test
+adds the error bound each call actually reached.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ SUMMABLE_AFTER = 100
 
 
 class AccuracyRecord:
-    """Keeps the largest error bound recorded, the number of calls and the first call that missed the tolerance in
-    force, ``tolerance``·``scale`` (:attr:`current`; a PnP run lowers ``scale`` along :class:`SummableSchedule`);
-    ``accurate`` while every call met it (a NaN bound misses). ``last_absolute``: the absolute error bound
-    ‖u − u*‖ of the most recent call (one per sample of its batch, or one for all), for a caller that needs the
-    error of the value it just received."""
+    """Keeps the largest error bound recorded, the number of calls and the first call above ``tolerance``
+    (``accurate`` while there is none; a NaN bound misses). A PnP run lowers the tolerance in force to
+    :attr:`current` = ``tolerance``·``scale`` and reads, per evaluation of T, the largest bound its calls reached
+    (:attr:`evaluation_worst`) and the first call above the tolerance then in force (:attr:`schedule_miss`).
+    ``last_absolute``: the absolute error bound ‖u − u*‖ of the most recent call (one per sample of its batch, or one
+    for all), for a caller that needs the error of the value it just received."""
 
     def __init__(self, tolerance: float):
         self.tolerance = float(tolerance)
@@ -30,31 +34,42 @@ class AccuracyRecord:
         self.worst = 0.0
         self.calls = 0
         self.last_absolute = 0.0
-        self.first_miss: tuple[int, float, float] | None = None  # (call, its bound, the tolerance then in force)
+        self.first_miss: tuple[int, float] | None = None  # (call, its bound) above tolerance
+        self.evaluation = 0  # the run's evaluation of T under way (0: outside a run)
+        self.evaluation_worst = 0.0
+        self.schedule_miss: tuple[int, float, float] | None = None  # (evaluation, bound, tolerance then in force)
 
     @property
     def current(self) -> float:
         """The tolerance the next call must meet."""
         return self.tolerance * self.scale
 
+    def begin(self, evaluation: int, scale: float) -> None:
+        """A run's evaluation ``evaluation`` of T starts, its calls asked for ``scale`` × the tolerance."""
+        self.evaluation, self.scale, self.evaluation_worst = evaluation, scale, 0.0
+
     def record(self, bound: float, absolute: float | Tensor = 0.0) -> None:
         self.calls += 1
         self.last_absolute = absolute
         if not bound <= self.worst:
             self.worst = bound
-        if self.first_miss is None and not bound <= self.current:
-            self.first_miss = (self.calls, bound, self.current)
+        if not bound <= self.evaluation_worst:
+            self.evaluation_worst = bound
+        if self.first_miss is None and not bound <= self.tolerance:
+            self.first_miss = (self.calls, bound)
+        if self.schedule_miss is None and self.evaluation and not bound <= self.current:
+            self.schedule_miss = (self.evaluation, bound, self.current)
 
     @property
     def accurate(self) -> bool:
         return self.first_miss is None
 
     def miss_text(self) -> str:
-        """The first call that missed its tolerance, in words ('' while none did)."""
+        """The first call above the tolerance, in words ('' while none was)."""
         if self.first_miss is None:
             return ""
-        call, bound, tolerance = self.first_miss
-        return f"call {call} of {self.calls} reached {bound:.3g}, above the {tolerance:.3g} then in force"
+        call, bound = self.first_miss
+        return f"call {call} of {self.calls} reached {bound:.3g} > {self.tolerance:g}"
 
 
 def accuracy_records(denoiser) -> list[AccuracyRecord]:
@@ -68,8 +83,9 @@ def accuracy_records(denoiser) -> list[AccuracyRecord]:
 
 
 class SummableSchedule:
-    """Scales the ``records``' tolerances by s_k = min(1, (K/k)²) before the k-th evaluation of T (k = 1, 2, …;
-    K = ``after``), Σ s_k ≤ 2K (module docstring); leaving the ``with`` block restores the full tolerances."""
+    """Lowers the ``records``' tolerances to s_k = min(1, (K/k)²) times theirs before the k-th evaluation of T
+    (k = 1, 2, …; K = ``after``, default :data:`SUMMABLE_AFTER`), Σ s_k ≤ 2K (module docstring). Entering the
+    ``with`` block forgets earlier runs' schedule misses; leaving it restores the full tolerances."""
 
     def __init__(self, records: list[AccuracyRecord], after: int | None = None):
         self.records, self.after = records, SUMMABLE_AFTER if after is None else after
@@ -79,14 +95,21 @@ class SummableSchedule:
 
     def set(self, k: int) -> None:
         for record in self.records:
-            record.scale = self.factor(k)
+            record.begin(k, self.factor(k))
+
+    def miss(self) -> tuple[int, float, float] | None:
+        """The earliest (evaluation, bound, tolerance then in force) at which a call left the schedule, or None."""
+        misses = [record.schedule_miss for record in self.records if record.schedule_miss is not None]
+        return min(misses) if misses else None
 
     def describe(self) -> str:
-        return f"tol·min(1, ({self.after}/k)²) at the k-th evaluation of T"
+        return f"each inner solver's tolerance × min(1, ({self.after}/k)²) at the k-th evaluation of T"
 
     def __enter__(self) -> "SummableSchedule":
+        for record in self.records:
+            record.schedule_miss = None
         return self
 
     def __exit__(self, *exc) -> None:
         for record in self.records:
-            record.scale = 1.0
+            record.begin(0, 1.0)

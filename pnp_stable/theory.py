@@ -99,6 +99,9 @@ class Certificate:
     solvers add to their residuals before they call a run converged. ``trusted`` names what the bounds rest on
     that pnp-stable did not prove: a certificate asserted by a caller's object, kept through every wrapper
     (tiling, self-ensemble, noise-level switch, relaxation) so that no β built on it is called proved.
+    ``scheduled``: the tolerance is the inner solvers' (their :class:`~pnp_stable._accuracy.AccuracyRecord`) times a
+    fixed factor, so that a PnP run can lower it along its summable schedule and bound each evaluation's error by
+    what the solvers reached; False for a fixed tolerance (a caller's, an anchored tiling's cached offset).
     """
 
     lipschitz: float | None
@@ -107,6 +110,7 @@ class Certificate:
     guaranteed: bool = True
     tolerance: float = 0.0
     trusted: tuple[str, ...] = ()
+    scheduled: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "trusted", tuple(self.trusted))
@@ -145,6 +149,7 @@ class Certificate:
         fields = asdict(self)
         if not fields["trusted"]:  # a proved certificate is stored as before the field existed
             del fields["trusted"]
+        del fields["scheduled"]  # a property of the live inner solver, not of stored weights
         return json.dumps(fields, sort_keys=True)
 
     @classmethod

@@ -512,8 +512,7 @@ class ConvexRidgeDenoiser(dinv.models.Denoiser):
         method = (f"exact prox of a convex ridge regulariser (firmly non-expansive for any weights and σ); each call "
                   f"solved to a certified RMS error ≤ {accuracy.tolerance:g} (strong convexity: ‖x − D(y)‖ ≤ ‖∇F(x)‖)")
         if not accuracy.accurate:
-            method += (f"; a call missed its tolerance ({accuracy.miss_text()}; max_iter = {self.max_iter}, or "
-                       f"{self.weight.dtype}'s rounding of the output once a long run's summable schedule asks for "
-                       "less): estimated")
+            method += (f"; a call missed it ({accuracy.miss_text()}; max_iter = {self.max_iter}): estimated for "
+                       "this model object from then on (load it afresh, or raise max_iter)")
         return Certificate(lipschitz=1.0, alpha=0.5, method=method, guaranteed=accuracy.accurate,
-                           tolerance=accuracy.tolerance)
+                           tolerance=accuracy.tolerance, scheduled=True)

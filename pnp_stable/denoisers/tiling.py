@@ -186,7 +186,8 @@ class TiledDenoiser(dinv.models.Denoiser):
         tolerance = self._tolerance(base)
         stated = f"; the tiled output's RMS error ≤ {tolerance:.3g}" if tolerance > 1e-9 else ""
         how = f"tiled with square-root partition-of-unity windows ({self.layout}), which keep it"
-        return replace(base, method=f"{base.method}; {how}{stated}", tolerance=tolerance)
+        return replace(base, method=f"{base.method}; {how}{stated}", tolerance=tolerance,
+                       scheduled=base.scheduled and self.anchor is None)  # the cached offset keeps its first accuracy
 
     def _tolerance(self, base: Certificate) -> float:
         """The image's RMS error bound from the tiles' RMS bound ε: the errors e_t of the tiles reach the output

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .._accuracy import SUMMABLE_AFTER, AccuracyRecord, accuracy_records
+from .._accuracy import AccuracyRecord, accuracy_records
 from .._modules import with_sigma_argument
 from ..denoisers.certificates import certificate_of
 from ..operators.fidelity import L2Fidelity, ProxAccuracy
@@ -53,15 +53,15 @@ def _weighted_certificate(certificate: Certificate, weight: float, which: str = 
 
 
 def _prox_gaps(fidelity: L2Fidelity) -> list[str]:
-    """HQS/DRS/ADMM assume an exact prox: a CG prox that missed its tolerance (or the run's summable schedule of
-    it) voids that."""
+    """HQS/DRS/ADMM assume an exact prox: a CG prox that missed its tolerance voids that (a miss of the run's
+    summable schedule only withdraws the inexact iteration's convergence claim: :mod:`pnp_stable._accuracy`)."""
     accuracy = fidelity.prox_accuracy
     if fidelity.prox_is_exact or accuracy.accurate:
         return []
-    return [f"the prox of f, solved by conjugate gradients, missed its relative normal-equation residual tolerance "
-            f"({accuracy.miss_text()}; the tolerance is {ProxAccuracy.ACCURACY_FACTOR:g}·cg_tol, lowered as (K/k)² after "
-            f"K = {SUMMABLE_AFTER} evaluations so that the errors are summable); a smaller step τ conditions the system "
-            "better, and float64 (y.double(), op.to(torch.float64)) reaches residuals far below float32's ~3e-7"]
+    return [f"the prox of f was solved by conjugate gradients to a relative normal-equation residual above its "
+            f"tolerance {ProxAccuracy.ACCURACY_FACTOR:g}·cg_tol ({accuracy.miss_text()}), not exactly; raise "
+            "cg_max_iter if CG ran out of steps (a smaller step τ conditions the system better), and pass float64 "
+            "(y.double(), op.to(torch.float64)) when cg_tol lies near float32's rounding (~3e-7)"]
 
 
 class Scheme:
@@ -91,7 +91,8 @@ class Scheme:
         self.denoiser_certificate: Certificate = _weighted_certificate(
             certificate_of(denoiser, denoiser_sigma), self.denoiser_weight)  # at σ_d: tighter for noise-adaptive D
         self.trusted: list[str] = []  # ingredients of β the caller asserts (PnPResult.trusted)
-        self.denoiser_records = accuracy_records(denoiser)  # its inner proxes, whose tolerances a run schedules
+        # the inner proxes whose tolerances a run schedules: only when the certificate's tolerance is theirs
+        self.denoiser_records = accuracy_records(denoiser) if self.denoiser_certificate.scheduled else []
         if self.denoiser_certificate.alpha is not None and self.denoiser_certificate.trusted:
             self.trusted.extend(self.denoiser_certificate.trusted)
             self.notes.append(f"the denoiser's certificate rests on the caller's {' and '.join(self.trusted)}, trusted "
@@ -141,12 +142,14 @@ class Scheme:
 
     def evaluation_error(self, numel: int) -> float | Tensor:
         """Bound on ‖T̃z − Tz‖ for the evaluation just made, for samples of ``numel`` entries: the denoiser's RMS
-        output error (its certificate's ``tolerance``, times the run's schedule factor when an inner prox of the
-        denoiser follows it; ~0 for a network) over the whole sample, and the last prox call's error per sample (0
-        for a closed-form prox), through :attr:`error_factors`."""
+        output error over the whole sample (its certificate's ``tolerance``, ~0 for a network; for a scheduled inner
+        prox that tolerance times the run's schedule factor, or times the largest ratio bound/tolerance that its calls
+        reached in this evaluation when above), and the last prox call's error per sample (0 for a closed-form prox),
+        through :attr:`error_factors`."""
         denoiser_factor, prox_factor = self.error_factors
-        records = self.denoiser_records
-        rms = self.denoiser_certificate.tolerance * (records[0].scale if records else 1.0)
+        rms = self.denoiser_certificate.tolerance
+        if self.denoiser_records:
+            rms *= max(max(r.scale, r.evaluation_worst / r.tolerance) for r in self.denoiser_records)
         prox = 0.0 if prox_factor == 0 or self.fidelity.prox_is_exact else self.fidelity.prox_accuracy.last_absolute
         return denoiser_factor * self.denoiser_weight * rms * numel**0.5 + prox_factor * prox
 
