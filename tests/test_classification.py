@@ -537,3 +537,25 @@ def test_dense_blocks_train_for_both_models_at_equal_parameters(tmp_path):
     for model in (LipschitzClassifier, SpectralResNetClassifier):
         with pytest.raises(ValueError, match="dense_blocks must be ≥ 0"):
             model(widths=[8, 16], depths=[1, 1], dense_blocks=-1)
+
+
+def test_an_overflowed_adam_moment_stops_the_classifier_run_before_any_save(tmp_path):
+    """The loop the denoiser trainer runs too: a non-finite optimiser moment (finite weights now, NaN next step) is a
+    divergence, raised before the checkpoint that would have kept it."""
+    from pnp_stable.training.loop import TrainingDiverged
+
+    config = ClassifierConfig(data="-", out=str(tmp_path / "c.safetensors"), dataset="fashion-mnist",
+                              architecture=dict(TINY), steps=5, batch=8, checkpoint_minutes=0)
+    trainer = ClassifierTrainer(config, progress=False, dataset=synthetic(64, 1, 28))
+    step = trainer.train_step
+
+    def overflowing():
+        loss = step()
+        if trainer.step == 2:
+            next(iter(trainer.optimizer.state.values()))["exp_avg_sq"].view(-1)[0] = float("inf")
+        return loss
+
+    trainer.train_step = overflowing
+    with pytest.raises(TrainingDiverged, match=r"step 2: 'optimizer exp_avg_sq of .*step 1\) is kept"):
+        trainer.run()
+    assert trainer.saved_step == 1  # every step saved (checkpoint_minutes = 0), but not the diverged one
