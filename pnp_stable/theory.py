@@ -122,6 +122,12 @@ class Certificate:
             raise ValueError(f"lipschitz bound must be >= 0, got {self.lipschitz}")
 
     @property
+    def solved(self) -> bool:
+        """True when ``tolerance`` bounds an inner solver's error (above 1e-9), not a closed-form map's rounding
+        slack (a network states 1e-12)."""
+        return self.tolerance > 1e-9
+
+    @property
     def nonexpansive(self) -> bool:
         return self.lipschitz is not None and self.lipschitz <= 1
 

@@ -19,8 +19,8 @@ The computed output is certified too: F is 1-strongly convex, so every x satisfi
 (Nesterov's method for the 1-strongly convex, (1 + λμL_R)-smooth F, each image with its own step, warm-started from
 the output of the nearer of the last two calls) stops once that bound, evaluated in float64, is ≤ ``tolerance`` RMS
 per image (a PnP run lowers that tolerance along the summable schedule of :mod:`pnp_stable._accuracy`); :attr:`accuracy`
-keeps the worst bound of all calls, and :attr:`certificate` is guaranteed only while every call met the tolerance then
-in force. The smoothness bound: ∇²R(x) = Eᵀ Σ_c W_cᵀ diag(σ_c') W_c E ⪯ Σ_c S_c EᵀW_cᵀW_cE with
+keeps the worst bound of all calls, and :attr:`certificate` is guaranteed only while every call met ``tolerance`` (a
+call above the run's lower scheduled tolerance only withdraws that run's convergence claim). The smoothness bound: ∇²R(x) = Eᵀ Σ_c W_cᵀ diag(σ_c') W_c E ⪯ Σ_c S_c EᵀW_cᵀW_cE with
 S_c = sup σ_c' = Σ_j s_cj; circular: W_cE is circular convolution, exact norm max_ω Σ_c S_c |ŵ_c(ω)|² on the image's
 grid; reflect: W_c is a restriction of the circular convolution on the padded grid (norm ≤ the same max there) and
 ‖E‖² ≤ 4 (a pixel appears at most twice per axis); it only sets the step (:meth:`smoothness`), the certificate never

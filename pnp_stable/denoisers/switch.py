@@ -112,7 +112,7 @@ class NoiseLevelSwitch(dinv.models.Denoiser):
             guaranteed=all(c.guaranteed for c in certificates),
             tolerance=max(c.tolerance for c in certificates),
             trusted=tuple(dict.fromkeys(source for c in certificates for source in c.trusted)),
-            scheduled=all(c.scheduled or c.tolerance <= 1e-9 for c in certificates),  # a network's slack: not a solver
+            scheduled=all(c.scheduled or not c.solved for c in certificates),  # a network's slack is no solver's
         )
 
     def extra_repr(self) -> str:

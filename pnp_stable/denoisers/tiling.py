@@ -183,11 +183,11 @@ class TiledDenoiser(dinv.models.Denoiser):
 
     def _tiled(self, base: Certificate) -> Certificate:
         """D's certificate with the tiling named and, for an inner solve, the whole image's error bound stated."""
-        tolerance = self._tolerance(base)
-        stated = f"; the tiled output's RMS error ≤ {tolerance:.3g}" if tolerance > 1e-9 else ""
+        certificate = replace(base, tolerance=self._tolerance(base),
+                              scheduled=base.scheduled and self.anchor is None)  # the cached offset keeps its first accuracy
+        stated = f"; the tiled output's RMS error ≤ {certificate.tolerance:.3g}" if certificate.solved else ""
         how = f"tiled with square-root partition-of-unity windows ({self.layout}), which keep it"
-        return replace(base, method=f"{base.method}; {how}{stated}", tolerance=tolerance,
-                       scheduled=base.scheduled and self.anchor is None)  # the cached offset keeps its first accuracy
+        return replace(certificate, method=f"{base.method}; {how}{stated}")
 
     def _tolerance(self, base: Certificate) -> float:
         """The image's RMS error bound from the tiles' RMS bound ε: the errors e_t of the tiles reach the output

@@ -45,8 +45,7 @@ class L2Fidelity:
     gradients stopped at relative residual ``cg_tol`` (at most ``cg_max_iter`` steps; a PnP run lowers it along
     :class:`~pnp_stable._accuracy.SummableSchedule` after 100 evaluations). Each CG solve's true residual
     ‖rhs − (I + γAᵀA)u‖ bounds its error ‖u − u*‖ (I + γAᵀA ≽ I); :attr:`prox_accuracy` keeps the worst one and the
-    first call above the tolerance in force, so a certificate that assumes an exact prox can be withheld when it was
-    not.
+    first call above its tolerance, so a certificate that assumes an exact prox can be withheld when it was not.
     ``operator_norm``: a known upper bound on ‖A‖, used instead of :func:`operator_norm` (then 'given').
     """
 
@@ -141,7 +140,7 @@ class L2Fidelity:
         """CG's relative residual target for the next call: ``cg_tol`` times the run's summable-schedule factor
         (:attr:`ProxAccuracy.scale`), but not below 2 ulps of ``dtype``: float32's rounding keeps the true residual
         near 3e-7 there, and CG asked for less runs ``cg_max_iter`` steps in vain (and may break down into NaN); a
-        call above the tolerance in force is recorded as a miss."""
+        call above the schedule is recorded as a schedule miss."""
         return max(self.cg_tol * self.prox_accuracy.scale, 2 * torch.finfo(dtype).eps)
 
     def prox(self, x: Tensor, tau: float | Tensor) -> Tensor:
@@ -239,8 +238,8 @@ def _adjoint_image(op, y: Tensor) -> Tensor:
 class ProxAccuracy(AccuracyRecord):
     """Worst relative normal-equation residual ‖rhs − (I + γAᵀA)u‖/‖rhs‖ of the CG proxes so far (shared by
     a fidelity and its subsets). The prox's error is at most that residual times ‖rhs‖; it is ``accurate``
-    while every call stayed within ``ACCURACY_FACTOR`` times its CG target (float32 rounding keeps the true
-    residual a little above CG's own recursive estimate)."""
+    while every call stayed within ``ACCURACY_FACTOR``·cg_tol, and on a run's schedule while within that factor times
+    its CG target (float32 rounding keeps the true residual a little above CG's own recursive estimate)."""
 
     ACCURACY_FACTOR = 10.0
 

@@ -150,25 +150,30 @@ class Scheme:
         rms = self.denoiser_certificate.tolerance
         if self.denoiser_records:
             rms *= max(max(r.scale, r.evaluation_worst / r.tolerance) for r in self.denoiser_records)
-        prox = 0.0 if prox_factor == 0 or self.fidelity.prox_is_exact else self.fidelity.prox_accuracy.last_absolute
+        prox = self.fidelity.prox_accuracy.last_absolute if self.uses_iterative_prox else 0.0
         return denoiser_factor * self.denoiser_weight * rms * numel**0.5 + prox_factor * prox
 
     def accuracy_records(self) -> list[AccuracyRecord]:
         """The inner solvers whose tolerances a run lowers along its summable schedule: the iterative proxes inside
         the denoiser and the data term's CG prox (when this scheme calls it and it has no closed form)."""
         records = list(self.denoiser_records) if self.error_factors[0] > 0 else []
-        if self.error_factors[1] > 0 and not self.fidelity.prox_is_exact:
+        if self.uses_iterative_prox:
             records.append(self.fidelity.prox_accuracy)
         return records
+
+    @property
+    def uses_iterative_prox(self) -> bool:
+        """True when this scheme calls the data term's prox and that prox is solved by conjugate gradients."""
+        return self.error_factors[1] > 0 and not self.fidelity.prox_is_exact
 
     def inexact_sources(self) -> list[tuple[str, bool]]:
         """The inner solvers whose errors :meth:`evaluation_error` counts, in words, each with whether a run's
         summable schedule lowers its tolerance (False: a denoiser whose certificate states a fixed tolerance)."""
         sources = []
-        if self.error_factors[0] > 0 and self.denoiser_certificate.tolerance > 1e-9:
+        if self.error_factors[0] > 0 and self.denoiser_certificate.solved:
             sources.append((f"the denoiser: RMS error ≤ {self.denoiser_certificate.tolerance:g} per call",
                             bool(self.denoiser_records)))
-        if self.error_factors[1] > 0 and not self.fidelity.prox_is_exact:
+        if self.uses_iterative_prox:
             sources.append((f"the data term's prox: conjugate gradients to cg_tol = {self.fidelity.cg_tol:g}", True))
         return sources
 
