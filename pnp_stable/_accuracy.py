@@ -14,6 +14,8 @@ adds the error bound each call actually reached.
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor, nn
 
 #: evaluations of T at the full tolerance before a run's inner tolerances start to shrink as (K/k)²
@@ -64,12 +66,42 @@ class AccuracyRecord:
     def accurate(self) -> bool:
         return self.first_miss is None
 
+    def state(self) -> dict:
+        """What :meth:`join` needs from another process's copy of this record."""
+        return dict(calls=self.calls, worst=self.worst, evaluation_worst=self.evaluation_worst,
+                    first_miss=self.first_miss, schedule_miss=self.schedule_miss)
+
+    def join(self, states: list[dict], calls_before: int) -> None:
+        """Becomes the record of every process's calls (their :meth:`state`, in process order) after a pass whose calls
+        were spread over processes whose copies agreed up to ``calls_before`` calls: the calls counted once each (the
+        first miss numbered as if the processes had called in turn), the largest bounds (NaN if any), the earliest
+        schedule miss. ``last_absolute`` stays this process's own."""
+        misses, offset = [], calls_before
+        for state in states:
+            if state["first_miss"] is not None and state["first_miss"][0] > calls_before:
+                call, bound = state["first_miss"]
+                misses.append((offset + call - calls_before, bound))
+            offset += state["calls"] - calls_before
+        self.calls = offset
+        self.worst = _largest(state["worst"] for state in states)
+        self.evaluation_worst = _largest(state["evaluation_worst"] for state in states)
+        if self.first_miss is None or self.first_miss[0] > calls_before:
+            self.first_miss = min(misses, default=None)
+        schedule = [state["schedule_miss"] for state in states if state["schedule_miss"] is not None]
+        self.schedule_miss = min(schedule, key=lambda miss: miss[0], default=None)
+
     def miss_text(self) -> str:
         """The first call above the tolerance, in words ('' while none was)."""
         if self.first_miss is None:
             return ""
         call, bound = self.first_miss
         return f"call {call} of {self.calls} reached {bound:.3g} > {self.tolerance:g}"
+
+
+def _largest(values) -> float:
+    """max, NaN if any value is NaN (a NaN bound is a miss and must not be lost to max's order)."""
+    values = list(values)
+    return math.nan if any(math.isnan(value) for value in values) else max(values)
 
 
 def accuracy_records(denoiser) -> list[AccuracyRecord]:

@@ -524,3 +524,33 @@ def test_a_callers_module_without_recorded_channels_is_not_judged_by_its_first_c
     op = ps.blur(ps.gaussian_kernel(1.0), img_size=(3, SIZE, SIZE))
     y = op.A(natural_starts(1, (3, SIZE, SIZE), noise=0.0, seed=1))
     assert ps.solve(op, y, PerChannel(), 0.02, max_iter=2).estimate.shape == (1, 3, SIZE, SIZE)
+
+
+def test_processes_records_join_into_the_record_of_all_their_calls():
+    """Two processes' copies of a record, equal for 3 calls, then 2 and 1 calls of their own: the joined record
+    counts 6 calls, numbers the first miss as if the processes had called in turn, keeps the largest bound and the
+    earliest schedule miss; a NaN bound on either process survives the join; a miss before the pass is kept."""
+    def copies():
+        first, second = AccuracyRecord(1e-5), AccuracyRecord(1e-5)
+        for record in (first, second):
+            for _ in range(3):
+                record.record(1e-6)
+            record.begin(7, 0.5)
+        return first, second
+
+    first, second = copies()
+    first.record(1e-6)
+    first.record(2e-5)  # its call 5: above 1e-5
+    second.record(3e-5)  # its call 4: the 6th in turn
+    first.join([first.state(), second.state()], calls_before=3)
+    assert (first.calls, first.first_miss, first.worst, first.evaluation_worst) == (6, (5, 2e-5), 3e-5, 3e-5)
+    assert first.schedule_miss == (7, 2e-5, 5e-6)
+    first, second = copies()
+    second.record(math.nan)
+    first.join([first.state(), second.state()], calls_before=3)
+    assert math.isnan(first.worst) and first.first_miss[0] == 4 and not first.accurate
+    first, second = copies()
+    first.first_miss = second.first_miss = (2, 1.0)
+    second.record(1.0)
+    first.join([first.state(), second.state()], calls_before=3)
+    assert first.first_miss == (2, 1.0) and first.calls == 4

@@ -237,6 +237,46 @@ def test_cli_workers_share_the_tiles_and_write_the_same_image(tmp_path):
     assert (outputs[1] == outputs[2]).all()
 
 
+
+SPREAD_RIDGE = """
+import json, sys, torch
+from deepinv.distributed import DistributedContext
+import pnp_stable as ps
+from pnp_stable.denoisers.distributed import DistributedTiledDenoiser
+
+ridge = ps.denoisers.ConvexRidgeDenoiser(filters=2, kernel=3, sigma_knots=[0.1], tolerance=1e-7).eval()
+with torch.no_grad():
+    ridge.theta.add_(3.0)  # a prox far from the identity, which one iteration cannot solve
+with DistributedContext(device_mode="cpu") as context, torch.no_grad():
+    if context.rank == 1:
+        ridge.max_iter = 1
+    spread = DistributedTiledDenoiser(ridge, context, tile=16, overlap=4)
+    spread(torch.rand(1, 1, 40, 40, generator=torch.Generator().manual_seed(0)), 0.1)
+    record = ridge.accuracy
+    json.dump(dict(calls=record.calls, accurate=record.accurate, worst=record.worst,
+                   guaranteed=spread.certificate.guaranteed), open(sys.argv[1] + str(context.rank), "w"))
+"""
+
+
+def test_every_process_judges_the_inner_prox_on_every_tile(tmp_path):
+    """Under torchrun each process solves its own tiles' proxes; process 1's prox is capped at one iteration, so its
+    call misses the tolerance: both processes void the certificate and count both calls (process 0 alone met its
+    tolerance and kept certifying before the records were gathered)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "spread.py").write_text(SPREAD_RIDGE)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
+                           str(tmp_path / "spread.py"), str(tmp_path / "rank")], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    reports = [json.loads((tmp_path / f"rank{rank}").read_text()) for rank in (0, 1)]
+    assert reports[0] == reports[1]
+    assert reports[0]["calls"] == 2 and not reports[0]["accurate"] and not reports[0]["guaranteed"]
+    assert reports[0]["worst"] > 1e-7
+
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak RSS (VmHWM) from Linux's /proc")
 @pytest.mark.parametrize("name", ["averaged-sll-gray", "averaged-color", "spline-multiscale"])
 def test_memory_estimate_bounds_a_measured_call(name):

@@ -5,7 +5,8 @@ CPU, nccl on GPU), each process denoising its share, the partial outputs summed 
 T x = Σ_t P_tᵀ S_t D(S_t P_t x): it hands out the windowed tiles S_t P_t x and adds S_t D(S_t P_t x) back into a zero
 image. deepinv's all-reduce sums the processes' partial images, and a sum does not depend on which process added
 which tile, so every process obtains T x itself: the same operator, with the same certificate, as
-:class:`~.tiling.TiledDenoiser` (whose proof is in :mod:`.tiling`). deepinv's own default strategy instead crops each
+:class:`~.tiling.TiledDenoiser` (whose proof is in :mod:`.tiling`). An inner solver's accuracy records (a convex
+ridge's prox) are gathered after each pass, so every process judges that certificate on every tile's call. deepinv's own default strategy instead crops each
 tile's core and places it, with no windows. With an anchor g, the tiles handed out are the blends
 √w_t·P_t x + (1 − √w_t)·P_t g, and :class:`AnchorTiling` sums the anchor's fixed terms on the same engine.
 """
@@ -16,6 +17,7 @@ from deepinv.distributed import distribute
 from deepinv.distributed.strategies import DistributedSignalStrategy
 from torch import Tensor
 
+from .._accuracy import accuracy_records
 from .tiling import DEFAULT_OVERLAP, TiledDenoiser, image_tiles, offset_weight, tile_input
 
 __all__ = ["AnchorTiling", "CertifiedTiling", "DistributedTiledDenoiser"]
@@ -87,4 +89,20 @@ class DistributedTiledDenoiser(TiledDenoiser):
                 strategy = AnchorTiling(x.shape, self.tile, self.overlap)
             self._engines[key] = distribute(self.denoiser, self.context, tiling_strategy=strategy,
                                             max_batch_size=1 if per_image else self.max_batch_size)
-        return self._engines[key](x.to(self.context.device), sigma, **kwargs).to(x.device)
+        records = accuracy_records(self.denoiser)
+        calls_before = [record.calls for record in records]
+        output = self._engines[key](x.to(self.context.device), sigma, **kwargs).to(x.device)
+        self._share(records, calls_before)
+        return output
+
+    def _share(self, records, calls_before: list[int]) -> None:
+        """Each process's inner solvers recorded only its own tiles' calls; after the pass every process holds all
+        of them (:meth:`~pnp_stable._accuracy.AccuracyRecord.join`), so that a call above the tolerance on one
+        process voids the certificate on every one, and a run's stopping test and convergence claim, identical on
+        every process, use the bounds of all tiles."""
+        if not records:
+            return
+        states = [None] * self.context.world_size
+        self.context.all_gather_object(states, [record.state() for record in records])
+        for index, (record, before) in enumerate(zip(records, calls_before)):
+            record.join([process[index] for process in states], before)
