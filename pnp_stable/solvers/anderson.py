@@ -22,6 +22,19 @@ sequences).
 This is the mechanism of Zhang, O'Donoghue and Boyd (2020, SIAM J. Optim. 30(4)): safeguarded steps with
 bounded length and summable residuals; their Powell regularisation is replaced by the explicit length test.
 
+**With inexact evaluations.** If each evaluation returns T̃(p) = T(p) + δ with ‖δ‖ ≤ e (inner solvers; the tests
+above use the computed g̃ = T̃ − I) and Σ e_k < ∞ over evaluations, the anchors still converge to a fixed point
+of T. *Proof.* Let r_k = ‖g̃(p_k)‖, d_k = ‖p_k − z*‖ and e_k the error of T̃(p_k). A plain step gives
+d_{k+1} ≤ d_k + e_k and r_{k+1} ≤ ‖T p_{k+1} − T p_k‖ + e_{k+1} + e_k ≤ r_k + e_k + e_{k+1}; an accepted one
+d_{k+1} ≤ d_k + C r_k and r_{k+1} ≤ ρ r_k; a rejection changes neither. So Φ_k = d_k + C r_k/(1 − ρ) does not
+grow on accepted steps and grows by at most (1 + C/(1 − ρ))(e_k + e_{k+1}) on plain ones: Φ_k converges (for
+errors relative to the iterate, e_k ≤ c·s_k(1 + d_k) with Σ s_k < ∞, through Φ_{k+1} ≤ (1 + a_k)Φ_k + b_k with
+summable a, b). Also r_k → 0: with finitely many accepted steps the tail is the Krasnosel'skii–Mann iteration
+with summable errors (Combettes 2004); with infinitely many, r_k ≤ ρ^{n(k) − n(J)}r_J + Σ_{j ≥ J}(e_j + e_{j+1})
+for k ≥ J (n: accepted steps so far), small for J, then k, large. Hence d_k = Φ_k − C r_k/(1 − ρ) converges for
+every z* ∈ Fix T, ‖g(p_k)‖ ≤ r_k + e_k → 0, and Opial's lemma gives convergence to a fixed point. A run's summable
+schedule (:mod:`pnp_stable._accuracy`) supplies exactly such errors; with e = 0 this is the theorem above.
+
 What the monitor checks (:mod:`pnp_stable.solvers.monitor`): the averagedness inequality of T for every
 pair of consecutive evaluations (it holds for any two points), the monotone residual along plain steps,
 and the two safeguard conditions on every accepted step; the O(1/k) rate bound of the plain iteration does

@@ -278,7 +278,8 @@ def _accuracy_note(sources: list[tuple[str, bool]], tol: float, bounds: Tensor) 
 
 def _inexact_note(sources: list[tuple[str, bool]], schedule: SummableSchedule, accelerated: bool) -> str:
     """What β means when T is evaluated by inner solvers, and whether the inexact iteration itself is proved to
-    converge: only when every source followed the run's summable schedule, and only for plain (KM) steps."""
+    converge: only when every source followed the run's summable schedule (plain KM steps: Combettes 2004;
+    safeguarded Anderson steps: the theorem with errors in :mod:`.anderson`)."""
     text = (f"inexact evaluations ({' and '.join(text for text, _ in sources)}): β is the exact map T's; each call's "
             "error bound is added to every check and stopping test, so 'converged' certifies the returned point's exact "
             "residual (r + e < tol·‖z‖) and 'accuracy-limited' bounds it; ")
@@ -295,8 +296,9 @@ def _inexact_note(sources: list[tuple[str, bool]], schedule: SummableSchedule, a
                        "follows the schedule far longer")
     followed = f"the tolerances followed the summable schedule ({schedule.describe()}) at every call, so "
     if accelerated:
-        return text + followed + ("the plain Krasnosel'skii–Mann iteration with these errors converges to Fix T "
-                                  "(Combettes 2004); for the safeguarded Anderson steps taken here that is not proved")
+        return text + followed + ("the inexact iteration itself converges to Fix T (safeguarded Anderson steps with "
+                                  "Σ‖e_k‖ < ∞: the proof in pnp_stable.solvers.anderson, which extends Combettes "
+                                  "2004's Krasnosel'skii–Mann argument to the accepted steps)")
     return text + followed + ("the inexact iteration itself converges to Fix T (Krasnosel'skii–Mann with "
                               "Σ‖e_k‖ < ∞, Combettes 2004)")
 
