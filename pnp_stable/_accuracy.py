@@ -71,24 +71,34 @@ class AccuracyRecord:
         return dict(calls=self.calls, worst=self.worst, evaluation_worst=self.evaluation_worst,
                     first_miss=self.first_miss, schedule_miss=self.schedule_miss)
 
-    def join(self, states: list[dict], calls_before: int) -> None:
+    def join(self, states: list[dict], calls_before: list[int]) -> None:
         """Becomes the record of every process's calls (their :meth:`state`, in process order) after a pass whose calls
-        were spread over processes whose copies agreed up to ``calls_before`` calls: the calls counted once each (the
-        first miss numbered as if the processes had called in turn), the largest bounds (NaN if any), the earliest
-        schedule miss. ``last_absolute`` stays this process's own."""
-        misses, offset = [], calls_before
-        for state in states:
-            if state["first_miss"] is not None and state["first_miss"][0] > calls_before:
+        were spread over processes, process p having made ``calls_before[p]`` calls before it: each call counted once
+        (the pass's calls after the most any process had made before; a first miss in the pass numbered as if the
+        processes had called in turn, one from before it kept), the largest bounds (NaN if any), the earliest schedule
+        miss. ``last_absolute`` stays this process's own."""
+        base = max(calls_before)
+        earlier = [state["first_miss"] for state, before in zip(states, calls_before)
+                   if state["first_miss"] is not None and state["first_miss"][0] <= before]
+        misses, offset = [], base
+        for state, before in zip(states, calls_before):
+            if state["first_miss"] is not None and state["first_miss"][0] > before:
                 call, bound = state["first_miss"]
-                misses.append((offset + call - calls_before, bound))
-            offset += state["calls"] - calls_before
+                misses.append((offset + call - before, bound))
+            offset += state["calls"] - before
         self.calls = offset
         self.worst = _largest(state["worst"] for state in states)
         self.evaluation_worst = _largest(state["evaluation_worst"] for state in states)
-        if self.first_miss is None or self.first_miss[0] > calls_before:
-            self.first_miss = min(misses, default=None)
+        self.first_miss = min(earlier, default=None) or min(misses, default=None)
         schedule = [state["schedule_miss"] for state in states if state["schedule_miss"] is not None]
         self.schedule_miss = min(schedule, key=lambda miss: miss[0], default=None)
+
+    @property
+    def evaluation_factor(self) -> float:
+        """The multiple of :attr:`tolerance` that bounds the calls of the evaluation under way: the schedule's factor,
+        or the largest bound/tolerance they reached when above it (inf after a NaN bound: no bound at all)."""
+        reached = self.evaluation_worst / self.tolerance
+        return math.inf if math.isnan(reached) else max(self.scale, reached)
 
     def miss_text(self) -> str:
         """The first call above the tolerance, in words ('' while none was)."""

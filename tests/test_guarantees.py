@@ -568,15 +568,21 @@ def test_processes_records_join_into_the_record_of_all_their_calls():
     first.record(1e-6)
     first.record(2e-5)  # its call 5: above 1e-5
     second.record(3e-5)  # its call 4: the 6th in turn
-    first.join([first.state(), second.state()], calls_before=3)
+    first.join([first.state(), second.state()], [3, 3])
     assert (first.calls, first.first_miss, first.worst, first.evaluation_worst) == (6, (5, 2e-5), 3e-5, 3e-5)
     assert first.schedule_miss == (7, 2e-5, 5e-6)
     first, second = copies()
     second.record(math.nan)
-    first.join([first.state(), second.state()], calls_before=3)
+    first.join([first.state(), second.state()], [3, 3])
     assert math.isnan(first.worst) and first.first_miss[0] == 4 and not first.accurate
+    assert first.evaluation_factor == math.inf  # no bound: the stopping test must not use the schedule's 0.5
     first, second = copies()
     first.first_miss = second.first_miss = (2, 1.0)
     second.record(1.0)
-    first.join([first.state(), second.state()], calls_before=3)
+    first.join([first.state(), second.state()], [3, 3])
     assert first.first_miss == (2, 1.0) and first.calls == 4
+    first, second = copies()  # process 0 made one call of its own before the pass: every call still counted once
+    first.record(1e-6)
+    first.record(2e-5)
+    first.join([first.state(), second.state()], [4, 3])
+    assert first.calls == 5 and first.first_miss == (5, 2e-5)

@@ -102,7 +102,7 @@ class DistributedTiledDenoiser(TiledDenoiser):
         every process, use the bounds of all tiles."""
         if not records:
             return
-        states = [None] * self.context.world_size
-        self.context.all_gather_object(states, [record.state() for record in records])
-        for index, (record, before) in enumerate(zip(records, calls_before)):
-            record.join([process[index] for process in states], before)
+        gathered = [None] * self.context.world_size
+        self.context.all_gather_object(gathered, (calls_before, [record.state() for record in records]))
+        for index, record in enumerate(records):
+            record.join([states[index] for _, states in gathered], [befores[index] for befores, _ in gathered])

@@ -143,13 +143,13 @@ class Scheme:
     def evaluation_error(self, numel: int) -> float | Tensor:
         """Bound on ‖T̃z − Tz‖ for the evaluation just made, for samples of ``numel`` entries: the denoiser's RMS
         output error over the whole sample (its certificate's ``tolerance``, ~0 for a network; for a scheduled inner
-        prox that tolerance times the run's schedule factor, or times the largest ratio bound/tolerance that its calls
-        reached in this evaluation when above), and the last prox call's error per sample (0 for a closed-form prox),
-        through :attr:`error_factors`."""
+        prox that tolerance times its record's ``evaluation_factor``: the schedule's factor, or what its calls reached
+        when above), and the last prox call's error per sample (0 for a closed-form prox), through
+        :attr:`error_factors`."""
         denoiser_factor, prox_factor = self.error_factors
         rms = self.denoiser_certificate.tolerance
         if self.denoiser_records:
-            rms *= max(max(r.scale, r.evaluation_worst / r.tolerance) for r in self.denoiser_records)
+            rms *= max(r.evaluation_factor for r in self.denoiser_records)
         prox = self.fidelity.prox_accuracy.last_absolute if self.uses_iterative_prox else 0.0
         return denoiser_factor * self.denoiser_weight * rms * numel**0.5 + prox_factor * prox
 
