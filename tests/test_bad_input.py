@@ -225,11 +225,11 @@ def test_an_initialisation_in_another_precision_than_y_is_refused():
 def test_a_precision_clash_between_operator_denoiser_and_y_is_named():
     physics = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, 16, 16), boundary="reflect")  # holds a float32 filter
     y = physics(torch.rand(1, 1, 16, 16))
-    with pytest.raises(ValueError, match=r"y is torch.float64 but the operator holds torch.float32.*op.to\(torch.float64\)"):
+    with pytest.raises(ValueError, match=r"y is torch.float64 but the operator holds torch.float32.*to_dtype\(op, torch.float64\)"):
         ps.solve(physics, y.double(), lambda v, s: v, 0.01, max_iter=2)
     with pytest.raises(ValueError, match="returned torch.float64 on cpu for an input of torch.float32"):
         ps.solve(physics, y, lambda v, s: v.double(), 0.01, max_iter=2)
-    physics.to(torch.float64)  # in place, as for any torch module
+    ps.operators.to_dtype(physics, torch.float64)  # in place, as torch.nn.Module.to
     assert ps.solve(physics, y.double(), lambda v, s: v, 0.01, max_iter=2).estimate.dtype == torch.float64
 
 

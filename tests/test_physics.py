@@ -176,7 +176,7 @@ def _svd_operators():
     """One operator of each class that has_known_svd trusts, with its image shape (C, H, W)."""
     gray = (1, 16, 16)
     return {
-        dinv.physics.BlurFFT: (dinv.physics.BlurFFT(img_size=gray, filter=dinv.physics.blur.gaussian_blur(1.0)), gray),
+        dinv.physics.BlurFFT: (dinv.physics.BlurFFT(img_size=gray, filter=ps.gaussian_kernel(1.0)[None, None]), gray),
         dinv.physics.Inpainting: (dinv.physics.Inpainting(gray, mask=0.5), gray),
         dinv.physics.Denoising: (dinv.physics.Denoising(), gray),
         dinv.physics.MRI: (dinv.physics.MRI(mask=(torch.rand(16, 16) > 0.5).float(), img_size=(2, 16, 16)), (2, 16, 16)),
@@ -201,7 +201,7 @@ def test_the_svds_taken_as_exact_give_the_norm_and_the_prox_in_closed_form():
     operators = _svd_operators()
     assert set(operators) == set(KNOWN_SVD_CLASSES)
     for kind, (op, shape) in operators.items():
-        op = op.to(torch.float64)
+        op = ps.operators.to_dtype(op, torch.float64)
         assert has_known_svd(op), kind.__name__
         z, x = torch.rand(2, 1, *shape, dtype=torch.float64)
         y = op.A(x)
@@ -211,3 +211,33 @@ def test_the_svds_taken_as_exact_give_the_norm_and_the_prox_in_closed_form():
         norm = ps.operator_norm(op, shape, like=z)
         assert norm.kind == "exact" and norm.value == pytest.approx(_dense_norm(op, shape), rel=1e-9), kind.__name__
     assert not has_known_svd(dinv.physics.Decolorize())  # its prox_l2 is not the prox (residual 0.6)
+
+
+def test_a_float64_operator_keeps_its_complex_fourier_buffers():
+    """to_dtype casts a circular blur with an asymmetric kernel and a downsampling to float64 without changing them
+    (A, and the closed-form prox to float64 accuracy: their Fourier buffers are recomputed); Module.to(torch.float64) drops the imaginary part of their
+    Fourier buffers (A moved by 10 %, deepinv's prox off by 1 %), and such an operator is refused by name."""
+    from pnp_stable.operators.norms import COMPLEX_BUFFERS
+
+    kernel = torch.zeros(5, 5)
+    kernel[2, :4] = 0.25  # a horizontal motion: its Fourier transform is not real
+    fresh = {dinv.physics.BlurFFT: lambda: ps.blur(kernel, img_size=(1, 16, 16)),
+             dinv.physics.Downsampling: lambda: ps.downsampling((1, 16, 16), 2, filter=kernel)}
+    assert set(fresh) == set(COMPLEX_BUFFERS)
+    x, z = torch.rand(2, 1, 1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for kind, build in fresh.items():
+        assert all(getattr(build(), name).is_complex() for name in COMPLEX_BUFFERS[kind])  # a deepinv rename fails here
+        reference = build()
+        cast = ps.operators.to_dtype(build(), torch.float64)
+        assert all(getattr(cast, name).dtype == torch.complex128 for name in COMPLEX_BUFFERS[kind])
+        assert torch.allclose(cast.A(x), reference.A(x.float()).double(), rtol=0, atol=1e-6)
+        y = cast.A(x)
+        u = cast.prox_l2(z, y, 0.7)
+        assert ((u - z) + 0.7 * cast.A_adjoint(cast.A(u) - y)).norm() <= 1e-12 * z.norm()
+        broken = build().to(torch.float64)
+        with pytest.raises(ValueError, match=rf"{kind.__name__}'s complex Fourier buffer.*to_dtype\(op, torch.float64\)"):
+            ps.solve(broken, broken.A(x), lambda v, s: v, 0.01, max_iter=2)
+    moved = fresh[dinv.physics.BlurFFT]().to(torch.float64).A(x) - fresh[dinv.physics.BlurFFT]().A(x.float()).double()
+    assert moved.norm() > 0.05 * y.norm()  # what the refusal prevents
+    with pytest.raises(ValueError, match="real floating-point dtype"):
+        ps.operators.to_dtype(ps.denoising(0.1), torch.complex128)

@@ -471,6 +471,6 @@ def test_bm3d_keeps_its_inputs_precision_in_a_float64_solve():
     pytest.importorskip("bm3d")
     from pnp_stable.denoisers.baselines import BM3DDenoiser
 
-    op = ps.blur(ps.gaussian_kernel(1.2), img_size=(1, SIZE, SIZE)).to(torch.float64)
+    op = ps.operators.to_dtype(ps.blur(ps.gaussian_kernel(1.2), img_size=(1, SIZE, SIZE)), torch.float64)
     y = op.A(natural_starts(1, (1, SIZE, SIZE), noise=0.0, seed=2).double())
     assert ps.solve(op, y, BM3DDenoiser(threads=1), 0.02, max_iter=2).estimate.dtype == torch.float64

@@ -3,7 +3,7 @@
 from .fidelity import L2Fidelity
 from .kernels import KERNEL_SPECS, gaussian_kernel, kernel_from_spec, load_kernel, load_kernels, motion_kernel, uniform_kernel, validate_kernel
 from .norms import OperatorNorm, adjoint_test, operator_norm, power_iteration
-from .physics import BOUNDARIES, blur, custom_operator, denoising, downsampling, inpainting
+from .physics import BOUNDARIES, blur, custom_operator, denoising, downsampling, inpainting, to_dtype
 
 __all__ = [
     "BOUNDARIES",
@@ -23,6 +23,7 @@ __all__ = [
     "motion_kernel",
     "operator_norm",
     "power_iteration",
+    "to_dtype",
     "uniform_kernel",
     "validate_kernel",
 ]

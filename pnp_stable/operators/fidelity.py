@@ -220,7 +220,8 @@ def _adjoint_image(op, y: Tensor) -> Tensor:
         held = {t.dtype for t in _tensors_of(op) if t.is_floating_point()} - {y.dtype}
         if held:  # a dtype clash reads as a shape error in torch's words: say which
             raise ValueError(f"measurement y is {y.dtype} but the operator holds {', '.join(map(str, sorted(held, key=str)))} "
-                             f"tensors ({err}); convert one to the other: op.to({y.dtype}) or y.to({held.pop()})") from err
+                             f"tensors ({err}); convert one to the other: pnp_stable.operators.to_dtype(op, {y.dtype}) or "
+                             f"y.to({held.pop()})") from err
         raise ValueError(f"measurement y of shape {tuple(y.shape)} does not fit the operator: {err}{hint}") from err
     if not isinstance(image, Tensor) or image.ndim != 4:
         shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .._modules import device_of
 
-__all__ = ["NORM_KINDS", "OperatorNorm", "adjoint_test", "has_known_svd", "normal_operator", "operator_norm",
+__all__ = ["COMPLEX_BUFFERS", "NORM_KINDS", "OperatorNorm", "adjoint_test", "has_known_svd", "normal_operator", "operator_norm",
            "power_iteration"]
 
 
@@ -54,12 +54,35 @@ def _batched_shape(x_shape: Sequence[int]) -> tuple[int, ...]:
     return x_shape
 
 
+#: deepinv classes that hold Fourier-domain buffers as complex tensors (tests/test_physics.py checks that fresh ones
+#: do). ``Module.to(torch.float64)`` casts them to a real dtype, dropping their imaginary parts: a BlurFFT with an
+#: asymmetric kernel then applies another operator (10 % relative change measured), a Downsampling another prox.
+COMPLEX_BUFFERS = {dinv.physics.BlurFFT: ("angle",), dinv.physics.Downsampling: ("Fh", "Fhc", "Fh2")}
+
+
 def _check_linear(op) -> None:
     if not isinstance(op, dinv.physics.LinearPhysics):
         raise ValueError(
             f"expected a deepinv.physics.LinearPhysics, got {type(op).__name__}; "
             "wrap plain functions with pnp_stable.custom_operator"
         )
+    _check_complex_buffers(op)
+
+
+def _check_complex_buffers(op) -> None:
+    """Refuses an operator whose complex Fourier buffers (:data:`COMPLEX_BUFFERS`) were cast to a real dtype."""
+    for module in op.modules():
+        for kind, names in COMPLEX_BUFFERS.items():
+            if not isinstance(module, kind):
+                continue
+            cast = [name for name in names if isinstance(getattr(module, name, None), Tensor)
+                    and not getattr(module, name).is_complex()]
+            if cast:
+                raise ValueError(
+                    f"this {kind.__name__}'s complex Fourier buffer(s) {', '.join(cast)} hold real values: it was cast "
+                    "with .to(a real dtype), which discards their imaginary parts (torch.nn.Module.to), so it no "
+                    "longer applies the operator it was built for; rebuild it and convert it with "
+                    "pnp_stable.operators.to_dtype(op, torch.float64), which keeps complex buffers complex")
 
 
 def adjoint_test(op, x_shape: Sequence[int], seed: int = 0, num_samples: int = 8, like: Tensor | None = None) -> float:

@@ -61,7 +61,8 @@ def _prox_gaps(fidelity: L2Fidelity) -> list[str]:
     return [f"the prox of f was solved by conjugate gradients to a relative normal-equation residual above its "
             f"tolerance {ProxAccuracy.ACCURACY_FACTOR:g}·cg_tol ({accuracy.miss_text()}), not exactly; raise "
             "cg_max_iter if CG ran out of steps (a smaller step τ conditions the system better), and pass float64 "
-            "(y.double(), op.to(torch.float64)) when cg_tol lies near float32's rounding (~3e-7)"]
+            "(y.double(), pnp_stable.operators.to_dtype(op, torch.float64)) when cg_tol lies near float32's rounding "
+            "(~3e-7)"]
 
 
 class Scheme:
