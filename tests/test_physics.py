@@ -213,6 +213,24 @@ def test_the_svds_taken_as_exact_give_the_norm_and_the_prox_in_closed_form():
     assert not has_known_svd(dinv.physics.Decolorize())  # its prox_l2 is not the prox (residual 0.6)
 
 
+def test_a_single_pixel_camera_with_a_thin_svd_gets_the_conjugate_gradient_prox():
+    """SinglePixelCamera(fast=False) with m < n keeps an m × n V: deepinv's closed-form prox_l2 drops the part of its
+    input outside V's range (optimality residual ~0.6; it gave a certified HQS 7 dB under the CG prox's answer), so
+    the fidelity solves that prox by CG, to its tolerance; its norm, max |mask|, stays exact."""
+    from pnp_stable.operators.norms import has_closed_form_prox
+
+    op = dinv.physics.SinglePixelCamera(m=64, img_size=(1, 16, 16), fast=False, rng=torch.Generator().manual_seed(0))
+    z, x = torch.rand(2, 1, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    y = op.A(x)
+    optimality = lambda u: ((u - z) + 0.7 * op.A_adjoint(op.A(u) - y)).norm() / z.norm()  # noqa: E731
+    assert optimality(op.prox_l2(z, y, 0.7)) > 0.1  # what is no longer trusted
+    fidelity = ps.L2Fidelity(op, y, 1.0, cg_tol=1e-7)
+    assert not has_closed_form_prox(op) and not fidelity.prox_is_exact
+    assert optimality(fidelity.prox(z, 0.7)) < 1e-5
+    norm = ps.operator_norm(op, (1, 16, 16))  # its SVD is still right: the norm stays exact
+    assert norm.kind == "exact" and norm.value == pytest.approx(_dense_norm(op.double(), (1, 16, 16)), rel=1e-5)
+
+
 def test_a_float64_operator_keeps_its_complex_fourier_buffers():
     """to_dtype casts a circular blur with an asymmetric kernel and a downsampling to float64 without changing them
     (A, and the closed-form prox to float64 accuracy: their Fourier buffers are recomputed); Module.to(torch.float64) drops the imaginary part of their

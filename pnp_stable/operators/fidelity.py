@@ -12,7 +12,7 @@ from deepinv.optim.linear import conjugate_gradient
 
 from .._accuracy import AccuracyRecord
 from .._validation import check_noise_level
-from .norms import (OperatorNorm, _check_linear, adjoint_test, has_known_svd, normal_operator, operator_norm,
+from .norms import (OperatorNorm, _check_linear, adjoint_test, has_closed_form_prox, normal_operator, operator_norm,
                     power_iteration)
 
 __all__ = ["L2Fidelity", "ProxAccuracy", "noise_model_mismatch"]
@@ -41,7 +41,7 @@ class L2Fidelity:
 
     ``prox(x, tau) = argmin_u ½‖u − x‖² + τ f(u)`` solves (I + γAᵀA)u = x + γAᵀy with
     γ = τ/s²: in closed form for operators diagonalised by an orthogonal transform
-    (deepinv's own ``DecomposablePhysics``, e.g. circular blur: :func:`has_known_svd`), otherwise by conjugate
+    (deepinv's own ``DecomposablePhysics``, e.g. circular blur: :func:`~.norms.has_closed_form_prox`), otherwise by conjugate
     gradients stopped at relative residual ``cg_tol`` (at most ``cg_max_iter`` steps; a PnP run lowers it along
     :class:`~pnp_stable._accuracy.SummableSchedule` after 100 evaluations). Each CG solve's true residual
     ‖rhs − (I + γAᵀA)u‖ bounds its error ‖u − u*‖ (I + γAᵀA ≽ I); :attr:`prox_accuracy` keeps the worst one and the
@@ -110,7 +110,7 @@ class L2Fidelity:
     @property
     def prox_is_exact(self) -> bool:
         """True when :meth:`prox` is computed in closed form."""
-        return has_known_svd(self.op)
+        return has_closed_form_prox(self.op)
 
     def value(self, x: Tensor) -> Tensor:
         """f(x) per sample, shape ``[B]``."""
