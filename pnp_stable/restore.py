@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._modules import accepted_channels, evaluation_mode, on_device, with_sigma_argument
-from ._validation import check_denoiser_sigma, check_device, check_noise_level, check_start, float64_levels, unit_scale_level
+from ._validation import (check_denoiser_sigma, check_device, check_noise_level, check_start, float64_levels,
+                          refuse_autocast, unit_scale_level)
 from .denoisers.certificates import certificate_of
 from .denoisers.baselines import BM3DDenoiser
 from .denoisers.ensemble import self_ensemble
@@ -232,6 +233,7 @@ def deblur(
     (:class:`~pnp_stable.denoisers.SelfEnsemble`): the same certificate and β, that many times the cost per call
     (``benchmarks/results/architectures.md``: +0.00–0.05 dB for the 8-fold ensemble of the screened networks).
     """
+    refuse_autocast("ps.deblur")
     device = check_device(device)
     solver = None if solver is None else scheme_name(solver)
     y = _as_batch(y, "blurred image y", device)
@@ -353,6 +355,7 @@ def denoise(x, sigma, denoiser="auto", device: str | torch.device = "cpu", tile:
     (the same certificate). ``denoiser='auto'``: the shipped network best at σ, gray or colour
     (:data:`DENOISING_DEFAULTS`).
     Warns when σ lies outside the noise levels the model was trained on (its ``noise_range``)."""
+    refuse_autocast("ps.denoise")
     device = check_device(device)
     x = _as_batch(x, "noisy image", device)
     sigma = _noise_levels(sigma, x.shape[0])

@@ -346,3 +346,24 @@ def test_a_path_or_an_rgba_array_given_as_the_image_says_what_to_do(tmp_path):
         ps.denoise(tmp_path / "cam.png", 0.1)
     with pytest.raises(ValueError, match=r"RGBA image\? drop its alpha channel"):
         ps.deblur(np.zeros((16, 16, 4), dtype=np.uint8), "gaussian:1.0", 0.01, max_iter=2)
+
+
+def test_restoration_inside_an_autocast_region_is_refused():
+    """Under torch.autocast the convolutions run in bfloat16: a certified deblur's β was 'contradicted by 159 monitor
+    violations' and a denoise 2e-3 off, silently. Every entry point that certifies or checks refuses it, naming the
+    way out; the same calls with autocast disabled run."""
+    x = torch.rand(1, 1, 24, 24)
+    model = ps.AveragedDenoiser(channels=1, width=4, depth=1).eval()
+    physics = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, 24, 24))
+    calls = {"ps.denoise": lambda: ps.denoise(x, 0.1, denoiser=model),
+             "ps.deblur": lambda: ps.deblur(x, ps.gaussian_kernel(1.0), 0.01, denoiser=model, max_iter=2),
+             "a PnP solve": lambda: ps.solve(physics, physics(x), model, 0.01, max_iter=2),
+             "the adversarial Lipschitz search": lambda: ps.denoisers.adversarial_lipschitz(model, (1, 16, 16),
+                                                                                            restarts=2, steps=1)}
+    for name, call in calls.items():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            refused = rf"{name} was called inside torch.autocast\('cpu', dtype=torch.bfloat16\).*enabled=False"
+            with pytest.raises(RuntimeError, match=refused):
+                call()
+            with torch.autocast("cpu", enabled=False):
+                call()

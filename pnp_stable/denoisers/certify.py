@@ -13,6 +13,7 @@ from skimage import data as skdata
 from torch import Tensor
 
 from .._modules import device_of
+from .._validation import refuse_autocast
 from ..io import LUMA_WEIGHTS
 from ..theory import Certificate, averagedness_defect
 from .certificates import certificate_of
@@ -79,6 +80,7 @@ def adversarial_lipschitz(
     (probing the Jacobian), half with y another crop (probing far pairs). A certified
     α-averaged D must give a ratio ≤ 1 for M = N (up to float tolerance).
     """
+    refuse_autocast("the adversarial Lipschitz search")
     if isinstance(denoiser, torch.nn.Module) and denoiser.training:
         raise ValueError("certificates describe eval mode: call denoiser.eval() before the search")
     M = _as_map(denoiser, sigma, alpha)
@@ -105,6 +107,7 @@ def adversarial_lipschitz(
 @torch.no_grad()
 def averagedness_defects(denoiser, x: Tensor, y: Tensor, alpha: float, sigma: float | None = 0.1) -> Tensor:
     """Relative defect of inequality (A) per pair: (‖Dx−Dy‖² − ‖x−y‖² + (1−α)/α‖(I−D)x − (I−D)y‖²)/‖x−y‖²; ≤ 0 when (A) holds."""
+    refuse_autocast("the averagedness check")
     dx, dy = denoiser(x, sigma), denoiser(y, sigma)
     norm2 = lambda t: t.double().flatten(1).pow(2).sum(1)  # noqa: E731
     d2 = norm2(x - y)

@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 
 from .._accuracy import SummableSchedule
 from .._modules import accepted_channels, evaluation_mode
-from .._validation import check_count, check_denoiser_sigma, check_image, check_noise_level, check_start
+from .._validation import (check_count, check_denoiser_sigma, check_image, check_noise_level, check_start,
+                           refuse_autocast)
 from ..denoisers.zoo import outside_training
 from ..operators.fidelity import L2Fidelity, noise_model_mismatch
 from .anderson import Anderson, AndersonSteps, anderson_options
@@ -198,6 +199,7 @@ def run_scheme(
     ``PnP-fb: iteration 40/300, relative residual 3.20e-04, 12.1 s`` at most every ``log_every`` seconds (None:
     :data:`LOG_EVERY`, 10 s), the first after ``log_every`` seconds, so that short runs stay silent.
     """
+    refuse_autocast("a PnP solve")
     kind = _progress_kind(progress)
     log = _ProgressLog(f"PnP-{scheme.name}", max_iter, log_every) if kind == "log" else None
     accelerate = anderson_options(accelerate)
