@@ -144,11 +144,33 @@ def test_a_noise_model_other_than_the_data_terms_is_noted_in_the_result():
     other_level = ps.blur(kernel, img_size=(1, 16, 16), noise_sigma=0.05)
     poisson = dinv.physics.BlurFFT(img_size=(1, 16, 16), filter=kernel[None, None], noise_model=dinv.physics.PoissonNoise())
     denoiser = lambda v, s: v  # noqa: E731
-    notes = {name: " ".join(ps.solve(op, op.A(x), denoiser, 0.02, max_iter=2).notes)
-             for name, op in (("matching", matching), ("level", other_level), ("poisson", poisson))}
+    with pytest.warns(UserWarning, match="GaussianNoise has σ = 0.05 but noise_sigma = 0.02"):  # overriding its own
+        notes = {name: " ".join(ps.solve(op, op.A(x), denoiser, 0.02, max_iter=2).notes)
+                 for name, op in (("matching", matching), ("level", other_level), ("poisson", poisson))}
     assert "noise model" not in notes["matching"] and "GaussianNoise" not in notes["matching"]
     assert "GaussianNoise has σ = 0.05 but noise_sigma = 0.02" in notes["level"]
     assert "noise model is PoissonNoise" in notes["poisson"]
+
+
+def test_the_noise_level_defaults_to_the_operators_own_gaussian_noise():
+    """As deepinv users set it on the physics: solve reads σ from its GaussianNoise; without one (or with one level
+    per sample) it asks for noise_sigma."""
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    kernel = ps.gaussian_kernel(1.0)
+    noisy = dinv.physics.BlurFFT(img_size=(1, 16, 16), filter=kernel[None, None],
+                                 noise_model=dinv.physics.GaussianNoise(sigma=0.05))
+    denoiser = lambda v, s: v  # noqa: E731
+    read = ps.solve(noisy, noisy.A(x), denoiser, max_iter=3)
+    given = ps.solve(noisy, noisy.A(x), denoiser, 0.05, max_iter=3)
+    assert torch.allclose(read.estimate, given.estimate, atol=1e-6) and read.step == pytest.approx(given.step, rel=1e-6)
+    for op, says in ((ps.blur(kernel, img_size=(1, 16, 16)), "a ZeroNoise noise model"),
+                     (dinv.physics.BlurFFT(img_size=(1, 16, 16), filter=kernel[None, None],
+                                           noise_model=dinv.physics.PoissonNoise()), "a PoissonNoise noise model"),
+                     (dinv.physics.BlurFFT(img_size=(1, 16, 16), filter=kernel[None, None],
+                                           noise_model=dinv.physics.GaussianNoise(sigma=torch.tensor([0.01, 0.02]))),
+                      "2 different levels")):
+        with pytest.raises(ValueError, match=f"noise_sigma is needed: the operator( has|'s GaussianNoise holds) {says}"):
+            ps.solve(op, op.A(x), denoiser, max_iter=2)
 
 
 def test_a_decomposable_physics_of_the_callers_is_not_taken_for_an_exact_svd():

@@ -18,6 +18,22 @@ from .norms import (OperatorNorm, _check_linear, adjoint_test, has_closed_form_p
 __all__ = ["L2Fidelity", "ProxAccuracy", "noise_model_mismatch"]
 
 
+def noise_level_of(op) -> float:
+    """The σ of ``op``'s own deepinv ``GaussianNoise`` (one level for the batch), for a caller who gave none;
+    refused, saying what to pass, when ``op`` has no Gaussian noise model to read it from."""
+    model = getattr(op, "noise_model", None)
+    if not isinstance(model, dinv.physics.GaussianNoise):
+        has = "no noise model" if model is None else f"a {type(model).__name__} noise model"
+        raise ValueError(f"noise_sigma is needed: the operator has {has}, not a GaussianNoise to read σ from; pass "
+                         "noise_sigma=σ of the measurement's Gaussian noise ([0, 1] scale)")
+    levels = torch.as_tensor(model.sigma, dtype=torch.float64).flatten()
+    if levels.numel() == 0 or not bool((levels == levels[0]).all()):
+        raise ValueError(f"noise_sigma is needed: the operator's GaussianNoise holds {levels.numel()} different levels "
+                         "(one per sample), but the data term takes one for the batch; pass noise_sigma=σ, or solve "
+                         "each sample with its own")
+    return float(levels[0])
+
+
 def noise_model_mismatch(op, noise_sigma: float) -> str | None:
     """What the data term leaves out of ``op``'s own deepinv noise model, if anything: f is the negative
     log-likelihood of Gaussian noise of level ``noise_sigma``, so a non-Gaussian model, or a Gaussian one of

@@ -17,7 +17,7 @@ from .._modules import accepted_channels, evaluation_mode
 from .._validation import (check_count, check_denoiser_sigma, check_image, check_noise_level, check_start,
                            refuse_autocast)
 from ..denoisers.zoo import outside_training
-from ..operators.fidelity import L2Fidelity, noise_model_mismatch
+from ..operators.fidelity import L2Fidelity, noise_level_of, noise_model_mismatch
 from .anderson import Anderson, AndersonSteps, anderson_options
 from .monitor import REJECTED, ConvergenceMonitor, History
 from .schemes import SCHEMES, Scheme, scheme_name
@@ -326,7 +326,7 @@ def solve(
     physics: dinv.physics.LinearPhysics,
     y: Tensor,
     denoiser,
-    noise_sigma: float,
+    noise_sigma: float | None = None,
     solver: str = "fb",
     denoiser_sigma: float | Tensor | None = None,
     step: float | None = None,
@@ -345,6 +345,9 @@ def solve(
     accelerate: bool | str | Anderson = False,
 ) -> PnPResult:
     """Plug-and-Play restoration of ``y = A x + n`` (n ~ N(0, noise_sigma²)) with a monitored fixed-point iteration.
+
+    ``noise_sigma`` None: the level of ``physics``' own deepinv ``GaussianNoise`` (as a deepinv user sets it); a given
+    one that differs from it by more than 1 % is used, with a warning.
 
     ``solver``: 'fb' (forward-backward / PnP-PGD), 'hqs', 'drs', 'admm' or 'fista' (no guarantee); deepinv's names
     ('PGD', 'HQS', 'DRS', 'ADMM', 'FISTA') and any case are accepted.
@@ -381,7 +384,7 @@ def solve(
     automatic = isinstance(accelerate, str) and accelerate == "auto"
     acceleration = None if automatic else anderson_options(accelerate)
     solver = scheme_name(solver)
-    noise_sigma = check_noise_level(noise_sigma, positive=True)
+    noise_sigma = check_noise_level(noise_level_of(physics) if noise_sigma is None else noise_sigma, positive=True)
     fidelity = L2Fidelity(physics, y, noise_sigma, operator_norm=operator_norm)
     _check_denoiser_channels(denoiser, fidelity.x_shape[1])
     defaults = tuned(solver)
@@ -410,6 +413,8 @@ def solve(
     mismatch = noise_model_mismatch(physics, noise_sigma)
     if mismatch:
         scheme.notes.append(mismatch)
+        if isinstance(getattr(physics, "noise_model", None), dinv.physics.GaussianNoise):
+            warnings.warn(mismatch, stacklevel=2)  # a Gaussian level of its own that the caller overrode
     if relaxation != 1.0:
         scheme = KrasnoselskiiMann(scheme, relaxation, allow_unsafe=allow_unsafe_step)
     if (automatic and scheme.guaranteed and scheme.beta()[0] is not None
