@@ -50,7 +50,8 @@ def _device(name: str) -> str:
 # --- sub-commands -------------------------------------------------------------------------------
 def _write_image(x, path: Path, source: Path) -> str:
     """Save ``x`` at the bit depth of the input file ``source`` where the format holds it (a 16-bit input gives a
-    16-bit PNG/TIFF; .npy is float32), else at 8 bits and say so; values outside [0, 1] are clipped and counted."""
+    16-bit PNG/TIFF; .npy is float32), else at 8 bits and say so; values outside [0, 1] are clipped and counted,
+    except in a .npy array, which keeps them."""
     from .io import file_bit_depth, holds_sixteen_bits, save_image
 
     suffix = path.suffix.lower()
@@ -63,9 +64,9 @@ def _write_image(x, path: Path, source: Path) -> str:
             notes.append(f"8-bit although {source.name} has 16 bits: {suffix} cannot hold them "
                          f"{'in colour ' if suffix == '.png' else ''}(use .tif or .npy)")
     outside = int(((x < 0) | (x > 1)).sum())
-    if outside:
+    if outside and suffix != ".npy":
         notes.append(f"{outside} values outside [0, 1] clipped")
-    save_image(x, path, clip=True, bit_depth=depth)
+    save_image(x, path, clip=suffix != ".npy", bit_depth=depth)
     return f"wrote {path}" + (f" ({'; '.join(notes)})" if notes else "")
 
 

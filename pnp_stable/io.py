@@ -250,20 +250,22 @@ def save_image(x: Tensor, path: str | Path, clip: bool = False, bit_depth: int =
     """Write a ``[1, C, H, W]`` tensor in [0, 1] (or a numpy image, read by :func:`to_tensor`) to PNG/JPEG/TIFF/BMP,
     or to a float32 ``.npy`` array [H, W] or [H, W, 3] (format from the suffix); missing parent folders are created.
 
-    Values outside [0, 1] raise ``ValueError`` unless ``clip=True`` asks to clip them.
+    Values outside [0, 1] raise ``ValueError`` unless ``clip=True`` asks to clip them; a ``.npy`` array keeps them as
+    they are (a solve's estimate may cross 0 and 1 slightly, and float32 holds it), unless ``clip=True``.
     ``bit_depth=16`` writes 16-bit PNG/TIFF: greyscale either, colour TIFF only (Pillow cannot write 16-bit colour
     PNG; tifffile writes the TIFF). A ``.npy`` file keeps float32 whatever ``bit_depth``.
     """
     arr = to_numpy(x if isinstance(x, Tensor) else to_tensor(x))
-    low, high = float(arr.min()), float(arr.max())
-    if low < 0 or high > 1:
-        if not clip:
-            raise ValueError(
-                f"image values span [{low:.4g}, {high:.4g}], outside [0, 1]; pass clip=True to clip them"
-            )
-        arr = np.clip(arr, 0.0, 1.0)
     path = Path(path)
     suffix = path.suffix.lower()
+    low, high = float(arr.min()), float(arr.max())
+    if (low < 0 or high > 1) and (clip or suffix != ".npy"):
+        if not clip:
+            raise ValueError(
+                f"image values span [{low:.4g}, {high:.4g}], outside [0, 1]; pass clip=True to clip them, or write "
+                ".npy, which keeps them"
+            )
+        arr = np.clip(arr, 0.0, 1.0)
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
     if suffix == ".npy":

@@ -47,6 +47,22 @@ def test_bad_files_and_out_of_range(tmp_path):
     assert ps.load_image(tmp_path / "o.png").min().item() == 1.0
 
 
+def test_a_float_array_keeps_values_just_outside_the_unit_range(tmp_path):
+    """A solve's estimate crosses 0 and 1 slightly; a .npy result keeps it (the CLI clipped it and said so), an image
+    format clips and counts, and clip=True clips an array too."""
+    from pnp_stable import cli
+
+    slight = torch.tensor([[-0.01, 0.5], [1.02, 1.0]])[None, None]
+    ps.save_image(slight, tmp_path / "kept.npy")
+    assert np.load(tmp_path / "kept.npy").tolist() == slight[0, 0].tolist()
+    assert ps.load_image(tmp_path / "kept.npy").flatten().tolist() == slight.flatten().tolist()  # it reads back
+    ps.save_image(slight, tmp_path / "clipped.npy", clip=True)
+    assert np.load(tmp_path / "clipped.npy").min() == 0 and np.load(tmp_path / "clipped.npy").max() == 1
+    ps.save_image(torch.full((1, 1, 2, 2), 0.5), tmp_path / "source.png")
+    assert cli._write_image(slight, tmp_path / "out.npy", tmp_path / "source.png") == f"wrote {tmp_path / 'out.npy'}"
+    assert "2 values outside [0, 1] clipped" in cli._write_image(slight, tmp_path / "out.png", tmp_path / "source.png")
+
+
 def test_psnr_ssim():
     ref = ps.to_tensor(data.camera()[:64, :64]).repeat(2, 1, 1, 1)
     noisy = ref + 0.1 * torch.randn(ref.shape, generator=torch.Generator().manual_seed(0))
