@@ -605,10 +605,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="safeguarded Anderson acceleration: fewer denoiser calls, the same limit and guarantee "
                         "(the monitor checks the safeguard); not for fista. Default: on with a certified denoiser, except for fista")
     p.add_argument("--boundary", choices=["valid", "circular", "reflect", "replicate", "zeros"], default=None,
+                   type=lambda name: "zeros" if name == "constant" else name,  # ps.blur's BOUNDARY_ALIASES
                    help="how the blur treats the image's edges. valid (the default for a photo): the blur mixed in "
                         "scene pixels beyond the frame, nothing is assumed about them (best on real photos, "
                         "benchmarks/results/boundary.md); circular (the default with --simulate): the image wraps "
-                        "around; reflect, replicate, zeros: that padding")
+                        "around; reflect, replicate, zeros (deepinv's 'constant'): that padding")
     p.add_argument("--out", default=None, metavar="OUT.png",
                    help="restored image; None writes IN_deblurred.png next to IN (.tif, .npy for such inputs, which "
                         "keep their precision); a name without a suffix is a folder that gets IN_deblurred.png (for a "

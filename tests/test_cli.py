@@ -589,3 +589,11 @@ def test_models_json_gives_metadata_as_json_and_certify_points_a_classifier_to_c
     assert cli._decoded("NaN") == "NaN" and cli._decoded("[1, 2]") == [1, 2] and cli._decoded("a-name") == "a-name"
     assert cli.build_parser().parse_args(["deblur", "x.png", "--kernel", "gaussian:1", "--noise", "0.01",
                                           "--solver", "PGD"]).solver == "fb"  # deepinv's name for it
+
+
+def test_deepinvs_name_constant_is_accepted_for_zero_padding():
+    from pnp_stable.cli import build_parser
+
+    parse = lambda name: build_parser().parse_args(["deblur", "a.png", "--kernel", "gaussian:1", "--noise", "0.01",  # noqa: E731
+                                                     "--boundary", name]).boundary
+    assert parse("constant") == parse("zeros") == "zeros"

@@ -150,6 +150,20 @@ def test_a_callers_certificate_is_trusted_and_said_to_be():
     assert ours.trusted == []
 
 
+def test_a_certificate_attribute_of_another_type_is_named_with_how_to_state_one():
+    class Halving:
+        certificate = 0.5  # meant as α
+
+        def __call__(self, x, sigma):
+            return 0.5 * x
+
+    op = ps.blur(ps.gaussian_kernel(1.0), img_size=(1, SIZE, SIZE))
+    result = ps.solve(op, op.A(natural_starts(1, (1, SIZE, SIZE), noise=0.0, seed=1)), Halving(), 0.02, max_iter=2)
+    assert result.beta is None
+    assert "Halving.certificate is float 0.5, not a pnp_stable Certificate" in result.beta_basis
+    assert "ps.Certificate(lipschitz=1.0, alpha=0.5" in result.beta_basis
+
+
 def test_a_callers_certificate_stays_trusted_inside_every_wrapper():
     class Halving(dinv.models.Denoiser):
         certificate = Certificate(lipschitz=0.5, alpha=0.25, method="proved by the caller")

@@ -29,8 +29,12 @@ def certificate_of(denoiser, sigma=None) -> Certificate:
         certificate = denoiser.certificate_at(sigma)
     else:
         certificate = getattr(denoiser, "certificate", None)
-    if not isinstance(certificate, Certificate):
+    if certificate is None:
         return Certificate.none(f"{type(denoiser).__name__} carries no certificate")
+    if not isinstance(certificate, Certificate):  # the caller meant one: say how to state it
+        return Certificate.none(f"{type(denoiser).__name__}.certificate is {type(certificate).__name__} "
+                                f"{certificate!r}, not a pnp_stable Certificate, so none is taken; state one as "
+                                "ps.Certificate(lipschitz=1.0, alpha=0.5, method='why it holds')")
     owner = type(denoiser)
     if (certificate.lipschitz is not None or certificate.alpha is not None) and not owner.__module__.startswith("pnp_stable."):
         return certificate.trusting(f"{owner.__name__} certificate")
