@@ -99,6 +99,28 @@ def test_expansive_map_is_reported_and_stopped_without_nans():
     assert torch.isfinite(result.estimate).all() and torch.isfinite(result.governing).all()
 
 
+class SettlesThenBlowsUp:
+    """An uncertified denoiser that halves its input for its first 25 calls, then amplifies it 1.5 × per call."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, x, sigma):
+        self.calls += 1
+        return (0.5 if self.calls <= 25 else 1.5) * x
+
+
+def test_a_run_that_settles_and_then_blows_up_is_stopped_as_diverged():
+    """Divergence counts from the smallest residual so far: here the residual first falls and then grows 1e4-fold
+    from its minimum while staying below 1e4 × its first value, which the old test (against r₀) let run on to
+    'max-iterations'; the estimate returned is the best one."""
+    op, x, y = _problem()
+    result = ps.solve(op, y, SettlesThenBlowsUp(), 0.02, solver="fb", denoiser_weight=1.0, max_iter=80, tol=0.0)
+    residuals = result.history.residual_matrix()[:, 0].double()
+    assert result.status == ["diverged"] and result.iterations[0] < 80
+    assert residuals[-1] > 1e4 * residuals.min() and residuals.max() < 1e4 * residuals[0]
+
+
 def test_uncertified_dncnn_runs_with_monotonicity_check_only():
     torch.manual_seed(0)
     op, x, y = _problem()

@@ -192,7 +192,7 @@ def run_scheme(
     evaluation. The monitor checks every evaluation; ``history`` also records PSNR (when ``reference`` is given,
     compared with the estimate's ``reference_frame``, rows and columns, else whole) and the elapsed time.
 
-    A sample whose residual exceeds ``divergence_factor``·r_0, or whose iterate turns non-finite,
+    A sample whose residual exceeds ``divergence_factor`` times its smallest so far, or whose iterate turns non-finite,
     stops with status 'diverged' / 'non-finite' and returns its best iterate (lowest residual).
 
     ``progress``: False (silent), True or 'bar' (a tqdm bar on stderr), or 'log': a plain line on stderr such as

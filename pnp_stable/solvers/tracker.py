@@ -16,15 +16,16 @@ class SampleTracker:
     the exact map (so the exact residual ‖T(p) − p‖ ≤ r + e is below the tolerance too); as 'accuracy-limited' once
     r/‖T(p)‖ < ``tol`` and r ≤ 2e (the computed residual is within the noise of two inexact evaluations, where it
     may stay however long the run goes on: more iterations cannot prove more; :attr:`exact_bound` keeps
-    (r + e)/‖T(p)‖); 'diverged' once
-    r > ``divergence_factor``·r₀, 'non-finite' at a NaN/Inf in T(p) or its estimate, else 'max-iterations'. Only evaluations that the
+    (r + e)/‖T(p)‖); 'diverged' once r > ``divergence_factor``·min_j r_j, the smallest residual so far (an
+    uncertified run that first settles and then blows up grows from there, not from r₀; an averaged T's residual
+    never grows beyond its errors), 'non-finite' at a NaN/Inf in T(p) or its estimate, else 'max-iterations'. Only evaluations that the
     iteration keeps (plain steps and accepted extrapolations) count for these tests and for the estimate; a
     rejected extrapolation, even a non-finite one, is dropped by the iteration and stops nothing."""
 
     def __init__(self, z0: Tensor, max_iter: int, tol: float, divergence_factor: float):
         if isinstance(divergence_factor, bool) or not float(divergence_factor) >= 1:
-            raise ValueError(f"divergence_factor must be ≥ 1 (a sample whose residual exceeds it times its first "
-                             f"residual is stopped as diverged; inf never stops one), got {divergence_factor!r}")
+            raise ValueError(f"divergence_factor must be ≥ 1 (a sample whose residual exceeds it times its smallest "
+                             f"residual so far is stopped as diverged; inf never stops one), got {divergence_factor!r}")
         batch = z0.shape[0]
         self.batch = batch
         self.tol, self.divergence_factor = tol, divergence_factor
@@ -32,7 +33,6 @@ class SampleTracker:
         self.iterations = [max_iter] * batch
         self.active = torch.ones(batch, dtype=torch.bool)
         self.estimate = z0
-        self.first_residual = torch.full((batch,), float("nan"), dtype=torch.float64)
         self.best_residual = torch.full((batch,), float("inf"), dtype=torch.float64)
         self.best_image, self.best_estimate = z0.clone(), z0.clone()
         self.exact_bound = torch.full((batch,), float("nan"), dtype=torch.float64)  # accuracy-limited samples
@@ -51,8 +51,6 @@ class SampleTracker:
         elif counted.any():  # never in place: the tensor may be shared with the steps rule or the caller
             rows = torch.nonzero(counted).flatten()
             self.estimate = self.estimate.index_copy(0, index[rows].to(estimates.device), estimates[rows])
-        first = torch.isnan(self.first_residual[index]) & counted
-        self.first_residual[index[first]] = r[first]
         better = counted & (r < self.best_residual[index])
         for position in torch.nonzero(better).flatten().tolist():
             b = int(index[position])
@@ -65,7 +63,7 @@ class SampleTracker:
                 continue
             if not finite[position]:
                 self.status[b], self.iterations[b] = "non-finite", k + 1  # calls made, the non-finite one included
-            elif r[position] > self.divergence_factor * self.first_residual[b]:
+            elif self.best_residual[b] > 0 and r[position] > self.divergence_factor * self.best_residual[b]:
                 self.status[b], self.iterations[b] = "diverged", k + 1
             elif r_norm[position] + errors[position] < self.tol:
                 self.status[b], self.iterations[b] = "converged", k + 1
