@@ -332,3 +332,10 @@ def test_a_tiled_prox_reports_the_error_bound_of_the_whole_image():
     assert TiledDenoiser(ridge, 16, 4).certificate.tolerance == pytest.approx(2e-5)
     anchored = TiledDenoiser(ridge, 16, 4, anchor=torch.zeros(1, 1, 32, 32))
     assert anchored.certificate.tolerance == pytest.approx(4e-5) and anchored.certificate_at(0.1).tolerance > 3e-5
+
+
+def test_tiling_an_uncertified_denoiser_claims_to_keep_nothing():
+    import deepinv as dinv
+
+    assert TiledDenoiser(dinv.models.MedianFilter(), 16, 4).certificate.method == (
+        "MedianFilter carries no certificate; tiled with square-root partition-of-unity windows (16 px tiles, 4 px overlap)")

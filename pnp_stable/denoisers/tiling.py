@@ -186,7 +186,8 @@ class TiledDenoiser(dinv.models.Denoiser):
         certificate = replace(base, tolerance=self._tolerance(base),
                               scheduled=base.scheduled and self.anchor is None)  # the cached offset keeps its first accuracy
         stated = f"; the tiled output's RMS error ≤ {certificate.tolerance:.3g}" if certificate.solved else ""
-        how = f"tiled with square-root partition-of-unity windows ({self.layout}), which keep it"
+        kept = ", which keep it" if base.lipschitz is not None or base.alpha is not None else ""
+        how = f"tiled with square-root partition-of-unity windows ({self.layout}){kept}"
         return replace(certificate, method=f"{base.method}; {how}{stated}")
 
     def _tolerance(self, base: Certificate) -> float:
