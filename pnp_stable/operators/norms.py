@@ -12,8 +12,8 @@ from torch import Tensor
 
 from .._modules import device_of
 
-__all__ = ["COMPLEX_BUFFERS", "NORM_KINDS", "OperatorNorm", "adjoint_test", "has_closed_form_prox", "has_known_svd", "normal_operator", "operator_norm",
-           "power_iteration"]
+__all__ = ["COMPLEX_BUFFERS", "NORM_KINDS", "OperatorNorm", "adjoint_test", "has_closed_form_prox", "has_known_svd",
+           "normal_operator", "operator_norm", "power_iteration"]
 
 
 def normal_operator(op):
