@@ -255,3 +255,38 @@ def test_a_guide_that_changes_shape_or_precision_is_named_in_the_pilot():
     for guide, message in ((lambda v, s: v.double(), "returned torch.float64"), (lambda v, s: v[..., :-1], "same shape")):
         with pytest.raises(ValueError, match=message):
             ps.deblur(y, "gaussian:1.0", 0.01, denoiser="guided", guide=guide, max_iter=5)
+
+
+def test_the_guide_cannot_change_under_its_filters():
+    """The filters are built from the guide once: the guide is no buffer (load_state_dict of another guided
+    denoiser changed `guide` but not the filter, 0.11 off a fresh W(g2)) and `guide` is a copy (an in-place edit did
+    the same); the output stays W(g1)."""
+    first, second = _denoiser("bm3d", seed=4), _denoiser("bm3d", seed=5)
+    x = natural_starts(1, (1, 20, 20), seed=9)
+    before = first(x, 0.1)
+    guide = first.guide
+    first.load_state_dict(second.state_dict())
+    first.guide.copy_(second.guide)
+    assert torch.equal(first.guide, guide) and torch.equal(first(x, 0.1), before)
+
+
+def test_one_guide_filters_every_image_of_a_batch_and_the_certificate_check_runs():
+    """A single guide's W applies to each image of a batch (the block-diagonal operator, certified alike), so the
+    certificate check's batched search runs on a guided denoiser with its defaults (it refused the batch of 4)."""
+    denoiser = _denoiser("nlm")
+    x = natural_starts(3, (1, 20, 20), seed=9)
+    batched = denoiser(x, 0.1)
+    assert torch.allclose(batched, torch.cat([denoiser(image[None], 0.1) for image in x]), atol=1e-6)
+    assert denoiser.subset(torch.tensor([2])) is denoiser
+    check = ps.denoisers.check_certificate(denoiser, (1, 20, 20), sigma=0.1, steps=5)
+    assert check.holds
+    with pytest.raises(ValueError, match="one guide per image or one for all"):
+        _denoiser("nlm", batch=2)(x, 0.1)
+
+
+def test_a_guide_whose_filter_overflows_is_refused_not_returned_as_nan():
+    guide = torch.full((1, 1, 20, 20), 1e20)
+    guide[..., ::2, :] = -1e20
+    denoiser = GuidedDenoiser(guide, "bm3d", **SMALL["bm3d"])
+    with pytest.raises(ValueError, match="NaN or Inf for a finite input.*give a guide on the \\[0, 1\\] scale"):
+        denoiser(natural_starts(1, (1, 20, 20), seed=9), 1e-3)

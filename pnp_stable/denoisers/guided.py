@@ -361,8 +361,11 @@ class GuidedDenoiser(dinv.models.Denoiser):
     """D(x, σ) = W(g, σ)x for a frozen guide g ([B, C, H, W]): a deepinv ``Denoiser``, certified firmly
     non-expansive for every σ by construction (module docstring). ``construction``: ``'bm3d'``
     (:class:`LinearisedBM3D`) or ``'nlm'`` (:class:`SymmetricKernelFilter`); ``options`` go to it.
-    Its inputs must have the guide's shape: the filter of sample b is built from guide b. The filters are built
-    and applied on the CPU (their patch grouping is sequential work); inputs on another device come back there.
+    Its inputs must have the guide's shape: the filter of sample b is built from guide b; a single guide's filter
+    applies to every image of a batch (the block-diagonal operator, certified alike). The filters are built and
+    applied on the CPU (their patch grouping is sequential work); inputs on another device come back there.
+    ``guide`` is a copy of the guide the filters were built from: the guide cannot change after construction (it
+    is no buffer, so neither ``load_state_dict`` nor an in-place edit can make it disagree with the filters).
     """
 
     def __init__(self, guide: Tensor, construction: str = "bm3d", **options):
@@ -372,27 +375,41 @@ class GuidedDenoiser(dinv.models.Denoiser):
         guide = check_image(guide, "guide")
         self.construction = construction
         self.channels = guide.shape[1]
-        self.register_buffer("guide", guide.detach().clone())
-        self.filters = [CONSTRUCTIONS[construction](image.cpu(), **options) for image in self.guide]  # CPU-built
+        self._guide = guide.detach().clone()
+        self.filters = [CONSTRUCTIONS[construction](image.cpu(), **options) for image in self._guide]  # CPU-built
         self.eval()  # nothing trains: the filter is fixed once built
+
+    @property
+    def guide(self) -> Tensor:
+        return self._guide.clone()
 
     def forward(self, x: Tensor, sigma=0.1, **kwargs) -> Tensor:
         check_image(x, "denoiser input", channels=self.channels)
-        if tuple(x.shape) != tuple(self.guide.shape):
-            raise ValueError(f"input of shape {tuple(x.shape)} differs from the guide's {tuple(self.guide.shape)}: "
-                             "a guided filter applies only to images of its guide's size (build one per image)")
+        shape = self._guide.shape
+        if tuple(x.shape[1:]) != tuple(shape[1:]) or not (shape[0] == 1 or x.shape[0] == shape[0]):
+            raise ValueError(f"input of shape {tuple(x.shape)} differs from the guide's {tuple(shape)}: a guided filter "
+                             "applies only to images of its guide's size, one guide per image or one for all")
+        filters = self.filters * x.shape[0] if len(self.filters) == 1 else self.filters
         sigmas = float64_levels(sigma, "sigma must be a float or one value per sample").flatten()
         if sigmas.numel() == 1:
             sigmas = sigmas.expand(x.shape[0])
         if sigmas.numel() != x.shape[0]:
             raise ValueError(f"sigma must be a float or one value per sample ({x.shape[0]}), got {sigmas.numel()} values")
         values = [check_noise_level(float(s), "sigma", positive=True) for s in sigmas]
-        return torch.stack([f.apply(image.cpu(), s) for f, image, s in zip(self.filters, x, values)]).to(x.device)
+        out = torch.stack([f.apply(image.cpu(), s) for f, image, s in zip(filters, x, values)]).to(x.device)
+        if not torch.isfinite(out).all():
+            raise ValueError(f"the guided filter returned NaN or Inf for a finite input: its coefficients overflow for "
+                             f"this guide (values up to {float(self._guide.abs().max()):.3g}); give a guide on the "
+                             "[0, 1] scale of the images")
+        return out
 
     def subset(self, index: Tensor) -> "GuidedDenoiser":
-        """The filters of samples ``index`` only (the solvers use it once some samples have stopped)."""
+        """The filters of samples ``index`` only (the solvers use it once some samples have stopped); a single
+        guide's filter serves every sample."""
+        if len(self.filters) == 1:
+            return self
         view = copy.copy(self)
-        view._buffers = dict(self._buffers, guide=self.guide[index])
+        view._guide = self._guide[index]
         view.filters = [self.filters[i] for i in index.tolist()]
         return view
 
