@@ -303,16 +303,25 @@ def _denoise_targets(inputs: list[Path], out: Path) -> list[Path]:
 
 
 def cmd_denoise(args) -> int:
+    import torch
     from tqdm.auto import tqdm
 
     from ._outputs import RESULT_SUFFIXES, check_outputs
     from .io import load_image
+    from .metrics import psnr
+    from .operators.physics import denoising
     from .restore import denoise
 
     device = _device(args.device)
     inputs = _input_images(args.inputs)
+    if args.reference and (len(inputs) > 1 or args.simulate):
+        raise CommandError("--reference is the clean version of one noisy input; --simulate uses each clean input "
+                           "as its own reference: use one or the other")
     targets = _denoise_targets(inputs, Path(args.out))
-    check_outputs(inputs, [("--out", target, RESULT_SUFFIXES) for target in targets])
+    degraded = [("--simulate's noisy image", _degraded_path(target), RESULT_SUFFIXES) for target in targets]
+    check_outputs(inputs + [Path(p) for p in (args.reference,) if p],
+                  [("--out", target, RESULT_SUFFIXES) for target in targets] + (degraded if args.simulate else []))
+    reference = load_image(args.reference) if args.reference else None
     denoiser_for = _denoiser_for(args)
     _check_channels(inputs, denoiser_for, args.denoiser)
     used: dict[str, str] = {}  # each denoiser that ran (gray and colour images take different ones) → certificate
@@ -328,10 +337,18 @@ def cmd_denoise(args) -> int:
                     raise
                 failed.append(f"{source}: {' '.join(str(err).split())}")
                 continue
+            clean = image if args.simulate else reference
+            if args.simulate:  # the same noise on every process
+                image = denoising(args.sigma, rng=torch.Generator().manual_seed(args.seed))(image)
             result = denoise(image, args.sigma, denoiser=denoiser_for(image.shape[1]), device=device, tile=args.tile,
                              overlap=args.overlap, context=context, ensemble=args.ensemble)
             if leads:
+                if args.simulate:
+                    print(_write_image(image, _degraded_path(target), source), flush=True)
                 print(_write_image(result.estimate.cpu(), target, source), flush=True)
+                if clean is not None:
+                    print(f"PSNR ({source.name}): noisy {float(psnr(image, clean)[0]):.2f} dB → denoised "
+                          f"{float(psnr(result.estimate.cpu(), clean)[0]):.2f} dB", flush=True)
             used[result.denoiser] = str(result.certificate)  # a named model is labelled by that name
     if leads:
         print("\n".join(f"denoiser {name}: {certificate}" for name, certificate in used.items()))
@@ -629,6 +646,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma", required=True, type=level, metavar="S", help="noise level on the [0, 1] scale, e.g. 25/255 (required)")
     p.add_argument("--out", required=True, metavar="OUT", help="output file, or a directory for several inputs (required)")
     p.add_argument("--denoiser", default="auto", metavar="NAME|PATH", help="shipped model or .safetensors file; auto picks by channels and --sigma")
+    p.add_argument("--reference", default=None, metavar="CLEAN.png", help="clean version of the (one) input: report PSNR")
+    p.add_argument("--simulate", action="store_true",
+                   help="each IN is clean: add Gaussian noise of --sigma first (also writes OUT_degraded) and report PSNR")
+    p.add_argument("--seed", type=seed, default=0, help="noise seed for --simulate")
     _add_ensemble(p)
     _add_tiling(p)
     _add_common(p)

@@ -597,3 +597,20 @@ def test_deepinvs_name_constant_is_accepted_for_zero_padding():
     parse = lambda name: build_parser().parse_args(["deblur", "a.png", "--kernel", "gaussian:1", "--noise", "0.01",  # noqa: E731
                                                      "--boundary", name]).boundary
     assert parse("constant") == parse("zeros") == "zeros"
+
+
+def test_denoise_reports_psnr_against_a_reference_or_a_simulated_degradation(tmp_path):
+    """As deblur does: --simulate adds Gaussian noise of --sigma to a clean input (written as OUT_degraded, seeded)
+    and --reference names the clean version of one noisy input; both print the PSNR before and after."""
+    clean = tmp_path / "clean.png"
+    ps.save_image(ps.denoisers.natural_starts(1, (1, 24, 24), noise=0.0, seed=3), clean)
+    weights = ps.save_denoiser(ps.AveragedDenoiser(channels=1, width=4, depth=1).eval(), tmp_path / "tiny.safetensors")
+    common = ["--sigma", "0.1", "--denoiser", weights, "--quiet"]
+    simulated = run_cli("denoise", clean, "--simulate", "--seed", 2, "--out", tmp_path / "d.png", *common)
+    assert simulated.returncode == 0, simulated.stderr
+    assert f"wrote {tmp_path / 'd_degraded.png'}" in simulated.stdout
+    assert "PSNR (clean.png): noisy " in simulated.stdout and " dB → denoised " in simulated.stdout
+    referenced = run_cli("denoise", tmp_path / "d_degraded.png", "--reference", clean, "--out", tmp_path / "e.png", *common)
+    assert referenced.returncode == 0 and "PSNR (d_degraded.png): noisy" in referenced.stdout, referenced.stderr
+    both = run_cli("denoise", clean, "--simulate", "--reference", clean, "--out", tmp_path / "f.png", *common)
+    assert both.returncode != 0 and "use one or the other" in both.stderr
