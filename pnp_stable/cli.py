@@ -18,8 +18,8 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from ._argtypes import (EXIT_USAGE, OneLineParser, level, nonnegative_float, nonnegative_int, positive_int, positive_level,
-                        seed, solver_name, tile_size)
+from ._argtypes import (EXIT_USAGE, OneLineParser, level, nonnegative_float, nonnegative_int, positive_float, positive_int,
+                        positive_level, seed, solver_name, tile_size)
 from .theory import format_bound
 
 
@@ -264,7 +264,7 @@ def _deblur_one(args, source: Path, out: Path, kernel, denoiser_for, progress, c
         max_iter=args.iters, tol=args.tol, guide=args.guide or "bm3d", guided_rounds=args.guided_rounds,
         reference=reference, device=device, progress=progress, accelerate=args.accelerate,
         tile=args.tile, overlap=args.overlap, context=context, ensemble=args.ensemble,
-        allow_unsafe_step=args.allow_unsafe_step,
+        allow_unsafe_step=args.allow_unsafe_step, relaxation=args.relaxation,
     )
     lines = [f"boundary model: {boundary}", result.summary()]
     broken = sorted({status for status in result.status if status in ("diverged", "non-finite")})
@@ -609,6 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=float, default=None, help="step τ; None uses the tuned step (FB refuses τ ≥ 2/L)")
     p.add_argument("--denoiser-weight", type=float, default=None, metavar="W",
                    help="weight ω of the denoising step x + ω(D(x) − x), in (0, 1/α_D); None uses the tuned weight")
+    p.add_argument("--relaxation", type=positive_float, default=1.0, metavar="L",
+                   help="Krasnosel'skii-Mann relaxation z + λ(Tz − z), λβ-averaged for λ < 1/β (refused outside that "
+                        "unless --allow-unsafe-step)")
     p.add_argument("--iters", type=positive_int, default=None, metavar="N",
                    help="maximum iterations (with acceleration: denoiser calls, a rejected extrapolation costing one); "
                         "None uses the tuned budget")

@@ -614,3 +614,16 @@ def test_denoise_reports_psnr_against_a_reference_or_a_simulated_degradation(tmp
     assert referenced.returncode == 0 and "PSNR (d_degraded.png): noisy" in referenced.stdout, referenced.stderr
     both = run_cli("denoise", clean, "--simulate", "--reference", clean, "--out", tmp_path / "f.png", *common)
     assert both.returncode != 0 and "use one or the other" in both.stderr
+
+
+def test_deblur_takes_the_relaxation_of_the_python_api(tmp_path):
+    """--relaxation λ gives the Krasnosel'skii–Mann iteration with β scaled to λβ, as ps.deblur(relaxation=λ); a λ
+    outside (0, 1/β) is refused with the way to force it."""
+    clean = tmp_path / "clean.png"
+    ps.save_image(ps.denoisers.natural_starts(1, (1, 24, 24), noise=0.0, seed=3), clean)
+    common = ["deblur", clean, "--simulate", "--kernel", "gaussian:1", "--noise", "0.01", "--iters", "3", "--quiet",
+              "--out", tmp_path / "r.png"]
+    relaxed = run_cli(*common, "--relaxation", "0.8")
+    assert relaxed.returncode == 0 and "fb+KM" in relaxed.stdout and "λ·β with λ = 0.8" in relaxed.stdout, relaxed.stderr
+    too_far = run_cli(*common, "--relaxation", "3")
+    assert too_far.returncode != 0 and "relaxation λ = 3.0 must be < 1/β" in too_far.stderr
