@@ -90,8 +90,7 @@ class AccuracyRecord:
         self.worst = _largest(state["worst"] for state in states)
         self.evaluation_worst = _largest(state["evaluation_worst"] for state in states)
         self.first_miss = min(earlier, default=None) or min(misses, default=None)
-        schedule = [state["schedule_miss"] for state in states if state["schedule_miss"] is not None]
-        self.schedule_miss = min(schedule, key=lambda miss: miss[0], default=None)
+        self.schedule_miss = _earliest_schedule_miss(state["schedule_miss"] for state in states)
 
     @property
     def evaluation_factor(self) -> float:
@@ -106,6 +105,12 @@ class AccuracyRecord:
             return ""
         call, bound = self.first_miss
         return f"call {call} of {self.calls} reached {bound:.3g} > {self.tolerance:g}"
+
+
+def _earliest_schedule_miss(misses) -> tuple[int, float, float] | None:
+    """The (evaluation, bound, tolerance then in force) of the earliest evaluation among ``misses`` (None entries
+    skipped; the first given among those of one evaluation), or None."""
+    return min((miss for miss in misses if miss is not None), key=lambda miss: miss[0], default=None)
 
 
 def _largest(values) -> float:
@@ -141,8 +146,7 @@ class SummableSchedule:
 
     def miss(self) -> tuple[int, float, float] | None:
         """The earliest (evaluation, bound, tolerance then in force) at which a call left the schedule, or None."""
-        misses = [record.schedule_miss for record in self.records if record.schedule_miss is not None]
-        return min(misses) if misses else None
+        return _earliest_schedule_miss(record.schedule_miss for record in self.records)
 
     def describe(self) -> str:
         return f"each inner solver's tolerance × min(1, ({self.after}/k)²) at the k-th evaluation of T"

@@ -18,6 +18,11 @@ from .norms import (OperatorNorm, _check_linear, adjoint_test, has_closed_form_p
 __all__ = ["L2Fidelity", "ProxAccuracy", "noise_model_mismatch"]
 
 
+def _gaussian_levels(model) -> Tensor:
+    """The σ (one or one per sample) of a deepinv ``GaussianNoise``, flattened, in float64."""
+    return torch.as_tensor(model.sigma, dtype=torch.float64).flatten()
+
+
 def noise_level_of(op) -> float:
     """The σ of ``op``'s own deepinv ``GaussianNoise`` (one level for the batch), for a caller who gave none;
     refused, saying what to pass, when ``op`` has no Gaussian noise model to read it from."""
@@ -26,7 +31,7 @@ def noise_level_of(op) -> float:
         has = "no noise model" if model is None else f"a {type(model).__name__} noise model"
         raise ValueError(f"noise_sigma is needed: the operator has {has}, not a GaussianNoise to read σ from; pass "
                          "noise_sigma=σ of the measurement's Gaussian noise ([0, 1] scale)")
-    levels = torch.as_tensor(model.sigma, dtype=torch.float64).flatten()
+    levels = _gaussian_levels(model)
     if levels.numel() == 0 or not bool((levels == levels[0]).all()):
         raise ValueError(f"noise_sigma is needed: the operator's GaussianNoise holds {levels.numel()} different levels "
                          "(one per sample), but the data term takes one for the batch; pass noise_sigma=σ, or solve "
@@ -45,7 +50,7 @@ def noise_model_mismatch(op, noise_sigma: float) -> str | None:
     if not isinstance(model, dinv.physics.GaussianNoise):
         return (f"the operator's noise model is {name}, but the data term ½‖Ax − y‖²/σ² is that of Gaussian noise "
                 f"of σ = noise_sigma = {noise_sigma:.4g}; the estimate is for that model")
-    level = float(torch.as_tensor(model.sigma, dtype=torch.float64).max())
+    level = float(_gaussian_levels(model).max())
     if level > 0 and abs(level - noise_sigma) > 0.01 * noise_sigma:
         return (f"the operator's GaussianNoise has σ = {level:.4g} but noise_sigma = {noise_sigma:.4g}: the data term "
                 "uses noise_sigma")
